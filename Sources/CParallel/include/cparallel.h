@@ -1,0 +1,28 @@
+// CParallel: a parallel-for over OpenMP for salient's Swift kernels.
+// Internal to salient; no stable API. Built without OpenMP, every loop runs serially.
+#ifndef SALIENT_CPARALLEL_H
+#define SALIENT_CPARALLEL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Called once per thread with a contiguous range [begin, end) of the iteration space.
+typedef void (*sal_range_fn)(void *ctx, long begin, long end, int thread);
+
+/// Splits [0, n) into at most sal_get_threads() contiguous chunks and runs fn on each in parallel.
+/// Runs serially when n < 2, when one thread is configured, or when already inside a parallel region.
+void sal_parallel_for(long n, void *ctx, sal_range_fn fn);
+
+/// Threads used by sal_parallel_for. Default: SALIENT_THREADS if set, else all cores.
+int sal_get_threads(void);
+void sal_set_threads(int n);
+/// Logical processors available to this process.
+int sal_num_procs(void);
+/// 1 when built with OpenMP.
+int sal_has_openmp(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,476 @@
+// 2-D convolution, ResNet style: no bias, zero padding, any kernel size and stride.
+//
+// Letters: N batch, C input channels, H x W input size, K output channels, R x S kernel size,
+// OH x OW output size, P = N*H*W (or N*OH*OW) pixels, "tap" = one (r, s) kernel position.
+// Activations are NHWC (a pixel's channels are contiguous); weights are PyTorch's OIHW [K][C][R][S].
+//
+// Forward and backward-data are the same "gather GEMM": every output pixel row is the sum over taps
+// of (a gathered row of the other tensor) x (a packed weight panel). A tile of 6 pixels x 16
+// channels lives in 12 vector accumulators; the rows a tap reads outside the image point at a zero row,
+// and taps that are outside for the whole tile are skipped (this is what makes stride-2 backward-data
+// cheap: its pixels are visited in stride-phase order so that a tile shares one set of live taps).
+// Backward-weights is a GEMM reduced over pixels, split over threads by pixel ranges with per-thread
+// partial sums reduced once at the end.
+
+/// Shape of one convolution. Input N x H x W x C (NHWC), weights K x C x R x S (OIHW).
+public struct Conv2DShape: Equatable, Sendable {
+    public var n: Int, c: Int, h: Int, w: Int
+    public var k: Int, r: Int, s: Int
+    public var stride: Int, pad: Int
+
+    public init(n: Int, c: Int, h: Int, w: Int, k: Int, r: Int, s: Int, stride: Int = 1, pad: Int = 0) {
+        self.n = n; self.c = c; self.h = h; self.w = w
+        self.k = k; self.r = r; self.s = s; self.stride = stride; self.pad = pad
+    }
+
+    public var oh: Int { (h + 2 * pad - r) / stride + 1 }
+    public var ow: Int { (w + 2 * pad - s) / stride + 1 }
+    public var taps: Int { r * s }
+    public var inputCount: Int { n * h * w * c }
+    public var outputCount: Int { n * oh * ow * k }
+    public var weightCount: Int { k * c * r * s }
+    /// Multiply-adds x 2.
+    public var flops: Double { 2.0 * Double(n * oh * ow) * Double(k) * Double(c * r * s) }
+    public var isValid: Bool {
+        n > 0 && c > 0 && h > 0 && w > 0 && k > 0 && r > 0 && s > 0 && stride > 0 && pad >= 0
+            && h + 2 * pad >= r && w + 2 * pad >= s
+    }
+
+    /// Floats of a forward weight panel (conv2dPackForward).
+    public var packedForwardCount: Int { ceilDiv(k, convColBlock) * taps * c * convColBlock }
+    /// Floats of a backward-data weight panel (conv2dPackBackwardData).
+    public var packedBackwardDataCount: Int { ceilDiv(c, convColBlock) * taps * k * convColBlock }
+
+    /// Bytes of scratch the three fast kernels need with `threads` threads (any of them).
+    public func scratchBytes(threads: Int) -> Int {
+        let t = max(threads, 1)
+        let zero = max(c, k, convColBlock) * 4
+        let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 64)
+        let order = n * h * w * 4
+        let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
+        return align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256
+    }
+}
+
+/// Output channels per register tile (two vectors of FVec).
+public let convColBlock = 16
+/// Pixels per register tile.
+public let convTileRows = 6
+/// Tiles whose gathered rows are computed together and reused across column blocks.
+let convGroupTiles = 8
+/// Pixels per block of the backward-weights reduction (gather table reused across tiles).
+let convPixelBlock = 128
+
+@inline(__always) func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / b }
+@inline(__always) func align64(_ x: Int) -> Int { (x + 63) & ~63 }
+
+// MARK: - Weight packing
+
+/// OIHW [K][C][R][S] -> forward panels [K/16][tap][C][16], zero-padded in K.
+public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+                              packed out: UnsafeMutablePointer<Float>) {
+    let kb = ceilDiv(sh.k, convColBlock), taps = sh.taps, C = sh.c
+    parallelFor(kb) { lo, hi, _ in
+        for b in lo..<hi {
+            let base = out + b * taps * C * convColBlock
+            for t in 0..<taps {
+                for c in 0..<C {
+                    let dst = base + (t * C + c) * convColBlock
+                    for j in 0..<convColBlock {
+                        let k = b * convColBlock + j
+                        dst[j] = k < sh.k ? w[(k * C + c) * taps + t] : 0
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// OIHW [K][C][R][S] -> backward-data panels [C/16][tap][K][16], zero-padded in C.
+public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+                                   packed out: UnsafeMutablePointer<Float>) {
+    let cb = ceilDiv(sh.c, convColBlock), taps = sh.taps, C = sh.c, K = sh.k
+    parallelFor(cb) { lo, hi, _ in
+        for b in lo..<hi {
+            let base = out + b * taps * K * convColBlock
+            for t in 0..<taps {
+                for k in 0..<K {
+                    let dst = base + (t * K + k) * convColBlock
+                    for j in 0..<convColBlock {
+                        let c = b * convColBlock + j
+                        dst[j] = c < C ? w[(k * C + c) * taps + t] : 0
+                    }
+                }
+            }
+        }
+    }
+}
+
+// MARK: - Micro-kernel
+
+/// acc[6][16] = sum over live taps, d < depth of rows[tap][i][d] * panel[tap][d][0..<16];
+/// stores (or adds into) `nRows` rows of `nCols` columns at out[i].
+@inline(__always)
+func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int32>, nLive: Int,
+              depth: Int, panel: UnsafePointer<Float>, out: UnsafePointer<UnsafeMutablePointer<Float>>,
+              nRows: Int, nCols: Int, accumulate: Bool) {
+    var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
+    var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
+    for li in 0..<nLive {
+        let t = Int(live[li])
+        let rp = rows + t * convTileRows
+        let a0 = rp[0], a1 = rp[1], a2 = rp[2], a3 = rp[3], a4 = rp[4], a5 = rp[5]
+        var b = panel + t * depth * convColBlock
+        for d in 0..<depth {
+            let b0 = vload(b), b1 = vload(b + 8)
+            var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            b += convColBlock
+        }
+    }
+    @inline(__always) func put(_ i: Int, _ v0: FVec, _ v1: FVec) {
+        if i >= nRows { return }
+        let o = out[i]
+        if nCols == convColBlock {
+            if accumulate { vstore(vload(o) + v0, o); vstore(vload(o + 8) + v1, o + 8) }
+            else { vstore(v0, o); vstore(v1, o + 8) }
+        } else {
+            for j in 0..<nCols {
+                let v = j < 8 ? v0[j] : v1[j - 8]
+                o[j] = accumulate ? o[j] + v : v
+            }
+        }
+    }
+    put(0, c00, c01); put(1, c10, c11); put(2, c20, c21)
+    put(3, c30, c31); put(4, c40, c41); put(5, c50, c51)
+}
+
+/// Shared driver of forward and backward-data: `pixels` output rows, visited in tiles of 6;
+/// `fill(tile, rows, outIndex)` writes the gathered row pointer of each (tap, row) and the output
+/// pixel index of each row, and returns how many rows the tile has.
+@inline(__always)
+func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePointer<Float>,
+                out: UnsafeMutablePointer<Float>, accumulate: Bool, zeroRow: UnsafePointer<Float>,
+                scratch: UnsafeMutableRawPointer,
+                fill: (Int, UnsafeMutablePointer<UnsafePointer<Float>>, UnsafeMutablePointer<Int>) -> Int) {
+    let tiles = ceilDiv(pixels, convTileRows)
+    let groups = ceilDiv(tiles, convGroupTiles)
+    let colBlocks = ceilDiv(cols, convColBlock)
+    let perThread = convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 64
+    parallelFor(groups * colBlocks) { lo, hi, thread in
+        let base = scratch + thread * perThread
+        let rows = base.bindMemory(to: UnsafePointer<Float>.self, capacity: convGroupTiles * convTileRows * taps)
+        let outIdx = (base + convGroupTiles * convTileRows * taps * 8)
+            .bindMemory(to: Int.self, capacity: convGroupTiles * convTileRows)
+        let live = (base + convGroupTiles * convTileRows * (taps * 8 + 8))
+            .bindMemory(to: Int32.self, capacity: convGroupTiles * taps)
+        var nRowsOf = (0, 0, 0, 0, 0, 0, 0, 0)
+        var nLiveOf = (0, 0, 0, 0, 0, 0, 0, 0)
+        var cachedGroup = -1
+        var outPtrs = (out, out, out, out, out, out)
+        for item in lo..<hi {
+            let g = item / colBlocks, cb = item % colBlocks
+            let t0 = g * convGroupTiles, tn = min(convGroupTiles, tiles - t0)
+            if g != cachedGroup {
+                cachedGroup = g
+                for ti in 0..<tn {
+                    let rp = rows + ti * convTileRows * taps
+                    let n = fill(t0 + ti, rp, outIdx + ti * convTileRows)
+                    let lp = live + ti * taps
+                    var nl = 0
+                    for t in 0..<taps {
+                        var any = false
+                        for i in 0..<convTileRows where rp[t * convTileRows + i] != zeroRow { any = true }
+                        if any { lp[nl] = Int32(t); nl += 1 }
+                    }
+                    withUnsafeMutableBytes(of: &nRowsOf) { $0.storeBytes(of: n, toByteOffset: ti * 8, as: Int.self) }
+                    withUnsafeMutableBytes(of: &nLiveOf) { $0.storeBytes(of: nl, toByteOffset: ti * 8, as: Int.self) }
+                }
+            }
+            let nCols = min(convColBlock, cols - cb * convColBlock)
+            let pan = panel + cb * taps * depth * convColBlock
+            for ti in 0..<tn {
+                let n = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
+                let nl = withUnsafeBytes(of: &nLiveOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
+                let oi = outIdx + ti * convTileRows
+                withUnsafeMutableBytes(of: &outPtrs) { op in
+                    let o = op.bindMemory(to: UnsafeMutablePointer<Float>.self)
+                    for i in 0..<convTileRows { o[i] = out + (i < n ? oi[i] : oi[0]) * cols + cb * convColBlock }
+                    if nl == 0 {
+                        // Every tap falls outside: the rows are zero (or unchanged when accumulating).
+                        if !accumulate { for i in 0..<n { for j in 0..<nCols { o[i][j] = 0 } } }
+                    } else {
+                        convTile(rows: UnsafePointer(rows + ti * convTileRows * taps), live: live + ti * taps,
+                                 nLive: nl, depth: depth, panel: pan,
+                                 out: UnsafePointer(o.baseAddress!), nRows: n, nCols: nCols, accumulate: accumulate)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lays out scratch: zero row, pixel order, per-thread area.
+@inline(__always)
+func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
+    -> (zero: UnsafeMutablePointer<Float>, order: UnsafeMutablePointer<Int32>, perThread: UnsafeMutableRawPointer) {
+    let zn = max(sh.c, sh.k, convColBlock)
+    let z = scratch.bindMemory(to: Float.self, capacity: zn)
+    z.initialize(repeating: 0, count: zn)
+    let o = (scratch + align64(zn * 4)).bindMemory(to: Int32.self, capacity: sh.n * sh.h * sh.w)
+    return (z, o, scratch + align64(zn * 4) + align64(sh.n * sh.h * sh.w * 4))
+}
+
+// MARK: - Forward
+
+/// y[N][OH][OW][K] = conv(x[N][H][W][C], W). `packed` from conv2dPackForward;
+/// `scratch` of sh.scratchBytes(threads: Threads.count) bytes.
+public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+                          output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+    precondition(sh.isValid, "invalid convolution shape")
+    let (zero, _, work) = convScratch(sh, scratch)
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s
+    let st = sh.stride, pad = sh.pad, taps = sh.taps
+    let pixels = sh.n * OH * OW
+    let z = UnsafePointer(zero)
+    gatherGemm(pixels: pixels, taps: taps, depth: C, cols: sh.k, panel: packed, out: y,
+               accumulate: false, zeroRow: z, scratch: work) { tile, rows, outIdx in
+        let p0 = tile * convTileRows
+        let n = min(convTileRows, pixels - p0)
+        for i in 0..<convTileRows {
+            let p = p0 + min(i, n - 1)
+            outIdx[i] = p
+            let ow = p % OW, oh = (p / OW) % OH, b = p / (OW * OH)
+            let ih0 = oh * st - pad, iw0 = ow * st - pad
+            for r in 0..<R {
+                let ih = ih0 + r
+                for s in 0..<S {
+                    let iw = iw0 + s
+                    let ok = i < n && ih >= 0 && ih < H && iw >= 0 && iw < W
+                    rows[(r * S + s) * convTileRows + i] = ok ? x + ((b * H + ih) * W + iw) * C : z
+                }
+            }
+        }
+        return n
+    }
+}
+
+// MARK: - Backward data
+
+/// dx[N][H][W][C] (= or +=) conv-transpose(dy[N][OH][OW][K], W). `packed` from conv2dPackBackwardData.
+public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+                               gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                               scratch: UnsafeMutableRawPointer) {
+    precondition(sh.isValid, "invalid convolution shape")
+    let (zero, order, work) = convScratch(sh, scratch)
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, K = sh.k, R = sh.r, S = sh.s
+    let st = sh.stride, pad = sh.pad, taps = sh.taps
+    let pixels = sh.n * H * W
+    // Visit input pixels grouped by stride phase so a tile shares its live taps.
+    if st > 1 {
+        var i = 0
+        for ph in 0..<st { for pw in 0..<st {
+            for b in 0..<sh.n { for ih in Swift.stride(from: ph, to: H, by: st) {
+                for iw in Swift.stride(from: pw, to: W, by: st) { order[i] = Int32((b * H + ih) * W + iw); i += 1 }
+            } }
+        } }
+    }
+    let z = UnsafePointer(zero)
+    let ord = UnsafePointer(order)
+    gatherGemm(pixels: pixels, taps: taps, depth: K, cols: sh.c, panel: packed, out: dx,
+               accumulate: accumulate, zeroRow: z, scratch: work) { tile, rows, outIdx in
+        let p0 = tile * convTileRows
+        let n = min(convTileRows, pixels - p0)
+        for i in 0..<convTileRows {
+            let slot = p0 + min(i, n - 1)
+            let q = st > 1 ? Int(ord[slot]) : slot
+            outIdx[i] = q
+            let iw = q % W, ih = (q / W) % H, b = q / (W * H)
+            for r in 0..<R {
+                let ohn = ih + pad - r
+                let okh = ohn >= 0 && ohn % st == 0 && ohn / st < OH
+                for s in 0..<S {
+                    let own = iw + pad - s
+                    let ok = i < n && okh && own >= 0 && own % st == 0 && own / st < OW
+                    rows[(r * S + s) * convTileRows + i] = ok ? dy + ((b * OH + ohn / st) * OW + own / st) * K : z
+                }
+            }
+        }
+        return n
+    }
+}
+
+// MARK: - Backward weights
+
+/// dW[K][C][R][S] (= or +=) sum over pixels of dy[p][k] * x[p at tap][c].
+public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+                                 gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                                 scratch: UnsafeMutableRawPointer) {
+    precondition(sh.isValid, "invalid convolution shape")
+    let (zero, _, work) = convScratch(sh, scratch)
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
+    let st = sh.stride, pad = sh.pad, taps = sh.taps
+    let kBlocks = ceilDiv(K, convColBlock), Kp = kBlocks * convColBlock
+    let pixels = sh.n * OH * OW
+    let threads = min(Threads.count, max(1, pixels / 16))
+    let partCount = taps * C * Kp
+    let perThread = taps * convPixelBlock * 8 + partCount * 4
+    let z = UnsafePointer(zero)
+    let cTiles = ceilDiv(C, convTileRows)
+    parallelFor(threads) { tlo, thi, _ in
+        for th in tlo..<thi {
+            let base = work + th * perThread
+            let xrows = base.bindMemory(to: UnsafePointer<Float>.self, capacity: taps * convPixelBlock)
+            let part = (base + taps * convPixelBlock * 8).bindMemory(to: Float.self, capacity: partCount)
+            part.initialize(repeating: 0, count: partCount)
+            let pBegin = pixels * th / threads, pEnd = pixels * (th + 1) / threads
+            var pb = pBegin
+            while pb < pEnd {
+                let np = min(convPixelBlock, pEnd - pb)
+                for j in 0..<np {
+                    let p = pb + j
+                    let ow = p % OW, oh = (p / OW) % OH, b = p / (OW * OH)
+                    for r in 0..<R {
+                        let ih = oh * st - pad + r
+                        for s in 0..<S {
+                            let iw = ow * st - pad + s
+                            let ok = ih >= 0 && ih < H && iw >= 0 && iw < W
+                            xrows[(r * S + s) * convPixelBlock + j] = ok ? x + ((b * H + ih) * W + iw) * C : z
+                        }
+                    }
+                }
+                let dyBlock = dy + pb * K
+                for kb in 0..<kBlocks {
+                    let k0 = kb * convColBlock
+                    let kn = min(convColBlock, K - k0)
+                    for t in 0..<taps {
+                        let xr = xrows + t * convPixelBlock
+                        for ct in 0..<cTiles {
+                            let c0 = ct * convTileRows
+                            let acc = part + (t * C) * Kp + k0
+                            bwdWeightTile(xr: xr, np: np, c0: c0, C: C, dy: dyBlock + k0, K: K, kn: kn,
+                                          acc: acc, Kp: Kp)
+                        }
+                    }
+                }
+                pb += np
+            }
+        }
+    }
+    // Reduce the per-thread partials into OIHW.
+    parallelFor(K) { lo, hi, _ in
+        for k in lo..<hi {
+            for c in 0..<C {
+                for t in 0..<taps {
+                    var v: Float = 0
+                    for th in 0..<threads {
+                        let part = (work + th * perThread + taps * convPixelBlock * 8).assumingMemoryBound(to: Float.self)
+                        v += part[(t * C + c) * Kp + k]
+                    }
+                    let o = dw + (k * C + c) * taps + t
+                    o.pointee = accumulate ? o.pointee + v : v
+                }
+            }
+        }
+    }
+}
+
+/// One 6 (input channels) x 16 (output channels) tile of dW for one tap, reduced over `np` pixels.
+@inline(__always)
+func bwdWeightTile(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0: Int, C: Int,
+                   dy: UnsafePointer<Float>, K: Int, kn: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+    // Channels past C repeat the last one (never stored): no read past a row.
+    let i1 = min(c0 + 1, C - 1), i2 = min(c0 + 2, C - 1), i3 = min(c0 + 3, C - 1)
+    let i4 = min(c0 + 4, C - 1), i5 = min(c0 + 5, C - 1)
+    let nc = min(convTileRows, C - c0)
+    let a0 = acc + c0 * Kp
+    var c00 = vload(a0), c01 = vload(a0 + 8)
+    var c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec(), c30 = FVec(), c31 = FVec()
+    var c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
+    if nc > 1 { c10 = vload(a0 + Kp); c11 = vload(a0 + Kp + 8) }
+    if nc > 2 { c20 = vload(a0 + 2 * Kp); c21 = vload(a0 + 2 * Kp + 8) }
+    if nc > 3 { c30 = vload(a0 + 3 * Kp); c31 = vload(a0 + 3 * Kp + 8) }
+    if nc > 4 { c40 = vload(a0 + 4 * Kp); c41 = vload(a0 + 4 * Kp + 8) }
+    if nc > 5 { c50 = vload(a0 + 5 * Kp); c51 = vload(a0 + 5 * Kp + 8) }
+    var d = dy
+    if kn == convColBlock {
+        for j in 0..<np {
+            let xp = xr[j]
+            let b0 = vload(d), b1 = vload(d + 8)
+            var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+            v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+            v = FVec(repeating: xp[i2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+            v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+            v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+            v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+            d += K
+        }
+    } else {
+        let n0 = min(kn, 8), n1 = kn - n0
+        for j in 0..<np {
+            let xp = xr[j]
+            let b0 = vloadPartial(d, n0), b1 = n1 > 0 ? vloadPartial(d + 8, n1) : FVec()
+            var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+            v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+            v = FVec(repeating: xp[i2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+            v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+            v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+            v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+            d += K
+        }
+    }
+    vstore(c00, a0); vstore(c01, a0 + 8)
+    if nc > 1 { vstore(c10, a0 + Kp); vstore(c11, a0 + Kp + 8) }
+    if nc > 2 { vstore(c20, a0 + 2 * Kp); vstore(c21, a0 + 2 * Kp + 8) }
+    if nc > 3 { vstore(c30, a0 + 3 * Kp); vstore(c31, a0 + 3 * Kp + 8) }
+    if nc > 4 { vstore(c40, a0 + 4 * Kp); vstore(c41, a0 + 4 * Kp + 8) }
+    if nc > 5 { vstore(c50, a0 + 5 * Kp); vstore(c51, a0 + 5 * Kp + 8) }
+}
+
+// MARK: - Naive references (the tests hold the fast kernels against these)
+
+public func conv2dForwardNaive(_ sh: Conv2DShape, input x: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
+                               output y: UnsafeMutablePointer<Float>) {
+    let OH = sh.oh, OW = sh.ow
+    for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW { for k in 0..<sh.k {
+        var acc: Double = 0
+        for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
+            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+            acc += Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]) * Double(w[((k * sh.c + c) * sh.r + r) * sh.s + s])
+        } } }
+        y[((b * OH + oh) * OW + ow) * sh.k + k] = Float(acc)
+    } } } }
+}
+
+public func conv2dBackwardDataNaive(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
+                                    gradInput dx: UnsafeMutablePointer<Float>) {
+    let OH = sh.oh, OW = sh.ow
+    dx.initialize(repeating: 0, count: sh.inputCount)
+    for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW { for k in 0..<sh.k {
+        let g = dy[((b * OH + oh) * OW + ow) * sh.k + k]
+        for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
+            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+            dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c] += g * w[((k * sh.c + c) * sh.r + r) * sh.s + s]
+        } } }
+    } } } }
+}
+
+public func conv2dBackwardWeightNaive(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+                                      gradWeight dw: UnsafeMutablePointer<Float>) {
+    let OH = sh.oh, OW = sh.ow
+    for k in 0..<sh.k { for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
+        var acc: Double = 0
+        for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW {
+            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+            acc += Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]) * Double(dy[((b * OH + oh) * OW + ow) * sh.k + k])
+        } } }
+        dw[((k * sh.c + c) * sh.r + r) * sh.s + s] = Float(acc)
+    } } } }
+}

@@ -1,0 +1,27 @@
+import CParallel
+
+/// Threads every parallel kernel uses (OpenMP through CParallel; serial when built without it).
+public enum Threads {
+    public static var count: Int {
+        get { Int(sal_get_threads()) }
+        set { sal_set_threads(Int32(newValue)) }
+    }
+    public static var processors: Int { Int(sal_num_procs()) }
+    public static var hasOpenMP: Bool { sal_has_openmp() != 0 }
+}
+
+/// Runs `body(begin, end, thread)` over contiguous chunks of [0, n), one chunk per thread.
+/// `body` must only touch memory it owns for its range (or per-`thread` scratch).
+@inline(__always)
+public func parallelFor(_ n: Int, _ body: (Int, Int, Int) -> Void) {
+    if n <= 0 { return }
+    if n == 1 || sal_get_threads() == 1 { body(0, n, 0); return }
+    withoutActuallyEscaping(body) { b in
+        var box = b
+        withUnsafeMutablePointer(to: &box) { p in
+            sal_parallel_for(n, UnsafeMutableRawPointer(p)) { ctx, lo, hi, t in
+                ctx!.assumingMemoryBound(to: ((Int, Int, Int) -> Void).self).pointee(lo, hi, Int(t))
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import XCTest
+final class ContrastivePlaceholderTests: XCTestCase { func testBuilds() { XCTAssertTrue(true) } }

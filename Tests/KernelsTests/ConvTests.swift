@@ -1,0 +1,106 @@
+import XCTest
+import Kernels
+import TestSupport
+
+final class ConvTests: XCTestCase {
+    /// Awkward shapes: channels not a multiple of 8, H/W of 1, 3 and 7, stride 2, padding 0/1/3, batch 1.
+    static let shapes: [Conv2DShape] = [
+        Conv2DShape(n: 1, c: 3, h: 7, w: 7, k: 5, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 5, h: 3, w: 3, k: 17, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 1, c: 9, h: 1, w: 1, k: 8, r: 1, s: 1, stride: 1, pad: 0),
+        Conv2DShape(n: 1, c: 1, h: 1, w: 1, k: 3, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 3, h: 7, w: 7, k: 6, r: 7, s: 7, stride: 2, pad: 3),
+        Conv2DShape(n: 3, c: 16, h: 7, w: 7, k: 32, r: 1, s: 1, stride: 2, pad: 0),
+        Conv2DShape(n: 2, c: 13, h: 8, w: 6, k: 19, r: 3, s: 3, stride: 1, pad: 0),
+        Conv2DShape(n: 1, c: 7, h: 3, w: 7, k: 33, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 4, c: 24, h: 5, w: 5, k: 16, r: 3, s: 3, stride: 1, pad: 1),
+    ]
+
+    struct Run { var y: [Float]; var dx: [Float]; var dw: [Float] }
+
+    func fast(_ sh: Conv2DShape, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run {
+        let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
+        defer { scratch.deallocate() }
+        var pf = [Float](repeating: .nan, count: sh.packedForwardCount)
+        var pb = [Float](repeating: .nan, count: sh.packedBackwardDataCount)
+        var y = [Float](repeating: .nan, count: sh.outputCount)
+        var dx = [Float](repeating: .nan, count: sh.inputCount)
+        var dw = [Float](repeating: .nan, count: sh.weightCount)
+        conv2dPackForward(sh, weights: w, packed: &pf)
+        conv2dPackBackwardData(sh, weights: w, packed: &pb)
+        conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+        return Run(y: y, dx: dx, dw: dw)
+    }
+
+    func naive(_ sh: Conv2DShape, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run {
+        var y = [Float](repeating: 0, count: sh.outputCount)
+        var dx = [Float](repeating: 0, count: sh.inputCount)
+        var dw = [Float](repeating: 0, count: sh.weightCount)
+        conv2dForwardNaive(sh, input: x, weights: w, output: &y)
+        conv2dBackwardDataNaive(sh, gradOutput: dy, weights: w, gradInput: &dx)
+        conv2dBackwardWeightNaive(sh, input: x, gradOutput: dy, gradWeight: &dw)
+        return Run(y: y, dx: dx, dw: dw)
+    }
+
+    func testFastMatchesNaiveOnAwkwardShapes() {
+        for threads in [1, 2] {
+            Threads.count = threads
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(i + 1))
+                let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+                let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
+                XCTAssertLessThanOrEqual(toleranceRatio(f.y, n.y, atol: 1e-4, rtol: 1e-4), 1, "forward \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(toleranceRatio(f.dx, n.dx, atol: 1e-4, rtol: 1e-4), 1, "backward-data \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(toleranceRatio(f.dw, n.dw, atol: 1e-4, rtol: 1e-4), 1, "backward-weight \(sh) threads \(threads)")
+            }
+        }
+        Threads.count = Threads.processors
+    }
+
+    func testAccumulateAddsIntoExistingGradients() {
+        let sh = Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1)
+        var rng = TestRNG(seed: 42)
+        let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+        let base = fast(sh, x, w, dy)
+        let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
+        defer { scratch.deallocate() }
+        var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
+        conv2dPackBackwardData(sh, weights: w, packed: &pb)
+        var dx = [Float](repeating: 1, count: sh.inputCount)
+        var dw = [Float](repeating: 2, count: sh.weightCount)
+        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, accumulate: true, scratch: scratch)
+        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, accumulate: true, scratch: scratch)
+        XCTAssertLessThanOrEqual(toleranceRatio(dx, base.dx.map { $0 + 1 }, atol: 1e-5, rtol: 1e-5), 1)
+        XCTAssertLessThanOrEqual(toleranceRatio(dw, base.dw.map { $0 + 2 }, atol: 1e-5, rtol: 1e-5), 1)
+    }
+
+    /// Finite differences on L = sum(y * g): dL/dx and dL/dw from the fast backward kernels.
+    func testGradientsMatchFiniteDifferences() {
+        for sh in [Conv2DShape(n: 2, c: 3, h: 5, w: 5, k: 4, r: 3, s: 3, stride: 2, pad: 1),
+                   Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1)] {
+            var rng = TestRNG(seed: 7)
+            var x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
+            let g = rng.array(sh.outputCount)
+            let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
+            defer { scratch.deallocate() }
+            func loss(_ x: [Float], _ w: [Float]) -> Double {
+                var pf = [Float](repeating: 0, count: sh.packedForwardCount)
+                var y = [Float](repeating: 0, count: sh.outputCount)
+                conv2dPackForward(sh, weights: w, packed: &pf)
+                conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+                var s = 0.0
+                for i in 0..<y.count { s += Double(y[i]) * Double(g[i]) }
+                return s
+            }
+            let r = fast(sh, x, w, g)
+            let xi = sampleIndices(x.count), wi = sampleIndices(w.count)
+            let wFixed = w, xFixed = x
+            let nx = numericGradient(&x, indices: xi) { loss($0, wFixed) }
+            let nw = numericGradient(&w, indices: wi) { loss(xFixed, $0) }
+            XCTAssertLessThan(gradientError(analytic: xi.map { Double(r.dx[$0]) }, numeric: nx), 1e-2, "dx \(sh)")
+            XCTAssertLessThan(gradientError(analytic: wi.map { Double(r.dw[$0]) }, numeric: nw), 1e-2, "dw \(sh)")
+        }
+    }
+}
