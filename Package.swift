@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
         .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
-        .target(name: "Kernels", dependencies: ["CParallel"], swiftSettings: simdFlags),
+        .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: simdFlags),
         .target(name: "Network", dependencies: ["Kernels"], swiftSettings: simdFlags),
         .target(name: "Data", dependencies: ["Kernels", "CImage"], swiftSettings: simdFlags),
         .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels"], swiftSettings: simdFlags),

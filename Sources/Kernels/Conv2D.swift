@@ -45,7 +45,7 @@ public struct Conv2DShape: Equatable, Sendable {
     public func scratchBytes(threads: Int) -> Int {
         let t = max(threads, 1)
         let zero = max(c, k, convColBlock) * 4
-        let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 64)
+        let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448)
         let order = n * h * w * 4
         let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
         return align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256
@@ -108,45 +108,52 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
 
 // MARK: - Micro-kernel
 
+/// acc[6][16] += rows a0..a5 (depth floats each) x panel [depth][16]. Kept out of line so that the
+/// 12 accumulators live in registers for the whole loop (nested in the tap loop they spill).
+@inline(never)
+func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
+                 _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
+                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int) {
+    var c00 = vload(acc), c01 = vload(acc + 8), c10 = vload(acc + 16), c11 = vload(acc + 24)
+    var c20 = vload(acc + 32), c21 = vload(acc + 40), c30 = vload(acc + 48), c31 = vload(acc + 56)
+    var c40 = vload(acc + 64), c41 = vload(acc + 72), c50 = vload(acc + 80), c51 = vload(acc + 88)
+    var b = panel
+    for d in 0..<depth {
+        let b0 = vload(b), b1 = vload(b + 8)
+        var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+        x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+        x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+        x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+        x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+        x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+        b += convColBlock
+    }
+    vstore(c00, acc); vstore(c01, acc + 8); vstore(c10, acc + 16); vstore(c11, acc + 24)
+    vstore(c20, acc + 32); vstore(c21, acc + 40); vstore(c30, acc + 48); vstore(c31, acc + 56)
+    vstore(c40, acc + 64); vstore(c41, acc + 72); vstore(c50, acc + 80); vstore(c51, acc + 88)
+}
+
 /// acc[6][16] = sum over live taps, d < depth of rows[tap][i][d] * panel[tap][d][0..<16];
-/// stores (or adds into) `nRows` rows of `nCols` columns at out[i].
+/// stores (or adds into) `nRows` rows of `nCols` columns at out[i]. `acc` is 96 floats of scratch.
 @inline(__always)
 func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int32>, nLive: Int,
               depth: Int, panel: UnsafePointer<Float>, out: UnsafePointer<UnsafeMutablePointer<Float>>,
-              nRows: Int, nCols: Int, accumulate: Bool) {
-    var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
-    var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
+              nRows: Int, nCols: Int, accumulate: Bool, acc: UnsafeMutablePointer<Float>) {
+    acc.initialize(repeating: 0, count: convTileRows * convColBlock)
     for li in 0..<nLive {
         let t = Int(live[li])
         let rp = rows + t * convTileRows
-        let a0 = rp[0], a1 = rp[1], a2 = rp[2], a3 = rp[3], a4 = rp[4], a5 = rp[5]
-        var b = panel + t * depth * convColBlock
-        for d in 0..<depth {
-            let b0 = vload(b), b1 = vload(b + 8)
-            var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
-            x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
-            x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
-            x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
-            x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
-            x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
-            b += convColBlock
-        }
+        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth)
     }
-    @inline(__always) func put(_ i: Int, _ v0: FVec, _ v1: FVec) {
-        if i >= nRows { return }
-        let o = out[i]
+    for i in 0..<nRows {
+        let o = out[i], a = acc + i * convColBlock
         if nCols == convColBlock {
-            if accumulate { vstore(vload(o) + v0, o); vstore(vload(o + 8) + v1, o + 8) }
-            else { vstore(v0, o); vstore(v1, o + 8) }
+            if accumulate { vstore(vload(o) + vload(a), o); vstore(vload(o + 8) + vload(a + 8), o + 8) }
+            else { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
         } else {
-            for j in 0..<nCols {
-                let v = j < 8 ? v0[j] : v1[j - 8]
-                o[j] = accumulate ? o[j] + v : v
-            }
+            for j in 0..<nCols { o[j] = accumulate ? o[j] + a[j] : a[j] }
         }
     }
-    put(0, c00, c01); put(1, c10, c11); put(2, c20, c21)
-    put(3, c30, c31); put(4, c40, c41); put(5, c50, c51)
 }
 
 /// Shared driver of forward and backward-data: `pixels` output rows, visited in tiles of 6;
@@ -160,7 +167,8 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
     let tiles = ceilDiv(pixels, convTileRows)
     let groups = ceilDiv(tiles, convGroupTiles)
     let colBlocks = ceilDiv(cols, convColBlock)
-    let perThread = convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 64
+    let perThread = convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448
+    let weightsMajor = colBlocks * taps * depth * convColBlock > pixels * depth
     parallelFor(groups * colBlocks) { lo, hi, thread in
         let base = scratch + thread * perThread
         let rows = base.bindMemory(to: UnsafePointer<Float>.self, capacity: convGroupTiles * convTileRows * taps)
@@ -170,10 +178,14 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
             .bindMemory(to: Int32.self, capacity: convGroupTiles * taps)
         var nRowsOf = (0, 0, 0, 0, 0, 0, 0, 0)
         var nLiveOf = (0, 0, 0, 0, 0, 0, 0, 0)
+        let acc = (base + convGroupTiles * convTileRows * (taps * 8 + 8) + align64(convGroupTiles * taps * 4))
+            .bindMemory(to: Float.self, capacity: convTileRows * convColBlock)
         var cachedGroup = -1
         var outPtrs = (out, out, out, out, out, out)
         for item in lo..<hi {
-            let g = item / colBlocks, cb = item % colBlocks
+            // Keep the larger operand in cache: weight panels stationary when they outweigh the rows.
+            let g = weightsMajor ? item % groups : item / colBlocks
+            let cb = weightsMajor ? item / groups : item % colBlocks
             let t0 = g * convGroupTiles, tn = min(convGroupTiles, tiles - t0)
             if g != cachedGroup {
                 cachedGroup = g
@@ -206,7 +218,8 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
                     } else {
                         convTile(rows: UnsafePointer(rows + ti * convTileRows * taps), live: live + ti * taps,
                                  nLive: nl, depth: depth, panel: pan,
-                                 out: UnsafePointer(o.baseAddress!), nRows: n, nCols: nCols, accumulate: accumulate)
+                                 out: UnsafePointer(o.baseAddress!), nRows: n, nCols: nCols, accumulate: accumulate,
+                                 acc: acc)
                     }
                 }
             }
@@ -361,18 +374,24 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
             }
         }
     }
-    // Reduce the per-thread partials into OIHW.
-    parallelFor(K) { lo, hi, _ in
-        for k in lo..<hi {
+    // Reduce the per-thread partials into OIHW, 16 output channels at a time: contiguous reads,
+    // 16 sequential write streams.
+    parallelFor(kBlocks) { lo, hi, _ in
+        for kb in lo..<hi {
+            let k0 = kb * convColBlock, kn = min(convColBlock, K - k0)
             for c in 0..<C {
                 for t in 0..<taps {
-                    var v: Float = 0
+                    let off = (t * C + c) * Kp + k0
+                    var v0 = FVec(), v1 = FVec()
                     for th in 0..<threads {
                         let part = (work + th * perThread + taps * convPixelBlock * 8).assumingMemoryBound(to: Float.self)
-                        v += part[(t * C + c) * Kp + k]
+                        v0 += vload(part + off); v1 += vload(part + off + 8)
                     }
-                    let o = dw + (k * C + c) * taps + t
-                    o.pointee = accumulate ? o.pointee + v : v
+                    for j in 0..<kn {
+                        let o = dw + ((k0 + j) * C + c) * taps + t
+                        let v = j < 8 ? v0[j] : v1[j - 8]
+                        o.pointee = accumulate ? o.pointee + v : v
+                    }
                 }
             }
         }

@@ -1,3 +1,3 @@
 import ArgumentParser
-import Kernels
-print("salient")
+
+Salient.main()

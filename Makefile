@@ -1,0 +1,36 @@
+# salient — build, test and benchmark. Every target installs what it needs (Debian, as root).
+SWIFT      ?= swift
+RELEASE    := -c release
+STATIC     := --static-swift-stdlib
+BIN        := bin/salient
+APT_PKGS   := libomp-dev libpng-dev zlib1g-dev
+DATA_PKGS  := dataset-fashion-mnist
+FMNIST     := /usr/share/datasets/fashion-mnist
+
+.PHONY: all build setup setup-data test bench demo clean test-arm fuzz
+
+all: build
+
+# Idempotent: installs only what is missing.
+setup:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
+
+setup-data: setup
+	@dpkg -s $(DATA_PKGS) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(DATA_PKGS))
+
+# One release binary with the Swift runtime linked in statically (ldd lists no Swift libraries).
+build: setup
+	$(SWIFT) build $(RELEASE) $(STATIC) --product salient
+	@mkdir -p bin && cp .build/release/salient $(BIN)
+	@echo "built $(BIN)"
+
+test: setup-data
+	$(SWIFT) build $(RELEASE) --build-tests
+	$(SWIFT) test $(RELEASE) --skip-build
+
+bench: build
+	$(BIN) bench kernels
+
+clean:
+	rm -rf .build bin

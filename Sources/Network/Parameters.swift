@@ -1,0 +1,109 @@
+// One flat block of parameters, with gradients and optimizer state in blocks of the same length
+// (llm.c style), plus the non-trained buffers (batch-norm running statistics, counters).
+// Tensors are named and shaped exactly as in torchvision's state_dict, weights in PyTorch layouts.
+
+/// Where one named tensor lives.
+public struct TensorSlot: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// Trained: lives in `params` / `grads` / `momentum`.
+        case parameter
+        /// Float buffer (running mean / var): lives in `buffers`.
+        case buffer
+        /// int64 counter (num_batches_tracked): lives in `counters`.
+        case counter
+    }
+    public var name: String
+    public var shape: [Int]
+    public var kind: Kind
+    public var offset: Int
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// Named tensors of one model, in flat, 64-byte aligned blocks allocated once.
+public final class ParameterStore: @unchecked Sendable {
+    public private(set) var slots: [TensorSlot] = []
+    public private(set) var index: [String: Int] = [:]
+    public private(set) var parameterCount = 0
+    public private(set) var bufferCount = 0
+    public private(set) var counterCount = 0
+    public private(set) var params: UnsafeMutablePointer<Float>
+    public private(set) var grads: UnsafeMutablePointer<Float>
+    public private(set) var momentum: UnsafeMutablePointer<Float>
+    public private(set) var buffers: UnsafeMutablePointer<Float>
+    public private(set) var counters: UnsafeMutablePointer<Int64>
+    private var sealed = false
+
+    public init() {
+        params = .allocate(capacity: 1); grads = .allocate(capacity: 1); momentum = .allocate(capacity: 1)
+        buffers = .allocate(capacity: 1); counters = .allocate(capacity: 1)
+    }
+
+    deinit {
+        params.deallocate(); grads.deallocate(); momentum.deallocate(); buffers.deallocate(); counters.deallocate()
+    }
+
+    /// Declares a tensor; returns its offset in its block. Only before `seal()`.
+    @discardableResult
+    public func declare(_ name: String, _ shape: [Int], _ kind: TensorSlot.Kind) -> Int {
+        precondition(!sealed, "declare after seal")
+        precondition(index[name] == nil, "duplicate tensor \(name)")
+        let n = shape.reduce(1, *)
+        let offset: Int
+        switch kind {
+        case .parameter: offset = parameterCount; parameterCount += (n + 15) & ~15
+        case .buffer: offset = bufferCount; bufferCount += (n + 15) & ~15
+        case .counter: offset = counterCount; counterCount += n
+        }
+        index[name] = slots.count
+        slots.append(TensorSlot(name: name, shape: shape, kind: kind, offset: offset))
+        return offset
+    }
+
+    /// Allocates the blocks (zeroed). Called once after every `declare`.
+    public func seal() {
+        precondition(!sealed)
+        sealed = true
+        func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 16) * 4, alignment: 64)
+                .bindMemory(to: Float.self, capacity: max(n, 16))
+            p.initialize(repeating: 0, count: max(n, 16))
+            return p
+        }
+        params.deallocate(); grads.deallocate(); momentum.deallocate(); buffers.deallocate(); counters.deallocate()
+        params = alloc(parameterCount); grads = alloc(parameterCount); momentum = alloc(parameterCount)
+        buffers = alloc(bufferCount)
+        counters = .allocate(capacity: max(counterCount, 1))
+        counters.initialize(repeating: 0, count: max(counterCount, 1))
+    }
+
+    public func slot(_ name: String) -> TensorSlot? { index[name].map { slots[$0] } }
+
+    /// Pointer to a float tensor (parameter or buffer).
+    public func pointer(_ slot: TensorSlot) -> UnsafeMutablePointer<Float> {
+        switch slot.kind {
+        case .parameter: return params + slot.offset
+        case .buffer: return buffers + slot.offset
+        case .counter: preconditionFailure("\(slot.name) is an int64 counter")
+        }
+    }
+
+    public func pointer(_ name: String) -> UnsafeMutablePointer<Float> {
+        guard let s = slot(name) else { preconditionFailure("no tensor \(name)") }
+        return pointer(s)
+    }
+
+    public func values(_ name: String) -> [Float] {
+        guard let s = slot(name) else { return [] }
+        return Array(UnsafeBufferPointer(start: pointer(s), count: s.count))
+    }
+
+    /// Copies every parameter, buffer and counter from `other` (same layout).
+    public func copyState(from other: ParameterStore) {
+        precondition(other.slots == slots, "layouts differ")
+        params.update(from: other.params, count: parameterCount)
+        buffers.update(from: other.buffers, count: bufferCount)
+        counters.update(from: other.counters, count: counterCount)
+    }
+
+    public func zeroGrads() { grads.update(repeating: 0, count: parameterCount) }
+}

@@ -1,0 +1,256 @@
+// Forward and backward of a ResNet backbone for one (batch, height, width), with every activation,
+// gradient and scratch buffer planned and allocated once, at construction. Nothing allocates in
+// forward() or backward().
+import Kernels
+
+public enum BatchNormMode: Sendable, Equatable {
+    /// Batch statistics (running statistics updated). `splits` > 1 normalises each contiguous
+    /// group of batch/splits samples on its own (MoCo's shuffle-BN stand-in); backward needs 1.
+    case train(splits: Int)
+    /// Running statistics.
+    case eval
+}
+
+public final class ResNetPass {
+    public typealias Ptr = UnsafeMutablePointer<Float>
+
+    struct Node {
+        var unit: ConvBN
+        var shape: Conv2DShape
+        var input: Ptr
+        var conv: Ptr
+        var out: Ptr
+        var mean: Ptr
+        var invStd: Ptr
+        var bnPixels: Int { shape.n * shape.oh * shape.ow }
+    }
+
+    struct Block {
+        var convs: [Node]
+        var down: Node?
+        var input: Ptr
+        var out: Ptr
+    }
+
+    public let layout: ResNetLayout
+    public let batch: Int, height: Int, width: Int
+    /// Whether activations are kept for backward (training); otherwise buffers are recycled.
+    public let keepsActivations: Bool
+    public let plannedThreads: Int
+
+    var stem: Node
+    var pool: (shape: MaxPoolShape, out: Ptr, argmax: UnsafeMutablePointer<Int32>)?
+    var blocks: [Block] = []
+    /// Pooled features [batch][featureDim].
+    public let features: Ptr
+    /// The last block's output [batch][mapSize][mapSize][featureDim] (saliency reads it).
+    public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(blocks.last!.out) }
+    public let mapHeight: Int, mapWidth: Int
+    var grad: [Ptr] = []
+    var packF: Ptr, packB: Ptr
+    var scratch: UnsafeMutableRawPointer
+    private var allocations: [UnsafeMutableRawPointer] = []
+    /// Bytes this pass allocated.
+    public private(set) var allocatedBytes = 0
+    var lastMode: BatchNormMode = .eval
+
+    public init(layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
+                threads: Int = Threads.count) {
+        precondition(batch > 0 && height > 0 && width > 0)
+        self.layout = layout; self.batch = batch; self.height = height; self.width = width
+        self.keepsActivations = keepActivations
+        self.plannedThreads = threads
+        var allocs: [UnsafeMutableRawPointer] = []
+        var bytes = 0
+        func alloc(_ floats: Int) -> Ptr {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(floats, 16) * 4, alignment: 64)
+            allocs.append(p); bytes += max(floats, 16) * 4
+            return p.bindMemory(to: Float.self, capacity: max(floats, 16))
+        }
+        // Shapes first, to size the shared buffers.
+        var maxAct = 0, maxPackF = 0, maxPackB = 0, maxScratch = 0
+        let t = max(threads, 1)
+        var h = height, w = width
+        func note(_ sh: Conv2DShape) {
+            maxAct = max(maxAct, sh.outputCount, sh.inputCount)
+            maxPackF = max(maxPackF, sh.packedForwardCount); maxPackB = max(maxPackB, sh.packedBackwardDataCount)
+            maxScratch = max(maxScratch, sh.scratchBytes(threads: t),
+                             batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
+        }
+        let stemShape = layout.stem.shape(n: batch, h: h, w: w)
+        note(stemShape)
+        h = stemShape.oh; w = stemShape.ow
+        var poolShape: MaxPoolShape? = nil
+        if layout.config.stem == .imagenet {
+            let ps = MaxPoolShape(n: batch, c: layout.stem.cout, h: h, w: w)
+            poolShape = ps
+            h = ps.oh; w = ps.ow
+        }
+        var blockShapes: [([Conv2DShape], Conv2DShape?)] = []
+        for b in layout.blocks {
+            var shapes: [Conv2DShape] = []
+            var bh = h, bw = w
+            for u in b.convs { let s = u.shape(n: batch, h: bh, w: bw); note(s); shapes.append(s); bh = s.oh; bw = s.ow }
+            let ds = b.downsample.map { $0.shape(n: batch, h: h, w: w) }
+            if let ds { note(ds) }
+            blockShapes.append((shapes, ds))
+            h = bh; w = bw
+        }
+        mapHeight = h; mapWidth = w
+        packF = alloc(maxPackF); packB = alloc(maxPackB)
+        let sp = UnsafeMutableRawPointer.allocate(byteCount: maxScratch + 64, alignment: 64)
+        allocs.append(sp); bytes += maxScratch + 64
+        scratch = sp
+
+        // Activation buffers: one per tensor when kept; five recycled ones otherwise.
+        let shared = keepActivations ? [] : (0..<5).map { _ in alloc(maxAct) }
+        func act(_ count: Int, _ role: Int) -> Ptr { keepActivations ? alloc(count) : shared[role] }
+        let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
+        func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, conv: Int, out: Int, outPtr: Ptr? = nil) -> Node {
+            Node(unit: u, shape: sh, input: input, conv: act(sh.outputCount, conv),
+                 out: outPtr ?? act(sh.outputCount, out), mean: alloc(sh.k), invStd: alloc(sh.k))
+        }
+        // The stem's input pointer is set by forward().
+        let placeholder = alloc(1)
+        stem = node(layout.stem, stemShape, placeholder, conv: T1, out: poolShape == nil ? X : T2)
+        var cur = stem.out
+        if let ps = poolShape {
+            let out = act(ps.outputCount, X)
+            let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
+            allocs.append(am); bytes += max(ps.outputCount, 16) * 4
+            pool = (ps, out, am.bindMemory(to: Int32.self, capacity: ps.outputCount))
+            cur = out
+        }
+        var inRole = X, outRole = Y
+        for (bi, b) in layout.blocks.enumerated() {
+            let (shapes, ds) = blockShapes[bi]
+            let blockOut = act(shapes.last!.outputCount, outRole)
+            var nodes: [Node] = []
+            var x = cur
+            let mids = [T2, T3]
+            for (i, u) in b.convs.enumerated() {
+                let last = i == b.convs.count - 1
+                let n = node(u, shapes[i], x, conv: T1, out: last ? outRole : mids[i % 2], outPtr: last ? blockOut : nil)
+                nodes.append(n); x = n.out
+            }
+            let down = b.downsample.map { node($0, ds!, cur, conv: T1, out: T2) }
+            blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
+            cur = blockOut
+            swap(&inRole, &outRole)
+        }
+        features = alloc(batch * layout.config.featureDim)
+        if keepActivations { grad = (0..<3).map { _ in alloc(maxAct) } }
+        allocations = allocs
+        allocatedBytes = bytes
+    }
+
+    deinit { for p in allocations { p.deallocate() } }
+
+    // MARK: Forward
+
+    /// Runs the backbone on `input` [batch][height][width][inChannels] (NHWC, normalised) and
+    /// writes the pooled features. In train mode running statistics are updated.
+    public func forward(input: UnsafePointer<Float>, store: ParameterStore, mode: BatchNormMode) {
+        precondition(Threads.count <= plannedThreads, "thread count grew after planning")
+        lastMode = mode
+        stem.input = UnsafeMutablePointer(mutating: input)
+        convBN(stem, store, mode)
+        if let pool { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
+        for b in blocks {
+            for n in b.convs { convBN(n, store, mode) }
+            if let d = b.down { convBN(d, store, mode) }
+            let last = b.convs.last!
+            addForward(count: last.shape.outputCount, b.out, b.down?.out ?? b.input, relu: true, output: b.out)
+        }
+        globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
+                             input: blocks.last!.out, output: features)
+    }
+
+    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) {
+        let u = n.unit
+        conv2dPackForward(n.shape, weights: store.params + u.weight, packed: packF)
+        conv2dForward(n.shape, input: n.input, packed: packF, output: n.conv, scratch: scratch)
+        let C = u.cout
+        switch mode {
+        case .eval:
+            batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: n.conv,
+                                      gamma: store.params + u.gamma, beta: store.params + u.beta,
+                                      runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
+                                      eps: 1e-5, relu: u.relu, output: n.out)
+        case .train(let splits):
+            let s = max(1, min(splits, batch))
+            precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
+            let px = n.bnPixels / s
+            for i in 0..<s {
+                batchNormForwardTraining(BatchNormShape(pixels: px, channels: C), input: n.conv + i * px * C,
+                                         gamma: store.params + u.gamma, beta: store.params + u.beta,
+                                         runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
+                                         momentum: 0.1, eps: 1e-5, relu: u.relu, output: n.out + i * px * C,
+                                         saveMean: n.mean, saveInvStd: n.invStd, scratch: scratch)
+            }
+            store.counters[u.counter] += 1
+        }
+    }
+
+    // MARK: Backward
+
+    /// Back-propagates d(loss)/d(features) [batch][featureDim] through the backbone of the last
+    /// forward (train mode, one split), writing every backbone parameter's gradient into store.grads.
+    public func backward(gradFeatures: UnsafePointer<Float>, store: ParameterStore) {
+        precondition(keepsActivations, "backward needs a pass planned with keepActivations")
+        precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
+        var gA = grad[0], gC = grad[2]
+        let gB = grad[1]
+        let D = layout.config.featureDim
+        globalAvgPoolBackward(n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
+                              gradInput: gA, accumulate: false)
+        for b in blocks.reversed() {
+            // gA holds d(block output); mask by its ReLU in place.
+            let count = b.convs.last!.shape.outputCount
+            reluBackward(count: count, output: b.out, gradOutput: gA, gradInput: gA, accumulate: false)
+            // Node i: BN backward reads d(out) and writes gB; conv backward reads gB and writes gC,
+            // which is d(out) of node i-1. gA (d of the block output) stays intact for the shortcut.
+            var dIn = UnsafePointer(gA)
+            for n in b.convs.reversed() {
+                bnBackward(n, store, gradOut: dIn, gradIn: gB)
+                convBackward(n, store, gradConv: gB, gradInput: gC, accumulate: false, needInput: true)
+                dIn = UnsafePointer(gC)
+            }
+            // Now gC = d(block input) from the main path; gA = d(block output) after ReLU (the shortcut's).
+            if let d = b.down {
+                bnBackward(d, store, gradOut: gA, gradIn: gB)
+                convBackward(d, store, gradConv: gB, gradInput: gC, accumulate: true, needInput: true)
+            } else {
+                addForward(count: b.convs[0].shape.inputCount, gC, gA, relu: false, output: gC)
+            }
+            swap(&gA, &gC)   // next block's output gradient
+        }
+        // Stem: gA = d(stem output, after pool when present).
+        if let pool {
+            maxPoolBackward(pool.shape, gradOutput: gA, argmax: pool.argmax, gradInput: gC)
+            swap(&gA, &gC)
+        }
+        bnBackward(stem, store, gradOut: gA, gradIn: gB)
+        convBackward(stem, store, gradConv: gB, gradInput: nil, accumulate: false, needInput: false)
+    }
+
+    func bnBackward(_ n: Node, _ store: ParameterStore, gradOut: UnsafePointer<Float>, gradIn: Ptr) {
+        let u = n.unit
+        batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                          output: u.relu ? UnsafePointer(n.out) : nil, gradOutput: gradOut,
+                          gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
+                          gradInput: gradIn, gradGamma: store.grads + u.gamma, gradBeta: store.grads + u.beta,
+                          accumulate: false, scratch: scratch)
+    }
+
+    func convBackward(_ n: Node, _ store: ParameterStore, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
+                      needInput: Bool) {
+        conv2dBackwardWeight(n.shape, input: n.input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
+                             accumulate: false, scratch: scratch)
+        if let gradInput, needInput {
+            conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: packB)
+            conv2dBackwardData(n.shape, gradOutput: gradConv, packed: packB, gradInput: gradInput,
+                               accumulate: accumulate, scratch: scratch)
+        }
+    }
+}

@@ -1,0 +1,178 @@
+import ArgumentParser
+import Foundation
+import Kernels
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Micro-benchmarks: what this machine can do.",
+        subcommands: [BenchKernels.self])
+}
+
+/// Median wall time of `body` over at least `minRuns` runs and `minSeconds`, after one warm-up run.
+func medianSeconds(minRuns: Int = 5, minSeconds: Double = 0.5, _ body: () -> Void) -> Double {
+    body()
+    var times: [Double] = []
+    let start = DispatchTime.now().uptimeNanoseconds
+    while times.count < minRuns || Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 < minSeconds {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+        if times.count >= 200 { break }
+    }
+    times.sort()
+    return times[times.count / 2]
+}
+
+/// Measures the FP32 FMA peak of `Threads.count` threads in GFLOP/s (median of several runs).
+func measurePeak() -> Double {
+    let iters = 2_000_000
+    var flops = 0.0
+    let t = medianSeconds(minRuns: 7, minSeconds: 0.3) { flops = fmaPeakLoop(iterations: iters).flops }
+    return flops / t * 1e-9
+}
+
+struct BenchRecord {
+    var fields: [(String, String)]
+    mutating func add(_ k: String, _ v: Int) { fields.append((k, String(v))) }
+    mutating func add(_ k: String, _ v: Double) { fields.append((k, String(format: "%.2f", v))) }
+    mutating func add(_ k: String, _ v: String) { fields.append((k, "\"\(v)\"")) }
+    var json: String { "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}" }
+}
+
+struct BenchKernels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
+        abstract: "FMA peak, then 3x3 convolutions on ResNet-18's CIFAR shapes (GFLOP/s, % of peak), batch norm and pooling (GB/s).")
+
+    @OptionGroup var threadOptions: ThreadOptions
+    @Flag(help: "One JSON object per line.") var json = false
+    @Option(help: "Batch size.") var batch = 64
+    @Option(help: "Comma-separated (C, H=W) shapes, e.g. 64x32,128x16.") var shapes = "64x32,128x16,256x8,512x4"
+
+    func validate() throws {
+        if batch < 1 || batch > 4096 { throw ValidationError("--batch must be between 1 and 4096, got \(batch)") }
+        _ = try parseShapes()
+    }
+
+    func parseShapes() throws -> [(Int, Int)] {
+        try shapes.split(separator: ",").map { part in
+            let f = part.split(separator: "x").compactMap { Int($0) }
+            guard f.count == 2, f[0] > 0, f[1] > 0, f[0] <= 4096, f[1] <= 1024 else {
+                throw ValidationError("--shapes: expected CxHW like 64x32, got '\(part)'")
+            }
+            return (f[0], f[1])
+        }
+    }
+
+    func run() throws {
+        threadOptions.apply()
+        let threads = Threads.count
+        let peak = measurePeak()
+        var rows: [BenchRecord] = []
+        var r = BenchRecord(fields: [])
+        r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
+        emit(r, peak: peak)
+        rows.append(r)
+        for (c, hw) in try parseShapes() {
+            let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c, r: 3, s: 3, stride: 1, pad: 1)
+            for (op, t) in try benchConv(sh) {
+                var rec = BenchRecord(fields: [])
+                rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
+                rec.add("threads", threads); rec.add("gflops", sh.flops / t * 1e-9)
+                rec.add("pct_peak", sh.flops / t * 1e-9 / peak * 100)
+                emit(rec, peak: peak)
+                rows.append(rec)
+            }
+        }
+    }
+
+    func emit(_ r: BenchRecord, peak: Double) {
+        if json { print(r.json); return }
+        let d = Dictionary(r.fields, uniquingKeysWith: { a, _ in a })
+        let op = d["op"]!.replacingOccurrences(of: "\"", with: "")
+        if op == "peak_fma" {
+            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s)")
+            print(String(format: "%-20@ %5@ %4@ %6@ %9@ %7@", "op" as NSString, "C" as NSString, "HW" as NSString,
+                         "batch" as NSString, "GFLOP/s" as NSString, "% peak" as NSString))
+        } else {
+            print(String(format: "%-20@ %5@ %4@ %6@ %9@ %7@", op as NSString, d["C"]! as NSString, d["HW"]! as NSString,
+                         d["batch"]! as NSString, d["gflops"]! as NSString, d["pct_peak"]! as NSString))
+        }
+        fflush(nil)
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Times forward, backward-data and backward-weights of one convolution after spot-checking each
+/// against a direct sum. Returns (op, median seconds).
+func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
+    var rng = SystemRandomNumberGenerator()
+    let x = (0..<sh.inputCount).map { _ in Float.random(in: -1...1, using: &rng) }
+    let w = (0..<sh.weightCount).map { _ in Float.random(in: -0.1...0.1, using: &rng) }
+    let dy = (0..<sh.outputCount).map { _ in Float.random(in: -1...1, using: &rng) }
+    var pf = [Float](repeating: 0, count: sh.packedForwardCount)
+    var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
+    var y = [Float](repeating: 0, count: sh.outputCount)
+    var dx = [Float](repeating: 0, count: sh.inputCount)
+    var dw = [Float](repeating: 0, count: sh.weightCount)
+    let scratch = UnsafeMutableRawPointer.allocate(byteCount: sh.scratchBytes(threads: Threads.count), alignment: 64)
+    defer { scratch.deallocate() }
+    conv2dPackForward(sh, weights: w, packed: &pf)
+    conv2dPackBackwardData(sh, weights: w, packed: &pb)
+    conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+    conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+    conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+    try spotCheckConv(sh, x: x, w: w, dy: dy, y: y, dx: dx, dw: dw)
+    var out: [(String, Double)] = []
+    out.append(("conv3x3_fwd", medianSeconds {
+        conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch) }))
+    out.append(("conv3x3_bwd_data", medianSeconds {
+        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch) }))
+    out.append(("conv3x3_bwd_weight", medianSeconds {
+        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch) }))
+    return out
+}
+
+/// Compares 64 random elements of each result with a direct double-precision sum.
+func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws {
+    let OH = sh.oh, OW = sh.ow
+    func xAt(_ b: Int, _ ih: Int, _ iw: Int, _ c: Int) -> Double {
+        ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w ? 0 : Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
+    }
+    func wAt(_ k: Int, _ c: Int, _ r: Int, _ s: Int) -> Double { Double(w[((k * sh.c + c) * sh.r + r) * sh.s + s]) }
+    func check(_ what: String, _ got: Float, _ want: Double, _ scale: Double) throws {
+        if !(abs(Double(got) - want) <= 1e-3 * scale + 1e-4 * abs(want)) {
+            throw BenchError(description: "\(what) is wrong: got \(got), expected \(want) (\(sh))")
+        }
+    }
+    for _ in 0..<64 {
+        let b = Int.random(in: 0..<sh.n), oh = Int.random(in: 0..<OH), ow = Int.random(in: 0..<OW)
+        let k = Int.random(in: 0..<sh.k), c = Int.random(in: 0..<sh.c)
+        let r = Int.random(in: 0..<sh.r), s = Int.random(in: 0..<sh.s)
+        var acc = 0.0
+        for cc in 0..<sh.c { for rr in 0..<sh.r { for ss in 0..<sh.s {
+            acc += xAt(b, oh * sh.stride - sh.pad + rr, ow * sh.stride - sh.pad + ss, cc) * wAt(k, cc, rr, ss)
+        } } }
+        try check("forward", y[((b * OH + oh) * OW + ow) * sh.k + k], acc, Double(sh.c * sh.taps) * 0.1)
+        // backward-data at input pixel (b, ih, iw), channel c
+        let ih = Int.random(in: 0..<sh.h), iw = Int.random(in: 0..<sh.w)
+        acc = 0
+        for kk in 0..<sh.k { for rr in 0..<sh.r { for ss in 0..<sh.s {
+            let ohn = ih + sh.pad - rr, own = iw + sh.pad - ss
+            if ohn < 0 || own < 0 || ohn % sh.stride != 0 || own % sh.stride != 0 { continue }
+            let o1 = ohn / sh.stride, o2 = own / sh.stride
+            if o1 >= OH || o2 >= OW { continue }
+            acc += Double(dy[((b * OH + o1) * OW + o2) * sh.k + kk]) * wAt(kk, c, rr, ss)
+        } } }
+        try check("backward-data", dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c], acc, Double(sh.k * sh.taps) * 0.1)
+        acc = 0
+        for bb in 0..<sh.n { for o1 in 0..<OH { for o2 in 0..<OW {
+            acc += xAt(bb, o1 * sh.stride - sh.pad + r, o2 * sh.stride - sh.pad + s, c) * Double(dy[((bb * OH + o1) * OW + o2) * sh.k + k])
+        } } }
+        try check("backward-weight", dw[((k * sh.c + c) * sh.r + r) * sh.s + s], acc, Double(sh.n * OH * OW))
+    }
+}

@@ -1,0 +1,24 @@
+import ArgumentParser
+import Kernels
+
+struct Salient: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "salient",
+        abstract: "Contrastive self-supervised ResNet training on CPUs, with saliency-guided masking.",
+        version: "0.1.0",
+        subcommands: [BenchCommand.self])
+}
+
+/// `--threads N` shared by every command that computes; falls back to SALIENT_THREADS, then all cores.
+struct ThreadOptions: ParsableArguments {
+    @Option(name: .long, help: "Worker threads (default: SALIENT_THREADS or all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let t = threads, t < 1 || t > 4096 {
+            throw ValidationError("--threads must be between 1 and 4096, got \(t)")
+        }
+    }
+
+    func apply() { if let t = threads { Threads.count = t } }
+}
