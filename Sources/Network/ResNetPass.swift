@@ -41,6 +41,8 @@ public final class ResNetPass {
     var stem: Node
     var pool: (shape: MaxPoolShape, out: Ptr, argmax: UnsafeMutablePointer<Int32>)?
     var blocks: [Block] = []
+    /// The input batch [batch][height][width][inChannels]; write into it directly to skip forward()'s copy.
+    public let input: Ptr
     /// Pooled features [batch][featureDim].
     public let features: Ptr
     /// The last block's output [batch][mapSize][mapSize][featureDim] (saliency reads it).
@@ -110,9 +112,10 @@ public final class ResNetPass {
             Node(unit: u, shape: sh, input: input, conv: act(sh.outputCount, conv),
                  out: outPtr ?? act(sh.outputCount, out), mean: alloc(sh.k), invStd: alloc(sh.k))
         }
-        // The stem's input pointer is set by forward().
-        let placeholder = alloc(1)
-        stem = node(layout.stem, stemShape, placeholder, conv: T1, out: poolShape == nil ? X : T2)
+        // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
+        let inputBuffer = alloc(stemShape.inputCount)
+        self.input = inputBuffer
+        stem = node(layout.stem, stemShape, inputBuffer, conv: T1, out: poolShape == nil ? X : T2)
         var cur = stem.out
         if let ps = poolShape {
             let out = act(ps.outputCount, X)
@@ -153,7 +156,7 @@ public final class ResNetPass {
     public func forward(input: UnsafePointer<Float>, store: ParameterStore, mode: BatchNormMode) {
         precondition(Threads.count <= plannedThreads, "thread count grew after planning")
         lastMode = mode
-        stem.input = UnsafeMutablePointer(mutating: input)
+        if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.shape.inputCount) }
         convBN(stem, store, mode)
         if let pool { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
         for b in blocks {

@@ -1,5 +1,73 @@
-// CImage: libpng and zlib shims for salient. Internal; no stable API.
+// CImage: libpng and zlib shims for salient's Data module. Internal to salient; no stable API.
+//
+// Every function reports failure through its return value (SAL_OK = 0 on success) and, when
+// `err` is not NULL, a NUL-terminated message of at most `errlen` bytes. libpng's setjmp/longjmp
+// error handling is contained entirely in cimage.c: no longjmp ever crosses into the caller, and
+// everything allocated before an error is freed.
 #ifndef SALIENT_CIMAGE_H
 #define SALIENT_CIMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    SAL_OK = 0,
+    SAL_ERR_NOT_PNG = 1,      // the 8-byte PNG signature is missing
+    SAL_ERR_CORRUPT = 2,      // libpng rejected the data (bad chunk, CRC, zlib stream, ...)
+    SAL_ERR_TRUNCATED = 3,    // the data ended early
+    SAL_ERR_TOO_LARGE = 4,    // width*height exceeds the caller's limit (checked before allocating)
+    SAL_ERR_NOMEM = 5,
+    SAL_ERR_IO = 6,           // file could not be opened / written
+    SAL_ERR_ARG = 7,          // bad argument (channels not 1/3, zero size, ...)
+};
+
+/// libpng's version number (e.g. 10640 for 1.6.40).
 int sal_cimage_version(void);
+
+/// Reads width, height and the native channel count (1 for gray / gray+alpha, 3 for RGB, RGBA and
+/// palette) from a PNG's IHDR without decoding the pixels.
+int sal_png_info(const uint8_t *data, size_t size, uint32_t *width, uint32_t *height,
+                 int *native_channels, char *err, size_t errlen);
+
+/// Decodes a whole PNG held in memory (any colour type, bit depth 1-16, interlaced or not).
+/// `want_channels`: 0 = native (1 for gray images, 3 otherwise), 1 = gray, 3 = RGB.
+/// Alpha is dropped (not composited), as PIL's convert("RGB") does; tRNS is ignored. RGB -> gray
+/// uses ITU-R 601 luma (0.299, 0.587, 0.114) on the stored values, as PIL's convert("L").
+/// Values are sample / (2^bitdepth - 1) in [0, 1]; palette entries / 255.
+/// `max_pixels` (> 0) bounds width*height and is checked before any pixel buffer is allocated.
+/// On success `*out` is a malloc'ed HWC float buffer of width*height*channels values that the
+/// caller frees with sal_free.
+int sal_png_decode(const uint8_t *data, size_t size, int want_channels, uint64_t max_pixels,
+                   float **out, uint32_t *width, uint32_t *height, int *channels,
+                   char *err, size_t errlen);
+
+/// Encodes 8-bit gray (channels 1), RGB (3) or RGBA (4) HWC pixels as a PNG in memory.
+/// On success `*out` (malloc'ed, freed with sal_free) holds `*out_size` bytes.
+int sal_png_encode(const uint8_t *pixels, uint32_t width, uint32_t height, int channels,
+                   uint8_t **out, size_t *out_size, char *err, size_t errlen);
+
+/// 1 when the buffer starts with the gzip magic bytes 1f 8b.
+int sal_is_gzip(const uint8_t *data, size_t size);
+
+/// Inflates a whole gzip (possibly multi-member) or zlib buffer. A stream that ends before its
+/// trailer is SAL_ERR_TRUNCATED; bad data is SAL_ERR_CORRUPT; output beyond `max_out` bytes is
+/// SAL_ERR_TOO_LARGE. On success `*out` (malloc'ed, freed with sal_free) holds `*out_size` bytes.
+int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out, size_t *out_size,
+               char *err, size_t errlen);
+
+/// Compresses a buffer as one gzip member (used by tests and the fuzzer to build .gz inputs).
+int sal_gzip(const uint8_t *data, size_t size, uint8_t **out, size_t *out_size, char *err, size_t errlen);
+
+/// zlib's CRC-32 (used by the fuzzer to repair chunk CRCs of mutated PNGs).
+uint32_t sal_crc32(const uint8_t *data, size_t size);
+
+void sal_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

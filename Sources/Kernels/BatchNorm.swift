@@ -1,0 +1,302 @@
+// Batch normalisation over NHWC feature maps, optionally fused with a following ReLU.
+//
+// Letters: P = N*H*W pixels, C channels; a feature map is a [P][C] matrix and every statistic is
+// per channel (a column), so all work is vectorised along C (partial vectors for the tail) and split
+// over threads by pixel ranges.
+//
+// Statistics: each thread sums its pixels' (x - shift) and (x - shift)^2, shift = the first pixel's value
+// of the channel (so a mean far from zero costs no precision), in Float over blocks of `bnBlock` pixels
+// that are folded into Double per-thread sums; the per-thread sums are reduced once, in Double.
+// Backward uses the same scheme for sum(dy) and sum(dy * (x - mean)), then one pass
+//   dx = k1*dy + k2*(x - mean) + k3,  k1 = gamma*invstd, k2 = -gamma*invstd^3*sum(dy*(x-mean))/P,
+//   k3 = -gamma*invstd*sum(dy)/P
+// (dy masked by y > 0 first when the ReLU is fused).
+
+/// P pixels x C channels.
+public struct BatchNormShape: Equatable, Sendable {
+    public var pixels: Int
+    public var channels: Int
+    public init(pixels: Int, channels: Int) {
+        self.pixels = pixels; self.channels = channels
+    }
+    public var count: Int { pixels * channels }
+}
+
+/// Pixels summed in Float before folding into the Double per-thread sums.
+let bnBlock = 256
+
+/// Channels rounded up to whole vectors.
+@inline(__always) func bnPadded(_ c: Int) -> Int { ceilDiv(c, fvecWidth) * fvecWidth }
+@inline(__always) func bnPerThreadBytes(_ c: Int) -> Int { align64(2 * bnPadded(c) * 4) + align64(2 * c * 8) }
+@inline(__always) func bnSharedBytes(_ c: Int) -> Int { 3 * align64(bnPadded(c) * 4) }
+
+/// Bytes of scratch the training forward and the backward need with `threads` threads
+/// (size it with at least `Threads.count` at call time).
+public func batchNormScratchBytes(_ sh: BatchNormShape, threads: Int) -> Int {
+    bnSharedBytes(sh.channels) + max(threads, 1) * bnPerThreadBytes(sh.channels) + 64
+}
+
+/// Threads the statistic passes use: at most Threads.count, and a few dozen pixels each at least.
+@inline(__always) func bnThreads(_ p: Int) -> Int { max(1, min(Threads.count, p / 32)) }
+
+/// Shared arrays of the scratch (three vectors of padded C floats each), then the per-thread area.
+@inline(__always)
+func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
+    -> (a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>,
+        perThread: UnsafeMutableRawPointer) {
+    let s = align64(bnPadded(c) * 4)
+    return (scratch.bindMemory(to: Float.self, capacity: bnPadded(c)),
+            (scratch + s).bindMemory(to: Float.self, capacity: bnPadded(c)),
+            (scratch + 2 * s).bindMemory(to: Float.self, capacity: bnPadded(c)),
+            scratch + 3 * s)
+}
+
+/// Per-thread pixel-range sums of u and u*v over columns, where (u, v) = `f(pixel row, channel offset, lanes)`.
+/// Leaves the Double sums of thread t at perThread + t*bnPerThreadBytes + align64(2*Cp*4): [sum u][sum u*v].
+@inline(__always)
+func bnColumnSums(pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
+                  _ f: (Int, Int, Int) -> (FVec, FVec)) {
+    let cp = bnPadded(C), stride = bnPerThreadBytes(C)
+    parallelFor(threads) { tlo, thi, _ in
+        for th in tlo..<thi {
+            let base = perThread + th * stride
+            let s1 = base.bindMemory(to: Float.self, capacity: 2 * cp), s2 = s1 + cp
+            let d = (base + align64(2 * cp * 4)).bindMemory(to: Double.self, capacity: 2 * C)
+            d.initialize(repeating: 0, count: 2 * C)
+            let pBegin = P * th / threads, pEnd = P * (th + 1) / threads
+            var p = pBegin
+            while p < pEnd {
+                let pe = min(p + bnBlock, pEnd)
+                s1.initialize(repeating: 0, count: 2 * cp)
+                for q in p..<pe {
+                    var c = 0
+                    while c < C {
+                        let (u, v) = f(q, c, min(fvecWidth, C - c))
+                        vstore(vload(s1 + c) + u, s1 + c)
+                        var a = vload(s2 + c)
+                        a.addProduct(u, v)
+                        vstore(a, s2 + c)
+                        c += fvecWidth
+                    }
+                }
+                for c in 0..<C { d[c] += Double(s1[c]); d[C + c] += Double(s2[c]) }
+                p = pe
+            }
+        }
+    }
+}
+
+/// Reduces the per-thread Double sums of channel c.
+@inline(__always)
+func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer) -> (Double, Double) {
+    var a = 0.0, b = 0.0
+    let off = align64(2 * bnPadded(C) * 4)
+    for th in 0..<threads {
+        let d = (perThread + th * bnPerThreadBytes(C) + off).assumingMemoryBound(to: Double.self)
+        a += d[c]; b += d[C + c]
+    }
+    return (a, b)
+}
+
+/// y[p][c] = (x[p][c] - mean[c]) * scale[c] + shift[c], optionally ReLU'd; parallel over pixels.
+@inline(__always)
+func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
+             scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu: Bool, y: UnsafeMutablePointer<Float>) {
+    parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
+        for p in lo..<hi {
+            let xr = x + p * C, yr = y + p * C
+            var c = 0
+            while c < C {
+                let n = min(fvecWidth, C - c)
+                var v = vloadN(shift + c, n)
+                v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                if relu { v = v.replacing(with: 0, where: v .< 0) }
+                vstoreN(v, yr + c, n)
+                c += fvecWidth
+            }
+        }
+    }
+}
+
+// MARK: - Forward
+
+/// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional fused ReLU;
+/// saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch: r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
+/// y[P][C] from x[P][C]; `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. y may alias x.
+public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                     beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
+                                     runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+                                     output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
+                                     saveInvStd: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+    let P = sh.pixels, C = sh.channels
+    precondition(P > 0 && C > 0, "invalid batch-norm shape")
+    let (shift, mean, scale, work) = bnScratch(C, scratch)
+    let cp = bnPadded(C)
+    for c in 0..<cp { shift[c] = c < C ? x[c] : 0 }
+    let threads = bnThreads(P)
+    let sh0 = UnsafePointer(shift)
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work) { p, c, n in
+        let u = vloadN(x + p * C + c, n) - vload(sh0 + c)
+        return (u, u)
+    }
+    let m = Double(momentum), unbias = Double(P) / Double(max(P - 1, 1))
+    for c in 0..<cp {
+        if c >= C { mean[c] = 0; scale[c] = 0; continue }
+        let (s1, s2) = bnReduced(c, channels: C, threads: threads, perThread: work)
+        let d = s1 / Double(P)
+        let v = max(s2 / Double(P) - d * d, 0)
+        let mu = Double(shift[c]) + d
+        let inv = 1 / (v + Double(eps)).squareRoot()
+        mean[c] = Float(mu)
+        saveMean[c] = Float(mu)
+        saveInvStd[c] = Float(inv)
+        scale[c] = Float(Double(gamma[c]) * inv)
+        runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+        runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+    }
+    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, relu: relu, y: y)
+}
+
+/// Eval mode with running statistics. y may alias x.
+public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                      beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+                                      runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
+                                      output y: UnsafeMutablePointer<Float>) {
+    let P = sh.pixels, C = sh.channels
+    // Blocks of pixels; per block and channel vector the scale is computed once, then applied to the block.
+    let block = max(1, min(64, elementwiseGrain / max(C, 1)))
+    let blocks = ceilDiv(P, block)
+    let one = FVec(repeating: 1), e = FVec(repeating: eps)
+    parallelFor(blocks) { lo, hi, _ in
+        for b in lo..<hi {
+            let p0 = b * block, p1 = min(P, p0 + block)
+            var c = 0
+            while c < C {
+                let n = min(fvecWidth, C - c)
+                let sc = vloadN(gamma + c, n) * (one / (vloadN(runningVar + c, n) + e).squareRoot())
+                let mu = vloadN(runningMean + c, n), bt = vloadN(beta + c, n)
+                for p in p0..<p1 {
+                    var v = bt
+                    v.addProduct(vloadN(x + p * C + c, n) - mu, sc)
+                    if relu { v = v.replacing(with: 0, where: v .< 0) }
+                    vstoreN(v, y + p * C + c, n)
+                }
+                c += fvecWidth
+            }
+        }
+    }
+}
+
+// MARK: - Backward
+
+/// Backward of training mode. When relu is true, `output` is the forward output y (its sign masks dy); otherwise output is ignored (may be nil).
+/// dx overwritten unless accumulate (then added); dGamma/dBeta always overwritten.
+/// `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. dx may alias dy when not accumulating.
+public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
+                              gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                              saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
+                              gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
+                              gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+    let P = sh.pixels, C = sh.channels
+    precondition(P > 0 && C > 0, "invalid batch-norm shape")
+    precondition(!relu || y != nil, "fused ReLU backward needs the forward output")
+    let (k1, k2, k3, work) = bnScratch(C, scratch)
+    let threads = bnThreads(P)
+    let yy = y ?? dy
+    @inline(__always) func grad(_ p: Int, _ c: Int, _ n: Int) -> FVec {
+        let g = vloadN(dy + p * C + c, n)
+        return relu ? g.replacing(with: 0, where: vloadN(yy + p * C + c, n) .<= 0) : g
+    }
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work) { p, c, n in
+        (grad(p, c, n), vloadN(x + p * C + c, n) - vloadN(saveMean + c, n))
+    }
+    let cp = bnPadded(C)
+    for c in 0..<cp {
+        if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
+        let (sg, sgd) = bnReduced(c, channels: C, threads: threads, perThread: work)
+        let inv = Double(saveInvStd[c]), g = Double(gamma[c])
+        gradBeta[c] = Float(sg)
+        gradGamma[c] = Float(sgd * inv)
+        k1[c] = Float(g * inv)
+        k2[c] = Float(-g * inv * inv * inv * sgd / Double(P))
+        k3[c] = Float(-g * inv * sg / Double(P))
+    }
+    parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
+        for p in lo..<hi {
+            var c = 0
+            while c < C {
+                let n = min(fvecWidth, C - c)
+                var v = vload(k3 + c)
+                v.addProduct(vload(k1 + c), grad(p, c, n))
+                v.addProduct(vload(k2 + c), vloadN(x + p * C + c, n) - vloadN(saveMean + c, n))
+                if accumulate { v += vloadN(dx + p * C + c, n) }
+                vstoreN(v, dx + p * C + c, n)
+                c += fvecWidth
+            }
+        }
+    }
+}
+
+// MARK: - Naive references (Double accumulation, two passes)
+
+public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                          beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
+                                          runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+                                          output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
+                                          saveInvStd: UnsafeMutablePointer<Float>) {
+    let P = sh.pixels, C = sh.channels
+    for c in 0..<C {
+        var s = 0.0
+        for p in 0..<P { s += Double(x[p * C + c]) }
+        let mu = s / Double(P)
+        var q = 0.0
+        for p in 0..<P { let d = Double(x[p * C + c]) - mu; q += d * d }
+        let v = q / Double(P)
+        let inv = 1 / (v + Double(eps)).squareRoot()
+        for p in 0..<P {
+            var o = Double(gamma[c]) * (Double(x[p * C + c]) - mu) * inv + Double(beta[c])
+            if relu && o < 0 { o = 0 }
+            y[p * C + c] = Float(o)
+        }
+        saveMean[c] = Float(mu); saveInvStd[c] = Float(inv)
+        let m = Double(momentum)
+        runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+        runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * q / Double(max(P - 1, 1)))
+    }
+}
+
+public func batchNormForwardInferenceNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                           beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+                                           runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
+                                           output y: UnsafeMutablePointer<Float>) {
+    let P = sh.pixels, C = sh.channels
+    for p in 0..<P { for c in 0..<C {
+        let inv = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
+        var o = Double(gamma[c]) * (Double(x[p * C + c]) - Double(runningMean[c])) * inv + Double(beta[c])
+        if relu && o < 0 { o = 0 }
+        y[p * C + c] = Float(o)
+    } }
+}
+
+public func batchNormBackwardNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
+                                   gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                   saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
+                                   gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
+                                   gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    let P = sh.pixels, C = sh.channels
+    for c in 0..<C {
+        let mu = Double(saveMean[c]), inv = Double(saveInvStd[c]), g = Double(gamma[c])
+        func gy(_ p: Int) -> Double { relu && y![p * C + c] <= 0 ? 0 : Double(dy[p * C + c]) }
+        var sg = 0.0, sgx = 0.0
+        for p in 0..<P {
+            sg += gy(p)
+            sgx += gy(p) * (Double(x[p * C + c]) - mu) * inv
+        }
+        gradBeta[c] = Float(sg); gradGamma[c] = Float(sgx)
+        for p in 0..<P {
+            let xhat = (Double(x[p * C + c]) - mu) * inv
+            let v = g * inv / Double(P) * (Double(P) * gy(p) - sg - xhat * sgx)
+            dx[p * C + c] = accumulate ? dx[p * C + c] + Float(v) : Float(v)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import XCTest
+import Kernels
+import TestSupport
+
+final class BatchNormTests: XCTestCase {
+    /// (pixels, channels): channels 1, 3, 13, 33, 64; pixels of 1x1, 3x3, 7x7 maps, batch 1, and enough
+    /// pixels to cross the Float-sum block (256) and split over threads.
+    static let shapes: [BatchNormShape] = [
+        BatchNormShape(pixels: 2, channels: 1),
+        BatchNormShape(pixels: 9, channels: 3),
+        BatchNormShape(pixels: 49, channels: 13),
+        BatchNormShape(pixels: 3 * 7 * 7, channels: 33),
+        BatchNormShape(pixels: 2 * 1 * 1, channels: 8),
+        BatchNormShape(pixels: 600, channels: 64),
+        BatchNormShape(pixels: 1100, channels: 5),
+    ]
+
+    struct Params { var gamma: [Float]; var beta: [Float]; var rm: [Float]; var rv: [Float] }
+
+    func params(_ c: Int, _ rng: inout TestRNG) -> Params {
+        Params(gamma: rng.array(c, 0.5, 1.5), beta: rng.array(c, -0.5, 0.5), rm: rng.array(c), rv: rng.array(c, 0.5, 2))
+    }
+
+    struct Fwd { var y: [Float]; var mean: [Float]; var inv: [Float]; var rm: [Float]; var rv: [Float] }
+
+    func forward(_ sh: BatchNormShape, _ x: [Float], _ p: Params, relu: Bool, naive: Bool, momentum: Float = 0.1) -> Fwd {
+        let C = sh.channels
+        var f = Fwd(y: [Float](repeating: .nan, count: sh.count), mean: [Float](repeating: .nan, count: C),
+                    inv: [Float](repeating: .nan, count: C), rm: p.rm, rv: p.rv)
+        if naive {
+            batchNormForwardTrainingNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
+                                          momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
+                                          saveInvStd: &f.inv)
+        } else {
+            let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+            defer { scratch.deallocate() }
+            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
+                                     momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
+                                     saveInvStd: &f.inv, scratch: scratch)
+        }
+        return f
+    }
+
+    struct Bwd { var dx: [Float]; var dg: [Float]; var db: [Float] }
+
+    func backward(_ sh: BatchNormShape, _ x: [Float], _ f: Fwd, _ dy: [Float], _ p: Params, relu: Bool,
+                  accumulateOnto: [Float]? = nil, naive: Bool) -> Bwd {
+        let C = sh.channels
+        var b = Bwd(dx: accumulateOnto ?? [Float](repeating: .nan, count: sh.count),
+                    dg: [Float](repeating: .nan, count: C), db: [Float](repeating: .nan, count: C))
+        let acc = accumulateOnto != nil
+        f.y.withUnsafeBufferPointer { yp in
+            let yArg: UnsafePointer<Float>? = relu ? yp.baseAddress! : nil
+            if naive {
+                batchNormBackwardNaive(sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
+                                       saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
+                                       accumulate: acc)
+            } else {
+                let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                defer { scratch.deallocate() }
+                batchNormBackward(sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
+                                  saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
+                                  accumulate: acc, scratch: scratch)
+            }
+        }
+        return b
+    }
+
+    /// Mean far from zero (x ~ 100 + U(-1, 1)): the shifted sums must keep the variance accurate.
+    func testTrainingForwardMatchesNaiveWithLargeMean() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(10 + i))
+                let x = rng.array(sh.count, 99, 101)
+                let p = params(sh.channels, &rng)
+                for relu in [false, true] {
+                    let f = forward(sh, x, p, relu: relu, naive: false), n = forward(sh, x, p, relu: relu, naive: true)
+                    let tag = "\(sh) relu \(relu) threads \(threads)"
+                    XCTAssertLessThanOrEqual(toleranceRatio(f.y, n.y, atol: 2e-4, rtol: 1e-4), 1, "y \(tag)")
+                    XCTAssertLessThanOrEqual(toleranceRatio(f.mean, n.mean, atol: 0, rtol: 1e-6), 1, "mean \(tag)")
+                    XCTAssertLessThanOrEqual(toleranceRatio(f.inv, n.inv, atol: 0, rtol: 2e-4), 1, "invstd \(tag)")
+                    XCTAssertLessThanOrEqual(toleranceRatio(f.rm, n.rm, atol: 0, rtol: 1e-6), 1, "running mean \(tag)")
+                    XCTAssertLessThanOrEqual(toleranceRatio(f.rv, n.rv, atol: 1e-6, rtol: 1e-4), 1, "running var \(tag)")
+                    if relu { XCTAssertEqual(f.y.min(), 0, "relu output \(tag)") }
+                }
+            }
+        }
+    }
+
+    /// Running statistics checked by hand: r = (1-m)*r + m*stat, variance unbiased (P/(P-1)).
+    func testRunningStatsUpdateByHand() {
+        let sh = BatchNormShape(pixels: 4, channels: 2)
+        // Channel 0: 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3); channel 1: 100, 100, 100, 104 (mean 101, unbiased 4).
+        let x: [Float] = [1, 100, 2, 100, 3, 100, 6, 104]
+        let p = Params(gamma: [1, 2], beta: [0, 1], rm: [0.5, -1], rv: [2, 3])
+        let f = forward(sh, x, p, relu: false, naive: false, momentum: 0.25)
+        XCTAssertEqual(f.rm[0], 0.75 * 0.5 + 0.25 * 3, accuracy: 1e-6)
+        XCTAssertEqual(f.rm[1], 0.75 * -1 + 0.25 * 101, accuracy: 1e-5)
+        XCTAssertEqual(f.rv[0], 0.75 * 2 + 0.25 * 14 / 3, accuracy: 1e-5)
+        XCTAssertEqual(f.rv[1], 0.75 * 3 + 0.25 * 4, accuracy: 1e-5)
+        XCTAssertEqual(f.mean[0], 3, accuracy: 1e-6)
+        let inv0: Double = 1 / (3.5 + 1e-5).squareRoot()
+        XCTAssertEqual(Double(f.inv[0]), inv0, accuracy: 1e-6)
+        XCTAssertEqual(Double(f.inv[1]), 1 / (3.0 + 1e-5).squareRoot(), accuracy: 1e-6)
+        // y of channel 1 at pixel 3: gamma * (104 - 101) * invstd + beta.
+        let inv1: Double = 1 / (3.0 + 1e-5).squareRoot()
+        XCTAssertEqual(Double(f.y[7]), 2 * 3 * inv1 + 1, accuracy: 1e-5)
+    }
+
+    func testInferenceMatchesNaiveAndHand() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(30 + i))
+                let x = rng.array(sh.count, -3, 3)
+                let p = params(sh.channels, &rng)
+                for relu in [false, true] {
+                    var y = [Float](repeating: .nan, count: sh.count), yn = y
+                    batchNormForwardInference(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                                              runningVar: p.rv, eps: 1e-5, relu: relu, output: &y)
+                    batchNormForwardInferenceNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                                                   runningVar: p.rv, eps: 1e-5, relu: relu, output: &yn)
+                    XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1, "\(sh) relu \(relu) threads \(threads)")
+                    // One element by hand: last pixel, last channel.
+                    let c = sh.channels - 1, k = sh.count - 1
+                    var e = p.gamma[c] * (x[k] - p.rm[c]) / (p.rv[c] + 1e-5).squareRoot() + p.beta[c]
+                    if relu { e = max(e, 0) }
+                    XCTAssertEqual(y[k], e, accuracy: 1e-5)
+                }
+            }
+        }
+    }
+
+    func testBackwardMatchesNaive() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(50 + i))
+                let x = rng.array(sh.count, 99, 101)
+                let dy = rng.array(sh.count)
+                let p = params(sh.channels, &rng)
+                let base = rng.array(sh.count)
+                for relu in [false, true] {
+                    let f = forward(sh, x, p, relu: relu, naive: false)
+                    for acc in [false, true] {
+                        let onto: [Float]? = acc ? base : nil
+                        let a = backward(sh, x, f, dy, p, relu: relu, accumulateOnto: onto, naive: false)
+                        let n = backward(sh, x, f, dy, p, relu: relu, accumulateOnto: onto, naive: true)
+                        let tag = "\(sh) relu \(relu) accumulate \(acc) threads \(threads)"
+                        XCTAssertLessThanOrEqual(toleranceRatio(a.dx, n.dx, atol: 1e-4, rtol: 1e-3), 1, "dx \(tag)")
+                        XCTAssertLessThanOrEqual(toleranceRatio(a.dg, n.dg, atol: 1e-4, rtol: 1e-3), 1, "dgamma \(tag)")
+                        XCTAssertLessThanOrEqual(toleranceRatio(a.db, n.db, atol: 1e-4, rtol: 1e-4), 1, "dbeta \(tag)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finite differences of L = sum(y * g) through the training forward (batch statistics included).
+    func testGradientsMatchFiniteDifferences() {
+        for relu in [false, true] {
+            for sh in [BatchNormShape(pixels: 12, channels: 5), BatchNormShape(pixels: 7, channels: 9)] {
+                var rng = TestRNG(seed: relu ? 3 : 4)
+                var x = rng.array(sh.count, -2, 2)
+                var p = params(sh.channels, &rng)
+                let g = rng.array(sh.count)
+                func loss(_ x: [Float], _ p: Params) -> Double {
+                    weightedSum(forward(sh, x, p, relu: relu, naive: false).y, g)
+                }
+                let f = forward(sh, x, p, relu: relu, naive: false)
+                let b = backward(sh, x, f, g, p, relu: relu, naive: false)
+                let xi = sampleIndices(x.count), ci = Array(0..<sh.channels)
+                let p0 = p, x0 = x
+                let nx = numericGradient(&x, indices: xi) { loss($0, p0) }
+                let ng = numericGradient(&p.gamma, indices: ci) { var q = p0; q.gamma = $0; return loss(x0, q) }
+                let nb = numericGradient(&p.beta, indices: ci) { var q = p0; q.beta = $0; return loss(x0, q) }
+                XCTAssertLessThan(gradientError(analytic: xi.map { Double(b.dx[$0]) }, numeric: nx), 1e-2, "dx \(sh) relu \(relu)")
+                XCTAssertLessThan(gradientError(analytic: ci.map { Double(b.dg[$0]) }, numeric: ng), 1e-2, "dgamma \(sh) relu \(relu)")
+                XCTAssertLessThan(gradientError(analytic: ci.map { Double(b.db[$0]) }, numeric: nb), 1e-2, "dbeta \(sh) relu \(relu)")
+            }
+        }
+    }
+}
