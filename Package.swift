@@ -52,7 +52,7 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
         .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: simdFlags),
         .target(name: "Network", dependencies: ["Kernels"], swiftSettings: simdFlags),
-        .target(name: "Data", dependencies: ["Kernels", "CImage"], swiftSettings: simdFlags),
+        .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: simdFlags),
         .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels"], swiftSettings: simdFlags),
         .executableTarget(name: "salient", dependencies: [
             "Contrastive", "Network", "Data", "Kernels",

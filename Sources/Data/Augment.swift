@@ -298,6 +298,8 @@ public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64,
 }
 
 #if canImport(Glibc)
+import Foundation
+import Kernels
 import Glibc
 #elseif canImport(Darwin)
 import Darwin

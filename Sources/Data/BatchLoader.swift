@@ -1,3 +1,4 @@
+import Kernels
 import Foundation
 
 /// Where a `BatchLoader` stands: the next batch it returns is step `position` of `epoch`. Save it

@@ -1,3 +1,4 @@
+import Kernels
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import Kernels
 import Foundation
 
 /// Every failure the Data module reports: what went wrong and the file it concerns, so that a user

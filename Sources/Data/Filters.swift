@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 
 // Gaussian blur, high-pass and strong blur over NHWC float images.

@@ -1,3 +1,6 @@
+import Foundation
+import Kernels
+
 /// One decoded image: `height` rows of `width` pixels of `channels` (1 or 3) Float32 values in
 /// [0, 1], stored HWC: element (y, x, c) at `(y * width + x) * channels + c`.
 public struct Image: Equatable, Sendable {

@@ -1,3 +1,6 @@
+import Foundation
+import Kernels
+
 /// Tiles equal-size images (same channels) into one image, row-major, `columns` per row, with
 /// `padding` pixels of `background` between and around tiles and each tile enlarged `scale` times
 /// (nearest neighbour, so pixels stay visible).

@@ -1,4 +1,5 @@
 import XCTest
+import Kernels
 import Data
 import TestSupport
 

@@ -1,4 +1,4 @@
-/// SplitMix64: the seeded generator behind every random draw in the Data module. Each sample of a
+/// SplitMix64: the seeded generator behind every random draw (initialisation, augmentation, masks). Each sample of a
 /// batch gets its own generator, derived from (seed, epoch, image index), so augmentations are
 /// identical for a seed whatever the thread count or batch composition.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
@@ -28,10 +28,13 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
         return Int(next() % UInt64(n))   // modulo bias < n / 2^64: negligible here
     }
 
-    /// A standard normal draw (Box-Muller).
+    /// A standard normal draw (Marsaglia's polar method: needs only log and sqrt).
     public mutating func normal() -> Float {
-        let u1 = max(uniformDouble(), 1e-300), u2 = uniformDouble()
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
+        while true {
+            let u = 2 * uniformDouble() - 1, v = 2 * uniformDouble() - 1
+            let s = u * u + v * v
+            if s > 0 && s < 1 { return Float(u * (-2 * logDouble(s) / s).squareRoot()) }
+        }
     }
 
     /// Mixes several integers into one seed (each step a SplitMix64 finaliser).
@@ -45,8 +48,3 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

@@ -1,0 +1,86 @@
+// Offline feature extraction: pooled backbone features (before any head), eval-mode batch norm.
+import Foundation
+import Kernels
+import Network
+import Data
+
+/// How images become network input: optional square resize, then (x - mean) / std per channel.
+public struct Preprocess: Sendable, Equatable {
+    public var resize: Int?
+    public var mean: [Float]
+    public var std: [Float]
+
+    public static let imagenetMean: [Float] = [0.485, 0.456, 0.406]
+    public static let imagenetStd: [Float] = [0.229, 0.224, 0.225]
+
+    /// ImageNet statistics for 3 channels, 0.5 / 0.5 for 1 channel.
+    public static func defaults(channels: Int, resize: Int? = nil) -> Preprocess {
+        channels == 1 ? Preprocess(resize: resize, mean: [0.5], std: [0.5])
+                      : Preprocess(resize: resize, mean: imagenetMean, std: imagenetStd)
+    }
+
+    public init(resize: Int?, mean: [Float], std: [Float]) {
+        self.resize = resize; self.mean = mean; self.std = std
+    }
+
+    /// Writes image `index` of `dataset` as [H][W][C] at `out`, converting channels to `channels`.
+    public func fill(_ dataset: ImageDataset, index: Int, channels: Int, height: Int, width: Int,
+                     into out: UnsafeMutablePointer<Float>) throws {
+        var img = try dataset.image(at: index)
+        if img.channels != channels { img = img.converted(toChannels: channels) }
+        if let r = resize, img.width != r || img.height != r { img = img.resized(width: r, height: r) }
+        guard img.width == width, img.height == height else {
+            throw DataError(.invalidArgument, path: dataset.name(at: index),
+                            "image is \(img.width)x\(img.height), expected \(width)x\(height) like the first image; pass --resize N")
+        }
+        let c = channels
+        img.pixels.withUnsafeBufferPointer { src in
+            for i in 0..<(height * width) {
+                for ch in 0..<c { out[i * c + ch] = (src[i * c + ch] - mean[ch]) / std[ch] }
+            }
+        }
+    }
+}
+
+/// Features of every image of `dataset`, in dataset order: N x featureDim, row-major.
+/// `progress(done, total)` is called after each batch.
+public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
+                            progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
+    let n = dataset.count
+    guard n > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
+    let first = try dataset.image(at: 0)
+    let h = preprocess.resize ?? first.height, w = preprocess.resize ?? first.width
+    let c = encoder.config.inChannels
+    guard preprocess.mean.count == c, preprocess.std.count == c else {
+        throw DataError(.invalidArgument, path: dataset.source,
+                        "mean/std have \(preprocess.mean.count) values, the encoder takes \(c) channels")
+    }
+    let b = min(batch, n)
+    let pass = ResNetPass(layout: encoder.backbone, batch: b, height: h, width: w, keepActivations: false)
+    let D = encoder.config.featureDim
+    var features = [Float](repeating: 0, count: n * D)
+    var start = 0
+    while start < n {
+        let count = min(b, n - start)
+        let per = h * w * c
+        // Fill in parallel: decoding and resizing are per image.
+        var failure: Error? = nil
+        let lock = NSLock()
+        let input = pass.input
+        parallelFor(count) { lo, hi, _ in
+            for i in lo..<hi {
+                do { try preprocess.fill(dataset, index: start + i, channels: c, height: h, width: w, into: input + i * per) }
+                catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
+            }
+        }
+        if let failure { throw failure }
+        if count < b { (input + count * per).update(repeating: 0, count: (b - count) * per) }
+        pass.forward(input: input, store: encoder.store, mode: .eval)
+        features.withUnsafeMutableBufferPointer { f in
+            (f.baseAddress! + start * D).update(from: pass.features, count: count * D)
+        }
+        start += count
+        progress?(start, n)
+    }
+    return features
+}

@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Network
+import Contrastive
+
+/// --arch/--stem/--width: override or complete what a checkpoint says.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "resnet18 | resnet34 | resnet50 (default: from the checkpoint).") var arch: String?
+    @Option(help: "cifar (3x3 stem, no pool) | imagenet (7x7 stem + max pool).") var stem: String?
+    @Option(help: "Channel width multiplier, e.g. 0.25 gives 16-32-64-128 channels.") var width: Double?
+
+    func validate() throws {
+        if let a = arch, ResNetArch(rawValue: a) == nil {
+            throw ValidationError("--arch must be one of \(ResNetArch.allCases.map(\.rawValue).joined(separator: ", ")), got '\(a)'")
+        }
+        if let s = stem, ResNetStem(rawValue: s) == nil {
+            throw ValidationError("--stem must be cifar or imagenet, got '\(s)'")
+        }
+        if let w = width, !(w > 0 && w <= 8) { throw ValidationError("--width must be in (0, 8], got \(w)") }
+    }
+
+    func apply(to c: ResNetConfig) -> ResNetConfig {
+        var c = c
+        if let a = arch { c.arch = ResNetArch(rawValue: a)! }
+        if let s = stem { c.stem = ResNetStem(rawValue: s)! }
+        if let w = width { c.width = w }
+        return c
+    }
+}
+
+/// --resize / --mean / --std.
+struct PreprocessOptions: ParsableArguments {
+    @Option(help: "Resize every image to N x N first (needed when sizes differ).") var resize: Int?
+    @Option(help: "Per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's; 0.5 for 1 channel).") var mean: String?
+    @Option(help: "Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's; 0.5 for 1 channel).") var std: String?
+
+    func validate() throws {
+        if let r = resize, r < 1 || r > 4096 { throw ValidationError("--resize must be between 1 and 4096, got \(r)") }
+        _ = try parse(mean, "--mean"); _ = try parse(std, "--std")
+        if let s = try parse(std, "--std"), s.contains(where: { $0 <= 0 }) { throw ValidationError("--std values must be > 0") }
+    }
+
+    func parse(_ s: String?, _ name: String) throws -> [Float]? {
+        guard let s else { return nil }
+        let v = s.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+        guard !v.isEmpty, v.allSatisfy({ $0 != nil && $0!.isFinite }) else {
+            throw ValidationError("\(name) expects comma-separated numbers, got '\(s)'")
+        }
+        return v.map { $0! }
+    }
+
+    func preprocess(channels: Int) throws -> Preprocess {
+        var p = Preprocess.defaults(channels: channels, resize: resize)
+        if let m = try parse(mean, "--mean") { p.mean = m }
+        if let s = try parse(std, "--std") { p.std = s }
+        guard p.mean.count == channels, p.std.count == channels else {
+            throw ValidationError("--mean/--std need \(channels) value(s) for a \(channels)-channel encoder")
+        }
+        return p
+    }
+}
+
+/// Prints to stderr (progress and notes; stdout keeps results).
+func note(_ s: String, terminator: String = "\n") {
+    FileHandle.standardError.write((s + terminator).data(using: .utf8)!)
+}
+
+/// Where the labels of a features file live: FEATURES.npy -> FEATURES.labels.npy.
+func labelsPath(forFeatures path: String) -> String {
+    path.hasSuffix(".npy") ? String(path.dropLast(4)) + ".labels.npy" : path + ".labels.npy"
+}
