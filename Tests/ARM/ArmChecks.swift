@@ -7,21 +7,8 @@ import ArmSupport
 
 // MARK: - Support
 
-/// SplitMix64, the same generator as Tests/TestSupport, so data is reproducible.
-struct RNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E3779B97F4A7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform(_ lo: Float = -1, _ hi: Float = 1) -> Float {
-        lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
-    }
-}
+/// Seeded data comes from the kernels' own SplitMix64 (Sources/Kernels/RNG.swift).
+typealias RNG = SplitMix64
 
 /// A float buffer owned by one check (freed with `free()`).
 struct Buf {
