@@ -8,7 +8,8 @@
 #     NEON q registers wide),
 #   - not touch the stack (`[sp`: an accumulator spilled out of the 32 NEON registers),
 # and no loop with an fmla in it may call anything (`bl`, `blr`: e.g. a libm fmaf) or do a scalar
-# fused multiply-add (`fmadd`/`fmsub`/`fnmadd`/`fnmsub`, `fmla` on an `sN`).
+# fused multiply-add (`fmadd`/`fmsub`/`fnmadd`/`fnmsub`, `fmla` on an `sN`). The function must also be
+# called (`bl`) somewhere in the object, so that the checked copy is the code that runs.
 set -euo pipefail
 OBJ=${1:?usage: check_neon.sh kernels-arm64.o}
 OBJDUMP=${OBJDUMP:-aarch64-linux-gnu-objdump}
@@ -27,7 +28,13 @@ for k in $KERNELS; do
         fail=1; continue
     fi
     while IFS= read -r sym; do
-        awk -v sym="$sym" -v k="$k" -v minf="$MIN_FMLA" '
+        # The checked code must be the code that runs: the out-of-line copy is called (not inlined away).
+        calls=$(grep -F "	bl	" "$dis" | grep -cF "<$sym>" || true)
+        if [ "$calls" -eq 0 ]; then
+            echo "FAIL $k: $sym is never called (inlined into its callers?): point this check at the caller's loop"
+            fail=1; continue
+        fi
+        awk -v sym="$sym" -v k="$k" -v minf="$MIN_FMLA" -v calls="$calls" '
         function hex(s,   i, c, v) { v = 0; s = tolower(s)
             for (i = 1; i <= length(s); i++) { c = index("0123456789abcdef", substr(s, i, 1)) - 1; v = v * 16 + c }
             return v }
@@ -64,7 +71,7 @@ for k in $KERNELS; do
             if (hf < minf) { printf "FAIL %s: hot loop %x..%x has %d fmla v.4s, want >= %d\n", k, ht, hb, hf, minf; bad = 1 }
             if (hs != "") { printf "FAIL %s: hot loop %x..%x spills to the stack:%s\n", k, ht, hb, hs; bad = 1 }
             if (bad) exit 1
-            printf "ok   %-14s hot loop %x..%x: %d instructions, %d x fmla v.4s, no spills; %d fmla loop(s): no calls, no scalar fma", k, ht, hb, hlen, hf, loops
+            printf "ok   %-14s (called from %d sites) hot loop %x..%x: %d instructions, %d x fmla v.4s, no spills; %d fmla loop(s): no calls, no scalar fma", k, calls, ht, hb, hlen, hf, loops
             if (cold) printf " (%d wider ones, around the partial-tile edge path, touch the stack)", cold
             printf "\n"
         }' "$dis" || fail=1
