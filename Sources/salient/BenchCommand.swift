@@ -6,7 +6,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Micro-benchmarks: what this machine can do.",
-        subcommands: [BenchKernels.self])
+        subcommands: [BenchKernels.self, BenchTrain.self])
 }
 
 /// Median wall time of `body` over at least `minRuns` runs and `minSeconds`, after one warm-up run.
@@ -74,7 +74,8 @@ struct BenchKernels: ParsableCommand {
         r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
         emit(r, peak: peak)
         rows.append(r)
-        for (c, hw) in try parseShapes() {
+        let shapes = try parseShapes()
+        for (c, hw) in shapes {
             let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c, r: 3, s: 3, stride: 1, pad: 1)
             for (op, t) in try benchConv(sh) {
                 var rec = BenchRecord(fields: [])
@@ -85,21 +86,38 @@ struct BenchKernels: ParsableCommand {
                 rows.append(rec)
             }
         }
+        // Memory-bound layers on the first shape: batch norm (train forward + backward) and pooling.
+        if let (c, hw) = shapes.first {
+            for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw) {
+                var rec = BenchRecord(fields: [])
+                rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
+                rec.add("threads", threads); rec.add("gbps", bytes / t * 1e-9)
+                emit(rec, peak: peak)
+            }
+        }
     }
 
     func emit(_ r: BenchRecord, peak: Double) {
-        if json { print(r.json); return }
+        if json { print(r.json); fflush(nil); return }
         let d = Dictionary(r.fields, uniquingKeysWith: { a, _ in a })
         let op = d["op"]!.replacingOccurrences(of: "\"", with: "")
         if op == "peak_fma" {
-            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s)")
-            print(String(format: "%-20@ %5@ %4@ %6@ %9@ %7@", "op" as NSString, "C" as NSString, "HW" as NSString,
-                         "batch" as NSString, "GFLOP/s" as NSString, "% peak" as NSString))
+            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains per thread)")
+            print(row(["op", "C", "HW", "batch", "GFLOP/s", "GB/s", "% peak"]))
         } else {
-            print(String(format: "%-20@ %5@ %4@ %6@ %9@ %7@", op as NSString, d["C"]! as NSString, d["HW"]! as NSString,
-                         d["batch"]! as NSString, d["gflops"]! as NSString, d["pct_peak"]! as NSString))
+            print(row([op, d["C"] ?? "", d["HW"] ?? "", d["batch"] ?? "", d["gflops"] ?? "-", d["gbps"] ?? "-",
+                       d["pct_peak"] ?? "-"]))
         }
         fflush(nil)
+    }
+
+    func row(_ cols: [String]) -> String {
+        let widths = [20, 5, 4, 6, 9, 8, 7]
+        return zip(cols, widths).enumerated().map { i, cw in
+            let (c, w) = cw
+            let pad = String(repeating: " ", count: max(0, w - c.count))
+            return i == 0 ? c + pad : pad + c
+        }.joined(separator: " ")
     }
 }
 
@@ -175,4 +193,46 @@ func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [F
         } } }
         try check("backward-weight", dw[((k * sh.c + c) * sh.r + r) * sh.s + s], acc, Double(sh.n * OH * OW))
     }
+}
+
+/// Times batch norm and pooling on a [batch][hw][hw][c] tensor. Bytes counted are the minimum the
+/// operation must move: BN train forward reads x twice (statistics, normalise) and writes y; BN
+/// backward reads x, dy twice and writes dx; max pool 3x3/2 reads x, writes y and argmax; global
+/// average pool reads x.
+func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, Double)] {
+    let P = batch * hw * hw, n = P * c
+    var rng = SplitMix64(seed: 3)
+    let x = (0..<n).map { _ in rng.normal() }, dy = (0..<n).map { _ in rng.normal() }
+    var y = [Float](repeating: 0, count: n), dx = y
+    let gamma = [Float](repeating: 1, count: c), beta = [Float](repeating: 0, count: c)
+    var rm = [Float](repeating: 0, count: c), rv = [Float](repeating: 1, count: c)
+    var mean = rm, inv = rm, dg = rm, db = rm
+    let sh = BatchNormShape(pixels: P, channels: c)
+    let scratch = UnsafeMutableRawPointer.allocate(byteCount: batchNormScratchBytes(sh, threads: Threads.count), alignment: 64)
+    defer { scratch.deallocate() }
+    batchNormForwardTraining(sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
+                             eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+    // Check: per-channel mean of the normalised output (before ReLU) is ~0 -> check a few channels.
+    for ch in 0..<min(c, 4) {
+        var s = 0.0
+        for p in 0..<P { s += Double((x[p * c + ch] - mean[ch]) * inv[ch]) }
+        if abs(s / Double(P)) > 1e-3 { throw BenchError(description: "batch norm statistics are wrong (channel \(ch))") }
+    }
+    let bytes = Double(n * 4)
+    var out: [(String, Double, Double)] = []
+    out.append(("bn_relu_fwd_train", 3 * bytes, medianSeconds {
+        batchNormForwardTraining(sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
+                                 eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch) }))
+    out.append(("bn_relu_bwd", 6 * bytes, medianSeconds {
+        batchNormBackward(sh, input: x, output: y, gradOutput: dy, gamma: gamma, saveMean: mean, saveInvStd: inv, relu: true,
+                          gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch) }))
+    let ps = MaxPoolShape(n: batch, c: c, h: hw, w: hw)
+    var py = [Float](repeating: 0, count: ps.outputCount)
+    var am = [Int32](repeating: 0, count: ps.outputCount)
+    out.append(("maxpool3x3s2_fwd", bytes + Double(ps.outputCount * 8), medianSeconds {
+        maxPoolForward(ps, input: x, output: &py, argmax: &am) }))
+    var gy = [Float](repeating: 0, count: batch * c)
+    out.append(("avgpool_fwd", bytes, medianSeconds {
+        globalAvgPoolForward(n: batch, pixels: hw * hw, channels: c, input: x, output: &gy) }))
+    return out
 }

@@ -1,0 +1,104 @@
+// Everything a training run is configured by; saved in checkpoints (as JSON metadata) so that a
+// resumed run continues with the same settings.
+import Foundation
+import Network
+
+public enum ContrastiveMethod: String, Codable, CaseIterable, Sendable { case moco, simclr }
+
+public struct TrainConfig: Codable, Equatable, Sendable {
+    public var method: ContrastiveMethod = .moco
+    public var arch: String = "resnet18"
+    public var stem: String = "cifar"
+    public var width: Double = 1
+    public var inChannels: Int = 3
+    /// Side of the square training views (RandomResizedCrop output).
+    public var resolution: Int = 32
+    public var epochs: Int = 10
+    public var batch: Int = 64
+    public var lr: Float = 0.06
+    public var weightDecay: Float = 5e-4
+    public var sgdMomentum: Float = 0.9
+    public var warmupEpochs: Int = 0
+    public var cosine: Bool = true
+    public var queue: Int = 4096
+    public var mocoMomentum: Float = 0.99
+    public var temperature: Float = 0.2
+    public var masking: String = "saliency"
+    public var fill: String = "hp"
+    public var alpha: Float = 2
+    public var hardNegatives: Int = 1
+    /// "self" (key encoder's last feature map), "classical" (network-free), or a checkpoint path.
+    public var saliency: String = "self"
+    /// Epochs that use classical saliency before the encoder's own (when saliency is "self").
+    public var saliencyWarmup: Int = 1
+    public var seed: UInt64 = 1
+    /// Batch-norm groups in the key encoder's forward (MoCo's shuffle-BN stand-in).
+    public var bnSplits: Int = 8
+    public var headDim: Int = 128
+    public var limit: Int? = nil
+    public var saveEvery: Int = 0
+
+    public init() {}
+
+    public var resnet: ResNetConfig {
+        ResNetConfig(arch: ResNetArch(rawValue: arch) ?? .resnet18, stem: ResNetStem(rawValue: stem) ?? .cifar,
+                     inChannels: inChannels, width: width)
+    }
+
+    /// The largest divisor of `batch` not above bnSplits.
+    public var effectiveBNSplits: Int {
+        var s = max(1, min(bnSplits, batch))
+        while batch % s != 0 { s -= 1 }
+        return s
+    }
+
+    /// Learning rate at a (fractional) epoch: linear warm-up, then cosine to zero (or constant).
+    public func learningRate(epoch: Double) -> Float {
+        if warmupEpochs > 0 && epoch < Double(warmupEpochs) {
+            return lr * Float((epoch + 1e-9) / Double(warmupEpochs))
+        }
+        guard cosine, epochs > warmupEpochs else { return lr }
+        let t = (epoch - Double(warmupEpochs)) / Double(epochs - warmupEpochs)
+        return lr * Float(0.5 * (1 + cos(Double.pi * min(max(t, 0), 1))))
+    }
+
+    /// Problems with this configuration, one line each (empty when valid).
+    public func problems() -> [String] {
+        var p: [String] = []
+        if ResNetArch(rawValue: arch) == nil { p.append("--arch must be resnet18, resnet34 or resnet50, got '\(arch)'") }
+        if ResNetStem(rawValue: stem) == nil { p.append("--stem must be cifar or imagenet, got '\(stem)'") }
+        if !(width > 0 && width <= 8) { p.append("--width must be in (0, 8], got \(width)") }
+        if inChannels != 1 && inChannels != 3 { p.append("input channels must be 1 or 3, got \(inChannels)") }
+        if resolution < 8 || resolution > 1024 { p.append("--res must be between 8 and 1024, got \(resolution)") }
+        if epochs < 0 { p.append("--epochs must be >= 0, got \(epochs)") }
+        if batch < 2 || batch > 8192 { p.append("--batch must be between 2 and 8192, got \(batch)") }
+        if !(lr > 0 && lr < 100) { p.append("--lr must be in (0, 100), got \(lr)") }
+        if !(weightDecay >= 0 && weightDecay < 1) { p.append("--wd must be in [0, 1), got \(weightDecay)") }
+        if !(sgdMomentum >= 0 && sgdMomentum < 1) { p.append("--momentum must be in [0, 1), got \(sgdMomentum)") }
+        if warmupEpochs < 0 { p.append("--warmup must be >= 0") }
+        if queue < 1 { p.append("--queue must be >= 1, got \(queue)") }
+        if !(mocoMomentum >= 0 && mocoMomentum < 1) { p.append("--moco-m must be in [0, 1), got \(mocoMomentum)") }
+        if !(temperature > 0 && temperature <= 10) { p.append("--temperature must be in (0, 10], got \(temperature)") }
+        if !["saliency", "random", "none"].contains(masking) { p.append("--masking must be saliency, random or none, got '\(masking)'") }
+        if !["hp", "blur", "mean"].contains(fill) { p.append("--fill must be hp, blur or mean, got '\(fill)'") }
+        if !(alpha >= 0 && alpha <= 100) { p.append("--alpha must be in [0, 100], got \(alpha)") }
+        if hardNegatives < 0 || hardNegatives > 16 { p.append("--hard-negatives must be between 0 and 16, got \(hardNegatives)") }
+        if saliencyWarmup < 0 { p.append("--saliency-warmup must be >= 0") }
+        if headDim < 1 { p.append("head dimension must be >= 1") }
+        if let l = limit, l < batch { p.append("--limit \(l) is smaller than one batch (\(batch))") }
+        if saveEvery < 0 { p.append("--save-every must be >= 0") }
+        let r = resnet
+        if r.finalMapSize(resolution) < 1 { p.append("--res \(resolution) is too small for the \(stem) stem") }
+        return p
+    }
+
+    public func json() -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return String(data: try! enc.encode(self), encoding: .utf8)!
+    }
+
+    public static func from(json: String) throws -> TrainConfig {
+        try JSONDecoder().decode(TrainConfig.self, from: json.data(using: .utf8)!)
+    }
+}

@@ -1,0 +1,309 @@
+// One contrastive training step, with every buffer planned at construction.
+//
+// MoCo, as data flows: momentum update of the key encoder -> key encoder forward of the key view
+// (split batch norm) gives the keys AND its last feature map = saliency of the key view -> saliency of
+// the query view (one more no-grad forward, or the classical map during warm-up) -> saliency-
+// constrained mask on the query, heavy salient mask on copies of the key view (one hard negative of
+// its own per sample) -> key encoder forward of each hard negative -> query encoder forward/backward
+// against [positive key, queue, alpha * hard negatives] / T -> SGD -> enqueue keys.
+// SimCLR: one encoder; both views go through it together (2B) for NT-Xent; saliency and hard
+// negatives come from no-grad forwards of the same encoder.
+import Foundation
+import Kernels
+import Network
+import Data
+
+public struct StepResult: Sendable {
+    public var loss: Float
+    public var accuracy: Float
+    public var lr: Float
+}
+
+/// Where a step's time goes (seconds, accumulated over steps until reset).
+public struct StepProfile: Sendable {
+    public var keyForward = 0.0, saliency = 0.0, masking = 0.0, hardNegatives = 0.0
+    public var queryForward = 0.0, loss = 0.0, backward = 0.0, optimizer = 0.0, steps = 0
+    public var total: Double { keyForward + saliency + masking + hardNegatives + queryForward + loss + backward + optimizer }
+}
+
+public final class TrainingStep {
+    public let config: TrainConfig
+    public let query: Encoder
+    /// The momentum (key) encoder; nil for SimCLR.
+    public let key: Encoder?
+    public let queue: KeyQueue?
+    let saliencyEncoder: Encoder?
+    let grid: Int
+    let res: Int, channels: Int, batch: Int
+    let viewCount: Int
+    let masking: MaskMode, fill: MaskFill
+    public var maskConfig = MaskConfig()
+    public var profile = StepProfile()
+
+    // Passes.
+    let qPass: ResNetPass              // with activations, batch B (MoCo) or 2B (SimCLR)
+    let nPass: ResNetPass              // no-grad, batch B: keys, saliency, hard negatives
+    let sPass: ResNetPass?             // imported saliency encoder
+    let qHead: MLPHeadPass
+    let nHead: MLPHeadPass
+    // Buffers.
+    let queryView: UnsafeMutablePointer<Float>     // [B][R][R][C] (SimCLR: [2B], the two views)
+    let keyView: UnsafeMutablePointer<Float>
+    let hardView: UnsafeMutablePointer<Float>
+    let blurred: UnsafeMutablePointer<Float>
+    let filterScratch: UnsafeMutablePointer<Float>
+    let qSaliency: UnsafeMutablePointer<Float>, kSaliency: UnsafeMutablePointer<Float>
+    let qz: UnsafeMutablePointer<Float>, qNorms: UnsafeMutablePointer<Float>, gradZ: UnsafeMutablePointer<Float>
+    let kz: UnsafeMutablePointer<Float>, kNorms: UnsafeMutablePointer<Float>
+    let tz: UnsafeMutablePointer<Float>            // [B][H][D]
+    let hz: UnsafeMutablePointer<Float>, hNorms: UnsafeMutablePointer<Float>
+    /// Spatial cell masks of the last step's queries / hard negatives [B][G*G] (previews).
+    public let queryCells: UnsafeMutablePointer<UInt8>, hardCells: UnsafeMutablePointer<UInt8>
+    let infoNCE: InfoNCE?
+    let ntXent: NTXent?
+    private var owned: [UnsafeMutableRawPointer] = []
+    public private(set) var allocatedBytes = 0
+
+    public init(config: TrainConfig, saliencyEncoder: Encoder? = nil) {
+        self.config = config
+        let rc = config.resnet
+        res = config.resolution; channels = config.inChannels; batch = config.batch
+        grid = rc.finalMapSize(res)
+        masking = MaskMode(rawValue: config.masking) ?? .none
+        fill = MaskFill(rawValue: config.fill) ?? .hp
+        query = Encoder(config: rc, headDim: config.headDim)
+        query.initialize(seed: config.seed)
+        let isMoco = config.method == .moco
+        viewCount = 2
+        if isMoco {
+            let k = Encoder(config: rc, headDim: config.headDim)
+            k.store.copyState(from: query.store)
+            key = k
+            var rng = SplitMix64(seed: SplitMix64.derive(config.seed, 0x9_0E0E))
+            queue = KeyQueue(length: config.queue, dim: config.headDim, rng: &rng)
+        } else {
+            key = nil; queue = nil
+        }
+        self.saliencyEncoder = saliencyEncoder
+        let B = batch, R = res, C = channels, D = config.headDim, H = config.hardNegatives
+        let qBatch = isMoco ? B : 2 * B
+        qPass = ResNetPass(layout: query.backbone, batch: qBatch, height: R, width: R, keepActivations: true)
+        nPass = ResNetPass(layout: query.backbone, batch: B, height: R, width: R, keepActivations: false)
+        sPass = saliencyEncoder.map { ResNetPass(layout: $0.backbone, batch: B, height: R, width: R, keepActivations: false) }
+        qHead = MLPHeadPass(layout: query.head!, batch: qBatch)
+        nHead = MLPHeadPass(layout: (key ?? query).head!, batch: B)
+        var bytes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
+            + qHead.allocatedBytes + nHead.allocatedBytes
+        var owned: [UnsafeMutableRawPointer] = []
+        func alloc<T>(_ n: Int, _ t: T.Type) -> UnsafeMutablePointer<T> {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1) * MemoryLayout<T>.stride, alignment: 64)
+            owned.append(p); bytes += max(n, 1) * MemoryLayout<T>.stride
+            return p.bindMemory(to: T.self, capacity: max(n, 1))
+        }
+        let img = R * R * C
+        queryView = alloc(qBatch * img, Float.self)
+        keyView = alloc(B * img, Float.self)
+        hardView = alloc(B * img, Float.self)
+        blurred = alloc(qBatch * img, Float.self)
+        filterScratch = alloc(filterScratchCount(n: qBatch, height: R, width: R, channels: C), Float.self)
+        qSaliency = alloc(B * grid * grid, Float.self); kSaliency = alloc(B * grid * grid, Float.self)
+        qz = alloc(qBatch * D, Float.self); qNorms = alloc(qBatch, Float.self); gradZ = alloc(qBatch * D, Float.self)
+        kz = alloc(B * D, Float.self); kNorms = alloc(B, Float.self)
+        tz = alloc(max(B * H, 1) * D, Float.self)
+        hz = alloc(B * D, Float.self); hNorms = alloc(B, Float.self)
+        queryCells = alloc(B * grid * grid, UInt8.self); hardCells = alloc(B * grid * grid, UInt8.self)
+        queryCells.initialize(repeating: 0, count: B * grid * grid)
+        hardCells.initialize(repeating: 0, count: B * grid * grid)
+        if isMoco {
+            infoNCE = InfoNCE(batch: B, dim: D, queueLength: config.queue, hardNegatives: masking == .none ? 0 : H,
+                              temperature: config.temperature, alpha: config.alpha)
+            ntXent = nil
+            bytes += infoNCE!.allocatedBytes
+        } else {
+            ntXent = NTXent(batch: B, dim: D, hardNegatives: masking == .none ? 0 : H,
+                            temperature: config.temperature, alpha: config.alpha)
+            infoNCE = nil
+            bytes += ntXent!.allocatedBytes
+        }
+        self.owned = owned
+        allocatedBytes = bytes + 16 * (query.store.parameterCount) + (key.map { 16 * $0.store.parameterCount } ?? 0)
+            + (queue.map { 4 * $0.length * $0.dim } ?? 0)
+    }
+
+    deinit { for p in owned { p.deallocate() } }
+
+    public var hardNegativeCount: Int { masking == .none ? 0 : config.hardNegatives }
+
+    /// Runs one step on a batch whose views are normalised (and high-pass filtered when fill is hp).
+    /// `step` is the global step (it seeds the masks), `epoch` picks classical or own saliency.
+    public func step(views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
+        let B = batch, img = res * res * channels
+        precondition(views.count >= 2 && views[0].count == B * img && views[1].count == B * img, "batch shape mismatch")
+        switch config.method {
+        case .moco: return mocoStep(views, epoch: epoch, step: step, lr: lr)
+        case .simclr: return simclrStep(views, epoch: epoch, step: step, lr: lr)
+        }
+    }
+
+    @inline(__always) func timed(_ slot: WritableKeyPath<StepProfile, Double>, _ body: () -> Void) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        profile[keyPath: slot] += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+    }
+
+    var useClassical: Bool { config.saliency == "classical" }
+
+    /// Saliency of `view` [B][R][R][C] into `out` [B][G*G]: classical during warm-up, else from the
+    /// last feature map of a forward (`afterForward` is true when `pass` has just run on this view).
+    func saliency(of view: UnsafeMutablePointer<Float>, epoch: Int, encoder: Encoder, pass: ResNetPass,
+                  afterForward: Bool, out: UnsafeMutablePointer<Float>) {
+        let B = batch
+        if let s = saliencyEncoder, let sp = sPass {
+            sp.forward(input: view, store: s.store, mode: .eval)
+            saliencyFromFeatures(sp.lastFeatureMap, batch: B, height: sp.mapHeight, width: sp.mapWidth,
+                                 channels: s.config.featureDim, grid: grid, output: out)
+        } else if useClassical || epoch < config.saliencyWarmup {
+            classicalSaliency(view, batch: B, height: res, width: res, channels: channels, grid: grid, output: out)
+        } else {
+            if !afterForward { pass.forward(input: view, store: encoder.store, mode: .train(splits: config.effectiveBNSplits)) }
+            saliencyFromFeatures(pass.lastFeatureMap, batch: B, height: pass.mapHeight, width: pass.mapWidth,
+                                 channels: encoder.config.featureDim, grid: grid, output: out)
+        }
+    }
+
+    /// Embeds `view` with `encoder` (no grad) into normalised rows at `out`.
+    func embed(_ view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>,
+               norms: UnsafeMutablePointer<Float>) {
+        nPass.forward(input: view, store: encoder.store, mode: .train(splits: config.effectiveBNSplits))
+        nHead.forward(features: nPass.features, store: encoder.store)
+        l2NormalizeForward(rows: batch, dim: config.headDim, input: nHead.output, output: out, norms: norms)
+    }
+
+    /// Hard negatives: each sample's key-side view, masked on its salient cells H times, embedded.
+    func hardNegatives(from source: UnsafeMutablePointer<Float>, saliency sal: UnsafeMutablePointer<Float>,
+                       encoder: Encoder, step: Int) {
+        let B = batch, H = hardNegativeCount, D = config.headDim, img = res * res * channels
+        if H == 0 { return }
+        if fill == .blur {
+            timed(\.masking) { strongBlur(source, blurred, scratch: filterScratch, n: B, height: res, width: res, channels: channels) }
+        }
+        for h in 0..<H {
+            timed(\.masking) {
+                hardView.update(from: source, count: B * img)
+                applyMasks(views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil, saliency: sal,
+                           batch: B, height: res, width: res, channels: channels, grid: grid, role: .hardNegative,
+                           mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step * H + h,
+                           cellMasks: h == 0 ? hardCells : nil, records: nil)
+            }
+            timed(\.hardNegatives) {
+                embed(hardView, encoder: encoder, out: hz, norms: hNorms)
+                for b in 0..<B { (tz + (b * H + h) * D).update(from: hz + b * D, count: D) }
+            }
+        }
+    }
+
+    func maskQueries(_ view: UnsafeMutablePointer<Float>, saliency sal: UnsafeMutablePointer<Float>, step: Int) {
+        let B = batch
+        timed(\.masking) {
+            if fill == .blur { strongBlur(view, blurred, scratch: filterScratch, n: B, height: res, width: res, channels: channels) }
+            applyMasks(views: view, blurred: fill == .blur ? UnsafePointer(blurred) : nil, saliency: sal,
+                       batch: B, height: res, width: res, channels: channels, grid: grid, role: .query,
+                       mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step,
+                       cellMasks: queryCells, records: nil)
+        }
+    }
+
+    func mocoStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
+        let key = self.key!, queue = self.queue!, obj = infoNCE!
+        let B = batch, img = res * res * channels, D = config.headDim
+        views[0].withUnsafeBufferPointer { queryView.update(from: $0.baseAddress!, count: B * img) }
+        views[1].withUnsafeBufferPointer { keyView.update(from: $0.baseAddress!, count: B * img) }
+        // Key encoder follows the query encoder (parameters only; its BN statistics are its own).
+        timed(\.optimizer) {
+            momentumUpdate(count: key.store.parameterCount, target: key.store.params, source: query.store.params,
+                           m: config.mocoMomentum)
+        }
+        timed(\.keyForward) { embed(keyView, encoder: key, out: kz, norms: kNorms) }
+        if masking != .none {
+            timed(\.saliency) {
+                if masking == .saliency {
+                    saliency(of: keyView, epoch: epoch, encoder: key, pass: nPass, afterForward: true, out: kSaliency)
+                    saliency(of: queryView, epoch: epoch, encoder: key, pass: nPass, afterForward: false, out: qSaliency)
+                }
+            }
+            hardNegatives(from: keyView, saliency: kSaliency, encoder: key, step: step)
+            maskQueries(queryView, saliency: qSaliency, step: step)
+        }
+        var result = ObjectiveResult(loss: 0, accuracy: 0)
+        timed(\.queryForward) {
+            qPass.forward(input: queryView, store: query.store, mode: .train(splits: 1))
+            qHead.forward(features: qPass.features, store: query.store)
+            l2NormalizeForward(rows: B, dim: D, input: qHead.output, output: qz, norms: qNorms)
+        }
+        timed(\.loss) {
+            result = obj.forward(q: qz, k: kz, queue: queue.keys, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
+        }
+        if !result.loss.isFinite { return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr) }
+        timed(\.backward) {
+            obj.backward(k: kz, queue: queue.keys, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
+            l2NormalizeBackward(rows: B, dim: D, output: qz, norms: qNorms, gradOutput: obj.gradQuery, gradInput: gradZ,
+                                accumulate: false)
+            qHead.backward(gradOutput: gradZ, store: query.store)
+            qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store)
+        }
+        timed(\.optimizer) {
+            sgdStep(count: query.store.parameterCount, params: query.store.params, grads: query.store.grads,
+                    momentumBuffer: query.store.momentum, lr: lr, momentum: config.sgdMomentum, weightDecay: config.weightDecay)
+            queue.enqueue(kz, count: B)
+        }
+        profile.steps += 1
+        return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr)
+    }
+
+    func simclrStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
+        let obj = ntXent!
+        let B = batch, img = res * res * channels, D = config.headDim
+        let first = queryView, second = queryView + B * img
+        views[0].withUnsafeBufferPointer { first.update(from: $0.baseAddress!, count: B * img) }
+        views[1].withUnsafeBufferPointer { second.update(from: $0.baseAddress!, count: B * img) }
+        if masking != .none {
+            timed(\.saliency) {
+                if masking == .saliency {
+                    saliency(of: second, epoch: epoch, encoder: query, pass: nPass, afterForward: false, out: kSaliency)
+                    saliency(of: first, epoch: epoch, encoder: query, pass: nPass, afterForward: false, out: qSaliency)
+                }
+            }
+            hardNegatives(from: second, saliency: kSaliency, encoder: query, step: step)
+            maskQueries(first, saliency: qSaliency, step: step)
+        }
+        var result = ObjectiveResult(loss: 0, accuracy: 0)
+        timed(\.queryForward) {
+            qPass.forward(input: queryView, store: query.store, mode: .train(splits: 1))
+            qHead.forward(features: qPass.features, store: query.store)
+            l2NormalizeForward(rows: 2 * B, dim: D, input: qHead.output, output: qz, norms: qNorms)
+        }
+        timed(\.loss) { result = obj.forward(z: qz, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil) }
+        if !result.loss.isFinite { return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr) }
+        timed(\.backward) {
+            obj.backward(z: qz, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
+            l2NormalizeBackward(rows: 2 * B, dim: D, output: qz, norms: qNorms, gradOutput: obj.gradZ, gradInput: gradZ,
+                                accumulate: false)
+            qHead.backward(gradOutput: gradZ, store: query.store)
+            qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store)
+        }
+        timed(\.optimizer) {
+            sgdStep(count: query.store.parameterCount, params: query.store.params, grads: query.store.grads,
+                    momentumBuffer: query.store.momentum, lr: lr, momentum: config.sgdMomentum, weightDecay: config.weightDecay)
+        }
+        profile.steps += 1
+        return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr)
+    }
+
+    /// The views of the last step after masking (query side), for previews: [B][R][R][C].
+    public var lastQueryViews: UnsafePointer<Float> { UnsafePointer(queryView) }
+    public var lastKeyViews: UnsafePointer<Float> { UnsafePointer(config.method == .moco ? keyView : queryView + batch * res * res * channels) }
+    public var lastHardViews: UnsafePointer<Float> { UnsafePointer(hardView) }
+    public var lastQuerySaliency: UnsafePointer<Float> { UnsafePointer(qSaliency) }
+    public var lastKeySaliency: UnsafePointer<Float> { UnsafePointer(kSaliency) }
+    public var gridSize: Int { grid }
+}
