@@ -1,2 +1,0 @@
-import XCTest
-final class ContrastivePlaceholderTests: XCTestCase { func testBuilds() { XCTAssertTrue(true) } }
