@@ -275,6 +275,19 @@ public final class Trainer {
 /// Peak resident memory of this process in MB (Linux: ru_maxrss is in KB).
 public func peakResidentMB() -> Double {
     var u = rusage()
-    getrusage(RUSAGE_SELF, &u)
+    getrusage(RUSAGE_SELF.rawValue, &u)
     return Double(u.ru_maxrss) / 1024
+}
+
+/// The first `count` samples of the step that just ran: original query view, its saliency, the
+/// masked query and the masked hard negative, one row each.
+public func renderTrainingPreview(step: TrainingStep, views: [[Float]], count: Int, mean: [Float], std: [Float],
+                                  highPass: Bool) -> Image {
+    let c = step.config
+    return views[0].withUnsafeBufferPointer { v in
+        maskPreview(views: v.baseAddress!, saliency: c.masking == "saliency" ? step.lastQuerySaliency : nil,
+                    query: step.lastQueryViews, hardNegative: step.lastHardViews, batch: c.batch,
+                    height: c.resolution, width: c.resolution, channels: c.inChannels, grid: step.gridSize,
+                    count: count, mean: mean, std: std, highPass: highPass)
+    }
 }

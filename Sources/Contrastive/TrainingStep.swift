@@ -23,6 +23,7 @@ public struct StepResult: Sendable {
 public struct StepProfile: Sendable {
     public var keyForward = 0.0, saliency = 0.0, masking = 0.0, hardNegatives = 0.0
     public var queryForward = 0.0, loss = 0.0, backward = 0.0, optimizer = 0.0, steps = 0
+    public init() {}
     public var total: Double { keyForward + saliency + masking + hardNegatives + queryForward + loss + backward + optimizer }
 }
 

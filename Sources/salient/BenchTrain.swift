@@ -46,7 +46,7 @@ struct BenchTrain: ParsableCommand {
         let c = config()
         let step = TrainingStep(config: c)
         var rng = SplitMix64(seed: 7)
-        let n = c.batch * c.resolution * c.resolution * c.channels
+        let n = c.batch * c.resolution * c.resolution * c.inChannels
         let views = (0..<2).map { _ in (0..<n).map { _ in rng.normal() } }
         var loss: Float = 0
         for i in 0..<2 { loss = step.step(views: views, epoch: 1, step: i, lr: 0.01).loss }
