@@ -64,7 +64,7 @@ final class EvalCLITests: XCTestCase {
     /// Skips when the binary was built without the eval command registered.
     func requireEval() throws {
         let r = try salient(["eval", "--help"], timeout: 30)
-        if r.status != 0 { throw XCTSkip("the built salient has no eval command (register EvalCommand in Salient.swift)") }
+        if r.status != 0 || !r.stdout.contains("knn") { throw XCTSkip("the built salient has no eval command (register EvalCommand in Salient.swift)") }
     }
 
     func tempDir() throws -> URL {
