@@ -1,0 +1,350 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Network
+import Data
+import Contrastive
+
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Evaluate frozen features: weighted kNN or a linear probe, top-1 / top-5 on a test set.",
+        discussion: """
+        Features come from exactly one source: --checkpoint FILE (a trained encoder), --random-init (an \
+        untrained encoder: the baseline), --raw-pixels (flattened normalised pixels), each with --train and \
+        --test datasets; or --features TRAIN.npy --test-features TEST.npy (from `salient extract`, labels \
+        in TRAIN.labels.npy / TEST.labels.npy beside them).
+        """,
+        subcommands: [EvalKNNCommand.self, EvalLinearCommand.self])
+}
+
+/// Where the features come from, and how they are computed (shared by `eval knn` and `eval linear`).
+struct EvalSourceOptions: ParsableArguments {
+    @Option(help: "Encoder checkpoint (.safetensors): encoder-only or a trainer checkpoint.") var checkpoint: String?
+    @Flag(help: "Evaluate an untrained encoder (--arch/--stem/--width, default resnet18/cifar/1; --seed).") var randomInit = false
+    @Flag(help: "Evaluate the preprocessed pixels themselves (the raw-pixels baseline).") var rawPixels = false
+    @Option(help: "Saved train features (.npy, N x D); labels in TRAIN.labels.npy.") var features: String?
+    @Option(help: "Saved test features (.npy, M x D); labels in TEST.labels.npy.") var testFeatures: String?
+
+    @Option(help: "Train images: a folder of PNGs in class subfolders, or an IDX images file.") var train: String?
+    @Option(help: "Test images, as --train.") var test: String?
+    @Option(help: "Use only the first N train images.") var limitTrain: Int?
+    @Option(help: "Use only the first N test images.") var limitTest: Int?
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Input channels of a --random-init encoder, 1 or 3 (default: the train images').") var inChannels: Int?
+    @Option(help: "Seed of --random-init weights (and of the linear probe).") var seed: UInt64 = 0
+    @OptionGroup var prep: PreprocessOptions
+    @Option(help: "Images per forward pass.") var batch = 256
+    @Option(help: "Folder where extracted features are kept and reused (keyed on checkpoint, data, limits, preprocessing).") var cache: String?
+    @Flag(help: "Print one JSON object instead of text lines.") var json = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func validate() throws {
+        var sources: [String] = []
+        if checkpoint != nil { sources.append("--checkpoint") }
+        if randomInit { sources.append("--random-init") }
+        if rawPixels { sources.append("--raw-pixels") }
+        if features != nil { sources.append("--features") }
+        if sources.isEmpty {
+            if testFeatures != nil { throw ValidationError("--test-features needs --features TRAIN.npy as well") }
+            throw ValidationError("give a feature source: --checkpoint FILE, --random-init, --raw-pixels (each with --train and --test), or --features TRAIN.npy --test-features TEST.npy")
+        }
+        if sources.count > 1 {
+            throw ValidationError("give exactly one feature source, got \(sources.joined(separator: " and "))")
+        }
+        let imageOptions: [(String, Bool)] = [
+            ("--train", train != nil), ("--test", test != nil), ("--limit-train", limitTrain != nil),
+            ("--limit-test", limitTest != nil), ("--arch", model.arch != nil), ("--stem", model.stem != nil),
+            ("--width", model.width != nil), ("--in-channels", inChannels != nil), ("--resize", prep.resize != nil),
+            ("--mean", prep.mean != nil), ("--std", prep.std != nil), ("--cache", cache != nil)]
+        if let f = features {
+            guard let tf = testFeatures else { throw ValidationError("--features needs --test-features TEST.npy as well") }
+            if let used = imageOptions.first(where: { $0.1 }) {
+                throw ValidationError("\(used.0) applies to images; --features/--test-features evaluate saved features as they are")
+            }
+            for p in [f, tf] where !FileManager.default.fileExists(atPath: p) {
+                throw ValidationError("no such features file: \(p)")
+            }
+            return
+        }
+        if testFeatures != nil { throw ValidationError("--test-features goes with --features, not with \(sources[0])") }
+        guard train != nil else { throw ValidationError("missing --train PATH (the images the classifier learns from)") }
+        guard test != nil else { throw ValidationError("missing --test PATH (the images it is scored on)") }
+        if let l = limitTrain, l < 1 { throw ValidationError("--limit-train must be >= 1, got \(l)") }
+        if let l = limitTest, l < 1 { throw ValidationError("--limit-test must be >= 1, got \(l)") }
+        if batch < 1 || batch > 65536 { throw ValidationError("--batch must be between 1 and 65536, got \(batch)") }
+        if let c = inChannels {
+            guard randomInit else { throw ValidationError("--in-channels is for --random-init (a checkpoint knows its channels)") }
+            guard c == 1 || c == 3 else { throw ValidationError("--in-channels must be 1 or 3, got \(c)") }
+        }
+        if rawPixels {
+            if let used = [("--arch", model.arch != nil), ("--stem", model.stem != nil), ("--width", model.width != nil),
+                           ("--cache", cache != nil)].first(where: { $0.1 }) {
+                throw ValidationError("\(used.0) does not apply to --raw-pixels (no encoder)")
+            }
+        }
+        if let c = cache {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: c, isDirectory: &isDir), !isDir.boolValue {
+                throw ValidationError("--cache: '\(c)' exists and is not a folder")
+            }
+        }
+    }
+
+    /// Train and test features with their labels, from whichever source was given.
+    func load() throws -> EvalFeatures {
+        threadOptions.apply()
+        if let f = features, let tf = testFeatures {
+            let a = try readFeatures(f), b = try readFeatures(tf)
+            guard a.dim == b.dim else {
+                throw ValidationError("train features have \(a.dim) columns, test features \(b.dim) (\(f) vs \(tf))")
+            }
+            return try EvalFeatures(train: a.values, trainLabels: a.labels, test: b.values, testLabels: b.labels, dim: a.dim)
+        }
+        let trainPath = train!, testPath = test!
+        if rawPixels {
+            let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: nil)
+            let testSet = try openLabelled(testPath, limit: limitTest, channels: trainSet.channels)
+            let pre = try prep.preprocess(channels: trainSet.channels)
+            note("eval: raw pixels of \(trainSet.count) train / \(testSet.count) test images")
+            let a = try rawPixelFeatures(dataset: trainSet, preprocess: pre)
+            let b = try rawPixelFeatures(dataset: testSet, preprocess: pre)
+            let dim = a.count / trainSet.count
+            guard b.count == testSet.count * dim else {
+                throw ValidationError("train and test images differ in size; pass --resize N")
+            }
+            return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: dim)
+        }
+        // An encoder: from a checkpoint, or freshly initialised.
+        let encoder: Encoder
+        let identity: String
+        if let path = checkpoint {
+            let file = try SafeTensorsFile.read(path: path)
+            let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: path))
+            encoder = try EncoderCheckpoint.loadEncoder(path: path, config: config)
+            let attrs = try FileManager.default.attributesOfItem(atPath: path)
+            let size = (attrs[.size] as? NSNumber)?.int64Value ?? -1
+            let mtime = (attrs[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            identity = "checkpoint \(absolute(path)) size \(size) mtime \(mtime) config \(config)"
+        } else {
+            let channels: Int
+            if let c = inChannels { channels = c } else {
+                channels = try DatasetLoader.open(path: trainPath, limit: 1).channels
+            }
+            var config = model.apply(to: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: channels, width: 1))
+            config.inChannels = channels
+            encoder = Encoder(config: config)
+            encoder.initialize(seed: seed)
+            identity = "random-init \(config) seed \(seed)"
+        }
+        let config = encoder.config
+        let pre = try prep.preprocess(channels: config.inChannels)
+        let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: config.inChannels)
+        let testSet = try openLabelled(testPath, limit: limitTest, channels: config.inChannels)
+        note("eval: \(config), \(trainSet.count) train / \(testSet.count) test images, \(Threads.count) thread(s)")
+        func extract(_ ds: ImageDataset, _ path: String, _ limit: Int?, _ split: String) throws -> [Float] {
+            let key = "salient eval features v1\n\(identity)\n\(split) \(absolute(path)) limit \(limit.map(String.init) ?? "all")"
+                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std)"
+            if let dir = cache, let hit = try cachedFeatures(dir: dir, key: key, rows: ds.count, dim: config.featureDim) {
+                note("eval: \(split) features from the cache (\(dir))")
+                return hit
+            }
+            let t0 = Date()
+            let f = try extractFeatures(encoder: encoder, dataset: ds, batch: batch, preprocess: pre) { done, total in
+                let dt = Date().timeIntervalSince(t0)
+                note(String(format: "\r  %@: %d/%d images  %.0f img/s", split, done, total, Double(done) / max(dt, 1e-9)), terminator: "")
+            }
+            note("")
+            if let dir = cache { try storeFeatures(dir: dir, key: key, features: f, labels: ds.labels!, dim: config.featureDim) }
+            return f
+        }
+        let a = try extract(trainSet, trainPath, limitTrain, "train")
+        let b = try extract(testSet, testPath, limitTest, "test")
+        return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: config.featureDim)
+    }
+
+    func openLabelled(_ path: String, limit: Int?, channels: Int?) throws -> ImageDataset {
+        let ds = try DatasetLoader.open(path: path, limit: limit, channels: channels)
+        guard ds.labels != nil else {
+            throw ValidationError("\(path): no labels (use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
+        }
+        return ds
+    }
+
+    func readFeatures(_ path: String) throws -> (values: [Float], labels: [Int32], dim: Int) {
+        let x = try NPYArray.read(path: path)
+        guard x.shape.count == 2, let values = x.floats else {
+            throw ValidationError("\(path): expected a 2-D float32 array (N x D), got shape \(x.shape) \(x.dtype.rawValue)")
+        }
+        let lp = labelsPath(forFeatures: path)
+        guard FileManager.default.fileExists(atPath: lp) else {
+            throw ValidationError("\(path): labels not found; expected them in \(lp) (as `salient extract` writes them)")
+        }
+        let l = try NPYArray.read(path: lp)
+        guard l.shape.count == 1, let ints = l.int64s else {
+            throw ValidationError("\(lp): expected a 1-D integer array of labels, got shape \(l.shape) \(l.dtype.rawValue)")
+        }
+        guard ints.count == x.shape[0] else {
+            throw ValidationError("\(lp) has \(ints.count) labels for \(x.shape[0]) rows of \(path)")
+        }
+        if let bad = ints.first(where: { $0 < 0 || $0 >= Int64(EvalFeatures.maxClasses) }) {
+            throw ValidationError("\(lp): label \(bad) is out of range 0..<\(EvalFeatures.maxClasses)")
+        }
+        return (values, ints.map { Int32($0) }, x.shape[1])
+    }
+
+    func absolute(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.path
+    }
+}
+
+/// Features of both splits, checked: same dimension, labels in range, classes = max label + 1.
+struct EvalFeatures {
+    static let maxClasses = 1 << 20
+    var train: [Float], trainLabels: [Int32], test: [Float], testLabels: [Int32]
+    var dim: Int, classes: Int
+
+    init(train: [Float], trainLabels: [Int32], test: [Float], testLabels: [Int32], dim: Int) throws {
+        guard !trainLabels.isEmpty else { throw ValidationError("no train rows") }
+        guard !testLabels.isEmpty else { throw ValidationError("no test rows") }
+        guard dim > 0 else { throw ValidationError("features have no columns") }
+        let all = trainLabels + testLabels
+        if let bad = all.first(where: { $0 < 0 || Int($0) >= Self.maxClasses }) {
+            throw ValidationError("label \(bad) is out of range 0..<\(Self.maxClasses)")
+        }
+        self.train = train; self.trainLabels = trainLabels; self.test = test; self.testLabels = testLabels
+        self.dim = dim
+        classes = Int(all.max()!) + 1
+        let seen = Set(trainLabels)
+        let unseen = Set(testLabels).subtracting(seen)
+        if !unseen.isEmpty {
+            note("eval: note: test labels \(unseen.sorted().prefix(10).map(String.init).joined(separator: ", ")) never occur in train")
+        }
+    }
+}
+
+// MARK: - Feature cache
+
+/// FNV-1a 64 of the key: the cache file stem.
+func cacheStem(_ key: String) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+    return String(format: "%016llx", h)
+}
+
+/// Cached features for `key`, or nil when absent or stale (the key text beside them must match).
+func cachedFeatures(dir: String, key: String, rows: Int, dim: Int) throws -> [Float]? {
+    let stem = (dir as NSString).appendingPathComponent(cacheStem(key))
+    guard let saved = try? String(contentsOfFile: stem + ".key", encoding: .utf8), saved == key,
+          let x = try? NPYArray.read(path: stem + ".npy"), x.shape == [rows, dim], let v = x.floats else { return nil }
+    return v
+}
+
+/// Saves features (labels beside, as `salient extract` does) and the key they belong to.
+func storeFeatures(dir: String, key: String, features: [Float], labels: [Int32], dim: Int) throws {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let stem = (dir as NSString).appendingPathComponent(cacheStem(key))
+    try NPYArray(floats: features, shape: [labels.count, dim]).write(path: stem + ".npy")
+    try NPYArray(int64s: labels.map { Int64($0) }, shape: [labels.count]).write(path: labelsPath(forFeatures: stem + ".npy"))
+    try key.write(toFile: stem + ".key", atomically: true, encoding: .utf8)
+}
+
+/// `top-1: X` / `top-5: Y`, or one JSON object with the extra fields.
+func printResult(json: Bool, top1: Double, top5: Double, fields: [(String, Any)]) {
+    if json {
+        var parts = ["\"top1\": \(String(format: "%.4f", top1))", "\"top5\": \(String(format: "%.4f", top5))"]
+        for (k, v) in fields {
+            switch v {
+            case let s as String: parts.append("\"\(k)\": \"\(s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))\"")
+            case let d as Double: parts.append("\"\(k)\": \(d.isFinite ? String(format: "%.3f", d) : "null")")
+            case let f as Float: parts.append("\"\(k)\": \(f.isFinite ? "\(f)" : "null")")   // shortest form: 0.1, 1e-04
+            case let a as [Double]: parts.append("\"\(k)\": [\(a.map { String(format: "%.4f", $0) }.joined(separator: ", "))]")
+            default: parts.append("\"\(k)\": \(v)")
+            }
+        }
+        print("{" + parts.joined(separator: ", ") + "}")
+    } else {
+        print(String(format: "top-1: %.2f", top1))
+        print(String(format: "top-5: %.2f", top5))
+    }
+}
+
+struct EvalKNNCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "knn",
+        abstract: "Weighted kNN (InstDisc / MoCo demo) on L2-normalised features: top-1 / top-5 percent.")
+
+    @OptionGroup var source: EvalSourceOptions
+    @Option(help: "Neighbours that vote.") var k = 200
+    @Option(help: "Temperature: a neighbour's vote is exp(similarity / t).") var t: Float = 0.1
+
+    func validate() throws {
+        if k < 1 { throw ValidationError("--k must be >= 1, got \(k)") }
+        if !(t > 0 && t.isFinite) { throw ValidationError("--t must be a positive number, got \(t)") }
+    }
+
+    func run() throws {
+        let t0 = Date()
+        let f = try source.load()
+        let t1 = Date()
+        let r = knnClassify(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
+                            dim: f.dim, classes: f.classes, k: k, t: t)
+        let t2 = Date()
+        note(String(format: "eval knn: %d train, %d test, dim %d, %d classes, k %d, t %g; features %.1f s, kNN %.2f s",
+                    f.trainLabels.count, f.testLabels.count, f.dim, f.classes, min(k, f.trainLabels.count), Double(t),
+                    t1.timeIntervalSince(t0), t2.timeIntervalSince(t1)))
+        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
+            ("method", "knn"), ("k", min(k, f.trainLabels.count)), ("t", t), ("train", f.trainLabels.count),
+            ("test", f.testLabels.count), ("dim", f.dim), ("classes", f.classes),
+            ("seconds", t2.timeIntervalSince(t0))])
+    }
+}
+
+struct EvalLinearCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "linear",
+        abstract: "Linear probe: softmax regression on frozen, standardised features: top-1 / top-5 percent.",
+        discussion: "The weight decay is chosen among --weight-decays on a held-out 10% of train, then the probe is retrained on all of train and scored on test. SGD with momentum 0.9 and a cosine learning rate; deterministic for a --seed.")
+
+    @OptionGroup var source: EvalSourceOptions
+    @Option(help: "Training epochs over the (cached) features.") var epochs = 30
+    @Option(help: "Comma-separated weight decays to choose from.") var weightDecays = "0,1e-4,1e-3,1e-2"
+    @Option(help: "Rows per SGD step.") var probeBatch = 256
+    @Option(help: "Peak learning rate (default: 20 / the largest eigenvalue of the standardised features' second moment, at most 1).") var lr: Float?
+
+    func parsedDecays() throws -> [Float] {
+        let v = weightDecays.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+        guard !v.isEmpty, v.allSatisfy({ $0 != nil && $0! >= 0 && $0!.isFinite }) else {
+            throw ValidationError("--weight-decays expects comma-separated numbers >= 0, got '\(weightDecays)'")
+        }
+        return v.map { $0! }
+    }
+
+    func validate() throws {
+        if epochs < 1 || epochs > 10000 { throw ValidationError("--epochs must be between 1 and 10000, got \(epochs)") }
+        if probeBatch < 1 || probeBatch > 65536 { throw ValidationError("--probe-batch must be between 1 and 65536, got \(probeBatch)") }
+        if let lr, !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        _ = try parsedDecays()
+    }
+
+    func run() throws {
+        let t0 = Date()
+        let f = try source.load()
+        let t1 = Date()
+        var config = LinearProbeConfig()
+        config.epochs = epochs
+        config.weightDecays = try parsedDecays()
+        config.batch = probeBatch
+        config.learningRate = lr
+        let r = linearProbe(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
+                            dim: f.dim, classes: f.classes, seed: source.seed, config: config) { note("  " + $0) }
+        let t2 = Date()
+        note(String(format: "eval linear: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; features %.1f s, probe %.1f s",
+                    f.trainLabels.count, f.testLabels.count, f.dim, f.classes, Double(r.weightDecay), Double(r.learningRate),
+                    r.epochs, Double(r.trainLoss), t1.timeIntervalSince(t0), t2.timeIntervalSince(t1)))
+        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
+            ("method", "linear"), ("weight_decay", r.weightDecay), ("validation_top1", r.validationTop1),
+            ("epochs", r.epochs), ("lr", r.learningRate), ("train_loss", r.trainLoss), ("train", f.trainLabels.count),
+            ("test", f.testLabels.count), ("dim", f.dim), ("classes", f.classes), ("seconds", t2.timeIntervalSince(t0))])
+    }
+}

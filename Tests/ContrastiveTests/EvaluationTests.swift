@@ -1,0 +1,168 @@
+import XCTest
+import Kernels
+import Data
+import TestSupport
+import Contrastive
+
+final class EvaluationTests: XCTestCase {
+    /// `classes` Gaussian clusters in `dim` dimensions around random centres: rows x dim features and labels.
+    func clusters(rows: Int, dim: Int, classes: Int, spread: Float, seed: UInt64, centres seedCentres: UInt64 = 99) -> ([Float], [Int32]) {
+        var c = SplitMix64(seed: seedCentres)
+        let centres = (0..<(classes * dim)).map { _ in c.normal() }
+        var rng = SplitMix64(seed: seed)
+        var x = [Float](), y = [Int32]()
+        for r in 0..<rows {
+            let label = r % classes
+            y.append(Int32(label))
+            for j in 0..<dim { x.append(centres[label * dim + j] + spread * rng.normal()) }
+        }
+        return (x, y)
+    }
+
+    func testKNNSeparatedClustersIsPerfect() {
+        let (xtr, ytr) = clusters(rows: 500, dim: 16, classes: 5, spread: 0.05, seed: 1)
+        let (xte, yte) = clusters(rows: 300, dim: 16, classes: 5, spread: 0.05, seed: 2)
+        let r = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 16, classes: 5, k: 20)
+        XCTAssertEqual(r.top1, 100)
+        XCTAssertEqual(r.top5, 100)
+        // More test rows than one similarity block, and k above N (clamped).
+        let (big, ybig) = clusters(rows: 700, dim: 16, classes: 5, spread: 0.05, seed: 3)
+        let r2 = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: big, testLabels: ybig, dim: 16, classes: 5, k: 1000)
+        XCTAssertEqual(r2.top1, 100)
+    }
+
+    /// Hand-checked votes in 2-D. Test point (1, 0). Train (angle from the test point, label):
+    /// class 0: two rows at 10 degrees (sim 0.985); class 1: three rows at 40 degrees (sim 0.766).
+    /// k = 2: only the two class-0 rows vote -> class 0.
+    /// k = 5, t = 1: class 0 gets 2 e^0.985 = 5.35, class 1 gets 3 e^0.766 = 6.45 -> class 1.
+    /// k = 5, t = 0.1: class 0 gets 2 e^9.85 = 37,900, class 1 gets 3 e^7.66 = 6,370 -> class 0.
+    func testKNNWeightedVoteDependsOnKAndT() {
+        func unit(_ deg: Double) -> [Float] { [Float(cos(deg * .pi / 180)), Float(sin(deg * .pi / 180))] }
+        let train = unit(10) + unit(-10) + unit(40) + unit(-40) + unit(40).map { $0 * 3 }   // scale is normalised away
+        let labels: [Int32] = [0, 0, 1, 1, 1]
+        let test = [Float(2), 0]
+        func predicted(k: Int, t: Float) -> Int {
+            let s = knnScores(trainFeatures: train, trainLabels: labels, testFeatures: test, dim: 2, classes: 2, k: k, t: t)
+            return s[1] > s[0] ? 1 : 0
+        }
+        XCTAssertEqual(predicted(k: 2, t: 1), 0)
+        XCTAssertEqual(predicted(k: 5, t: 1), 1)
+        XCTAssertEqual(predicted(k: 5, t: 0.1), 0)
+        let s = knnScores(trainFeatures: train, trainLabels: labels, testFeatures: test, dim: 2, classes: 2, k: 5, t: 1)
+        // Scores are relative to the best neighbour (e^((sim - best) / t)): the ratio is the hand-computed one.
+        let ratio = Double(s[1] / s[0]), expected = 3 * exp(cos(40 * Double.pi / 180)) / (2 * exp(cos(10 * Double.pi / 180)))
+        XCTAssertEqual(ratio, expected, accuracy: 1e-4)
+        let acc = knnClassify(trainFeatures: train, trainLabels: labels, testFeatures: test, testLabels: [1], dim: 2, classes: 2, k: 5, t: 1)
+        XCTAssertEqual(acc.top1, 100)
+        XCTAssertEqual(acc.top5, 100)   // fewer than 5 classes: every label is in the top 5
+    }
+
+    func testKNNMatchesBruteForceReference() {
+        let (xtr, ytr) = clusters(rows: 400, dim: 12, classes: 7, spread: 1.5, seed: 4)
+        let (xte, _) = clusters(rows: 50, dim: 12, classes: 7, spread: 1.5, seed: 5)
+        let k = 25, t: Float = 0.07
+        let fast = knnScores(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, dim: 12, classes: 7, k: k, t: t)
+        func normalized(_ v: ArraySlice<Float>) -> [Double] {
+            let n = v.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+            return v.map { Double($0) / n }
+        }
+        for r in 0..<50 {
+            let q = normalized(xte[(r * 12)..<(r * 12 + 12)])
+            let sims = (0..<400).map { i -> (Double, Int) in
+                let p = normalized(xtr[(i * 12)..<(i * 12 + 12)])
+                return (zip(q, p).reduce(0) { $0 + $1.0 * $1.1 }, i)
+            }.sorted { $0.0 > $1.0 }
+            var votes = [Double](repeating: 0, count: 7)
+            for (s, i) in sims.prefix(k) { votes[Int(ytr[i])] += exp((s - sims[0].0) / Double(t)) }
+            for c in 0..<7 { XCTAssertEqual(Double(fast[r * 7 + c]), votes[c], accuracy: 1e-3 * max(1, votes[c])) }
+        }
+    }
+
+    func testTopAccuracyRanking() {
+        // Row 0: label 2 is the best; row 1: label 0 is 6th of 6 -> only top-5 misses; ties rank the lower class first.
+        let scores: [Float] = [0, 1, 5, 2, 3, 4,
+                               0, 1, 2, 3, 4, 5,
+                               1, 1, 0, 0, 0, 0]
+        let r = topAccuracy(scores: scores, labels: [2, 0, 1], classes: 6)
+        XCTAssertEqual(r.top1, 100.0 / 3, accuracy: 1e-9)
+        XCTAssertEqual(r.top5, 200.0 / 3, accuracy: 1e-9)
+    }
+
+    func testLinearProbeSeparableData() {
+        // Linearly separable but not trivially: labels from a random linear map of the features.
+        var rng = SplitMix64(seed: 7)
+        let dim = 20, classes = 4
+        let w = (0..<(classes * dim)).map { _ in rng.normal() }
+        func data(_ n: Int) -> ([Float], [Int32]) {
+            var x = [Float](), y = [Int32]()
+            for _ in 0..<n {
+                let row = (0..<dim).map { _ in rng.normal() * 3 + 1 }   // not standardised on purpose
+                x += row
+                var best = 0, bestV = -Float.infinity
+                for c in 0..<classes {
+                    var v: Float = 0
+                    for j in 0..<dim { v += w[c * dim + j] * row[j] }
+                    if v > bestV { bestV = v; best = c }
+                }
+                y.append(Int32(best))
+            }
+            return (x, y)
+        }
+        let (xtr, ytr) = data(2000), (xte, yte) = data(500)
+        let r = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        XCTAssertGreaterThan(r.top1, 95)
+        XCTAssertEqual(r.validationTop1.count, 4)
+        XCTAssertTrue(LinearProbeConfig().weightDecays.contains(r.weightDecay))
+        XCTAssertEqual(r.epochs, 30)
+    }
+
+    func testLinearProbeOnNoiseIsNearChance() {
+        var rng = SplitMix64(seed: 8)
+        let dim = 32, classes = 10
+        let xtr = (0..<(3000 * dim)).map { _ in rng.normal() }, ytr = (0..<3000).map { _ in Int32(rng.int(below: classes)) }
+        let xte = (0..<(2000 * dim)).map { _ in rng.normal() }, yte = (0..<2000).map { _ in Int32(rng.int(below: classes)) }
+        let r = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        // Chance is 10% (top-5: 50%); 2000 test rows give a standard error of ~0.7 points.
+        XCTAssertEqual(r.top1, 10, accuracy: 3)
+        XCTAssertEqual(r.top5, 50, accuracy: 5)
+        let k = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes)
+        XCTAssertEqual(k.top1, 10, accuracy: 3)
+    }
+
+    func testLinearProbeIsDeterministic() {
+        let (xtr, ytr) = clusters(rows: 600, dim: 10, classes: 3, spread: 2, seed: 9)
+        let (xte, yte) = clusters(rows: 200, dim: 10, classes: 3, spread: 2, seed: 10)
+        var config = LinearProbeConfig()
+        config.epochs = 5
+        let a = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let b = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        XCTAssertEqual(a.top1, b.top1)
+        XCTAssertEqual(a.top5, b.top5)
+        XCTAssertEqual(a.trainLoss, b.trainLoss)
+        XCTAssertEqual(a.validationTop1, b.validationTop1)
+        XCTAssertEqual(a.learningRate, b.learningRate)
+        // Whatever the thread count.
+        let saved = Threads.count
+        Threads.count = 1
+        let c = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        Threads.count = saved
+        XCTAssertEqual(a.trainLoss, c.trainLoss)
+        XCTAssertEqual(a.top1, c.top1)
+        // A single weight decay: no hold-out.
+        config.weightDecays = [1e-3]
+        let d = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        XCTAssertEqual(d.weightDecay, 1e-3)
+        XCTAssertTrue(d.validationTop1.isEmpty)
+    }
+
+    func testRawPixelFeatures() throws {
+        let ds = ImageDataset.synthetic(count: 5, width: 6, height: 4, channels: 3, seed: 1)
+        let pre = Preprocess(resize: nil, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25])
+        let f = try rawPixelFeatures(dataset: ds, preprocess: pre)
+        XCTAssertEqual(f.count, 5 * 4 * 6 * 3)
+        let img = try ds.image(at: 3)
+        for i in 0..<(4 * 6 * 3) { XCTAssertEqual(f[3 * 72 + i], (img.pixels[i] - 0.5) / 0.25, accuracy: 1e-6) }
+        let resized = try rawPixelFeatures(dataset: ds, preprocess: Preprocess(resize: 8, mean: [0, 0, 0], std: [1, 1, 1]))
+        XCTAssertEqual(resized.count, 5 * 8 * 8 * 3)
+    }
+}
