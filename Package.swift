@@ -64,6 +64,6 @@ let package = Package(
         .testTarget(name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: simdFlags),
         .testTarget(name: "DataTests", dependencies: ["Data", "Kernels", "TestSupport"], swiftSettings: simdFlags),
         .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "TestSupport"], swiftSettings: simdFlags),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: simdFlags),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: simdFlags),
     ]
 )

@@ -45,7 +45,7 @@ public final class KeyQueue {
 /// Statistics of one objective evaluation.
 public struct ObjectiveResult: Sendable {
     public var loss: Float
-    /// Fraction of rows whose positive has the largest logit (contrastive top-1).
+    /// Fraction of rows whose positive outscores every ordinary negative (contrastive top-1).
     public var accuracy: Float
 }
 
@@ -94,12 +94,14 @@ public final class InfoNCE {
             }
         }
         let loss = softmaxCrossEntropyForward(rows: B, classes: C, logits: logits, labels: labels, probs: probs)
+        // Contrastive accuracy: the positive beats every queue key (hard negatives, weighted by alpha,
+        // are left out: with alpha > 1 they outscore the positive by design early in training).
         var correct = 0
         for b in 0..<B {
             let row = logits + b * C
-            var best = 0
-            for j in 1..<C where row[j] > row[best] { best = j }
-            if best == 0 { correct += 1 }
+            var wins = true
+            for j in 1...max(K, 1) where j < C - H && row[j] >= row[0] { wins = false; break }
+            if wins { correct += 1 }
         }
         return ObjectiveResult(loss: loss, accuracy: Float(correct) / Float(B))
     }
@@ -171,12 +173,13 @@ public final class NTXent {
             }
         }
         let loss = softmaxCrossEntropyForward(rows: n, classes: C, logits: sim, labels: labels, probs: probs)
+        // Contrastive accuracy: the partner view beats every other view (hard negatives left out).
         var correct = 0
         for i in 0..<n {
-            let row = sim + i * C
+            let row = sim + i * C, pos = Int(labels[i])
             var best = 0
-            for j in 1..<C where row[j] > row[best] { best = j }
-            if best == Int(labels[i]) { correct += 1 }
+            for j in 1..<n where row[j] > row[best] { best = j }
+            if best == pos { correct += 1 }
         }
         return ObjectiveResult(loss: loss, accuracy: Float(correct) / Float(n))
     }
