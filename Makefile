@@ -44,3 +44,8 @@ test-arm:
 
 clean:
 	rm -rf .build bin
+
+# salient beside PyTorch on the same shapes and threads (needs `pip install torch torchvision numpy`).
+.PHONY: bench-compare
+bench-compare: build
+	Benchmarks/compare.sh $(if $(OUT),--out $(OUT))

@@ -9,6 +9,9 @@ public struct Preprocess: Sendable, Equatable {
     public var resize: Int?
     public var mean: [Float]
     public var std: [Float]
+    /// High-pass filter the normalised images (x - GaussianBlur, scaled with resolution), as the
+    /// hp fill's training views were: encoders trained that way are evaluated on the same input.
+    public var highPass = false
 
     public static let imagenetMean: [Float] = [0.485, 0.456, 0.406]
     public static let imagenetStd: [Float] = [0.229, 0.224, 0.225]
@@ -57,6 +60,10 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
     }
     let b = min(batch, n)
     let pass = ResNetPass(layout: encoder.backbone, batch: b, height: h, width: w, keepActivations: false)
+    let filterIn = preprocess.highPass ? UnsafeMutablePointer<Float>.allocate(capacity: b * h * w * c) : nil
+    let filterScratch = preprocess.highPass
+        ? UnsafeMutablePointer<Float>.allocate(capacity: filterScratchCount(n: b, height: h, width: w, channels: c)) : nil
+    defer { filterIn?.deallocate(); filterScratch?.deallocate() }
     let D = encoder.config.featureDim
     var features = [Float](repeating: 0, count: n * D)
     var start = 0
@@ -75,6 +82,10 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
         }
         if let failure { throw failure }
         if count < b { (input + count * per).update(repeating: 0, count: (b - count) * per) }
+        if let fi = filterIn, let fs = filterScratch {
+            fi.update(from: input, count: b * per)
+            highPassFilter(fi, input, scratch: fs, n: b, height: h, width: w, channels: c)
+        }
         pass.forward(input: input, store: encoder.store, mode: .eval)
         features.withUnsafeMutableBufferPointer { f in
             (f.baseAddress! + start * D).update(from: pass.features, count: count * D)

@@ -74,7 +74,11 @@ public final class Trainer {
 
     /// Preprocessing for kNN and extraction: the training resolution, same normalisation; high-pass
     /// when the encoder was trained on high-pass views (the paper's linear evaluation does the same).
-    public var evaluationPreprocess: Preprocess { Preprocess.defaults(channels: config.inChannels, resize: config.resolution) }
+    public var evaluationPreprocess: Preprocess {
+        var p = Preprocess.defaults(channels: config.inChannels, resize: config.resolution)
+        p.highPass = augmentConfig.highPass
+        return p
+    }
 
     // MARK: - Output folder
 
@@ -109,7 +113,8 @@ public final class Trainer {
     public func saveCheckpoint(path: String, epochCompleted: Int) throws {
         var file = SafeTensorsFile(metadata: EncoderCheckpoint.metadata(step.query.config).merging([
             "format": "salient-trainer-1", "method": config.method.rawValue, "epoch": String(epochCompleted),
-            "step": String(globalStep), "config": config.json(),
+            "step": String(globalStep), "config": config.json(), "resolution": String(config.resolution),
+            "input": augmentConfig.highPass ? "highpass" : "plain",
         ]) { _, b in b })
         step.query.store.export(into: &file, prefix: "encoder_q.")
         if let k = step.key { k.store.export(into: &file, prefix: "encoder_k.") }

@@ -6,7 +6,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Micro-benchmarks: what this machine can do.",
-        subcommands: [BenchKernels.self, BenchTrain.self])
+        subcommands: [BenchKernels.self, BenchTrain.self, BenchExtract.self, BenchLoader.self])
 }
 
 /// Median wall time of `body` over at least `minRuns` runs and `minSeconds`, after one warm-up run.

@@ -87,3 +87,85 @@ struct BenchTrain: ParsableCommand {
         }
     }
 }
+
+struct BenchExtract: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "extract",
+        abstract: "Images/s of feature extraction (eval-mode backbone forward) on synthetic images.")
+
+    @Option var arch = "resnet18"
+    @Option var stem = "cifar"
+    @Option var width = 1.0
+    @Option var batch = 256
+    @Option var res = 32
+    @Option var channels = 3
+    @Option(help: "Timed batches (after 1 warm-up).") var steps = 3
+    @Flag(help: "One JSON object per line.") var json = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func validate() throws {
+        var c = TrainConfig()
+        c.arch = arch; c.stem = stem; c.width = width; c.batch = batch; c.resolution = res; c.inChannels = channels
+        if let p = c.problems().first { throw ValidationError(p) }
+        if steps < 1 || steps > 1000 { throw ValidationError("--steps must be between 1 and 1000") }
+    }
+
+    func run() throws {
+        threadOptions.apply()
+        let cfg = ResNetConfig(arch: ResNetArch(rawValue: arch)!, stem: ResNetStem(rawValue: stem)!, inChannels: channels, width: width)
+        let enc = Encoder(config: cfg)
+        enc.initialize(seed: 1)
+        let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: false)
+        var rng = SplitMix64(seed: 9)
+        for i in 0..<(batch * res * res * channels) { pass.input[i] = rng.normal() }
+        pass.forward(input: pass.input, store: enc.store, mode: .eval)
+        guard pass.features[0].isFinite else { throw BenchError(description: "non-finite features") }
+        var times: [Double] = []
+        for _ in 0..<steps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            pass.forward(input: pass.input, store: enc.store, mode: .eval)
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+        }
+        times.sort()
+        let median = times[times.count / 2], ips = Double(batch) / median
+        if json {
+            var r = BenchRecord(fields: [])
+            r.add("op", "extract"); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", batch)
+            r.add("res", res); r.add("threads", Threads.count); r.add("img_per_s", ips); r.add("step_s", median)
+            r.add("peak_rss_mb", peakResidentMB())
+            print(r.json)
+        } else {
+            print(String(format: "extract %@ %@ width %.3g, batch %d, %dpx, %d thread(s): %.1f images/s, peak resident memory %.0f MB",
+                         arch, stem, width, batch, res, Threads.count, ips, peakResidentMB()))
+        }
+    }
+}
+
+struct BenchLoader: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loader",
+        abstract: "Images/s of the data loader: two augmented views per image, on background threads.")
+
+    @Option(help: "A dataset (PNG folder or IDX file); default: synthetic 32x32 RGB images.") var data: String?
+    @Option var res = 32
+    @Option var batch = 256
+    @Option(help: "Loader threads.") var threads = 2
+    @Option var limit = 8192
+    @Flag(help: "High-pass filter the views (the hp fill's input).") var highPass = false
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() throws {
+        let ds = try data.map { try DatasetLoader.open(path: $0, limit: limit) }
+            ?? ImageDataset.synthetic(count: min(limit, 8192), width: res, height: res, channels: 3)
+        var cfg = AugmentConfig.mocoV2(size: res)
+        cfg.highPass = highPass
+        let ips = try benchmarkLoader(dataset: ds, config: cfg, batchSize: batch, views: 2, threads: threads)
+        if json {
+            var r = BenchRecord(fields: [])
+            r.add("op", "loader"); r.add("res", res); r.add("batch", batch); r.add("threads", threads); r.add("img_per_s", ips)
+            print(r.json)
+        } else {
+            print(String(format: "loader: %.0f images/s (two %dx%d views each, %d thread(s), %@)", ips, res, res, threads, ds.source))
+        }
+    }
+}

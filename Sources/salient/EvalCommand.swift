@@ -118,8 +118,10 @@ struct EvalSourceOptions: ParsableArguments {
         // An encoder: from a checkpoint, or freshly initialised.
         let encoder: Encoder
         let identity: String
+        var checkpointInput: String? = nil
         if let path = checkpoint {
             let file = try SafeTensorsFile.read(path: path)
+            checkpointInput = file.metadata["input"]
             let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: path))
             encoder = try EncoderCheckpoint.loadEncoder(path: path, config: config)
             let attrs = try FileManager.default.attributesOfItem(atPath: path)
@@ -138,13 +140,13 @@ struct EvalSourceOptions: ParsableArguments {
             identity = "random-init \(config) seed \(seed)"
         }
         let config = encoder.config
-        let pre = try prep.preprocess(channels: config.inChannels)
+        let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: checkpointInput)
         let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: config.inChannels)
         let testSet = try openLabelled(testPath, limit: limitTest, channels: config.inChannels)
         note("eval: \(config), \(trainSet.count) train / \(testSet.count) test images, \(Threads.count) thread(s)")
         func extract(_ ds: ImageDataset, _ path: String, _ limit: Int?, _ split: String) throws -> [Float] {
             let key = "salient eval features v1\n\(identity)\n\(split) \(absolute(path)) limit \(limit.map(String.init) ?? "all")"
-                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std)"
+                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std) highpass \(pre.highPass)"
             if let dir = cache, let hit = try cachedFeatures(dir: dir, key: key, rows: ds.count, dim: config.featureDim) {
                 note("eval: \(split) features from the cache (\(dir))")
                 return hit

@@ -38,8 +38,8 @@ struct ExtractCommand: ParsableCommand {
         let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: checkpoint))
         let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config)
         let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels)
-        let pre = try prep.preprocess(channels: config.inChannels)
-        note("extract: \(dataset.count) images from \(data), \(config), \(Threads.count) thread(s)")
+        let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: file.metadata["input"])
+        note("extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass " : "")input, \(Threads.count) thread(s)")
         let t0 = Date()
         let features = try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: pre) { done, total in
             let dt = Date().timeIntervalSince(t0)

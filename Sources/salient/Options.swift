@@ -33,8 +33,13 @@ struct PreprocessOptions: ParsableArguments {
     @Option(help: "Resize every image to N x N first (needed when sizes differ).") var resize: Int?
     @Option(help: "Per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's; 0.5 for 1 channel).") var mean: String?
     @Option(help: "Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's; 0.5 for 1 channel).") var std: String?
+    @Option(name: .customLong("input"), help: "auto | plain | highpass: high-pass filter the images, as hp-fill training did (auto: as the checkpoint says).")
+    var inputFilter = "auto"
 
     func validate() throws {
+        if !["auto", "plain", "highpass"].contains(inputFilter) {
+            throw ValidationError("--input must be auto, plain or highpass, got '\(inputFilter)'")
+        }
         if let r = resize, r < 1 || r > 4096 { throw ValidationError("--resize must be between 1 and 4096, got \(r)") }
         _ = try parse(mean, "--mean"); _ = try parse(std, "--std")
         if let s = try parse(std, "--std"), s.contains(where: { $0 <= 0 }) { throw ValidationError("--std values must be > 0") }
@@ -49,8 +54,10 @@ struct PreprocessOptions: ParsableArguments {
         return v.map { $0! }
     }
 
-    func preprocess(channels: Int) throws -> Preprocess {
+    /// `checkpointInput` is the checkpoint's `input` metadata ("highpass" for hp-fill training).
+    func preprocess(channels: Int, checkpointInput: String? = nil) throws -> Preprocess {
         var p = Preprocess.defaults(channels: channels, resize: resize)
+        p.highPass = inputFilter == "highpass" || (inputFilter == "auto" && checkpointInput == "highpass")
         if let m = try parse(mean, "--mean") { p.mean = m }
         if let s = try parse(std, "--std") { p.std = s }
         guard p.mean.count == channels, p.std.count == channels else {
