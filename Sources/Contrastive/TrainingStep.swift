@@ -58,6 +58,9 @@ public final class TrainingStep {
     let kz: UnsafeMutablePointer<Float>, kNorms: UnsafeMutablePointer<Float>
     let tz: UnsafeMutablePointer<Float>            // [B][H][D]
     let hz: UnsafeMutablePointer<Float>, hNorms: UnsafeMutablePointer<Float>
+    /// Shuffle-BN: the permutation of the last no-grad forward and a [B][max(D, G*G)] staging area.
+    var permutation: [Int]
+    let shuffled: UnsafeMutablePointer<Float>
     /// Spatial cell masks of the last step's queries / hard negatives [B][G*G] (previews).
     public let queryCells: UnsafeMutablePointer<UInt8>, hardCells: UnsafeMutablePointer<UInt8>
     let infoNCE: InfoNCE?
@@ -77,7 +80,7 @@ public final class TrainingStep {
         let isMoco = config.method == .moco
         viewCount = 2
         if isMoco {
-            let k = Encoder(config: rc, headDim: config.headDim)
+            let k = Encoder(config: rc, headDim: config.headDim, trainable: false)
             k.store.copyState(from: query.store)
             key = k
             var rng = SplitMix64(seed: SplitMix64.derive(config.seed, 0x9_0E0E))
@@ -112,6 +115,8 @@ public final class TrainingStep {
         kz = alloc(B * D, Float.self); kNorms = alloc(B, Float.self)
         tz = alloc(max(B * H, 1) * D, Float.self)
         hz = alloc(B * D, Float.self); hNorms = alloc(B, Float.self)
+        permutation = Array(0..<B)
+        shuffled = alloc(B * max(D, grid * grid), Float.self)
         queryCells = alloc(B * grid * grid, UInt8.self); hardCells = alloc(B * grid * grid, UInt8.self)
         queryCells.initialize(repeating: 0, count: B * grid * grid)
         hardCells.initialize(repeating: 0, count: B * grid * grid)
@@ -127,7 +132,7 @@ public final class TrainingStep {
             bytes += ntXent!.allocatedBytes
         }
         self.owned = owned
-        allocatedBytes = bytes + 16 * (query.store.parameterCount) + (key.map { 16 * $0.store.parameterCount } ?? 0)
+        allocatedBytes = bytes + 12 * (query.store.parameterCount) + (key.map { 4 * $0.store.parameterCount } ?? 0)
             + (queue.map { 4 * $0.length * $0.dim } ?? 0)
     }
 
@@ -169,15 +174,34 @@ public final class TrainingStep {
             if !afterForward { pass.forward(input: view, store: encoder.store, mode: .train(splits: config.effectiveBNSplits)) }
             saliencyFromFeatures(pass.lastFeatureMap, batch: B, height: pass.mapHeight, width: pass.mapWidth,
                                  channels: encoder.config.featureDim, grid: grid, output: out)
+            // A map from the shuffled embedding forward is in permuted order.
+            if afterForward { unshuffleRows(out, width: grid * grid) }
         }
     }
 
-    /// Embeds `view` with `encoder` (no grad) into normalised rows at `out`.
+    /// Embeds `view` with `encoder` (no grad) into normalised rows at `out`. Shuffle-BN stand-in:
+    /// the batch is permuted (seeded by step and `tag`) before a forward whose batch norm uses
+    /// `bnSplits` groups, and the embeddings are put back in order, so that no sample's key shares
+    /// its normalisation group with the same neighbours as its query. `lastFeatureMap` of nPass stays
+    /// in permuted order: `unshuffleRows` puts per-sample results derived from it back.
     func embed(_ view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>,
-               norms: UnsafeMutablePointer<Float>) {
-        nPass.forward(input: view, store: encoder.store, mode: .train(splits: config.effectiveBNSplits))
+               norms: UnsafeMutablePointer<Float>, step: Int, tag: UInt64) {
+        let B = batch, D = config.headDim, img = res * res * channels
+        var rng = SplitMix64(seed: SplitMix64.derive(config.seed, UInt64(step), tag))
+        for i in 0..<B { permutation[i] = i }
+        for i in stride(from: B - 1, to: 0, by: -1) { permutation.swapAt(i, rng.int(below: i + 1)) }
+        for i in 0..<B { (nPass.input + i * img).update(from: view + permutation[i] * img, count: img) }
+        nPass.forward(input: nPass.input, store: encoder.store, mode: .train(splits: config.effectiveBNSplits))
         nHead.forward(features: nPass.features, store: encoder.store)
-        l2NormalizeForward(rows: batch, dim: config.headDim, input: nHead.output, output: out, norms: norms)
+        l2NormalizeForward(rows: B, dim: D, input: nHead.output, output: shuffled, norms: norms)
+        for i in 0..<B { (out + permutation[i] * D).update(from: shuffled + i * D, count: D) }
+    }
+
+    /// Puts rows computed from a shuffled forward (row i belongs to sample permutation[i]) in order.
+    func unshuffleRows(_ rows: UnsafeMutablePointer<Float>, width: Int) {
+        let B = batch
+        for i in 0..<B { (shuffled + permutation[i] * width).update(from: rows + i * width, count: width) }
+        rows.update(from: shuffled, count: B * width)
     }
 
     /// Hard negatives: each sample's key-side view, masked on its salient cells H times, embedded.
@@ -197,7 +221,7 @@ public final class TrainingStep {
                            cellMasks: h == 0 ? hardCells : nil, records: nil)
             }
             timed(\.hardNegatives) {
-                embed(hardView, encoder: encoder, out: hz, norms: hNorms)
+                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step, tag: 0x4A4E + UInt64(h))
                 for b in 0..<B { (tz + (b * H + h) * D).update(from: hz + b * D, count: D) }
             }
         }
@@ -224,7 +248,7 @@ public final class TrainingStep {
             momentumUpdate(count: key.store.parameterCount, target: key.store.params, source: query.store.params,
                            m: config.mocoMomentum)
         }
-        timed(\.keyForward) { embed(keyView, encoder: key, out: kz, norms: kNorms) }
+        timed(\.keyForward) { embed(keyView, encoder: key, out: kz, norms: kNorms, step: step, tag: 0x4B45) }
         if masking != .none {
             timed(\.saliency) {
                 if masking == .saliency {

@@ -94,14 +94,16 @@ public enum EncoderCheckpoint {
 
     /// Reads a backbone (and its MoCo head when `headDim` is given and present) into a new Encoder.
     /// `config` overrides what the file says; a mismatch is reported with the first differences.
-    public static func loadEncoder(path: String, config: ResNetConfig? = nil, headDim: Int? = nil) throws -> Encoder {
+    /// `trainable: false` allocates no gradient or optimizer blocks (extraction, evaluation).
+    public static func loadEncoder(path: String, config: ResNetConfig? = nil, headDim: Int? = nil,
+                                   trainable: Bool = true) throws -> Encoder {
         let file = try SafeTensorsFile.read(path: path)
         let cfg = try config ?? inferConfig(file, path: path)
         guard let prefix = backbonePrefix(file) else {
             throw CheckpointError(path: path, reason: "no ResNet backbone found")
         }
         let wantsHead = headDim != nil && file[prefix + "fc.0.weight"] != nil
-        let enc = Encoder(config: cfg, headDim: wantsHead ? headDim : nil)
+        let enc = Encoder(config: cfg, headDim: wantsHead ? headDim : nil, trainable: trainable)
         try enc.store.load(from: file, prefix: prefix, path: path) { name in
             // torchvision's classifier and MoCo heads are not part of a backbone.
             name.hasPrefix("fc.") || name.contains(".") == false

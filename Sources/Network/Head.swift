@@ -81,14 +81,14 @@ public final class Encoder {
     public let backbone: ResNetLayout
     public let head: MLPHeadLayout?
 
-    public init(config: ResNetConfig, headDim: Int? = nil, prefix: String = "") {
+    public init(config: ResNetConfig, headDim: Int? = nil, prefix: String = "", trainable: Bool = true) {
         self.config = config
         store = ParameterStore()
         backbone = ResNetLayout(config, store: store, prefix: prefix)
         let st = store
         head = headDim.map { MLPHeadLayout(inDim: config.featureDim, hidden: config.featureDim, outDim: $0,
                                            store: st, prefix: prefix) }
-        store.seal()
+        store.seal(trainable: trainable)
     }
 
     public func initialize(seed: UInt64) {

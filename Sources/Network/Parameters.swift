@@ -32,6 +32,8 @@ public final class ParameterStore: @unchecked Sendable {
     public private(set) var buffers: UnsafeMutablePointer<Float>
     public private(set) var counters: UnsafeMutablePointer<Int64>
     private var sealed = false
+    /// Whether `grads` and `momentum` are allocated (full length).
+    public private(set) var isTrainable = false
 
     public init() {
         params = .allocate(capacity: 1); grads = .allocate(capacity: 1); momentum = .allocate(capacity: 1)
@@ -59,8 +61,10 @@ public final class ParameterStore: @unchecked Sendable {
         return offset
     }
 
-    /// Allocates the blocks (zeroed). Called once after every `declare`.
-    public func seal() {
+    /// Allocates the blocks (zeroed). Called once after every `declare`. A store that is never
+    /// trained (MoCo's key encoder, extraction) passes `trainable: false` and gets no gradient or
+    /// optimizer blocks.
+    public func seal(trainable: Bool = true) {
         precondition(!sealed)
         sealed = true
         func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
@@ -70,7 +74,9 @@ public final class ParameterStore: @unchecked Sendable {
             return p
         }
         params.deallocate(); grads.deallocate(); momentum.deallocate(); buffers.deallocate(); counters.deallocate()
-        params = alloc(parameterCount); grads = alloc(parameterCount); momentum = alloc(parameterCount)
+        params = alloc(parameterCount)
+        grads = alloc(trainable ? parameterCount : 0); momentum = alloc(trainable ? parameterCount : 0)
+        isTrainable = trainable
         buffers = alloc(bufferCount)
         counters = .allocate(capacity: max(counterCount, 1))
         counters.initialize(repeating: 0, count: max(counterCount, 1))

@@ -201,6 +201,7 @@ public final class ResNetPass {
     /// forward (train mode, one split), writing every backbone parameter's gradient into store.grads.
     public func backward(gradFeatures: UnsafePointer<Float>, store: ParameterStore) {
         precondition(keepsActivations, "backward needs a pass planned with keepActivations")
+        precondition(store.isTrainable, "backward needs a store with gradients")
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
         var gA = grad[0], gC = grad[2]
         let gB = grad[1]

@@ -113,7 +113,7 @@ struct BenchExtract: ParsableCommand {
     func run() throws {
         threadOptions.apply()
         let cfg = ResNetConfig(arch: ResNetArch(rawValue: arch)!, stem: ResNetStem(rawValue: stem)!, inChannels: channels, width: width)
-        let enc = Encoder(config: cfg)
+        let enc = Encoder(config: cfg, trainable: false)
         enc.initialize(seed: 1)
         let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: false)
         var rng = SplitMix64(seed: 9)

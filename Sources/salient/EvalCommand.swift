@@ -123,7 +123,7 @@ struct EvalSourceOptions: ParsableArguments {
             let file = try SafeTensorsFile.read(path: path)
             checkpointInput = file.metadata["input"]
             let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: path))
-            encoder = try EncoderCheckpoint.loadEncoder(path: path, config: config)
+            encoder = try EncoderCheckpoint.loadEncoder(path: path, config: config, trainable: false)
             let attrs = try FileManager.default.attributesOfItem(atPath: path)
             let size = (attrs[.size] as? NSNumber)?.int64Value ?? -1
             let mtime = (attrs[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
@@ -135,7 +135,7 @@ struct EvalSourceOptions: ParsableArguments {
             }
             var config = model.apply(to: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: channels, width: 1))
             config.inChannels = channels
-            encoder = Encoder(config: config)
+            encoder = Encoder(config: config, trainable: false)
             encoder.initialize(seed: seed)
             identity = "random-init \(config) seed \(seed)"
         }

@@ -36,7 +36,7 @@ struct ExtractCommand: ParsableCommand {
         threadOptions.apply()
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: checkpoint))
-        let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config)
+        let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config, trainable: false)
         let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels)
         let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: file.metadata["input"])
         note("extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass " : "")input, \(Threads.count) thread(s)")

@@ -81,7 +81,7 @@ struct TrainCommand: ParsableCommand {
         config.limit = limit
         var saliencyEncoder: Encoder? = nil
         if saliency != "self" && saliency != "classical" {
-            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: saliency)
+            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: saliency, trainable: false)
             if saliencyEncoder!.config.inChannels != config.inChannels {
                 throw ValidationError("--saliency \(saliency): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
             }
