@@ -47,7 +47,8 @@ DEMO_DIR   := runs/demo
 DEMO_TRAIN := $(FMNIST)/train-images-idx3-ubyte.gz
 DEMO_TEST  := $(FMNIST)/t10k-images-idx3-ubyte.gz
 DEMO_MODEL := --arch resnet18 --stem cifar --width 0.25
-DEMO_ARGS  ?= --method moco --masking saliency --fill mean --hard-negatives 0 --epochs 6 --batch 128 --lr 0.06
+DEMO_ARGS  ?= --method simclr --masking saliency --fill mean --hard-negatives 1 --alpha 1 --temperature 0.5 \
+              --epochs 6 --batch 128 --lr 0.06
 demo: setup-data build
 	rm -rf $(DEMO_DIR)
 	$(BIN) train --data $(DEMO_TRAIN) --out $(DEMO_DIR) --limit 5000 $(DEMO_MODEL) $(DEMO_ARGS) \
