@@ -240,7 +240,7 @@ public final class TrainingStep {
 
     func mocoStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
         let key = self.key!, queue = self.queue!, obj = infoNCE!
-        let B = batch, img = res * res * channels, D = config.headDim
+        let B = batch, img = res * res * channels
         views[0].withUnsafeBufferPointer { queryView.update(from: $0.baseAddress!, count: B * img) }
         views[1].withUnsafeBufferPointer { keyView.update(from: $0.baseAddress!, count: B * img) }
         // Key encoder follows the query encoder (parameters only; its BN statistics are its own).
@@ -259,35 +259,45 @@ public final class TrainingStep {
             hardNegatives(from: keyView, saliency: kSaliency, encoder: key, step: step)
             maskQueries(queryView, saliency: qSaliency, step: step)
         }
+        encodeQueries(rows: B)
         var result = ObjectiveResult(loss: 0, accuracy: 0)
+        let hard = hardNegativeCount > 0 ? UnsafePointer(tz) : nil
+        timed(\.loss) { result = obj.forward(q: qz, k: kz, queue: queue.keys, hard: hard) }
+        if !result.loss.isFinite { return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr) }
+        timed(\.backward) { obj.backward(k: kz, queue: queue.keys, hard: hard) }
+        backwardAndUpdate(rows: B, gradEmbedding: obj.gradQuery, lr: lr)
+        timed(\.optimizer) { queue.enqueue(kz, count: B) }
+        profile.steps += 1
+        return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr)
+    }
+
+    /// Query encoder forward (batch statistics, activations kept) of queryView's first `rows`
+    /// images, projection head and normalisation into qz.
+    func encodeQueries(rows: Int) {
         timed(\.queryForward) {
             qPass.forward(input: queryView, store: query.store, mode: .train(splits: 1))
             qHead.forward(features: qPass.features, store: query.store)
-            l2NormalizeForward(rows: B, dim: D, input: qHead.output, output: qz, norms: qNorms)
+            l2NormalizeForward(rows: rows, dim: config.headDim, input: qHead.output, output: qz, norms: qNorms)
         }
-        timed(\.loss) {
-            result = obj.forward(q: qz, k: kz, queue: queue.keys, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
-        }
-        if !result.loss.isFinite { return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr) }
+    }
+
+    /// From d(loss)/d(normalised embeddings) back through normalisation, head and backbone, then SGD.
+    func backwardAndUpdate(rows: Int, gradEmbedding: UnsafePointer<Float>, lr: Float) {
         timed(\.backward) {
-            obj.backward(k: kz, queue: queue.keys, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
-            l2NormalizeBackward(rows: B, dim: D, output: qz, norms: qNorms, gradOutput: obj.gradQuery, gradInput: gradZ,
-                                accumulate: false)
+            l2NormalizeBackward(rows: rows, dim: config.headDim, output: qz, norms: qNorms, gradOutput: gradEmbedding,
+                                gradInput: gradZ, accumulate: false)
             qHead.backward(gradOutput: gradZ, store: query.store)
             qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store)
         }
         timed(\.optimizer) {
             sgdStep(count: query.store.parameterCount, params: query.store.params, grads: query.store.grads,
                     momentumBuffer: query.store.momentum, lr: lr, momentum: config.sgdMomentum, weightDecay: config.weightDecay)
-            queue.enqueue(kz, count: B)
         }
-        profile.steps += 1
-        return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr)
     }
 
     func simclrStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
         let obj = ntXent!
-        let B = batch, img = res * res * channels, D = config.headDim
+        let B = batch, img = res * res * channels
         let first = queryView, second = queryView + B * img
         views[0].withUnsafeBufferPointer { first.update(from: $0.baseAddress!, count: B * img) }
         views[1].withUnsafeBufferPointer { second.update(from: $0.baseAddress!, count: B * img) }
@@ -301,25 +311,13 @@ public final class TrainingStep {
             hardNegatives(from: second, saliency: kSaliency, encoder: query, step: step)
             maskQueries(first, saliency: qSaliency, step: step)
         }
+        encodeQueries(rows: 2 * B)
         var result = ObjectiveResult(loss: 0, accuracy: 0)
-        timed(\.queryForward) {
-            qPass.forward(input: queryView, store: query.store, mode: .train(splits: 1))
-            qHead.forward(features: qPass.features, store: query.store)
-            l2NormalizeForward(rows: 2 * B, dim: D, input: qHead.output, output: qz, norms: qNorms)
-        }
-        timed(\.loss) { result = obj.forward(z: qz, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil) }
+        let hard = hardNegativeCount > 0 ? UnsafePointer(tz) : nil
+        timed(\.loss) { result = obj.forward(z: qz, hard: hard) }
         if !result.loss.isFinite { return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr) }
-        timed(\.backward) {
-            obj.backward(z: qz, hard: hardNegativeCount > 0 ? UnsafePointer(tz) : nil)
-            l2NormalizeBackward(rows: 2 * B, dim: D, output: qz, norms: qNorms, gradOutput: obj.gradZ, gradInput: gradZ,
-                                accumulate: false)
-            qHead.backward(gradOutput: gradZ, store: query.store)
-            qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store)
-        }
-        timed(\.optimizer) {
-            sgdStep(count: query.store.parameterCount, params: query.store.params, grads: query.store.grads,
-                    momentumBuffer: query.store.momentum, lr: lr, momentum: config.sgdMomentum, weightDecay: config.weightDecay)
-        }
+        timed(\.backward) { obj.backward(z: qz, hard: hard) }
+        backwardAndUpdate(rows: 2 * B, gradEmbedding: obj.gradZ, lr: lr)
         profile.steps += 1
         return StepResult(loss: result.loss, accuracy: result.accuracy, lr: lr)
     }

@@ -1,21 +1,13 @@
 // Shared helpers for the test targets: seeded random tensors, comparisons, finite differences.
 import Kernels
 
-/// A small, fast, seeded generator (SplitMix64) so that test data is the same on every machine.
+/// Seeded test data (Kernels' SplitMix64), the same on every machine.
 public struct TestRNG {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed &+ 0x9E3779B97F4A7C15 }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
+    var g: SplitMix64
+    public init(seed: UInt64) { g = SplitMix64(seed: seed &+ 0x9E3779B97F4A7C15) }
+    public mutating func next() -> UInt64 { g.next() }
     /// Uniform in [lo, hi).
-    public mutating func uniform(_ lo: Float = -1, _ hi: Float = 1) -> Float {
-        lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
-    }
+    public mutating func uniform(_ lo: Float = -1, _ hi: Float = 1) -> Float { g.uniform(lo, hi) }
     public mutating func array(_ n: Int, _ lo: Float = -1, _ hi: Float = 1) -> [Float] {
         (0..<n).map { _ in uniform(lo, hi) }
     }
