@@ -255,7 +255,7 @@ public final class Trainer {
 
     func openLog() -> FileHandle? {
         let path = out + "/log.jsonl"
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         let h = FileHandle(forWritingAtPath: path)
         h?.seekToEndOfFile()
         return h

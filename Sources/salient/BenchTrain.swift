@@ -82,7 +82,8 @@ struct BenchTrain: ParsableCommand {
             for (name, v) in [("key forward", p.keyForward), ("saliency", p.saliency), ("masking", p.masking),
                               ("hard negatives", p.hardNegatives), ("query forward", p.queryForward), ("loss", p.loss),
                               ("backward", p.backward), ("optimizer+queue", p.optimizer)] {
-                print(String(format: "  %-16@ %7.1f ms/step  %5.1f%%", name as NSString, v / Double(p.steps) * 1000, v / t * 100))
+                print("  " + name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                      + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
             }
         }
     }

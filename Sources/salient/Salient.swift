@@ -6,7 +6,7 @@ struct Salient: ParsableCommand {
         commandName: "salient",
         abstract: "Contrastive self-supervised ResNet training on CPUs, with saliency-guided masking.",
         version: "0.1.0",
-        subcommands: [TrainCommand.self, ExtractCommand.self, EvalCommand.self, PreviewCommand.self, BenchCommand.self, FuzzCommand.self])
+        subcommands: [TrainCommand.self, ExtractCommand.self, EvalCommand.self, ExportCommand.self, PreviewCommand.self, BenchCommand.self, FuzzCommand.self])
 }
 
 /// `--threads N` shared by every command that computes; falls back to SALIENT_THREADS, then all cores.
