@@ -1,0 +1,80 @@
+// The real binary against bad arguments and bad files: a clear message naming the problem, a
+// non-zero exit, never a crash, and nothing left at --out.
+import XCTest
+import Foundation
+
+final class CommandCLITests: XCTestCase {
+    let fixtures = salientPackageRoot.appendingPathComponent("fixtures").path
+
+    func tempDir() throws -> String {
+        let d = NSTemporaryDirectory() + "salient-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    /// Exit status 1..127 (a thrown error or a validation failure), never a signal.
+    func assertFails(_ args: [String], mentioning texts: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try runSalient(args, timeout: 60)
+        XCTAssertTrue(r.status > 0 && r.status < 128, "\(args): status \(r.status)\n\(r.stderr)", file: file, line: line)
+        for t in texts {
+            XCTAssertTrue(r.stderr.contains(t), "\(args): stderr lacks '\(t)':\n\(r.stderr)", file: file, line: line)
+        }
+    }
+
+    func testBadArgumentsAreRejected() throws {
+        try assertFails(["bench", "kernels", "--threads", "0"], mentioning: ["--threads must be between 1 and 4096"])
+        try assertFails(["bench", "kernels", "--shapes", "64x"], mentioning: ["--shapes"])
+        try assertFails(["bench", "train", "--arch", "resnet19"], mentioning: ["--arch must be"])
+        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--masking", "sometimes"], mentioning: ["--masking must be"])
+        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--batch", "1"], mentioning: ["--batch must be"])
+        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--width=0"], mentioning: ["--width must be"])
+        try assertFails(["extract", "--checkpoint", "a", "--data", "b", "--out", "c.txt"], mentioning: ["--out must end in .npy"])
+        try assertFails(["extract", "--checkpoint", "a", "--data", "b", "--out", "/no/such/folder/f.npy"], mentioning: ["does not exist"])
+        try assertFails(["train", "--out", "/tmp/x"], mentioning: ["--data"])
+    }
+
+    func testBadFilesNameTheFileAndLeaveNothing() throws {
+        let dir = try tempDir()
+        let out = dir + "/f.npy"
+        let model = fixtures + "/models/resnet18_cifar_w0125.safetensors"
+        // A truncated checkpoint.
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: model))
+        let truncated = dir + "/truncated.safetensors"
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: truncated))
+        try assertFails(["extract", "--checkpoint", truncated, "--data", fixtures + "/png/classes", "--out", out],
+                        mentioning: [truncated])
+        // A checkpoint of another architecture.
+        try assertFails(["extract", "--checkpoint", model, "--arch", "resnet50", "--data", fixtures + "/png/classes", "--out", out],
+                        mentioning: [model, "missing"])
+        // A folder without images, a missing path, a corrupt PNG.
+        let empty = dir + "/empty"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        try assertFails(["extract", "--checkpoint", model, "--data", empty, "--out", out], mentioning: [empty])
+        try assertFails(["extract", "--checkpoint", model, "--data", dir + "/nothing", "--out", out], mentioning: [dir + "/nothing"])
+        let bad = dir + "/bad"
+        try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
+        try Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 1, 2, 3]).write(to: URL(fileURLWithPath: bad + "/broken.png"))
+        try assertFails(["extract", "--checkpoint", model, "--data", bad, "--out", out], mentioning: [bad + "/broken.png"])
+        // Training into a path under a regular file: reported before any step.
+        let file = dir + "/plain-file"
+        FileManager.default.createFile(atPath: file, contents: Data([1]))
+        try assertFails(["train", "--data", fixtures + "/png/classes", "--out", file + "/run", "--batch", "2", "--width", "0.0625",
+                         "--res", "16", "--epochs", "1"], mentioning: [file])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a failed extract left \(out)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/f.labels.npy"))
+    }
+
+    /// extract on a committed PyTorch model and PNG fixtures: features and labels in NumPy format.
+    func testExtractWritesFeaturesAndLabels() throws {
+        let dir = try tempDir()
+        let out = dir + "/feat.npy"
+        let r = try runSalient(["extract", "--checkpoint", fixtures + "/models/resnet18_cifar_w0125.safetensors",
+                                "--data", fixtures + "/png/classes", "--resize", "16", "--out", out], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("wrote \(out)"), r.stdout)
+        let header = try Data(contentsOf: URL(fileURLWithPath: out)).prefix(128)
+        XCTAssertTrue(String(decoding: header, as: UTF8.self).contains("'descr': '<f4'"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/feat.labels.npy"))
+    }
+}
