@@ -92,7 +92,9 @@ public final class TrainingStep {
         let B = batch, R = res, C = channels, D = config.headDim, H = config.hardNegatives
         let qBatch = isMoco ? B : 2 * B
         qPass = ResNetPass(layout: query.backbone, batch: qBatch, height: R, width: R, keepActivations: true)
-        nPass = ResNetPass(layout: query.backbone, batch: B, height: R, width: R, keepActivations: false)
+        // The no-grad forwards all run before the query backward: they borrow its gradient buffers.
+        nPass = ResNetPass(layout: query.backbone, batch: B, height: R, width: R, keepActivations: false,
+                           borrowing: qPass.gradientBuffers, borrowedCount: qPass.gradientBufferCount)
         sPass = saliencyEncoder.map { ResNetPass(layout: $0.backbone, batch: B, height: R, width: R, keepActivations: false) }
         qHead = MLPHeadPass(layout: query.head!, batch: qBatch)
         nHead = MLPHeadPass(layout: (key ?? query).head!, batch: B)

@@ -49,6 +49,7 @@ public final class ResNetPass {
     public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(blocks.last!.out) }
     public let mapHeight: Int, mapWidth: Int
     var grad: [Ptr] = []
+    var gradCount = 0
     var packF: Ptr, packB: Ptr
     var scratch: UnsafeMutableRawPointer
     private var allocations: [UnsafeMutableRawPointer] = []
@@ -56,8 +57,12 @@ public final class ResNetPass {
     public private(set) var allocatedBytes = 0
     var lastMode: BatchNormMode = .eval
 
+    /// `borrowing`: for a pass that keeps no activations, buffers of at least the largest activation
+    /// owned by someone else and idle while this pass runs (a training pass's gradient buffers), used
+    /// for its recycled activations instead of new allocations.
     public init(layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
-                threads: Int = Threads.count) {
+                threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
+                borrowedCount: Int = 0) {
         precondition(batch > 0 && height > 0 && width > 0)
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
@@ -105,7 +110,8 @@ public final class ResNetPass {
         scratch = sp
 
         // Activation buffers: one per tensor when kept; five recycled ones otherwise.
-        let shared = keepActivations ? [] : (0..<5).map { _ in alloc(maxAct) }
+        let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
+        let shared = keepActivations ? [] : Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
         func act(_ count: Int, _ role: Int) -> Ptr { keepActivations ? alloc(count) : shared[role] }
         let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
         func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, conv: Int, out: Int, outPtr: Ptr? = nil) -> Node {
@@ -143,11 +149,16 @@ public final class ResNetPass {
         }
         features = alloc(batch * layout.config.featureDim)
         if keepActivations { grad = (0..<3).map { _ in alloc(maxAct) } }
+        gradCount = keepActivations ? maxAct : 0
         allocations = allocs
         allocatedBytes = bytes
     }
 
     deinit { for p in allocations { p.deallocate() } }
+
+    /// The three gradient buffers of a training pass (empty otherwise) and their length in floats.
+    public var gradientBuffers: [UnsafeMutablePointer<Float>] { grad }
+    public var gradientBufferCount: Int { gradCount }
 
     // MARK: Forward
 

@@ -58,7 +58,7 @@ final class CommandCLITests: XCTestCase {
         try assertFails(["extract", "--checkpoint", model, "--data", bad, "--out", out], mentioning: [bad + "/broken.png"])
         // Training into a path under a regular file: reported before any step.
         let file = dir + "/plain-file"
-        FileManager.default.createFile(atPath: file, contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: file, contents: Data([1]))
         try assertFails(["train", "--data", fixtures + "/png/classes", "--out", file + "/run", "--batch", "2", "--width", "0.0625",
                          "--res", "16", "--epochs", "1"], mentioning: [file])
         XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a failed extract left \(out)")
