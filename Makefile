@@ -1,4 +1,5 @@
 # salient — build, test and benchmark. Every target installs what it needs (Debian, as root).
+SHELL      := /bin/bash
 SWIFT      ?= swift
 RELEASE    := -c release
 STATIC     := --static-swift-stdlib
@@ -25,9 +26,12 @@ build: setup
 	@mkdir -p bin && cp .build/release/salient $(BIN)
 	@echo "built $(BIN)"
 
+# Ends with one plain summary line, "tests: N passed, M failed" (from XCTest's last count).
 test: setup-data
 	$(SWIFT) build $(RELEASE) --build-tests
-	$(SWIFT) test $(RELEASE) --skip-build
+	@mkdir -p .build; set -o pipefail; $(SWIFT) test $(RELEASE) --skip-build 2>&1 | tee .build/test.log; status=$$?; \
+	awk '/Executed [0-9]+ tests?, with [0-9]+ failures?/ { n = $$2; f = $$5 } \
+	     END { if (n != "") print "tests: " n - f " passed, " f " failed" }' .build/test.log; exit $$status
 
 bench: build
 	$(BIN) bench kernels

@@ -481,6 +481,6 @@ public func salientArmChecks() -> Int {
     checkLoss()
     note("-- SGD: momentum + weight-decay step (3 steps), EMA momentum update vs naive")
     checkSGD()
-    note("\(checks) checks, \(failures) failed")
+    note("test-arm: \(checks - failures) passed, \(failures) failed")
     return failures
 }

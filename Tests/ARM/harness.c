@@ -14,7 +14,5 @@ void salient_arm_note(const char *text) { printf("%s\n", text); fflush(stdout); 
 
 int main(void) {
     long failures = salient_arm_checks();
-    if (failures) printf("test-arm: %ld check(s) FAILED\n", failures);
-    else printf("test-arm: all checks passed\n");
     return failures ? 1 : 0;
 }
