@@ -154,9 +154,9 @@ struct EvalSourceOptions: ParsableArguments {
             let t0 = Date()
             let f = try extractFeatures(encoder: encoder, dataset: ds, batch: batch, preprocess: pre) { done, total in
                 let dt = Date().timeIntervalSince(t0)
-                note(String(format: "\r  %@: %d/%d images  %.0f img/s", split, done, total, Double(done) / max(dt, 1e-9)), terminator: "")
+                progressNote(String(format: "  %@: %d/%d images  %.0f img/s", split, done, total, Double(done) / max(dt, 1e-9)),
+                             done: done == total)
             }
-            note("")
             if let dir = cache { try storeFeatures(dir: dir, key: key, features: f, labels: ds.labels!, dim: config.featureDim) }
             return f
         }

@@ -39,13 +39,13 @@ struct ExtractCommand: ParsableCommand {
         let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config, trainable: false)
         let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels)
         let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: file.metadata["input"])
-        note("extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass " : "")input, \(Threads.count) thread(s)")
+        note("extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass" : "plain") input, \(Threads.count) thread(s)")
         let t0 = Date()
         let features = try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: pre) { done, total in
             let dt = Date().timeIntervalSince(t0)
-            note(String(format: "\r  %d/%d images  %.0f img/s", done, total, Double(done) / max(dt, 1e-9)), terminator: "")
+            progressNote(String(format: "  %d/%d images  %.0f img/s", done, total, Double(done) / max(dt, 1e-9)),
+                         done: done == total)
         }
-        note("")
         let D = config.featureDim
         let labelsOut = labelsPath(forFeatures: out)
         if let labels = dataset.labels {

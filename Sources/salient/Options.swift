@@ -72,6 +72,13 @@ func note(_ s: String, terminator: String = "\n") {
     FileHandle.standardError.write((s + terminator).data(using: .utf8)!)
 }
 
+/// A progress line rewritten in place on a terminal; on a pipe or file only the last one (`done`)
+/// is written, so logs get one line instead of a run of carriage returns.
+func progressNote(_ s: String, done: Bool) {
+    if isatty(2) != 0 { note("\r\u{1B}[K" + s, terminator: done ? "\n" : "") }
+    else if done { note(s) }
+}
+
 /// Where the labels of a features file live: FEATURES.npy -> FEATURES.labels.npy.
 func labelsPath(forFeatures path: String) -> String {
     path.hasSuffix(".npy") ? String(path.dropLast(4)) + ".labels.npy" : path + ".labels.npy"
