@@ -1,5 +1,8 @@
 // The one SIMD width of every kernel. SIMD8<Float> is one AVX2 register on x86-64 and a pair of
 // NEON q registers on aarch64; change it here and every kernel follows.
+// Known limit: the register tiles of Conv2D.swift and Linear.swift address their second vector as
+// `+ 8` (16 columns = two 8-lane vectors); changing the width means changing those offsets too (the
+// fast-vs-naive tests and `make test-arm` catch a mismatch).
 public typealias FVec = SIMD8<Float>
 public let fvecWidth = FVec.scalarCount
 
