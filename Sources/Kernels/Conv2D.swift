@@ -37,9 +37,13 @@ public struct Conv2DShape: Equatable, Sendable {
     }
 
     /// Floats of a forward weight panel (conv2dPackForward).
-    public var packedForwardCount: Int { ceilDiv(k, convColBlock) * taps * c * convColBlock }
+    public var packedForwardCount: Int {
+        max(ceilDiv(k, convColBlock) * taps * c * convColBlock, isWinogradShape ? wgPackedCount : 0)
+    }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
-    public var packedBackwardDataCount: Int { ceilDiv(c, convColBlock) * taps * k * convColBlock }
+    public var packedBackwardDataCount: Int {
+        max(ceilDiv(c, convColBlock) * taps * k * convColBlock, isWinogradShape ? transposedWinograd.wgPackedCount : 0)
+    }
 
     /// Bytes of scratch the three fast kernels need with `threads` threads (any of them).
     public func scratchBytes(threads: Int) -> Int {
@@ -48,7 +52,10 @@ public struct Conv2DShape: Equatable, Sendable {
         let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448)
         let order = n * h * w * 4
         let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
-        return align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256
+        let direct = align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256
+        guard isWinogradShape else { return direct }
+        return max(direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
+                   wgBackwardWeightScratchBytes(threads: t))
     }
 }
 
@@ -69,6 +76,7 @@ let convPixelBlock = 128
 /// OIHW [K][C][R][S] -> forward panels [K/16][tap][C][16], zero-padded in K.
 public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
                               packed out: UnsafeMutablePointer<Float>) {
+    if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: false, packed: out); return }
     let kb = ceilDiv(sh.k, convColBlock), taps = sh.taps, C = sh.c
     parallelFor(kb) { lo, hi, _ in
         for b in lo..<hi {
@@ -89,6 +97,7 @@ public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>
 /// OIHW [K][C][R][S] -> backward-data panels [C/16][tap][K][16], zero-padded in C.
 public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
                                    packed out: UnsafeMutablePointer<Float>) {
+    if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: true, packed: out); return }
     let cb = ceilDiv(sh.c, convColBlock), taps = sh.taps, C = sh.c, K = sh.k
     parallelFor(cb) { lo, hi, _ in
         for b in lo..<hi {
@@ -108,15 +117,20 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
 
 // MARK: - Micro-kernel
 
-/// acc[6][16] += rows a0..a5 (depth floats each) x panel [depth][16]. Kept out of line so that the
-/// 12 accumulators live in registers for the whole loop (nested in the tap loop they spill).
+/// acc[6][16] += rows a0..a5 (depth floats each) x panel [depth][16] (`fresh`: acc = instead of +=).
+/// Kept out of line so that the 12 accumulators live in registers for the whole loop (nested in the
+/// tap loop they spill).
 @inline(never)
 func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
                  _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
-                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int) {
-    var c00 = vload(acc), c01 = vload(acc + 8), c10 = vload(acc + 16), c11 = vload(acc + 24)
-    var c20 = vload(acc + 32), c21 = vload(acc + 40), c30 = vload(acc + 48), c31 = vload(acc + 56)
-    var c40 = vload(acc + 64), c41 = vload(acc + 72), c50 = vload(acc + 80), c51 = vload(acc + 88)
+                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool = false) {
+    var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
+    var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
+    if !fresh {
+        c00 = vload(acc); c01 = vload(acc + 8); c10 = vload(acc + 16); c11 = vload(acc + 24)
+        c20 = vload(acc + 32); c21 = vload(acc + 40); c30 = vload(acc + 48); c31 = vload(acc + 56)
+        c40 = vload(acc + 64); c41 = vload(acc + 72); c50 = vload(acc + 80); c51 = vload(acc + 88)
+    }
     var b = panel
     for d in 0..<depth {
         let b0 = vload(b), b1 = vload(b + 8)
@@ -245,6 +259,7 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
                           output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
+    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps
@@ -279,6 +294,10 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
                                gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                                scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
+    if sh.usesWinograd {
+        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate, scratch: scratch)
+        return
+    }
     let (zero, order, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, K = sh.k, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps
@@ -324,6 +343,10 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
                                  gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                                  scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
+    if sh.usesWinograd {
+        wgBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch)
+        return
+    }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps

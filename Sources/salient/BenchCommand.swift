@@ -79,6 +79,7 @@ struct BenchKernels: ParsableCommand {
         var rows: [BenchRecord] = []
         var r = BenchRecord(fields: [])
         r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
+        r.add("conv", ThreadOptions.algorithm)
         emit(r, peak: peak)
         rows.append(r)
         let shapes = try parseShapes()
@@ -110,6 +111,9 @@ struct BenchKernels: ParsableCommand {
         let op = d["op"]!.replacingOccurrences(of: "\"", with: "")
         if op == "peak_fma" {
             print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains per thread)")
+            print("3x3 convolutions: \(ThreadOptions.algorithm)" + (Conv2DShape.winogradEnabled
+                ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; Winograd F(4x4,3x3) does 1/4 of the multiplies)"
+                : "") + "; each time includes packing/transforming the weights")
             print(row(["op", "C", "HW", "batch", "GFLOP/s", "GB/s", "% peak"]))
         } else {
             print(row([op, d["C"] ?? "", d["HW"] ?? "", d["batch"] ?? "", d["gflops"] ?? "-", d["gbps"] ?? "-",
@@ -153,9 +157,13 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
     conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
     try spotCheckConv(sh, x: x, w: w, dy: dy, y: y, dx: dx, dw: dw)
     var out: [(String, Double)] = []
+    // Forward and backward-data include the weight packing (Winograd: the weight transform), as in
+    // a training step, where weights change every step.
     out.append(("conv3x3_fwd", medianSeconds {
+        conv2dPackForward(sh, weights: w, packed: &pf)
         conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch) }))
     out.append(("conv3x3_bwd_data", medianSeconds {
+        conv2dPackBackwardData(sh, weights: w, packed: &pb)
         conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch) }))
     out.append(("conv3x3_bwd_weight", medianSeconds {
         conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch) }))

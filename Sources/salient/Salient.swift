@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Kernels
 
 struct Salient: ParsableCommand {
@@ -14,11 +15,24 @@ struct ThreadOptions: ParsableArguments {
     @Option(name: .long, help: "Worker threads (default: SALIENT_THREADS or all cores).")
     var threads: Int?
 
+    @Option(name: .long, help: "3x3 stride-1 convolutions: winograd (F(4x4,3x3), the default) or direct (default: SALIENT_CONV or winograd).")
+    var conv: String?
+
     func validate() throws {
         if let t = threads, t < 1 || t > 4096 {
             throw ValidationError("--threads must be between 1 and 4096, got \(t)")
         }
+        if let c = conv, c != "winograd" && c != "direct" {
+            throw ValidationError("--conv must be winograd or direct, got '\(c)'")
+        }
     }
 
-    func apply() { if let t = threads { Threads.count = t } }
+    func apply() {
+        if let t = threads { Threads.count = t }
+        let env = ProcessInfo.processInfo.environment["SALIENT_CONV"]
+        Conv2DShape.winogradEnabled = (conv ?? env ?? "winograd") != "direct"
+    }
+
+    /// The convolution algorithm in effect after apply().
+    static var algorithm: String { Conv2DShape.winogradEnabled ? "winograd" : "direct" }
 }

@@ -59,27 +59,81 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
-    func testAccumulateAddsIntoExistingGradients() {
-        let sh = Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1)
-        var rng = TestRNG(seed: 42)
+    /// Winograd F(4x4, 3x3) shapes: H/W of 1-9 (partial tiles), channels not multiples of 8 or 16,
+    /// batch 1-3, and large C x K (backward-weights in 2 and 6 passes over the point rows).
+    static let winogradShapes: [Conv2DShape] = [
+        Conv2DShape(n: 1, c: 8, h: 1, w: 1, k: 8, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 17, h: 5, w: 7, k: 33, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 3, c: 16, h: 4, w: 4, k: 16, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 1, c: 64, h: 9, w: 6, k: 24, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 40, h: 8, w: 3, k: 72, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
+    ]
+
+    /// Winograd against the float64 reference, relative to the output's scale (its transforms scale
+    /// values by up to 8, so a fixed absolute tolerance would be meaningless on sums of 4,608 terms).
+    func testWinogradMatchesNaive() {
+        XCTAssertTrue(Conv2DShape.winogradEnabled)
+        for threads in [1, 2, 3] {
+            Threads.count = threads
+            for (i, sh) in Self.winogradShapes.enumerated() {
+                XCTAssertTrue(sh.usesWinograd)
+                if threads == 3 && sh.c * sh.k > 10_000 { continue }
+                var rng = TestRNG(seed: UInt64(100 + i))
+                let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+                let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
+                func scaled(_ a: [Float], _ b: [Float]) -> Float {
+                    let scale = b.map(abs).max() ?? 1
+                    return toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4)
+                }
+                XCTAssertLessThanOrEqual(scaled(f.y, n.y), 1, "forward \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(scaled(f.dx, n.dx), 1, "backward-data \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(scaled(f.dw, n.dw), 1, "backward-weight \(sh) threads \(threads)")
+            }
+        }
+        Threads.count = Threads.processors
+    }
+
+    /// The direct kernels on a Winograd shape (the switch the benchmarks use) agree with Winograd.
+    func testWinogradAndDirectAgree() {
+        let sh = Conv2DShape(n: 2, c: 24, h: 6, w: 5, k: 40, r: 3, s: 3, stride: 1, pad: 1)
+        var rng = TestRNG(seed: 9)
         let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
-        let base = fast(sh, x, w, dy)
-        let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
-        defer { scratch.deallocate() }
-        var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
-        conv2dPackBackwardData(sh, weights: w, packed: &pb)
-        var dx = [Float](repeating: 1, count: sh.inputCount)
-        var dw = [Float](repeating: 2, count: sh.weightCount)
-        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, accumulate: true, scratch: scratch)
-        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, accumulate: true, scratch: scratch)
-        XCTAssertLessThanOrEqual(toleranceRatio(dx, base.dx.map { $0 + 1 }, atol: 1e-5, rtol: 1e-5), 1)
-        XCTAssertLessThanOrEqual(toleranceRatio(dw, base.dw.map { $0 + 2 }, atol: 1e-5, rtol: 1e-5), 1)
+        let wg = fast(sh, x, w, dy)
+        Conv2DShape.winogradEnabled = false
+        defer { Conv2DShape.winogradEnabled = true }
+        XCTAssertFalse(sh.usesWinograd)
+        let direct = fast(sh, x, w, dy)
+        XCTAssertLessThanOrEqual(toleranceRatio(wg.y, direct.y, atol: 1e-4, rtol: 1e-4), 1)
+        XCTAssertLessThanOrEqual(toleranceRatio(wg.dx, direct.dx, atol: 1e-4, rtol: 1e-4), 1)
+        XCTAssertLessThanOrEqual(toleranceRatio(wg.dw, direct.dw, atol: 1e-4, rtol: 1e-4), 1)
+    }
+
+    func testAccumulateAddsIntoExistingGradients() {
+        for sh in [Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1),
+                   Conv2DShape(n: 2, c: 9, h: 6, w: 5, k: 17, r: 3, s: 3, stride: 1, pad: 1)] {
+            var rng = TestRNG(seed: 42)
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+            let base = fast(sh, x, w, dy)
+            let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
+            defer { scratch.deallocate() }
+            var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
+            conv2dPackBackwardData(sh, weights: w, packed: &pb)
+            var dx = [Float](repeating: 1, count: sh.inputCount)
+            var dw = [Float](repeating: 2, count: sh.weightCount)
+            conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, accumulate: true, scratch: scratch)
+            conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, accumulate: true, scratch: scratch)
+            XCTAssertLessThanOrEqual(toleranceRatio(dx, base.dx.map { $0 + 1 }, atol: 1e-5, rtol: 1e-5), 1)
+            XCTAssertLessThanOrEqual(toleranceRatio(dw, base.dw.map { $0 + 2 }, atol: 1e-5, rtol: 1e-5), 1)
+        }
     }
 
     /// Finite differences on L = sum(y * g): dL/dx and dL/dw from the fast backward kernels.
     func testGradientsMatchFiniteDifferences() {
         for sh in [Conv2DShape(n: 2, c: 3, h: 5, w: 5, k: 4, r: 3, s: 3, stride: 2, pad: 1),
-                   Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1)] {
+                   Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1),
+                   Conv2DShape(n: 1, c: 8, h: 5, w: 6, k: 9, r: 3, s: 3, stride: 1, pad: 1)] {
             var rng = TestRNG(seed: 7)
             var x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
             let g = rng.array(sh.outputCount)
@@ -97,8 +151,10 @@ final class ConvTests: XCTestCase {
             let r = fast(sh, x, w, g)
             let xi = sampleIndices(x.count), wi = sampleIndices(w.count)
             let wFixed = w, xFixed = x
-            let nx = numericGradient(&x, indices: xi) { loss($0, wFixed) }
-            let nw = numericGradient(&w, indices: wi) { loss(xFixed, $0) }
+            // L is linear in x and in w: a large step has no truncation error and divides the
+            // forward's rounding noise (Winograd's is ~1e-5 of the output scale) by more.
+            let nx = numericGradient(&x, indices: xi, eps: 0.5) { loss($0, wFixed) }
+            let nw = numericGradient(&w, indices: wi, eps: 0.5) { loss(xFixed, $0) }
             XCTAssertLessThan(gradientError(analytic: xi.map { Double(r.dx[$0]) }, numeric: nx), 1e-2, "dx \(sh)")
             XCTAssertLessThan(gradientError(analytic: wi.map { Double(r.dw[$0]) }, numeric: nw), 1e-2, "dw \(sh)")
         }

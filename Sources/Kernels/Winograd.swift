@@ -1,0 +1,434 @@
+// Winograd F(4x4, 3x3) for the 3x3, stride-1, pad-1 convolutions that carry ~90% of a ResNet's
+// arithmetic (Lavin & Gray 2016; interpolation points 0, +-1, +-2, infinity).
+//
+// A 6x6 input tile d gives a 4x4 output tile y = A^T [ (G g G^T) (.) (B^T d B) ] A: per (input,
+// output) channel pair 36 multiplies instead of 144, so the 36 "points" become 36 independent GEMMs
+// [tiles x C] x [C x K] that run on the same 6x16 register tile as the direct convolution
+// (convTapLoop). Activations stay NHWC, so every transform works on 8 channels per vector.
+//
+// Forward: each thread takes blocks of tiles, and for a block: input transform -> V [36][tiles][C],
+// 36 x (K/16) GEMM panels -> M [36][K/16][tiles][16], output transform -> y. Nothing but the packed
+// weights is shared, so threads never wait on each other inside a convolution.
+// Backward-data is the forward of dy with the kernel flipped and transposed (pad 1, stride 1).
+// Backward-weights is the adjoint: dU[point] = sum over tiles V^T (A dy A^T), then dW = G^T dU G,
+// the exact gradient of the transformed forward (and so of the convolution) for any weights.
+//
+// FP32 error: transforms scale values by up to 8 (output) and 5 (input); results match the direct
+// convolution within ~1e-5 relative on unit-scale data (the tests hold both to the float64 reference).
+
+/// Output tile edge, input tile edge, points per tile.
+let wgOut = 4, wgIn = 6, wgPoints = 36
+
+extension Conv2DShape {
+    /// Whether 3x3 stride-1 pad-1 convolutions run as Winograd F(4x4, 3x3) (default on). The direct
+    /// kernels stay for every other shape and when this is off (benchmarks compare the two).
+    nonisolated(unsafe) public static var winogradEnabled = true
+
+    /// 3x3, stride 1, pad 1, with enough channels on both sides for the GEMMs to pay.
+    public var isWinogradShape: Bool { r == 3 && s == 3 && stride == 1 && pad == 1 && c >= 8 && k >= 8 }
+    public var usesWinograd: Bool { Conv2DShape.winogradEnabled && isWinogradShape }
+
+    /// The forward convolution that computes this one's backward-data (kernel flipped, C and K swapped).
+    var transposedWinograd: Conv2DShape { Conv2DShape(n: n, c: k, h: oh, w: ow, k: c, r: 3, s: 3, stride: 1, pad: 1) }
+
+    var wgTiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
+    /// Floats of transformed weights [36][K/16][C][16].
+    var wgPackedCount: Int { wgPoints * c * ceilDiv(k, convColBlock) * convColBlock }
+
+    /// Scratch bytes of the Winograd forward with at most `threads` threads (the block plan depends on
+    /// the thread count, so take the largest over 1...threads).
+    func wgScratchBytes(threads: Int) -> Int {
+        var most = 0
+        for t in 1...max(threads, 1) { most = max(most, t * wgPlan(threads: t).perThreadBytes) }
+        return most
+    }
+
+    /// Tiles per block and blocks: a block's V and M stay within ~1 MB (L2), except that large
+    /// weights (> 1 MB transformed) want >= 30 tiles per block so each weight panel is reused enough;
+    /// the block count is a multiple of the thread count so threads get equal work.
+    func wgPlan(threads: Int) -> (blocks: Int, perThreadBytes: Int, rowFloatsV: Int, rowFloatsM: Int) {
+        let tiles = wgTiles
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
+        let perTile = wgPoints * (cp + kp) * 4
+        var target = max(convTileRows, (1 << 20) / perTile)
+        if wgPoints * c * kp * 4 > (1 << 20) { target = max(target, 30) }
+        let t = max(threads, 1)
+        var blocks = max(t, ceilDiv(tiles, target))
+        blocks = min(tiles, ceilDiv(blocks, t) * t)
+        let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
+        let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kp * 4) + wgPoints * 2 * fvecWidth * 4 + 64
+        return (blocks, bytes, tb * cp, tb * kp)
+    }
+}
+
+// MARK: - Transforms (one vector of channels at a time)
+
+/// B^T applied to a column of 6: the input transform's 1-D step.
+@inline(__always)
+func wgBT(_ d0: FVec, _ d1: FVec, _ d2: FVec, _ d3: FVec, _ d4: FVec, _ d5: FVec)
+    -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+    let four = FVec(repeating: 4), five = FVec(repeating: 5), two = FVec(repeating: 2)
+    let a = d4 - d2, b = d1 - d3
+    return (four * d0 - five * d2 + d4,
+            d3 + d4 - four * (d1 + d2),
+            d4 - d3 + four * (d1 - d2),
+            a - two * b,
+            a + two * b,
+            four * d1 - five * d3 + d5)
+}
+
+/// A^T applied to a column of 6: the output transform's 1-D step (6 -> 4).
+@inline(__always)
+func wgAT(_ m0: FVec, _ m1: FVec, _ m2: FVec, _ m3: FVec, _ m4: FVec, _ m5: FVec) -> (FVec, FVec, FVec, FVec) {
+    let s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4
+    return (m0 + s12 + s34,
+            d12 + FVec(repeating: 2) * d34,
+            s12 + FVec(repeating: 4) * s34,
+            d12 + FVec(repeating: 8) * d34 + m5)
+}
+
+/// A applied to a column of 4: the adjoint of wgAT (4 -> 6), for backward-weights.
+@inline(__always)
+func wgA(_ z0: FVec, _ z1: FVec, _ z2: FVec, _ z3: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+    let s02 = z0 + z2, s13 = z1 + z3
+    let e = z0 + FVec(repeating: 4) * z2, o = FVec(repeating: 2) * z1 + FVec(repeating: 8) * z3
+    return (z0, s02 + s13, s02 - s13, e + o, e - o, z3)
+}
+
+/// G applied to a column of 3 (3 -> 6): the weight transform's 1-D step.
+@inline(__always)
+func wgG(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+    let s = g0 + g2
+    let p = FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2, q = FVec(repeating: 1.0 / 12) * g1
+    return (FVec(repeating: 0.25) * g0, FVec(repeating: -1.0 / 6) * (s + g1), FVec(repeating: -1.0 / 6) * (s - g1),
+            p + q, p - q, g2)
+}
+
+/// G^T applied to a column of 6 (6 -> 3): the adjoint of wgG.
+@inline(__always)
+func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec) -> (FVec, FVec, FVec) {
+    let s12 = u1 + u2, d12 = u1 - u2, s34 = u3 + u4, d34 = u3 - u4
+    let sixth = FVec(repeating: 1.0 / 6)
+    return (FVec(repeating: 0.25) * u0 - sixth * s12 + FVec(repeating: 1.0 / 24) * s34,
+            sixth * (FVec(repeating: 0.5) * d34 - d12),
+            sixth * (s34 - s12) + u5)
+}
+
+// MARK: - Weight packing
+
+/// OIHW weights -> U [36][K/16][C][16] for the forward (`transposed`: the backward-data kernel,
+/// w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16]).
+func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
+                   packed out: UnsafeMutablePointer<Float>) {
+    // The packed kernel maps `inC` channels to `outC` channels.
+    let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
+    let ob = ceilDiv(outC, convColBlock)
+    let pointStride = ob * inC * convColBlock
+    parallelFor(ob * ceilDiv(inC, 8)) { lo, hi, _ in
+        var g = [FVec](repeating: FVec(), count: 18)   // 9 taps x 2 vectors; allocated per chunk only
+        var t = [FVec](repeating: FVec(), count: 36)   // [6][3] x 2
+        for item in lo..<hi {
+            let b = item / ceilDiv(inC, 8), c0 = (item % ceilDiv(inC, 8)) * 8
+            for ci in c0..<min(c0 + 8, inC) {
+                // Gather the 3x3 kernel of 16 output channels (zero past outC).
+                for tap in 0..<9 {
+                    var v0 = FVec(), v1 = FVec()
+                    for j in 0..<convColBlock {
+                        let o = b * convColBlock + j
+                        var x: Float = 0
+                        if o < outC {
+                            x = transposed ? w[(ci * sh.c + o) * 9 + (8 - tap)] : w[(o * sh.c + ci) * 9 + tap]
+                        }
+                        if j < 8 { v0[j] = x } else { v1[j - 8] = x }
+                    }
+                    g[tap * 2] = v0; g[tap * 2 + 1] = v1
+                }
+                for h in 0..<2 {
+                    // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
+                    for s in 0..<3 {
+                        let r = wgG(g[s * 2 + h], g[(3 + s) * 2 + h], g[(6 + s) * 2 + h])
+                        t[0 * 6 + s * 2 + h] = r.0; t[1 * 6 + s * 2 + h] = r.1; t[2 * 6 + s * 2 + h] = r.2
+                        t[3 * 6 + s * 2 + h] = r.3; t[4 * 6 + s * 2 + h] = r.4; t[5 * 6 + s * 2 + h] = r.5
+                    }
+                    for i in 0..<6 {
+                        let r = wgG(t[i * 6 + h], t[i * 6 + 2 + h], t[i * 6 + 4 + h])
+                        let base = out + (i * 6) * pointStride + (b * inC + ci) * convColBlock + h * 8
+                        vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
+                        vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
+                        vstore(r.5, base + 5 * pointStride)
+                    }
+                }
+            }
+        }
+    }
+}
+
+// MARK: - Forward
+
+/// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
+func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
+               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+    let C = sh.c, K = sh.k, H = sh.h, W = sh.w
+    let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
+    let kb = ceilDiv(K, convColBlock)
+    let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
+    let plan = sh.wgPlan(threads: Threads.count)
+    let tbMax = plan.rowFloatsV / cp
+    let pointV = tbMax * cp, pointM = kb * tbMax * convColBlock
+    parallelFor(plan.blocks) { lo, hi, thread in
+        let base = scratch + thread * plan.perThreadBytes
+        let V = base.bindMemory(to: Float.self, capacity: wgPoints * pointV)
+        let M = (base + align64(wgPoints * pointV * 4)).bindMemory(to: Float.self, capacity: wgPoints * pointM)
+        let T = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4))
+            .bindMemory(to: FVec.self, capacity: wgPoints * 2)
+        for blk in lo..<hi {
+            let t0 = tiles * blk / plan.blocks, nt = tiles * (blk + 1) / plan.blocks - t0
+            // 1. Input transform: V[point][tile][c].
+            for ti in 0..<nt {
+                let tile = t0 + ti
+                let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+                let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
+                for cvi in 0..<cv {
+                    let c0 = cvi * fvecWidth, cn = min(fvecWidth, C - c0)
+                    for j in 0..<wgIn {
+                        let iw = iw0 + j
+                        var d = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
+                        if iw >= 0 && iw < W {
+                            withUnsafeMutableBytes(of: &d) { raw in
+                                let dv = raw.bindMemory(to: FVec.self)
+                                for i in 0..<wgIn {
+                                    let ih = ih0 + i
+                                    if ih >= 0 && ih < H {
+                                        let p = x + ((b * H + ih) * W + iw) * C + c0
+                                        dv[i] = cn == fvecWidth ? vload(p) : vloadPartial(p, cn)
+                                    }
+                                }
+                            }
+                        }
+                        let r = wgBT(d.0, d.1, d.2, d.3, d.4, d.5)
+                        T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
+                        T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
+                    }
+                    let vrow = V + ti * cp + c0
+                    for i in 0..<wgIn {
+                        let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+                        let p = vrow + (i * 6) * pointV
+                        vstore(r.0, p); vstore(r.1, p + pointV); vstore(r.2, p + 2 * pointV)
+                        vstore(r.3, p + 3 * pointV); vstore(r.4, p + 4 * pointV); vstore(r.5, p + 5 * pointV)
+                    }
+                }
+            }
+            // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
+            let last = UnsafePointer(V + (nt - 1) * cp)
+            for pt in 0..<wgPoints {
+                let vp = UnsafePointer(V + pt * pointV)
+                for b in 0..<kb {
+                    let panel = u + (pt * kb + b) * C * convColBlock
+                    let mp = M + pt * pointM + b * tbMax * convColBlock
+                    var r0 = 0
+                    while r0 < nt {
+                        func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
+                        convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
+                                    fresh: true)
+                        r0 += convTileRows
+                    }
+                }
+            }
+            // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.
+            for ti in 0..<nt {
+                let tile = t0 + ti
+                let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+                let oh0 = ty * wgOut, ow0 = tx * wgOut
+                let rows = min(wgOut, H - oh0), cols = min(wgOut, W - ow0)
+                for bi in 0..<kb {
+                    let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
+                    let mt = M + bi * tbMax * convColBlock + ti * convColBlock
+                    for h in 0..<2 where h * fvecWidth < kn {
+                        let hn = min(fvecWidth, kn - h * fvecWidth)
+                        for j in 0..<wgIn {
+                            let m = mt + j * pointM + h * fvecWidth
+                            let r = wgAT(vload(m), vload(m + 6 * pointM), vload(m + 12 * pointM),
+                                         vload(m + 18 * pointM), vload(m + 24 * pointM), vload(m + 30 * pointM))
+                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
+                        }
+                        for i in 0..<rows {
+                            let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+                            let o = y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth
+                            wgStore(r.0, o, hn, accumulate)
+                            if cols > 1 { wgStore(r.1, o + K, hn, accumulate) }
+                            if cols > 2 { wgStore(r.2, o + 2 * K, hn, accumulate) }
+                            if cols > 3 { wgStore(r.3, o + 3 * K, hn, accumulate) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+@inline(__always)
+func wgStore(_ v: FVec, _ p: UnsafeMutablePointer<Float>, _ n: Int, _ accumulate: Bool) {
+    if n == fvecWidth {
+        vstore(accumulate ? vload(p) + v : v, p)
+    } else {
+        for i in 0..<n { p[i] = accumulate ? p[i] + v[i] : v[i] }
+    }
+}
+
+// MARK: - Backward weights
+
+/// The G row coefficients: dW[r][s] = sum over i, j of G[i][r] G[j][s] dU[i][j].
+let wgGRows: [(Float, Float, Float)] = [(0.25, 0, 0), (-1.0 / 6, -1.0 / 6, -1.0 / 6), (-1.0 / 6, 1.0 / 6, -1.0 / 6),
+                                        (1.0 / 24, 1.0 / 12, 1.0 / 6), (1.0 / 24, -1.0 / 12, 1.0 / 6), (0, 0, 1)]
+
+extension Conv2DShape {
+    /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
+    /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block.
+    func wgBackwardWeightPlan() -> (rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int) {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
+        var rows = 6
+        for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
+        let pts = rows * 6
+        let tb = min(wgTiles, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
+        return (rows, tb, pts * c * kp, pts * tb * cp, pts * tb * kp)
+    }
+
+    func wgBackwardWeightScratchBytes(threads: Int) -> Int {
+        let p = wgBackwardWeightPlan()
+        let perThread = wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + 64
+        return align64(p.dU * 4) + align64(p.v * 4) + align64(p.yv * 4) + max(threads, 1) * align64(perThread) + 64
+    }
+}
+
+/// dW (= or +=) the gradient of a Winograd-shape convolution's weights.
+func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+                      gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+    let C = sh.c, K = sh.k, H = sh.h, W = sh.w
+    let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
+    let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
+    let plan = sh.wgBackwardWeightPlan()
+    let pts = plan.rowsPerPass * 6, tb = plan.tb
+    let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
+    let V = (scratch + align64(plan.dU * 4)).bindMemory(to: Float.self, capacity: plan.v)
+    let Y = (scratch + align64(plan.dU * 4) + align64(plan.v * 4)).bindMemory(to: Float.self, capacity: plan.yv)
+    let perThreadBase = scratch + align64(plan.dU * 4) + align64(plan.v * 4) + align64(plan.yv * 4)
+    let perThread = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + 64)
+    let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
+    let cTiles = ceilDiv(C, convTileRows)
+    for pass in 0..<(6 / plan.rowsPerPass) {
+        let row0 = pass * plan.rowsPerPass
+        dU.initialize(repeating: 0, count: plan.dU)
+        var t0 = 0
+        while t0 < tiles {
+            let nt = min(tb, tiles - t0)
+            // Transforms of this pass's point rows: V = B^T x B, Y = A dy A^T.
+            parallelFor(nt) { lo, hi, thread in
+                let T = (perThreadBase + thread * perThread).bindMemory(to: FVec.self, capacity: wgPoints)
+                for ti in lo..<hi {
+                    let tile = t0 + ti
+                    let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+                    let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
+                    for c0 in stride(from: 0, to: C, by: fvecWidth) {
+                        let cn = min(fvecWidth, C - c0)
+                        for j in 0..<wgIn {
+                            let iw = iw0 + j
+                            var d = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
+                            if iw >= 0 && iw < W {
+                                withUnsafeMutableBytes(of: &d) { raw in
+                                    let dv = raw.bindMemory(to: FVec.self)
+                                    for i in 0..<wgIn where ih0 + i >= 0 && ih0 + i < H {
+                                        let p = x + ((b * H + ih0 + i) * W + iw) * C + c0
+                                        dv[i] = cn == fvecWidth ? vload(p) : vloadPartial(p, cn)
+                                    }
+                                }
+                            }
+                            let r = wgBT(d.0, d.1, d.2, d.3, d.4, d.5)
+                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
+                            T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
+                        }
+                        for i in row0..<(row0 + plan.rowsPerPass) {
+                            let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+                            let p = V + ((i - row0) * 6) * pointV + ti * cp + c0
+                            vstore(r.0, p); vstore(r.1, p + pointV); vstore(r.2, p + 2 * pointV)
+                            vstore(r.3, p + 3 * pointV); vstore(r.4, p + 4 * pointV); vstore(r.5, p + 5 * pointV)
+                        }
+                    }
+                    let oh0 = ty * wgOut, ow0 = tx * wgOut
+                    for k0 in stride(from: 0, to: kp, by: fvecWidth) {
+                        let kn = max(0, min(fvecWidth, K - k0))
+                        for j in 0..<wgOut {
+                            var z = (FVec(), FVec(), FVec(), FVec())
+                            if ow0 + j < W && kn > 0 {
+                                withUnsafeMutableBytes(of: &z) { raw in
+                                    let zv = raw.bindMemory(to: FVec.self)
+                                    for i in 0..<wgOut where oh0 + i < H {
+                                        let p = dy + ((b * H + oh0 + i) * W + ow0 + j) * K + k0
+                                        zv[i] = kn == fvecWidth ? vload(p) : vloadPartial(p, kn)
+                                    }
+                                }
+                            }
+                            let r = wgA(z.0, z.1, z.2, z.3)
+                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
+                            T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
+                        }
+                        for i in row0..<(row0 + plan.rowsPerPass) {
+                            let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
+                            let p = Y + ((i - row0) * 6) * pointY + ti * kp + k0
+                            vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
+                            vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
+                        }
+                    }
+                }
+            }
+            // dU[point][c][k] += V[point]^T Y[point], one (point, 16 output channels) per item.
+            parallelFor(pts * kb) { lo, hi, thread in
+                let xr = (perThreadBase + thread * perThread + wgPoints * 2 * fvecWidth * 4)
+                    .bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
+                var cached = -1
+                for item in lo..<hi {
+                    let pt = item / kb, k0 = (item % kb) * convColBlock
+                    if pt != cached {
+                        cached = pt
+                        for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cp) }
+                    }
+                    for ct in 0..<cTiles {
+                        bwdWeightTile(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
+                                      dy: UnsafePointer(Y + pt * pointY + k0), K: kp, kn: convColBlock,
+                                      acc: dU + pt * pointU + k0, Kp: kp)
+                    }
+                }
+            }
+            t0 += nt
+        }
+        // dW[k][c][r][s] (+)= sum over this pass's rows i and all j of G[i][r] G[j][s] dU[i][j][c][k].
+        let fold = accumulate || pass > 0
+        let kv = ceilDiv(K, fvecWidth)
+        parallelFor(kv) { lo, hi, _ in
+            for kvi in lo..<hi {
+                let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
+                for c in 0..<C {
+                    var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
+                    withUnsafeMutableBytes(of: &acc) { raw in
+                        let a = raw.bindMemory(to: FVec.self)
+                        for i in row0..<(row0 + plan.rowsPerPass) {
+                            let u = UnsafePointer(dU + ((i - row0) * 6) * pointU + c * kp + k0)
+                            let h = wgGT(vload(u), vload(u + pointU), vload(u + 2 * pointU), vload(u + 3 * pointU),
+                                         vload(u + 4 * pointU), vload(u + 5 * pointU))
+                            let g = wgGRows[i]
+                            for r in 0..<3 {
+                                let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)
+                                if gr == 0 { continue }
+                                let s = FVec(repeating: gr)
+                                a[r * 3] += s * h.0; a[r * 3 + 1] += s * h.1; a[r * 3 + 2] += s * h.2
+                            }
+                        }
+                        for l in 0..<kn {
+                            let o = dw + ((k0 + l) * C + c) * 9
+                            for t in 0..<9 { o[t] = fold ? o[t] + a[t][l] : a[t][l] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
