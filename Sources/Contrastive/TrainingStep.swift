@@ -92,10 +92,15 @@ public final class TrainingStep {
         let B = batch, R = res, C = channels, D = config.headDim, H = config.hardNegatives
         let qBatch = isMoco ? B : 2 * B
         qPass = ResNetPass(layout: query.backbone, batch: qBatch, height: R, width: R, keepActivations: true)
-        // The no-grad forwards all run before the query backward: they borrow its gradient buffers.
+        // The no-grad forwards (keys, saliency, hard negatives) all run between the query pass's
+        // backward and its next forward: they borrow its idle buffers and share its workspace.
         nPass = ResNetPass(layout: query.backbone, batch: B, height: R, width: R, keepActivations: false,
-                           borrowing: qPass.gradientBuffers, borrowedCount: qPass.gradientBufferCount)
-        sPass = saliencyEncoder.map { ResNetPass(layout: $0.backbone, batch: B, height: R, width: R, keepActivations: false) }
+                           borrowing: qPass.idleBuffers, borrowedCount: qPass.gradientBufferCount,
+                           workspace: qPass.workspace)
+        let workspace = qPass.workspace
+        sPass = saliencyEncoder.map {
+            ResNetPass(layout: $0.backbone, batch: B, height: R, width: R, keepActivations: false, workspace: workspace)
+        }
         qHead = MLPHeadPass(layout: query.head!, batch: qBatch)
         nHead = MLPHeadPass(layout: (key ?? query).head!, batch: B)
         var bytes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)

@@ -157,6 +157,19 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
     bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, relu: relu, y: y)
 }
 
+/// Re-applies a training-mode forward from its saved statistics: y = gamma*(x-mean)*invstd + beta,
+/// optionally ReLU'd. Training passes call it in backward to rebuild activations they did not keep.
+/// `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes.
+public func batchNormApplySaved(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                beta: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
+                                saveInvStd: UnsafePointer<Float>, relu: Bool, output y: UnsafeMutablePointer<Float>,
+                                scratch: UnsafeMutableRawPointer) {
+    let C = sh.channels
+    let (_, _, scale, _) = bnScratch(C, scratch)
+    for c in 0..<C { scale[c] = gamma[c] * saveInvStd[c] }
+    bnApply(pixels: sh.pixels, channels: C, x: x, mean: saveMean, scale: scale, shift: beta, relu: relu, y: y)
+}
+
 /// Eval mode with running statistics. y may alias x.
 public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                       beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,

@@ -43,21 +43,30 @@ extension Conv2DShape {
         return most
     }
 
-    /// Tiles per block and blocks: a block's V and M stay within ~1 MB (L2), except that large
-    /// weights (> 1 MB transformed) want >= 30 tiles per block so each weight panel is reused enough;
-    /// the block count is a multiple of the thread count so threads get equal work.
-    func wgPlan(threads: Int) -> (blocks: Int, perThreadBytes: Int, rowFloatsV: Int, rowFloatsM: Int) {
+    /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2).
+    /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
+    /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
+    /// tiles would make every thread stream all of U once per small block). The work count is a
+    /// multiple of the thread count so threads get equal shares.
+    func wgPlan(threads: Int) -> (blocks: Int, kGroups: Int, kbPerGroup: Int, perThreadBytes: Int, tb: Int) {
         let tiles = wgTiles
-        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let perTile = wgPoints * (cp + kp) * 4
-        var target = max(convTileRows, (1 << 20) / perTile)
-        if wgPoints * c * kp * 4 > (1 << 20) { target = max(target, 30) }
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
         let t = max(threads, 1)
-        var blocks = max(t, ceilDiv(tiles, target))
-        blocks = min(tiles, ceilDiv(blocks, t) * t)
+        var target = max(convTileRows, (1 << 20) / (wgPoints * (cp + kp) * 4))
+        var kGroups = 1
+        if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
+            kGroups = t
+            target = max(target, 64)
+        } else if wgPoints * c * kp * 4 > (1 << 20) {
+            target = max(target, 30)
+        }
+        var blocks = ceilDiv(tiles, target)
+        if kGroups == 1 { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
+        let kbPerGroup = ceilDiv(kb, kGroups)
         let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
-        let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kp * 4) + wgPoints * 2 * fvecWidth * 4 + 64
-        return (blocks, bytes, tb * cp, tb * kp)
+        let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
+            + wgPoints * 2 * fvecWidth * 4 + 64
+        return (blocks, kGroups, kbPerGroup, bytes, tb)
     }
 }
 
@@ -124,38 +133,43 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
     let ob = ceilDiv(outC, convColBlock)
     let pointStride = ob * inC * convColBlock
-    parallelFor(ob * ceilDiv(inC, 8)) { lo, hi, _ in
-        var g = [FVec](repeating: FVec(), count: 18)   // 9 taps x 2 vectors; allocated per chunk only
-        var t = [FVec](repeating: FVec(), count: 36)   // [6][3] x 2
-        for item in lo..<hi {
-            let b = item / ceilDiv(inC, 8), c0 = (item % ceilDiv(inC, 8)) * 8
-            for ci in c0..<min(c0 + 8, inC) {
-                // Gather the 3x3 kernel of 16 output channels (zero past outC).
-                for tap in 0..<9 {
-                    var v0 = FVec(), v1 = FVec()
-                    for j in 0..<convColBlock {
-                        let o = b * convColBlock + j
-                        var x: Float = 0
-                        if o < outC {
-                            x = transposed ? w[(ci * sh.c + o) * 9 + (8 - tap)] : w[(o * sh.c + ci) * 9 + tap]
+    let cChunks = ceilDiv(inC, 8)
+    parallelFor(ob * cChunks) { lo, hi, _ in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock + wgPoints * convColBlock) { buf in
+            let g = buf.baseAddress!                    // [9 taps][16 output channels]
+            let t = g + 9 * convColBlock                // [6][3] x 16, then reused
+            for item in lo..<hi {
+                let b = item / cChunks, c0 = (item % cChunks) * 8
+                let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
+                if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
+                for ci in c0..<min(c0 + 8, inC) {
+                    // Gather the 3x3 kernels of 16 output channels: g[tap][j].
+                    if transposed {
+                        let src = w + (ci * sh.c + o0) * 9
+                        for j in 0..<on { for tap in 0..<9 { g[tap * convColBlock + j] = src[j * 9 + 8 - tap] } }
+                    } else {
+                        for j in 0..<on {
+                            let src = w + ((o0 + j) * sh.c + ci) * 9
+                            for tap in 0..<9 { g[tap * convColBlock + j] = src[tap] }
                         }
-                        if j < 8 { v0[j] = x } else { v1[j - 8] = x }
                     }
-                    g[tap * 2] = v0; g[tap * 2 + 1] = v1
-                }
-                for h in 0..<2 {
-                    // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
-                    for s in 0..<3 {
-                        let r = wgG(g[s * 2 + h], g[(3 + s) * 2 + h], g[(6 + s) * 2 + h])
-                        t[0 * 6 + s * 2 + h] = r.0; t[1 * 6 + s * 2 + h] = r.1; t[2 * 6 + s * 2 + h] = r.2
-                        t[3 * 6 + s * 2 + h] = r.3; t[4 * 6 + s * 2 + h] = r.4; t[5 * 6 + s * 2 + h] = r.5
-                    }
-                    for i in 0..<6 {
-                        let r = wgG(t[i * 6 + h], t[i * 6 + 2 + h], t[i * 6 + 4 + h])
-                        let base = out + (i * 6) * pointStride + (b * inC + ci) * convColBlock + h * 8
-                        vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
-                        vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
-                        vstore(r.5, base + 5 * pointStride)
+                    for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+                        // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
+                        for s in 0..<3 {
+                            let r = wgG(vload(g + s * convColBlock + h), vload(g + (3 + s) * convColBlock + h),
+                                        vload(g + (6 + s) * convColBlock + h))
+                            vstore(r.0, t + (0 * 3 + s) * fvecWidth); vstore(r.1, t + (1 * 3 + s) * fvecWidth)
+                            vstore(r.2, t + (2 * 3 + s) * fvecWidth); vstore(r.3, t + (3 * 3 + s) * fvecWidth)
+                            vstore(r.4, t + (4 * 3 + s) * fvecWidth); vstore(r.5, t + (5 * 3 + s) * fvecWidth)
+                        }
+                        for i in 0..<6 {
+                            let r = wgG(vload(t + (i * 3) * fvecWidth), vload(t + (i * 3 + 1) * fvecWidth),
+                                        vload(t + (i * 3 + 2) * fvecWidth))
+                            let base = out + (i * 6) * pointStride + (b * inC + ci) * convColBlock + h
+                            vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
+                            vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
+                            vstore(r.5, base + 5 * pointStride)
+                        }
                     }
                 }
             }
@@ -173,15 +187,18 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let kb = ceilDiv(K, convColBlock)
     let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
     let plan = sh.wgPlan(threads: Threads.count)
-    let tbMax = plan.rowFloatsV / cp
-    let pointV = tbMax * cp, pointM = kb * tbMax * convColBlock
-    parallelFor(plan.blocks) { lo, hi, thread in
+    let tbMax = plan.tb
+    let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
+    parallelFor(plan.blocks * plan.kGroups) { lo, hi, thread in
         let base = scratch + thread * plan.perThreadBytes
         let V = base.bindMemory(to: Float.self, capacity: wgPoints * pointV)
         let M = (base + align64(wgPoints * pointV * 4)).bindMemory(to: Float.self, capacity: wgPoints * pointM)
         let T = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4))
             .bindMemory(to: FVec.self, capacity: wgPoints * 2)
-        for blk in lo..<hi {
+        for item in lo..<hi {
+            let blk = item % plan.blocks, kg = item / plan.blocks
+            let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
+            if kbLo >= kbHi { continue }
             let t0 = tiles * blk / plan.blocks, nt = tiles * (blk + 1) / plan.blocks - t0
             // 1. Input transform: V[point][tile][c].
             for ti in 0..<nt {
@@ -222,9 +239,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             let last = UnsafePointer(V + (nt - 1) * cp)
             for pt in 0..<wgPoints {
                 let vp = UnsafePointer(V + pt * pointV)
-                for b in 0..<kb {
+                for b in kbLo..<kbHi {
                     let panel = u + (pt * kb + b) * C * convColBlock
-                    let mp = M + pt * pointM + b * tbMax * convColBlock
+                    let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
                     var r0 = 0
                     while r0 < nt {
                         func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
@@ -240,9 +257,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
                 let oh0 = ty * wgOut, ow0 = tx * wgOut
                 let rows = min(wgOut, H - oh0), cols = min(wgOut, W - ow0)
-                for bi in 0..<kb {
+                for bi in kbLo..<kbHi {
                     let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
-                    let mt = M + bi * tbMax * convColBlock + ti * convColBlock
+                    let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
                     for h in 0..<2 where h * fvecWidth < kn {
                         let hn = min(fvecWidth, kn - h * fvecWidth)
                         for j in 0..<wgIn {

@@ -11,6 +11,42 @@ public enum BatchNormMode: Sendable, Equatable {
     case eval
 }
 
+/// Weight panels and scratch of the convolutions (and batch norms), shared by passes that never run
+/// at the same time (a training step's no-grad and training passes). Sized at construction of the
+/// passes that use it; it only grows.
+public final class ConvWorkspace {
+    public private(set) var pack: UnsafeMutablePointer<Float>
+    public private(set) var packCount = 16
+    public private(set) var scratch: UnsafeMutableRawPointer
+    public private(set) var scratchBytes = 64
+
+    public init() {
+        pack = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(to: Float.self, capacity: 16)
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+    }
+
+    /// Grows to at least `packFloats` and `scratchBytes`; returns the bytes added.
+    func reserve(packFloats: Int, scratchBytes bytes: Int) -> Int {
+        var added = 0
+        if packFloats > packCount {
+            pack.deallocate()
+            pack = UnsafeMutableRawPointer.allocate(byteCount: packFloats * 4, alignment: 64)
+                .bindMemory(to: Float.self, capacity: packFloats)
+            added += (packFloats - packCount) * 4
+            packCount = packFloats
+        }
+        if bytes > scratchBytes {
+            scratch.deallocate()
+            scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            added += bytes - scratchBytes
+            scratchBytes = bytes
+        }
+        return added
+    }
+
+    deinit { pack.deallocate(); scratch.deallocate() }
+}
+
 public final class ResNetPass {
     public typealias Ptr = UnsafeMutablePointer<Float>
 
@@ -22,6 +58,8 @@ public final class ResNetPass {
         var out: Ptr
         var mean: Ptr
         var invStd: Ptr
+        /// Training passes do not keep mid-block outputs: backward rebuilds them here from `conv`.
+        var recompute: Ptr?
         var bnPixels: Int { shape.n * shape.oh * shape.ow }
     }
 
@@ -50,19 +88,22 @@ public final class ResNetPass {
     public let mapHeight: Int, mapWidth: Int
     var grad: [Ptr] = []
     var gradCount = 0
-    var packF: Ptr, packB: Ptr
-    var scratch: UnsafeMutableRawPointer
+    /// Kept buffers of gradCount floats or more (backward's rebuilt activations, the largest kept ones).
+    var largeKept: [Ptr] = []
+    public let workspace: ConvWorkspace
+    var scratch: UnsafeMutableRawPointer { workspace.scratch }
     private var allocations: [UnsafeMutableRawPointer] = []
     /// Bytes this pass allocated.
     public private(set) var allocatedBytes = 0
     var lastMode: BatchNormMode = .eval
 
     /// `borrowing`: for a pass that keeps no activations, buffers of at least the largest activation
-    /// owned by someone else and idle while this pass runs (a training pass's gradient buffers), used
-    /// for its recycled activations instead of new allocations.
+    /// owned by someone else and idle while this pass runs (a training pass's `idleBuffers`), used
+    /// for its recycled activations instead of new allocations. `workspace`: weight panels and
+    /// scratch shared with passes that never run at the same time as this one.
     public init(layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
                 threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
-                borrowedCount: Int = 0) {
+                borrowedCount: Int = 0, workspace: ConvWorkspace? = nil) {
         precondition(batch > 0 && height > 0 && width > 0)
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
@@ -104,19 +145,32 @@ public final class ResNetPass {
             h = bh; w = bw
         }
         mapHeight = h; mapWidth = w
-        packF = alloc(maxPackF); packB = alloc(maxPackB)
-        let sp = UnsafeMutableRawPointer.allocate(byteCount: maxScratch + 64, alignment: 64)
-        allocs.append(sp); bytes += maxScratch + 64
-        scratch = sp
+        // Forward and backward-data panels are never live at once: one buffer holds either.
+        let ws = workspace ?? ConvWorkspace()
+        self.workspace = ws
+        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64)
 
-        // Activation buffers: one per tensor when kept; five recycled ones otherwise.
+        // Activation buffers: one per tensor when kept, except mid-block outputs and downsample outputs,
+        // which live in the (then idle) gradient buffers during forward and are rebuilt in backward;
+        // five recycled buffers otherwise.
         let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
         let shared = keepActivations ? [] : Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
-        func act(_ count: Int, _ role: Int) -> Ptr { keepActivations ? alloc(count) : shared[role] }
+        let gradBuffers = keepActivations ? (0..<3).map { _ in alloc(maxAct) } : []
+        let mids = layout.blocks.map { $0.convs.count - 1 }.max() ?? 0
+        let rebuilt = keepActivations ? (0..<mids).map { _ in alloc(maxAct) } : []
+        var large: [Ptr] = rebuilt
+        func act(_ count: Int, _ role: Int) -> Ptr {
+            if !keepActivations { return shared[role] }
+            let p = alloc(count)
+            if count >= maxAct { large.append(p) }
+            return p
+        }
         let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
-        func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, conv: Int, out: Int, outPtr: Ptr? = nil) -> Node {
+        func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, conv: Int, out: Int, outPtr: Ptr? = nil,
+                  temporary: Ptr? = nil, recompute: Ptr? = nil) -> Node {
             Node(unit: u, shape: sh, input: input, conv: act(sh.outputCount, conv),
-                 out: outPtr ?? act(sh.outputCount, out), mean: alloc(sh.k), invStd: alloc(sh.k))
+                 out: outPtr ?? temporary ?? act(sh.outputCount, out), mean: alloc(sh.k), invStd: alloc(sh.k),
+                 recompute: recompute)
         }
         // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
         let inputBuffer = alloc(stemShape.inputCount)
@@ -136,19 +190,24 @@ public final class ResNetPass {
             let blockOut = act(shapes.last!.outputCount, outRole)
             var nodes: [Node] = []
             var x = cur
-            let mids = [T2, T3]
+            let midRoles = [T2, T3]
+            let keep = keepActivations
             for (i, u) in b.convs.enumerated() {
                 let last = i == b.convs.count - 1
-                let n = node(u, shapes[i], x, conv: T1, out: last ? outRole : mids[i % 2], outPtr: last ? blockOut : nil)
+                let n = node(u, shapes[i], x, conv: T1, out: last ? outRole : midRoles[i % 2],
+                             outPtr: last ? blockOut : nil, temporary: keep && !last ? gradBuffers[i % 2] : nil,
+                             recompute: keep && !last ? rebuilt[i] : nil)
                 nodes.append(n); x = n.out
             }
-            let down = b.downsample.map { node($0, ds!, cur, conv: T1, out: T2) }
+            // Downsample outputs are only read by the block's addition: a gradient buffer (free by then).
+            let down = b.downsample.map { node($0, ds!, cur, conv: T1, out: T2, temporary: keep ? gradBuffers[0] : nil) }
             blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
             cur = blockOut
             swap(&inRole, &outRole)
         }
         features = alloc(batch * layout.config.featureDim)
-        if keepActivations { grad = (0..<3).map { _ in alloc(maxAct) } }
+        largeKept = large
+        grad = gradBuffers
         gradCount = keepActivations ? maxAct : 0
         allocations = allocs
         allocatedBytes = bytes
@@ -159,6 +218,10 @@ public final class ResNetPass {
     /// The three gradient buffers of a training pass (empty otherwise) and their length in floats.
     public var gradientBuffers: [UnsafeMutablePointer<Float>] { grad }
     public var gradientBufferCount: Int { gradCount }
+    /// Buffers of at least `gradientBufferCount` floats whose contents do not outlive one forward +
+    /// backward of this (training) pass: its gradient buffers and its largest activations. A no-grad
+    /// pass that runs entirely between this pass's backward and its next forward may borrow them.
+    public var idleBuffers: [UnsafeMutablePointer<Float>] { grad + largeKept }
 
     // MARK: Forward
 
@@ -182,8 +245,8 @@ public final class ResNetPass {
 
     func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) {
         let u = n.unit
-        conv2dPackForward(n.shape, weights: store.params + u.weight, packed: packF)
-        conv2dForward(n.shape, input: n.input, packed: packF, output: n.conv, scratch: scratch)
+        conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack)
+        conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
         let C = u.cout
         switch mode {
         case .eval:
@@ -223,18 +286,28 @@ public final class ResNetPass {
             // gA holds d(block output); mask by its ReLU in place.
             let count = b.convs.last!.shape.outputCount
             reluBackward(count: count, output: b.out, gradOutput: gA, gradInput: gA, accumulate: false)
+            // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs).
+            for n in b.convs {
+                guard let r = n.recompute else { continue }
+                let u = n.unit
+                batchNormApplySaved(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                                    gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
+                                    saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
+            }
             // Node i: BN backward reads d(out) and writes gB; conv backward reads gB and writes gC,
             // which is d(out) of node i-1. gA (d of the block output) stays intact for the shortcut.
             var dIn = UnsafePointer(gA)
-            for n in b.convs.reversed() {
-                bnBackward(n, store, gradOut: dIn, gradIn: gB)
-                convBackward(n, store, gradConv: gB, gradInput: gC, accumulate: false, needInput: true)
+            for i in b.convs.indices.reversed() {
+                let n = b.convs[i]
+                let input = i == 0 ? b.input : (b.convs[i - 1].recompute ?? b.convs[i - 1].out)
+                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: gB)
+                convBackward(n, store, input: input, gradConv: gB, gradInput: gC, accumulate: false, needInput: true)
                 dIn = UnsafePointer(gC)
             }
             // Now gC = d(block input) from the main path; gA = d(block output) after ReLU (the shortcut's).
             if let d = b.down {
-                bnBackward(d, store, gradOut: gA, gradIn: gB)
-                convBackward(d, store, gradConv: gB, gradInput: gC, accumulate: true, needInput: true)
+                bnBackward(d, store, output: d.out, gradOut: gA, gradIn: gB)
+                convBackward(d, store, input: b.input, gradConv: gB, gradInput: gC, accumulate: true, needInput: true)
             } else {
                 addForward(count: b.convs[0].shape.inputCount, gC, gA, relu: false, output: gC)
             }
@@ -245,26 +318,27 @@ public final class ResNetPass {
             maxPoolBackward(pool.shape, gradOutput: gA, argmax: pool.argmax, gradInput: gC)
             swap(&gA, &gC)
         }
-        bnBackward(stem, store, gradOut: gA, gradIn: gB)
-        convBackward(stem, store, gradConv: gB, gradInput: nil, accumulate: false, needInput: false)
+        bnBackward(stem, store, output: stem.out, gradOut: gA, gradIn: gB)
+        convBackward(stem, store, input: stem.input, gradConv: gB, gradInput: nil, accumulate: false, needInput: false)
     }
 
-    func bnBackward(_ n: Node, _ store: ParameterStore, gradOut: UnsafePointer<Float>, gradIn: Ptr) {
+    /// `output`: the node's BN output (read for its ReLU mask when it has one).
+    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr, gradOut: UnsafePointer<Float>, gradIn: Ptr) {
         let u = n.unit
         batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                          output: u.relu ? UnsafePointer(n.out) : nil, gradOutput: gradOut,
+                          output: u.relu ? UnsafePointer(output) : nil, gradOutput: gradOut,
                           gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
                           gradInput: gradIn, gradGamma: store.grads + u.gamma, gradBeta: store.grads + u.beta,
                           accumulate: false, scratch: scratch)
     }
 
-    func convBackward(_ n: Node, _ store: ParameterStore, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
+    func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
                       needInput: Bool) {
-        conv2dBackwardWeight(n.shape, input: n.input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
+        conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
                              accumulate: false, scratch: scratch)
         if let gradInput, needInput {
-            conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: packB)
-            conv2dBackwardData(n.shape, gradOutput: gradConv, packed: packB, gradInput: gradInput,
+            conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack)
+            conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
                                accumulate: accumulate, scratch: scratch)
         }
     }

@@ -87,6 +87,27 @@ final class BatchNormTests: XCTestCase {
         }
     }
 
+    /// Re-applying a training forward from its saved statistics rebuilds its output exactly (what the
+    /// training pass relies on when it drops mid-block activations).
+    func testApplySavedRebuildsTrainingOutput() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(40 + i))
+                let x = rng.array(sh.count, -2, 3)
+                let p = params(sh.channels, &rng)
+                for relu in [false, true] {
+                    let f = forward(sh, x, p, relu: relu, naive: false)
+                    var y = [Float](repeating: .nan, count: sh.count)
+                    let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                    defer { scratch.deallocate() }
+                    batchNormApplySaved(sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
+                                        relu: relu, output: &y, scratch: scratch)
+                    XCTAssertLessThanOrEqual(toleranceRatio(y, f.y, atol: 1e-6, rtol: 1e-6), 1, "\(sh) relu \(relu) threads \(threads)")
+                }
+            }
+        }
+    }
+
     /// Running statistics checked by hand: r = (1-m)*r + m*stat, variance unbiased (P/(P-1)).
     func testRunningStatsUpdateByHand() {
         let sh = BatchNormShape(pixels: 4, channels: 2)
