@@ -67,6 +67,8 @@ public final class TrainingStep {
     let ntXent: NTXent?
     private var owned: [UnsafeMutableRawPointer] = []
     public private(set) var allocatedBytes = 0
+    /// Where allocatedBytes goes (label, bytes).
+    public private(set) var memoryBreakdown: [(String, Int)] = []
 
     public init(config: TrainConfig, saliencyEncoder: Encoder? = nil) {
         self.config = config
@@ -139,8 +141,18 @@ public final class TrainingStep {
             bytes += ntXent!.allocatedBytes
         }
         self.owned = owned
-        allocatedBytes = bytes + 12 * (query.store.parameterCount) + (key.map { 4 * $0.store.parameterCount } ?? 0)
+        let parameterBytes = 12 * (query.store.parameterCount) + (key.map { 4 * $0.store.parameterCount } ?? 0)
             + (queue.map { 4 * $0.length * $0.dim } ?? 0)
+        allocatedBytes = bytes + parameterBytes
+        let ws = qPass.workspace.packCount * 4 + qPass.workspace.scratchBytes
+        let passes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
+        memoryBreakdown = [
+            ("parameters, gradients, momentum, key encoder, queue", parameterBytes),
+            ("training pass: kept activations, gradient buffers", qPass.allocatedBytes - ws),
+            ("no-grad pass: own buffers (the rest borrowed)", nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)),
+            ("convolution workspace: weight panels, scratch", ws),
+            ("views, masks, heads, objective", bytes - passes),
+        ]
     }
 
     deinit { for p in owned { p.deallocate() } }

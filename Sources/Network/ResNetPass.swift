@@ -47,6 +47,42 @@ public final class ConvWorkspace {
     deinit { pack.deallocate(); scratch.deallocate() }
 }
 
+/// Kinds of work in a pass, for `bench train --profile`.
+public enum PassOp: Int, CaseIterable, Sendable {
+    case convWinograd, convDirect, pack, bwdDataWinograd, bwdDataDirect, bwdWeightWinograd, bwdWeightDirect
+    case bnForward, bnBackward, elementwise
+
+    public var label: String {
+        switch self {
+        case .convWinograd: return "conv forward, 3x3 stride 1 (Winograd)"
+        case .convDirect: return "conv forward, direct (stem, stride 2, 1x1)"
+        case .pack: return "weight packing / Winograd weight transform"
+        case .bwdDataWinograd: return "conv backward-data, 3x3 stride 1 (Winograd)"
+        case .bwdDataDirect: return "conv backward-data, direct"
+        case .bwdWeightWinograd: return "conv backward-weights, 3x3 stride 1 (Winograd)"
+        case .bwdWeightDirect: return "conv backward-weights, direct"
+        case .bnForward: return "batch norm (+ReLU) forward"
+        case .bnBackward: return "batch norm backward (+ rebuilt activations)"
+        case .elementwise: return "residual add, ReLU, pooling"
+        }
+    }
+}
+
+/// Seconds per PassOp summed over every pass while `enabled` (off by default; a clock read per op).
+public enum PassProfile {
+    nonisolated(unsafe) public static var enabled = false
+    nonisolated(unsafe) public static var seconds = [Double](repeating: 0, count: PassOp.allCases.count)
+    public static func reset() { seconds = [Double](repeating: 0, count: PassOp.allCases.count) }
+}
+
+@inline(__always) func timedOp(_ op: PassOp, _ body: () -> Void) {
+    if !PassProfile.enabled { body(); return }
+    let t0 = ContinuousClock.now
+    body()
+    let d = ContinuousClock.now - t0
+    PassProfile.seconds[op.rawValue] += Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
 public final class ResNetPass {
     public typealias Ptr = UnsafeMutablePointer<Float>
 
@@ -232,22 +268,31 @@ public final class ResNetPass {
         lastMode = mode
         if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.shape.inputCount) }
         convBN(stem, store, mode)
-        if let pool { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
+        if let pool { timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) } }
         for b in blocks {
             for n in b.convs { convBN(n, store, mode) }
             if let d = b.down { convBN(d, store, mode) }
             let last = b.convs.last!
-            addForward(count: last.shape.outputCount, b.out, b.down?.out ?? b.input, relu: true, output: b.out)
+            timedOp(.elementwise) { addForward(count: last.shape.outputCount, b.out, b.down?.out ?? b.input, relu: true, output: b.out) }
         }
-        globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
-                             input: blocks.last!.out, output: features)
+        timedOp(.elementwise) {
+            globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
+                                 input: blocks.last!.out, output: features)
+        }
     }
 
     func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) {
         let u = n.unit
-        conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack)
-        conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
+        timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
+        timedOp(n.shape.usesWinograd ? .convWinograd : .convDirect) {
+            conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
+        }
         let C = u.cout
+        timedOp(.bnForward) { bnForward(n, store, mode, C) }
+    }
+
+    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, _ C: Int) {
+        let u = n.unit
         switch mode {
         case .eval:
             batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: n.conv,
@@ -280,19 +325,23 @@ public final class ResNetPass {
         var gA = grad[0], gC = grad[2]
         let gB = grad[1]
         let D = layout.config.featureDim
-        globalAvgPoolBackward(n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
-                              gradInput: gA, accumulate: false)
+        timedOp(.elementwise) {
+            globalAvgPoolBackward(n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
+                                  gradInput: gA, accumulate: false)
+        }
         for b in blocks.reversed() {
             // gA holds d(block output); mask by its ReLU in place.
             let count = b.convs.last!.shape.outputCount
-            reluBackward(count: count, output: b.out, gradOutput: gA, gradInput: gA, accumulate: false)
+            timedOp(.elementwise) { reluBackward(count: count, output: b.out, gradOutput: gA, gradInput: gA, accumulate: false) }
             // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs).
             for n in b.convs {
                 guard let r = n.recompute else { continue }
+                timedOp(.bnBackward) {
                 let u = n.unit
                 batchNormApplySaved(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
                                     gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
                                     saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
+                }
             }
             // Node i: BN backward reads d(out) and writes gB; conv backward reads gB and writes gC,
             // which is d(out) of node i-1. gA (d of the block output) stays intact for the shortcut.
@@ -309,13 +358,13 @@ public final class ResNetPass {
                 bnBackward(d, store, output: d.out, gradOut: gA, gradIn: gB)
                 convBackward(d, store, input: b.input, gradConv: gB, gradInput: gC, accumulate: true, needInput: true)
             } else {
-                addForward(count: b.convs[0].shape.inputCount, gC, gA, relu: false, output: gC)
+                timedOp(.elementwise) { addForward(count: b.convs[0].shape.inputCount, gC, gA, relu: false, output: gC) }
             }
             swap(&gA, &gC)   // next block's output gradient
         }
         // Stem: gA = d(stem output, after pool when present).
         if let pool {
-            maxPoolBackward(pool.shape, gradOutput: gA, argmax: pool.argmax, gradInput: gC)
+            timedOp(.elementwise) { maxPoolBackward(pool.shape, gradOutput: gA, argmax: pool.argmax, gradInput: gC) }
             swap(&gA, &gC)
         }
         bnBackward(stem, store, output: stem.out, gradOut: gA, gradIn: gB)
@@ -325,21 +374,29 @@ public final class ResNetPass {
     /// `output`: the node's BN output (read for its ReLU mask when it has one).
     func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr, gradOut: UnsafePointer<Float>, gradIn: Ptr) {
         let u = n.unit
-        batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                          output: u.relu ? UnsafePointer(output) : nil, gradOutput: gradOut,
-                          gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
-                          gradInput: gradIn, gradGamma: store.grads + u.gamma, gradBeta: store.grads + u.beta,
-                          accumulate: false, scratch: scratch)
+        timedOp(.bnBackward) {
+            batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                              output: u.relu ? UnsafePointer(output) : nil, gradOutput: gradOut,
+                              gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
+                              gradInput: gradIn, gradGamma: store.grads + u.gamma, gradBeta: store.grads + u.beta,
+                              accumulate: false, scratch: scratch)
+        }
     }
+
 
     func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
                       needInput: Bool) {
-        conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
-                             accumulate: false, scratch: scratch)
+        let wg = n.shape.usesWinograd
+        timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect) {
+            conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
+                                 accumulate: false, scratch: scratch)
+        }
         if let gradInput, needInput {
-            conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack)
-            conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
-                               accumulate: accumulate, scratch: scratch)
+            timedOp(.pack) { conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack) }
+            timedOp(wg ? .bwdDataWinograd : .bwdDataDirect) {
+                conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
+                                   accumulate: accumulate, scratch: scratch)
+            }
         }
     }
 }

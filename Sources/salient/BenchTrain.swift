@@ -52,6 +52,8 @@ struct BenchTrain: ParsableCommand {
         for i in 0..<2 { loss = step.step(views: views, epoch: 1, step: i, lr: 0.01).loss }
         guard loss.isFinite else { throw BenchError(description: "warm-up step gave a non-finite loss") }
         step.profile = StepProfile()
+        PassProfile.reset()
+        PassProfile.enabled = profile
         var times: [Double] = []
         for i in 0..<steps {
             let t0 = DispatchTime.now().uptimeNanoseconds
@@ -84,6 +86,16 @@ struct BenchTrain: ParsableCommand {
                               ("backward", p.backward), ("optimizer+queue", p.optimizer)] {
                 print("  " + name.padding(toLength: 16, withPad: " ", startingAt: 0)
                       + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
+            }
+            print("  by kind of work (all passes of the step):")
+            for op in PassOp.allCases {
+                let v = PassProfile.seconds[op.rawValue]
+                print("    " + op.label.padding(toLength: 46, withPad: " ", startingAt: 0)
+                      + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
+            }
+            print(String(format: "  planned buffers %.0f MB:", Double(step.allocatedBytes) / 1e6))
+            for (name, b) in step.memoryBreakdown {
+                print("    " + name.padding(toLength: 54, withPad: " ", startingAt: 0) + String(format: " %6.1f MB", Double(b) / 1e6))
             }
         }
     }
