@@ -38,11 +38,13 @@ public struct Conv2DShape: Equatable, Sendable {
 
     /// Floats of a forward weight panel (conv2dPackForward).
     public var packedForwardCount: Int {
-        max(ceilDiv(k, convColBlock) * taps * c * convColBlock, isWinogradShape ? wgPackedCount : 0)
+        max(ceilDiv(k, convColBlock) * taps * c * convColBlock,
+            isWinogradShape ? (wgFusedWeights ? weightCount : wgPackedCount) : 0)
     }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
     public var packedBackwardDataCount: Int {
-        max(ceilDiv(c, convColBlock) * taps * k * convColBlock, isWinogradShape ? transposedWinograd.wgPackedCount : 0)
+        max(ceilDiv(c, convColBlock) * taps * k * convColBlock,
+            isWinogradShape ? (transposedWinograd.wgFusedWeights ? weightCount : transposedWinograd.wgPackedCount) : 0)
     }
 
     /// Bytes of scratch the three fast kernels need with `threads` threads (any of them).
@@ -123,7 +125,7 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
 @inline(never)
 func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
                  _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
-                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool = false) {
+                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool) {
     var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
     var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
     if !fresh {
@@ -157,7 +159,7 @@ func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int
     for li in 0..<nLive {
         let t = Int(live[li])
         let rp = rows + t * convTileRows
-        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth)
+        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: false)
     }
     for i in 0..<nRows {
         let o = out[i], a = acc + i * convColBlock
@@ -259,7 +261,8 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
                           output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
-    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch); return }
+    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, transposedWeights: false,
+                                     scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps
@@ -295,7 +298,8 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
                                scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
     if sh.usesWinograd {
-        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate, scratch: scratch)
+        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate,
+                  transposedWeights: true, scratch: scratch)
         return
     }
     let (zero, order, work) = convScratch(sh, scratch)

@@ -43,29 +43,47 @@ extension Conv2DShape {
         return most
     }
 
+    /// Whether the weight transform runs inside the forward, 16 output channels at a time, instead of
+    /// packing: when the transformed weights would pass 4 MB (C x K >= 256 x 256) and the transformed
+    /// input of all tiles fits in 8 MB (e.g. ResNet-18's 512-channel layers at batch 64). Writing and
+    /// re-reading a 38 MB transformed kernel costs more than the transform itself.
+    public var wgFusedWeights: Bool {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
+        let tbAll = ceilDiv(wgTiles, convTileRows) * convTileRows
+        return isWinogradShape && wgPoints * c * kp * 4 > (4 << 20) && wgPoints * tbAll * cp * 4 <= Conv2DShape.wgFuseLimitBytes
+    }
+
+    /// Largest transformed input (all tiles) for which wgFusedWeights holds (tests lower it to reach
+    /// the packed path on small shapes).
+    nonisolated(unsafe) public static var wgFuseLimitBytes = 8 << 20
+
     /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2).
     /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
     /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
-    /// tiles would make every thread stream all of U once per small block). The work count is a
-    /// multiple of the thread count so threads get equal shares.
+    /// tiles would make every thread stream all of U once per small block); with fused weights all
+    /// tiles form one block. The work count is a multiple of the thread count so threads get equal shares.
     func wgPlan(threads: Int) -> (blocks: Int, kGroups: Int, kbPerGroup: Int, perThreadBytes: Int, tb: Int) {
         let tiles = wgTiles
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
         let t = max(threads, 1)
         var target = max(convTileRows, (1 << 20) / (wgPoints * (cp + kp) * 4))
         var kGroups = 1
-        if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
+        let fused = wgFusedWeights
+        if fused {
+            kGroups = min(t, kb)
+            target = tiles
+        } else if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
             kGroups = t
             target = max(target, 64)
         } else if wgPoints * c * kp * 4 > (1 << 20) {
             target = max(target, 30)
         }
         var blocks = ceilDiv(tiles, target)
-        if kGroups == 1 { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
+        if kGroups == 1 && !fused { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
         let kbPerGroup = ceilDiv(kb, kGroups)
         let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
         let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
-            + wgPoints * 2 * fvecWidth * 4 + 64
+            + wgPoints * 2 * fvecWidth * 4 + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
         return (blocks, kGroups, kbPerGroup, bytes, tb)
     }
 }
@@ -126,52 +144,74 @@ func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec
 // MARK: - Weight packing
 
 /// OIHW weights -> U [36][K/16][C][16] for the forward (`transposed`: the backward-data kernel,
-/// w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16]).
+/// w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16]). Shapes whose transform is fused
+/// into the forward (wgFusedWeights) get a plain copy of the weights instead.
 func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
                    packed out: UnsafeMutablePointer<Float>) {
+    if (transposed ? sh.transposedWinograd : sh).wgFusedWeights {
+        let n = sh.weightCount
+        parallelFor(ceilDiv(n, 1 << 16)) { lo, hi, _ in
+            (out + lo << 16).update(from: w + lo << 16, count: min(n, hi << 16) - lo << 16)
+        }
+        return
+    }
     // The packed kernel maps `inC` channels to `outC` channels.
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
     let ob = ceilDiv(outC, convColBlock)
     let pointStride = ob * inC * convColBlock
     let cChunks = ceilDiv(inC, 8)
     parallelFor(ob * cChunks) { lo, hi, _ in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock + wgPoints * convColBlock) { buf in
-            let g = buf.baseAddress!                    // [9 taps][16 output channels]
-            let t = g + 9 * convColBlock                // [6][3] x 16, then reused
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
             for item in lo..<hi {
                 let b = item / cChunks, c0 = (item % cChunks) * 8
-                let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
-                if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
-                for ci in c0..<min(c0 + 8, inC) {
-                    // Gather the 3x3 kernels of 16 output channels: g[tap][j].
-                    if transposed {
-                        let src = w + (ci * sh.c + o0) * 9
-                        for j in 0..<on { for tap in 0..<9 { g[tap * convColBlock + j] = src[j * 9 + 8 - tap] } }
-                    } else {
-                        for j in 0..<on {
-                            let src = w + ((o0 + j) * sh.c + ci) * 9
-                            for tap in 0..<9 { g[tap * convColBlock + j] = src[tap] }
-                        }
-                    }
-                    for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
-                        // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
-                        for s in 0..<3 {
-                            let r = wgG(vload(g + s * convColBlock + h), vload(g + (3 + s) * convColBlock + h),
-                                        vload(g + (6 + s) * convColBlock + h))
-                            vstore(r.0, t + (0 * 3 + s) * fvecWidth); vstore(r.1, t + (1 * 3 + s) * fvecWidth)
-                            vstore(r.2, t + (2 * 3 + s) * fvecWidth); vstore(r.3, t + (3 * 3 + s) * fvecWidth)
-                            vstore(r.4, t + (4 * 3 + s) * fvecWidth); vstore(r.5, t + (5 * 3 + s) * fvecWidth)
-                        }
-                        for i in 0..<6 {
-                            let r = wgG(vload(t + (i * 3) * fvecWidth), vload(t + (i * 3 + 1) * fvecWidth),
-                                        vload(t + (i * 3 + 2) * fvecWidth))
-                            let base = out + (i * 6) * pointStride + (b * inC + ci) * convColBlock + h
-                            vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
-                            vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
-                            vstore(r.5, base + 5 * pointStride)
-                        }
-                    }
-                }
+                wgTransformWeights(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0,
+                                   c1: min(c0 + 8, inC), out: out + b * inC * convColBlock, pointStride: pointStride,
+                                   scratch: buf.baseAddress!)
+            }
+        }
+    }
+}
+
+/// Floats of scratch wgTransformWeights needs.
+let wgTransformScratch = 9 * convColBlock + wgPoints * convColBlock
+
+/// Transforms the 3x3 kernels of output channels [16*block, 16*block+16) (zero past outC) and input
+/// channels [c0, c1) into out[point * pointStride + ci * 16 + j]. Raw weights are OIHW [outC][inC][3][3],
+/// or when `transposed` the original [inC][outC][3][3] read flipped (backward-data).
+@inline(__always)
+func wgTransformWeights(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
+                        out: UnsafeMutablePointer<Float>, pointStride: Int, scratch: UnsafeMutablePointer<Float>) {
+    let g = scratch                     // [9 taps][16 output channels]
+    let t = g + 9 * convColBlock        // [6][3] x 8
+    let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
+    if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
+    for ci in c0..<c1 {
+        // Gather the 3x3 kernels of 16 output channels: g[tap][j].
+        if transposed {
+            let src = w + (ci * outC + o0) * 9
+            for j in 0..<on { for tap in 0..<9 { g[tap * convColBlock + j] = src[j * 9 + 8 - tap] } }
+        } else {
+            for j in 0..<on {
+                let src = w + ((o0 + j) * inC + ci) * 9
+                for tap in 0..<9 { g[tap * convColBlock + j] = src[tap] }
+            }
+        }
+        for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+            // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
+            for s in 0..<3 {
+                let r = wgG(vload(g + s * convColBlock + h), vload(g + (3 + s) * convColBlock + h),
+                            vload(g + (6 + s) * convColBlock + h))
+                vstore(r.0, t + (0 * 3 + s) * fvecWidth); vstore(r.1, t + (1 * 3 + s) * fvecWidth)
+                vstore(r.2, t + (2 * 3 + s) * fvecWidth); vstore(r.3, t + (3 * 3 + s) * fvecWidth)
+                vstore(r.4, t + (4 * 3 + s) * fvecWidth); vstore(r.5, t + (5 * 3 + s) * fvecWidth)
+            }
+            for i in 0..<6 {
+                let r = wgG(vload(t + (i * 3) * fvecWidth), vload(t + (i * 3 + 1) * fvecWidth),
+                            vload(t + (i * 3 + 2) * fvecWidth))
+                let base = out + (i * 6) * pointStride + ci * convColBlock + h
+                vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
+                vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
+                vstore(r.5, base + 5 * pointStride)
             }
         }
     }
@@ -180,8 +220,11 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
 // MARK: - Forward
 
 /// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
+/// With fused weights `packed` holds the raw OIHW weights (`transposedWeights`: of the convolution
+/// whose backward-data this is).
 func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
-               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+               output y: UnsafeMutablePointer<Float>, accumulate: Bool, transposedWeights: Bool,
+               scratch: UnsafeMutableRawPointer) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
@@ -195,6 +238,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let M = (base + align64(wgPoints * pointV * 4)).bindMemory(to: Float.self, capacity: wgPoints * pointM)
         let T = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4))
             .bindMemory(to: FVec.self, capacity: wgPoints * 2)
+        // Fused weights: one output block's transformed kernels [36][C][16], then transform scratch.
+        let Ub = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4) + wgPoints * 2 * fvecWidth * 4)
+            .bindMemory(to: Float.self, capacity: wgPoints * C * convColBlock + wgTransformScratch)
         for item in lo..<hi {
             let blk = item % plan.blocks, kg = item / plan.blocks
             let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
@@ -237,18 +283,26 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             }
             // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
             let last = UnsafePointer(V + (nt - 1) * cp)
-            for pt in 0..<wgPoints {
+            func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
                 let vp = UnsafePointer(V + pt * pointV)
+                let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
+                var r0 = 0
+                while r0 < nt {
+                    func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
+                    convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
+                                fresh: true)
+                    r0 += convTileRows
+                }
+            }
+            if sh.wgFusedWeights {
                 for b in kbLo..<kbHi {
-                    let panel = u + (pt * kb + b) * C * convColBlock
-                    let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-                    var r0 = 0
-                    while r0 < nt {
-                        func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
-                        convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
-                                    fresh: true)
-                        r0 += convTileRows
-                    }
+                    wgTransformWeights(u, inC: C, outC: K, transposed: transposedWeights, block: b, c0: 0, c1: C,
+                                       out: Ub, pointStride: C * convColBlock, scratch: Ub + wgPoints * C * convColBlock)
+                    for pt in 0..<wgPoints { gemm(pt, b, UnsafePointer(Ub + pt * C * convColBlock)) }
+                }
+            } else {
+                for pt in 0..<wgPoints {
+                    for b in kbLo..<kbHi { gemm(pt, b, u + (pt * kb + b) * C * convColBlock) }
                 }
             }
             // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.

@@ -95,6 +95,31 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
+    /// Large kernels (transformed > 4 MB) with the transform fused into the forward (default at these
+    /// sizes) and packed, output channels split over threads either way.
+    func testWinogradLargeKernelsPackedAndFused() {
+        let sh = Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1)
+        XCTAssertTrue(sh.wgFusedWeights)
+        var rng = TestRNG(seed: 77)
+        let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+        let n = naive(sh, x, w, dy)
+        for threads in [1, 2] {
+            Threads.count = threads
+            for fuse in [true, false] {
+                Conv2DShape.wgFuseLimitBytes = fuse ? 8 << 20 : 0
+                XCTAssertEqual(sh.wgFusedWeights, fuse)
+                let f = fast(sh, x, w, dy)
+                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
+                    let scale = b.map(abs).max() ?? 1
+                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                                             "\(what) fused \(fuse) threads \(threads)")
+                }
+            }
+        }
+        Conv2DShape.wgFuseLimitBytes = 8 << 20
+        Threads.count = Threads.processors
+    }
+
     /// The direct kernels on a Winograd shape (the switch the benchmarks use) agree with Winograd.
     func testWinogradAndDirectAgree() {
         let sh = Conv2DShape(n: 2, c: 24, h: 6, w: 5, k: 40, r: 3, s: 3, stride: 1, pad: 1)
