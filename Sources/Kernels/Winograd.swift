@@ -83,7 +83,8 @@ extension Conv2DShape {
         let kbPerGroup = ceilDiv(kb, kGroups)
         let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
         let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
-            + wgPoints * 2 * fvecWidth * 4 + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
+            + wgPoints * 2 * fvecWidth * 4 + wgPoints * 8 + align64(cp * 4)
+            + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
         return (blocks, kGroups, kbPerGroup, bytes, tb)
     }
 }
@@ -139,6 +140,51 @@ func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec
     return (FVec(repeating: 0.25) * u0 - sixth * s12 + FVec(repeating: 1.0 / 24) * s34,
             sixth * (FVec(repeating: 0.5) * d34 - d12),
             sixth * (s34 - s12) + u5)
+}
+
+// MARK: - Tiles
+
+/// The 6x6 input pixels of `tile` (n, ty, tx order; one pixel of padding): a pointer to each pixel's
+/// C channels, or to `zero` (C zeros) outside the image, so the transform loads without branches.
+@inline(__always)
+func wgTilePointers(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int, zero: UnsafeMutablePointer<Float>,
+                    into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
+    let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut)
+    let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+    let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
+    let z = UnsafePointer(zero)
+    for i in 0..<wgIn {
+        let ih = ih0 + i
+        let rowOK = ih >= 0 && ih < H
+        let row = x + (b * H + ih) * W * C
+        for j in 0..<wgIn {
+            let iw = iw0 + j
+            src[i * wgIn + j] = rowOK && iw >= 0 && iw < W ? row + iw * C : z
+        }
+    }
+}
+
+/// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
+/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors.
+@inline(__always)
+func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
+                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int) {
+    var c0 = 0
+    while c0 < C {
+        let cn = min(fvecWidth, C - c0)
+        @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
+        for j in 0..<wgIn {
+            let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
+            T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
+        }
+        for i in firstRow..<(firstRow + rowCount) {
+            let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+            let p = out + ((i - firstRow) * 6) * pointStride + c0
+            vstore(r.0, p); vstore(r.1, p + pointStride); vstore(r.2, p + 2 * pointStride)
+            vstore(r.3, p + 3 * pointStride); vstore(r.4, p + 4 * pointStride); vstore(r.5, p + 5 * pointStride)
+        }
+        c0 += fvecWidth
+    }
 }
 
 // MARK: - Weight packing
@@ -238,8 +284,13 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let M = (base + align64(wgPoints * pointV * 4)).bindMemory(to: Float.self, capacity: wgPoints * pointM)
         let T = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4))
             .bindMemory(to: FVec.self, capacity: wgPoints * 2)
-        // Fused weights: one output block's transformed kernels [36][C][16], then transform scratch.
-        let Ub = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4) + wgPoints * 2 * fvecWidth * 4)
+        // Tile pointers and a zero row, then (fused weights) one output block's transformed kernels
+        // [36][C][16] and the transform's scratch.
+        let ptrBase = base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4) + wgPoints * 2 * fvecWidth * 4
+        let src = ptrBase.bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+        let zero = (ptrBase + wgPoints * 8).bindMemory(to: Float.self, capacity: cp)
+        zero.initialize(repeating: 0, count: cp)
+        let Ub = (ptrBase + wgPoints * 8 + align64(cp * 4))
             .bindMemory(to: Float.self, capacity: wgPoints * C * convColBlock + wgTransformScratch)
         for item in lo..<hi {
             let blk = item % plan.blocks, kg = item / plan.blocks
@@ -248,38 +299,8 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             let t0 = tiles * blk / plan.blocks, nt = tiles * (blk + 1) / plan.blocks - t0
             // 1. Input transform: V[point][tile][c].
             for ti in 0..<nt {
-                let tile = t0 + ti
-                let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
-                let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
-                for cvi in 0..<cv {
-                    let c0 = cvi * fvecWidth, cn = min(fvecWidth, C - c0)
-                    for j in 0..<wgIn {
-                        let iw = iw0 + j
-                        var d = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
-                        if iw >= 0 && iw < W {
-                            withUnsafeMutableBytes(of: &d) { raw in
-                                let dv = raw.bindMemory(to: FVec.self)
-                                for i in 0..<wgIn {
-                                    let ih = ih0 + i
-                                    if ih >= 0 && ih < H {
-                                        let p = x + ((b * H + ih) * W + iw) * C + c0
-                                        dv[i] = cn == fvecWidth ? vload(p) : vloadPartial(p, cn)
-                                    }
-                                }
-                            }
-                        }
-                        let r = wgBT(d.0, d.1, d.2, d.3, d.4, d.5)
-                        T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
-                        T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
-                    }
-                    let vrow = V + ti * cp + c0
-                    for i in 0..<wgIn {
-                        let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-                        let p = vrow + (i * 6) * pointV
-                        vstore(r.0, p); vstore(r.1, p + pointV); vstore(r.2, p + 2 * pointV)
-                        vstore(r.3, p + 3 * pointV); vstore(r.4, p + 4 * pointV); vstore(r.5, p + 5 * pointV)
-                    }
-                }
+                wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
+                wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: 0, rowCount: wgIn)
             }
             // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
             let last = UnsafePointer(V + (nt - 1) * cp)
@@ -366,7 +387,8 @@ extension Conv2DShape {
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
         let p = wgBackwardWeightPlan()
-        let perThread = wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + 64
+        let zeroCount = max(ceilDiv(c, fvecWidth) * fvecWidth, ceilDiv(k, convColBlock) * convColBlock)
+        let perThread = wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + wgPoints * 8 + zeroCount * 4 + 64
         return align64(p.dU * 4) + align64(p.v * 4) + align64(p.yv * 4) + max(threads, 1) * align64(perThread) + 64
     }
 }
@@ -383,7 +405,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let V = (scratch + align64(plan.dU * 4)).bindMemory(to: Float.self, capacity: plan.v)
     let Y = (scratch + align64(plan.dU * 4) + align64(plan.v * 4)).bindMemory(to: Float.self, capacity: plan.yv)
     let perThreadBase = scratch + align64(plan.dU * 4) + align64(plan.v * 4) + align64(plan.yv * 4)
-    let perThread = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + 64)
+    let zeroCount = max(cp, kp)
+    let perThread = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8 + zeroCount * 4 + 64)
     let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
     for pass in 0..<(6 / plan.rowsPerPass) {
@@ -394,53 +417,33 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             let nt = min(tb, tiles - t0)
             // Transforms of this pass's point rows: V = B^T x B, Y = A dy A^T.
             parallelFor(nt) { lo, hi, thread in
-                let T = (perThreadBase + thread * perThread).bindMemory(to: FVec.self, capacity: wgPoints)
+                let mine = perThreadBase + thread * perThread
+                let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
+                let src = (mine + wgPoints * 2 * fvecWidth * 4 + tb * 8).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+                let zero = (mine + wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8).bindMemory(to: Float.self, capacity: zeroCount)
+                zero.initialize(repeating: 0, count: zeroCount)
+                let z = UnsafePointer(zero)
                 for ti in lo..<hi {
                     let tile = t0 + ti
+                    wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
+                    wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: row0,
+                                rowCount: plan.rowsPerPass)
+                    // dy's 4x4 tile (zero past the image).
                     let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
-                    let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
-                    for c0 in stride(from: 0, to: C, by: fvecWidth) {
-                        let cn = min(fvecWidth, C - c0)
-                        for j in 0..<wgIn {
-                            let iw = iw0 + j
-                            var d = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
-                            if iw >= 0 && iw < W {
-                                withUnsafeMutableBytes(of: &d) { raw in
-                                    let dv = raw.bindMemory(to: FVec.self)
-                                    for i in 0..<wgIn where ih0 + i >= 0 && ih0 + i < H {
-                                        let p = x + ((b * H + ih0 + i) * W + iw) * C + c0
-                                        dv[i] = cn == fvecWidth ? vload(p) : vloadPartial(p, cn)
-                                    }
-                                }
-                            }
-                            let r = wgBT(d.0, d.1, d.2, d.3, d.4, d.5)
-                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
-                            T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
-                        }
-                        for i in row0..<(row0 + plan.rowsPerPass) {
-                            let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-                            let p = V + ((i - row0) * 6) * pointV + ti * cp + c0
-                            vstore(r.0, p); vstore(r.1, p + pointV); vstore(r.2, p + 2 * pointV)
-                            vstore(r.3, p + 3 * pointV); vstore(r.4, p + 4 * pointV); vstore(r.5, p + 5 * pointV)
+                    let oh0 = ty * wgOut, ow0 = tx * wgOut
+                    for i in 0..<wgOut {
+                        for j in 0..<wgOut {
+                            src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
                         }
                     }
-                    let oh0 = ty * wgOut, ow0 = tx * wgOut
                     for k0 in stride(from: 0, to: kp, by: fvecWidth) {
                         let kn = max(0, min(fvecWidth, K - k0))
+                        @inline(__always) func ld(_ q: Int) -> FVec {
+                            kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
+                        }
                         for j in 0..<wgOut {
-                            var z = (FVec(), FVec(), FVec(), FVec())
-                            if ow0 + j < W && kn > 0 {
-                                withUnsafeMutableBytes(of: &z) { raw in
-                                    let zv = raw.bindMemory(to: FVec.self)
-                                    for i in 0..<wgOut where oh0 + i < H {
-                                        let p = dy + ((b * H + oh0 + i) * W + ow0 + j) * K + k0
-                                        zv[i] = kn == fvecWidth ? vload(p) : vloadPartial(p, kn)
-                                    }
-                                }
-                            }
-                            let r = wgA(z.0, z.1, z.2, z.3)
-                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2
-                            T[3 * 6 + j] = r.3; T[4 * 6 + j] = r.4; T[5 * 6 + j] = r.5
+                            let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
+                            T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
                         }
                         for i in row0..<(row0 + plan.rowsPerPass) {
                             let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])

@@ -157,10 +157,6 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
     conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
     try spotCheckConv(sh, x: x, w: w, dy: dy, y: y, dx: dx, dw: dw)
     var out: [(String, Double)] = []
-    if ProcessInfo.processInfo.environment["PACKTIME"] != nil {
-        out.append(("pack_fwd", medianSeconds { conv2dPackForward(sh, weights: w, packed: &pf) }))
-        out.append(("pack_bwd", medianSeconds { conv2dPackBackwardData(sh, weights: w, packed: &pb) }))
-    }
     // Forward and backward-data include the weight packing (Winograd: the weight transform), as in
     // a training step, where weights change every step.
     out.append(("conv3x3_fwd", medianSeconds {
