@@ -57,6 +57,8 @@ want() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # Commands: one array per benchmark; salient first, PyTorch second.
 S_KERNELS=("$SALIENT" bench kernels --json --threads "$THREADS")
+# The same shapes with salient's direct kernels (Winograd off): reported beside the default.
+S_KERNELS_DIRECT=("$SALIENT" bench kernels --json --threads "$THREADS" --conv direct)
 P_KERNELS=("$PYTHON" "$PYBENCH" kernels --json --threads "$THREADS")
 S_TRAIN=("$SALIENT" bench train --arch resnet18 --stem cifar --batch 64 --res 32 --threads "$THREADS" --steps "$STEPS" --json)
 P_TRAIN=("$PYTHON" "$PYBENCH" train --arch resnet18 --stem cifar --batch 64 --res 32 --threads "$THREADS" --steps "$STEPS" --json)
@@ -127,7 +129,7 @@ layouts_echo() {  # the PyTorch command of each layout
     for suf in $PT_SUFFIXES; do [ "$suf" = - ] && suf=""; local -n p="$base$suf"; echo "${p[*]}"; unset -n p; done
 }
 {
-    want kernels && { echo "${S_KERNELS[*]}"; echo "${P_KERNELS[*]}"; }
+    want kernels && { echo "${S_KERNELS[*]}"; echo "${S_KERNELS_DIRECT[*]}"; echo "${P_KERNELS[*]}"; }
     want train && { echo "${S_TRAIN[*]}"; layouts_echo P_TRAIN; }
     want train && [ "$PLAIN" = 1 ] && { echo "${S_PLAIN[*]}"; layouts_echo P_PLAIN; }
     want extract && { echo "${S_EXTRACT[*]}"; layouts_echo P_EXTRACT; }
@@ -138,6 +140,7 @@ START=$(date +%s)
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS" >&2
     want kernels && pair "$r" 1 S_KERNELS P_KERNELS
+    want kernels && run salient "${S_KERNELS_DIRECT[@]}"
     want train && pair "$r" "$HAVE_S_TRAIN" S_TRAIN P_TRAIN 1
     want train && [ "$PLAIN" = 1 ] && pair "$r" "$HAVE_S_TRAIN" S_PLAIN P_PLAIN 1
     want extract && pair "$r" "$HAVE_S_EXTRACT" S_EXTRACT P_EXTRACT 1

@@ -94,7 +94,12 @@ def report(d):
 
     # ---- kernels
     peak = med([r.get("gflops") for r in sal if r.get("op") == "peak_fma"])
-    conv_s = group([r for r in sal if r.get("op") in CONV_OPS], lambda r: (r["op"], r["C"], r["HW"], r["batch"]))
+    conv_s = group([r for r in sal if r.get("op") in CONV_OPS and r.get("conv", "direct") != "direct"],
+                   lambda r: (r["op"], r["C"], r["HW"], r["batch"]))
+    conv_d = group([r for r in sal if r.get("op") in CONV_OPS and r.get("conv", "direct") == "direct"],
+                   lambda r: (r["op"], r["C"], r["HW"], r["batch"]))
+    if not conv_s:   # a build without Winograd: its direct kernels are the default
+        conv_s, conv_d = conv_d, {}
     conv_p = group([r for r in pt if r.get("op") in CONV_OPS],
                    lambda r: (r["op"], r["C"], r["HW"], r["batch"], r.get("layout", "nchw")))
     if conv_s or conv_p:
@@ -103,7 +108,11 @@ def report(d):
         if peak is not None:
             out.append(f"FP32 FMA peak measured by `salient bench kernels` in the same runs: **{peak:.1f} GFLOP/s** "
                        f"on {threads} thread(s); `% peak` is against it (for PyTorch too). "
-                       "The reference PyTorch number is the faster of its two memory formats.")
+                       "The reference PyTorch number is the faster of its two memory formats. GFLOP/s count the "
+                       "direct convolution's 2·N·H·W·K·C·9 FLOPs for every column, so an algorithm that does less "
+                       "arithmetic can pass 100%: salient's default is Winograd F(4x4,3x3) (1/4 of the multiplies, "
+                       "weight transform included in the time), PyTorch's oneDNN skips the taps in the zero padding. "
+                       "`salient direct` is salient's gather-GEMM kernel on the same shapes (`--conv direct`).")
             out.append("")
         keys = sorted({k for k in conv_s} | {k[:4] for k in conv_p},
                       key=lambda k: (-k[2], CONV_OPS.index(k[0]), k[1], k[3]))
@@ -114,14 +123,16 @@ def report(d):
             cl = med([r["gflops"] for r in conv_p.get(k + ("channels_last",), [])])
             best = max([v for v in (nchw, cl) if v is not None], default=None)
             pct = (lambda v: "—" if v is None or not peak else f"{100 * v / peak:.0f}%")
-            rows.append([k[0], k[1], k[2], k[3], fmt(s), pct(s), fmt(nchw), fmt(cl), pct(best), ratio(s, best)])
-        over = peak and any(r.get("gflops", 0) > peak for rs in list(conv_s.values()) + list(conv_p.values()) for r in rs)
+            d = med([r["gflops"] for r in conv_d.get(k, [])])
+            rows.append([k[0], k[1], k[2], k[3], fmt(s), pct(s), fmt(d), pct(d), fmt(nchw), fmt(cl), pct(best),
+                         ratio(s, best)])
+        over = peak and any(r.get("gflops", 0) > peak for rs in list(conv_d.values()) for r in rs)
         if over:
             out.append("Note: some convolutions beat the measured peak, so the peak run was disturbed (other work on "
                        "the machine); rerun on an idle machine before quoting `% peak`.")
             out.append("")
-        out.append(table(["op", "C", "HW", "batch", "salient", "salient % peak", "PyTorch NCHW",
-                          "PyTorch channels_last", "PyTorch % peak", "salient / PyTorch"], rows))
+        out.append(table(["op", "C", "HW", "batch", "salient", "salient % peak", "salient direct", "direct % peak",
+                          "PyTorch NCHW", "PyTorch channels_last", "PyTorch % peak", "salient / PyTorch"], rows))
         out.append("")
         mem = group([r for r in sal if "gbps" in r], lambda r: (r["op"], r.get("C"), r.get("HW"), r.get("batch")))
         if mem:

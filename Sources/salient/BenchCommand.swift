@@ -90,6 +90,7 @@ struct BenchKernels: ParsableCommand {
                 rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
                 rec.add("threads", threads); rec.add("gflops", sh.flops / t * 1e-9)
                 rec.add("pct_peak", sh.flops / t * 1e-9 / peak * 100)
+                rec.add("conv", sh.usesWinograd ? "winograd" : "direct")
                 emit(rec, peak: peak)
                 rows.append(rec)
             }
