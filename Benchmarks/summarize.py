@@ -123,8 +123,8 @@ def report(d):
             cl = med([r["gflops"] for r in conv_p.get(k + ("channels_last",), [])])
             best = max([v for v in (nchw, cl) if v is not None], default=None)
             pct = (lambda v: "—" if v is None or not peak else f"{100 * v / peak:.0f}%")
-            d = med([r["gflops"] for r in conv_d.get(k, [])])
-            rows.append([k[0], k[1], k[2], k[3], fmt(s), pct(s), fmt(d), pct(d), fmt(nchw), fmt(cl), pct(best),
+            dv = med([r["gflops"] for r in conv_d.get(k, [])])
+            rows.append([k[0], k[1], k[2], k[3], fmt(s), pct(s), fmt(dv), pct(dv), fmt(nchw), fmt(cl), pct(best),
                          ratio(s, best)])
         over = peak and any(r.get("gflops", 0) > peak for rs in list(conv_d.values()) for r in rs)
         if over:
