@@ -375,20 +375,22 @@ let wgGRows: [(Float, Float, Float)] = [(0.25, 0, 0), (-1.0 / 6, -1.0 / 6, -1.0 
 
 extension Conv2DShape {
     /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
-    /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block.
+    /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block (<= 256:
+    /// each block's sums are rounded on their own before joining dU).
     func wgBackwardWeightPlan() -> (rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int) {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
         let pts = rows * 6
-        let tb = min(wgTiles, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
+        let tb = min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
         return (rows, tb, pts * c * kp, pts * tb * cp, pts * tb * kp)
     }
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
         let p = wgBackwardWeightPlan()
         let zeroCount = max(ceilDiv(c, fvecWidth) * fvecWidth, ceilDiv(k, convColBlock) * convColBlock)
-        let perThread = wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + wgPoints * 8 + zeroCount * 4 + 64
+        let perThread = align64(wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + wgPoints * 8 + zeroCount * 4)
+            + c * convColBlock * 4 + 64
         return align64(p.dU * 4) + align64(p.v * 4) + align64(p.yv * 4) + max(threads, 1) * align64(perThread) + 64
     }
 }
@@ -406,7 +408,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let Y = (scratch + align64(plan.dU * 4) + align64(plan.v * 4)).bindMemory(to: Float.self, capacity: plan.yv)
     let perThreadBase = scratch + align64(plan.dU * 4) + align64(plan.v * 4) + align64(plan.yv * 4)
     let zeroCount = max(cp, kp)
-    let perThread = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8 + zeroCount * 4 + 64)
+    let partOffset = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8 + zeroCount * 4)
+    let perThread = align64(partOffset + C * convColBlock * 4 + 64)
     let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
     for pass in 0..<(6 / plan.rowsPerPass) {
@@ -458,6 +461,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             parallelFor(pts * kb) { lo, hi, thread in
                 let xr = (perThreadBase + thread * perThread + wgPoints * 2 * fvecWidth * 4)
                     .bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
+                let part = (perThreadBase + thread * perThread + partOffset).bindMemory(to: Float.self, capacity: C * convColBlock)
                 var cached = -1
                 for item in lo..<hi {
                     let pt = item / kb, k0 = (item % kb) * convColBlock
@@ -465,10 +469,18 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                         cached = pt
                         for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cp) }
                     }
+                    // This block's sums start from zero and are added to dU afterwards: float
+                    // rounding grows with the length of a sum, and this keeps it to one block.
+                    part.initialize(repeating: 0, count: C * convColBlock)
                     for ct in 0..<cTiles {
                         bwdWeightTile(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
                                       dy: UnsafePointer(Y + pt * pointY + k0), K: kp, kn: convColBlock,
-                                      acc: dU + pt * pointU + k0, Kp: kp)
+                                      acc: part, Kp: convColBlock)
+                    }
+                    let u = dU + pt * pointU + k0
+                    for c in 0..<C {
+                        let d = u + c * kp, q = part + c * convColBlock
+                        vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
                     }
                 }
             }
