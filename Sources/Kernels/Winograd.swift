@@ -275,7 +275,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
     let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
-    let plan = sh.wgPlan(threads: Threads.count)
+    let plan = sh.wgPlan(threads: Threads.count), fused = sh.wgFusedWeights
     let tbMax = plan.tb
     let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
     parallelFor(plan.blocks * plan.kGroups) { lo, hi, thread in
@@ -315,7 +315,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                     r0 += convTileRows
                 }
             }
-            if sh.wgFusedWeights {
+            if fused {
                 for b in kbLo..<kbHi {
                     wgTransformWeights(u, inC: C, outC: K, transposed: transposedWeights, block: b, c0: 0, c1: C,
                                        out: Ub, pointStride: C * convColBlock, scratch: Ub + wgPoints * C * convColBlock)
