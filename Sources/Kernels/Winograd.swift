@@ -469,18 +469,22 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                         cached = pt
                         for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cp) }
                     }
-                    // This block's sums start from zero and are added to dU afterwards: float
-                    // rounding grows with the length of a sum, and this keeps it to one block.
-                    part.initialize(repeating: 0, count: C * convColBlock)
+                    // Each block's sums start from zero (the first block's in the zeroed dU itself)
+                    // and later ones are added to dU afterwards: float rounding grows with the length
+                    // of a sum, and this keeps it to one block.
+                    let u = dU + pt * pointU + k0
+                    let first = t0 == 0
+                    if !first { part.initialize(repeating: 0, count: C * convColBlock) }
                     for ct in 0..<cTiles {
                         bwdWeightTile(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
                                       dy: UnsafePointer(Y + pt * pointY + k0), K: kp, kn: convColBlock,
-                                      acc: part, Kp: convColBlock)
+                                      acc: first ? u : part, Kp: first ? kp : convColBlock)
                     }
-                    let u = dU + pt * pointU + k0
-                    for c in 0..<C {
-                        let d = u + c * kp, q = part + c * convColBlock
-                        vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
+                    if !first {
+                        for c in 0..<C {
+                            let d = u + c * kp, q = part + c * convColBlock
+                            vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
+                        }
                     }
                 }
             }
