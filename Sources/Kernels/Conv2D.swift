@@ -155,11 +155,12 @@ func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>,
 func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int32>, nLive: Int,
               depth: Int, panel: UnsafePointer<Float>, out: UnsafePointer<UnsafeMutablePointer<Float>>,
               nRows: Int, nCols: Int, accumulate: Bool, acc: UnsafeMutablePointer<Float>) {
-    acc.initialize(repeating: 0, count: convTileRows * convColBlock)
+    // The first live tap starts the sums (callers skip tiles with no live tap).
+    assert(nLive > 0)
     for li in 0..<nLive {
         let t = Int(live[li])
         let rp = rows + t * convTileRows
-        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: false)
+        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: li == 0)
     }
     for i in 0..<nRows {
         let o = out[i], a = acc + i * convColBlock

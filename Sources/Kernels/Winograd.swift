@@ -62,7 +62,7 @@ extension Conv2DShape {
     /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
     /// tiles would make every thread stream all of U once per small block); with fused weights all
     /// tiles form one block. The work count is a multiple of the thread count so threads get equal shares.
-    func wgPlan(threads: Int) -> (blocks: Int, kGroups: Int, kbPerGroup: Int, perThreadBytes: Int, tb: Int) {
+    func wgPlan(threads: Int) -> WGForwardPlan {
         let tiles = wgTiles
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
         let t = max(threads, 1)
@@ -82,11 +82,29 @@ extension Conv2DShape {
         if kGroups == 1 && !fused { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
         let kbPerGroup = ceilDiv(kb, kGroups)
         let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
-        let bytes = align64(wgPoints * tb * cp * 4) + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
-            + wgPoints * 2 * fvecWidth * 4 + wgPoints * 8 + align64(cp * 4)
-            + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
-        return (blocks, kGroups, kbPerGroup, bytes, tb)
+        // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
+        // fused weights one output block's transformed kernels plus the transform's scratch.
+        var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
+        p.offM = align64(wgPoints * tb * cp * 4)
+        p.offT = p.offM + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
+        p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
+        p.offZero = p.offSrc + wgPoints * 8
+        p.offUb = p.offZero + align64(cp * 4)
+        p.perThreadBytes = p.offUb + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
+        return p
     }
+}
+
+/// How a Winograd forward splits its work and lays out each thread's scratch (byte offsets).
+struct WGForwardPlan {
+    var blocks: Int, kGroups: Int, kbPerGroup: Int, tb: Int, fused: Bool
+    var offM = 0, offT = 0, offSrc = 0, offZero = 0, offUb = 0, perThreadBytes = 0
+}
+
+/// The tile's (image, tile row, tile column) in a th x tw grid of tiles per image.
+@inline(__always)
+func wgTileOrigin(_ tile: Int, _ th: Int, _ tw: Int) -> (b: Int, ty: Int, tx: Int) {
+    (tile / (th * tw), (tile / tw) % th, tile % tw)
 }
 
 // MARK: - Transforms (one vector of channels at a time)
@@ -149,8 +167,7 @@ func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec
 @inline(__always)
 func wgTilePointers(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int, zero: UnsafeMutablePointer<Float>,
                     into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
-    let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut)
-    let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+    let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
     let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
     let z = UnsafePointer(zero)
     for i in 0..<wgIn {
@@ -275,23 +292,18 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
     let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
-    let plan = sh.wgPlan(threads: Threads.count), fused = sh.wgFusedWeights
+    let plan = sh.wgPlan(threads: Threads.count), fused = plan.fused
     let tbMax = plan.tb
     let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
     parallelFor(plan.blocks * plan.kGroups) { lo, hi, thread in
         let base = scratch + thread * plan.perThreadBytes
         let V = base.bindMemory(to: Float.self, capacity: wgPoints * pointV)
-        let M = (base + align64(wgPoints * pointV * 4)).bindMemory(to: Float.self, capacity: wgPoints * pointM)
-        let T = (base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4))
-            .bindMemory(to: FVec.self, capacity: wgPoints * 2)
-        // Tile pointers and a zero row, then (fused weights) one output block's transformed kernels
-        // [36][C][16] and the transform's scratch.
-        let ptrBase = base + align64(wgPoints * pointV * 4) + align64(wgPoints * pointM * 4) + wgPoints * 2 * fvecWidth * 4
-        let src = ptrBase.bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-        let zero = (ptrBase + wgPoints * 8).bindMemory(to: Float.self, capacity: cp)
+        let M = (base + plan.offM).bindMemory(to: Float.self, capacity: wgPoints * pointM)
+        let T = (base + plan.offT).bindMemory(to: FVec.self, capacity: wgPoints * 2)
+        let src = (base + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+        let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
-        let Ub = (ptrBase + wgPoints * 8 + align64(cp * 4))
-            .bindMemory(to: Float.self, capacity: wgPoints * C * convColBlock + wgTransformScratch)
+        let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgPoints * C * convColBlock + wgTransformScratch)
         for item in lo..<hi {
             let blk = item % plan.blocks, kg = item / plan.blocks
             let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
@@ -328,8 +340,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             }
             // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.
             for ti in 0..<nt {
-                let tile = t0 + ti
-                let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
                 let oh0 = ty * wgOut, ow0 = tx * wgOut
                 let rows = min(wgOut, H - oh0), cols = min(wgOut, W - ow0)
                 for bi in kbLo..<kbHi {
@@ -377,22 +388,38 @@ extension Conv2DShape {
     /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
     /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block (<= 256:
     /// each block's sums are rounded on their own before joining dU).
-    func wgBackwardWeightPlan() -> (rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int) {
+    func wgBackwardWeightPlan() -> WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
         let pts = rows * 6
         let tb = min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
-        return (rows, tb, pts * c * kp, pts * tb * cp, pts * tb * kp)
+        // Shared: dU, V, Y. Per thread: the transform's 36 vectors, V row pointers, tile pointers, a
+        // zero row, a block's partial sums [C][16].
+        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: pts * c * kp, v: pts * tb * cp, yv: pts * tb * kp,
+                                     zeroCount: max(cp, kp))
+        p.offV = align64(p.dU * 4)
+        p.offY = p.offV + align64(p.v * 4)
+        p.offThreads = p.offY + align64(p.yv * 4)
+        p.offRows = wgPoints * 2 * fvecWidth * 4
+        p.offSrc = p.offRows + tb * 8
+        p.offZero = p.offSrc + wgPoints * 8
+        p.offPart = align64(p.offZero + p.zeroCount * 4)
+        p.perThread = align64(p.offPart + c * convColBlock * 4 + 64)
+        return p
     }
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
         let p = wgBackwardWeightPlan()
-        let zeroCount = max(ceilDiv(c, fvecWidth) * fvecWidth, ceilDiv(k, convColBlock) * convColBlock)
-        let perThread = align64(wgPoints * 2 * fvecWidth * 4 + p.tb * 8 + wgPoints * 8 + zeroCount * 4)
-            + c * convColBlock * 4 + 64
-        return align64(p.dU * 4) + align64(p.v * 4) + align64(p.yv * 4) + max(threads, 1) * align64(perThread) + 64
+        return p.offThreads + max(threads, 1) * p.perThread + 64
     }
+}
+
+/// Backward-weights work split and scratch layout (floats for dU/v/yv, byte offsets for the rest;
+/// per-thread offsets are from that thread's base).
+struct WGBackwardWeightPlan {
+    var rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int, zeroCount: Int
+    var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
 
 /// dW (= or +=) the gradient of a Winograd-shape convolution's weights.
@@ -404,12 +431,10 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let plan = sh.wgBackwardWeightPlan()
     let pts = plan.rowsPerPass * 6, tb = plan.tb
     let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
-    let V = (scratch + align64(plan.dU * 4)).bindMemory(to: Float.self, capacity: plan.v)
-    let Y = (scratch + align64(plan.dU * 4) + align64(plan.v * 4)).bindMemory(to: Float.self, capacity: plan.yv)
-    let perThreadBase = scratch + align64(plan.dU * 4) + align64(plan.v * 4) + align64(plan.yv * 4)
-    let zeroCount = max(cp, kp)
-    let partOffset = align64(wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8 + zeroCount * 4)
-    let perThread = align64(partOffset + C * convColBlock * 4 + 64)
+    let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
+    let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
+    let perThreadBase = scratch + plan.offThreads
+    let zeroCount = plan.zeroCount, perThread = plan.perThread
     let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
     for pass in 0..<(6 / plan.rowsPerPass) {
@@ -422,8 +447,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             parallelFor(nt) { lo, hi, thread in
                 let mine = perThreadBase + thread * perThread
                 let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
-                let src = (mine + wgPoints * 2 * fvecWidth * 4 + tb * 8).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-                let zero = (mine + wgPoints * 2 * fvecWidth * 4 + tb * 8 + wgPoints * 8).bindMemory(to: Float.self, capacity: zeroCount)
+                let src = (mine + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+                let zero = (mine + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount)
                 zero.initialize(repeating: 0, count: zeroCount)
                 let z = UnsafePointer(zero)
                 for ti in lo..<hi {
@@ -432,7 +457,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: row0,
                                 rowCount: plan.rowsPerPass)
                     // dy's 4x4 tile (zero past the image).
-                    let b = tile / (th * tw), ty = (tile / tw) % th, tx = tile % tw
+                    let (b, ty, tx) = wgTileOrigin(tile, th, tw)
                     let oh0 = ty * wgOut, ow0 = tx * wgOut
                     for i in 0..<wgOut {
                         for j in 0..<wgOut {
@@ -459,9 +484,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             }
             // dU[point][c][k] += V[point]^T Y[point], one (point, 16 output channels) per item.
             parallelFor(pts * kb) { lo, hi, thread in
-                let xr = (perThreadBase + thread * perThread + wgPoints * 2 * fvecWidth * 4)
+                let xr = (perThreadBase + thread * perThread + plan.offRows)
                     .bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
-                let part = (perThreadBase + thread * perThread + partOffset).bindMemory(to: Float.self, capacity: C * convColBlock)
+                let part = (perThreadBase + thread * perThread + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
                 var cached = -1
                 for item in lo..<hi {
                     let pt = item / kb, k0 = (item % kb) * convColBlock
