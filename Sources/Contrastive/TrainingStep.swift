@@ -97,7 +97,7 @@ public final class TrainingStep {
         // The no-grad forwards (keys, saliency, hard negatives) all run between the query pass's
         // backward and its next forward: they borrow its idle buffers and share its workspace.
         nPass = ResNetPass(layout: query.backbone, batch: B, height: R, width: R, keepActivations: false,
-                           borrowing: qPass.idleBuffers, borrowedCount: qPass.gradientBufferCount,
+                           borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
                            workspace: qPass.workspace)
         let workspace = qPass.workspace
         sPass = saliencyEncoder.map {

@@ -1,6 +1,8 @@
 // Forward and backward of a ResNet backbone for one (batch, height, width), with every activation,
 // gradient and scratch buffer planned and allocated once, at construction. Nothing allocates in
-// forward() or backward().
+// forward() or backward(). A training pass places all its activations, forward temporaries,
+// gradients and rebuilt activations in one arena by lifetime (ArenaPlan): backward's buffers for a
+// stage live where the later stages' activations were.
 import Kernels
 
 public enum BatchNormMode: Sendable, Equatable {
@@ -72,15 +74,23 @@ public enum PassOp: Int, CaseIterable, Sendable {
 public enum PassProfile {
     nonisolated(unsafe) public static var enabled = false
     nonisolated(unsafe) public static var seconds = [Double](repeating: 0, count: PassOp.allCases.count)
-    public static func reset() { seconds = [Double](repeating: 0, count: PassOp.allCases.count) }
+    /// Convolution seconds by layer shape and direction ("fwd 64->128 3x3/2 32x32" ...).
+    nonisolated(unsafe) public static var byShape: [String: Double] = [:]
+    public static func reset() { seconds = [Double](repeating: 0, count: PassOp.allCases.count); byShape = [:] }
 }
 
-@inline(__always) func timedOp(_ op: PassOp, _ body: () -> Void) {
+extension Conv2DShape {
+    var profileLabel: String { "\(c)->\(k) \(r)x\(s)/\(stride) \(h)x\(w)" }
+}
+
+@inline(__always) func timedOp(_ op: PassOp, shape: Conv2DShape? = nil, _ dir: String = "", _ body: () -> Void) {
     if !PassProfile.enabled { body(); return }
     let t0 = ContinuousClock.now
     body()
     let d = ContinuousClock.now - t0
-    PassProfile.seconds[op.rawValue] += Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    let sec = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    PassProfile.seconds[op.rawValue] += sec
+    if let shape { PassProfile.byShape[dir + " " + shape.profileLabel, default: 0] += sec }
 }
 
 public final class ResNetPass {
@@ -96,6 +106,10 @@ public final class ResNetPass {
         var invStd: Ptr
         /// Training passes do not keep mid-block outputs: backward rebuilds them here from `conv`.
         var recompute: Ptr?
+        /// Training: d(conv output) (batch norm backward writes it) and d(node output) of mid-block
+        /// nodes and the stem (the next node's backward-data writes it).
+        var gradConv: Ptr?
+        var gradOut: Ptr?
         var bnPixels: Int { shape.n * shape.oh * shape.ow }
     }
 
@@ -104,6 +118,9 @@ public final class ResNetPass {
         var down: Node?
         var input: Ptr
         var out: Ptr
+        /// Training: d(block output) and d(block input) (the previous block's gradOut).
+        var gradOut: Ptr?
+        var gradIn: Ptr?
     }
 
     public let layout: ResNetLayout
@@ -122,10 +139,10 @@ public final class ResNetPass {
     /// The last block's output [batch][mapSize][mapSize][featureDim] (saliency reads it).
     public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(blocks.last!.out) }
     public let mapHeight: Int, mapWidth: Int
-    var grad: [Ptr] = []
-    var gradCount = 0
-    /// Kept buffers of gradCount floats or more (backward's rebuilt activations, the largest kept ones).
-    var largeKept: [Ptr] = []
+    /// A training pass's arena (every activation and gradient) and the largest activation, in floats.
+    var arena: Ptr? = nil
+    var arenaCount = 0
+    var maxActivation = 0
     public let workspace: ConvWorkspace
     var scratch: UnsafeMutableRawPointer { workspace.scratch }
     private var allocations: [UnsafeMutableRawPointer] = []
@@ -136,10 +153,11 @@ public final class ResNetPass {
     /// `borrowing`: for a pass that keeps no activations, buffers of at least the largest activation
     /// owned by someone else and idle while this pass runs (a training pass's `idleBuffers`), used
     /// for its recycled activations instead of new allocations. `workspace`: weight panels and
-    /// scratch shared with passes that never run at the same time as this one.
+    /// scratch shared with passes that never run at the same time as this one. `sharedArena: false`
+    /// gives every buffer of a training pass its own memory (tests compare the two plans).
     public init(layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
                 threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
-                borrowedCount: Int = 0, workspace: ConvWorkspace? = nil) {
+                borrowedCount: Int = 0, workspace: ConvWorkspace? = nil, sharedArena: Bool = true) {
         precondition(batch > 0 && height > 0 && width > 0)
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
@@ -181,83 +199,165 @@ public final class ResNetPass {
             h = bh; w = bw
         }
         mapHeight = h; mapWidth = w
+        maxActivation = maxAct
         // Forward and backward-data panels are never live at once: one buffer holds either.
         let ws = workspace ?? ConvWorkspace()
         self.workspace = ws
         bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64)
-
-        // Activation buffers: one per tensor when kept, except mid-block outputs and downsample outputs,
-        // which live in the (then idle) gradient buffers during forward and are rebuilt in backward;
-        // five recycled buffers otherwise.
-        let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
-        let shared = keepActivations ? [] : Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
-        let gradBuffers = keepActivations ? (0..<3).map { _ in alloc(maxAct) } : []
-        let mids = layout.blocks.map { $0.convs.count - 1 }.max() ?? 0
-        let rebuilt = keepActivations ? (0..<mids).map { _ in alloc(maxAct) } : []
-        var large: [Ptr] = rebuilt
-        func act(_ count: Int, _ role: Int) -> Ptr {
-            if !keepActivations { return shared[role] }
-            let p = alloc(count)
-            if count >= maxAct { large.append(p) }
-            return p
-        }
-        let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
-        func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, conv: Int, out: Int, outPtr: Ptr? = nil,
-                  temporary: Ptr? = nil, recompute: Ptr? = nil) -> Node {
-            Node(unit: u, shape: sh, input: input, conv: act(sh.outputCount, conv),
-                 out: outPtr ?? temporary ?? act(sh.outputCount, out), mean: alloc(sh.k), invStd: alloc(sh.k),
-                 recompute: recompute)
-        }
         // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
         let inputBuffer = alloc(stemShape.inputCount)
         self.input = inputBuffer
-        stem = node(layout.stem, stemShape, inputBuffer, conv: T1, out: poolShape == nil ? X : T2)
-        var cur = stem.out
-        if let ps = poolShape {
-            let out = act(ps.outputCount, X)
-            let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
-            allocs.append(am); bytes += max(ps.outputCount, 16) * 4
-            pool = (ps, out, am.bindMemory(to: Int32.self, capacity: ps.outputCount))
-            cur = out
-        }
-        var inRole = X, outRole = Y
-        for (bi, b) in layout.blocks.enumerated() {
-            let (shapes, ds) = blockShapes[bi]
-            let blockOut = act(shapes.last!.outputCount, outRole)
-            var nodes: [Node] = []
-            var x = cur
-            let midRoles = [T2, T3]
-            let keep = keepActivations
-            for (i, u) in b.convs.enumerated() {
-                let last = i == b.convs.count - 1
-                let n = node(u, shapes[i], x, conv: T1, out: last ? outRole : midRoles[i % 2],
-                             outPtr: last ? blockOut : nil, temporary: keep && !last ? gradBuffers[i % 2] : nil,
-                             recompute: keep && !last ? rebuilt[i] : nil)
-                nodes.append(n); x = n.out
+        func stats(_ u: ConvBN) -> (Ptr, Ptr) { (alloc(u.cout), alloc(u.cout)) }
+
+        if keepActivations {
+            // Simulate forward and backward in the order they run, then place every buffer by lifetime.
+            var plan = ArenaPlan()
+            let stemConv = plan.add(stemShape.outputCount), stemOut = plan.add(stemShape.outputCount)
+            plan.step(stemConv, stemOut)
+            let poolOut = poolShape.map { plan.add($0.outputCount) }
+            if let poolOut { plan.step(stemOut, poolOut) }
+            struct Ids { var conv: [Int] = [], out: [Int] = [], rebuilt: [Int?] = [], gradConv: [Int] = []
+                         var gradOut: [Int?] = [], downConv: Int? = nil, downOut: Int? = nil, downGrad: Int? = nil
+                         var input = 0, gradIn = 0 }
+            var ids: [Ids] = []
+            var cur = poolOut ?? stemOut
+            for (bi, b) in layout.blocks.enumerated() {
+                let (shapes, ds) = blockShapes[bi]
+                var k = Ids(); k.input = cur
+                var x = cur
+                for i in b.convs.indices {
+                    k.conv.append(plan.add(shapes[i].outputCount)); k.out.append(plan.add(shapes[i].outputCount))
+                    plan.step(x, k.conv[i], k.out[i])
+                    x = k.out[i]
+                }
+                if let ds {
+                    k.downConv = plan.add(ds.outputCount); k.downOut = plan.add(ds.outputCount)
+                    plan.step(cur, k.downConv, k.downOut)
+                }
+                plan.step(x, k.downOut ?? cur)
+                cur = x
+                ids.append(k)
             }
-            // Downsample outputs are only read by the block's addition: a gradient buffer (free by then).
-            let down = b.downsample.map { node($0, ds!, cur, conv: T1, out: T2, temporary: keep ? gradBuffers[0] : nil) }
-            blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
-            cur = blockOut
-            swap(&inRole, &outRole)
+            plan.step(cur)                                   // global average pool
+            var gOut = plan.add(blockShapes.last!.0.last!.outputCount)
+            plan.step(gOut)                                  // its backward
+            for bi in layout.blocks.indices.reversed() {
+                let (shapes, ds) = blockShapes[bi]
+                var k = ids[bi]
+                let n = shapes.count
+                plan.step(k.out[n - 1], gOut)                // ReLU backward of the block output
+                k.rebuilt = (0..<n).map { _ in nil }
+                k.gradOut = (0..<n).map { _ in nil }
+                k.gradConv = Array(repeating: 0, count: n)
+                for i in 0..<(n - 1) { k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i]) }
+                var dIn = gOut
+                for i in (0..<n).reversed() {
+                    k.gradConv[i] = plan.add(shapes[i].outputCount)
+                    plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])           // batch norm backward
+                    let target = plan.add(i > 0 ? shapes[i - 1].outputCount : shapes[0].inputCount)
+                    if i > 0 { k.gradOut[i - 1] = target } else { k.gradIn = target }
+                    plan.step(i > 0 ? k.rebuilt[i - 1] : k.input, k.gradConv[i], target)  // conv backward
+                    dIn = target
+                }
+                if let ds {
+                    k.downGrad = plan.add(ds.outputCount)
+                    plan.step(k.downConv, gOut, k.downGrad)
+                    plan.step(k.input, k.downGrad, k.gradIn)
+                } else {
+                    plan.step(k.gradIn, gOut)
+                }
+                k.gradOut[n - 1] = gOut
+                ids[bi] = k
+                gOut = k.gradIn
+            }
+            var stemGrad = gOut
+            if poolOut != nil { stemGrad = plan.add(stemShape.outputCount); plan.step(gOut, stemGrad) }
+            let stemGradConv = plan.add(stemShape.outputCount)
+            plan.step(stemConv, stemOut, stemGrad, stemGradConv)
+            plan.step(stemGradConv)
+            arenaCount = plan.place(shared: sharedArena)
+            let base = alloc(arenaCount)
+            arena = base
+            func at(_ id: Int) -> Ptr { base + plan.items[id].offset }
+            func maybe(_ id: Int?) -> Ptr? { id.map { base + plan.items[$0].offset } }
+
+            let (sm, si) = stats(layout.stem)
+            stem = Node(unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
+                        mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
+            if let ps = poolShape, let poolOut {
+                let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
+                allocs.append(am); bytes += max(ps.outputCount, 16) * 4
+                pool = (ps, at(poolOut), am.bindMemory(to: Int32.self, capacity: ps.outputCount))
+            }
+            for (bi, b) in layout.blocks.enumerated() {
+                let (shapes, ds) = blockShapes[bi]
+                let k = ids[bi]
+                var nodes: [Node] = []
+                for (i, u) in b.convs.enumerated() {
+                    let (m, v) = stats(u)
+                    nodes.append(Node(unit: u, shape: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
+                                      conv: at(k.conv[i]), out: at(k.out[i]), mean: m, invStd: v,
+                                      recompute: maybe(k.rebuilt[i]), gradConv: at(k.gradConv[i]), gradOut: maybe(k.gradOut[i])))
+                }
+                let down = b.downsample.map { u -> Node in
+                    let (m, v) = stats(u)
+                    return Node(unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.downOut!),
+                                mean: m, invStd: v, gradConv: maybe(k.downGrad))
+                }
+                blocks.append(Block(convs: nodes, down: down, input: at(k.input), out: at(k.out.last!),
+                                    gradOut: at(k.gradOut.last!!), gradIn: at(k.gradIn)))
+            }
+        } else {
+            // Five recycled buffers of the largest activation, borrowed when someone lends them.
+            let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
+            let shared = Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
+            let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
+            func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, out: Int, outPtr: Ptr? = nil) -> Node {
+                let (m, v) = stats(u)
+                return Node(unit: u, shape: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
+            }
+            stem = node(layout.stem, stemShape, inputBuffer, out: poolShape == nil ? X : T2)
+            var cur = stem.out
+            if let ps = poolShape {
+                let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
+                allocs.append(am); bytes += max(ps.outputCount, 16) * 4
+                pool = (ps, shared[X], am.bindMemory(to: Int32.self, capacity: ps.outputCount))
+                cur = shared[X]
+            }
+            var inRole = X, outRole = Y
+            for (bi, b) in layout.blocks.enumerated() {
+                let (shapes, ds) = blockShapes[bi]
+                let blockOut = shared[outRole]
+                var nodes: [Node] = []
+                var x = cur
+                let midRoles = [T2, T3]
+                for (i, u) in b.convs.enumerated() {
+                    let last = i == b.convs.count - 1
+                    let n = node(u, shapes[i], x, out: last ? outRole : midRoles[i % 2], outPtr: last ? blockOut : nil)
+                    nodes.append(n); x = n.out
+                }
+                let down = b.downsample.map { node($0, ds!, cur, out: T2) }
+                blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
+                cur = blockOut
+                swap(&inRole, &outRole)
+            }
         }
         features = alloc(batch * layout.config.featureDim)
-        largeKept = large
-        grad = gradBuffers
-        gradCount = keepActivations ? maxAct : 0
         allocations = allocs
         allocatedBytes = bytes
     }
 
     deinit { for p in allocations { p.deallocate() } }
 
-    /// The three gradient buffers of a training pass (empty otherwise) and their length in floats.
-    public var gradientBuffers: [UnsafeMutablePointer<Float>] { grad }
-    public var gradientBufferCount: Int { gradCount }
-    /// Buffers of at least `gradientBufferCount` floats whose contents do not outlive one forward +
-    /// backward of this (training) pass: its gradient buffers and its largest activations. A no-grad
-    /// pass that runs entirely between this pass's backward and its next forward may borrow them.
-    public var idleBuffers: [UnsafeMutablePointer<Float>] { grad + largeKept }
+    /// Length in floats of each of `idleBuffers` (0 for a pass that keeps no activations).
+    public var idleBufferCount: Int { arena == nil ? 0 : maxActivation }
+    /// Disjoint buffers of `idleBufferCount` floats in a training pass's arena: its contents do not
+    /// outlive one forward + backward, so a no-grad pass that runs entirely between this pass's
+    /// backward and its next forward may borrow them.
+    public var idleBuffers: [UnsafeMutablePointer<Float>] {
+        guard let arena, maxActivation > 0 else { return [] }
+        return (0..<(arenaCount / maxActivation)).map { arena + $0 * maxActivation }
+    }
 
     // MARK: Forward
 
@@ -284,7 +384,7 @@ public final class ResNetPass {
     func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) {
         let u = n.unit
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
-        timedOp(n.shape.usesWinograd ? .convWinograd : .convDirect) {
+        timedOp(n.shape.usesWinograd ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
             conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
         }
         let C = u.cout
@@ -322,17 +422,16 @@ public final class ResNetPass {
         precondition(keepsActivations, "backward needs a pass planned with keepActivations")
         precondition(store.isTrainable, "backward needs a store with gradients")
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
-        var gA = grad[0], gC = grad[2]
-        let gB = grad[1]
         let D = layout.config.featureDim
         timedOp(.elementwise) {
             globalAvgPoolBackward(n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
-                                  gradInput: gA, accumulate: false)
+                                  gradInput: blocks.last!.gradOut!, accumulate: false)
         }
         for b in blocks.reversed() {
-            // gA holds d(block output); mask by its ReLU in place.
+            let gOut = b.gradOut!, gIn = b.gradIn!
+            // d(block output), masked by its ReLU in place.
             let count = b.convs.last!.shape.outputCount
-            timedOp(.elementwise) { reluBackward(count: count, output: b.out, gradOutput: gA, gradInput: gA, accumulate: false) }
+            timedOp(.elementwise) { reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false) }
             // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs).
             for n in b.convs {
                 guard let r = n.recompute else { continue }
@@ -343,32 +442,32 @@ public final class ResNetPass {
                                     saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
                 }
             }
-            // Node i: BN backward reads d(out) and writes gB; conv backward reads gB and writes gC,
-            // which is d(out) of node i-1. gA (d of the block output) stays intact for the shortcut.
-            var dIn = UnsafePointer(gA)
+            // Node i: BN backward reads d(out) and writes gradConv; conv backward reads it and writes
+            // d(out) of node i-1 (of the block input for node 0). gOut stays intact for the shortcut.
+            var dIn = UnsafePointer(gOut)
             for i in b.convs.indices.reversed() {
                 let n = b.convs[i]
-                let input = i == 0 ? b.input : (b.convs[i - 1].recompute ?? b.convs[i - 1].out)
-                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: gB)
-                convBackward(n, store, input: input, gradConv: gB, gradInput: gC, accumulate: false, needInput: true)
-                dIn = UnsafePointer(gC)
+                let input = i == 0 ? b.input : b.convs[i - 1].recompute!
+                let target = i == 0 ? gIn : b.convs[i - 1].gradOut!
+                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: n.gradConv!)
+                convBackward(n, store, input: input, gradConv: n.gradConv!, gradInput: target, accumulate: false, needInput: true)
+                dIn = UnsafePointer(target)
             }
-            // Now gC = d(block input) from the main path; gA = d(block output) after ReLU (the shortcut's).
+            // Now gIn = d(block input) from the main path; gOut = d(block output) after ReLU (the shortcut's).
             if let d = b.down {
-                bnBackward(d, store, output: d.out, gradOut: gA, gradIn: gB)
-                convBackward(d, store, input: b.input, gradConv: gB, gradInput: gC, accumulate: true, needInput: true)
+                bnBackward(d, store, output: d.out, gradOut: gOut, gradIn: d.gradConv!)
+                convBackward(d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true)
             } else {
-                timedOp(.elementwise) { addForward(count: b.convs[0].shape.inputCount, gC, gA, relu: false, output: gC) }
+                timedOp(.elementwise) { addForward(count: b.convs[0].shape.inputCount, gIn, gOut, relu: false, output: gIn) }
             }
-            swap(&gA, &gC)   // next block's output gradient
         }
-        // Stem: gA = d(stem output, after pool when present).
+        // Stem: d(stem output), through the pool's backward when there is one.
+        let stemGrad = stem.gradOut!
         if let pool {
-            timedOp(.elementwise) { maxPoolBackward(pool.shape, gradOutput: gA, argmax: pool.argmax, gradInput: gC) }
-            swap(&gA, &gC)
+            timedOp(.elementwise) { maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad) }
         }
-        bnBackward(stem, store, output: stem.out, gradOut: gA, gradIn: gB)
-        convBackward(stem, store, input: stem.input, gradConv: gB, gradInput: nil, accumulate: false, needInput: false)
+        bnBackward(stem, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!)
+        convBackward(stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false, needInput: false)
     }
 
     /// `output`: the node's BN output (read for its ReLU mask when it has one).
@@ -387,13 +486,13 @@ public final class ResNetPass {
     func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
                       needInput: Bool) {
         let wg = n.shape.usesWinograd
-        timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect) {
+        timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.shape, "bwd-w") {
             conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
                                  accumulate: false, scratch: scratch)
         }
         if let gradInput, needInput {
             timedOp(.pack) { conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack) }
-            timedOp(wg ? .bwdDataWinograd : .bwdDataDirect) {
+            timedOp(wg ? .bwdDataWinograd : .bwdDataDirect, shape: n.shape, "bwd-d") {
                 conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
                                    accumulate: accumulate, scratch: scratch)
             }

@@ -93,6 +93,11 @@ struct BenchTrain: ParsableCommand {
                 print("    " + op.label.padding(toLength: 46, withPad: " ", startingAt: 0)
                       + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
             }
+            print("  convolutions by shape (C->K kernel/stride input):")
+            for (label, v) in PassProfile.byShape.sorted(by: { $0.value > $1.value }) {
+                print("    " + label.padding(toLength: 46, withPad: " ", startingAt: 0)
+                      + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
+            }
             print(String(format: "  planned buffers %.0f MB:", Double(step.allocatedBytes) / 1e6))
             for (name, b) in step.memoryBreakdown {
                 print("    " + name.padding(toLength: 54, withPad: " ", startingAt: 0) + String(format: " %6.1f MB", Double(b) / 1e6))
