@@ -5,7 +5,8 @@
 // the query view (one more no-grad forward, or the classical map during warm-up) -> saliency-
 // constrained mask on the query, heavy salient mask on copies of the key view (one hard negative of
 // its own per sample) -> key encoder forward of each hard negative -> query encoder forward/backward
-// against [positive key, queue, alpha * hard negatives] / T -> SGD -> enqueue keys.
+// against [positive key, queue, alpha * hard negatives] / T, SGD applied tensor by tensor inside
+// backward (FusedSGD: no gradient block) -> enqueue keys.
 // SimCLR: one encoder; both views go through it together (2B) for NT-Xent; saliency and hard
 // negatives come from no-grad forwards of the same encoder.
 import Foundation
@@ -63,6 +64,8 @@ public final class TrainingStep {
     let shuffled: UnsafeMutablePointer<Float>
     /// Spatial cell masks of the last step's queries / hard negatives [B][G*G] (previews).
     public let queryCells: UnsafeMutablePointer<UInt8>, hardCells: UnsafeMutablePointer<UInt8>
+    /// The query encoder's optimizer, applied inside backward.
+    let sgd: FusedSGD
     let infoNCE: InfoNCE?
     let ntXent: NTXent?
     private var owned: [UnsafeMutableRawPointer] = []
@@ -77,8 +80,10 @@ public final class TrainingStep {
         grid = rc.finalMapSize(res)
         masking = MaskMode(rawValue: config.masking) ?? .none
         fill = MaskFill(rawValue: config.fill) ?? .hp
-        query = Encoder(config: rc, headDim: config.headDim)
+        query = Encoder(config: rc, headDim: config.headDim, gradients: false)
         query.initialize(seed: config.seed)
+        sgd = FusedSGD(store: query.store)
+        sgd.momentum = config.sgdMomentum; sgd.weightDecay = config.weightDecay
         let isMoco = config.method == .moco
         viewCount = 2
         if isMoco {
@@ -141,13 +146,13 @@ public final class TrainingStep {
             bytes += ntXent!.allocatedBytes
         }
         self.owned = owned
-        let parameterBytes = 12 * (query.store.parameterCount) + (key.map { 4 * $0.store.parameterCount } ?? 0)
-            + (queue.map { 4 * $0.length * $0.dim } ?? 0)
+        let parameterBytes = 8 * (query.store.parameterCount) + 4 * sgd.scratchCount
+            + (key.map { 4 * $0.store.parameterCount } ?? 0) + (queue.map { 4 * $0.length * $0.dim } ?? 0)
         allocatedBytes = bytes + parameterBytes
         let ws = qPass.workspace.packCount * 4 + qPass.workspace.scratchBytes
         let passes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
         memoryBreakdown = [
-            ("parameters, gradients, momentum, key encoder, queue", parameterBytes),
+            ("parameters, momentum, gradient scratch, key encoder, queue", parameterBytes),
             ("training pass: kept activations, gradient buffers", qPass.allocatedBytes - ws),
             ("no-grad pass: own buffers (the rest borrowed)", nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)),
             ("convolution workspace: weight panels, scratch", ws),
@@ -300,17 +305,15 @@ public final class TrainingStep {
         }
     }
 
-    /// From d(loss)/d(normalised embeddings) back through normalisation, head and backbone, then SGD.
+    /// From d(loss)/d(normalised embeddings) back through normalisation, head and backbone, with SGD
+    /// applied to each tensor as soon as its gradient exists.
     func backwardAndUpdate(rows: Int, gradEmbedding: UnsafePointer<Float>, lr: Float) {
+        sgd.lr = lr
         timed(\.backward) {
             l2NormalizeBackward(rows: rows, dim: config.headDim, output: qz, norms: qNorms, gradOutput: gradEmbedding,
                                 gradInput: gradZ, accumulate: false)
-            qHead.backward(gradOutput: gradZ, store: query.store)
-            qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store)
-        }
-        timed(\.optimizer) {
-            sgdStep(count: query.store.parameterCount, params: query.store.params, grads: query.store.grads,
-                    momentumBuffer: query.store.momentum, lr: lr, momentum: config.sgdMomentum, weightDecay: config.weightDecay)
+            qHead.backward(gradOutput: gradZ, store: query.store, update: sgd)
+            qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store, update: sgd)
         }
     }
 

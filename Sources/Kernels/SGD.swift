@@ -21,10 +21,10 @@ public func sgdStep(count: Int, params p: UnsafeMutablePointer<Float>, grads g: 
             vstore(np, p + i)
             i += fvecWidth
         }
-        while i < hi {
-            let d = momentum * buf[i] + (g[i] + weightDecay * p[i])
+        while i < hi {   // the vector loop's fused operations, so any split gives the same bits
+            let d = g[i].addingProduct(weightDecay, p[i]).addingProduct(momentum, buf[i])
             buf[i] = d
-            p[i] = p[i] - lr * d
+            p[i] = p[i].addingProduct(-lr, d)
             i += 1
         }
     }

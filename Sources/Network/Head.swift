@@ -58,18 +58,28 @@ public final class MLPHeadPass {
                       weight: store.params + l.w2, bias: store.params + l.b2, output: output)
     }
 
-    /// Writes the head's parameter gradients and `gradFeatures`.
-    public func backward(gradOutput: UnsafePointer<Float>, store: ParameterStore) {
+    /// Writes the head's parameter gradients (or, with `update`, applies them) and `gradFeatures`.
+    public func backward(gradOutput: UnsafePointer<Float>, store: ParameterStore, update: FusedSGD? = nil) {
         guard let input else { preconditionFailure("backward before forward") }
         let l = layout
         linearBackward(LinearShape(batch: batch, inFeatures: l.hidden, outFeatures: l.outDim), input: hidden,
                        weight: store.params + l.w2, gradOutput: gradOutput, gradInput: gradHidden,
-                       gradWeight: store.grads + l.w2, gradBias: store.grads + l.b2, accumulate: false)
+                       gradWeight: update?.first ?? store.grads + l.w2, gradBias: update?.second ?? store.grads + l.b2,
+                       accumulate: false)
+        if let update {
+            update.apply(store, offset: l.w2, count: l.outDim * l.hidden, grad: update.first)
+            update.apply(store, offset: l.b2, count: l.outDim, grad: update.second)
+        }
         reluBackward(count: batch * l.hidden, output: hidden, gradOutput: gradHidden, gradInput: gradHidden,
                      accumulate: false)
         linearBackward(LinearShape(batch: batch, inFeatures: l.inDim, outFeatures: l.hidden), input: input,
                        weight: store.params + l.w0, gradOutput: gradHidden, gradInput: gradFeatures,
-                       gradWeight: store.grads + l.w0, gradBias: store.grads + l.b0, accumulate: false)
+                       gradWeight: update?.first ?? store.grads + l.w0, gradBias: update?.second ?? store.grads + l.b0,
+                       accumulate: false)
+        if let update {
+            update.apply(store, offset: l.w0, count: l.hidden * l.inDim, grad: update.first)
+            update.apply(store, offset: l.b0, count: l.hidden, grad: update.second)
+        }
     }
 }
 
@@ -81,14 +91,16 @@ public final class Encoder {
     public let backbone: ResNetLayout
     public let head: MLPHeadLayout?
 
-    public init(config: ResNetConfig, headDim: Int? = nil, prefix: String = "", trainable: Bool = true) {
+    /// `gradients: false`: a trainable store without a gradient block (trained with FusedSGD).
+    public init(config: ResNetConfig, headDim: Int? = nil, prefix: String = "", trainable: Bool = true,
+                gradients: Bool = true) {
         self.config = config
         store = ParameterStore()
         backbone = ResNetLayout(config, store: store, prefix: prefix)
         let st = store
         head = headDim.map { MLPHeadLayout(inDim: config.featureDim, hidden: config.featureDim, outDim: $0,
                                            store: st, prefix: prefix) }
-        store.seal(trainable: trainable)
+        store.seal(trainable: trainable, gradients: gradients)
     }
 
     public func initialize(seed: UInt64) {

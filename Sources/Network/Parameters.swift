@@ -2,6 +2,8 @@
 // (llm.c style), plus the non-trained buffers (batch-norm running statistics, counters).
 // Tensors are named and shaped exactly as in torchvision's state_dict, weights in PyTorch layouts.
 
+import Kernels
+
 /// Where one named tensor lives.
 public struct TensorSlot: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
@@ -32,8 +34,10 @@ public final class ParameterStore: @unchecked Sendable {
     public private(set) var buffers: UnsafeMutablePointer<Float>
     public private(set) var counters: UnsafeMutablePointer<Int64>
     private var sealed = false
-    /// Whether `grads` and `momentum` are allocated (full length).
+    /// Whether `momentum` is allocated (full length): the store can be trained.
     public private(set) var isTrainable = false
+    /// Whether `grads` is allocated (full length). A store trained with FusedSGD has none.
+    public private(set) var hasGradients = false
 
     public init() {
         params = .allocate(capacity: 1); grads = .allocate(capacity: 1); momentum = .allocate(capacity: 1)
@@ -63,8 +67,8 @@ public final class ParameterStore: @unchecked Sendable {
 
     /// Allocates the blocks (zeroed). Called once after every `declare`. A store that is never
     /// trained (MoCo's key encoder, extraction) passes `trainable: false` and gets no gradient or
-    /// optimizer blocks.
-    public func seal(trainable: Bool = true) {
+    /// optimizer blocks; one trained with FusedSGD passes `gradients: false` (no gradient block).
+    public func seal(trainable: Bool = true, gradients: Bool = true) {
         precondition(!sealed)
         sealed = true
         func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
@@ -75,8 +79,9 @@ public final class ParameterStore: @unchecked Sendable {
         }
         params.deallocate(); grads.deallocate(); momentum.deallocate(); buffers.deallocate(); counters.deallocate()
         params = alloc(parameterCount)
-        grads = alloc(trainable ? parameterCount : 0); momentum = alloc(trainable ? parameterCount : 0)
+        grads = alloc(trainable && gradients ? parameterCount : 0); momentum = alloc(trainable ? parameterCount : 0)
         isTrainable = trainable
+        hasGradients = trainable && gradients
         buffers = alloc(bufferCount)
         counters = .allocate(capacity: max(counterCount, 1))
         counters.initialize(repeating: 0, count: max(counterCount, 1))
@@ -111,5 +116,44 @@ public final class ParameterStore: @unchecked Sendable {
         counters.update(from: other.counters, count: counterCount)
     }
 
-    public func zeroGrads() { grads.update(repeating: 0, count: parameterCount) }
+    public func zeroGrads() {
+        precondition(hasGradients, "no gradient block")
+        grads.update(repeating: 0, count: parameterCount)
+    }
+}
+
+/// SGD (torch.optim.SGD with momentum and weight decay, as sgdStep) applied tensor by tensor while
+/// backward produces the gradients: each gradient goes to `scratch` and updates its tensor at once,
+/// so training needs no gradient block as large as the model. A layer's update runs after the last
+/// read of its parameters (its backward-data), so the result equals backward followed by sgdStep.
+public final class FusedSGD {
+    public var lr: Float = 0, momentum: Float = 0.9, weightDecay: Float = 0
+    /// Room for the largest parameter tensor plus the largest vector (a layer's weight and bias, or
+    /// gamma and beta, live here together).
+    public let scratch: UnsafeMutablePointer<Float>
+    public let scratchCount: Int
+    let vectorOffset: Int
+
+    public init(store: ParameterStore) {
+        let counts = store.slots.filter { $0.kind == .parameter }.map { ($0.count, $0.shape.count) }
+        let largest = ((counts.map(\.0).max() ?? 0) + 15) & ~15
+        let vector = ((counts.filter { $0.1 == 1 }.map(\.0).max() ?? 0) + 15) & ~15
+        vectorOffset = largest
+        scratchCount = max(largest + vector, 16)
+        scratch = .allocate(capacity: scratchCount)
+        scratch.initialize(repeating: 0, count: scratchCount)
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Where backward writes the gradient of the tensor (or the first of two tensors) it is about to
+    /// produce, and of a second one (bias / beta).
+    public var first: UnsafeMutablePointer<Float> { scratch }
+    public var second: UnsafeMutablePointer<Float> { scratch + vectorOffset }
+
+    /// Applies the step to `count` parameters at `offset` from the gradient at `grad`.
+    public func apply(_ store: ParameterStore, offset: Int, count: Int, grad: UnsafePointer<Float>) {
+        sgdStep(count: count, params: store.params + offset, grads: grad, momentumBuffer: store.momentum + offset,
+                lr: lr, momentum: momentum, weightDecay: weightDecay)
+    }
 }

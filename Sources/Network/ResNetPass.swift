@@ -52,7 +52,7 @@ public final class ConvWorkspace {
 /// Kinds of work in a pass, for `bench train --profile`.
 public enum PassOp: Int, CaseIterable, Sendable {
     case convWinograd, convDirect, pack, bwdDataWinograd, bwdDataDirect, bwdWeightWinograd, bwdWeightDirect
-    case bnForward, bnBackward, elementwise
+    case bnForward, bnBackward, elementwise, optimizer
 
     public var label: String {
         switch self {
@@ -66,6 +66,7 @@ public enum PassOp: Int, CaseIterable, Sendable {
         case .bnForward: return "batch norm (+ReLU) forward"
         case .bnBackward: return "batch norm backward (+ rebuilt activations)"
         case .elementwise: return "residual add, ReLU, pooling"
+        case .optimizer: return "SGD inside backward"
         }
     }
 }
@@ -141,6 +142,8 @@ public final class ResNetPass {
     public let mapHeight: Int, mapWidth: Int
     /// A training pass's arena (every activation and gradient) and the largest activation, in floats.
     var arena: Ptr? = nil
+    /// Training: where backward recomputes the stem's convolution output.
+    var stemConvRebuilt: Ptr? = nil
     var arenaCount = 0
     var maxActivation = 0
     public let workspace: ConvWorkspace
@@ -272,8 +275,12 @@ public final class ResNetPass {
             }
             var stemGrad = gOut
             if poolOut != nil { stemGrad = plan.add(stemShape.outputCount); plan.step(gOut, stemGrad) }
+            // The stem's convolution output is not kept: backward runs the (cheap, 3-channel) stem
+            // convolution again once everything else is dead.
+            let stemConvAgain = plan.add(stemShape.outputCount)
+            plan.step(stemConvAgain)
             let stemGradConv = plan.add(stemShape.outputCount)
-            plan.step(stemConv, stemOut, stemGrad, stemGradConv)
+            plan.step(stemConvAgain, stemOut, stemGrad, stemGradConv)
             plan.step(stemGradConv)
             arenaCount = plan.place(shared: sharedArena)
             let base = alloc(arenaCount)
@@ -284,6 +291,7 @@ public final class ResNetPass {
             let (sm, si) = stats(layout.stem)
             stem = Node(unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
                         mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
+            stemConvRebuilt = at(stemConvAgain)
             if let ps = poolShape, let poolOut {
                 let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
                 allocs.append(am); bytes += max(ps.outputCount, 16) * 4
@@ -418,9 +426,11 @@ public final class ResNetPass {
 
     /// Back-propagates d(loss)/d(features) [batch][featureDim] through the backbone of the last
     /// forward (train mode, one split), writing every backbone parameter's gradient into store.grads.
-    public func backward(gradFeatures: UnsafePointer<Float>, store: ParameterStore) {
+    /// With `update`, each parameter tensor is updated by SGD as soon as its gradient exists (and its
+    /// last read is done) instead of writing store.grads.
+    public func backward(gradFeatures: UnsafePointer<Float>, store: ParameterStore, update: FusedSGD? = nil) {
         precondition(keepsActivations, "backward needs a pass planned with keepActivations")
-        precondition(store.isTrainable, "backward needs a store with gradients")
+        precondition(update == nil ? store.hasGradients : store.isTrainable, "backward needs a store with gradients")
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
         let D = layout.config.featureDim
         timedOp(.elementwise) {
@@ -449,14 +459,16 @@ public final class ResNetPass {
                 let n = b.convs[i]
                 let input = i == 0 ? b.input : b.convs[i - 1].recompute!
                 let target = i == 0 ? gIn : b.convs[i - 1].gradOut!
-                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: n.gradConv!)
-                convBackward(n, store, input: input, gradConv: n.gradConv!, gradInput: target, accumulate: false, needInput: true)
+                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: n.gradConv!, update: update)
+                convBackward(n, store, input: input, gradConv: n.gradConv!, gradInput: target, accumulate: false, needInput: true,
+                             update: update)
                 dIn = UnsafePointer(target)
             }
             // Now gIn = d(block input) from the main path; gOut = d(block output) after ReLU (the shortcut's).
             if let d = b.down {
-                bnBackward(d, store, output: d.out, gradOut: gOut, gradIn: d.gradConv!)
-                convBackward(d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true)
+                bnBackward(d, store, output: d.out, gradOut: gOut, gradIn: d.gradConv!, update: update)
+                convBackward(d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true,
+                             update: update)
             } else {
                 timedOp(.elementwise) { addForward(count: b.convs[0].shape.inputCount, gIn, gOut, relu: false, output: gIn) }
             }
@@ -466,28 +478,41 @@ public final class ResNetPass {
         if let pool {
             timedOp(.elementwise) { maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad) }
         }
-        bnBackward(stem, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!)
-        convBackward(stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false, needInput: false)
+        var stemNode = stem
+        stemNode.conv = stemConvRebuilt!
+        timedOp(.pack) { conv2dPackForward(stem.shape, weights: store.params + stem.unit.weight, packed: workspace.pack) }
+        timedOp(.convDirect, shape: stem.shape, "fwd") {
+            conv2dForward(stem.shape, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
+        }
+        bnBackward(stemNode, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!, update: update)
+        convBackward(stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false, needInput: false,
+                     update: update)
     }
 
     /// `output`: the node's BN output (read for its ReLU mask when it has one).
-    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr, gradOut: UnsafePointer<Float>, gradIn: Ptr) {
+    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr, gradOut: UnsafePointer<Float>, gradIn: Ptr,
+                    update: FusedSGD?) {
         let u = n.unit
         timedOp(.bnBackward) {
             batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
                               output: u.relu ? UnsafePointer(output) : nil, gradOutput: gradOut,
                               gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
-                              gradInput: gradIn, gradGamma: store.grads + u.gamma, gradBeta: store.grads + u.beta,
-                              accumulate: false, scratch: scratch)
+                              gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
+                              gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch)
+            if let update {
+                update.apply(store, offset: u.gamma, count: u.cout, grad: update.first)
+                update.apply(store, offset: u.beta, count: u.cout, grad: update.second)
+            }
         }
     }
 
 
     func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
-                      needInput: Bool) {
+                      needInput: Bool, update: FusedSGD?) {
         let wg = n.shape.usesWinograd
+        let gradWeight = update?.first ?? store.grads + n.unit.weight
         timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.shape, "bwd-w") {
-            conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: store.grads + n.unit.weight,
+            conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: gradWeight,
                                  accumulate: false, scratch: scratch)
         }
         if let gradInput, needInput {
@@ -496,6 +521,10 @@ public final class ResNetPass {
                 conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
                                    accumulate: accumulate, scratch: scratch)
             }
+        }
+        // The weights' last read (their backward-data panel) is done: update them.
+        if let update {
+            timedOp(.optimizer) { update.apply(store, offset: n.unit.weight, count: n.shape.weightCount, grad: gradWeight) }
         }
     }
 }
