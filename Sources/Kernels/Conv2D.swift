@@ -54,7 +54,8 @@ public struct Conv2DShape: Equatable, Sendable {
         let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448)
         let order = n * h * w * 4
         let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
-        let direct = align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256
+        let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
+                         t * gatheredRowsBytesPerThread)
         guard isWinogradShape else { return direct }
         return max(direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
                    wgBackwardWeightScratchBytes(threads: t))
@@ -264,6 +265,7 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
     precondition(sh.isValid, "invalid convolution shape")
     if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, transposedWeights: false,
                                      scratch: scratch); return }
+    if sh.usesGatheredRows { gatheredRowsForward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps
@@ -289,6 +291,59 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
         }
         return n
     }
+}
+
+/// Few input channels (a stem on 1- or 3-channel images): each tile of 6 output pixels copies its
+/// receptive fields into 6 rows of taps * C floats (zero outside the image), then runs one GEMM of
+/// that depth per 16 output channels on the register tile. Per tap, the depth would be C (1 or 3):
+/// the 12 accumulators' loads and stores would outweigh the multiply-adds.
+func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+                         output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s
+    let st = sh.stride, pad = sh.pad, depth = sh.taps * C, rowFloats = sh.gatheredRowFloats
+    let pixels = sh.n * OH * OW, tiles = ceilDiv(pixels, convTileRows), kb = ceilDiv(K, convColBlock)
+    parallelFor(tiles) { lo, hi, thread in
+        let rows = (scratch + thread * sh.gatheredRowsBytesPerThread).bindMemory(to: Float.self, capacity: convTileRows * rowFloats + 96)
+        let acc = rows + convTileRows * rowFloats
+        for tile in lo..<hi {
+            let p0 = tile * convTileRows, n = min(convTileRows, pixels - p0)
+            for i in 0..<convTileRows {
+                let p = p0 + min(i, n - 1)
+                let ow = p % OW, oh = (p / OW) % OH, b = p / (OW * OH)
+                let ih0 = oh * st - pad, iw0 = ow * st - pad
+                let row = rows + i * rowFloats
+                for t in 0..<sh.taps {
+                    let ih = ih0 + t / S, iw = iw0 + t % S
+                    let dst = row + t * C
+                    // Element loops: C < 8, a memmove call per tap would cost more than the copy.
+                    if ih >= 0 && ih < H && iw >= 0 && iw < W {
+                        let src = x + ((b * H + ih) * W + iw) * C
+                        for c in 0..<C { dst[c] = src[c] }
+                    } else {
+                        for c in 0..<C { dst[c] = 0 }
+                    }
+                }
+            }
+            let r = UnsafePointer(rows)
+            for cb in 0..<kb {
+                convTapLoop(acc, r, r + rowFloats, r + 2 * rowFloats, r + 3 * rowFloats, r + 4 * rowFloats,
+                            r + 5 * rowFloats, packed + cb * depth * convColBlock, depth, fresh: true)
+                let k0 = cb * convColBlock, nCols = min(convColBlock, K - k0)
+                for i in 0..<n {
+                    let o = y + (p0 + i) * K + k0, a = acc + i * convColBlock
+                    if nCols == convColBlock { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
+                    else { for j in 0..<nCols { o[j] = a[j] } }
+                }
+            }
+        }
+    }
+}
+
+extension Conv2DShape {
+    /// Whether the forward gathers whole receptive fields into rows (few input channels).
+    var usesGatheredRows: Bool { c < 8 && taps > 1 && !usesWinograd }
+    var gatheredRowFloats: Int { ceilDiv(taps * c, 16) * 16 }
+    var gatheredRowsBytesPerThread: Int { align64((convTileRows * gatheredRowFloats + 96) * 4) }
 }
 
 // MARK: - Backward data

@@ -14,6 +14,7 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 2, c: 13, h: 8, w: 6, k: 19, r: 3, s: 3, stride: 1, pad: 0),
         Conv2DShape(n: 1, c: 7, h: 3, w: 7, k: 33, r: 3, s: 3, stride: 2, pad: 1),
         Conv2DShape(n: 4, c: 24, h: 5, w: 5, k: 16, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 1, h: 28, w: 27, k: 20, r: 3, s: 3, stride: 1, pad: 1),
     ]
 
     struct Run { var y: [Float]; var dx: [Float]; var dw: [Float] }
