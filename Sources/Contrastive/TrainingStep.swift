@@ -152,8 +152,8 @@ public final class TrainingStep {
         let ws = qPass.workspace.packCount * 4 + qPass.workspace.scratchBytes
         let passes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
         memoryBreakdown = [
-            ("parameters, momentum, gradient scratch, key encoder, queue", parameterBytes),
-            ("training pass: kept activations, gradient buffers", qPass.allocatedBytes - ws),
+            ("parameters, momentum, key encoder, queue, SGD scratch", parameterBytes),
+            ("training pass: arena of activations and gradients", qPass.allocatedBytes - ws),
             ("no-grad pass: own buffers (the rest borrowed)", nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)),
             ("convolution workspace: weight panels, scratch", ws),
             ("views, masks, heads, objective", bytes - passes),

@@ -357,6 +357,9 @@ public final class ResNetPass {
 
     deinit { for p in allocations { p.deallocate() } }
 
+    /// Bytes of a training pass's arena (activations, temporaries, gradients; 0 for other passes).
+    public var arenaBytes: Int { arenaCount * 4 }
+
     /// Length in floats of each of `idleBuffers` (0 for a pass that keeps no activations).
     public var idleBufferCount: Int { arena == nil ? 0 : maxActivation }
     /// Disjoint buffers of `idleBufferCount` floats in a training pass's arena: its contents do not

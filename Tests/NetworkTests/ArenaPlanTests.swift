@@ -72,4 +72,30 @@ final class ArenaPlanTests: XCTestCase {
             XCTAssertLessThan(arenas[1], arenas[0], "\(config): sharing saves memory")
         }
     }
+
+    /// ResNet-18, CIFAR stem, batch 64 at 32 px (the benchmark's step): backward's gradients, rebuilt
+    /// activations and forward's temporaries fit in memory the kept activations leave dead, so the
+    /// arena is the kept activations plus less than one largest activation.
+    func testArenaOfResNet18IsItsKeptActivations() {
+        let config = ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 1)
+        let enc = Encoder(config: config)
+        let pass = ResNetPass(layout: enc.backbone, batch: 64, height: 32, width: 32, keepActivations: true)
+        // Kept until backward: the stem's output (its convolution output is recomputed), every block
+        // convolution's output (batch norm's backward reads it), downsample convolutions' outputs and
+        // block outputs.
+        var kept = 64 * 32 * 32 * 64
+        var hw = 32
+        for (stage, width) in [64, 128, 256, 512].enumerated() {
+            for block in 0..<2 {
+                if stage > 0 && block == 0 { hw /= 2 }
+                let act = 64 * hw * hw * width
+                kept += 3 * act                               // two convolution outputs, the block output
+                if stage > 0 && block == 0 { kept += act }    // the downsample's convolution output
+            }
+        }
+        let largest = 64 * 32 * 32 * 64
+        XCTAssertGreaterThanOrEqual(pass.arenaBytes, kept * 4)
+        XCTAssertLessThan(pass.arenaBytes, (kept + largest) * 4,
+                          "arena \(pass.arenaBytes / 1_000_000) MB for \(kept * 4 / 1_000_000) MB of kept activations")
+    }
 }
