@@ -62,24 +62,23 @@ public final class MLPHeadPass {
     public func backward(gradOutput: UnsafePointer<Float>, store: ParameterStore, update: FusedSGD? = nil) {
         guard let input else { preconditionFailure("backward before forward") }
         let l = layout
-        linearBackward(LinearShape(batch: batch, inFeatures: l.hidden, outFeatures: l.outDim), input: hidden,
-                       weight: store.params + l.w2, gradOutput: gradOutput, gradInput: gradHidden,
-                       gradWeight: update?.first ?? store.grads + l.w2, gradBias: update?.second ?? store.grads + l.b2,
-                       accumulate: false)
-        if let update {
-            update.apply(store, offset: l.w2, count: l.outDim * l.hidden, grad: update.first)
-            update.apply(store, offset: l.b2, count: l.outDim, grad: update.second)
+        // One linear layer's backward; with `update`, its weight and bias are stepped at once (their
+        // last read, computing gradInput, is inside linearBackward).
+        func linear(_ inDim: Int, _ outDim: Int, input x: UnsafePointer<Float>, weight w: Int, bias b: Int,
+                    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>) {
+            linearBackward(LinearShape(batch: batch, inFeatures: inDim, outFeatures: outDim), input: x,
+                           weight: store.params + w, gradOutput: dy, gradInput: dx,
+                           gradWeight: update?.first ?? store.grads + w, gradBias: update?.second ?? store.grads + b,
+                           accumulate: false)
+            if let update {
+                update.apply(store, offset: w, count: outDim * inDim, grad: update.first)
+                update.apply(store, offset: b, count: outDim, grad: update.second)
+            }
         }
+        linear(l.hidden, l.outDim, input: hidden, weight: l.w2, bias: l.b2, gradOutput: gradOutput, gradInput: gradHidden)
         reluBackward(count: batch * l.hidden, output: hidden, gradOutput: gradHidden, gradInput: gradHidden,
                      accumulate: false)
-        linearBackward(LinearShape(batch: batch, inFeatures: l.inDim, outFeatures: l.hidden), input: input,
-                       weight: store.params + l.w0, gradOutput: gradHidden, gradInput: gradFeatures,
-                       gradWeight: update?.first ?? store.grads + l.w0, gradBias: update?.second ?? store.grads + l.b0,
-                       accumulate: false)
-        if let update {
-            update.apply(store, offset: l.w0, count: l.hidden * l.inDim, grad: update.first)
-            update.apply(store, offset: l.b0, count: l.hidden, grad: update.second)
-        }
+        linear(l.inDim, l.hidden, input: input, weight: l.w0, bias: l.b0, gradOutput: gradHidden, gradInput: gradFeatures)
     }
 }
 
