@@ -53,3 +53,30 @@ void sal_parallel_for(long n, void *ctx, sal_range_fn fn) {
     fn(ctx, 0, n, 0);
 #endif
 }
+
+void sal_parallel_for_dynamic(long n, long chunk, void *ctx, sal_range_fn fn) {
+    if (n <= 0) return;
+    if (chunk < 1) chunk = 1;
+    long chunks = (n + chunk - 1) / chunk;
+    int nt = sal_get_threads();
+#ifdef _OPENMP
+    if (nt > chunks) nt = (int)chunks;
+    if (nt <= 1 || omp_in_parallel()) { fn(ctx, 0, n, 0); return; }
+    // A shared counter rather than `omp for schedule(dynamic)`: the latter makes newer clangs call
+    // runtime entry points (__kmpc_dispatch_deinit) that older libomp builds lack.
+    long next = 0;
+    #pragma omp parallel num_threads(nt) shared(next)
+    {
+        int t = omp_get_thread_num();
+        for (;;) {
+            long i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+            if (i >= chunks) break;
+            long lo = i * chunk, hi = lo + chunk < n ? lo + chunk : n;
+            fn(ctx, lo, hi, t);
+        }
+    }
+#else
+    (void)nt; (void)chunks;
+    fn(ctx, 0, n, 0);
+#endif
+}

@@ -15,7 +15,11 @@ func parallelRange(_ count: Int, grain: Int = elementwiseGrain, _ body: (Int, In
     let g = max(grain, 1)
     let blocks = ceilDiv(count, g)
     if blocks <= 1 { body(0, count); return }
-    parallelFor(blocks) { lo, hi, _ in body(lo * g, min(hi * g, count)) }
+    // Chunks go to whichever thread is free: every element is one call's, so the schedule does not
+    // change results.
+    parallelForDynamic(blocks, chunk: max(1, blocks / (4 * Threads.count))) { lo, hi, _ in
+        body(lo * g, min(hi * g, count))
+    }
 }
 
 /// Loads `n` lanes (whole vector when n == fvecWidth), zero-filling the rest.

@@ -25,3 +25,22 @@ public func parallelFor(_ n: Int, _ body: (Int, Int, Int) -> Void) {
         }
     }
 }
+
+/// Runs `body(begin, end, thread)` over chunks of `chunk` iterations of [0, n), each handed to the
+/// next free thread: a thread slowed by other work (a shared machine, a little core) takes fewer.
+/// `body` may run several times on one thread (same `thread`), so it must not assume one range per
+/// thread, and each output must be computed by one call alone (results then do not depend on the
+/// schedule).
+@inline(__always)
+public func parallelForDynamic(_ n: Int, chunk: Int = 1, _ body: (Int, Int, Int) -> Void) {
+    if n <= 0 { return }
+    if n <= chunk || sal_get_threads() == 1 { body(0, n, 0); return }
+    withoutActuallyEscaping(body) { b in
+        var box = b
+        withUnsafeMutablePointer(to: &box) { p in
+            sal_parallel_for_dynamic(n, max(chunk, 1), UnsafeMutableRawPointer(p)) { ctx, lo, hi, t in
+                ctx!.assumingMemoryBound(to: ((Int, Int, Int) -> Void).self).pointee(lo, hi, Int(t))
+            }
+        }
+    }
+}

@@ -223,7 +223,7 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
     let ob = ceilDiv(outC, convColBlock)
     let pointStride = ob * inC * convColBlock
     let cChunks = ceilDiv(inC, 8)
-    parallelFor(ob * cChunks) { lo, hi, _ in
+    parallelForDynamic(ob * cChunks, chunk: max(1, ob * cChunks / (8 * Threads.count))) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
             for item in lo..<hi {
                 let b = item / cChunks, c0 = (item % cChunks) * 8
@@ -295,7 +295,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let plan = sh.wgPlan(threads: Threads.count), fused = plan.fused
     let tbMax = plan.tb
     let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
-    parallelFor(plan.blocks * plan.kGroups) { lo, hi, thread in
+    // Blocks go to whichever thread is free (each block's outputs are its own, so the result does not
+    // depend on the schedule); output-channel groups stay one per thread (each streams its share of U).
+    func work(_ lo: Int, _ hi: Int, _ thread: Int) {
         let base = scratch + thread * plan.perThreadBytes
         let V = base.bindMemory(to: Float.self, capacity: wgPoints * pointV)
         let M = (base + plan.offM).bindMemory(to: Float.self, capacity: wgPoints * pointM)
@@ -367,6 +369,8 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             }
         }
     }
+    let items = plan.blocks * plan.kGroups
+    if plan.kGroups == 1 { parallelForDynamic(items, work) } else { parallelFor(items, work) }
 }
 
 @inline(__always)
@@ -444,7 +448,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         while t0 < tiles {
             let nt = min(tb, tiles - t0)
             // Transforms of this pass's point rows: V = B^T x B, Y = A dy A^T.
-            parallelFor(nt) { lo, hi, thread in
+            parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
                 let mine = perThreadBase + thread * perThread
                 let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
                 let src = (mine + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
@@ -483,7 +487,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 }
             }
             // dU[point][c][k] += V[point]^T Y[point], one (point, 16 output channels) per item.
-            parallelFor(pts * kb) { lo, hi, thread in
+            parallelForDynamic(pts * kb, chunk: max(1, pts * kb / (8 * Threads.count))) { lo, hi, thread in
                 let xr = (perThreadBase + thread * perThread + plan.offRows)
                     .bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
                 let part = (perThreadBase + thread * perThread + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
@@ -518,7 +522,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         // dW[k][c][r][s] (+)= sum over this pass's rows i and all j of G[i][r] G[j][s] dU[i][j][c][k].
         let fold = accumulate || pass > 0
         let kv = ceilDiv(K, fvecWidth)
-        parallelFor(kv) { lo, hi, _ in
+        parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
                 for c in 0..<C {
