@@ -98,10 +98,12 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
     return (a, b)
 }
 
-/// y[p][c] = (x[p][c] - mean[c]) * scale[c] + shift[c], optionally ReLU'd; parallel over pixels.
+/// y[p][c] = (x[p][c] - mean[c]) * scale[c] + shift[c] (+ residual[p][c]), optionally ReLU'd;
+/// parallel over pixels. `residual` may alias y.
 @inline(__always)
 func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
-             scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu: Bool, y: UnsafeMutablePointer<Float>) {
+             scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
+             y: UnsafeMutablePointer<Float>) {
     parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
         for p in lo..<hi {
             let xr = x + p * C, yr = y + p * C
@@ -110,6 +112,7 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: Unsa
                 let n = min(fvecWidth, C - c)
                 var v = vloadN(shift + c, n)
                 v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                if let residual { v = v + vloadN(residual + p * C + c, n) }
                 if relu { v = v.replacing(with: 0, where: v .< 0) }
                 vstoreN(v, yr + c, n)
                 c += fvecWidth
@@ -123,9 +126,11 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: Unsa
 /// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional fused ReLU;
 /// saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch: r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
 /// y[P][C] from x[P][C]; `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. y may alias x.
+/// `residual` [P][C] (a residual block's shortcut; may alias y) is added before the ReLU.
 public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                      beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
                                      runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+                                     residual: UnsafePointer<Float>? = nil,
                                      output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
                                      saveInvStd: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
     let P = sh.pixels, C = sh.channels
@@ -154,7 +159,7 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
         runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
         runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
     }
-    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, relu: relu, y: y)
+    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, residual: residual, relu: relu, y: y)
 }
 
 /// Re-applies a training-mode forward from its saved statistics: y = gamma*(x-mean)*invstd + beta,
@@ -170,11 +175,11 @@ public func batchNormApplySaved(_ sh: BatchNormShape, input x: UnsafePointer<Flo
     bnApply(pixels: sh.pixels, channels: C, x: x, mean: saveMean, scale: scale, shift: beta, relu: relu, y: y)
 }
 
-/// Eval mode with running statistics. y may alias x.
+/// Eval mode with running statistics. y may alias x; `residual` as in the training forward.
 public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                       beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
                                       runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
-                                      output y: UnsafeMutablePointer<Float>) {
+                                      residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>) {
     let P = sh.pixels, C = sh.channels
     // Blocks of pixels; per block and channel vector the scale is computed once, then applied to the block.
     let block = max(1, min(64, elementwiseGrain / max(C, 1)))
@@ -191,6 +196,7 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
                 for p in p0..<p1 {
                     var v = bt
                     v.addProduct(vloadN(x + p * C + c, n) - mu, sc)
+                    if let residual { v = v + vloadN(residual + p * C + c, n) }
                     if relu { v = v.replacing(with: 0, where: v .< 0) }
                     vstoreN(v, y + p * C + c, n)
                 }
@@ -255,6 +261,7 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
 public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                           beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
                                           runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+                                          residual: UnsafePointer<Float>? = nil,
                                           output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
                                           saveInvStd: UnsafeMutablePointer<Float>) {
     let P = sh.pixels, C = sh.channels
@@ -268,6 +275,7 @@ public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafeP
         let inv = 1 / (v + Double(eps)).squareRoot()
         for p in 0..<P {
             var o = Double(gamma[c]) * (Double(x[p * C + c]) - mu) * inv + Double(beta[c])
+            if let residual { o += Double(residual[p * C + c]) }
             if relu && o < 0 { o = 0 }
             y[p * C + c] = Float(o)
         }
@@ -281,11 +289,12 @@ public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafeP
 public func batchNormForwardInferenceNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                            beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
                                            runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
-                                           output y: UnsafeMutablePointer<Float>) {
+                                           residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>) {
     let P = sh.pixels, C = sh.channels
     for p in 0..<P { for c in 0..<C {
         let inv = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
         var o = Double(gamma[c]) * (Double(x[p * C + c]) - Double(runningMean[c])) * inv + Double(beta[c])
+        if let residual { o += Double(residual[p * C + c]) }
         if relu && o < 0 { o = 0 }
         y[p * C + c] = Float(o)
     } }

@@ -220,7 +220,7 @@ public final class ResNetPass {
             let poolOut = poolShape.map { plan.add($0.outputCount) }
             if let poolOut { plan.step(stemOut, poolOut) }
             struct Ids { var conv: [Int] = [], out: [Int] = [], rebuilt: [Int?] = [], gradConv: [Int] = []
-                         var gradOut: [Int?] = [], downConv: Int? = nil, downOut: Int? = nil, downGrad: Int? = nil
+                         var gradOut: [Int?] = [], downConv: Int? = nil, downGrad: Int? = nil
                          var input = 0, gradIn = 0 }
             var ids: [Ids] = []
             var cur = poolOut ?? stemOut
@@ -228,16 +228,18 @@ public final class ResNetPass {
                 let (shapes, ds) = blockShapes[bi]
                 var k = Ids(); k.input = cur
                 var x = cur
+                let last = b.convs.count - 1
                 for i in b.convs.indices {
                     k.conv.append(plan.add(shapes[i].outputCount)); k.out.append(plan.add(shapes[i].outputCount))
-                    plan.step(x, k.conv[i], k.out[i])
+                    // The last batch norm adds the shortcut when it is the block input.
+                    plan.step(x, k.conv[i], k.out[i], i == last && ds == nil ? cur : nil)
                     x = k.out[i]
                 }
                 if let ds {
-                    k.downConv = plan.add(ds.outputCount); k.downOut = plan.add(ds.outputCount)
-                    plan.step(cur, k.downConv, k.downOut)
+                    // The downsample's batch norm adds into the block output in place.
+                    k.downConv = plan.add(ds.outputCount)
+                    plan.step(cur, k.downConv, x)
                 }
-                plan.step(x, k.downOut ?? cur)
                 cur = x
                 ids.append(k)
             }
@@ -309,7 +311,7 @@ public final class ResNetPass {
                 }
                 let down = b.downsample.map { u -> Node in
                     let (m, v) = stats(u)
-                    return Node(unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.downOut!),
+                    return Node(unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
                                 mean: m, invStd: v, gradConv: maybe(k.downGrad))
                 }
                 blocks.append(Block(convs: nodes, down: down, input: at(k.input), out: at(k.out.last!),
@@ -344,7 +346,7 @@ public final class ResNetPass {
                     let n = node(u, shapes[i], x, out: last ? outRole : midRoles[i % 2], outPtr: last ? blockOut : nil)
                     nodes.append(n); x = n.out
                 }
-                let down = b.downsample.map { node($0, ds!, cur, out: T2) }
+                let down = b.downsample.map { node($0, ds!, cur, out: outRole, outPtr: blockOut) }
                 blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
                 cur = blockOut
                 swap(&inRole, &outRole)
@@ -381,10 +383,14 @@ public final class ResNetPass {
         convBN(stem, store, mode)
         if let pool { timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) } }
         for b in blocks {
-            for n in b.convs { convBN(n, store, mode) }
-            if let d = b.down { convBN(d, store, mode) }
-            let last = b.convs.last!
-            timedOp(.elementwise) { addForward(count: last.shape.outputCount, b.out, b.down?.out ?? b.input, relu: true, output: b.out) }
+            // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
+            // the main path's when the shortcut is the input, else the downsample's, which adds the
+            // main path's output in place. No separate pass over the block output.
+            let last = b.convs.count - 1
+            for (i, n) in b.convs.enumerated() {
+                convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil)
+            }
+            if let d = b.down { convBN(d, store, mode, residual: b.out, output: b.out) }
         }
         timedOp(.elementwise) {
             globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
@@ -392,24 +398,27 @@ public final class ResNetPass {
         }
     }
 
-    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) {
+    /// Convolution then batch norm into `output` (the node's own by default); with `residual`, the
+    /// batch norm adds it and applies ReLU (a block's end).
+    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil) {
         let u = n.unit
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
         timedOp(n.shape.usesWinograd ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
             conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
         }
         let C = u.cout
-        timedOp(.bnForward) { bnForward(n, store, mode, C) }
+        timedOp(.bnForward) { bnForward(n, store, mode, C, residual: residual, output: output ?? n.out) }
     }
 
-    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, _ C: Int) {
+    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, _ C: Int, residual: Ptr?, output: Ptr) {
         let u = n.unit
+        let relu = u.relu || residual != nil
         switch mode {
         case .eval:
             batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: n.conv,
                                       gamma: store.params + u.gamma, beta: store.params + u.beta,
                                       runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
-                                      eps: 1e-5, relu: u.relu, output: n.out)
+                                      eps: 1e-5, relu: relu, residual: residual, output: output)
         case .train(let splits):
             let s = max(1, min(splits, batch))
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
@@ -418,7 +427,8 @@ public final class ResNetPass {
                 batchNormForwardTraining(BatchNormShape(pixels: px, channels: C), input: n.conv + i * px * C,
                                          gamma: store.params + u.gamma, beta: store.params + u.beta,
                                          runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
-                                         momentum: 0.1, eps: 1e-5, relu: u.relu, output: n.out + i * px * C,
+                                         momentum: 0.1, eps: 1e-5, relu: relu, residual: residual.map { $0 + i * px * C },
+                                         output: output + i * px * C,
                                          saveMean: n.mean, saveInvStd: n.invStd, scratch: scratch)
             }
             store.counters[u.counter] += 1

@@ -128,6 +128,55 @@ final class BatchNormTests: XCTestCase {
         XCTAssertEqual(Double(f.y[7]), 2 * 3 * inv1 + 1, accuracy: 1e-5)
     }
 
+    /// A block's end: batch norm + shortcut + ReLU in one pass, against the naive forward (which adds
+    /// in float64), with the shortcut a separate tensor and aliased to the output (in place).
+    func testResidualAddMatchesNaive() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(70 + i))
+                let x = rng.array(sh.count, -3, 3), r = rng.array(sh.count, -2, 2)
+                let p = params(sh.channels, &rng)
+                let C = sh.channels
+                for inPlace in [false, true] {
+                    // Training forward.
+                    var y = inPlace ? r : [Float](repeating: .nan, count: sh.count), yn = y
+                    var rm = p.rm, rv = p.rv, mean = [Float](repeating: 0, count: C), inv = mean
+                    var rmn = p.rm, rvn = p.rv, meann = mean, invn = mean
+                    let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                    defer { scratch.deallocate() }
+                    y.withUnsafeMutableBufferPointer { yb in
+                        r.withUnsafeBufferPointer { rb in
+                            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
+                                                     runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: true,
+                                                     residual: inPlace ? UnsafePointer(yb.baseAddress!) : rb.baseAddress!,
+                                                     output: yb.baseAddress!, saveMean: &mean, saveInvStd: &inv,
+                                                     scratch: scratch)
+                        }
+                    }
+                    batchNormForwardTrainingNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rmn,
+                                                  runningVar: &rvn, momentum: 0.1, eps: 1e-5, relu: true, residual: r,
+                                                  output: &yn, saveMean: &meann, saveInvStd: &invn)
+                    XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1,
+                                             "train \(sh) in place \(inPlace) threads \(threads)")
+                    // Eval forward.
+                    var z = inPlace ? r : [Float](repeating: .nan, count: sh.count), zn = z
+                    z.withUnsafeMutableBufferPointer { zb in
+                        r.withUnsafeBufferPointer { rb in
+                            batchNormForwardInference(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                                                      runningVar: p.rv, eps: 1e-5, relu: true,
+                                                      residual: inPlace ? UnsafePointer(zb.baseAddress!) : rb.baseAddress!,
+                                                      output: zb.baseAddress!)
+                        }
+                    }
+                    batchNormForwardInferenceNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                                                   runningVar: p.rv, eps: 1e-5, relu: true, residual: r, output: &zn)
+                    XCTAssertLessThanOrEqual(toleranceRatio(z, zn, atol: 1e-5, rtol: 1e-5), 1,
+                                             "eval \(sh) in place \(inPlace) threads \(threads)")
+                }
+            }
+        }
+    }
+
     func testInferenceMatchesNaiveAndHand() {
         forEachThreadCount { threads in
             for (i, sh) in Self.shapes.enumerated() {
