@@ -16,14 +16,7 @@ public enum Threads {
 public func parallelFor(_ n: Int, _ body: (Int, Int, Int) -> Void) {
     if n <= 0 { return }
     if n == 1 || sal_get_threads() == 1 { body(0, n, 0); return }
-    withoutActuallyEscaping(body) { b in
-        var box = b
-        withUnsafeMutablePointer(to: &box) { p in
-            sal_parallel_for(n, UnsafeMutableRawPointer(p)) { ctx, lo, hi, t in
-                ctx!.assumingMemoryBound(to: ((Int, Int, Int) -> Void).self).pointee(lo, hi, Int(t))
-            }
-        }
-    }
+    withCallable(body) { sal_parallel_for(n, $0, $1) }
 }
 
 /// Runs `body(begin, end, thread)` over chunks of `chunk` iterations of [0, n), each handed to the
@@ -35,10 +28,16 @@ public func parallelFor(_ n: Int, _ body: (Int, Int, Int) -> Void) {
 public func parallelForDynamic(_ n: Int, chunk: Int = 1, _ body: (Int, Int, Int) -> Void) {
     if n <= 0 { return }
     if n <= chunk || sal_get_threads() == 1 { body(0, n, 0); return }
+    withCallable(body) { sal_parallel_for_dynamic(n, max(chunk, 1), $0, $1) }
+}
+
+/// Hands `run` the closure as a C context pointer and the C function that calls it.
+@inline(__always)
+func withCallable(_ body: (Int, Int, Int) -> Void, _ run: (UnsafeMutableRawPointer, sal_range_fn) -> Void) {
     withoutActuallyEscaping(body) { b in
         var box = b
         withUnsafeMutablePointer(to: &box) { p in
-            sal_parallel_for_dynamic(n, max(chunk, 1), UnsafeMutableRawPointer(p)) { ctx, lo, hi, t in
+            run(UnsafeMutableRawPointer(p)) { ctx, lo, hi, t in
                 ctx!.assumingMemoryBound(to: ((Int, Int, Int) -> Void).self).pointee(lo, hi, Int(t))
             }
         }

@@ -14,8 +14,8 @@ typedef void (*sal_range_fn)(void *ctx, long begin, long end, int thread);
 /// Runs serially when n < 2, when one thread is configured, or when already inside a parallel region.
 void sal_parallel_for(long n, void *ctx, sal_range_fn fn);
 
-/// The same over chunks of `chunk` iterations handed out as threads become free (OpenMP dynamic
-/// schedule): fn may run several times per thread, each with the thread's index. For loops whose
+/// The same over chunks of `chunk` iterations, each taken by the next free thread (a shared
+/// counter): fn may run several times per thread, each with the thread's index. For loops whose
 /// results do not depend on which thread runs which chunk.
 void sal_parallel_for_dynamic(long n, long chunk, void *ctx, sal_range_fn fn);
 
