@@ -211,6 +211,11 @@ public final class ResNetPass {
         let inputBuffer = alloc(stemShape.inputCount)
         self.input = inputBuffer
         func stats(_ u: ConvBN) -> (Ptr, Ptr) { (alloc(u.cout), alloc(u.cout)) }
+        let poolArgmax = poolShape.map { ps -> UnsafeMutablePointer<Int32> in
+            let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
+            allocs.append(am); bytes += max(ps.outputCount, 16) * 4
+            return am.bindMemory(to: Int32.self, capacity: ps.outputCount)
+        }
 
         if keepActivations {
             // Simulate forward and backward in the order they run, then place every buffer by lifetime.
@@ -294,11 +299,7 @@ public final class ResNetPass {
             stem = Node(unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
                         mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
             stemConvRebuilt = at(stemConvAgain)
-            if let ps = poolShape, let poolOut {
-                let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
-                allocs.append(am); bytes += max(ps.outputCount, 16) * 4
-                pool = (ps, at(poolOut), am.bindMemory(to: Int32.self, capacity: ps.outputCount))
-            }
+            if let ps = poolShape, let poolOut, let poolArgmax { pool = (ps, at(poolOut), poolArgmax) }
             for (bi, b) in layout.blocks.enumerated() {
                 let (shapes, ds) = blockShapes[bi]
                 let k = ids[bi]
@@ -328,10 +329,8 @@ public final class ResNetPass {
             }
             stem = node(layout.stem, stemShape, inputBuffer, out: poolShape == nil ? X : T2)
             var cur = stem.out
-            if let ps = poolShape {
-                let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
-                allocs.append(am); bytes += max(ps.outputCount, 16) * 4
-                pool = (ps, shared[X], am.bindMemory(to: Int32.self, capacity: ps.outputCount))
+            if let ps = poolShape, let poolArgmax {
+                pool = (ps, shared[X], poolArgmax)
                 cur = shared[X]
             }
             var inRole = X, outRole = Y
@@ -512,7 +511,9 @@ public final class ResNetPass {
                               gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
                               gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
                               gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch)
-            if let update {
+        }
+        if let update {
+            timedOp(.optimizer) {
                 update.apply(store, offset: u.gamma, count: u.cout, grad: update.first)
                 update.apply(store, offset: u.beta, count: u.cout, grad: update.second)
             }
