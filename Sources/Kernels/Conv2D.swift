@@ -39,12 +39,13 @@ public struct Conv2DShape: Equatable, Sendable {
     /// Floats of a forward weight panel (conv2dPackForward).
     public var packedForwardCount: Int {
         max(ceilDiv(k, convColBlock) * taps * c * convColBlock,
-            isWinogradShape ? (wgFusedWeights ? weightCount : wgPackedCount) : 0)
+            isWinogradShape ? (wgFusedWeights ? wgKernelPanelCount : wgPackedCount) : 0)
     }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
     public var packedBackwardDataCount: Int {
         max(ceilDiv(c, convColBlock) * taps * k * convColBlock,
-            isWinogradShape ? (transposedWinograd.wgFusedWeights ? weightCount : transposedWinograd.wgPackedCount) : 0)
+            isWinogradShape ? (transposedWinograd.wgFusedWeights ? transposedWinograd.wgKernelPanelCount
+                                                                 : transposedWinograd.wgPackedCount) : 0)
     }
 
     /// Bytes of scratch the three fast kernels need with `threads` threads (any of them).
@@ -266,8 +267,7 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
                           output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
-    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, transposedWeights: false,
-                                     scratch: scratch); return }
+    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch); return }
     if sh.usesGatheredRows { gatheredRowsForward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s
@@ -357,8 +357,7 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
                                scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
     if sh.usesWinograd {
-        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate,
-                  transposedWeights: true, scratch: scratch)
+        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate, scratch: scratch)
         return
     }
     let (zero, order, work) = convScratch(sh, scratch)

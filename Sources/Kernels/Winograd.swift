@@ -32,8 +32,14 @@ extension Conv2DShape {
     var transposedWinograd: Conv2DShape { Conv2DShape(n: n, c: k, h: oh, w: ow, k: c, r: 3, s: 3, stride: 1, pad: 1) }
 
     var wgTiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
-    /// Floats of transformed weights [36][K/16][C][16].
-    var wgPackedCount: Int { wgPoints * c * ceilDiv(k, convColBlock) * convColBlock }
+    /// Floats of transformed weights [36][point stride].
+    var wgPackedCount: Int { wgPoints * wgPointStride }
+    /// Floats from one point of packed U to the next: its [K/16][C][16] panels and one cache line more,
+    /// so that the 36 points (a power of two apart for power-of-two C and K) do not share L1 sets
+    /// when the transform writes them or a GEMM reads them.
+    var wgPointStride: Int { c * ceilDiv(k, convColBlock) * convColBlock + wgPointPad }
+    /// Floats of the untransformed kernels [K/16][C][9][16] that shapes with fused weights pack.
+    var wgKernelPanelCount: Int { ceilDiv(k, convColBlock) * c * 9 * convColBlock }
 
     /// Scratch bytes of the Winograd forward with at most `threads` threads (the block plan depends on
     /// the thread count, so take the largest over 1...threads).
@@ -43,10 +49,10 @@ extension Conv2DShape {
         return most
     }
 
-    /// Whether the weight transform runs inside the forward, 16 output channels at a time, instead of
-    /// packing: when the transformed weights would pass 4 MB (C x K >= 256 x 256) and the transformed
-    /// input of all tiles fits in 8 MB (e.g. ResNet-18's 512-channel layers at batch 64). Writing and
-    /// re-reading a 38 MB transformed kernel costs more than the transform itself.
+    /// Whether the weight transform runs inside the forward, one row of 6 points and 16 output channels
+    /// at a time, instead of packing: when the transformed weights would pass 4 MB (C x K >= 256 x 256)
+    /// and the transformed input of all tiles fits in 8 MB (e.g. ResNet-18's 512-channel layers at
+    /// batch 64). Writing and re-reading a 38 MB transformed kernel costs more than the transform itself.
     public var wgFusedWeights: Bool {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         let tbAll = ceilDiv(wgTiles, convTileRows) * convTileRows
@@ -83,14 +89,14 @@ extension Conv2DShape {
         let kbPerGroup = ceilDiv(kb, kGroups)
         let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
         // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
-        // fused weights one output block's transformed kernels plus the transform's scratch.
+        // fused weights one row of 6 points of one output block's transformed kernels.
         var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
         p.offM = align64(wgPoints * tb * cp * 4)
         p.offT = p.offM + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
         p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offUb = p.offZero + align64(cp * 4)
-        p.perThreadBytes = p.offUb + (fused ? align64((wgPoints * c * convColBlock + wgTransformScratch) * 4) : 0) + 64
+        p.perThreadBytes = p.offUb + (fused ? align64(wgIn * (c * convColBlock + wgPointPad) * 4) : 0) + 64
         return p
     }
 }
@@ -206,36 +212,39 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 
 // MARK: - Weight packing
 
-/// OIHW weights -> U [36][K/16][C][16] for the forward (`transposed`: the backward-data kernel,
-/// w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16]). Shapes whose transform is fused
-/// into the forward (wgFusedWeights) get a plain copy of the weights instead.
+/// OIHW weights -> U [36][point stride] ([K/16][C][16] per point) for the forward (`transposed`: the
+/// backward-data kernel, w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16] per point).
+/// Shapes whose transform is fused into the forward (wgFusedWeights) get the untransformed kernels
+/// in the same panel order instead, [K/16][C][9 taps][16], which the forward transforms row by row.
 func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
                    packed out: UnsafeMutablePointer<Float>) {
-    if (transposed ? sh.transposedWinograd : sh).wgFusedWeights {
-        let n = sh.weightCount
-        parallelFor(ceilDiv(n, 1 << 16)) { lo, hi, _ in
-            (out + lo << 16).update(from: w + lo << 16, count: min(n, hi << 16) - lo << 16)
-        }
-        return
-    }
+    let fused = (transposed ? sh.transposedWinograd : sh).wgFusedWeights
     // The packed kernel maps `inC` channels to `outC` channels.
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
     let ob = ceilDiv(outC, convColBlock)
-    let pointStride = ob * inC * convColBlock
+    let pointStride = ob * inC * convColBlock + wgPointPad
     let cChunks = ceilDiv(inC, 8)
     parallelForDynamic(ob * cChunks, chunk: max(1, ob * cChunks / (8 * Threads.count))) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
             for item in lo..<hi {
-                let b = item / cChunks, c0 = (item % cChunks) * 8
-                wgTransformWeights(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0,
-                                   c1: min(c0 + 8, inC), out: out + b * inC * convColBlock, pointStride: pointStride,
-                                   scratch: buf.baseAddress!)
+                let b = item / cChunks, c0 = (item % cChunks) * 8, c1 = min(c0 + 8, inC)
+                if fused {
+                    for ci in c0..<c1 {
+                        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci,
+                                        into: out + (b * inC + ci) * 9 * convColBlock)
+                    }
+                } else {
+                    wgTransformWeights(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
+                                       out: out + b * inC * convColBlock, pointStride: pointStride,
+                                       scratch: buf.baseAddress!)
+                }
             }
         }
     }
 }
 
 /// Floats of scratch wgTransformWeights needs.
+let wgPointPad = 16
 let wgTransformScratch = 9 * convColBlock + wgPoints * convColBlock
 
 /// Transforms the 3x3 kernels of output channels [16*block, 16*block+16) (zero past outC) and input
@@ -246,19 +255,8 @@ func wgTransformWeights(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transpos
                         out: UnsafeMutablePointer<Float>, pointStride: Int, scratch: UnsafeMutablePointer<Float>) {
     let g = scratch                     // [9 taps][16 output channels]
     let t = g + 9 * convColBlock        // [6][3] x 8
-    let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
-    if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
     for ci in c0..<c1 {
-        // Gather the 3x3 kernels of 16 output channels: g[tap][j].
-        if transposed {
-            let src = w + (ci * outC + o0) * 9
-            for j in 0..<on { for tap in 0..<9 { g[tap * convColBlock + j] = src[j * 9 + 8 - tap] } }
-        } else {
-            for j in 0..<on {
-                let src = w + ((o0 + j) * inC + ci) * 9
-                for tap in 0..<9 { g[tap * convColBlock + j] = src[tap] }
-            }
-        }
+        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci, into: g)
         for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
             // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
             for s in 0..<3 {
@@ -280,14 +278,62 @@ func wgTransformWeights(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transpos
     }
 }
 
+/// g[tap][j] = the 3x3 kernel from input channel `ci` to output channel 16*block+j (zero past outC),
+/// taps in row-major order; OIHW [outC][inC][3][3], or when `transposed` the original [inC][outC][3][3]
+/// read flipped (backward-data).
+@inline(__always)
+func wgGatherKernels(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, channel ci: Int,
+                     into g: UnsafeMutablePointer<Float>) {
+    let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
+    if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
+    if transposed {
+        let src = w + (ci * outC + o0) * 9
+        for j in 0..<on { for tap in 0..<9 { g[tap * convColBlock + j] = src[j * 9 + 8 - tap] } }
+    } else {
+        for j in 0..<on {
+            let src = w + ((o0 + j) * inC + ci) * 9
+            for tap in 0..<9 { g[tap * convColBlock + j] = src[tap] }
+        }
+    }
+}
+
+/// Row i of wgG: the same expression, so a row-by-row transform gives the packed transform's bits.
+@inline(__always)
+func wgGRow(_ i: Int, _ g0: FVec, _ g1: FVec, _ g2: FVec) -> FVec {
+    switch i {
+    case 0: return FVec(repeating: 0.25) * g0
+    case 1: return FVec(repeating: -1.0 / 6) * ((g0 + g2) + g1)
+    case 2: return FVec(repeating: -1.0 / 6) * ((g0 + g2) - g1)
+    case 3: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) + FVec(repeating: 1.0 / 12) * g1
+    case 4: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) - FVec(repeating: 1.0 / 12) * g1
+    default: return g2
+    }
+}
+
+/// Points (row, 0..<6) of the transformed kernels of one output block, from its untransformed panel
+/// [C][9][16]: out[j * pointStride + ci * 16 + lane] = (G g G^T)[row][j].
+@inline(__always)
+func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i: Int, out: UnsafeMutablePointer<Float>,
+                          pointStride: Int) {
+    for ci in 0..<C {
+        let g = panel + ci * 9 * convColBlock
+        for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+            @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
+            let r = wgG(wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)),
+                        wgGRow(i, tap(2), tap(5), tap(8)))
+            let base = out + ci * convColBlock + h
+            vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
+            vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride); vstore(r.5, base + 5 * pointStride)
+        }
+    }
+}
+
 // MARK: - Forward
 
 /// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
-/// With fused weights `packed` holds the raw OIHW weights (`transposedWeights`: of the convolution
-/// whose backward-data this is).
+/// With fused weights `packed` holds the untransformed kernels [K/16][C][9][16].
 func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
-               output y: UnsafeMutablePointer<Float>, accumulate: Bool, transposedWeights: Bool,
-               scratch: UnsafeMutableRawPointer) {
+               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
@@ -305,7 +351,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let src = (base + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
         let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
-        let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgPoints * C * convColBlock + wgTransformScratch)
+        let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgIn * (C * convColBlock + wgPointPad))
         for item in lo..<hi {
             let blk = item % plan.blocks, kg = item / plan.blocks
             let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
@@ -330,14 +376,19 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 }
             }
             if fused {
-                for b in kbLo..<kbHi {
-                    wgTransformWeights(u, inC: C, outC: K, transposed: transposedWeights, block: b, c0: 0, c1: C,
-                                       out: Ub, pointStride: C * convColBlock, scratch: Ub + wgPoints * C * convColBlock)
-                    for pt in 0..<wgPoints { gemm(pt, b, UnsafePointer(Ub + pt * C * convColBlock)) }
+                // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
+                // output block's kernels are transformed for it.
+                let rowStride = C * convColBlock + wgPointPad
+                for i in 0..<wgIn {
+                    for b in kbLo..<kbHi {
+                        wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
+                        for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
+                    }
                 }
             } else {
+                let pointStride = sh.wgPointStride
                 for pt in 0..<wgPoints {
-                    for b in kbLo..<kbHi { gemm(pt, b, u + (pt * kb + b) * C * convColBlock) }
+                    for b in kbLo..<kbHi { gemm(pt, b, u + pt * pointStride + b * C * convColBlock) }
                 }
             }
             // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.

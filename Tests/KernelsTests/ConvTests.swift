@@ -97,7 +97,8 @@ final class ConvTests: XCTestCase {
     }
 
     /// Large kernels (transformed > 4 MB) with the transform fused into the forward (default at these
-    /// sizes) and packed, output channels split over threads either way.
+    /// sizes) and packed, output channels split over threads either way. The fused transform runs row
+    /// by row on the same expressions and the GEMMs sum in the same order, so the two give the same bits.
     func testWinogradLargeKernelsPackedAndFused() {
         let sh = Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1)
         XCTAssertTrue(sh.wgFusedWeights)
@@ -106,6 +107,7 @@ final class ConvTests: XCTestCase {
         let n = naive(sh, x, w, dy)
         for threads in [1, 2] {
             Threads.count = threads
+            var results: [[Float]] = []
             for fuse in [true, false] {
                 Conv2DShape.wgFuseLimitBytes = fuse ? 8 << 20 : 0
                 XCTAssertEqual(sh.wgFusedWeights, fuse)
@@ -115,7 +117,10 @@ final class ConvTests: XCTestCase {
                     XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
                                              "\(what) fused \(fuse) threads \(threads)")
                 }
+                results += [f.y, f.dx]
             }
+            XCTAssertEqual(results[0], results[2], "forward: fused and packed differ, threads \(threads)")
+            XCTAssertEqual(results[1], results[3], "backward-data: fused and packed differ, threads \(threads)")
         }
         Conv2DShape.wgFuseLimitBytes = 8 << 20
         Threads.count = Threads.processors
