@@ -63,7 +63,8 @@ extension Conv2DShape {
     /// the packed path on small shapes).
     nonisolated(unsafe) public static var wgFuseLimitBytes = 8 << 20
 
-    /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2).
+    /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2), or
+    /// within ~256 KB when U itself fits in 1 MB.
     /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
     /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
     /// tiles would make every thread stream all of U once per small block); with fused weights all
@@ -83,6 +84,10 @@ extension Conv2DShape {
             target = max(target, 64)
         } else if wgPoints * c * kp * 4 > (1 << 20) {
             target = max(target, 30)
+        } else {
+            // U fits in L2: blocks of 12 tiles keep V and M small beside it (220 KB at 64 channels),
+            // where ~1 MB blocks pushed U, V and M out of L2 in turn (64-channel forward +15-20%).
+            target = 2 * convTileRows
         }
         var blocks = ceilDiv(tiles, target)
         if kGroups == 1 && !fused { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
