@@ -50,25 +50,26 @@ extension Conv2DShape {
     }
 
     /// Whether the weight transform runs inside the forward, one row of 6 points and 16 output channels
-    /// at a time, instead of packing: when the transformed weights would pass 4 MB (C x K >= 256 x 256)
-    /// and the transformed input of all tiles fits in 8 MB (e.g. ResNet-18's 512-channel layers at
-    /// batch 64). Writing and re-reading a 38 MB transformed kernel costs more than the transform itself.
+    /// at a time, for each block of up to 64 tiles, instead of packing: when the transformed weights
+    /// would pass 4 MB (C x K >= 256 x 256) and a block's transformed input fits in 8 MB (ResNet-18's
+    /// 256- and 512-channel layers). Writing and re-reading a 9-38 MB transformed kernel costs more
+    /// than transforming it once per 64 tiles.
     public var wgFusedWeights: Bool {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let tbAll = ceilDiv(wgTiles, convTileRows) * convTileRows
-        return isWinogradShape && wgPoints * c * kp * 4 > (4 << 20) && wgPoints * tbAll * cp * 4 <= Conv2DShape.wgFuseLimitBytes
+        let tb = ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows
+        return isWinogradShape && wgPoints * c * kp * 4 > (4 << 20) && wgPoints * tb * cp * 4 <= Conv2DShape.wgFuseLimitBytes
     }
 
-    /// Largest transformed input (all tiles) for which wgFusedWeights holds (tests lower it to reach
-    /// the packed path on small shapes).
+    /// Largest transformed input (one block of tiles) for which wgFusedWeights holds (tests lower it to
+    /// reach the packed path on small shapes).
     nonisolated(unsafe) public static var wgFuseLimitBytes = 8 << 20
 
     /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2), or
     /// within ~256 KB when U itself fits in 1 MB.
     /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
     /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
-    /// tiles would make every thread stream all of U once per small block); with fused weights all
-    /// tiles form one block. The work count is a multiple of the thread count so threads get equal shares.
+    /// tiles would make every thread stream all of U once per small block); with fused weights each
+    /// thread transforms its share of the kernels once per block of 64 tiles. The work count is a multiple of the thread count so threads get equal shares.
     func wgPlan(threads: Int) -> WGForwardPlan {
         let tiles = wgTiles
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
@@ -78,7 +79,7 @@ extension Conv2DShape {
         let fused = wgFusedWeights
         if fused {
             kGroups = min(t, kb)
-            target = tiles
+            target = min(tiles, wgFusedTiles)
         } else if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
             kGroups = t
             target = max(target, 64)
@@ -250,6 +251,9 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
 
 /// Floats of scratch wgTransformWeights needs.
 let wgPointPad = 16
+/// Tiles per block of a forward with fused weights: one row of V (6 points x 64 tiles) is 393 KB at
+/// 256 channels and 786 KB at 512, within L2 beside the row's transformed kernels.
+let wgFusedTiles = 64
 let wgTransformScratch = 9 * convColBlock + wgPoints * convColBlock
 
 /// Transforms the 3x3 kernels of output channels [16*block, 16*block+16) (zero past outC) and input

@@ -99,8 +99,15 @@ final class ConvTests: XCTestCase {
     /// Large kernels (transformed > 4 MB) with the transform fused into the forward (default at these
     /// sizes) and packed, output channels split over threads either way. The fused transform runs row
     /// by row on the same expressions and the GEMMs sum in the same order, so the two give the same bits.
+    /// The second shape has 81 tiles: two blocks of the fused forward (64 + 17).
     func testWinogradLargeKernelsPackedAndFused() {
-        let sh = Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1)
+        for sh in [Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1),
+                   Conv2DShape(n: 1, c: 128, h: 34, w: 33, k: 264, r: 3, s: 3, stride: 1, pad: 1)] {
+            largeKernelsPackedAndFused(sh)
+        }
+    }
+
+    func largeKernelsPackedAndFused(_ sh: Conv2DShape) {
         XCTAssertTrue(sh.wgFusedWeights)
         var rng = TestRNG(seed: 77)
         let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
