@@ -452,16 +452,23 @@ extension Conv2DShape {
     /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
     /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block (<= 256:
     /// each block's sums are rounded on their own before joining dU).
+    /// When dU would pass 8 MB but V and Y of all tiles fit in 12 MB (few tiles, wide layers: ResNet-18's
+    /// 512-channel layers at batch 64), no dU is kept: V and Y are transformed once, and each item
+    /// computes all 36 points of one block of input channels x 16 output channels and folds them into
+    /// dW itself (`allTiles`). The six passes wrote, re-read and folded 38 MB of dU.
     func wgBackwardWeightPlan() -> WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
+        let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= 12 << 20
+        if allTiles { rows = 6 }
         let pts = rows * 6
-        let tb = min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
+        let tb = allTiles ? wgTiles : min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
         // Shared: dU, V, Y. Per thread: the transform's 36 vectors, V row pointers, tile pointers, a
-        // zero row, a block's partial sums [C][16].
-        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: pts * c * kp, v: pts * tb * cp, yv: pts * tb * kp,
-                                     zeroCount: max(cp, kp))
+        // zero row, a block's partial sums [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
+        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: allTiles ? 0 : pts * c * kp, v: pts * tb * cp,
+                                     yv: pts * tb * kp, zeroCount: max(cp, kp))
+        p.allTiles = allTiles
         p.offV = align64(p.dU * 4)
         p.offY = p.offV + align64(p.v * 4)
         p.offThreads = p.offY + align64(p.yv * 4)
@@ -469,7 +476,7 @@ extension Conv2DShape {
         p.offSrc = p.offRows + tb * 8
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
-        p.perThread = align64(p.offPart + c * convColBlock * 4 + 64)
+        p.perThread = align64(p.offPart + (allTiles ? wgPoints * wgBackwardCBlock : c) * convColBlock * 4 + 64)
         return p
     }
 
@@ -481,8 +488,12 @@ extension Conv2DShape {
 
 /// Backward-weights work split and scratch layout (floats for dU/v/yv, byte offsets for the rest;
 /// per-thread offsets are from that thread's base).
+/// Input channels per item of the all-tiles backward-weights (a multiple of the 6-row tile).
+let wgBackwardCBlock = 48
+
 struct WGBackwardWeightPlan {
     var rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int, zeroCount: Int
+    var allTiles = false
     var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
 
@@ -501,13 +512,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let zeroCount = plan.zeroCount, perThread = plan.perThread
     let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
-    for pass in 0..<(6 / plan.rowsPerPass) {
-        let row0 = pass * plan.rowsPerPass
-        dU.initialize(repeating: 0, count: plan.dU)
-        var t0 = 0
-        while t0 < tiles {
-            let nt = min(tb, tiles - t0)
-            // Transforms of this pass's point rows: V = B^T x B, Y = A dy A^T.
+    // Transforms of tiles t0..<t0+nt for point rows row0..<row0+rowsPerPass: V = B^T x B, Y = A dy A^T.
+    func transforms(_ t0: Int, _ nt: Int, _ row0: Int) {
             parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
                 let mine = perThreadBase + thread * perThread
                 let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
@@ -546,6 +552,36 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     }
                 }
             }
+    }
+    // G^T dU G for one (c, 8 output channels) from the points of rows row0..<row0+rows, dU[i][j] at
+    // u + ((i - row0) * 6 + j) * pointU: adds into a[r * 3 + s].
+    @inline(__always) func foldPoints(_ u: UnsafePointer<Float>, _ pointU: Int, _ row0: Int, _ rows: Int,
+                                _ a: UnsafeMutableBufferPointer<FVec>) {
+        for i in row0..<(row0 + rows) {
+            let ui = u + ((i - row0) * 6) * pointU
+            let h = wgGT(vload(ui), vload(ui + pointU), vload(ui + 2 * pointU), vload(ui + 3 * pointU),
+                         vload(ui + 4 * pointU), vload(ui + 5 * pointU))
+            let g = wgGRows[i]
+            for r in 0..<3 {
+                let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)
+                if gr == 0 { continue }
+                let s = FVec(repeating: gr)
+                a[r * 3] += s * h.0; a[r * 3 + 1] += s * h.1; a[r * 3 + 2] += s * h.2
+            }
+        }
+    }
+    if plan.allTiles {
+        wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate,
+                                 transforms: { transforms(0, tiles, 0) }, foldPoints: foldPoints)
+        return
+    }
+    for pass in 0..<(6 / plan.rowsPerPass) {
+        let row0 = pass * plan.rowsPerPass
+        dU.initialize(repeating: 0, count: plan.dU)
+        var t0 = 0
+        while t0 < tiles {
+            let nt = min(tb, tiles - t0)
+            transforms(t0, nt, row0)
             // dU[point][c][k] += V[point]^T Y[point], one (point, 16 output channels) per item.
             parallelForDynamic(pts * kb, chunk: max(1, pts * kb / (8 * Threads.count))) { lo, hi, thread in
                 let xr = (perThreadBase + thread * perThread + plan.offRows)
@@ -589,21 +625,59 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
                     withUnsafeMutableBytes(of: &acc) { raw in
                         let a = raw.bindMemory(to: FVec.self)
-                        for i in row0..<(row0 + plan.rowsPerPass) {
-                            let u = UnsafePointer(dU + ((i - row0) * 6) * pointU + c * kp + k0)
-                            let h = wgGT(vload(u), vload(u + pointU), vload(u + 2 * pointU), vload(u + 3 * pointU),
-                                         vload(u + 4 * pointU), vload(u + 5 * pointU))
-                            let g = wgGRows[i]
-                            for r in 0..<3 {
-                                let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)
-                                if gr == 0 { continue }
-                                let s = FVec(repeating: gr)
-                                a[r * 3] += s * h.0; a[r * 3 + 1] += s * h.1; a[r * 3 + 2] += s * h.2
-                            }
-                        }
+                        foldPoints(UnsafePointer(dU + c * kp + k0), pointU, row0, plan.rowsPerPass, a)
                         for l in 0..<kn {
                             let o = dw + ((k0 + l) * C + c) * 9
                             for t in 0..<9 { o[t] = fold ? o[t] + a[t][l] : a[t][l] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Backward-weights without a dU (plan.allTiles): transforms V and Y of all tiles and points once, then
+/// each item takes wgBackwardCBlock input channels x 16 output channels, sums its 36 points over all
+/// tiles into a per-thread dU [36][cBlock][16], and folds them into its part of dW. Every dW element
+/// belongs to one item, so the result does not depend on the schedule.
+func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: UnsafeMutablePointer<Float>,
+                              Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
+                              dw: UnsafeMutablePointer<Float>, accumulate: Bool, transforms: () -> Void,
+                              foldPoints: (UnsafePointer<Float>, Int, Int, Int, UnsafeMutableBufferPointer<FVec>) -> Void) {
+    let C = sh.c, K = sh.k, tiles = plan.tb
+    let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
+    let pointV = tiles * cp, pointY = tiles * kp
+    let cBlocks = ceilDiv(C, wgBackwardCBlock)
+    let pointU = wgBackwardCBlock * convColBlock
+    transforms()
+    // Items by input-channel block first, so a thread's consecutive items share V's columns.
+    parallelForDynamic(cBlocks * kb, chunk: 1) { lo, hi, thread in
+        let mine = perThreadBase + thread * plan.perThread
+        let xr = (mine + plan.offRows).bindMemory(to: UnsafePointer<Float>.self, capacity: tiles)
+        let dU = (mine + plan.offPart).bindMemory(to: Float.self, capacity: wgPoints * pointU)
+        for item in lo..<hi {
+            let cb = item / kb, k0 = (item % kb) * convColBlock
+            let cLo = cb * wgBackwardCBlock, cn = min(wgBackwardCBlock, C - cLo)
+            dU.initialize(repeating: 0, count: wgPoints * pointU)
+            for pt in 0..<wgPoints {
+                for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * cp + cLo) }
+                for c0 in stride(from: 0, to: cn, by: convTileRows) {
+                    bwdWeightTile(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
+                                  K: kp, kn: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
+                }
+            }
+            for h in 0..<2 {
+                let kk = k0 + h * fvecWidth, kn = min(fvecWidth, K - kk)
+                if kn <= 0 { continue }
+                for c in 0..<cn {
+                    var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
+                    withUnsafeMutableBytes(of: &acc) { raw in
+                        let a = raw.bindMemory(to: FVec.self)
+                        foldPoints(UnsafePointer(dU + c * convColBlock + h * fvecWidth), pointU, 0, 6, a)
+                        for l in 0..<kn {
+                            let o = dw + ((kk + l) * C + cLo + c) * 9
+                            for t in 0..<9 { o[t] = accumulate ? o[t] + a[t][l] : a[t][l] }
                         }
                     }
                 }
