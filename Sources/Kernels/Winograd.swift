@@ -38,6 +38,8 @@ extension Conv2DShape {
     /// so that the 36 points (a power of two apart for power-of-two C and K) do not share L1 sets
     /// when the transform writes them or a GEMM reads them.
     var wgPointStride: Int { c * ceilDiv(k, convColBlock) * convColBlock + wgPointPad }
+    /// Floats from one transformed point to the next in the fused forward's row of 6 points.
+    var wgFusedRowStride: Int { c * convColBlock + wgPointPad }
     /// Floats of the untransformed kernels [K/16][C][9][16] that shapes with fused weights pack.
     var wgKernelPanelCount: Int { ceilDiv(k, convColBlock) * c * 9 * convColBlock }
 
@@ -69,7 +71,8 @@ extension Conv2DShape {
     /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
     /// instead, each thread streaming only its share of U once per block of >= 64 tiles (splitting
     /// tiles would make every thread stream all of U once per small block); with fused weights each
-    /// thread transforms its share of the kernels once per block of 64 tiles. The work count is a multiple of the thread count so threads get equal shares.
+    /// thread transforms its share of the kernels once per block of 64 tiles. The work count is a
+    /// multiple of the thread count so threads get equal shares.
     func wgPlan(threads: Int) -> WGForwardPlan {
         let tiles = wgTiles
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
@@ -102,7 +105,7 @@ extension Conv2DShape {
         p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offUb = p.offZero + align64(cp * 4)
-        p.perThreadBytes = p.offUb + (fused ? align64(wgIn * (c * convColBlock + wgPointPad) * 4) : 0) + 64
+        p.perThreadBytes = p.offUb + (fused ? align64(wgIn * wgFusedRowStride * 4) : 0) + 64
         return p
     }
 }
@@ -156,10 +159,21 @@ func wgA(_ z0: FVec, _ z1: FVec, _ z2: FVec, _ z3: FVec) -> (FVec, FVec, FVec, F
 /// G applied to a column of 3 (3 -> 6): the weight transform's 1-D step.
 @inline(__always)
 func wgG(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
-    let s = g0 + g2
-    let p = FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2, q = FVec(repeating: 1.0 / 12) * g1
-    return (FVec(repeating: 0.25) * g0, FVec(repeating: -1.0 / 6) * (s + g1), FVec(repeating: -1.0 / 6) * (s - g1),
-            p + q, p - q, g2)
+    (wgGRow(0, g0, g1, g2), wgGRow(1, g0, g1, g2), wgGRow(2, g0, g1, g2),
+     wgGRow(3, g0, g1, g2), wgGRow(4, g0, g1, g2), wgGRow(5, g0, g1, g2))
+}
+
+/// Row i of G applied to a column of 3 (one output of wgG).
+@inline(__always)
+func wgGRow(_ i: Int, _ g0: FVec, _ g1: FVec, _ g2: FVec) -> FVec {
+    switch i {
+    case 0: return FVec(repeating: 0.25) * g0
+    case 1: return FVec(repeating: -1.0 / 6) * ((g0 + g2) + g1)
+    case 2: return FVec(repeating: -1.0 / 6) * ((g0 + g2) - g1)
+    case 3: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) + FVec(repeating: 1.0 / 12) * g1
+    case 4: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) - FVec(repeating: 1.0 / 12) * g1
+    default: return g2
+    }
 }
 
 /// G^T applied to a column of 6 (6 -> 3): the adjoint of wgG.
@@ -224,11 +238,10 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 /// in the same panel order instead, [K/16][C][9 taps][16], which the forward transforms row by row.
 func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
                    packed out: UnsafeMutablePointer<Float>) {
-    let fused = (transposed ? sh.transposedWinograd : sh).wgFusedWeights
     // The packed kernel maps `inC` channels to `outC` channels.
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
-    let ob = ceilDiv(outC, convColBlock)
-    let pointStride = ob * inC * convColBlock + wgPointPad
+    let packedShape = transposed ? sh.transposedWinograd : sh, fused = packedShape.wgFusedWeights
+    let ob = ceilDiv(outC, convColBlock), pointStride = packedShape.wgPointStride
     let cChunks = ceilDiv(inC, 8)
     parallelForDynamic(ob * cChunks, chunk: max(1, ob * cChunks / (8 * Threads.count))) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
@@ -249,12 +262,13 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
     }
 }
 
-/// Floats of scratch wgTransformWeights needs.
+/// Floats of padding after each point of packed U (one cache line; see wgPointStride).
 let wgPointPad = 16
 /// Tiles per block of a forward with fused weights: one row of V (6 points x 64 tiles) is 393 KB at
 /// 256 channels and 786 KB at 512, within L2 beside the row's transformed kernels.
 let wgFusedTiles = 64
-let wgTransformScratch = 9 * convColBlock + wgPoints * convColBlock
+/// Floats of scratch wgTransformWeights needs: one input channel's gathered kernels [9][16].
+let wgTransformScratch = 9 * convColBlock
 
 /// Transforms the 3x3 kernels of output channels [16*block, 16*block+16) (zero past outC) and input
 /// channels [c0, c1) into out[point * pointStride + ci * 16 + j]. Raw weights are OIHW [outC][inC][3][3],
@@ -262,27 +276,11 @@ let wgTransformScratch = 9 * convColBlock + wgPoints * convColBlock
 @inline(__always)
 func wgTransformWeights(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
                         out: UnsafeMutablePointer<Float>, pointStride: Int, scratch: UnsafeMutablePointer<Float>) {
-    let g = scratch                     // [9 taps][16 output channels]
-    let t = g + 9 * convColBlock        // [6][3] x 8
     for ci in c0..<c1 {
-        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci, into: g)
-        for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
-            // Columns: G g (6 x 3), then rows: (G g) G^T (6 x 6).
-            for s in 0..<3 {
-                let r = wgG(vload(g + s * convColBlock + h), vload(g + (3 + s) * convColBlock + h),
-                            vload(g + (6 + s) * convColBlock + h))
-                vstore(r.0, t + (0 * 3 + s) * fvecWidth); vstore(r.1, t + (1 * 3 + s) * fvecWidth)
-                vstore(r.2, t + (2 * 3 + s) * fvecWidth); vstore(r.3, t + (3 * 3 + s) * fvecWidth)
-                vstore(r.4, t + (4 * 3 + s) * fvecWidth); vstore(r.5, t + (5 * 3 + s) * fvecWidth)
-            }
-            for i in 0..<6 {
-                let r = wgG(vload(t + (i * 3) * fvecWidth), vload(t + (i * 3 + 1) * fvecWidth),
-                            vload(t + (i * 3 + 2) * fvecWidth))
-                let base = out + (i * 6) * pointStride + ci * convColBlock + h
-                vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
-                vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride)
-                vstore(r.5, base + 5 * pointStride)
-            }
+        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci, into: scratch)
+        for i in 0..<wgIn {
+            wgTransformKernelRow(scratch, channels: 1, row: i, out: out + i * wgIn * pointStride + ci * convColBlock,
+                                 pointStride: pointStride)
         }
     }
 }
@@ -306,21 +304,9 @@ func wgGatherKernels(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed:
     }
 }
 
-/// Row i of wgG: the same expression, so a row-by-row transform gives the packed transform's bits.
-@inline(__always)
-func wgGRow(_ i: Int, _ g0: FVec, _ g1: FVec, _ g2: FVec) -> FVec {
-    switch i {
-    case 0: return FVec(repeating: 0.25) * g0
-    case 1: return FVec(repeating: -1.0 / 6) * ((g0 + g2) + g1)
-    case 2: return FVec(repeating: -1.0 / 6) * ((g0 + g2) - g1)
-    case 3: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) + FVec(repeating: 1.0 / 12) * g1
-    case 4: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) - FVec(repeating: 1.0 / 12) * g1
-    default: return g2
-    }
-}
-
 /// Points (row, 0..<6) of the transformed kernels of one output block, from its untransformed panel
-/// [C][9][16]: out[j * pointStride + ci * 16 + lane] = (G g G^T)[row][j].
+/// [C][9][16]: out[j * pointStride + ci * 16 + lane] = (G g G^T)[row][j]. Packing (one channel at a
+/// time) and the fused forward both transform through it, so the two give the same bits.
 @inline(__always)
 func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i: Int, out: UnsafeMutablePointer<Float>,
                           pointStride: Int) {
@@ -360,7 +346,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let src = (base + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
         let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
-        let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgIn * (C * convColBlock + wgPointPad))
+        let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgIn * sh.wgFusedRowStride)
         for item in lo..<hi {
             let blk = item % plan.blocks, kg = item / plan.blocks
             let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
@@ -387,7 +373,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             if fused {
                 // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
                 // output block's kernels are transformed for it.
-                let rowStride = C * convColBlock + wgPointPad
+                let rowStride = sh.wgFusedRowStride
                 for i in 0..<wgIn {
                     for b in kbLo..<kbHi {
                         wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
@@ -486,11 +472,11 @@ extension Conv2DShape {
     }
 }
 
-/// Backward-weights work split and scratch layout (floats for dU/v/yv, byte offsets for the rest;
-/// per-thread offsets are from that thread's base).
 /// Input channels per item of the all-tiles backward-weights (a multiple of the 6-row tile).
 let wgBackwardCBlock = 48
 
+/// Backward-weights work split and scratch layout (floats for dU/v/yv, byte offsets for the rest;
+/// per-thread offsets are from that thread's base).
 struct WGBackwardWeightPlan {
     var rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int, zeroCount: Int
     var allTiles = false
@@ -514,65 +500,48 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let cTiles = ceilDiv(C, convTileRows)
     // Transforms of tiles t0..<t0+nt for point rows row0..<row0+rowsPerPass: V = B^T x B, Y = A dy A^T.
     func transforms(_ t0: Int, _ nt: Int, _ row0: Int) {
-            parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
-                let mine = perThreadBase + thread * perThread
-                let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
-                let src = (mine + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-                let zero = (mine + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount)
-                zero.initialize(repeating: 0, count: zeroCount)
-                let z = UnsafePointer(zero)
-                for ti in lo..<hi {
-                    let tile = t0 + ti
-                    wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
-                    wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: row0,
-                                rowCount: plan.rowsPerPass)
-                    // dy's 4x4 tile (zero past the image).
-                    let (b, ty, tx) = wgTileOrigin(tile, th, tw)
-                    let oh0 = ty * wgOut, ow0 = tx * wgOut
-                    for i in 0..<wgOut {
-                        for j in 0..<wgOut {
-                            src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
-                        }
-                    }
-                    for k0 in stride(from: 0, to: kp, by: fvecWidth) {
-                        let kn = max(0, min(fvecWidth, K - k0))
-                        @inline(__always) func ld(_ q: Int) -> FVec {
-                            kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
-                        }
-                        for j in 0..<wgOut {
-                            let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
-                            T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
-                        }
-                        for i in row0..<(row0 + plan.rowsPerPass) {
-                            let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
-                            let p = Y + ((i - row0) * 6) * pointY + ti * kp + k0
-                            vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
-                            vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
-                        }
+        parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
+            let mine = perThreadBase + thread * perThread
+            let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
+            let src = (mine + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+            let zero = (mine + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount)
+            zero.initialize(repeating: 0, count: zeroCount)
+            let z = UnsafePointer(zero)
+            for ti in lo..<hi {
+                let tile = t0 + ti
+                wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
+                wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: row0,
+                            rowCount: plan.rowsPerPass)
+                // dy's 4x4 tile (zero past the image).
+                let (b, ty, tx) = wgTileOrigin(tile, th, tw)
+                let oh0 = ty * wgOut, ow0 = tx * wgOut
+                for i in 0..<wgOut {
+                    for j in 0..<wgOut {
+                        src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
                     }
                 }
-            }
-    }
-    // G^T dU G for one (c, 8 output channels) from the points of rows row0..<row0+rows, dU[i][j] at
-    // u + ((i - row0) * 6 + j) * pointU: adds into a[r * 3 + s].
-    @inline(__always) func foldPoints(_ u: UnsafePointer<Float>, _ pointU: Int, _ row0: Int, _ rows: Int,
-                                _ a: UnsafeMutableBufferPointer<FVec>) {
-        for i in row0..<(row0 + rows) {
-            let ui = u + ((i - row0) * 6) * pointU
-            let h = wgGT(vload(ui), vload(ui + pointU), vload(ui + 2 * pointU), vload(ui + 3 * pointU),
-                         vload(ui + 4 * pointU), vload(ui + 5 * pointU))
-            let g = wgGRows[i]
-            for r in 0..<3 {
-                let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)
-                if gr == 0 { continue }
-                let s = FVec(repeating: gr)
-                a[r * 3] += s * h.0; a[r * 3 + 1] += s * h.1; a[r * 3 + 2] += s * h.2
+                for k0 in stride(from: 0, to: kp, by: fvecWidth) {
+                    let kn = max(0, min(fvecWidth, K - k0))
+                    @inline(__always) func ld(_ q: Int) -> FVec {
+                        kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
+                    }
+                    for j in 0..<wgOut {
+                        let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
+                        T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
+                    }
+                    for i in row0..<(row0 + plan.rowsPerPass) {
+                        let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
+                        let p = Y + ((i - row0) * 6) * pointY + ti * kp + k0
+                        vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
+                        vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
+                    }
+                }
             }
         }
     }
     if plan.allTiles {
-        wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate,
-                                 transforms: { transforms(0, tiles, 0) }, foldPoints: foldPoints)
+        transforms(0, tiles, 0)
+        wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
         return
     }
     for pass in 0..<(6 / plan.rowsPerPass) {
@@ -622,35 +591,26 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
                 for c in 0..<C {
-                    var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
-                    withUnsafeMutableBytes(of: &acc) { raw in
-                        let a = raw.bindMemory(to: FVec.self)
-                        foldPoints(UnsafePointer(dU + c * kp + k0), pointU, row0, plan.rowsPerPass, a)
-                        for l in 0..<kn {
-                            let o = dw + ((k0 + l) * C + c) * 9
-                            for t in 0..<9 { o[t] = fold ? o[t] + a[t][l] : a[t][l] }
-                        }
-                    }
+                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: row0..<(row0 + plan.rowsPerPass),
+                                 into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: fold)
                 }
             }
         }
     }
 }
 
-/// Backward-weights without a dU (plan.allTiles): transforms V and Y of all tiles and points once, then
+/// Backward-weights without a dU (plan.allTiles), after V and Y of all tiles and points are transformed:
 /// each item takes wgBackwardCBlock input channels x 16 output channels, sums its 36 points over all
 /// tiles into a per-thread dU [36][cBlock][16], and folds them into its part of dW. Every dW element
 /// belongs to one item, so the result does not depend on the schedule.
 func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: UnsafeMutablePointer<Float>,
                               Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
-                              dw: UnsafeMutablePointer<Float>, accumulate: Bool, transforms: () -> Void,
-                              foldPoints: (UnsafePointer<Float>, Int, Int, Int, UnsafeMutableBufferPointer<FVec>) -> Void) {
+                              dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
     let C = sh.c, K = sh.k, tiles = plan.tb
     let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
     let pointV = tiles * cp, pointY = tiles * kp
     let cBlocks = ceilDiv(C, wgBackwardCBlock)
     let pointU = wgBackwardCBlock * convColBlock
-    transforms()
     // Items by input-channel block first, so a thread's consecutive items share V's columns.
     parallelForDynamic(cBlocks * kb, chunk: 1) { lo, hi, thread in
         let mine = perThreadBase + thread * plan.perThread
@@ -671,17 +631,38 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                 let kk = k0 + h * fvecWidth, kn = min(fvecWidth, K - kk)
                 if kn <= 0 { continue }
                 for c in 0..<cn {
-                    var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
-                    withUnsafeMutableBytes(of: &acc) { raw in
-                        let a = raw.bindMemory(to: FVec.self)
-                        foldPoints(UnsafePointer(dU + c * convColBlock + h * fvecWidth), pointU, 0, 6, a)
-                        for l in 0..<kn {
-                            let o = dw + ((kk + l) * C + cLo + c) * 9
-                            for t in 0..<9 { o[t] = accumulate ? o[t] + a[t][l] : a[t][l] }
-                        }
-                    }
+                    wgFoldPoints(UnsafePointer(dU + c * convColBlock + h * fvecWidth), pointU: pointU, rows: 0..<wgIn,
+                                 into: dw + (kk * C + cLo + c) * 9, outputs: kn, outputStride: C * 9, accumulate: accumulate)
                 }
             }
+        }
+    }
+}
+
+/// dW (= or +=) G^T dU G for one input channel and `outputs` (<= 8) output channels, from the points
+/// of point rows `rows` (dU[i][j] at u + ((i - rows.lowerBound) * 6 + j) * pointU, one vector of
+/// output channels each). Output channel l's 3x3 kernel is written at into + l * outputStride.
+@inline(__always)
+func wgFoldPoints(_ u: UnsafePointer<Float>, pointU: Int, rows: Range<Int>, into o: UnsafeMutablePointer<Float>,
+                  outputs: Int, outputStride: Int, accumulate: Bool) {
+    var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
+    withUnsafeMutableBytes(of: &acc) { raw in
+        let a = raw.bindMemory(to: FVec.self)
+        for i in rows {
+            let ui = u + ((i - rows.lowerBound) * 6) * pointU
+            let h = wgGT(vload(ui), vload(ui + pointU), vload(ui + 2 * pointU), vload(ui + 3 * pointU),
+                         vload(ui + 4 * pointU), vload(ui + 5 * pointU))
+            let g = wgGRows[i]
+            for r in 0..<3 {
+                let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)
+                if gr == 0 { continue }
+                let s = FVec(repeating: gr)
+                a[r * 3] += s * h.0; a[r * 3 + 1] += s * h.1; a[r * 3 + 2] += s * h.2
+            }
+        }
+        for l in 0..<outputs {
+            let d = o + l * outputStride
+            for t in 0..<9 { d[t] = accumulate ? d[t] + a[t][l] : a[t][l] }
         }
     }
 }
