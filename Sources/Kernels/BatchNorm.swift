@@ -51,11 +51,38 @@ func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
             scratch + 3 * s)
 }
 
-/// Per-thread pixel-range sums of u and u*v over columns, where (u, v) = `f(pixel row, channel offset, lanes)`.
+/// The two per-channel terms (u, v) whose sums of u and u*v a statistic pass needs, at pixel row p
+/// and channels c..<c+n. A concrete type per pass (not a closure) so that the terms are inlined
+/// into the parallel loop: a closure captured by the parallel body stayed an indirect call per vector.
+protocol BNColumnTerms {
+    func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec)
+}
+
+/// Forward statistics: u = v = x - shift.
+struct BNShiftedInput: BNColumnTerms {
+    let x: UnsafePointer<Float>, shift: UnsafePointer<Float>, C: Int
+    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec) {
+        let u = vloadN(x + p * C + c, n) - vload(shift + c)
+        return (u, u)
+    }
+}
+
+/// Backward statistics: u = dy (masked by y > 0 with a fused ReLU), v = x - mean.
+struct BNGradTerms: BNColumnTerms {
+    let dy: UnsafePointer<Float>, y: UnsafePointer<Float>, x: UnsafePointer<Float>, mean: UnsafePointer<Float>
+    let C: Int, relu: Bool
+    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec) {
+        var g = vloadN(dy + p * C + c, n)
+        if relu { g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0) }
+        return (g, vloadN(x + p * C + c, n) - vloadN(mean + c, n))
+    }
+}
+
+/// Per-thread pixel-range sums of u and u*v over columns, where (u, v) = `f.terms(pixel row, channel offset, lanes)`.
 /// Leaves the Double sums of thread t at perThread + t*bnPerThreadBytes + align64(2*Cp*4): [sum u][sum u*v].
 @inline(__always)
-func bnColumnSums(pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
-                  _ f: (Int, Int, Int) -> (FVec, FVec)) {
+func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
+                                    _ f: T) {
     let cp = bnPadded(C), stride = bnPerThreadBytes(C)
     parallelFor(threads) { tlo, thi, _ in
         for th in tlo..<thi {
@@ -71,7 +98,7 @@ func bnColumnSums(pixels P: Int, channels C: Int, threads: Int, perThread: Unsaf
                 for q in p..<pe {
                     var c = 0
                     while c < C {
-                        let (u, v) = f(q, c, min(fvecWidth, C - c))
+                        let (u, v) = f.terms(q, c, min(fvecWidth, C - c))
                         vstore(vload(s1 + c) + u, s1 + c)
                         var a = vload(s2 + c)
                         a.addProduct(u, v)
@@ -104,20 +131,29 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
 func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
              scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
              y: UnsafeMutablePointer<Float>) {
-    parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
-        for p in lo..<hi {
-            let xr = x + p * C, yr = y + p * C
-            var c = 0
-            while c < C {
-                let n = min(fvecWidth, C - c)
-                var v = vloadN(shift + c, n)
-                v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
-                if let residual { v = v + vloadN(residual + p * C + c, n) }
-                if relu { v = v.replacing(with: 0, where: v .< 0) }
-                vstoreN(v, yr + c, n)
-                c += fvecWidth
+    // One loop per (residual, ReLU) case, so that neither is tested per vector.
+    @inline(__always) func run(_ res: UnsafePointer<Float>?, _ relu: Bool) {
+        parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
+            for p in lo..<hi {
+                let xr = x + p * C, yr = y + p * C
+                var c = 0
+                while c < C {
+                    let n = min(fvecWidth, C - c)
+                    var v = vloadN(shift + c, n)
+                    v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                    if let res { v = v + vloadN(res + p * C + c, n) }
+                    if relu { v = v.replacing(with: 0, where: v .< 0) }
+                    vstoreN(v, yr + c, n)
+                    c += fvecWidth
+                }
             }
         }
+    }
+    switch (residual, relu) {
+    case (nil, false): run(nil, false)
+    case (nil, true): run(nil, true)
+    case (let r?, false): run(r, false)
+    case (let r?, true): run(r, true)
     }
 }
 
@@ -139,11 +175,8 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
     let cp = bnPadded(C)
     for c in 0..<cp { shift[c] = c < C ? x[c] : 0 }
     let threads = bnThreads(P)
-    let sh0 = UnsafePointer(shift)
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work) { p, c, n in
-        let u = vloadN(x + p * C + c, n) - vload(sh0 + c)
-        return (u, u)
-    }
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work,
+                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C))
     let m = Double(momentum), unbias = Double(P) / Double(max(P - 1, 1))
     for c in 0..<cp {
         if c >= C { mean[c] = 0; scale[c] = 0; continue }
@@ -221,13 +254,13 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     precondition(!relu || y != nil, "fused ReLU backward needs the forward output")
     let (k1, k2, k3, work) = bnScratch(C, scratch)
     let threads = bnThreads(P)
-    let yy = y ?? dy
-    @inline(__always) func grad(_ p: Int, _ c: Int, _ n: Int) -> FVec {
-        let g = vloadN(dy + p * C + c, n)
-        return relu ? g.replacing(with: 0, where: vloadN(yy + p * C + c, n) .<= 0) : g
-    }
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work) { p, c, n in
-        (grad(p, c, n), vloadN(x + p * C + c, n) - vloadN(saveMean + c, n))
+    // Terms without and with the ReLU mask, each its own loop below.
+    let t0 = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: false)
+    let t1 = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: true)
+    if relu {
+        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, t1)
+    } else {
+        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, t0)
     }
     let cp = bnPadded(C)
     for c in 0..<cp {
@@ -240,19 +273,29 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
         k2[c] = Float(-g * inv * inv * inv * sgd / Double(P))
         k3[c] = Float(-g * inv * sg / Double(P))
     }
-    parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
-        for p in lo..<hi {
-            var c = 0
-            while c < C {
-                let n = min(fvecWidth, C - c)
-                var v = vload(k3 + c)
-                v.addProduct(vload(k1 + c), grad(p, c, n))
-                v.addProduct(vload(k2 + c), vloadN(x + p * C + c, n) - vloadN(saveMean + c, n))
-                if accumulate { v += vloadN(dx + p * C + c, n) }
-                vstoreN(v, dx + p * C + c, n)
-                c += fvecWidth
+    // One loop per (ReLU, accumulate) case, so that neither is tested per vector.
+    @inline(__always) func run(_ t: BNGradTerms, _ accumulate: Bool) {
+        parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
+            for p in lo..<hi {
+                var c = 0
+                while c < C {
+                    let n = min(fvecWidth, C - c)
+                    let (g, xm) = t.terms(p, c, n)
+                    var v = vload(k3 + c)
+                    v.addProduct(vload(k1 + c), g)
+                    v.addProduct(vload(k2 + c), xm)
+                    if accumulate { v += vloadN(dx + p * C + c, n) }
+                    vstoreN(v, dx + p * C + c, n)
+                    c += fvecWidth
+                }
             }
         }
+    }
+    switch (relu, accumulate) {
+    case (false, false): run(t0, false)
+    case (false, true): run(t0, true)
+    case (true, false): run(t1, false)
+    case (true, true): run(t1, true)
     }
 }
 
