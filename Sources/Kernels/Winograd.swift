@@ -336,87 +336,115 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let plan = sh.wgPlan(threads: Threads.count), fused = plan.fused
     let tbMax = plan.tb
     let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
-    // Blocks go to whichever thread is free (each block's outputs are its own, so the result does not
-    // depend on the schedule); output-channel groups stay one per thread (each streams its share of U).
-    func work(_ lo: Int, _ hi: Int, _ thread: Int) {
-        let base = scratch + thread * plan.perThreadBytes
-        let V = base.bindMemory(to: Float.self, capacity: wgPoints * pointV)
-        let M = (base + plan.offM).bindMemory(to: Float.self, capacity: wgPoints * pointM)
+    @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer { scratch + thread * plan.perThreadBytes }
+    @inline(__always) func tileRange(_ blk: Int) -> (t0: Int, nt: Int) {
+        let t0 = tiles * blk / plan.blocks
+        return (t0, tiles * (blk + 1) / plan.blocks - t0)
+    }
+    /// 1. Input transform of tiles t0+lo..<t0+hi of a block into V[point][tile][c] (this thread's temporaries).
+    func transformInput(_ t0: Int, _ lo: Int, _ hi: Int, into V: UnsafeMutablePointer<Float>, _ thread: Int) {
+        let base = area(thread)
         let T = (base + plan.offT).bindMemory(to: FVec.self, capacity: wgPoints * 2)
         let src = (base + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
         let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
+        for ti in lo..<hi {
+            wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
+            wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+        }
+    }
+    /// 2 and 3. The GEMMs and the output transform of one block and output-channel group, from its V.
+    func multiplyAndStore(_ blk: Int, _ kg: Int, _ V: UnsafeMutablePointer<Float>, _ thread: Int) {
+        let base = area(thread)
+        let M = (base + plan.offM).bindMemory(to: Float.self, capacity: wgPoints * pointM)
+        let T = (base + plan.offT).bindMemory(to: FVec.self, capacity: wgPoints * 2)
         let Ub = (base + plan.offUb).bindMemory(to: Float.self, capacity: wgIn * sh.wgFusedRowStride)
-        for item in lo..<hi {
-            let blk = item % plan.blocks, kg = item / plan.blocks
-            let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
-            if kbLo >= kbHi { continue }
-            let t0 = tiles * blk / plan.blocks, nt = tiles * (blk + 1) / plan.blocks - t0
-            // 1. Input transform: V[point][tile][c].
-            for ti in 0..<nt {
-                wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
-                wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+        let kbLo = min(kb, kg * plan.kbPerGroup), kbHi = min(kb, kbLo + plan.kbPerGroup)
+        if kbLo >= kbHi { return }
+        let (t0, nt) = tileRange(blk)
+        // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
+        let last = UnsafePointer(V + (nt - 1) * cp)
+        func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
+            let vp = UnsafePointer(V + pt * pointV)
+            let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
+            var r0 = 0
+            while r0 < nt {
+                func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
+                convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
+                            fresh: true)
+                r0 += convTileRows
             }
-            // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
-            let last = UnsafePointer(V + (nt - 1) * cp)
-            func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
-                let vp = UnsafePointer(V + pt * pointV)
-                let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-                var r0 = 0
-                while r0 < nt {
-                    func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
-                    convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
-                                fresh: true)
-                    r0 += convTileRows
+        }
+        if fused {
+            // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
+            // output block's kernels are transformed for it.
+            let rowStride = sh.wgFusedRowStride
+            for i in 0..<wgIn {
+                for b in kbLo..<kbHi {
+                    wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
+                    for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
                 }
             }
-            if fused {
-                // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
-                // output block's kernels are transformed for it.
-                let rowStride = sh.wgFusedRowStride
-                for i in 0..<wgIn {
-                    for b in kbLo..<kbHi {
-                        wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
-                        for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
+        } else {
+            let pointStride = sh.wgPointStride
+            for pt in 0..<wgPoints {
+                for b in kbLo..<kbHi { gemm(pt, b, u + pt * pointStride + b * C * convColBlock) }
+            }
+        }
+        // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.
+        for ti in 0..<nt {
+            let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
+            let oh0 = ty * wgOut, ow0 = tx * wgOut
+            let rows = min(wgOut, H - oh0), cols = min(wgOut, W - ow0)
+            for bi in kbLo..<kbHi {
+                let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
+                let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
+                for h in 0..<2 where h * fvecWidth < kn {
+                    let hn = min(fvecWidth, kn - h * fvecWidth)
+                    for j in 0..<wgIn {
+                        let m = mt + j * pointM + h * fvecWidth
+                        let r = wgAT(vload(m), vload(m + 6 * pointM), vload(m + 12 * pointM),
+                                     vload(m + 18 * pointM), vload(m + 24 * pointM), vload(m + 30 * pointM))
+                        T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
                     }
-                }
-            } else {
-                let pointStride = sh.wgPointStride
-                for pt in 0..<wgPoints {
-                    for b in kbLo..<kbHi { gemm(pt, b, u + pt * pointStride + b * C * convColBlock) }
-                }
-            }
-            // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.
-            for ti in 0..<nt {
-                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
-                let oh0 = ty * wgOut, ow0 = tx * wgOut
-                let rows = min(wgOut, H - oh0), cols = min(wgOut, W - ow0)
-                for bi in kbLo..<kbHi {
-                    let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
-                    let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
-                    for h in 0..<2 where h * fvecWidth < kn {
-                        let hn = min(fvecWidth, kn - h * fvecWidth)
-                        for j in 0..<wgIn {
-                            let m = mt + j * pointM + h * fvecWidth
-                            let r = wgAT(vload(m), vload(m + 6 * pointM), vload(m + 12 * pointM),
-                                         vload(m + 18 * pointM), vload(m + 24 * pointM), vload(m + 30 * pointM))
-                            T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
-                        }
-                        for i in 0..<rows {
-                            let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-                            let o = y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth
-                            wgStore(r.0, o, hn, accumulate)
-                            if cols > 1 { wgStore(r.1, o + K, hn, accumulate) }
-                            if cols > 2 { wgStore(r.2, o + 2 * K, hn, accumulate) }
-                            if cols > 3 { wgStore(r.3, o + 3 * K, hn, accumulate) }
-                        }
+                    for i in 0..<rows {
+                        let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+                        let o = y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth
+                        wgStore(r.0, o, hn, accumulate)
+                        if cols > 1 { wgStore(r.1, o + K, hn, accumulate) }
+                        if cols > 2 { wgStore(r.2, o + 2 * K, hn, accumulate) }
+                        if cols > 3 { wgStore(r.3, o + 3 * K, hn, accumulate) }
                     }
                 }
             }
         }
     }
-    let items = plan.blocks * plan.kGroups
-    if plan.kGroups == 1 { parallelForDynamic(items, work) } else { parallelFor(items, work) }
+    if plan.kGroups == 1 {
+        // Blocks go to whichever thread is free (each block's outputs are its own, so the result does
+        // not depend on the schedule).
+        parallelForDynamic(plan.blocks) { lo, hi, thread in
+            let V = area(thread).bindMemory(to: Float.self, capacity: wgPoints * pointV)
+            for blk in lo..<hi {
+                let (t0, nt) = tileRange(blk)
+                transformInput(t0, 0, nt, into: V, thread)
+                multiplyAndStore(blk, 0, V, thread)
+            }
+        }
+    } else {
+        // Output-channel groups, one per thread (each streams or transforms its share of the kernels).
+        // Every group needs the whole block's V: the threads transform it once, into the first
+        // thread's V, then each multiplies its group. The same V as one thread's own, bit for bit.
+        let V = area(0).bindMemory(to: Float.self, capacity: wgPoints * pointV)
+        for blk in 0..<plan.blocks {
+            let (t0, nt) = tileRange(blk)
+            parallelForDynamic(nt, chunk: max(1, nt / (4 * Threads.count))) { lo, hi, thread in
+                transformInput(t0, lo, hi, into: V, thread)
+            }
+            parallelFor(plan.kGroups) { lo, hi, thread in
+                for kg in lo..<hi { multiplyAndStore(blk, kg, V, thread) }
+            }
+        }
+    }
 }
 
 @inline(__always)
