@@ -131,29 +131,20 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
 func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
              scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
              y: UnsafeMutablePointer<Float>) {
-    // One loop per (residual, ReLU) case, so that neither is tested per vector.
-    @inline(__always) func run(_ res: UnsafePointer<Float>?, _ relu: Bool) {
-        parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
-            for p in lo..<hi {
-                let xr = x + p * C, yr = y + p * C
-                var c = 0
-                while c < C {
-                    let n = min(fvecWidth, C - c)
-                    var v = vloadN(shift + c, n)
-                    v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
-                    if let res { v = v + vloadN(res + p * C + c, n) }
-                    if relu { v = v.replacing(with: 0, where: v .< 0) }
-                    vstoreN(v, yr + c, n)
-                    c += fvecWidth
-                }
+    parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
+        for p in lo..<hi {
+            let xr = x + p * C, yr = y + p * C
+            var c = 0
+            while c < C {
+                let n = min(fvecWidth, C - c)
+                var v = vloadN(shift + c, n)
+                v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                if let residual { v = v + vloadN(residual + p * C + c, n) }
+                if relu { v = v.replacing(with: 0, where: v .< 0) }
+                vstoreN(v, yr + c, n)
+                c += fvecWidth
             }
         }
-    }
-    switch (residual, relu) {
-    case (nil, false): run(nil, false)
-    case (nil, true): run(nil, true)
-    case (let r?, false): run(r, false)
-    case (let r?, true): run(r, true)
     }
 }
 
@@ -254,14 +245,8 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     precondition(!relu || y != nil, "fused ReLU backward needs the forward output")
     let (k1, k2, k3, work) = bnScratch(C, scratch)
     let threads = bnThreads(P)
-    // Terms without and with the ReLU mask, each its own loop below.
-    let t0 = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: false)
-    let t1 = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: true)
-    if relu {
-        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, t1)
-    } else {
-        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, t0)
-    }
+    let terms = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: relu)
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
     let cp = bnPadded(C)
     for c in 0..<cp {
         if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
@@ -273,29 +258,20 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
         k2[c] = Float(-g * inv * inv * inv * sgd / Double(P))
         k3[c] = Float(-g * inv * sg / Double(P))
     }
-    // One loop per (ReLU, accumulate) case, so that neither is tested per vector.
-    @inline(__always) func run(_ t: BNGradTerms, _ accumulate: Bool) {
-        parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
-            for p in lo..<hi {
-                var c = 0
-                while c < C {
-                    let n = min(fvecWidth, C - c)
-                    let (g, xm) = t.terms(p, c, n)
-                    var v = vload(k3 + c)
-                    v.addProduct(vload(k1 + c), g)
-                    v.addProduct(vload(k2 + c), xm)
-                    if accumulate { v += vloadN(dx + p * C + c, n) }
-                    vstoreN(v, dx + p * C + c, n)
-                    c += fvecWidth
-                }
+    parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
+        for p in lo..<hi {
+            var c = 0
+            while c < C {
+                let n = min(fvecWidth, C - c)
+                let (g, xm) = terms.terms(p, c, n)
+                var v = vload(k3 + c)
+                v.addProduct(vload(k1 + c), g)
+                v.addProduct(vload(k2 + c), xm)
+                if accumulate { v += vloadN(dx + p * C + c, n) }
+                vstoreN(v, dx + p * C + c, n)
+                c += fvecWidth
             }
         }
-    }
-    switch (relu, accumulate) {
-    case (false, false): run(t0, false)
-    case (false, true): run(t0, true)
-    case (true, false): run(t1, false)
-    case (true, true): run(t1, true)
     }
 }
 
