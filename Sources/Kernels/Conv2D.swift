@@ -39,7 +39,8 @@ public struct Conv2DShape: Equatable, Sendable {
     /// Floats of a forward weight panel (conv2dPackForward).
     public var packedForwardCount: Int {
         max(ceilDiv(k, convColBlock) * taps * c * convColBlock,
-            isWinogradShape ? (wgFusedWeights ? wgKernelPanelCount : wgPackedCount) : 0)
+            isWinogradShape ? (wgFusedWeights ? wgKernelPanelCount : wgPackedCount) : 0,
+            isWinogradStride2Shape ? ws2PackedCount : 0)
     }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
     public var packedBackwardDataCount: Int {
@@ -57,6 +58,7 @@ public struct Conv2DShape: Equatable, Sendable {
         let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
         let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
                          t * gatheredRowsBytesPerThread)
+        if isWinogradStride2Shape { return max(direct, t * ws2Layout.perThread) }
         guard isWinogradShape else { return direct }
         return max(direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
                    wgBackwardWeightScratchBytes(threads: t))
@@ -81,6 +83,7 @@ let convPixelBlock = 128
 public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
                               packed out: UnsafeMutablePointer<Float>) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: false, packed: out); return }
+    if sh.usesWinogradStride2 { ws2PackWeights(sh, weights: w, packed: out); return }
     let kb = ceilDiv(sh.k, convColBlock), taps = sh.taps, C = sh.c
     parallelFor(kb) { lo, hi, _ in
         for b in lo..<hi {
@@ -268,6 +271,7 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
                           output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
     precondition(sh.isValid, "invalid convolution shape")
     if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch); return }
+    if sh.usesWinogradStride2 { ws2Forward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     if sh.usesGatheredRows { gatheredRowsForward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, R = sh.r, S = sh.s

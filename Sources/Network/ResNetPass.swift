@@ -56,8 +56,8 @@ public enum PassOp: Int, CaseIterable, Sendable {
 
     public var label: String {
         switch self {
-        case .convWinograd: return "conv forward, 3x3 stride 1 (Winograd)"
-        case .convDirect: return "conv forward, direct (stem, stride 2, 1x1)"
+        case .convWinograd: return "conv forward, 3x3 (Winograd; stride 2: 64->128)"
+        case .convDirect: return "conv forward, direct (stem, wide stride 2, 1x1)"
         case .pack: return "weight packing / Winograd weight transform"
         case .bwdDataWinograd: return "conv backward-data, 3x3 stride 1 (Winograd)"
         case .bwdDataDirect: return "conv backward-data, direct"
@@ -402,7 +402,7 @@ public final class ResNetPass {
     func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil) {
         let u = n.unit
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
-        timedOp(n.shape.usesWinograd ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
+        timedOp(n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
             conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
         }
         let C = u.cout

@@ -133,6 +133,38 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
+    /// Stride-2 Winograd shapes: odd and even H/W (partial 4x4 output tiles, a 1x1 output), channels
+    /// not multiples of 8 or 16, batch 1-3, ResNet's 64 -> 128 at 32x32, and blocks of several tiles.
+    static let winogradStride2Shapes: [Conv2DShape] = [
+        Conv2DShape(n: 1, c: 8, h: 1, w: 2, k: 8, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 2, c: 13, h: 9, w: 7, k: 21, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 3, c: 16, h: 8, w: 8, k: 32, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 2, c: 40, h: 17, w: 10, k: 48, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 2, c: 64, h: 32, w: 32, k: 128, r: 3, s: 3, stride: 2, pad: 1),
+    ]
+
+    /// The stride-2 forward against the float64 reference (its transforms scale by up to 8), on 1-3
+    /// threads; backward stays on the direct kernels (checked too).
+    func testWinogradStride2MatchesNaive() {
+        for threads in [1, 2, 3] {
+            Threads.count = threads
+            for (i, sh) in Self.winogradStride2Shapes.enumerated() {
+                XCTAssertTrue(sh.usesWinogradStride2, "\(sh)")
+                var rng = TestRNG(seed: UInt64(300 + i))
+                let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+                let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
+                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
+                    let scale = b.map(abs).max() ?? 1
+                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                                             "\(what) \(sh) threads \(threads)")
+                }
+            }
+        }
+        Threads.count = Threads.processors
+        // Kernels above 4 MB transformed (128 -> 256 channels) stay direct.
+        XCTAssertFalse(Conv2DShape(n: 1, c: 128, h: 16, w: 16, k: 256, r: 3, s: 3, stride: 2, pad: 1).usesWinogradStride2)
+    }
+
     /// The direct kernels on a Winograd shape (the switch the benchmarks use) agree with Winograd.
     func testWinogradAndDirectAgree() {
         let sh = Conv2DShape(n: 2, c: 24, h: 6, w: 5, k: 40, r: 3, s: 3, stride: 1, pad: 1)

@@ -1,0 +1,258 @@
+// Stride-2 3x3 convolutions (pad 1) with fewer multiplies: the input's two phases per dimension.
+//
+// Along one dimension an output y[i] = w0 x[2i-1] + w1 x[2i] + w2 x[2i+1] reads the odd samples
+// o[j] = x[2j-1] through two taps (w0, w2) and the even samples e[j] = x[2j] through one (w1). A tile
+// of 4 outputs reads the 9 samples x[-1..7]: the odd part is the minimal filter F(4,2) (5 points:
+// 0, 1, -1, 2, infinity), the even part is 4 plain products. So one dimension has 9 points, and a
+// 4x4 output tile 81, against 144 multiplies of the direct kernel: 1.78x fewer.
+//
+// Points whose dimension is even share that dimension's kernel value (w1), so the 81 points fall
+// into 36 classes with one transformed kernel each: 25 (odd, odd), 5 + 5 (odd, even) of 4 points,
+// 1 (even, even) of 16. Each class is one GEMM whose rows are its points of every tile of a block,
+// so U is 36 x C x K (1.2 MB at 64 -> 128 channels) where 81 points would need 2.7 MB.
+//
+// Letters: as Winograd.swift; a "class" is one of the 36, `mult` its points per tile (1, 4 or 16).
+
+/// Input window edge per 4x4 output tile, points per dimension (5 odd, 4 even), kernel classes.
+let ws2In = 9, ws2Classes = 36
+
+extension Conv2DShape {
+    /// 3x3, stride 2, pad 1, with enough channels for the GEMMs to pay, and transformed kernels
+    /// (36 x C x K) of at most 4 MB: they stream through every block of tiles.
+    public var isWinogradStride2Shape: Bool {
+        r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 && ws2PackedCount * 4 <= 4 << 20
+    }
+    public var usesWinogradStride2: Bool { Conv2DShape.winogradEnabled && isWinogradStride2Shape }
+
+    var ws2Tiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
+    /// Floats from one class's kernels [K/16][C][16] to the next (one cache line of padding).
+    var ws2ClassStride: Int { c * ceilDiv(k, convColBlock) * convColBlock + wgPointPad }
+    var ws2PackedCount: Int { ws2Classes * ws2ClassStride }
+
+    /// Tiles per block: V and M of a block (81 rows per tile) near 768 KB, in L2 beside the class
+    /// being multiplied, a multiple of the 6-row tile. At 64 -> 128 channels that is 12 tiles; 6, 24
+    /// and 48 ran 3-10% slower in the step.
+    var ws2BlockTiles: Int {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
+        let t = max(convTileRows, (3 << 18) / (81 * (cp + kp) * 4))
+        return min(ceilDiv(ws2Tiles, convTileRows) * convTileRows, t / convTileRows * convTileRows)
+    }
+
+    /// Per-thread scratch: V [81 rows per tile][C], M [81 rows per tile][K] (and 6 rows of slack for
+    /// the last GEMM tile), the transform's 81 vectors, 81 pixel pointers, the point table, a zero row.
+    var ws2Layout: WS2Layout {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
+        let tb = ws2BlockTiles
+        var l = WS2Layout()
+        l.offM = align64(81 * tb * cp * 4)
+        l.offT = l.offM + align64((81 * tb * kp + convTileRows * convColBlock) * 4)
+        l.offSrc = l.offT + 81 * fvecWidth * 4
+        l.offFirst = l.offSrc + 81 * 8
+        l.offZero = align64(l.offFirst + 3 * 81 * 8)
+        l.perThread = l.offZero + align64(cp * 4) + 64
+        return l
+    }
+}
+
+/// Byte offsets of a stride-2 forward's per-thread scratch.
+struct WS2Layout {
+    var offM = 0, offT = 0, offSrc = 0, offFirst = 0, offZero = 0, perThread = 0
+}
+
+/// One dimension's point p (0..<9): its kernel class (0..<5 odd points, 5 the even ones) and its
+/// index among the even points.
+@inline(__always) func ws2Class1D(_ p: Int) -> Int { p < 5 ? p : 5 }
+@inline(__always) func ws2Sub1D(_ p: Int) -> Int { p < 5 ? 0 : p - 5 }
+/// Points per tile of class q = 6 * row class + column class.
+@inline(__always) func ws2Mult(_ q: Int) -> Int { (q / 6 == 5 ? 4 : 1) * (q % 6 == 5 ? 4 : 1) }
+
+/// Where class q's rows start in a block of `nt` tiles (classes in order, mult * nt rows each): every
+/// earlier row class holds 9 rows per tile (5 odd column classes of 1, the even one of 4), and the
+/// earlier classes of q's own row class 1 each (4 each in the even row class).
+@inline(__always) func ws2ClassRow(_ q: Int, _ nt: Int) -> Int {
+    let ra = q / 6, cb = q % 6
+    return (ra * 9 + (ra == 5 ? 4 : 1) * cb) * nt
+}
+
+/// Point p = 9 a + b of a tile: its class and its index among the class's points of the tile.
+@inline(__always) func ws2ClassOf(_ p: Int) -> (q: Int, sub: Int) {
+    let a = p / 9, b = p % 9, q = ws2Class1D(a) * 6 + ws2Class1D(b)
+    return (q, ws2Sub1D(a) * (q % 6 == 5 ? 4 : 1) + ws2Sub1D(b))
+}
+
+/// The 1-D input transform of 9 samples x[-1..7]: the odd samples' F(4,2) points, then the even samples.
+@inline(__always)
+func ws2BT(_ x: (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec))
+    -> (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec) {
+    let o0 = x.0, o1 = x.2, o2 = x.4, o3 = x.6, o4 = x.8
+    let two = FVec(repeating: 2), three = FVec(repeating: 3)
+    return (two * (o0 - o2) + (o3 - o1),
+            o3 - o2 - two * o1,
+            two * o1 - three * o2 + o3,
+            o3 - o1,
+            two * (o1 - o3) + (o4 - o2),
+            x.1, x.3, x.5, x.7)
+}
+
+/// The 1-D output transform of 9 points: 4 outputs, A^T of the odd points plus the even points.
+@inline(__always)
+func ws2AT(_ m: (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec)) -> (FVec, FVec, FVec, FVec) {
+    let s12 = m.1 + m.2, d12 = m.1 - m.2
+    return (m.0 + s12 + m.3 + m.5,
+            d12 + FVec(repeating: 2) * m.3 + m.6,
+            s12 + FVec(repeating: 4) * m.3 + m.7,
+            d12 + FVec(repeating: 8) * m.3 + m.4 + m.8)
+}
+
+/// The 1-D kernel transform of 3 taps into the 6 classes: G (g0, g2) for the odd points, g1 for the even.
+@inline(__always)
+func ws2G(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+    let half = FVec(repeating: 0.5), sixth = FVec(repeating: 1.0 / 6), third = FVec(repeating: 1.0 / 3)
+    return (half * g0, -half * (g0 + g2), sixth * (g2 - g0), sixth * g0 + third * g2, g2, g1)
+}
+
+/// OIHW weights -> U [36 classes][class stride] ([K/16][C][16] per class).
+func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed out: UnsafeMutablePointer<Float>) {
+    let C = sh.c, K = sh.k, kb = ceilDiv(K, convColBlock), cs = sh.ws2ClassStride
+    parallelForDynamic(kb * C, chunk: max(1, kb * C / (8 * Threads.count))) { lo, hi, _ in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock) { buf in
+            let g = buf.baseAddress!
+            for item in lo..<hi {
+                let b0 = item / C, ci = item % C
+                wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: g)
+                for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+                    @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
+                    // Per kernel row, its 6 column classes; then per column class, the 6 row classes.
+                    let r0 = ws2G(tap(0), tap(1), tap(2)), r1 = ws2G(tap(3), tap(4), tap(5))
+                    let r2 = ws2G(tap(6), tap(7), tap(8))
+                    @inline(__always) func store(_ cb: Int, _ a: FVec, _ b: FVec, _ c: FVec) {
+                        let v = ws2G(a, b, c)
+                        let o = out + cb * cs + (b0 * C + ci) * convColBlock + h
+                        vstore(v.0, o); vstore(v.1, o + 6 * cs); vstore(v.2, o + 12 * cs)
+                        vstore(v.3, o + 18 * cs); vstore(v.4, o + 24 * cs); vstore(v.5, o + 30 * cs)
+                    }
+                    store(0, r0.0, r1.0, r2.0); store(1, r0.1, r1.1, r2.1); store(2, r0.2, r1.2, r2.2)
+                    store(3, r0.3, r1.3, r2.3); store(4, r0.4, r1.4, r2.4); store(5, r0.5, r1.5, r2.5)
+                }
+            }
+        }
+    }
+}
+
+/// y = conv3x3 stride 2 pad 1 (x) for a stride-2 Winograd shape; `packed` from ws2PackWeights.
+func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
+                output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+    let C = sh.c, K = sh.k, H = sh.h, W = sh.w, OH = sh.oh, OW = sh.ow
+    let th = ceilDiv(OH, wgOut), tw = ceilDiv(OW, wgOut), tiles = sh.ws2Tiles
+    let kb = ceilDiv(K, convColBlock), cp = ceilDiv(C, fvecWidth) * fvecWidth
+    let tb = sh.ws2BlockTiles, blocks = ceilDiv(tiles, tb), cs = sh.ws2ClassStride
+    let L = sh.ws2Layout
+    parallelForDynamic(blocks) { lo, hi, thread in
+        let base = scratch + thread * L.perThread
+        let V = base.bindMemory(to: Float.self, capacity: L.offM / 4)
+        let M = (base + L.offM).bindMemory(to: Float.self, capacity: (L.offT - L.offM) / 4)
+        let T = (base + L.offT).bindMemory(to: FVec.self, capacity: 81)
+        let src = (base + L.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: 81)
+        // Per point of a tile: its first row in V and M (tile 0, output block 0) and the rows between
+        // tiles (its class's points per tile) and, in M, between output blocks (the class's rows).
+        let first = (base + L.offFirst).bindMemory(to: Int.self, capacity: 3 * 81)
+        let zero = (base + L.offZero).bindMemory(to: Float.self, capacity: cp)
+        zero.initialize(repeating: 0, count: cp)
+        var tableTiles = -1
+        for blk in lo..<hi {
+            let t0 = blk * tb, nt = min(tb, tiles - t0)
+            if nt != tableTiles {
+                tableTiles = nt
+                for p in 0..<81 {
+                    let (q, sub) = ws2ClassOf(p)
+                    first[p] = ws2ClassRow(q, nt) + sub
+                    first[81 + p] = ws2Mult(q)
+                    first[162 + p] = ws2ClassRow(q, nt) * (kb - 1)   // M: the earlier classes' other blocks
+                }
+            }
+            // 1. Input transform: V[class rows][c].
+            for ti in 0..<nt {
+                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
+                let ih0 = ty * 2 * wgOut - 1, iw0 = tx * 2 * wgOut - 1
+                for i in 0..<ws2In {
+                    let ih = ih0 + i
+                    for j in 0..<ws2In {
+                        let iw = iw0 + j
+                        src[i * ws2In + j] = ih >= 0 && ih < H && iw >= 0 && iw < W
+                            ? x + ((b * H + ih) * W + iw) * C : UnsafePointer(zero)
+                    }
+                }
+                var c0 = 0
+                while c0 < C {
+                    let cn = min(fvecWidth, C - c0)
+                    @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
+                    for j in 0..<ws2In {
+                        let r = ws2BT((ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
+                                       ld(63 + j), ld(72 + j)))
+                        T[j] = r.0; T[9 + j] = r.1; T[18 + j] = r.2; T[27 + j] = r.3; T[36 + j] = r.4
+                        T[45 + j] = r.5; T[54 + j] = r.6; T[63 + j] = r.7; T[72 + j] = r.8
+                    }
+                    for a in 0..<ws2In {
+                        let t = T + a * 9
+                        let r = ws2BT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
+                        @inline(__always) func put(_ v: FVec, _ p: Int) {
+                            vstore(v, V + (first[p] + ti * first[81 + p]) * cp + c0)
+                        }
+                        let p = a * 9
+                        put(r.0, p); put(r.1, p + 1); put(r.2, p + 2); put(r.3, p + 3); put(r.4, p + 4)
+                        put(r.5, p + 5); put(r.6, p + 6); put(r.7, p + 7); put(r.8, p + 8)
+                    }
+                    c0 += fvecWidth
+                }
+            }
+            // 2. One GEMM per class: M[class][kb][class rows][16] = V[class rows][:] x U[class][kb][:][16].
+            for q in 0..<ws2Classes {
+                let rows = nt * ws2Mult(q), r0q = ws2ClassRow(q, nt)
+                let vq = UnsafePointer(V + r0q * cp), last = vq + (rows - 1) * cp
+                for bi in 0..<kb {
+                    let panel = u + q * cs + bi * C * convColBlock
+                    let mp = M + (r0q * kb + bi * rows) * convColBlock
+                    var r0 = 0
+                    while r0 < rows {
+                        func a(_ i: Int) -> UnsafePointer<Float> { r0 + i < rows ? vq + (r0 + i) * cp : last }
+                        convTapLoop(mp + r0 * convColBlock, a(0), a(1), a(2), a(3), a(4), a(5), panel, C, fresh: true)
+                        r0 += convTileRows
+                    }
+                }
+            }
+            // 3. Output transform: y[tile] = A M A^T, 8 output channels at a time.
+            for ti in 0..<nt {
+                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
+                let oh0 = ty * wgOut, ow0 = tx * wgOut
+                let rowsOut = min(wgOut, OH - oh0), colsOut = min(wgOut, OW - ow0)
+                for bi in 0..<kb {
+                    let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
+                    for h in 0..<2 where h * fvecWidth < kn {
+                        let hn = min(fvecWidth, kn - h * fvecWidth)
+                        // M row of point p: its class's start (all blocks of the earlier classes, then
+                        // bi blocks of its own), then the tile's and the point's row.
+                        @inline(__always) func m(_ p: Int) -> FVec {
+                            let mult = first[81 + p], rows = nt * mult
+                            let r = first[162 + p] + first[p] + bi * rows + ti * mult
+                            return vload(M + r * convColBlock + h * fvecWidth)
+                        }
+                        for bp in 0..<ws2In {
+                            let r = ws2AT((m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
+                                           m(63 + bp), m(72 + bp)))
+                            T[bp] = r.0; T[9 + bp] = r.1; T[18 + bp] = r.2; T[27 + bp] = r.3
+                        }
+                        for i in 0..<rowsOut {
+                            let t = T + i * 9
+                            let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
+                            let o = y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth
+                            wgStore(r.0, o, hn, false)
+                            if colsOut > 1 { wgStore(r.1, o + K, hn, false) }
+                            if colsOut > 2 { wgStore(r.2, o + 2 * K, hn, false) }
+                            if colsOut > 3 { wgStore(r.3, o + 3 * K, hn, false) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
