@@ -72,25 +72,31 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
     ]
 
-    /// Winograd against the float64 reference, relative to the output's scale (its transforms scale
-    /// values by up to 8, so a fixed absolute tolerance would be meaningless on sums of 4,608 terms).
+    /// Winograd against the float64 reference, relative to the output's scale.
     func testWinogradMatchesNaive() {
         XCTAssertTrue(Conv2DShape.winogradEnabled)
+        checkScaledAgainstNaive(Self.winogradShapes, seed: 100, uses: { $0.usesWinograd },
+                                skipOn3Threads: { $0.c * $0.k > 10_000 })
+    }
+
+    /// Fast forward, backward-data and backward-weights of each shape against the float64 reference on
+    /// 1-3 threads, relative to the output's scale: Winograd transforms scale values by up to 8, so a
+    /// fixed absolute tolerance would be meaningless on sums of thousands of terms.
+    func checkScaledAgainstNaive(_ shapes: [Conv2DShape], seed: Int, uses: (Conv2DShape) -> Bool,
+                                 skipOn3Threads: (Conv2DShape) -> Bool = { _ in false }) {
         for threads in [1, 2, 3] {
             Threads.count = threads
-            for (i, sh) in Self.winogradShapes.enumerated() {
-                XCTAssertTrue(sh.usesWinograd)
-                if threads == 3 && sh.c * sh.k > 10_000 { continue }
-                var rng = TestRNG(seed: UInt64(100 + i))
+            for (i, sh) in shapes.enumerated() {
+                XCTAssertTrue(uses(sh), "\(sh)")
+                if threads == 3 && skipOn3Threads(sh) { continue }
+                var rng = TestRNG(seed: UInt64(seed + i))
                 let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
                 let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
-                func scaled(_ a: [Float], _ b: [Float]) -> Float {
+                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
                     let scale = b.map(abs).max() ?? 1
-                    return toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4)
+                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                                             "\(what) \(sh) threads \(threads)")
                 }
-                XCTAssertLessThanOrEqual(scaled(f.y, n.y), 1, "forward \(sh) threads \(threads)")
-                XCTAssertLessThanOrEqual(scaled(f.dx, n.dx), 1, "backward-data \(sh) threads \(threads)")
-                XCTAssertLessThanOrEqual(scaled(f.dw, n.dw), 1, "backward-weight \(sh) threads \(threads)")
             }
         }
         Threads.count = Threads.processors
@@ -143,25 +149,10 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 2, c: 64, h: 32, w: 32, k: 128, r: 3, s: 3, stride: 2, pad: 1),
     ]
 
-    /// The stride-2 forward against the float64 reference (its transforms scale by up to 8), on 1-3
-    /// threads; backward stays on the direct kernels (checked too).
+    /// The stride-2 forward against the float64 reference (backward stays on the direct kernels,
+    /// checked too); kernels above 4 MB transformed (128 -> 256 channels) stay direct.
     func testWinogradStride2MatchesNaive() {
-        for threads in [1, 2, 3] {
-            Threads.count = threads
-            for (i, sh) in Self.winogradStride2Shapes.enumerated() {
-                XCTAssertTrue(sh.usesWinogradStride2, "\(sh)")
-                var rng = TestRNG(seed: UInt64(300 + i))
-                let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
-                let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
-                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
-                    let scale = b.map(abs).max() ?? 1
-                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                                             "\(what) \(sh) threads \(threads)")
-                }
-            }
-        }
-        Threads.count = Threads.processors
-        // Kernels above 4 MB transformed (128 -> 256 channels) stay direct.
+        checkScaledAgainstNaive(Self.winogradStride2Shapes, seed: 300, uses: { $0.usesWinogradStride2 })
         XCTAssertFalse(Conv2DShape(n: 1, c: 128, h: 16, w: 16, k: 256, r: 3, s: 3, stride: 2, pad: 1).usesWinogradStride2)
     }
 
