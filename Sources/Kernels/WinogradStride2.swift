@@ -9,7 +9,8 @@
 // Points whose dimension is even share that dimension's kernel value (w1), so the 81 points fall
 // into 36 classes with one transformed kernel each: 25 (odd, odd), 5 + 5 (odd, even) of 4 points,
 // 1 (even, even) of 16. Each class is one GEMM whose rows are its points of every tile of a block,
-// so U is 36 x C x K (1.2 MB at 64 -> 128 channels) where 81 points would need 2.7 MB.
+// so U is 36 x C x K (1.2 MB at 64 -> 128 channels, 4.7 MB at 128 -> 256) where 81 points would
+// need 2.25x that.
 //
 // Letters: as Winograd.swift; a "class" is one of the 36, `mult` its points per tile (1, 4 or 16).
 
@@ -18,9 +19,11 @@ let ws2In = 9, ws2Classes = 36
 
 extension Conv2DShape {
     /// 3x3, stride 2, pad 1, with enough channels for the GEMMs to pay, and transformed kernels
-    /// (36 x C x K) of at most 4 MB: they stream through every block of tiles.
+    /// (36 x C x K) of at most 6 MB, since they stream through every block of tiles: ResNet-18's
+    /// 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB). Its 256 -> 512 (19 MB) ran slower than the direct
+    /// kernel, and packing it cost more than the forward saved.
     public var isWinogradStride2Shape: Bool {
-        r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 && ws2PackedCount * 4 <= 4 << 20
+        r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 && ws2PackedCount * 4 <= 6 << 20
     }
     public var usesWinogradStride2: Bool { Conv2DShape.winogradEnabled && isWinogradStride2Shape }
 
@@ -30,8 +33,8 @@ extension Conv2DShape {
     var ws2PackedCount: Int { ws2Classes * ws2ClassStride }
 
     /// Tiles per block: V and M of a block (81 rows per tile) near 768 KB, in L2 beside the class
-    /// being multiplied, a multiple of the 6-row tile. At 64 -> 128 channels that is 12 tiles; 6, 24
-    /// and 48 ran 3-10% slower in the step.
+    /// being multiplied, a multiple of the 6-row tile. At 64 -> 128 channels that is 12 tiles (6, 24
+    /// and 48 ran 3-10% slower in the step), at 128 -> 256 6 tiles (24, 48 and 96: 15-50% slower).
     var ws2BlockTiles: Int {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         let t = max(convTileRows, (3 << 18) / (81 * (cp + kp) * 4))

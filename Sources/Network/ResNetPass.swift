@@ -56,7 +56,7 @@ public enum PassOp: Int, CaseIterable, Sendable {
 
     public var label: String {
         switch self {
-        case .convWinograd: return "conv forward, 3x3 (Winograd; stride 2: 64->128)"
+        case .convWinograd: return "conv forward, 3x3 (Winograd; stride 2: 64->128, 128->256)"
         case .convDirect: return "conv forward, direct (stem, wide stride 2, 1x1)"
         case .pack: return "weight packing / Winograd weight transform"
         case .bwdDataWinograd: return "conv backward-data, 3x3 stride 1 (Winograd)"
