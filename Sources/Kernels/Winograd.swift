@@ -194,17 +194,50 @@ func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec
 func wgTilePointers(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int, zero: UnsafeMutablePointer<Float>,
                     into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
-    let ih0 = ty * wgOut - 1, iw0 = tx * wgOut - 1
+    wgWindowPointers(x, image: b, row: ty * wgOut - 1, column: tx * wgOut - 1, edge: wgIn, H: H, W: W, C: C,
+                     zero: zero, into: src)
+}
+
+/// src[i * edge + j] = the pixel (row + i, column + j) of image b (its C channels), or `zero` outside
+/// the image: the input window of one tile (6x6 for F(4x4, 3x3), 9x9 for the stride-2 forward).
+@inline(__always)
+func wgWindowPointers(_ x: UnsafePointer<Float>, image b: Int, row ih0: Int, column iw0: Int, edge: Int, H: Int, W: Int,
+                      C: Int, zero: UnsafeMutablePointer<Float>, into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
     let z = UnsafePointer(zero)
-    for i in 0..<wgIn {
+    for i in 0..<edge {
         let ih = ih0 + i
         let rowOK = ih >= 0 && ih < H
         let row = x + (b * H + ih) * W * C
-        for j in 0..<wgIn {
+        for j in 0..<edge {
             let iw = iw0 + j
-            src[i * wgIn + j] = rowOK && iw >= 0 && iw < W ? row + iw * C : z
+            src[i * edge + j] = rowOK && iw >= 0 && iw < W ? row + iw * C : z
         }
     }
+}
+
+/// out[r][16] = a[r][0..<depth] x panel[depth][16] for rows r < count (`stride` floats apart), six
+/// rows per register tile; the last tile repeats the last row, so `out` needs room up to the next
+/// multiple of 6 rows.
+@inline(__always)
+func wgMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
+                    panel: UnsafePointer<Float>, depth: Int) {
+    let last = a + (count - 1) * stride
+    var r0 = 0
+    while r0 < count {
+        func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < count ? a + (r0 + i) * stride : last }
+        convTapLoop(out + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, depth, fresh: true)
+        r0 += convTileRows
+    }
+}
+
+/// Stores (or adds) the first `cols` of a row of 4 outputs, `K` floats apart, `lanes` channels each.
+@inline(__always)
+func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>, K: Int, cols: Int, lanes: Int,
+                accumulate: Bool) {
+    wgStore(r.0, o, lanes, accumulate)
+    if cols > 1 { wgStore(r.1, o + K, lanes, accumulate) }
+    if cols > 2 { wgStore(r.2, o + 2 * K, lanes, accumulate) }
+    if cols > 3 { wgStore(r.3, o + 3 * K, lanes, accumulate) }
 }
 
 /// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
@@ -363,17 +396,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         if kbLo >= kbHi { return }
         let (t0, nt) = tileRange(blk)
         // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
-        let last = UnsafePointer(V + (nt - 1) * cp)
         func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
-            let vp = UnsafePointer(V + pt * pointV)
-            let mp = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-            var r0 = 0
-            while r0 < nt {
-                func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < nt ? vp + (r0 + i) * cp : last + pt * pointV }
-                convTapLoop(mp + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, C,
-                            fresh: true)
-                r0 += convTileRows
-            }
+            wgMultiplyRows(M + pt * pointM + (b - kbLo) * tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
+                           stride: cp, panel: panel, depth: C)
         }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
@@ -409,11 +434,8 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                     }
                     for i in 0..<rows {
                         let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-                        let o = y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth
-                        wgStore(r.0, o, hn, accumulate)
-                        if cols > 1 { wgStore(r.1, o + K, hn, accumulate) }
-                        if cols > 2 { wgStore(r.2, o + 2 * K, hn, accumulate) }
-                        if cols > 3 { wgStore(r.3, o + 3 * K, hn, accumulate) }
+                        wgStoreRow(r, y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth, K: K, cols: cols,
+                                   lanes: hn, accumulate: accumulate)
                     }
                 }
             }

@@ -176,15 +176,8 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
             // 1. Input transform: V[class rows][c].
             for ti in 0..<nt {
                 let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
-                let ih0 = ty * 2 * wgOut - 1, iw0 = tx * 2 * wgOut - 1
-                for i in 0..<ws2In {
-                    let ih = ih0 + i
-                    for j in 0..<ws2In {
-                        let iw = iw0 + j
-                        src[i * ws2In + j] = ih >= 0 && ih < H && iw >= 0 && iw < W
-                            ? x + ((b * H + ih) * W + iw) * C : UnsafePointer(zero)
-                    }
-                }
+                wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
+                                 H: H, W: W, C: C, zero: zero, into: src)
                 var c0 = 0
                 while c0 < C {
                     let cn = min(fvecWidth, C - c0)
@@ -211,16 +204,9 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
             // 2. One GEMM per class: M[class][kb][class rows][16] = V[class rows][:] x U[class][kb][:][16].
             for q in 0..<ws2Classes {
                 let rows = nt * ws2Mult(q), r0q = ws2ClassRow(q, nt)
-                let vq = UnsafePointer(V + r0q * cp), last = vq + (rows - 1) * cp
                 for bi in 0..<kb {
-                    let panel = u + q * cs + bi * C * convColBlock
-                    let mp = M + (r0q * kb + bi * rows) * convColBlock
-                    var r0 = 0
-                    while r0 < rows {
-                        func a(_ i: Int) -> UnsafePointer<Float> { r0 + i < rows ? vq + (r0 + i) * cp : last }
-                        convTapLoop(mp + r0 * convColBlock, a(0), a(1), a(2), a(3), a(4), a(5), panel, C, fresh: true)
-                        r0 += convTileRows
-                    }
+                    wgMultiplyRows(M + (r0q * kb + bi * rows) * convColBlock, UnsafePointer(V + r0q * cp), count: rows,
+                                   stride: cp, panel: u + q * cs + bi * C * convColBlock, depth: C)
                 }
             }
             // 3. Output transform: y[tile] = A M A^T, 8 output channels at a time.
@@ -247,11 +233,8 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
                         for i in 0..<rowsOut {
                             let t = T + i * 9
                             let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-                            let o = y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth
-                            wgStore(r.0, o, hn, false)
-                            if colsOut > 1 { wgStore(r.1, o + K, hn, false) }
-                            if colsOut > 2 { wgStore(r.2, o + 2 * K, hn, false) }
-                            if colsOut > 3 { wgStore(r.3, o + 3 * K, hn, false) }
+                            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth, K: K,
+                                       cols: colsOut, lanes: hn, accumulate: false)
                         }
                     }
                 }
