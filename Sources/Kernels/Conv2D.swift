@@ -55,7 +55,7 @@ public struct Conv2DShape: Equatable, Sendable {
         let zero = max(c, k, convColBlock) * 4
         let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448)
         let order = n * h * w * 4
-        let bwdW = t * (taps * convPixelBlock * 8 + taps * c * ceilDiv(k, convColBlock) * convColBlock * 4)
+        let bwdW = t * bwdWeightLayout.perThread
         let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
                          t * gatheredRowsBytesPerThread)
         if isWinogradStride2Shape { return max(direct, t * ws2Layout.perThread) }
@@ -405,6 +405,12 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
 // MARK: - Backward weights
 
 /// dW[K][C][R][S] (= or +=) sum over pixels of dy[p][k] * x[p at tap][c].
+///
+/// Per tap, dW_t[C][K] = X_t^T · dY, a GEMM reduced over pixels. Each thread takes a fixed pixel range
+/// (so the bits do not depend on the schedule) and sums into its own partial dW; per block of pixels
+/// it packs dY as [K/16][pixel][16] once, and per tap the gathered inputs as [C/6][pixel][6], so the
+/// register tile (6 channels x 16 output channels) reads two contiguous streams. Read in place, both
+/// operands are rows a power of two apart (stride 2: 2*C floats), which map onto one or two L1 sets.
 public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
                                  gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                                  scratch: UnsafeMutableRawPointer) {
@@ -413,49 +419,85 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
         wgBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch)
         return
     }
-    let (zero, _, work) = convScratch(sh, scratch)
-    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s
     let st = sh.stride, pad = sh.pad, taps = sh.taps
-    let kBlocks = ceilDiv(K, convColBlock), Kp = kBlocks * convColBlock
+    let L = sh.bwdWeightLayout
+    let kBlocks = L.kBlocks, Kp = L.kPadded, cTiles = L.cTiles, Cp = L.cPadded
     let pixels = sh.n * OH * OW
     let threads = min(Threads.count, max(1, pixels / 16))
-    let partCount = taps * C * Kp
-    let perThread = taps * convPixelBlock * 8 + partCount * 4
-    let z = UnsafePointer(zero)
-    let cTiles = ceilDiv(C, convTileRows)
+    let work = scratch
     parallelFor(threads) { tlo, thi, _ in
         for th in tlo..<thi {
-            let base = work + th * perThread
-            let xrows = base.bindMemory(to: UnsafePointer<Float>.self, capacity: taps * convPixelBlock)
-            let part = (base + taps * convPixelBlock * 8).bindMemory(to: Float.self, capacity: partCount)
-            part.initialize(repeating: 0, count: partCount)
+            let base = work + th * L.perThread
+            let part = base.bindMemory(to: Float.self, capacity: L.partFloats)
+            let dyP = (base + L.partFloats * 4).bindMemory(to: Float.self, capacity: convPixelBlock * Kp)
+            let xP = (base + (L.partFloats + convPixelBlock * Kp) * 4).bindMemory(to: Float.self, capacity: cTiles * L.xTileStride)
+            part.initialize(repeating: 0, count: L.partFloats)
             let pBegin = pixels * th / threads, pEnd = pixels * (th + 1) / threads
             var pb = pBegin
             while pb < pEnd {
                 let np = min(convPixelBlock, pEnd - pb)
+                // dY block -> [kb][j][16], zero past K.
                 for j in 0..<np {
-                    let p = pb + j
-                    let ow = p % OW, oh = (p / OW) % OH, b = p / (OW * OH)
-                    for r in 0..<R {
-                        let ih = oh * st - pad + r
-                        for s in 0..<S {
-                            let iw = ow * st - pad + s
-                            let ok = ih >= 0 && ih < H && iw >= 0 && iw < W
-                            xrows[(r * S + s) * convPixelBlock + j] = ok ? x + ((b * H + ih) * W + iw) * C : z
+                    let src = dy + (pb + j) * K
+                    for kb in 0..<kBlocks {
+                        let k0 = kb * convColBlock, kn = min(convColBlock, K - k0)
+                        let dst = dyP + (kb * np + j) * convColBlock
+                        if kn == convColBlock {
+                            vstore(vload(src + k0), dst); vstore(vload(src + k0 + 8), dst + 8)
+                        } else {
+                            let n0 = min(kn, 8)
+                            vstore(vloadPartial(src + k0, n0), dst)
+                            vstore(kn > 8 ? vloadPartial(src + k0 + 8, kn - 8) : FVec(), dst + 8)
                         }
                     }
                 }
-                let dyBlock = dy + pb * K
-                for kb in 0..<kBlocks {
-                    let k0 = kb * convColBlock
-                    let kn = min(convColBlock, K - k0)
-                    for t in 0..<taps {
-                        let xr = xrows + t * convPixelBlock
+                for g in 0..<L.groups {
+                    // Gathered inputs of the group's taps -> [ct][j][6], zero outside the image and past
+                    // the group's channels. The block's pixel (b, oh, ow) is stepped along, not divided out.
+                    var ow = pb % OW, oh = (pb / OW) % OH, b = pb / (OW * OH)
+                    for j in 0..<np {
+                        defer {
+                            ow += 1
+                            if ow == OW { ow = 0; oh += 1; if oh == OH { oh = 0; b += 1 } }
+                        }
+                        if L.groups == 1 && taps > 1 {
+                            // Few channels: the whole receptive field is one row of taps * C channels.
+                            var v = 0
+                            for t in 0..<taps {
+                                let ih = oh * st - pad + t / S, iw = ow * st - pad + t % S
+                                let inside = ih >= 0 && ih < H && iw >= 0 && iw < W
+                                let src = x + ((b * H + (inside ? ih : 0)) * W + (inside ? iw : 0)) * C
+                                for c in 0..<C {
+                                    xP[(v / convTileRows) * L.xTileStride + j * convTileRows + v % convTileRows] = inside ? src[c] : 0
+                                    v += 1
+                                }
+                            }
+                            while v < Cp { xP[(v / convTileRows) * L.xTileStride + j * convTileRows + v % convTileRows] = 0; v += 1 }
+                            continue
+                        }
+                        let ih = oh * st - pad + g / S, iw = ow * st - pad + g % S
+                        let inside = ih >= 0 && ih < H && iw >= 0 && iw < W
+                        let src = x + ((b * H + (inside ? ih : 0)) * W + (inside ? iw : 0)) * C
+                        var ct = 0
+                        // Whole vectors while 8 channels remain (the 2 extra floats land in the next
+                        // pixel's slot, written after, or in the gap after a tile's last pixel).
+                        while inside && ct < cTiles && ct * convTileRows + fvecWidth <= C {
+                            vstore(vload(src + ct * convTileRows), xP + ct * L.xTileStride + j * convTileRows)
+                            ct += 1
+                        }
+                        while ct < cTiles {
+                            let c0 = ct * convTileRows, cn = inside ? min(convTileRows, C - c0) : 0
+                            let dst = xP + ct * L.xTileStride + j * convTileRows
+                            for i in 0..<convTileRows { dst[i] = i < cn ? src[c0 + i] : 0 }
+                            ct += 1
+                        }
+                    }
+                    for kb in 0..<kBlocks {
+                        let panel = UnsafePointer(dyP + kb * np * convColBlock)
                         for ct in 0..<cTiles {
-                            let c0 = ct * convTileRows
-                            let acc = part + (t * C) * Kp + k0
-                            bwdWeightTile(xr: xr, np: np, c0: c0, C: C, dy: dyBlock + k0, K: K, kn: kn,
-                                          acc: acc, Kp: Kp)
+                            bwdWeightTile(x: xP + ct * L.xTileStride, np: np, dy: panel,
+                                          acc: part + (g * Cp + ct * convTileRows) * Kp + kb * convColBlock, Kp: Kp)
                         }
                     }
                 }
@@ -470,10 +512,10 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
             let k0 = kb * convColBlock, kn = min(convColBlock, K - k0)
             for c in 0..<C {
                 for t in 0..<taps {
-                    let off = (t * C + c) * Kp + k0
+                    let off = (L.groups == 1 ? t * C + c : t * Cp + c) * Kp + k0
                     var v0 = FVec(), v1 = FVec()
                     for th in 0..<threads {
-                        let part = (work + th * perThread + taps * convPixelBlock * 8).assumingMemoryBound(to: Float.self)
+                        let part = (work + th * L.perThread).assumingMemoryBound(to: Float.self)
                         v0 += vload(part + off); v1 += vload(part + off + 8)
                     }
                     for j in 0..<kn {
@@ -487,9 +529,51 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
     }
 }
 
-/// One 6 (input channels) x 16 (output channels) tile of dW for one tap, reduced over `np` pixels.
+extension Conv2DShape {
+    /// Per-thread scratch of the direct backward-weights: the partial dW [group][channels padded to 6]
+    /// [K padded to 16], then one pixel block of packed dY and of packed gathered inputs. A group is one
+    /// tap of C channels, or, with few input channels (a stem), all taps as taps * C channels.
+    var bwdWeightLayout: (groups: Int, kBlocks: Int, kPadded: Int, cTiles: Int, cPadded: Int, partFloats: Int,
+                          xTileStride: Int, perThread: Int) {
+        let groups = usesGatheredRows ? 1 : taps
+        let kb = ceilDiv(k, convColBlock), ct = ceilDiv(taps / groups * c, convTileRows)
+        let kp = kb * convColBlock, cp = ct * convTileRows
+        let part = groups * cp * kp
+        let xTile = convPixelBlock * convTileRows + fvecWidth
+        return (groups, kb, kp, ct, cp, part, xTile, align64((part + convPixelBlock * kp + ct * xTile) * 4))
+    }
+}
+
+/// acc[6][16] (rows Kp apart) += sum over np pixels of x[j][0..<6] (outer) dy[j][0..<16]: one
+/// 6 (input channels) x 16 (output channels) tile of dW for one tap, from packed operands.
+@inline(never)
+func bwdWeightTile(x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, acc a0: UnsafeMutablePointer<Float>, Kp: Int) {
+    var c00 = vload(a0), c01 = vload(a0 + 8)
+    var c10 = vload(a0 + Kp), c11 = vload(a0 + Kp + 8)
+    var c20 = vload(a0 + 2 * Kp), c21 = vload(a0 + 2 * Kp + 8)
+    var c30 = vload(a0 + 3 * Kp), c31 = vload(a0 + 3 * Kp + 8)
+    var c40 = vload(a0 + 4 * Kp), c41 = vload(a0 + 4 * Kp + 8)
+    var c50 = vload(a0 + 5 * Kp), c51 = vload(a0 + 5 * Kp + 8)
+    var d = dy, xp = x
+    for _ in 0..<np {
+        let b0 = vload(d), b1 = vload(d + 8)
+        var v = FVec(repeating: xp[0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+        v = FVec(repeating: xp[1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+        v = FVec(repeating: xp[2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+        v = FVec(repeating: xp[3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+        v = FVec(repeating: xp[4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+        v = FVec(repeating: xp[5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+        d += convColBlock; xp += convTileRows
+    }
+    vstore(c00, a0); vstore(c01, a0 + 8); vstore(c10, a0 + Kp); vstore(c11, a0 + Kp + 8)
+    vstore(c20, a0 + 2 * Kp); vstore(c21, a0 + 2 * Kp + 8); vstore(c30, a0 + 3 * Kp); vstore(c31, a0 + 3 * Kp + 8)
+    vstore(c40, a0 + 4 * Kp); vstore(c41, a0 + 4 * Kp + 8); vstore(c50, a0 + 5 * Kp); vstore(c51, a0 + 5 * Kp + 8)
+}
+
+/// One 6 (input channels) x 16 (output channels) tile of a weight gradient, reduced over `np` rows read
+/// in place: x rows through pointers, dy rows K apart (Winograd backward-weights, its points' V and Y).
 @inline(__always)
-func bwdWeightTile(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0: Int, C: Int,
+func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0: Int, C: Int,
                    dy: UnsafePointer<Float>, K: Int, kn: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
     // Channels past C repeat the last one (never stored): no read past a row.
     let i1 = min(c0 + 1, C - 1), i2 = min(c0 + 2, C - 1), i3 = min(c0 + 3, C - 1)

@@ -620,7 +620,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     let first = t0 == 0
                     if !first { part.initialize(repeating: 0, count: C * convColBlock) }
                     for ct in 0..<cTiles {
-                        bwdWeightTile(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
+                        bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
                                       dy: UnsafePointer(Y + pt * pointY + k0), K: kp, kn: convColBlock,
                                       acc: first ? u : part, Kp: first ? kp : convColBlock)
                     }
@@ -673,7 +673,7 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
             for pt in 0..<wgPoints {
                 for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * cp + cLo) }
                 for c0 in stride(from: 0, to: cn, by: convTileRows) {
-                    bwdWeightTile(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
+                    bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
                                   K: kp, kn: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }

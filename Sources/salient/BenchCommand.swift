@@ -55,20 +55,22 @@ struct BenchKernels: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
     @Flag(help: "One JSON object per line.") var json = false
     @Option(help: "Batch size.") var batch = 64
-    @Option(help: "Comma-separated (C, H=W) shapes, e.g. 64x32,128x16.") var shapes = "64x32,128x16,256x8,512x4"
+    @Option(help: "Comma-separated (C, H=W) shapes, e.g. 64x32,128x16; a suffix s2 (64x32s2) times the stride-2 convolution C -> 2C of a stage's first block.")
+    var shapes = "64x32,128x16,256x8,512x4"
 
     func validate() throws {
         if batch < 1 || batch > 4096 { throw ValidationError("--batch must be between 1 and 4096, got \(batch)") }
         _ = try parseShapes()
     }
 
-    func parseShapes() throws -> [(Int, Int)] {
+    func parseShapes() throws -> [(c: Int, hw: Int, stride: Int)] {
         try shapes.split(separator: ",").map { part in
-            let f = part.split(separator: "x").compactMap { Int($0) }
-            guard f.count == 2, f[0] > 0, f[1] > 0, f[0] <= 4096, f[1] <= 1024 else {
-                throw ValidationError("--shapes: expected CxHW like 64x32, got '\(part)'")
+            let stride = part.hasSuffix("s2") ? 2 : 1
+            let f = part.dropLast(stride == 2 ? 2 : 0).split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+            guard f.count == 2, let c = f[0], let hw = f[1], c > 0, hw >= stride, c <= 4096, hw <= 1024 else {
+                throw ValidationError("--shapes: expected CxHW like 64x32 (or 64x32s2 for stride 2), got '\(part)'")
             }
-            return (f[0], f[1])
+            return (c, hw, stride)
         }
     }
 
@@ -83,20 +85,20 @@ struct BenchKernels: ParsableCommand {
         emit(r, peak: peak)
         rows.append(r)
         let shapes = try parseShapes()
-        for (c, hw) in shapes {
-            let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c, r: 3, s: 3, stride: 1, pad: 1)
+        for (c, hw, stride) in shapes {
+            let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1)
             for (op, t) in try benchConv(sh) {
                 var rec = BenchRecord(fields: [])
-                rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
+                rec.add("op", stride == 1 ? op : op + "_s2"); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
                 rec.add("threads", threads); rec.add("gflops", sh.flops / t * 1e-9)
                 rec.add("pct_peak", sh.flops / t * 1e-9 / peak * 100)
-                rec.add("conv", sh.usesWinograd ? "winograd" : "direct")
+                rec.add("conv", sh.usesWinograd || (op == "conv3x3_fwd" && sh.usesWinogradStride2) ? "winograd" : "direct")
                 emit(rec, peak: peak)
                 rows.append(rec)
             }
         }
         // Memory-bound layers on the first shape: batch norm (train forward + backward) and pooling.
-        if let (c, hw) = shapes.first {
+        if let (c, hw, _) = shapes.first {
             for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw) {
                 var rec = BenchRecord(fields: [])
                 rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
