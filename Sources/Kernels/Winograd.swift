@@ -502,8 +502,9 @@ extension Conv2DShape {
         let tb = allTiles ? wgTiles : min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
         // Shared: dU, V, Y. Per thread: the transform's 36 vectors, V row pointers, tile pointers, a
         // zero row, a block's partial sums [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
-        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: allTiles ? 0 : pts * c * kp, v: pts * tb * cp,
-                                     yv: pts * tb * kp, zeroCount: max(cp, kp))
+        let cs = allTiles ? wgSkewed(cp) : cp, ks = allTiles ? wgSkewed(kp) : kp
+        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: allTiles ? 0 : pts * c * kp, v: pts * tb * cs,
+                                     yv: pts * tb * ks, zeroCount: max(cp, kp), vStride: cs, yStride: ks)
         p.allTiles = allTiles
         p.offV = align64(p.dU * 4)
         p.offY = p.offV + align64(p.v * 4)
@@ -522,6 +523,13 @@ extension Conv2DShape {
     }
 }
 
+/// The distance between consecutive tiles' rows of V and Y in the all-tiles backward-weights: the row
+/// length rounded to an odd number of cache lines. Its GEMMs read one line from each of 64 tile rows
+/// per pass; 512-channel rows (32 lines apart) fall into 2 of the 64 L1 sets and evict each other
+/// before the next pass (6 channels on) reads them again. (The blocked path and the forward measured
+/// slower with skewed rows: bench kernels, best of 6 alternating runs.)
+@inline(__always) func wgSkewed(_ floats: Int) -> Int { (floats / 16) % 2 == 0 ? floats + 16 : floats }
+
 /// Input channels per item of the all-tiles backward-weights (a multiple of the 6-row tile).
 let wgBackwardCBlock = 48
 
@@ -529,6 +537,8 @@ let wgBackwardCBlock = 48
 /// per-thread offsets are from that thread's base).
 struct WGBackwardWeightPlan {
     var rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int, zeroCount: Int
+    /// Floats from one tile's row of V (Y) to the next (wgSkewed when all tiles are transformed at once).
+    var vStride: Int, yStride: Int
     var allTiles = false
     var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
@@ -546,7 +556,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
     let perThreadBase = scratch + plan.offThreads
     let zeroCount = plan.zeroCount, perThread = plan.perThread
-    let pointV = tb * cp, pointY = tb * kp, pointU = C * kp
+    let cs = plan.vStride, ks = plan.yStride
+    let pointV = tb * cs, pointY = tb * ks, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
     // Transforms of tiles t0..<t0+nt for point rows row0..<row0+rowsPerPass: V = B^T x B, Y = A dy A^T.
     func transforms(_ t0: Int, _ nt: Int, _ row0: Int) {
@@ -560,7 +571,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             for ti in lo..<hi {
                 let tile = t0 + ti
                 wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
-                wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: row0,
+                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
                             rowCount: plan.rowsPerPass)
                 // dy's 4x4 tile (zero past the image).
                 let (b, ty, tx) = wgTileOrigin(tile, th, tw)
@@ -581,7 +592,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     }
                     for i in row0..<(row0 + plan.rowsPerPass) {
                         let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
-                        let p = Y + ((i - row0) * 6) * pointY + ti * kp + k0
+                        let p = Y + ((i - row0) * 6) * pointY + ti * ks + k0
                         vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
                         vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
                     }
@@ -611,7 +622,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     let pt = item / kb, k0 = (item % kb) * convColBlock
                     if pt != cached {
                         cached = pt
-                        for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cp) }
+                        for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cs) }
                     }
                     // Each block's sums start from zero (the first block's in the zeroed dU itself)
                     // and later ones are added to dU afterwards: float rounding grows with the length
@@ -621,7 +632,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     if !first { part.initialize(repeating: 0, count: C * convColBlock) }
                     for ct in 0..<cTiles {
                         bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
-                                      dy: UnsafePointer(Y + pt * pointY + k0), K: kp, kn: convColBlock,
+                                      dy: UnsafePointer(Y + pt * pointY + k0), K: ks, kn: convColBlock,
                                       acc: first ? u : part, Kp: first ? kp : convColBlock)
                     }
                     if !first {
@@ -658,7 +669,7 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                               dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
     let C = sh.c, K = sh.k, tiles = plan.tb
     let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
-    let pointV = tiles * cp, pointY = tiles * kp
+    let pointV = tiles * plan.vStride, pointY = tiles * plan.yStride
     let cBlocks = ceilDiv(C, wgBackwardCBlock)
     let pointU = wgBackwardCBlock * convColBlock
     // Items by input-channel block first, so a thread's consecutive items share V's columns.
@@ -671,10 +682,10 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
             let cLo = cb * wgBackwardCBlock, cn = min(wgBackwardCBlock, C - cLo)
             dU.initialize(repeating: 0, count: wgPoints * pointU)
             for pt in 0..<wgPoints {
-                for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * cp + cLo) }
+                for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * plan.vStride + cLo) }
                 for c0 in stride(from: 0, to: cn, by: convTileRows) {
                     bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
-                                  K: kp, kn: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
+                                  K: plan.yStride, kn: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }
             for h in 0..<2 {
