@@ -100,7 +100,7 @@ extension Conv2DShape {
         // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
         // fused weights one row of 6 points of one output block's transformed kernels.
         var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
-        p.offM = align64(wgPoints * tb * cp * 4)
+        p.offM = align64(wgPoints * tb * (cp >= 512 ? wgSkewed(cp) : cp) * 4)
         p.offT = p.offM + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
         p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
@@ -368,7 +368,10 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
     let plan = sh.wgPlan(threads: Threads.count), fused = plan.fused
     let tbMax = plan.tb
-    let pointV = tbMax * cp, pointM = plan.kbPerGroup * tbMax * convColBlock
+    // 512-channel rows of V are skewed like backward-weights' (wgSkewed): the GEMM's six rows were in
+    // 2 L1 sets. (At 64-256 channels the skew measured slower.)
+    let cs = cp >= 512 ? wgSkewed(cp) : cp
+    let pointV = tbMax * cs, pointM = plan.kbPerGroup * tbMax * convColBlock
     @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer { scratch + thread * plan.perThreadBytes }
     @inline(__always) func tileRange(_ blk: Int) -> (t0: Int, nt: Int) {
         let t0 = tiles * blk / plan.blocks
@@ -383,7 +386,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         zero.initialize(repeating: 0, count: cp)
         for ti in lo..<hi {
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
-            wgInputTile(src, channels: C, temp: T, out: V + ti * cp, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+            wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
         }
     }
     /// 2 and 3. The GEMMs and the output transform of one block and output-channel group, from its V.
@@ -398,7 +401,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
         func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
             wgMultiplyRows(M + pt * pointM + (b - kbLo) * tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
-                           stride: cp, panel: panel, depth: C)
+                           stride: cs, panel: panel, depth: C)
         }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
@@ -526,8 +529,9 @@ extension Conv2DShape {
 /// The distance between consecutive tiles' rows of V and Y in the all-tiles backward-weights: the row
 /// length rounded to an odd number of cache lines. Its GEMMs read one line from each of 64 tile rows
 /// per pass; 512-channel rows (32 lines apart) fall into 2 of the 64 L1 sets and evict each other
-/// before the next pass (6 channels on) reads them again. (The blocked path and the forward measured
-/// slower with skewed rows: bench kernels, best of 6 alternating runs.)
+/// before the next pass (6 channels on) reads them again. The forward skews its 512-channel V rows too.
+/// (The blocked path, and the forward below 512 channels, measured slower with skewed rows: bench
+/// kernels, best of 6 alternating runs.)
 @inline(__always) func wgSkewed(_ floats: Int) -> Int { (floats / 16) % 2 == 0 ? floats + 16 : floats }
 
 /// Input channels per item of the all-tiles backward-weights (a multiple of the 6-row tile).
