@@ -173,6 +173,17 @@ def report(d):
                           "PyTorch channels_last img/s", "salient / PyTorch", "salient s/step", "PyTorch s/step",
                           "salient peak RSS MB", "PyTorch peak RSS MB", "RSS salient / PyTorch"], rows, text_cols=3))
         out.append("")
+        # The rounds themselves: on a shared machine other work only ever slows a run down, so the
+        # spread (and the best round of each) says how much of a median is the machine.
+        for k in sorted(set(st_s) & set(st_p), key=lambda k: (k[0], k[5] == "none")):
+            s = [r["img_per_s"] for r in st_s[k]]
+            _, p = best_layout(st_p[k])
+            p = [r["img_per_s"] for r in p]
+            if len(s) > 1 and p:
+                out.append(f"Rounds of `{k[0]}` ({k[5]}), img/s in order: salient {' / '.join(fmt(v) for v in s)}; "
+                           f"PyTorch {' / '.join(fmt(v) for v in p)}. Best round of each: {fmt(max(s))} vs "
+                           f"{fmt(max(p))} = {ratio(max(s), max(p))}.")
+                out.append("")
 
     ex_key = (lambda r: (r.get("arch"), r.get("stem"), r.get("batch"), r.get("res")))
     ex_s = group([r for r in sal if r.get("op") == "extract"], ex_key)
