@@ -27,8 +27,11 @@ let bnBlock = 256
 
 /// Channels rounded up to whole vectors.
 @inline(__always) func bnPadded(_ c: Int) -> Int { ceilDiv(c, fvecWidth) * fvecWidth }
-@inline(__always) func bnPerThreadBytes(_ c: Int) -> Int { align64(2 * bnPadded(c) * 4) + align64(2 * c * 8) }
-@inline(__always) func bnSharedBytes(_ c: Int) -> Int { 3 * align64(bnPadded(c) * 4) }
+/// Most batch-norm groups (independent sub-batches, the key encoder's split batch norm) one call of
+/// the training forward takes; more are run a call per group.
+public let bnMaxGroups = 16
+@inline(__always) func bnPerThreadBytes(_ c: Int) -> Int { align64(2 * bnPadded(c) * 4) + align64(2 * c * 8 * bnMaxGroups) }
+@inline(__always) func bnSharedBytes(_ c: Int) -> Int { 3 * align64(bnPadded(c) * 4 * bnMaxGroups) }
 
 /// Bytes of scratch the training forward and the backward need with `threads` threads
 /// (size it with at least `Threads.count` at call time).
@@ -39,15 +42,15 @@ public func batchNormScratchBytes(_ sh: BatchNormShape, threads: Int) -> Int {
 /// Threads the statistic passes use: at most Threads.count, and a few dozen pixels each at least.
 @inline(__always) func bnThreads(_ p: Int) -> Int { max(1, min(Threads.count, p / 32)) }
 
-/// Shared arrays of the scratch (three vectors of padded C floats each), then the per-thread area.
+/// Shared arrays of the scratch (three arrays of bnMaxGroups x padded C floats), then the per-thread area.
 @inline(__always)
 func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
     -> (a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>,
         perThread: UnsafeMutableRawPointer) {
-    let s = align64(bnPadded(c) * 4)
-    return (scratch.bindMemory(to: Float.self, capacity: bnPadded(c)),
-            (scratch + s).bindMemory(to: Float.self, capacity: bnPadded(c)),
-            (scratch + 2 * s).bindMemory(to: Float.self, capacity: bnPadded(c)),
+    let s = align64(bnPadded(c) * 4 * bnMaxGroups)
+    return (scratch.bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
+            (scratch + s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
+            (scratch + 2 * s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
             scratch + 3 * s)
 }
 
@@ -55,14 +58,15 @@ func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
 /// and channels c..<c+n. A concrete type per pass (not a closure) so that the terms are inlined
 /// into the parallel loop: a closure captured by the parallel body stayed an indirect call per vector.
 protocol BNColumnTerms {
-    func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec)
+    /// `g`: the group pixel row p belongs to.
+    func terms(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (FVec, FVec)
 }
 
-/// Forward statistics: u = v = x - shift.
+/// Forward statistics: u = v = x - shift of the pixel's group.
 struct BNShiftedInput: BNColumnTerms {
     let x: UnsafePointer<Float>, shift: UnsafePointer<Float>, C: Int
-    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec) {
-        let u = vloadN(x + p * C + c, n) - vload(shift + c)
+    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (FVec, FVec) {
+        let u = vloadN(x + p * C + c, n) - vload(shift + g * bnPadded(C) + c)
         return (u, u)
     }
 }
@@ -71,53 +75,59 @@ struct BNShiftedInput: BNColumnTerms {
 struct BNGradTerms: BNColumnTerms {
     let dy: UnsafePointer<Float>, y: UnsafePointer<Float>, x: UnsafePointer<Float>, mean: UnsafePointer<Float>
     let C: Int, relu: Bool
-    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int) -> (FVec, FVec) {
+    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ group: Int) -> (FVec, FVec) {
         var g = vloadN(dy + p * C + c, n)
         if relu { g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0) }
         return (g, vloadN(x + p * C + c, n) - vloadN(mean + c, n))
     }
 }
 
-/// Per-thread pixel-range sums of u and u*v over columns, where (u, v) = `f.terms(pixel row, channel offset, lanes)`.
-/// Leaves the Double sums of thread t at perThread + t*bnPerThreadBytes + align64(2*Cp*4): [sum u][sum u*v].
+/// Per-thread pixel-range sums of u and u*v over columns, where (u, v) = `f.terms(pixel row, channel offset,
+/// lanes, group)`, for each of `groups` equal groups of the P pixels: thread t sums range t of every group,
+/// so one parallel region serves all groups and each group's sums are those of a call of its own.
+/// Leaves the Double sums of thread t, group g at perThread + t*bnPerThreadBytes + align64(2*Cp*4) + g*2*C
+/// doubles: [sum u][sum u*v].
 @inline(__always)
 func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
-                                    _ f: T) {
-    let cp = bnPadded(C), stride = bnPerThreadBytes(C)
+                                    groups: Int = 1, _ f: T) {
+    let cp = bnPadded(C), stride = bnPerThreadBytes(C), gp = P / groups
     parallelFor(threads) { tlo, thi, _ in
         for th in tlo..<thi {
             let base = perThread + th * stride
             let s1 = base.bindMemory(to: Float.self, capacity: 2 * cp), s2 = s1 + cp
-            let d = (base + align64(2 * cp * 4)).bindMemory(to: Double.self, capacity: 2 * C)
-            d.initialize(repeating: 0, count: 2 * C)
-            let pBegin = P * th / threads, pEnd = P * (th + 1) / threads
-            var p = pBegin
-            while p < pEnd {
-                let pe = min(p + bnBlock, pEnd)
-                s1.initialize(repeating: 0, count: 2 * cp)
-                for q in p..<pe {
-                    var c = 0
-                    while c < C {
-                        let (u, v) = f.terms(q, c, min(fvecWidth, C - c))
-                        vstore(vload(s1 + c) + u, s1 + c)
-                        var a = vload(s2 + c)
-                        a.addProduct(u, v)
-                        vstore(a, s2 + c)
-                        c += fvecWidth
+            let dAll = (base + align64(2 * cp * 4)).bindMemory(to: Double.self, capacity: 2 * C * groups)
+            for g in 0..<groups {
+                let d = dAll + g * 2 * C
+                d.initialize(repeating: 0, count: 2 * C)
+                let pBegin = g * gp + gp * th / threads, pEnd = g * gp + gp * (th + 1) / threads
+                var p = pBegin
+                while p < pEnd {
+                    let pe = min(p + bnBlock, pEnd)
+                    s1.initialize(repeating: 0, count: 2 * cp)
+                    for q in p..<pe {
+                        var c = 0
+                        while c < C {
+                            let (u, v) = f.terms(q, c, min(fvecWidth, C - c), g)
+                            vstore(vload(s1 + c) + u, s1 + c)
+                            var a = vload(s2 + c)
+                            a.addProduct(u, v)
+                            vstore(a, s2 + c)
+                            c += fvecWidth
+                        }
                     }
+                    for c in 0..<C { d[c] += Double(s1[c]); d[C + c] += Double(s2[c]) }
+                    p = pe
                 }
-                for c in 0..<C { d[c] += Double(s1[c]); d[C + c] += Double(s2[c]) }
-                p = pe
             }
         }
     }
 }
 
-/// Reduces the per-thread Double sums of channel c.
+/// Reduces the per-thread Double sums of channel c (of group g).
 @inline(__always)
-func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer) -> (Double, Double) {
+func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer, group g: Int = 0) -> (Double, Double) {
     var a = 0.0, b = 0.0
-    let off = align64(2 * bnPadded(C) * 4)
+    let off = align64(2 * bnPadded(C) * 4) + g * 2 * C * 8
     for th in 0..<threads {
         let d = (perThread + th * bnPerThreadBytes(C) + off).assumingMemoryBound(to: Double.self)
         a += d[c]; b += d[C + c]
@@ -126,13 +136,17 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
 }
 
 /// y[p][c] = (x[p][c] - mean[c]) * scale[c] + shift[c] (+ residual[p][c]), optionally ReLU'd;
-/// parallel over pixels. `residual` may alias y.
+/// parallel over pixels. `residual` may alias y. With `groups`, the P pixels are that many equal groups,
+/// each with its own mean and scale (groupStride floats apart).
 @inline(__always)
-func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
-             scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
-             y: UnsafeMutablePointer<Float>) {
+func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanBase: UnsafePointer<Float>,
+             scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
+             y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
+    let gp = P / groups
     parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
         for p in lo..<hi {
+            let g = groups == 1 ? 0 : p / gp
+            let mean = meanBase + g * groupStride, scale = scaleBase + g * groupStride
             let xr = x + p * C, yr = y + p * C
             var c = 0
             while c < C {
@@ -154,36 +168,48 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean: Unsa
 /// saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch: r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
 /// y[P][C] from x[P][C]; `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. y may alias x.
 /// `residual` [P][C] (a residual block's shortcut; may alias y) is added before the ReLU.
+/// `groups` (<= bnMaxGroups, dividing P): the P pixels are that many independent batches (split batch
+/// norm), each normalised by its own statistics, the running statistics updated once per group in
+/// order and `saveMean`/`saveInvStd` left with the last group's: the same as one call per group (same
+/// bits), in two parallel regions instead of two per group.
 public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                      beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
                                      runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
                                      residual: UnsafePointer<Float>? = nil,
                                      output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
-                                     saveInvStd: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+                                     saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
+                                     scratch: UnsafeMutableRawPointer) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
+    precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
     let (shift, mean, scale, work) = bnScratch(C, scratch)
-    let cp = bnPadded(C)
-    for c in 0..<cp { shift[c] = c < C ? x[c] : 0 }
-    let threads = bnThreads(P)
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work,
-                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C))
-    let m = Double(momentum), unbias = Double(P) / Double(max(P - 1, 1))
-    for c in 0..<cp {
-        if c >= C { mean[c] = 0; scale[c] = 0; continue }
-        let (s1, s2) = bnReduced(c, channels: C, threads: threads, perThread: work)
-        let d = s1 / Double(P)
-        let v = max(s2 / Double(P) - d * d, 0)
-        let mu = Double(shift[c]) + d
-        let inv = 1 / (v + Double(eps)).squareRoot()
-        mean[c] = Float(mu)
-        saveMean[c] = Float(mu)
-        saveInvStd[c] = Float(inv)
-        scale[c] = Float(Double(gamma[c]) * inv)
-        runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
-        runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+    let cp = bnPadded(C), gp = P / groups
+    for g in 0..<groups {
+        for c in 0..<cp { shift[g * cp + c] = c < C ? x[g * gp * C + c] : 0 }
     }
-    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, residual: residual, relu: relu, y: y)
+    let threads = bnThreads(gp)
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
+                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C))
+    let m = Double(momentum), unbias = Double(gp) / Double(max(gp - 1, 1))
+    for g in 0..<groups {
+        for c in 0..<cp {
+            let i = g * cp + c
+            if c >= C { mean[i] = 0; scale[i] = 0; continue }
+            let (s1, s2) = bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
+            let d = s1 / Double(gp)
+            let v = max(s2 / Double(gp) - d * d, 0)
+            let mu = Double(shift[i]) + d
+            let inv = 1 / (v + Double(eps)).squareRoot()
+            mean[i] = Float(mu)
+            saveMean[c] = Float(mu)
+            saveInvStd[c] = Float(inv)
+            scale[i] = Float(Double(gamma[c]) * inv)
+            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+        }
+    }
+    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, residual: residual, relu: relu, y: y,
+            groups: groups, groupStride: cp)
 }
 
 /// Re-applies a training-mode forward from its saved statistics: y = gamma*(x-mean)*invstd + beta,
@@ -263,7 +289,7 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
             var c = 0
             while c < C {
                 let n = min(fvecWidth, C - c)
-                let (g, xm) = terms.terms(p, c, n)
+                let (g, xm) = terms.terms(p, c, n, 0)
                 var v = vload(k3 + c)
                 v.addProduct(vload(k1 + c), g)
                 v.addProduct(vload(k2 + c), xm)

@@ -421,14 +421,18 @@ public final class ResNetPass {
         case .train(let splits):
             let s = max(1, min(splits, batch))
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
+            // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
             let px = n.bnPixels / s
-            for i in 0..<s {
-                batchNormForwardTraining(BatchNormShape(pixels: px, channels: C), input: n.conv + i * px * C,
+            var i = 0
+            while i < s {
+                let g = min(bnMaxGroups, s - i)
+                batchNormForwardTraining(BatchNormShape(pixels: g * px, channels: C), input: n.conv + i * px * C,
                                          gamma: store.params + u.gamma, beta: store.params + u.beta,
                                          runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
                                          momentum: 0.1, eps: 1e-5, relu: relu, residual: residual.map { $0 + i * px * C },
                                          output: output + i * px * C,
-                                         saveMean: n.mean, saveInvStd: n.invStd, scratch: scratch)
+                                         saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch)
+                i += g
             }
             store.counters[u.counter] += 1
         }

@@ -177,6 +177,58 @@ final class BatchNormTests: XCTestCase {
         }
     }
 
+    /// Split batch norm in one call (`groups`) against one call per group: the same bits for the output,
+    /// the running statistics (updated group after group) and the saved statistics (the last group's),
+    /// with and without a residual, on 1 and 2 threads.
+    func testGroupsMatchOneCallPerGroup() {
+        forEachThreadCount { threads in
+            for (i, (groups, gp, C)) in [(4, 50, 19), (8, 16, 64), (3, 300, 8), (16, 1, 5)].enumerated() {
+                let sh = BatchNormShape(pixels: groups * gp, channels: C)
+                var rng = TestRNG(seed: UInt64(300 + i))
+                let x = rng.array(sh.count, -2, 4), r = rng.array(sh.count, -1, 1)
+                let p = params(C, &rng)
+                for withResidual in [false, true] {
+                    var y = [Float](repeating: .nan, count: sh.count), yRef = y
+                    var rm = p.rm, rv = p.rv, mean = [Float](repeating: 0, count: C), inv = mean
+                    var rmRef = p.rm, rvRef = p.rv, meanRef = mean, invRef = mean
+                    let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                    defer { scratch.deallocate() }
+                    r.withUnsafeBufferPointer { rb in
+                        batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
+                                                 runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: withResidual,
+                                                 residual: withResidual ? rb.baseAddress! : nil, output: &y,
+                                                 saveMean: &mean, saveInvStd: &inv, groups: groups, scratch: scratch)
+                        x.withUnsafeBufferPointer { xb in
+                            yRef.withUnsafeMutableBufferPointer { yb in
+                                for g in 0..<groups {
+                                    let o = g * gp * C
+                                    batchNormForwardTraining(BatchNormShape(pixels: gp, channels: C), input: xb.baseAddress! + o,
+                                                             gamma: p.gamma, beta: p.beta, runningMean: &rmRef,
+                                                             runningVar: &rvRef, momentum: 0.1, eps: 1e-5, relu: withResidual,
+                                                             residual: withResidual ? rb.baseAddress! + o : nil,
+                                                             output: yb.baseAddress! + o, saveMean: &meanRef,
+                                                             saveInvStd: &invRef, scratch: scratch)
+                                }
+                            }
+                        }
+                    }
+                    let what = "groups \(groups) x \(gp) px, C \(C), residual \(withResidual), threads \(threads)"
+                    XCTAssertEqual(y, yRef, what)
+                    XCTAssertEqual(rm, rmRef, what); XCTAssertEqual(rv, rvRef, what)
+                    XCTAssertEqual(mean, meanRef, what); XCTAssertEqual(inv, invRef, what)
+                    // And the groups are really normalised apart: each group's output has its own mean ~ beta.
+                    if !withResidual {
+                        for g in [0, groups - 1] where gp > 1 {
+                            var s = 0.0
+                            for q in 0..<gp { s += Double(y[(g * gp + q) * C]) }
+                            XCTAssertEqual(s / Double(gp), Double(p.beta[0]), accuracy: 1e-4, what)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testInferenceMatchesNaiveAndHand() {
         forEachThreadCount { threads in
             for (i, sh) in Self.shapes.enumerated() {
