@@ -64,9 +64,10 @@ protocol BNColumnTerms {
 
 /// Forward statistics: u = v = x - shift of the pixel's group.
 struct BNShiftedInput: BNColumnTerms {
-    let x: UnsafePointer<Float>, shift: UnsafePointer<Float>, C: Int
+    /// shift: one row of padded C floats per group.
+    let x: UnsafePointer<Float>, shift: UnsafePointer<Float>, C: Int, cp: Int
     @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (FVec, FVec) {
-        let u = vloadN(x + p * C + c, n) - vload(shift + g * bnPadded(C) + c)
+        let u = vloadN(x + p * C + c, n) - vload(shift + g * cp + c)
         return (u, u)
     }
 }
@@ -189,7 +190,7 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
     }
     let threads = bnThreads(gp)
     bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
-                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C))
+                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     let m = Double(momentum), unbias = Double(gp) / Double(max(gp - 1, 1))
     for g in 0..<groups {
         for c in 0..<cp {

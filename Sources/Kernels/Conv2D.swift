@@ -71,7 +71,7 @@ public let convColBlock = 16
 public let convTileRows = 6
 /// Tiles whose gathered rows are computed together and reused across column blocks.
 let convGroupTiles = 8
-/// Pixels per block of the backward-weights reduction (gather table reused across tiles).
+/// Pixels per block of the direct backward-weights reduction (its packed dY and inputs).
 let convPixelBlock = 128
 
 @inline(__always) func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / b }
@@ -443,13 +443,8 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
                     for kb in 0..<kBlocks {
                         let k0 = kb * convColBlock, kn = min(convColBlock, K - k0)
                         let dst = dyP + (kb * np + j) * convColBlock
-                        if kn == convColBlock {
-                            vstore(vload(src + k0), dst); vstore(vload(src + k0 + 8), dst + 8)
-                        } else {
-                            let n0 = min(kn, 8)
-                            vstore(vloadPartial(src + k0, n0), dst)
-                            vstore(kn > 8 ? vloadPartial(src + k0 + 8, kn - 8) : FVec(), dst + 8)
-                        }
+                        vstore(vloadN(src + k0, min(kn, fvecWidth)), dst)
+                        vstore(kn > fvecWidth ? vloadN(src + k0 + fvecWidth, kn - fvecWidth) : FVec(), dst + fvecWidth)
                     }
                 }
                 for g in 0..<L.groups {
@@ -461,36 +456,25 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
                             ow += 1
                             if ow == OW { ow = 0; oh += 1; if oh == OH { oh = 0; b += 1 } }
                         }
+                        let slot = xP + j * convTileRows
+                        // The input pixel of tap t, or nil outside the image.
+                        @inline(__always) func pixel(_ t: Int) -> UnsafePointer<Float>? {
+                            let ih = oh * st - pad + t / S, iw = ow * st - pad + t % S
+                            return ih >= 0 && ih < H && iw >= 0 && iw < W ? x + ((b * H + ih) * W + iw) * C : nil
+                        }
                         if L.groups == 1 && taps > 1 {
                             // Few channels: the whole receptive field is one row of taps * C channels.
                             var v = 0
                             for t in 0..<taps {
-                                let ih = oh * st - pad + t / S, iw = ow * st - pad + t % S
-                                let inside = ih >= 0 && ih < H && iw >= 0 && iw < W
-                                let src = x + ((b * H + (inside ? ih : 0)) * W + (inside ? iw : 0)) * C
+                                let src = pixel(t)
                                 for c in 0..<C {
-                                    xP[(v / convTileRows) * L.xTileStride + j * convTileRows + v % convTileRows] = inside ? src[c] : 0
+                                    slot[(v / convTileRows) * L.xTileStride + v % convTileRows] = src?[c] ?? 0
                                     v += 1
                                 }
                             }
-                            while v < Cp { xP[(v / convTileRows) * L.xTileStride + j * convTileRows + v % convTileRows] = 0; v += 1 }
-                            continue
-                        }
-                        let ih = oh * st - pad + g / S, iw = ow * st - pad + g % S
-                        let inside = ih >= 0 && ih < H && iw >= 0 && iw < W
-                        let src = x + ((b * H + (inside ? ih : 0)) * W + (inside ? iw : 0)) * C
-                        var ct = 0
-                        // Whole vectors while 8 channels remain (the 2 extra floats land in the next
-                        // pixel's slot, written after, or in the gap after a tile's last pixel).
-                        while inside && ct < cTiles && ct * convTileRows + fvecWidth <= C {
-                            vstore(vload(src + ct * convTileRows), xP + ct * L.xTileStride + j * convTileRows)
-                            ct += 1
-                        }
-                        while ct < cTiles {
-                            let c0 = ct * convTileRows, cn = inside ? min(convTileRows, C - c0) : 0
-                            let dst = xP + ct * L.xTileStride + j * convTileRows
-                            for i in 0..<convTileRows { dst[i] = i < cn ? src[c0 + i] : 0 }
-                            ct += 1
+                            while v < Cp { slot[(v / convTileRows) * L.xTileStride + v % convTileRows] = 0; v += 1 }
+                        } else {
+                            packSixChannelTiles(pixel(g), channels: C, into: slot, tileStride: L.xTileStride)
                         }
                     }
                     for kb in 0..<kBlocks {
@@ -544,6 +528,28 @@ extension Conv2DShape {
     }
 }
 
+/// One pixel's C channels -> its slot in C/6 tiles of 6 floats (`tileStride` apart), zeros past C, all
+/// zeros for a pixel outside the image (nil). Whole vectors while 8 channels remain: the 2 extra
+/// floats land in the next pixel's slot, written after it, or in the gap of 8 floats after a tile.
+@inline(__always)
+func packSixChannelTiles(_ src: UnsafePointer<Float>?, channels C: Int, into dst: UnsafeMutablePointer<Float>,
+                         tileStride: Int) {
+    let cTiles = ceilDiv(C, convTileRows)
+    var ct = 0
+    if let src {
+        while ct < cTiles && ct * convTileRows + fvecWidth <= C {
+            vstore(vload(src + ct * convTileRows), dst + ct * tileStride)
+            ct += 1
+        }
+    }
+    while ct < cTiles {
+        let c0 = ct * convTileRows, cn = src == nil ? 0 : min(convTileRows, C - c0)
+        let d = dst + ct * tileStride
+        for i in 0..<convTileRows { d[i] = i < cn ? src![c0 + i] : 0 }
+        ct += 1
+    }
+}
+
 /// acc[6][16] (rows Kp apart) += sum over np pixels of x[j][0..<6] (outer) dy[j][0..<16]: one
 /// 6 (input channels) x 16 (output channels) tile of dW for one tap, from packed operands.
 @inline(never)
@@ -571,10 +577,11 @@ func bwdWeightTile(x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, a
 }
 
 /// One 6 (input channels) x 16 (output channels) tile of a weight gradient, reduced over `np` rows read
-/// in place: x rows through pointers, dy rows K apart (Winograd backward-weights, its points' V and Y).
+/// in place: x rows through pointers, 16 columns of dy rows `dyStride` apart (Winograd backward-weights,
+/// its points' V and Y).
 @inline(__always)
 func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0: Int, C: Int,
-                   dy: UnsafePointer<Float>, K: Int, kn: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+                   dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
     // Channels past C repeat the last one (never stored): no read past a row.
     let i1 = min(c0 + 1, C - 1), i2 = min(c0 + 2, C - 1), i3 = min(c0 + 3, C - 1)
     let i4 = min(c0 + 4, C - 1), i5 = min(c0 + 5, C - 1)
@@ -589,31 +596,16 @@ func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0:
     if nc > 4 { c40 = vload(a0 + 4 * Kp); c41 = vload(a0 + 4 * Kp + 8) }
     if nc > 5 { c50 = vload(a0 + 5 * Kp); c51 = vload(a0 + 5 * Kp + 8) }
     var d = dy
-    if kn == convColBlock {
-        for j in 0..<np {
-            let xp = xr[j]
-            let b0 = vload(d), b1 = vload(d + 8)
-            var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
-            v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
-            v = FVec(repeating: xp[i2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
-            v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
-            v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
-            v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
-            d += K
-        }
-    } else {
-        let n0 = min(kn, 8), n1 = kn - n0
-        for j in 0..<np {
-            let xp = xr[j]
-            let b0 = vloadPartial(d, n0), b1 = n1 > 0 ? vloadPartial(d + 8, n1) : FVec()
-            var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
-            v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
-            v = FVec(repeating: xp[i2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
-            v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
-            v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
-            v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
-            d += K
-        }
+    for j in 0..<np {
+        let xp = xr[j]
+        let b0 = vload(d), b1 = vload(d + 8)
+        var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+        v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+        v = FVec(repeating: xp[i2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+        v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+        v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+        v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+        d += dyStride
     }
     vstore(c00, a0); vstore(c01, a0 + 8)
     if nc > 1 { vstore(c10, a0 + Kp); vstore(c11, a0 + Kp + 8) }

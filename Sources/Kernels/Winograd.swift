@@ -636,7 +636,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     if !first { part.initialize(repeating: 0, count: C * convColBlock) }
                     for ct in 0..<cTiles {
                         bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
-                                      dy: UnsafePointer(Y + pt * pointY + k0), K: ks, kn: convColBlock,
+                                      dy: UnsafePointer(Y + pt * pointY + k0), dyStride: ks,
                                       acc: first ? u : part, Kp: first ? kp : convColBlock)
                     }
                     if !first {
@@ -689,7 +689,7 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                 for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * plan.vStride + cLo) }
                 for c0 in stride(from: 0, to: cn, by: convTileRows) {
                     bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
-                                  K: plan.yStride, kn: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
+                                  dyStride: plan.yStride, acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }
             for h in 0..<2 {
