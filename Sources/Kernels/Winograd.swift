@@ -495,34 +495,63 @@ extension Conv2DShape {
     /// 512-channel layers at batch 64), no dU is kept: V and Y are transformed once, and each item
     /// computes all 36 points of one block of input channels x 16 output channels and folds them into
     /// dW itself (`allTiles`). The six passes wrote, re-read and folded 38 MB of dU.
-    func wgBackwardWeightPlan() -> WGBackwardWeightPlan {
+    func wgBackwardWeightPlan(threads: Int) -> WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
         let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= 12 << 20
         if allTiles { rows = 6 }
         let pts = rows * 6
-        let tb = allTiles ? wgTiles : min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
-        // Shared: dU, V, Y. Per thread: the transform's 36 vectors, V row pointers, tile pointers, a
-        // zero row, a block's partial sums [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
+        let t = max(threads, 1)
+        // Own sums, when dU fits in L2 (ResNet-18's 64-channel layers): each thread reduces its share
+        // of the tiles into a dU of its own, in blocks of its own V and Y, all in one parallel region;
+        // the sums then join in thread order. Shared blocks take two parallel regions per block of
+        // tiles (37 per 64-channel layer), each ending when the slower thread is done: on a busy
+        // machine the step's 64-channel backward-weights took 85-88 ms that way against 58-66 with own
+        // sums (the same 46-49 ms on a quiet one). With a 2.4 MB dU (128 channels) the threads' extra
+        // dU traffic cost more than the regions saved (29-31 ms -> 34-37 on a quiet machine).
+        let ownBytes = pts * c * kp * 4
+        let ownSums = !allTiles && rows == 6 && t > 1 && ownBytes <= 1 << 20 && t * ownBytes <= 16 << 20
+        let tb: Int
+        if allTiles {
+            tb = wgTiles
+        } else if ownSums {
+            tb = min(ceilDiv(wgTiles, t), 256, max(32, min(2 << 20, (8 << 20) / t) / (pts * (cp + kp) * 4)))
+        } else {
+            tb = min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
+        }
+        // Shared: dU (one per thread with own sums), V, Y (per thread with own sums). Per thread: the
+        // transform's 36 vectors, V row pointers, tile pointers, a zero row, a block's partial sums
+        // [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
         let cs = allTiles ? wgSkewed(cp) : cp, ks = allTiles ? wgSkewed(kp) : kp
-        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: allTiles ? 0 : pts * c * kp, v: pts * tb * cs,
-                                     yv: pts * tb * ks, zeroCount: max(cp, kp), vStride: cs, yStride: ks)
+        let dUCount = allTiles ? 0 : pts * c * kp, vCount = pts * tb * cs, yCount = pts * tb * ks
+        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
+                                     zeroCount: max(cp, kp), vStride: cs, yStride: ks)
         p.allTiles = allTiles
-        p.offV = align64(p.dU * 4)
-        p.offY = p.offV + align64(p.v * 4)
-        p.offThreads = p.offY + align64(p.yv * 4)
+        p.threads = ownSums ? t : 0
+        p.offV = align64((ownSums ? t : 1) * p.dU * 4)
+        p.offY = p.offV + (ownSums ? 0 : align64(p.v * 4))
+        p.offThreads = p.offY + (ownSums ? 0 : align64(p.yv * 4))
         p.offRows = wgPoints * 2 * fvecWidth * 4
         p.offSrc = p.offRows + tb * 8
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
         p.perThread = align64(p.offPart + (allTiles ? wgPoints * wgBackwardCBlock : c) * convColBlock * 4 + 64)
+        if ownSums {
+            p.offOwnV = p.perThread
+            p.offOwnY = p.offOwnV + align64(p.v * 4)
+            p.perThread = p.offOwnY + align64(p.yv * 4)
+        }
         return p
     }
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
-        let p = wgBackwardWeightPlan()
-        return p.offThreads + max(threads, 1) * p.perThread + 64
+        var most = 0
+        for t in 1...max(threads, 1) {
+            let p = wgBackwardWeightPlan(threads: t)
+            most = max(most, p.offThreads + t * p.perThread + 64)
+        }
+        return most
     }
 }
 
@@ -544,6 +573,11 @@ struct WGBackwardWeightPlan {
     /// Floats from one tile's row of V (Y) to the next (wgSkewed when all tiles are transformed at once).
     var vStride: Int, yStride: Int
     var allTiles = false
+    /// Threads that each sum their own share of the tiles into their own dU (0: shared blocks).
+    var threads = 0
+    var ownSums: Bool { threads > 0 }
+    /// With own sums: each thread's V and Y, from its base.
+    var offOwnV = 0, offOwnY = 0
     var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
 
@@ -553,114 +587,163 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
-    let plan = sh.wgBackwardWeightPlan()
+    let plan = sh.wgBackwardWeightPlan(threads: Threads.count)
     let pts = plan.rowsPerPass * 6, tb = plan.tb
     let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
-    let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
-    let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
     let perThreadBase = scratch + plan.offThreads
     let zeroCount = plan.zeroCount, perThread = plan.perThread
     let cs = plan.vStride, ks = plan.yStride
     let pointV = tb * cs, pointY = tb * ks, pointU = C * kp
     let cTiles = ceilDiv(C, convTileRows)
-    // Transforms of tiles t0..<t0+nt for point rows row0..<row0+rowsPerPass: V = B^T x B, Y = A dy A^T.
-    func transforms(_ t0: Int, _ nt: Int, _ row0: Int) {
-        parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
-            let mine = perThreadBase + thread * perThread
-            let T = mine.bindMemory(to: FVec.self, capacity: wgPoints)
-            let src = (mine + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-            let zero = (mine + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount)
-            zero.initialize(repeating: 0, count: zeroCount)
-            let z = UnsafePointer(zero)
-            for ti in lo..<hi {
-                let tile = t0 + ti
-                wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
-                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
-                            rowCount: plan.rowsPerPass)
-                // dy's 4x4 tile (zero past the image).
-                let (b, ty, tx) = wgTileOrigin(tile, th, tw)
-                let oh0 = ty * wgOut, ow0 = tx * wgOut
-                for i in 0..<wgOut {
-                    for j in 0..<wgOut {
-                        src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
+    @inline(__always) func mine(_ thread: Int) -> UnsafeMutableRawPointer { perThreadBase + thread * perThread }
+    /// V = B^T x B and Y = A dy A^T of `tile` (row ti of its block), point rows row0..<row0+rowsPerPass,
+    /// with `thread`'s temporaries.
+    func transformTile(_ tile: Int, _ ti: Int, _ row0: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
+                       thread: Int) {
+        let T = mine(thread).bindMemory(to: FVec.self, capacity: wgPoints)
+        let src = (mine(thread) + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
+        let z = UnsafePointer((mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount))
+        wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: UnsafeMutablePointer(mutating: z), into: src)
+        wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
+                    rowCount: plan.rowsPerPass)
+        // dy's 4x4 tile (zero past the image).
+        let (b, ty, tx) = wgTileOrigin(tile, th, tw)
+        let oh0 = ty * wgOut, ow0 = tx * wgOut
+        for i in 0..<wgOut {
+            for j in 0..<wgOut {
+                src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
+            }
+        }
+        for k0 in stride(from: 0, to: kp, by: fvecWidth) {
+            let kn = max(0, min(fvecWidth, K - k0))
+            @inline(__always) func ld(_ q: Int) -> FVec {
+                kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
+            }
+            for j in 0..<wgOut {
+                let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
+                T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
+            }
+            for i in row0..<(row0 + plan.rowsPerPass) {
+                let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
+                let p = Y + ((i - row0) * 6) * pointY + ti * ks + k0
+                vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
+                vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
+            }
+        }
+    }
+    func zeroRow(_ thread: Int) {
+        (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount).initialize(repeating: 0, count: zeroCount)
+    }
+    /// u[point pt][c][k0..<k0+16] += V[pt]^T Y[pt] over a block of nt tiles. A block after the first
+    /// sums from zero into `thread`'s partial sums, then joins u: float rounding grows with the
+    /// length of a sum, and this keeps it to one block. `cachedPoint`: the point xr holds rows of.
+    func sumBlock(_ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
+                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, cachedPoint: inout Int) {
+        let xr = (mine(thread) + plan.offRows).bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
+        let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
+        if pt != cachedPoint {
+            cachedPoint = pt
+            for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cs) }
+        }
+        let u = dUBase + pt * pointU + k0
+        if !first { part.initialize(repeating: 0, count: C * convColBlock) }
+        for ct in 0..<cTiles {
+            bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
+                                  dy: UnsafePointer(Y + pt * pointY + k0), dyStride: ks,
+                                  acc: first ? u : part, Kp: first ? kp : convColBlock)
+        }
+        if !first {
+            for c in 0..<C {
+                let d = u + c * kp, q = part + c * convColBlock
+                vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
+            }
+        }
+    }
+    /// dW[k][c][r][s] (+)= sum over point rows row0..<row0+rowsPerPass and all j of G[i][r] G[j][s] dU[i][j][c][k],
+    /// after adding the other threads' own sums (in thread order) into dU.
+    func fold(_ row0: Int, accumulate acc: Bool) {
+        let kv = ceilDiv(K, fvecWidth)
+        parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
+            for kvi in lo..<hi {
+                let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
+                for t in stride(from: 1, to: plan.threads, by: 1) {
+                    let other = dU + t * plan.dU
+                    for pt in 0..<pts {
+                        for c in 0..<C {
+                            let o = pt * pointU + c * kp + k0
+                            vstore(vload(dU + o) + vload(other + o), dU + o)
+                        }
                     }
                 }
-                for k0 in stride(from: 0, to: kp, by: fvecWidth) {
-                    let kn = max(0, min(fvecWidth, K - k0))
-                    @inline(__always) func ld(_ q: Int) -> FVec {
-                        kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
-                    }
-                    for j in 0..<wgOut {
-                        let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
-                        T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
-                    }
-                    for i in row0..<(row0 + plan.rowsPerPass) {
-                        let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
-                        let p = Y + ((i - row0) * 6) * pointY + ti * ks + k0
-                        vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
-                        vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
-                    }
+                for c in 0..<C {
+                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: row0..<(row0 + plan.rowsPerPass),
+                                 into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: acc)
                 }
             }
         }
     }
     if plan.allTiles {
-        transforms(0, tiles, 0)
+        let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
+        let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
+        parallelForDynamic(tiles, chunk: max(1, tiles / (8 * Threads.count))) { lo, hi, thread in
+            zeroRow(thread)
+            for ti in lo..<hi { transformTile(ti, ti, 0, V: V, Y: Y, thread: thread) }
+        }
         wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
         return
     }
+    if plan.ownSums {
+        // One range of tiles per thread (a static split: each dU element's sum then has one order for
+        // a given thread count, whichever thread runs first).
+        parallelFor(plan.threads) { lo, hi, _ in
+            for t in lo..<hi {
+                let V = (mine(t) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
+                let Y = (mine(t) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
+                let u = dU + t * plan.dU
+                u.initialize(repeating: 0, count: plan.dU)
+                zeroRow(t)
+                let end = tiles * (t + 1) / plan.threads
+                var t0 = tiles * t / plan.threads, first = true
+                while t0 < end {
+                    let nt = min(tb, end - t0)
+                    for ti in 0..<nt { transformTile(t0 + ti, ti, 0, V: V, Y: Y, thread: t) }
+                    var cached = -1
+                    for pt in 0..<pts {
+                        for b in 0..<kb {
+                            sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: first, thread: t, cachedPoint: &cached)
+                        }
+                    }
+                    first = false
+                    t0 += nt
+                }
+            }
+        }
+        fold(0, accumulate: accumulate)
+        return
+    }
+    let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
+    let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
     for pass in 0..<(6 / plan.rowsPerPass) {
         let row0 = pass * plan.rowsPerPass
         dU.initialize(repeating: 0, count: plan.dU)
         var t0 = 0
         while t0 < tiles {
             let nt = min(tb, tiles - t0)
-            transforms(t0, nt, row0)
-            // dU[point][c][k] += V[point]^T Y[point], one (point, 16 output channels) per item.
+            parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
+                zeroRow(thread)
+                for ti in lo..<hi { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: thread) }
+            }
+            // One (point, 16 output channels) per item.
             parallelForDynamic(pts * kb, chunk: max(1, pts * kb / (8 * Threads.count))) { lo, hi, thread in
-                let xr = (perThreadBase + thread * perThread + plan.offRows)
-                    .bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
-                let part = (perThreadBase + thread * perThread + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
                 var cached = -1
                 for item in lo..<hi {
-                    let pt = item / kb, k0 = (item % kb) * convColBlock
-                    if pt != cached {
-                        cached = pt
-                        for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cs) }
-                    }
-                    // Each block's sums start from zero (the first block's in the zeroed dU itself)
-                    // and later ones are added to dU afterwards: float rounding grows with the length
-                    // of a sum, and this keeps it to one block.
-                    let u = dU + pt * pointU + k0
-                    let first = t0 == 0
-                    if !first { part.initialize(repeating: 0, count: C * convColBlock) }
-                    for ct in 0..<cTiles {
-                        bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
-                                      dy: UnsafePointer(Y + pt * pointY + k0), dyStride: ks,
-                                      acc: first ? u : part, Kp: first ? kp : convColBlock)
-                    }
-                    if !first {
-                        for c in 0..<C {
-                            let d = u + c * kp, q = part + c * convColBlock
-                            vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
-                        }
-                    }
+                    sumBlock(item / kb, (item % kb) * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0,
+                               thread: thread, cachedPoint: &cached)
                 }
             }
             t0 += nt
         }
-        // dW[k][c][r][s] (+)= sum over this pass's rows i and all j of G[i][r] G[j][s] dU[i][j][c][k].
-        let fold = accumulate || pass > 0
-        let kv = ceilDiv(K, fvecWidth)
-        parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
-            for kvi in lo..<hi {
-                let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
-                for c in 0..<C {
-                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: row0..<(row0 + plan.rowsPerPass),
-                                 into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: fold)
-                }
-            }
-        }
+        fold(row0, accumulate: accumulate || pass > 0)
     }
 }
 

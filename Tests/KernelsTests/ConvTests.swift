@@ -70,6 +70,8 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 2, c: 40, h: 8, w: 3, k: 72, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
+        // 544 tiles: backward-weights with own sums on 2-3 threads runs 2-3 blocks per thread.
+        Conv2DShape(n: 2, c: 16, h: 64, w: 68, k: 20, r: 3, s: 3, stride: 1, pad: 1),
     ]
 
     /// Winograd against the float64 reference, relative to the output's scale.
