@@ -501,7 +501,6 @@ extension Conv2DShape {
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
         let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= 12 << 20
         if allTiles { rows = 6 }
-        let pts = rows * 6
         let t = max(threads, 1)
         // Own sums, when dU fits in L2 (ResNet-18's 64-channel layers): each thread reduces its share
         // of the tiles into a dU of its own, in blocks of its own V and Y, all in one parallel region;
@@ -510,11 +509,23 @@ extension Conv2DShape {
         // machine the step's 64-channel backward-weights took 85-88 ms that way against 58-66 with own
         // sums (the same 46-49 ms on a quiet one). With a 2.4 MB dU (128 channels) the threads' extra
         // dU traffic cost more than the regions saved (29-31 ms -> 34-37 on a quiet machine).
-        let ownBytes = pts * c * kp * 4
+        let ownBytes = rows * 6 * c * kp * 4
         let ownSums = !allTiles && rows == 6 && t > 1 && ownBytes <= 1 << 20 && t * ownBytes <= 16 << 20
+        // Row groups, on 2 or 3 threads when dU fits in 8 MB but not in L2 (128 channels): each item
+        // takes 6/threads rows of the 6x6 points over all tiles, in blocks of its own V and Y, into
+        // its own rows of one dU, all in one parallel region. The items transform each tile's columns
+        // again (input transforms +50% on 2 threads), where shared blocks took two regions per block
+        // of tiles (21 per 128-channel layer). Five alternating profiles: 30.4-48.1 -> 31.5-37.3 ms
+        // per step, the busy-machine runs gaining most. At 256 channels (dU 9.4 MB, two passes of
+        // shared blocks) the groups' smaller blocks ran slower on a quiet machine (34-35 -> 42-44 ms).
+        let groups = !allTiles && !ownSums && rows == 6 && (t == 2 || t == 3) ? t : 0
+        if groups > 0 { rows = 6 / groups }
+        let pts = rows * 6
         let tb: Int
         if allTiles {
             tb = wgTiles
+        } else if groups > 0 {
+            tb = min(wgTiles, 256, max(48, (2 << 20) / (pts * (cp + kp) * 4)))
         } else if ownSums {
             tb = min(ceilDiv(wgTiles, t), 256, max(32, min(2 << 20, (8 << 20) / t) / (pts * (cp + kp) * 4)))
         } else {
@@ -524,20 +535,22 @@ extension Conv2DShape {
         // transform's 36 vectors, V row pointers, tile pointers, a zero row, a block's partial sums
         // [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
         let cs = allTiles ? wgSkewed(cp) : cp, ks = allTiles ? wgSkewed(kp) : kp
-        let dUCount = allTiles ? 0 : pts * c * kp, vCount = pts * tb * cs, yCount = pts * tb * ks
+        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cs, yCount = pts * tb * ks
         var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
                                      zeroCount: max(cp, kp), vStride: cs, yStride: ks)
         p.allTiles = allTiles
         p.threads = ownSums ? t : 0
+        p.rowGroups = groups
+        let own = ownSums || groups > 0
         p.offV = align64((ownSums ? t : 1) * p.dU * 4)
-        p.offY = p.offV + (ownSums ? 0 : align64(p.v * 4))
-        p.offThreads = p.offY + (ownSums ? 0 : align64(p.yv * 4))
+        p.offY = p.offV + (own ? 0 : align64(p.v * 4))
+        p.offThreads = p.offY + (own ? 0 : align64(p.yv * 4))
         p.offRows = wgPoints * 2 * fvecWidth * 4
         p.offSrc = p.offRows + tb * 8
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
         p.perThread = align64(p.offPart + (allTiles ? wgPoints * wgBackwardCBlock : c) * convColBlock * 4 + 64)
-        if ownSums {
+        if own {
             p.offOwnV = p.perThread
             p.offOwnY = p.offOwnV + align64(p.v * 4)
             p.perThread = p.offOwnY + align64(p.yv * 4)
@@ -576,7 +589,9 @@ struct WGBackwardWeightPlan {
     /// Threads that each sum their own share of the tiles into their own dU (0: shared blocks).
     var threads = 0
     var ownSums: Bool { threads > 0 }
-    /// With own sums: each thread's V and Y, from its base.
+    /// Items of point rows (rowsPerPass each) over all tiles (0: not split so).
+    var rowGroups = 0
+    /// With own sums or row groups: each thread's V and Y, from its base.
     var offOwnV = 0, offOwnY = 0
     var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
@@ -659,9 +674,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             }
         }
     }
-    /// dW[k][c][r][s] (+)= sum over point rows row0..<row0+rowsPerPass and all j of G[i][r] G[j][s] dU[i][j][c][k],
+    /// dW[k][c][r][s] (+)= sum over point rows `rows` (dU's first) and all j of G[i][r] G[j][s] dU[i][j][c][k],
     /// after adding the other threads' own sums (in thread order) into dU.
-    func fold(_ row0: Int, accumulate acc: Bool) {
+    func fold(_ rows: Range<Int>, accumulate acc: Bool) {
         let kv = ceilDiv(K, fvecWidth)
         parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
             for kvi in lo..<hi {
@@ -676,7 +691,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     }
                 }
                 for c in 0..<C {
-                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: row0..<(row0 + plan.rowsPerPass),
+                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: rows,
                                  into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: acc)
                 }
             }
@@ -718,7 +733,35 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 }
             }
         }
-        fold(0, accumulate: accumulate)
+        fold(0..<wgIn, accumulate: accumulate)
+        return
+    }
+    if plan.rowGroups > 0 {
+        // One group of point rows per item, over all tiles: every point of dU belongs to one item.
+        parallelForDynamic(plan.rowGroups) { lo, hi, thread in
+            let V = (mine(thread) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
+            let Y = (mine(thread) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
+            zeroRow(thread)
+            for g in lo..<hi {
+                let row0 = g * plan.rowsPerPass
+                let u = dU + row0 * wgIn * pointU
+                u.initialize(repeating: 0, count: pts * pointU)
+                var t0 = 0
+                while t0 < tiles {
+                    let nt = min(tb, tiles - t0)
+                    for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: thread) }
+                    var cached = -1
+                    for pt in 0..<pts {
+                        for b in 0..<kb {
+                            sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == 0, thread: thread,
+                                     cachedPoint: &cached)
+                        }
+                    }
+                    t0 += nt
+                }
+            }
+        }
+        fold(0..<wgIn, accumulate: accumulate)
         return
     }
     let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
@@ -743,7 +786,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             }
             t0 += nt
         }
-        fold(row0, accumulate: accumulate || pass > 0)
+        fold(row0..<(row0 + plan.rowsPerPass), accumulate: accumulate || pass > 0)
     }
 }
 

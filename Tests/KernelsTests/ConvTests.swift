@@ -72,6 +72,8 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
         // 544 tiles: backward-weights with own sums on 2-3 threads runs 2-3 blocks per thread.
         Conv2DShape(n: 2, c: 16, h: 64, w: 68, k: 20, r: 3, s: 3, stride: 1, pad: 1),
+        // dU of 1.5 MB: backward-weights in row groups on 2-3 threads (2 blocks of tiles on 2).
+        Conv2DShape(n: 2, c: 72, h: 40, w: 36, k: 136, r: 3, s: 3, stride: 1, pad: 1),
     ]
 
     /// Winograd against the float64 reference, relative to the output's scale.
