@@ -539,7 +539,7 @@ extension Conv2DShape {
         var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
                                      zeroCount: max(cp, kp), vStride: cs, yStride: ks)
         p.allTiles = allTiles
-        p.threads = ownSums ? t : 0
+        p.ownSumThreads = ownSums ? t : 0
         p.rowGroups = groups
         let own = ownSums || groups > 0
         p.offV = align64((ownSums ? t : 1) * p.dU * 4)
@@ -587,8 +587,8 @@ struct WGBackwardWeightPlan {
     var vStride: Int, yStride: Int
     var allTiles = false
     /// Threads that each sum their own share of the tiles into their own dU (0: shared blocks).
-    var threads = 0
-    var ownSums: Bool { threads > 0 }
+    var ownSumThreads = 0
+    var ownSums: Bool { ownSumThreads > 0 }
     /// Items of point rows (rowsPerPass each) over all tiles (0: not split so).
     var rowGroups = 0
     /// With own sums or row groups: each thread's V and Y, from its base.
@@ -617,8 +617,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                        thread: Int) {
         let T = mine(thread).bindMemory(to: FVec.self, capacity: wgPoints)
         let src = (mine(thread) + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-        let z = UnsafePointer((mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount))
-        wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: UnsafeMutablePointer(mutating: z), into: src)
+        let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount), z = UnsafePointer(zero)
+        wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
         wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
                     rowCount: plan.rowsPerPass)
         // dy's 4x4 tile (zero past the image).
@@ -681,7 +681,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
-                for t in stride(from: 1, to: plan.threads, by: 1) {
+                for t in stride(from: 1, to: plan.ownSumThreads, by: 1) {
                     let other = dU + t * plan.dU
                     for pt in 0..<pts {
                         for c in 0..<C {
@@ -710,15 +710,15 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     if plan.ownSums {
         // One range of tiles per thread (a static split: each dU element's sum then has one order for
         // a given thread count, whichever thread runs first).
-        parallelFor(plan.threads) { lo, hi, _ in
+        parallelFor(plan.ownSumThreads) { lo, hi, _ in
             for t in lo..<hi {
                 let V = (mine(t) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
                 let Y = (mine(t) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
                 let u = dU + t * plan.dU
                 u.initialize(repeating: 0, count: plan.dU)
                 zeroRow(t)
-                let end = tiles * (t + 1) / plan.threads
-                var t0 = tiles * t / plan.threads, first = true
+                let end = tiles * (t + 1) / plan.ownSumThreads
+                var t0 = tiles * t / plan.ownSumThreads, first = true
                 while t0 < end {
                     let nt = min(tb, end - t0)
                     for ti in 0..<nt { transformTile(t0 + ti, ti, 0, V: V, Y: Y, thread: t) }
