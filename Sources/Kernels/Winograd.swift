@@ -707,31 +707,32 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
         return
     }
+    /// u (pts points of dU, zeroed first) = V^T Y over tiles lo..<hi and point rows from row0, in blocks
+    /// of tb tiles transformed into `slot`'s own V and Y (own sums and row groups).
+    func sumTiles(_ lo: Int, _ hi: Int, row0: Int, into u: UnsafeMutablePointer<Float>, slot: Int) {
+        let V = (mine(slot) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
+        let Y = (mine(slot) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
+        zeroRow(slot)
+        u.initialize(repeating: 0, count: pts * pointU)
+        var t0 = lo
+        while t0 < hi {
+            let nt = min(tb, hi - t0)
+            for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: slot) }
+            var cached = -1
+            for pt in 0..<pts {
+                for b in 0..<kb {
+                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, cachedPoint: &cached)
+                }
+            }
+            t0 += nt
+        }
+    }
     if plan.ownSums {
         // One range of tiles per thread (a static split: each dU element's sum then has one order for
         // a given thread count, whichever thread runs first).
-        parallelFor(plan.ownSumThreads) { lo, hi, _ in
-            for t in lo..<hi {
-                let V = (mine(t) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
-                let Y = (mine(t) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
-                let u = dU + t * plan.dU
-                u.initialize(repeating: 0, count: plan.dU)
-                zeroRow(t)
-                let end = tiles * (t + 1) / plan.ownSumThreads
-                var t0 = tiles * t / plan.ownSumThreads, first = true
-                while t0 < end {
-                    let nt = min(tb, end - t0)
-                    for ti in 0..<nt { transformTile(t0 + ti, ti, 0, V: V, Y: Y, thread: t) }
-                    var cached = -1
-                    for pt in 0..<pts {
-                        for b in 0..<kb {
-                            sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: first, thread: t, cachedPoint: &cached)
-                        }
-                    }
-                    first = false
-                    t0 += nt
-                }
-            }
+        let n = plan.ownSumThreads
+        parallelFor(n) { lo, hi, _ in
+            for t in lo..<hi { sumTiles(tiles * t / n, tiles * (t + 1) / n, row0: 0, into: dU + t * plan.dU, slot: t) }
         }
         fold(0..<wgIn, accumulate: accumulate)
         return
@@ -739,26 +740,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     if plan.rowGroups > 0 {
         // One group of point rows per item, over all tiles: every point of dU belongs to one item.
         parallelForDynamic(plan.rowGroups) { lo, hi, thread in
-            let V = (mine(thread) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
-            let Y = (mine(thread) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
-            zeroRow(thread)
             for g in lo..<hi {
                 let row0 = g * plan.rowsPerPass
-                let u = dU + row0 * wgIn * pointU
-                u.initialize(repeating: 0, count: pts * pointU)
-                var t0 = 0
-                while t0 < tiles {
-                    let nt = min(tb, tiles - t0)
-                    for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: thread) }
-                    var cached = -1
-                    for pt in 0..<pts {
-                        for b in 0..<kb {
-                            sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == 0, thread: thread,
-                                     cachedPoint: &cached)
-                        }
-                    }
-                    t0 += nt
-                }
+                sumTiles(0, tiles, row0: row0, into: dU + row0 * wgIn * pointU, slot: thread)
             }
         }
         fold(0..<wgIn, accumulate: accumulate)
