@@ -26,7 +26,7 @@ public struct BatchNormShape: Equatable, Sendable {
 let bnBlock = 256
 
 /// Channels rounded up to whole vectors.
-@inline(__always) func bnPadded(_ c: Int) -> Int { ceilDiv(c, fvecWidth) * fvecWidth }
+@inline(__always) public func bnPadded(_ c: Int) -> Int { ceilDiv(c, fvecWidth) * fvecWidth }
 /// Most batch-norm groups (independent sub-batches, the key encoder's split batch norm) one call of
 /// the training forward takes; more are run a call per group.
 public let bnMaxGroups = 16
@@ -180,10 +180,30 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
                                      output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
                                      saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
                                      scratch: UnsafeMutableRawPointer) {
+    let (_, mean, scale, _) = bnScratch(sh.channels, scratch)
+    batchNormTrainingStatistics(sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
+                                momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
+                                mean: mean, scale: scale, scratch: scratch)
+    bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
+            relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
+}
+
+/// The statistics half of batchNormForwardTraining, for a consumer that applies the normalisation
+/// itself (a Winograd input transform, ConvInputAffine): saves mean and invstd, updates the running
+/// statistics, and leaves each group's mean and gamma*invstd in `mean` and `scale` (rows of
+/// bnPadded(C) floats per group, zero past C), so that y = beta + (x - mean) * scale exactly as the
+/// training forward computes it. `mean` and `scale` may lie in `scratch` only where
+/// batchNormForwardTraining puts them (its own use).
+public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                                        runningMean: UnsafeMutablePointer<Float>, runningVar: UnsafeMutablePointer<Float>,
+                                        momentum: Float, eps: Float, saveMean: UnsafeMutablePointer<Float>,
+                                        saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
+                                        mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
+                                        scratch: UnsafeMutableRawPointer) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
-    let (shift, mean, scale, work) = bnScratch(C, scratch)
+    let (shift, _, _, work) = bnScratch(C, scratch)
     let cp = bnPadded(C), gp = P / groups
     for g in 0..<groups {
         for c in 0..<cp { shift[g * cp + c] = c < C ? x[g * gp * C + c] : 0 }
@@ -209,8 +229,6 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
             runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
         }
     }
-    bnApply(pixels: P, channels: C, x: x, mean: mean, scale: scale, shift: beta, residual: residual, relu: relu, y: y,
-            groups: groups, groupStride: cp)
 }
 
 /// Re-applies a training-mode forward from its saved statistics: y = gamma*(x-mean)*invstd + beta,
@@ -235,14 +253,14 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
     // Blocks of pixels; per block and channel vector the scale is computed once, then applied to the block.
     let block = max(1, min(64, elementwiseGrain / max(C, 1)))
     let blocks = ceilDiv(P, block)
-    let one = FVec(repeating: 1), e = FVec(repeating: eps)
+    let e = FVec(repeating: eps)
     parallelFor(blocks) { lo, hi, _ in
         for b in lo..<hi {
             let p0 = b * block, p1 = min(P, p0 + block)
             var c = 0
             while c < C {
                 let n = min(fvecWidth, C - c)
-                let sc = vloadN(gamma + c, n) * (one / (vloadN(runningVar + c, n) + e).squareRoot())
+                let sc = bnInferenceScale(gamma, runningVar, c, n, eps: e)
                 let mu = vloadN(runningMean + c, n), bt = vloadN(beta + c, n)
                 for p in p0..<p1 {
                     var v = bt
@@ -254,6 +272,28 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
                 c += fvecWidth
             }
         }
+    }
+}
+
+/// gamma / sqrt(runningVar + eps) of channels c..<c+n, as the inference forward computes it.
+@inline(__always)
+func bnInferenceScale(_ gamma: UnsafePointer<Float>, _ runningVar: UnsafePointer<Float>, _ c: Int, _ n: Int, eps e: FVec) -> FVec {
+    vloadN(gamma + c, n) * (FVec(repeating: 1) / (vloadN(runningVar + c, n) + e).squareRoot())
+}
+
+/// The eval-mode normalisation as one mean row and one scale row (bnPadded(C) floats each, zero past
+/// C) for a consumer that applies it itself (ConvInputAffine): the same bits as
+/// batchNormForwardInference.
+public func batchNormInferenceAffine(channels C: Int, gamma: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+                                     runningVar: UnsafePointer<Float>, eps: Float,
+                                     mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>) {
+    let e = FVec(repeating: eps)
+    for c in 0..<bnPadded(C) { mean[c] = c < C ? runningMean[c] : 0; scale[c] = 0 }
+    var c = 0
+    while c < C {
+        let n = min(fvecWidth, C - c)
+        vstoreN(bnInferenceScale(gamma, runningVar, c, n, eps: e), scale + c, n)
+        c += fvecWidth
     }
 }
 

@@ -266,11 +266,17 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 // MARK: - Forward
 
 /// y[N][OH][OW][K] = conv(x[N][H][W][C], W). `packed` from conv2dPackForward;
-/// `scratch` of sh.scratchBytes(threads: Threads.count) bytes.
+/// `scratch` of sh.scratchBytes(threads: Threads.count) bytes. With `inputAffine` (Winograd shapes only) the
+/// input is its normalised, ReLU'd x (ConvInputAffine), which is never written.
 public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
-                          output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+                          output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer,
+                          inputAffine: ConvInputAffine? = nil) {
     precondition(sh.isValid, "invalid convolution shape")
-    if sh.usesWinograd { wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch); return }
+    precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
+    if sh.usesWinograd {
+        wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch, affine: inputAffine)
+        return
+    }
     if sh.usesWinogradStride2 { ws2Forward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     if sh.usesGatheredRows { gatheredRowsForward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
     let (zero, _, work) = convScratch(sh, scratch)

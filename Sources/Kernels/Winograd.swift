@@ -241,14 +241,27 @@ func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>,
 }
 
 /// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
-/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors.
+/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors. With `affine` (this
+/// tile's group's mean and scale rows, the shift, and the zero row that stands for the padding),
+/// d is max(shift + (x - mean) * scale, 0) of the loaded pixels x and zero in the padding.
 @inline(__always)
 func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int) {
+                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
+                 affine: WGTileAffine? = nil) {
     var c0 = 0
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
-        @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
+        // bnApply's arithmetic, in its order (the same bits as a written batch-norm output).
+        let mu = affine.map { vload($0.mean + c0) } ?? FVec(), sc = affine.map { vload($0.scale + c0) } ?? FVec()
+        let sh = affine.map { vloadN($0.shift + c0, cn) } ?? FVec()
+        @inline(__always) func ld(_ k: Int) -> FVec {
+            let x = cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)
+            guard let affine else { return x }
+            var v = sh
+            v.addProduct(x - mu, sc)
+            v = v.replacing(with: 0, where: v .< 0)
+            return src[k] == affine.zero ? FVec() : v
+        }
         for j in 0..<wgIn {
             let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
             T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
@@ -261,6 +274,27 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
         }
         c0 += fvecWidth
     }
+}
+
+/// A batch norm + ReLU that a Winograd forward applies to its input as it loads it:
+/// x' = max(shift + (x - mean) * scale, 0) per channel, the padding staying zero, with one `mean` and one
+/// `scale` row (groupStride floats apart, zero past C, at least whole vectors) per group of
+/// `imagesPerGroup` images, `shift` (C floats) shared: a mid-block batch norm whose output is never
+/// written (batchNormTrainingStatistics and batchNormInferenceAffine give the rows).
+public struct ConvInputAffine {
+    public var mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
+    public var groupStride: Int, imagesPerGroup: Int
+    public init(mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                groupStride: Int, imagesPerGroup: Int) {
+        precondition(imagesPerGroup > 0, "an input affine needs at least one image per group")
+        self.mean = mean; self.scale = scale; self.shift = shift
+        self.groupStride = groupStride; self.imagesPerGroup = imagesPerGroup
+    }
+}
+
+/// One tile's rows of a ConvInputAffine, and the zero row its padding points at.
+struct WGTileAffine {
+    let mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, zero: UnsafePointer<Float>
 }
 
 // MARK: - Weight packing
@@ -360,8 +394,10 @@ func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i:
 
 /// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
 /// With fused weights `packed` holds the untransformed kernels [K/16][C][9][16].
+/// With `affine`, the input is x' of ConvInputAffine, not x.
 func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
-               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+               affine: ConvInputAffine? = nil) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
@@ -386,7 +422,15 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         zero.initialize(repeating: 0, count: cp)
         for ti in lo..<hi {
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
-            wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+            if let a = affine {
+                let g = (t0 + ti) / (th * tw) / a.imagesPerGroup
+                let rows = WGTileAffine(mean: a.mean + g * a.groupStride, scale: a.scale + g * a.groupStride,
+                                        shift: a.shift, zero: UnsafePointer(zero))
+                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn,
+                            affine: rows)
+            } else {
+                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+            }
         }
     }
     /// 2 and 3. The GEMMs and the output transform of one block and output-channel group, from its V.

@@ -149,6 +149,15 @@ public final class ResNetPass {
     public let workspace: ConvWorkspace
     var scratch: UnsafeMutableRawPointer { workspace.scratch }
     private var allocations: [UnsafeMutableRawPointer] = []
+    /// Mean and scale rows (per batch-norm group) of the mid-block batch norm that the next
+    /// convolution applies as it loads its input (fusesMidBatchNorm).
+    var affineMean: Ptr, affineScale: Ptr
+    /// Whether a block's mid batch norm + ReLU runs inside the next convolution's Winograd input
+    /// transform (its statistics still a pass of their own) instead of writing its output: one read and
+    /// one write of the activation less per block. Same bits either way (tests turn it off to compare).
+    nonisolated(unsafe) public static var fusesMidBatchNorm = true
+    /// Mid-block batch norms the last forward applied inside the next convolution.
+    public private(set) var fusedMidCount = 0
     /// Bytes this pass allocated.
     public private(set) var allocatedBytes = 0
     var lastMode: BatchNormMode = .eval
@@ -352,6 +361,8 @@ public final class ResNetPass {
             }
         }
         features = alloc(batch * layout.config.featureDim)
+        let rows = batch * bnPadded(layout.blocks.flatMap(\.convs).map(\.cout).max() ?? 1)
+        affineMean = alloc(rows); affineScale = alloc(rows)
         allocations = allocs
         allocatedBytes = bytes
     }
@@ -380,14 +391,25 @@ public final class ResNetPass {
         lastMode = mode
         if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.shape.inputCount) }
         convBN(stem, store, mode)
+        fusedMidCount = 0
         if let pool { timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) } }
         for b in blocks {
             // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
             // the main path's when the shortcut is the input, else the downsample's, which adds the
             // main path's output in place. No separate pass over the block output.
             let last = b.convs.count - 1
+            var affine: ConvInputAffine? = nil, affineInput = b.input
             for (i, n) in b.convs.enumerated() {
-                convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil)
+                let fuse = i < last && n.unit.relu && Self.fusesMidBatchNorm && b.convs[i + 1].shape.usesWinograd
+                // A no-grad pass's conv buffer is every node's: a fused node's conv output goes to its
+                // (otherwise unwritten) output buffer, where the next node reads it.
+                let convOut = fuse && !keepsActivations ? n.out : n.conv
+                convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
+                       input: affine == nil ? n.input : affineInput, inputAffine: affine, convOutput: convOut,
+                       statisticsOnly: fuse)
+                affine = fuse ? midAffine(n, store, mode) : nil
+                if fuse { fusedMidCount += 1 }
+                affineInput = convOut
             }
             if let d = b.down { convBN(d, store, mode, residual: b.out, output: b.out) }
         }
@@ -399,22 +421,33 @@ public final class ResNetPass {
 
     /// Convolution then batch norm into `output` (the node's own by default); with `residual`, the
     /// batch norm adds it and applies ReLU (a block's end).
-    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil) {
+    /// Convolution of `input` (the node's own by default; with `inputAffine`, normalised as it is
+    /// loaded) into `convOutput` (the node's conv buffer by default), then batch norm into `output`
+    /// (the node's own by default), or with `statisticsOnly` only its statistics (midAffine gives the
+    /// next convolution their affine).
+    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil,
+                input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false) {
         let u = n.unit
+        let y = convOutput ?? n.conv
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
         timedOp(n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
-            conv2dForward(n.shape, input: n.input, packed: workspace.pack, output: n.conv, scratch: scratch)
+            conv2dForward(n.shape, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
+                          inputAffine: inputAffine)
         }
-        let C = u.cout
-        timedOp(.bnForward) { bnForward(n, store, mode, C, residual: residual, output: output ?? n.out) }
+        timedOp(.bnForward) {
+            bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out)
+        }
     }
 
-    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, _ C: Int, residual: Ptr?, output: Ptr) {
-        let u = n.unit
+    /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
+    /// running ones updated, each group's mean and scale rows left in affineMean/affineScale).
+    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?) {
+        let u = n.unit, C = u.cout
         let relu = u.relu || residual != nil
         switch mode {
         case .eval:
-            batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: n.conv,
+            guard let output else { return }  // midAffine reads the running statistics itself
+            batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: conv,
                                       gamma: store.params + u.gamma, beta: store.params + u.beta,
                                       runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
                                       eps: 1e-5, relu: relu, residual: residual, output: output)
@@ -422,20 +455,43 @@ public final class ResNetPass {
             let s = max(1, min(splits, batch))
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
             // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
-            let px = n.bnPixels / s
+            let px = n.bnPixels / s, cp = bnPadded(C)
             var i = 0
             while i < s {
                 let g = min(bnMaxGroups, s - i)
-                batchNormForwardTraining(BatchNormShape(pixels: g * px, channels: C), input: n.conv + i * px * C,
-                                         gamma: store.params + u.gamma, beta: store.params + u.beta,
-                                         runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
-                                         momentum: 0.1, eps: 1e-5, relu: relu, residual: residual.map { $0 + i * px * C },
-                                         output: output + i * px * C,
-                                         saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch)
+                let sh = BatchNormShape(pixels: g * px, channels: C)
+                let gamma = store.params + u.gamma
+                let rm = store.buffers + u.runningMean, rv = store.buffers + u.runningVar
+                if let output {
+                    batchNormForwardTraining(sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
+                                             runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5, relu: relu,
+                                             residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
+                                             saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch)
+                } else {
+                    batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
+                                                momentum: 0.1, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
+                                                mean: affineMean + i * cp, scale: affineScale + i * cp, scratch: scratch)
+                }
                 i += g
             }
             store.counters[u.counter] += 1
         }
+    }
+
+    /// The affine of a mid-block batch norm (+ ReLU) whose statistics bnForward left (training) or whose
+    /// running statistics apply (eval), for the next convolution to apply to its input.
+    func midAffine(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) -> ConvInputAffine {
+        let u = n.unit, cp = bnPadded(u.cout)
+        var groups = 1
+        switch mode {
+        case .eval:
+            batchNormInferenceAffine(channels: u.cout, gamma: store.params + u.gamma, runningMean: store.buffers + u.runningMean,
+                                     runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: affineMean, scale: affineScale)
+        case .train(let splits):
+            groups = max(1, min(splits, batch))
+        }
+        return ConvInputAffine(mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: cp,
+                               imagesPerGroup: batch / groups)
     }
 
     // MARK: Backward

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Kernels
+import Network
 
 struct Salient: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -31,6 +32,8 @@ struct ThreadOptions: ParsableArguments {
         if let t = threads { Threads.count = t }
         let env = ProcessInfo.processInfo.environment["SALIENT_CONV"]
         Conv2DShape.winogradEnabled = (conv ?? env ?? "winograd") != "direct"
+        // SALIENT_FUSE_BN=0: mid-block batch norms write their output (benchmarks compare the two).
+        ResNetPass.fusesMidBatchNorm = ProcessInfo.processInfo.environment["SALIENT_FUSE_BN"] != "0"
     }
 
     /// The convolution algorithm in effect after apply().

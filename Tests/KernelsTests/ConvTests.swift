@@ -143,6 +143,53 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
+    /// The Winograd forward with an input affine (a mid-block batch norm + ReLU applied as the input
+    /// is loaded) gives the bits of the plain forward on the normalised input written out, as bnApply
+    /// computes it: per group of images its own mean and scale rows, negative and zero scales, the
+    /// padding zero (not the affine of zero), partial tiles and channel vectors, the fused weights.
+    func testWinogradInputAffineEqualsNormalisedInput() {
+        let cases: [(Conv2DShape, Int)] = [
+            (Conv2DShape(n: 4, c: 12, h: 7, w: 9, k: 20, r: 3, s: 3, stride: 1, pad: 1), 2),
+            (Conv2DShape(n: 3, c: 64, h: 8, w: 8, k: 16, r: 3, s: 3, stride: 1, pad: 1), 1),
+            (Conv2DShape(n: 2, c: 256, h: 4, w: 4, k: 264, r: 3, s: 3, stride: 1, pad: 1), 2),
+        ]
+        for (ci, (sh, groups)) in cases.enumerated() {
+            XCTAssertTrue(sh.usesWinograd)
+            var rng = TestRNG(seed: UInt64(500 + ci))
+            let C = sh.c, cp = bnPadded(C)
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
+            var mean = [Float](repeating: 0, count: groups * cp), scale = [Float](repeating: 0, count: groups * cp)
+            for g in 0..<groups { for c in 0..<C {
+                mean[g * cp + c] = rng.uniform(-0.5, 0.5)
+                // Every third channel flips the sign, channel 1 has scale 0: its ReLU'd output is max(shift, 0).
+                scale[g * cp + c] = c == 1 ? 0 : rng.uniform(0.3, 2) * (c % 3 == 0 ? -1 : 1)
+            } }
+            let shift = (0..<C).map { c in c == 1 ? Float(0.25) : rng.uniform(-0.5, 0.5) }
+            let perGroup = sh.n / groups, pixels = sh.h * sh.w
+            var xn = x
+            for b in 0..<sh.n { for p in 0..<pixels { for c in 0..<C {
+                let g = b / perGroup, i = (b * pixels + p) * C + c
+                let v = shift[c].addingProduct(x[i] - mean[g * cp + c], scale[g * cp + c])
+                xn[i] = v < 0 ? 0 : v
+            } } }
+            XCTAssertTrue(xn.contains(0) && xn.contains { $0 > 0 })
+            forEachThreadCount([1, 2, 3]) { threads in
+                let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: threads))
+                defer { scratch.deallocate() }
+                var pf = [Float](repeating: .nan, count: sh.packedForwardCount)
+                conv2dPackForward(sh, weights: w, packed: &pf)
+                var plain = [Float](repeating: .nan, count: sh.outputCount), fused = plain
+                conv2dForward(sh, input: xn, packed: pf, output: &plain, scratch: scratch)
+                mean.withUnsafeBufferPointer { m in scale.withUnsafeBufferPointer { s in shift.withUnsafeBufferPointer { t in
+                    let affine = ConvInputAffine(mean: m.baseAddress!, scale: s.baseAddress!, shift: t.baseAddress!,
+                                                 groupStride: cp, imagesPerGroup: perGroup)
+                    conv2dForward(sh, input: x, packed: pf, output: &fused, scratch: scratch, inputAffine: affine)
+                } } }
+                XCTAssertTrue(plain == fused, "\(sh) groups \(groups) threads \(threads)")
+            }
+        }
+    }
+
     /// Stride-2 Winograd shapes: odd and even H/W (partial 4x4 output tiles, a 1x1 output), channels
     /// not multiples of 8 or 16, batch 1-3, ResNet's 64 -> 128 at 32x32 and 128 -> 256 at 16x16 (blocks
     /// of 12 and 6 tiles).
