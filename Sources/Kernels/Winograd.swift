@@ -241,38 +241,55 @@ func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>,
 }
 
 /// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
-/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors. With `affine` (this
-/// tile's group's mean and scale rows, the shift, and the zero row that stands for the padding),
-/// d is max(shift + (x - mean) * scale, 0) of the loaded pixels x and zero in the padding.
+/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors.
 @inline(__always)
 func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
-                 affine: WGTileAffine? = nil) {
+                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int) {
     var c0 = 0
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
-        // bnApply's arithmetic, in its order (the same bits as a written batch-norm output).
-        let mu = affine.map { vload($0.mean + c0) } ?? FVec(), sc = affine.map { vload($0.scale + c0) } ?? FVec()
-        let sh = affine.map { vloadN($0.shift + c0, cn) } ?? FVec()
-        @inline(__always) func ld(_ k: Int) -> FVec {
-            let x = cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)
-            guard let affine else { return x }
-            var v = sh
-            v.addProduct(x - mu, sc)
-            v = v.replacing(with: 0, where: v .< 0)
-            return src[k] == affine.zero ? FVec() : v
-        }
-        for j in 0..<wgIn {
-            let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
-            T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
-        }
-        for i in firstRow..<(firstRow + rowCount) {
-            let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-            let p = out + ((i - firstRow) * 6) * pointStride + c0
-            vstore(r.0, p); vstore(r.1, p + pointStride); vstore(r.2, p + 2 * pointStride)
-            vstore(r.3, p + 3 * pointStride); vstore(r.4, p + 4 * pointStride); vstore(r.5, p + 5 * pointStride)
+        wgInputLane(T, out + c0, pointStride, firstRow, rowCount) { k in
+            cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)
         }
         c0 += fvecWidth
+    }
+}
+
+/// wgInputTile of d = max(shift + (x - mean) * scale, 0) of the pixels x, zero in the padding (the
+/// pixels that point at `zero`), with this tile's group's mean and scale rows: bnApply's arithmetic in
+/// its order, so d has the bits of a written batch-norm output.
+@inline(__always)
+func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
+                       out: UnsafeMutablePointer<Float>, pointStride: Int, mean: UnsafePointer<Float>,
+                       scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, zero: UnsafePointer<Float>) {
+    var c0 = 0
+    while c0 < C {
+        let cn = min(fvecWidth, C - c0)
+        let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
+        wgInputLane(T, out + c0, pointStride, 0, wgIn) { k in
+            var v = sh
+            v.addProduct((cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu, sc)
+            v = v.replacing(with: 0, where: v .< 0)
+            return src[k] == zero ? FVec() : v
+        }
+        c0 += fvecWidth
+    }
+}
+
+/// The two passes of B^T d B for one vector of channels, d[k] = ld(k) (k = 6 i + j), into out[point]
+/// for point rows firstRow..<firstRow+rowCount.
+@inline(__always)
+func wgInputLane(_ T: UnsafeMutablePointer<FVec>, _ out: UnsafeMutablePointer<Float>, _ pointStride: Int, _ firstRow: Int,
+                 _ rowCount: Int, _ ld: (Int) -> FVec) {
+    for j in 0..<wgIn {
+        let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
+        T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
+    }
+    for i in firstRow..<(firstRow + rowCount) {
+        let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+        let p = out + ((i - firstRow) * 6) * pointStride
+        vstore(r.0, p); vstore(r.1, p + pointStride); vstore(r.2, p + 2 * pointStride)
+        vstore(r.3, p + 3 * pointStride); vstore(r.4, p + 4 * pointStride); vstore(r.5, p + 5 * pointStride)
     }
 }
 
@@ -290,11 +307,6 @@ public struct ConvInputAffine {
         self.mean = mean; self.scale = scale; self.shift = shift
         self.groupStride = groupStride; self.imagesPerGroup = imagesPerGroup
     }
-}
-
-/// One tile's rows of a ConvInputAffine, and the zero row its padding points at.
-struct WGTileAffine {
-    let mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, zero: UnsafePointer<Float>
 }
 
 // MARK: - Weight packing
@@ -424,10 +436,9 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
             if let a = affine {
                 let g = (t0 + ti) / (th * tw) / a.imagesPerGroup
-                let rows = WGTileAffine(mean: a.mean + g * a.groupStride, scale: a.scale + g * a.groupStride,
-                                        shift: a.shift, zero: UnsafePointer(zero))
-                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn,
-                            affine: rows)
+                wgInputTileAffine(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
+                                  mean: a.mean + g * a.groupStride, scale: a.scale + g * a.groupStride, shift: a.shift,
+                                  zero: UnsafePointer(zero))
             } else {
                 wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
             }
