@@ -72,14 +72,25 @@ struct BNShiftedInput: BNColumnTerms {
     }
 }
 
-/// Backward statistics: u = dy (masked by y > 0 with a fused ReLU), v = x - mean.
+/// Backward statistics: u = dy (masked by y > 0 with a fused ReLU), v = x - mean. Without y (`maskScale`
+/// given), y's sign comes from beta + (x - mean) * maskScale, bnApply's arithmetic in its order.
 struct BNGradTerms: BNColumnTerms {
-    let dy: UnsafePointer<Float>, y: UnsafePointer<Float>, x: UnsafePointer<Float>, mean: UnsafePointer<Float>
+    let dy: UnsafePointer<Float>, y: UnsafePointer<Float>?, x: UnsafePointer<Float>, mean: UnsafePointer<Float>
     let C: Int, relu: Bool
+    var maskScale: UnsafePointer<Float>? = nil, beta: UnsafePointer<Float>? = nil
     @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ group: Int) -> (FVec, FVec) {
         var g = vloadN(dy + p * C + c, n)
-        if relu { g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0) }
-        return (g, vloadN(x + p * C + c, n) - vloadN(mean + c, n))
+        let xm = vloadN(x + p * C + c, n) - vloadN(mean + c, n)
+        if relu {
+            if let y {
+                g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0)
+            } else if let maskScale, let beta {
+                var v = vloadN(beta + c, n)
+                v.addProduct(xm, vloadN(maskScale + c, n))
+                g = g.replacing(with: 0, where: v .<= 0)
+            }
+        }
+        return (g, xm)
     }
 }
 
@@ -299,22 +310,29 @@ public func batchNormInferenceAffine(channels C: Int, gamma: UnsafePointer<Float
 
 // MARK: - Backward
 
-/// Backward of training mode. When relu is true, `output` is the forward output y (its sign masks dy); otherwise output is ignored (may be nil).
+/// Backward of training mode. When relu is true, the sign of the forward output y masks dy: y is `output`
+/// when given, else rebuilt from x, `beta` and the saved statistics as batchNormApplySaved computes it
+/// (the same mask, and y need never be written). Without relu, output and beta are ignored (may be nil).
 /// dx overwritten unless accumulate (then added); dGamma/dBeta always overwritten.
 /// `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. dx may alias dy when not accumulating.
 public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
                               gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                              beta: UnsafePointer<Float>? = nil,
                               saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
                               gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
                               gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
-    precondition(!relu || y != nil, "fused ReLU backward needs the forward output")
+    precondition(!relu || y != nil || beta != nil, "fused ReLU backward needs the forward output or beta")
     let (k1, k2, k3, work) = bnScratch(C, scratch)
     let threads = bnThreads(P)
-    let terms = BNGradTerms(dy: dy, y: y ?? dy, x: x, mean: saveMean, C: C, relu: relu)
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
     let cp = bnPadded(C)
+    // The rebuilt output's scale, batchNormApplySaved's, in k1's second row (free: backward has one group).
+    let maskScale = k1 + cp
+    if relu && y == nil { for c in 0..<C { maskScale[c] = gamma[c] * saveInvStd[c] } }
+    let terms = BNGradTerms(dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
+                            maskScale: UnsafePointer(maskScale), beta: beta)
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
     for c in 0..<cp {
         if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
         let (sg, sgd) = bnReduced(c, channels: C, threads: threads, perThread: work)

@@ -417,12 +417,15 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
 /// it packs dY as [K/16][pixel][16] once, and per tap the gathered inputs as [C/6][pixel][6], so the
 /// register tile (6 channels x 16 output channels) reads two contiguous streams. Read in place, both
 /// operands are rows a power of two apart (stride 2: 2*C floats), which map onto one or two L1 sets.
+/// With `inputAffine` (Winograd shapes only), the input is its normalised, ReLU'd x (ConvInputAffine).
 public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
                                  gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
-                                 scratch: UnsafeMutableRawPointer) {
+                                 scratch: UnsafeMutableRawPointer, inputAffine: ConvInputAffine? = nil) {
     precondition(sh.isValid, "invalid convolution shape")
+    precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
     if sh.usesWinograd {
-        wgBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch)
+        wgBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch,
+                         affine: inputAffine)
         return
     }
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s

@@ -260,13 +260,14 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 /// its order, so d has the bits of a written batch-norm output.
 @inline(__always)
 func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                       out: UnsafeMutablePointer<Float>, pointStride: Int, mean: UnsafePointer<Float>,
-                       scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, zero: UnsafePointer<Float>) {
+                       out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int = 0, rowCount: Int = wgIn,
+                       mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                       zero: UnsafePointer<Float>) {
     var c0 = 0
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
         let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
-        wgInputLane(T, out + c0, pointStride, 0, wgIn) { k in
+        wgInputLane(T, out + c0, pointStride, firstRow, rowCount) { k in
             var v = sh
             v.addProduct((cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu, sc)
             v = v.replacing(with: 0, where: v .< 0)
@@ -306,6 +307,18 @@ public struct ConvInputAffine {
         precondition(imagesPerGroup > 0, "an input affine needs at least one image per group")
         self.mean = mean; self.scale = scale; self.shift = shift
         self.groupStride = groupStride; self.imagesPerGroup = imagesPerGroup
+    }
+
+    /// The transform of `tile` (th x tw tiles per image) with its image's group's rows
+    /// (wgInputTileAffine; `src` from wgTilePointers with `zero`).
+    @inline(__always)
+    func inputTile(_ tile: Int, tilesPerImage: Int, _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int,
+                   temp T: UnsafeMutablePointer<FVec>, out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int,
+                   rowCount: Int, zero: UnsafePointer<Float>) {
+        let g = tile / tilesPerImage / imagesPerGroup
+        wgInputTileAffine(src, channels: C, temp: T, out: out, pointStride: pointStride, firstRow: firstRow,
+                          rowCount: rowCount, mean: mean + g * groupStride, scale: scale + g * groupStride, shift: shift,
+                          zero: zero)
     }
 }
 
@@ -435,10 +448,8 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         for ti in lo..<hi {
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
             if let a = affine {
-                let g = (t0 + ti) / (th * tw) / a.imagesPerGroup
-                wgInputTileAffine(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
-                                  mean: a.mean + g * a.groupStride, scale: a.scale + g * a.groupStride, shift: a.shift,
-                                  zero: UnsafePointer(zero))
+                a.inputTile(t0 + ti, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
+                            firstRow: 0, rowCount: wgIn, zero: UnsafePointer(zero))
             } else {
                 wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
             }
@@ -652,8 +663,10 @@ struct WGBackwardWeightPlan {
 }
 
 /// dW (= or +=) the gradient of a Winograd-shape convolution's weights.
+/// With `affine`, the input is x' of ConvInputAffine, not x.
 func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                      gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+                      gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+                      affine: ConvInputAffine? = nil) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
@@ -674,8 +687,13 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         let src = (mine(thread) + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
         let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount), z = UnsafePointer(zero)
         wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
-        wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
-                    rowCount: plan.rowsPerPass)
+        if let affine {
+            affine.inputTile(tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
+                             firstRow: row0, rowCount: plan.rowsPerPass, zero: z)
+        } else {
+            wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
+                        rowCount: plan.rowsPerPass)
+        }
         // dy's 4x4 tile (zero past the image).
         let (b, ty, tx) = wgTileOrigin(tile, th, tw)
         let oh0 = ty * wgOut, ow0 = tx * wgOut

@@ -268,14 +268,18 @@ public final class ResNetPass {
                 k.rebuilt = (0..<n).map { _ in nil }
                 k.gradOut = (0..<n).map { _ in nil }
                 k.gradConv = Array(repeating: 0, count: n)
-                for i in 0..<(n - 1) { k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i]) }
+                // Mid-block outputs are rebuilt for backward, unless the next convolution reads them
+                // through its input transform (fusesMidBatchNorm): then nothing holds them at all.
+                for i in 0..<(n - 1) where !(layout.blocks[bi].convs[i].relu && Self.fusesMidBatchNorm && shapes[i + 1].usesWinograd) {
+                    k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i])
+                }
                 var dIn = gOut
                 for i in (0..<n).reversed() {
                     k.gradConv[i] = plan.add(shapes[i].outputCount)
                     plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])           // batch norm backward
                     let target = plan.add(i > 0 ? shapes[i - 1].outputCount : shapes[0].inputCount)
                     if i > 0 { k.gradOut[i - 1] = target } else { k.gradIn = target }
-                    plan.step(i > 0 ? k.rebuilt[i - 1] : k.input, k.gradConv[i], target)  // conv backward
+                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)  // conv backward
                     dIn = target
                 }
                 if let ds {
@@ -514,7 +518,8 @@ public final class ResNetPass {
             // d(block output), masked by its ReLU in place.
             let count = b.convs.last!.shape.outputCount
             timedOp(.elementwise) { reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false) }
-            // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs).
+            // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs),
+            // where the plan has room for them; the others are never written (below).
             for n in b.convs {
                 guard let r = n.recompute else { continue }
                 timedOp(.bnBackward) {
@@ -526,14 +531,23 @@ public final class ResNetPass {
             }
             // Node i: BN backward reads d(out) and writes gradConv; conv backward reads it and writes
             // d(out) of node i-1 (of the block input for node 0). gOut stays intact for the shortcut.
+            // A mid-block output without a rebuilt copy: its batch norm's ReLU mask comes from the kept
+            // conv output and the saved statistics, and the next convolution's backward-weights applies
+            // the batch norm as its input transform loads it (the bits of the rebuilt copy, either way).
+            let last = b.convs.count - 1
             var dIn = UnsafePointer(gOut)
             for i in b.convs.indices.reversed() {
                 let n = b.convs[i]
-                let input = i == 0 ? b.input : b.convs[i - 1].recompute!
                 let target = i == 0 ? gIn : b.convs[i - 1].gradOut!
-                bnBackward(n, store, output: n.recompute ?? n.out, gradOut: dIn, gradIn: n.gradConv!, update: update)
-                convBackward(n, store, input: input, gradConv: n.gradConv!, gradInput: target, accumulate: false, needInput: true,
-                             update: update)
+                var input = b.input, affine: ConvInputAffine? = nil
+                if i > 0 {
+                    let m = b.convs[i - 1]
+                    if let r = m.recompute { input = r } else { input = m.conv; affine = savedAffine(m, store) }
+                }
+                bnBackward(n, store, output: n.recompute ?? (i == last ? n.out : nil), gradOut: dIn, gradIn: n.gradConv!,
+                           update: update)
+                convBackward(n, store, input: input, inputAffine: affine, gradConv: n.gradConv!, gradInput: target,
+                             accumulate: false, needInput: true, update: update)
                 dIn = UnsafePointer(target)
             }
             // Now gIn = d(block input) from the main path; gOut = d(block output) after ReLU (the shortcut's).
@@ -561,14 +575,28 @@ public final class ResNetPass {
                      update: update)
     }
 
-    /// `output`: the node's BN output (read for its ReLU mask when it has one).
-    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr, gradOut: UnsafePointer<Float>, gradIn: Ptr,
+    /// The affine that rebuilds a mid-block output from its kept conv output, as batchNormApplySaved
+    /// does (mean and gamma * invstd rows of whole vectors), for the next convolution's backward-weights.
+    func savedAffine(_ n: Node, _ store: ParameterStore) -> ConvInputAffine {
+        let u = n.unit, gamma = store.params + u.gamma
+        for c in 0..<bnPadded(u.cout) {
+            affineMean[c] = c < u.cout ? n.mean[c] : 0
+            affineScale[c] = c < u.cout ? gamma[c] * n.invStd[c] : 0
+        }
+        return ConvInputAffine(mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: 0,
+                               imagesPerGroup: batch)
+    }
+
+    /// `output`: the node's BN output, read for its ReLU mask when it has one (nil: the mask comes from
+    /// the conv output and the saved statistics).
+    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr?, gradOut: UnsafePointer<Float>, gradIn: Ptr,
                     update: FusedSGD?) {
         let u = n.unit
         timedOp(.bnBackward) {
             batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                              output: u.relu ? UnsafePointer(output) : nil, gradOutput: gradOut,
-                              gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd, relu: u.relu,
+                              output: u.relu ? output.map { UnsafePointer($0) } : nil, gradOutput: gradOut,
+                              gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
+                              saveInvStd: n.invStd, relu: u.relu,
                               gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
                               gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch)
         }
@@ -581,13 +609,16 @@ public final class ResNetPass {
     }
 
 
-    func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, gradConv: Ptr, gradInput: Ptr?, accumulate: Bool,
-                      needInput: Bool, update: FusedSGD?) {
+    /// `inputAffine`: the input is the normalised `input` (a mid-block output never written).
+    func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, inputAffine: ConvInputAffine? = nil, gradConv: Ptr,
+                      gradInput: Ptr?, accumulate: Bool, needInput: Bool, update: FusedSGD?) {
         let wg = n.shape.usesWinograd
+        precondition(inputAffine == nil || wg,
+                     "this pass was planned with mid-block batch norms inside Winograd transforms; Winograd is now off")
         let gradWeight = update?.first ?? store.grads + n.unit.weight
         timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.shape, "bwd-w") {
             conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: gradWeight,
-                                 accumulate: false, scratch: scratch)
+                                 accumulate: false, scratch: scratch, inputAffine: inputAffine)
         }
         if let gradInput, needInput {
             timedOp(.pack) { conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack) }

@@ -108,6 +108,45 @@ final class BatchNormTests: XCTestCase {
         }
     }
 
+    /// Backward whose ReLU mask is rebuilt from x, beta and the saved statistics (no output given) has
+    /// the bits of backward given the output batchNormApplySaved rebuilds (what a training pass that
+    /// never writes its mid-block outputs relies on); a wrong beta changes the mask.
+    func testBackwardMaskFromSavedStatisticsEqualsRebuiltOutput() {
+        forEachThreadCount { threads in
+            for (i, sh) in Self.shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(60 + i))
+                let x = rng.array(sh.count, -2, 3), dy = rng.array(sh.count)
+                let p = params(sh.channels, &rng)
+                let f = forward(sh, x, p, relu: true, naive: false)
+                let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                defer { scratch.deallocate() }
+                var y = [Float](repeating: .nan, count: sh.count)
+                batchNormApplySaved(sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
+                                    relu: true, output: &y, scratch: scratch)
+                func run(output: [Float]?, beta: [Float]) -> Bwd {
+                    var b = Bwd(dx: [Float](repeating: .nan, count: sh.count), dg: [Float](repeating: .nan, count: sh.channels),
+                                db: [Float](repeating: .nan, count: sh.channels))
+                    (output ?? []).withUnsafeBufferPointer { op in
+                        batchNormBackward(sh, input: x, output: output == nil ? nil : op.baseAddress!, gradOutput: dy,
+                                          gamma: p.gamma, beta: beta, saveMean: f.mean, saveInvStd: f.inv, relu: true,
+                                          gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db, accumulate: false,
+                                          scratch: scratch)
+                    }
+                    return b
+                }
+                let given = run(output: y, beta: p.beta), rebuilt = run(output: nil, beta: p.beta)
+                let tag = "\(sh) threads \(threads)"
+                XCTAssertEqual(given.dx, rebuilt.dx, "dx \(tag)")
+                XCTAssertEqual(given.dg, rebuilt.dg, "dgamma \(tag)")
+                XCTAssertEqual(given.db, rebuilt.db, "dbeta \(tag)")
+                if sh.count >= 49 {
+                    let shifted = run(output: nil, beta: p.beta.map { $0 + 0.5 })
+                    XCTAssertNotEqual(shifted.db, given.db, "a shifted beta must change the mask \(tag)")
+                }
+            }
+        }
+    }
+
     /// Running statistics checked by hand: r = (1-m)*r + m*stat, variance unbiased (P/(P-1)).
     func testRunningStatsUpdateByHand() {
         let sh = BatchNormShape(pixels: 4, channels: 2)
