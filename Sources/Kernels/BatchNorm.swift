@@ -147,31 +147,60 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
     return (a, b)
 }
 
+/// Another batch norm's input and its rows, whose output bnApply adds as the residual (never written).
+public struct BNAddend {
+    public var x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
+    public init(x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>) {
+        self.x = x; self.mean = mean; self.scale = scale; self.shift = shift
+    }
+}
+
 /// y[p][c] = (x[p][c] - mean[c]) * scale[c] + shift[c] (+ residual[p][c]), optionally ReLU'd;
 /// parallel over pixels. `residual` may alias y. With `groups`, the P pixels are that many equal groups,
-/// each with its own mean and scale (groupStride floats apart).
+/// each with its own mean and scale (groupStride floats apart). With `addend`, the residual is the other
+/// batch norm's output, computed here with this arithmetic (the bits of writing it first).
 @inline(__always)
 func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanBase: UnsafePointer<Float>,
-             scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil, relu: Bool,
-             y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
+             scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil,
+             addend: BNAddend? = nil, relu: Bool, y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
     let gp = P / groups
     parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
         for p in lo..<hi {
             let g = groups == 1 ? 0 : p / gp
             let mean = meanBase + g * groupStride, scale = scaleBase + g * groupStride
             let xr = x + p * C, yr = y + p * C
+            @inline(__always) func normalised(_ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>,
+                                              _ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>, _ c: Int, _ n: Int) -> FVec {
+                var v = vloadN(shift + c, n)
+                v.addProduct(vloadN(x + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                return v
+            }
             var c = 0
             while c < C {
                 let n = min(fvecWidth, C - c)
-                var v = vloadN(shift + c, n)
-                v.addProduct(vloadN(xr + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
+                var v = normalised(xr, mean, scale, shift, c, n)
                 if let residual { v = v + vloadN(residual + p * C + c, n) }
+                if let a = addend {
+                    v = v + normalised(a.x + p * C, a.mean + g * groupStride, a.scale + g * groupStride, a.shift, c, n)
+                }
                 if relu { v = v.replacing(with: 0, where: v .< 0) }
                 vstoreN(v, yr + c, n)
                 c += fvecWidth
             }
         }
     }
+}
+
+/// y = max(BN(x) + BN'(addend.x), 0) of two batch norms from their rows (batchNormTrainingStatistics or
+/// batchNormInferenceAffine; `groups` rows each, groupStride floats apart): a downsampling block's end,
+/// whose main-path output is never written. The bits of writing BN'(addend.x) and passing it to the
+/// training or inference forward as the residual.
+public func batchNormApplySum(_ sh: BatchNormShape, input x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
+                              scale: UnsafePointer<Float>, beta: UnsafePointer<Float>, addend: BNAddend,
+                              output y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
+    precondition(groups >= 1 && sh.pixels % groups == 0, "batch-norm groups must divide the pixels")
+    bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, addend: addend, relu: true,
+            y: y, groups: groups, groupStride: groupStride)
 }
 
 // MARK: - Forward

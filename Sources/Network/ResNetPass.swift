@@ -149,13 +149,17 @@ public final class ResNetPass {
     public let workspace: ConvWorkspace
     var scratch: UnsafeMutableRawPointer { workspace.scratch }
     private var allocations: [UnsafeMutableRawPointer] = []
-    /// Mean and scale rows (per batch-norm group) of the mid-block batch norm that the next
-    /// convolution applies as it loads its input (fusesMidBatchNorm).
+    /// Two sets of mean and scale rows (one per batch-norm group, affineRowCount floats a set) of batch
+    /// norms applied by their consumer (fusesBatchNorms): a mid-block one's by the next convolution,
+    /// a downsampling block's two by the one pass that sums them.
     var affineMean: Ptr, affineScale: Ptr
-    /// Whether a block's mid batch norm + ReLU runs inside the next convolution's Winograd input
-    /// transform (its statistics still a pass of their own) instead of writing its output: one read and
-    /// one write of the activation less per block. Same bits either way (tests turn it off to compare).
-    nonisolated(unsafe) public static var fusesMidBatchNorm = true
+    var affineRowCount = 0
+    /// Whether batch norms hand their normalisation to the consumer instead of writing their output:
+    /// a block's mid batch norm + ReLU runs inside the next convolution's Winograd input transform
+    /// (forward and backward-weights), and a downsampling block's main-path batch norm inside the
+    /// shortcut's (one pass writes relu(BN(main) + BN(shortcut))). Their statistics stay passes of their
+    /// own. Same bits either way (tests and SALIENT_FUSE_BN=0 turn it off to compare).
+    nonisolated(unsafe) public static var fusesBatchNorms = true
     /// Mid-block batch norms the last forward applied inside the next convolution.
     public private(set) var fusedMidCount = 0
     /// Bytes this pass allocated.
@@ -269,8 +273,8 @@ public final class ResNetPass {
                 k.gradOut = (0..<n).map { _ in nil }
                 k.gradConv = Array(repeating: 0, count: n)
                 // Mid-block outputs are rebuilt for backward, unless the next convolution reads them
-                // through its input transform (fusesMidBatchNorm): then nothing holds them at all.
-                for i in 0..<(n - 1) where !(layout.blocks[bi].convs[i].relu && Self.fusesMidBatchNorm && shapes[i + 1].usesWinograd) {
+                // through its input transform (fusesBatchNorms): then nothing holds them at all.
+                for i in 0..<(n - 1) where !(layout.blocks[bi].convs[i].relu && Self.fusesBatchNorms && shapes[i + 1].usesWinograd) {
                     k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i])
                 }
                 var dIn = gOut
@@ -366,7 +370,8 @@ public final class ResNetPass {
         }
         features = alloc(batch * layout.config.featureDim)
         let rows = batch * bnPadded(layout.blocks.flatMap(\.convs).map(\.cout).max() ?? 1)
-        affineMean = alloc(rows); affineScale = alloc(rows)
+        affineRowCount = rows
+        affineMean = alloc(2 * rows); affineScale = alloc(2 * rows)
         allocations = allocs
         allocatedBytes = bytes
     }
@@ -404,18 +409,27 @@ public final class ResNetPass {
             let last = b.convs.count - 1
             var affine: ConvInputAffine? = nil, affineInput = b.input
             for (i, n) in b.convs.enumerated() {
-                let fuse = i < last && n.unit.relu && Self.fusesMidBatchNorm && b.convs[i + 1].shape.usesWinograd
-                // A no-grad pass's conv buffer is every node's: a fused node's conv output goes to its
-                // (otherwise unwritten) output buffer, where the next node reads it.
-                let convOut = fuse && !keepsActivations ? n.out : n.conv
+                let fuse = i < last && n.unit.relu && Self.fusesBatchNorms && b.convs[i + 1].shape.usesWinograd
+                let statsOnly = fuse || (i == last && b.down != nil && Self.fusesBatchNorms)
+                let convOut = statsOnly ? mainConvOut(n) : n.conv
                 convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
                        input: affine == nil ? n.input : affineInput, inputAffine: affine, convOutput: convOut,
-                       statisticsOnly: fuse)
+                       statisticsOnly: statsOnly)
                 affine = fuse ? midAffine(n, store, mode) : nil
                 if fuse { fusedMidCount += 1 }
                 affineInput = convOut
             }
-            if let d = b.down { convBN(d, store, mode, residual: b.out, output: b.out) }
+            if let d = b.down {
+                if Self.fusesBatchNorms {
+                    // The main path's batch norm (statistics above, rows set 0) is applied by the
+                    // shortcut's, which adds the two: the main path's output is never written.
+                    convBN(d, store, mode, statisticsOnly: true, rowSet: 1)
+                    let m = b.convs[last]
+                    timedOp(.bnForward) { applySum(main: m, mainConv: mainConvOut(m), down: d, store, mode, output: b.out) }
+                } else {
+                    convBN(d, store, mode, residual: b.out, output: b.out)
+                }
+            }
         }
         timedOp(.elementwise) {
             globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
@@ -423,14 +437,17 @@ public final class ResNetPass {
         }
     }
 
-    /// Convolution then batch norm into `output` (the node's own by default); with `residual`, the
-    /// batch norm adds it and applies ReLU (a block's end).
+    /// Where a node whose batch norm only computes statistics keeps its conv output: a no-grad pass's
+    /// conv buffer is every node's, so there it goes to the node's (otherwise unwritten) output buffer.
+    func mainConvOut(_ n: Node) -> Ptr { keepsActivations ? n.conv : n.out }
+
     /// Convolution of `input` (the node's own by default; with `inputAffine`, normalised as it is
     /// loaded) into `convOutput` (the node's conv buffer by default), then batch norm into `output`
-    /// (the node's own by default), or with `statisticsOnly` only its statistics (midAffine gives the
-    /// next convolution their affine).
+    /// (the node's own by default; with `residual`, added before the ReLU: a block's end), or with
+    /// `statisticsOnly` only its statistics (rows set `rowSet`; see affineRows).
     func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil,
-                input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false) {
+                input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false,
+                rowSet: Int = 0) {
         let u = n.unit
         let y = convOutput ?? n.conv
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
@@ -439,18 +456,20 @@ public final class ResNetPass {
                           inputAffine: inputAffine)
         }
         timedOp(.bnForward) {
-            bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out)
+            bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
+                      rowSet: rowSet)
         }
     }
 
     /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
-    /// running ones updated, each group's mean and scale rows left in affineMean/affineScale).
-    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?) {
+    /// running ones updated, each group's mean and scale rows left in rows set `rowSet`).
+    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?,
+                   rowSet: Int = 0) {
         let u = n.unit, C = u.cout
         let relu = u.relu || residual != nil
         switch mode {
         case .eval:
-            guard let output else { return }  // midAffine reads the running statistics itself
+            guard let output else { return }  // affineRows reads the running statistics itself
             batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: conv,
                                       gamma: store.params + u.gamma, beta: store.params + u.beta,
                                       runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
@@ -474,7 +493,8 @@ public final class ResNetPass {
                 } else {
                     batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
                                                 momentum: 0.1, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
-                                                mean: affineMean + i * cp, scale: affineScale + i * cp, scratch: scratch)
+                                                mean: affineMean + rowSet * affineRowCount + i * cp,
+                                                scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch)
                 }
                 i += g
             }
@@ -482,20 +502,38 @@ public final class ResNetPass {
         }
     }
 
-    /// The affine of a mid-block batch norm (+ ReLU) whose statistics bnForward left (training) or whose
-    /// running statistics apply (eval), for the next convolution to apply to its input.
-    func midAffine(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) -> ConvInputAffine {
-        let u = n.unit, cp = bnPadded(u.cout)
-        var groups = 1
+    /// The mean and scale rows of a batch norm whose statistics bnForward left in rows set `set`
+    /// (training: one row per group) or whose running statistics apply (eval: written here, one row),
+    /// and the number of groups.
+    func affineRows(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, set: Int)
+        -> (mean: Ptr, scale: Ptr, groups: Int) {
+        let u = n.unit
+        let mean = affineMean + set * affineRowCount, scale = affineScale + set * affineRowCount
         switch mode {
         case .eval:
             batchNormInferenceAffine(channels: u.cout, gamma: store.params + u.gamma, runningMean: store.buffers + u.runningMean,
-                                     runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: affineMean, scale: affineScale)
+                                     runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: mean, scale: scale)
+            return (mean, scale, 1)
         case .train(let splits):
-            groups = max(1, min(splits, batch))
+            return (mean, scale, max(1, min(splits, batch)))
         }
-        return ConvInputAffine(mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: cp,
-                               imagesPerGroup: batch / groups)
+    }
+
+    /// The affine of a mid-block batch norm (+ ReLU), rows set 0, for the next convolution to apply to its input.
+    func midAffine(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) -> ConvInputAffine {
+        let r = affineRows(n, store, mode, set: 0)
+        return ConvInputAffine(mean: r.mean, scale: r.scale, shift: store.params + n.unit.beta, groupStride: bnPadded(n.unit.cout),
+                               imagesPerGroup: batch / r.groups)
+    }
+
+    /// relu(BN(main) + BN(down)) into `output`: a downsampling block's end from the two batch norms'
+    /// rows (sets 0 and 1).
+    func applySum(main m: Node, mainConv: Ptr, down d: Node, _ store: ParameterStore, _ mode: BatchNormMode, output: Ptr) {
+        let a = affineRows(m, store, mode, set: 0), b = affineRows(d, store, mode, set: 1)
+        batchNormApplySum(BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: d.conv, mean: b.mean, scale: b.scale,
+                          beta: store.params + d.unit.beta,
+                          addend: BNAddend(x: mainConv, mean: a.mean, scale: a.scale, shift: store.params + m.unit.beta),
+                          output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout))
     }
 
     // MARK: Backward

@@ -33,7 +33,7 @@ struct ThreadOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment["SALIENT_CONV"]
         Conv2DShape.winogradEnabled = (conv ?? env ?? "winograd") != "direct"
         // SALIENT_FUSE_BN=0: mid-block batch norms write their output (benchmarks compare the two).
-        ResNetPass.fusesMidBatchNorm = ProcessInfo.processInfo.environment["SALIENT_FUSE_BN"] != "0"
+        ResNetPass.fusesBatchNorms = ProcessInfo.processInfo.environment["SALIENT_FUSE_BN"] != "0"
     }
 
     /// The convolution algorithm in effect after apply().

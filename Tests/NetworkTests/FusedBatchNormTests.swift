@@ -3,17 +3,19 @@ import Kernels
 import Network
 import TestSupport
 
-/// A block's mid batch norm + ReLU applied inside the next convolution's Winograd input transform
-/// (ResNetPass.fusesMidBatchNorm) gives the same bits as writing its output and reading it back: the
-/// features, the running statistics, and after backward every gradient, in train mode (one batch-norm
-/// group and several, kept and recycled activations) and in eval mode.
+/// Batch norms applied by their consumers (ResNetPass.fusesBatchNorms: a block's mid batch norm + ReLU
+/// inside the next convolution's Winograd input transform, in forward and backward-weights; a
+/// downsampling block's main-path batch norm inside the shortcut's) give the same bits as writing
+/// their outputs and reading them back: the features, the running statistics, and after backward
+/// every gradient, in train mode (one batch-norm group and several, kept and recycled activations)
+/// and in eval mode.
 final class FusedBatchNormTests: XCTestCase {
     struct Outcome: Equatable { var features: [Float]; var buffers: [Float]; var grads: [Float] }
 
     func run(_ config: ResNetConfig, batch: Int, res: Int, mode: BatchNormMode, train: Bool, fuse: Bool,
              fusedNodes: Int) -> Outcome {
-        ResNetPass.fusesMidBatchNorm = fuse
-        defer { ResNetPass.fusesMidBatchNorm = true }
+        ResNetPass.fusesBatchNorms = fuse
+        defer { ResNetPass.fusesBatchNorms = true }
         let enc = Encoder(config: config)
         enc.initialize(seed: 5)
         let store = enc.store
@@ -43,7 +45,7 @@ final class FusedBatchNormTests: XCTestCase {
                        grads: grads)
     }
 
-    func testFusedMidBatchNormGivesTheSameBits() {
+    func testFusedBatchNormsGiveTheSameBits() {
         // ResNet-18 (8 blocks, each mid batch norm feeding a 3x3 stride-1 convolution) and ResNet-50
         // (16 bottlenecks: only the first mid batch norm feeds a Winograd convolution, and only in
         // blocks whose 3x3 has stride 1: 16 - 3).
@@ -65,8 +67,9 @@ final class FusedBatchNormTests: XCTestCase {
         }
     }
 
-    /// With the direct kernels (Winograd off) nothing is fused.
-    func testDirectConvolutionsFuseNothing() {
+    /// With the direct kernels (Winograd off) no mid-block batch norm is fused: its consumer has no
+    /// input transform to apply it in.
+    func testDirectConvolutionsFuseNoMidBlockBatchNorm() {
         Conv2DShape.winogradEnabled = false
         defer { Conv2DShape.winogradEnabled = true }
         let config = ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125)
