@@ -405,7 +405,8 @@ public final class ResNetPass {
         for b in blocks {
             // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
             // the main path's when the shortcut is the input, else the downsample's, which adds the
-            // main path's output in place. No separate pass over the block output.
+            // main path's output (normalising it itself when fusesBatchNorms, else reading it back in
+            // place). No separate pass over the block output.
             let last = b.convs.count - 1
             var affine: ConvInputAffine? = nil, affineInput = b.input
             for (i, n) in b.convs.enumerated() {
