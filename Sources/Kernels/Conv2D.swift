@@ -85,7 +85,7 @@ public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: false, packed: out); return }
     if sh.usesWinogradStride2 { ws2PackWeights(sh, weights: w, packed: out); return }
     let kb = ceilDiv(sh.k, convColBlock), taps = sh.taps, C = sh.c
-    parallelFor(kb) { lo, hi, _ in
+    parallelForDynamic(kb) { lo, hi, _ in
         for b in lo..<hi {
             let base = out + b * taps * C * convColBlock
             for t in 0..<taps {
@@ -106,7 +106,7 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
                                    packed out: UnsafeMutablePointer<Float>) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: true, packed: out); return }
     let cb = ceilDiv(sh.c, convColBlock), taps = sh.taps, C = sh.c, K = sh.k
-    parallelFor(cb) { lo, hi, _ in
+    parallelForDynamic(cb) { lo, hi, _ in
         for b in lo..<hi {
             let base = out + b * taps * K * convColBlock
             for t in 0..<taps {
@@ -500,7 +500,7 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
     }
     // Reduce the per-thread partials into OIHW, 16 output channels at a time: contiguous reads,
     // 16 sequential write streams.
-    parallelFor(kBlocks) { lo, hi, _ in
+    parallelForDynamic(kBlocks) { lo, hi, _ in
         for kb in lo..<hi {
             let k0 = kb * convColBlock, kn = min(convColBlock, K - k0)
             for c in 0..<C {
