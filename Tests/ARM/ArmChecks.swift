@@ -234,6 +234,76 @@ func checkBatchNorm() {
     }
 }
 
+// MARK: - Batch norms applied by their consumers (bit for bit against the written outputs)
+
+/// A mid-block batch norm + ReLU applied in the Winograd input transforms (forward, backward-weights; two
+/// groups of images with their own rows), the backward's ReLU mask rebuilt from the saved statistics,
+/// and a downsampling block's two batch norms summed in one pass: each gives the bits of writing the
+/// batch-norm output and reading it back.
+func checkFusedBatchNorm() {
+    let sh = Conv2DShape(n: 4, c: 12, h: 7, w: 9, k: 20, r: 3, s: 3, stride: 1, pad: 1)
+    let bs = BatchNormShape(pixels: sh.inputCount / sh.c, channels: sh.c)
+    let C = sh.c, groups = 2
+    var rng = RNG(seed: 77)
+    let x = Buf(random: sh.inputCount, &rng), w = Buf(random: sh.weightCount, &rng), dy = Buf(random: sh.outputCount, &rng)
+    let x2 = Buf(random: sh.inputCount, &rng), dyb = Buf(random: sh.inputCount, &rng)
+    let gamma = Buf(random: C, &rng, 0.5, 1.5), beta = Buf(random: C, &rng, -0.5, 0.5)
+    let gamma2 = Buf(random: C, &rng, 0.5, 1.5), beta2 = Buf(random: C, &rng, -0.5, 0.5)
+    let rm = Buf(C, 0), rv = Buf(C, 1), rm2 = Buf(C, 0), rv2 = Buf(C, 1)
+    let mean = Buf(C), inv = Buf(C), mean2 = Buf(C), inv2 = Buf(C)
+    let cp = bnPadded(C)
+    let rowsM = Buf(groups * cp, 0), rowsS = Buf(groups * cp, 0), rowsM2 = Buf(groups * cp, 0), rowsS2 = Buf(groups * cp, 0)
+    let sc = scratch(max(sh.scratchBytes(threads: Threads.count), batchNormScratchBytes(bs, threads: Threads.count)))
+    // Statistics and the written output of the same batch norm (two groups).
+    batchNormTrainingStatistics(bs, input: x.c, gamma: gamma.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1, eps: 1e-5,
+                                saveMean: mean.p, saveInvStd: inv.p, groups: groups, mean: rowsM.p, scale: rowsS.p, scratch: sc)
+    let xn = Buf(sh.inputCount)
+    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+                             eps: 1e-5, relu: true, output: xn.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups, scratch: sc)
+    let affine = ConvInputAffine(mean: rowsM.c, scale: rowsS.c, shift: beta.c, groupStride: cp, imagesPerGroup: sh.n / groups)
+    let pf = Buf(sh.packedForwardCount)
+    conv2dPackForward(sh, weights: w.c, packed: pf.p)
+    let y = Buf(sh.outputCount), yF = Buf(sh.outputCount), dw = Buf(sh.weightCount), dwF = Buf(sh.weightCount)
+    conv2dForward(sh, input: xn.c, packed: pf.c, output: y.p, scratch: sc)
+    conv2dForward(sh, input: x.c, packed: pf.c, output: yF.p, scratch: sc, inputAffine: affine)
+    conv2dBackwardWeight(sh, input: xn.c, gradOutput: dy.c, gradWeight: dw.p, scratch: sc)
+    conv2dBackwardWeight(sh, input: x.c, gradOutput: dy.c, gradWeight: dwF.p, scratch: sc, inputAffine: affine)
+    let d = describe(sh) + " 2 groups"
+    expectExact("winograd input affine (forward, backward-weights)", d, [(yF, y), (dwF, dw)])
+    // Backward with the ReLU mask from x, beta and the saved statistics (one group).
+    let y1 = Buf(sh.inputCount)
+    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+                             eps: 1e-5, relu: true, output: y1.p, saveMean: mean.p, saveInvStd: inv.p, scratch: sc)
+    var outs: [Buf] = []
+    for given in [true, false] {
+        let dx = Buf(sh.inputCount), dg = Buf(C), db = Buf(C)
+        batchNormBackward(bs, input: x.c, output: given ? y1.c : nil, gradOutput: dyb.c, gamma: gamma.c, beta: beta.c,
+                          saveMean: mean.c, saveInvStd: inv.c, relu: true, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
+                          accumulate: false, scratch: sc)
+        outs += [dx, dg, db]
+    }
+    expectExact("batchnorm backward, mask from saved statistics", "P\(bs.pixels) C\(C)",
+                [(outs[3], outs[0]), (outs[4], outs[1]), (outs[5], outs[2])])
+    // relu(BN(x2) + BN(x)) in one pass against BN(x) written, then added as the residual.
+    batchNormTrainingStatistics(bs, input: x2.c, gamma: gamma2.c, runningMean: rm2.p, runningVar: rv2.p, momentum: 0.1,
+                                eps: 1e-5, saveMean: mean2.p, saveInvStd: inv2.p, groups: groups, mean: rowsM2.p,
+                                scale: rowsS2.p, scratch: sc)
+    let main = Buf(sh.inputCount), sum = Buf(sh.inputCount), fused = Buf(sh.inputCount)
+    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+                             eps: 1e-5, relu: false, output: main.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups,
+                             scratch: sc)
+    batchNormForwardTraining(bs, input: x2.c, gamma: gamma2.c, beta: beta2.c, runningMean: rm2.p, runningVar: rv2.p,
+                             momentum: 0.1, eps: 1e-5, relu: true, residual: main.c, output: sum.p, saveMean: mean2.p,
+                             saveInvStd: inv2.p, groups: groups, scratch: sc)
+    batchNormApplySum(bs, input: x2.c, mean: rowsM2.c, scale: rowsS2.c, beta: beta2.c,
+                      addend: BNAddend(x: x.c, mean: rowsM.c, scale: rowsS.c, shift: beta.c), output: fused.p, groups: groups,
+                      groupStride: cp)
+    expectExact("batchnorm sum of two (downsampling block end)", "P\(bs.pixels) C\(C) 2 groups", [(fused, sum)])
+    for b in [x, w, dy, x2, dyb, gamma, beta, gamma2, beta2, rm, rv, rm2, rv2, mean, inv, mean2, inv2, rowsM, rowsS, rowsM2,
+              rowsS2, xn, pf, y, yF, dw, dwF, y1, main, sum, fused] + outs { b.free() }
+    sc.deallocate()
+}
+
 // MARK: - Pooling (max pool forward/backward with ties, global average pool forward/backward)
 
 let poolShapes: [MaxPoolShape] = [
@@ -481,6 +551,8 @@ public func salientArmChecks() -> Int {
     checkConv()
     note("-- batch norm: training forward, eval forward, backward (fused ReLU, +=) vs naive, \(bnShapes.count) shapes")
     checkBatchNorm()
+    note("-- batch norms applied by their consumers: Winograd input affine, mask from saved statistics, sum of two")
+    checkFusedBatchNorm()
     note("-- pooling: 3x3/2x2 max pool forward (ties) and backward, global average pool vs naive")
     checkPooling()
     note("-- linear: forward (+bias), backward dx/dW/db (+=) vs naive, \(linearShapes.count) shapes")
