@@ -260,7 +260,7 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 /// its order, so d has the bits of a written batch-norm output.
 @inline(__always)
 func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                       out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int = 0, rowCount: Int = wgIn,
+                       out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
                        zero: UnsafePointer<Float>) {
     var c0 = 0
