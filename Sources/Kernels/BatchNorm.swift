@@ -27,6 +27,15 @@ let bnBlock = 256
 
 /// Channels rounded up to whole vectors.
 @inline(__always) public func bnPadded(_ c: Int) -> Int { ceilDiv(c, fvecWidth) * fvecWidth }
+
+/// shift + (x - mean) * scale from xm = x - mean: the one expression, and rounding, of every batch-norm
+/// output, whether written (bnApply, the eval forward) or computed by its consumer (ConvInputAffine,
+/// BNAddend, the backward's ReLU mask), so that all of them agree bit for bit.
+@inline(__always) func bnAffine(centred xm: FVec, scale: FVec, shift: FVec) -> FVec {
+    var v = shift
+    v.addProduct(xm, scale)
+    return v
+}
 /// Most batch-norm groups (independent sub-batches, the key encoder's split batch norm) one call of
 /// the training forward takes; more are run a call per group.
 public let bnMaxGroups = 16
@@ -85,8 +94,7 @@ struct BNGradTerms: BNColumnTerms {
             if let y {
                 g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0)
             } else if let maskScale, let beta {
-                var v = vloadN(beta + c, n)
-                v.addProduct(xm, vloadN(maskScale + c, n))
+                let v = bnAffine(centred: xm, scale: vloadN(maskScale + c, n), shift: vloadN(beta + c, n))
                 g = g.replacing(with: 0, where: v .<= 0)
             }
         }
@@ -171,9 +179,7 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanB
             let xr = x + p * C, yr = y + p * C
             @inline(__always) func normalised(_ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>,
                                               _ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>, _ c: Int, _ n: Int) -> FVec {
-                var v = vloadN(shift + c, n)
-                v.addProduct(vloadN(x + c, n) - vloadN(mean + c, n), vloadN(scale + c, n))
-                return v
+                bnAffine(centred: vloadN(x + c, n) - vloadN(mean + c, n), scale: vloadN(scale + c, n), shift: vloadN(shift + c, n))
             }
             var c = 0
             while c < C {
@@ -303,8 +309,7 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
                 let sc = bnInferenceScale(gamma, runningVar, c, n, eps: e)
                 let mu = vloadN(runningMean + c, n), bt = vloadN(beta + c, n)
                 for p in p0..<p1 {
-                    var v = bt
-                    v.addProduct(vloadN(x + p * C + c, n) - mu, sc)
+                    var v = bnAffine(centred: vloadN(x + p * C + c, n) - mu, scale: sc, shift: bt)
                     if let residual { v = v + vloadN(residual + p * C + c, n) }
                     if relu { v = v.replacing(with: 0, where: v .< 0) }
                     vstoreN(v, y + p * C + c, n)

@@ -256,8 +256,8 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 }
 
 /// wgInputTile of d = max(shift + (x - mean) * scale, 0) of the pixels x, zero in the padding (the
-/// pixels that point at `zero`), with this tile's group's mean and scale rows: bnApply's arithmetic in
-/// its order, so d has the bits of a written batch-norm output.
+/// pixels that point at `zero`), with this tile's group's mean and scale rows: bnAffine, as bnApply,
+/// so d has the bits of a written batch-norm output.
 @inline(__always)
 func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
                        out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
@@ -268,8 +268,8 @@ func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channe
         let cn = min(fvecWidth, C - c0)
         let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
         wgInputLane(T, out + c0, pointStride, firstRow, rowCount) { k in
-            var v = sh
-            v.addProduct((cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu, sc)
+            var v = bnAffine(centred: (cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu,
+                             scale: sc, shift: sh)
             v = v.replacing(with: 0, where: v .< 0)
             return src[k] == zero ? FVec() : v
         }

@@ -160,6 +160,9 @@ public final class ResNetPass {
     /// shortcut's (one pass writes relu(BN(main) + BN(shortcut))). Their statistics stay passes of their
     /// own. Same bits either way (tests and SALIENT_FUSE_BN=0 turn it off to compare).
     nonisolated(unsafe) public static var fusesBatchNorms = true
+    /// Whether a mid-block batch norm (+ ReLU) is applied inside the next convolution's input transform,
+    /// that convolution having shape `next`.
+    static func appliesInNext(_ u: ConvBN, next: Conv2DShape) -> Bool { u.relu && fusesBatchNorms && next.usesWinograd }
     /// Mid-block batch norms the last forward applied inside the next convolution.
     public private(set) var fusedMidCount = 0
     /// Bytes this pass allocated.
@@ -274,7 +277,7 @@ public final class ResNetPass {
                 k.gradConv = Array(repeating: 0, count: n)
                 // Mid-block outputs are rebuilt for backward, unless the next convolution reads them
                 // through its input transform (fusesBatchNorms): then nothing holds them at all.
-                for i in 0..<(n - 1) where !(layout.blocks[bi].convs[i].relu && Self.fusesBatchNorms && shapes[i + 1].usesWinograd) {
+                for i in 0..<(n - 1) where !Self.appliesInNext(layout.blocks[bi].convs[i], next: shapes[i + 1]) {
                     k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i])
                 }
                 var dIn = gOut
@@ -410,7 +413,7 @@ public final class ResNetPass {
             let last = b.convs.count - 1
             var affine: ConvInputAffine? = nil, affineInput = b.input
             for (i, n) in b.convs.enumerated() {
-                let fuse = i < last && n.unit.relu && Self.fusesBatchNorms && b.convs[i + 1].shape.usesWinograd
+                let fuse = i < last && Self.appliesInNext(n.unit, next: b.convs[i + 1].shape)
                 let statsOnly = fuse || (i == last && b.down != nil && Self.fusesBatchNorms)
                 let convOut = statsOnly ? mainConvOut(n) : n.conv
                 convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
