@@ -43,3 +43,19 @@ func withCallable(_ body: (Int, Int, Int) -> Void, _ run: (UnsafeMutableRawPoint
         }
     }
 }
+
+/// A model of how the parallel loops would split over more threads than this machine has: between
+/// `begin(threads:)` and `end()`, loops plan for `threads` threads but run on the calling thread, range
+/// by range, and each loop counts as long as its slowest thread's share (static ranges and dynamic
+/// chunks handed out as `threads` threads would take them). It leaves out memory bandwidth, clocks
+/// and synchronisation, so it bounds what the work split allows, not what a machine gives.
+public enum ScheduleModel {
+    public static func begin(threads: Int) { sal_schedule_model_begin(Int32(threads)) }
+    /// Seconds in parallel loops (run serially), the seconds they would take on the modelled
+    /// threads, and how many loops ran.
+    public static func end() -> (serial: Double, parallel: Double, loops: Int) {
+        var s = 0.0, p = 0.0, n = 0
+        sal_schedule_model_end(&s, &p, &n)
+        return (s, p, n)
+    }
+}

@@ -23,6 +23,9 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Timed steps (after 2 warm-up steps).") var steps = 5
     @Flag(help: "One JSON object per line.") var json = false
     @Flag(help: "Also print where the step's time goes.") var profile = false
+    @Option(name: .customLong("schedule-model"),
+            help: ArgumentHelp("Run on one core as N threads would split the work and predict the N-thread speedup from the split alone (no memory-bandwidth, clock or synchronisation limits).", valueName: "N"))
+    var scheduleModel: Int?
     @OptionGroup var threadOptions: ThreadOptions
 
     func config() -> TrainConfig {
@@ -39,10 +42,13 @@ struct BenchTrain: ParsableCommand {
         if ContrastiveMethod(rawValue: method) == nil { throw ValidationError("--method must be moco or simclr, got '\(method)'") }
         if let p = config().problems().first { throw ValidationError(p) }
         if steps < 1 || steps > 10000 { throw ValidationError("--steps must be between 1 and 10000") }
+        if let m = scheduleModel, m < 1 || m > 1024 { throw ValidationError("--schedule-model must be between 1 and 1024, got \(m)") }
     }
 
     func run() throws {
         threadOptions.apply()
+        // The model's thread count sizes every per-thread scratch, so it is set before the step is built.
+        if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         let c = config()
         let step = TrainingStep(config: c)
         var rng = SplitMix64(seed: 7)
@@ -54,16 +60,38 @@ struct BenchTrain: ParsableCommand {
         step.profile = StepProfile()
         PassProfile.reset()
         PassProfile.enabled = profile
+        if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         var times: [Double] = []
         for i in 0..<steps {
             let t0 = DispatchTime.now().uptimeNanoseconds
             loss = step.step(views: views, epoch: 1, step: 2 + i, lr: 0.01).loss
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
         }
+        let model = scheduleModel.map { _ in ScheduleModel.end() }
+        let total = times.reduce(0, +)
         times.sort()
         let median = times[times.count / 2]
         let ips = Double(c.batch) / median
         let rss = peakResidentMB()
+        if let m = scheduleModel, let model {
+            // Per step: the time outside parallel loops stays serial; the loops take their modelled time.
+            let outside = max(total - model.serial, 0), modelled = outside + model.parallel
+            if json {
+                var r = BenchRecord(fields: [])
+                r.add("op", "schedule_model"); r.add("threads", m); r.add("batch", c.batch)
+                r.add("serial_step_ms", 1000 * total / Double(steps)); r.add("outside_loops_ms", 1000 * outside / Double(steps))
+                r.add("model_step_ms", 1000 * modelled / Double(steps)); r.add("model_speedup", total / max(modelled, 1e-12))
+                r.add("loops_per_step", Double(model.loops) / Double(steps))
+                print(r.json)
+            } else {
+                print(String(format: "schedule model, %d threads, batch %d: a step takes %.3f s on one core (%.3f s outside "
+                             + "parallel loops, %.3f s in %.0f loops); split as %d threads would: %.3f s, %.2fx "
+                             + "(the work split alone: no memory-bandwidth, clock or synchronisation limits)",
+                             m, c.batch, total / Double(steps), outside / Double(steps), model.serial / Double(steps),
+                             Double(model.loops) / Double(steps), m, modelled / Double(steps), total / max(modelled, 1e-12)))
+            }
+            return
+        }
         let op = c.method == .moco ? "moco_step" : "simclr_step"
         if json {
             var r = BenchRecord(fields: [])

@@ -1,4 +1,5 @@
 import XCTest
+import Foundation
 import Kernels
 import TestSupport
 
@@ -58,6 +59,77 @@ final class ParallelTests: XCTestCase {
                 let all = y + dx + dw
                 if let first { XCTAssertTrue(first == all, "\(sh): results changed between runs") } else { first = all }
             }
+        }
+    }
+
+    /// The schedule model: loops plan for the modelled threads but run on the calling thread, every
+    /// index once, thread indices in the modelled range; a loop of equal items counts as its share
+    /// (n / threads items, or the static split's largest range).
+    func testScheduleModelSplitsAsThreadsWould() {
+        let saved = Threads.count
+        defer { Threads.count = saved }
+        func spin(_ seconds: Double) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            while Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9 < seconds {}
+        }
+        let item = 0.002
+        // (n, chunk: 0 static) -> items in the slowest thread's share, on 4 modelled threads.
+        for (n, chunk, most) in [(8, 0, 2), (5, 0, 2), (8, 1, 2), (9, 1, 3), (3, 0, 1)] {
+            ScheduleModel.begin(threads: 4)
+            XCTAssertEqual(Threads.count, 4)
+            var hits = [Int](repeating: 0, count: n)
+            var badThread = false, caller = true
+            let me = pthread_self()
+            let body: (Int, Int, Int) -> Void = { lo, hi, t in
+                if t < 0 || t >= 4 { badThread = true }
+                if pthread_equal(pthread_self(), me) == 0 { caller = false }
+                for i in lo..<hi { hits[i] += 1; spin(item) }
+            }
+            if chunk == 0 { parallelFor(n, body) } else { parallelForDynamic(n, chunk: chunk, body) }
+            let r = ScheduleModel.end()
+            XCTAssertEqual(hits, [Int](repeating: 1, count: n), "n \(n) chunk \(chunk)")
+            XCTAssertFalse(badThread)
+            XCTAssertTrue(caller, "the model runs every range on the calling thread")
+            XCTAssertEqual(r.loops, 1)
+            XCTAssertGreaterThanOrEqual(r.serial, Double(n) * item)
+            // Spinning only overshoots, so whatever a busy machine adds: some thread has `most` items
+            // (at least that long), and the other threads' items (all but one more, when chunks go
+            // to whichever thread is free) lie outside the slowest thread's time.
+            XCTAssertGreaterThanOrEqual(r.parallel, Double(most) * item, "n \(n) chunk \(chunk)")
+            XCTAssertLessThanOrEqual(r.parallel, r.serial - 0.99 * item * Double(n - most - (chunk == 0 ? 0 : 1)),
+                                     "n \(n) chunk \(chunk)")
+        }
+    }
+
+    /// Convolutions planned for 16 threads (output-channel groups, 16 sums of their own) run through
+    /// the schedule model on any machine and agree with the 1-thread results.
+    func testSixteenThreadPlansAgreeWithOneThread() {
+        let saved = Threads.count
+        defer { Threads.count = saved }
+        var rng = TestRNG(seed: 33)
+        for sh in [Conv2DShape(n: 2, c: 64, h: 16, w: 16, k: 64, r: 3, s: 3, stride: 1, pad: 1),
+                   Conv2DShape(n: 4, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
+                   Conv2DShape(n: 2, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 2, pad: 1)] {
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+            func run(threads: Int, model: Bool) -> [Float] {
+                if model { ScheduleModel.begin(threads: threads) } else { Threads.count = threads }
+                let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: threads))
+                defer { scratch.deallocate() }
+                var pf = [Float](repeating: 0, count: sh.packedForwardCount)
+                var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
+                var y = [Float](repeating: 0, count: sh.outputCount)
+                var dx = [Float](repeating: 0, count: sh.inputCount)
+                var dw = [Float](repeating: 0, count: sh.weightCount)
+                conv2dPackForward(sh, weights: w, packed: &pf)
+                conv2dPackBackwardData(sh, weights: w, packed: &pb)
+                conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+                conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+                conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+                if model { XCTAssertGreaterThan(ScheduleModel.end().loops, 0) }
+                return y + dx + dw
+            }
+            let one = run(threads: 1, model: false), sixteen = run(threads: 16, model: true)
+            XCTAssertLessThanOrEqual(toleranceRatio(sixteen, one, atol: 1e-3, rtol: 1e-4), 1, "\(sh)")
         }
     }
 }

@@ -27,6 +27,13 @@ int sal_num_procs(void);
 /// 1 when built with OpenMP.
 int sal_has_openmp(void);
 
+/// Schedule model: from _begin(N) to _end, parallel loops plan for N threads but run on the calling
+/// thread, each range timed, and _end returns the seconds spent in parallel loops, the seconds they
+/// would take on N threads that each run as fast as this one (the last thread's finish per loop), and
+/// the number of loops. What it leaves out: memory bandwidth, clocks, synchronisation.
+void sal_schedule_model_begin(int threads);
+void sal_schedule_model_end(double *serial, double *parallel, long *regions);
+
 #ifdef __cplusplus
 }
 #endif
