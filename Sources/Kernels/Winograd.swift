@@ -669,7 +669,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                       affine: ConvInputAffine? = nil) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
-    let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
+    let kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
     let plan = sh.wgBackwardWeightPlan(threads: Threads.count)
     let pts = plan.rowsPerPass * 6, tb = plan.tb
     let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
@@ -855,7 +855,7 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                               Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
                               dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
     let C = sh.c, K = sh.k, tiles = plan.tb
-    let cp = ceilDiv(C, fvecWidth) * fvecWidth, kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
+    let kb = ceilDiv(K, convColBlock)
     let pointV = tiles * plan.vStride, pointY = tiles * plan.yStride
     let cBlocks = ceilDiv(C, wgBackwardCBlock)
     let pointU = wgBackwardCBlock * convColBlock
