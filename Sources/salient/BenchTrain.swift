@@ -90,10 +90,12 @@ struct BenchTrain: ParsableCommand {
                              m, c.batch, total / Double(steps), outside / Double(steps), model.serial / Double(steps),
                              Double(model.loops) / Double(steps), m, modelled / Double(steps), total / max(modelled, 1e-12)))
             }
-            return
+            // With --profile the breakdown follows: each kind's time on one core under the N-thread plan.
+            if !profile { return }
         }
         let op = c.method == .moco ? "moco_step" : "simclr_step"
-        if json {
+        if scheduleModel != nil {
+        } else if json {
             var r = BenchRecord(fields: [])
             r.add("op", op); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", c.batch)
             r.add("res", c.resolution); r.add("threads", Threads.count); r.add("masking", masking); r.add("fill", fill)
