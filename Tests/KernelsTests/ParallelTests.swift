@@ -37,26 +37,14 @@ final class ParallelTests: XCTestCase {
         let saved = Threads.count
         Threads.count = 2
         defer { Threads.count = saved }
-        var rng = TestRNG(seed: 21)
-        for sh in [Conv2DShape(n: 4, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 1, pad: 1),
-                   Conv2DShape(n: 4, c: 24, h: 16, w: 16, k: 40, r: 3, s: 3, stride: 2, pad: 1),
-                   Conv2DShape(n: 4, c: 3, h: 16, w: 16, k: 20, r: 3, s: 3, stride: 1, pad: 1)] {
-            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+        forEachShape([Conv2DShape(n: 4, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 1, pad: 1),
+                      Conv2DShape(n: 4, c: 24, h: 16, w: 16, k: 40, r: 3, s: 3, stride: 2, pad: 1),
+                      Conv2DShape(n: 4, c: 3, h: 16, w: 16, k: 20, r: 3, s: 3, stride: 1, pad: 1)], seed: 21) { sh, x, w, dy in
             let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: 2))
             defer { scratch.deallocate() }
             var first: [Float]? = nil
             for _ in 0..<10 {
-                var pf = [Float](repeating: 0, count: sh.packedForwardCount)
-                var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
-                var y = [Float](repeating: 0, count: sh.outputCount)
-                var dx = [Float](repeating: 0, count: sh.inputCount)
-                var dw = [Float](repeating: 0, count: sh.weightCount)
-                conv2dPackForward(sh, weights: w, packed: &pf)
-                conv2dPackBackwardData(sh, weights: w, packed: &pb)
-                conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
-                conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
-                conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
-                let all = y + dx + dw
+                let all = allPasses(sh, x: x, w: w, dy: dy, scratch: scratch)
                 if let first { XCTAssertTrue(first == all, "\(sh): results changed between runs") } else { first = all }
             }
         }
@@ -80,7 +68,9 @@ final class ParallelTests: XCTestCase {
             var hits = [Int](repeating: 0, count: n)
             var badThread = false, caller = true
             let me = pthread_self()
+            var ranges: [[Int]] = []
             let body: (Int, Int, Int) -> Void = { lo, hi, t in
+                ranges.append([lo, hi, t])
                 if t < 0 || t >= 4 { badThread = true }
                 if pthread_equal(pthread_self(), me) == 0 { caller = false }
                 for i in lo..<hi { hits[i] += 1; spin(item) }
@@ -89,6 +79,13 @@ final class ParallelTests: XCTestCase {
             let r = ScheduleModel.end()
             XCTAssertEqual(hits, [Int](repeating: 1, count: n), "n \(n) chunk \(chunk)")
             XCTAssertFalse(badThread)
+            if chunk == 0 {
+                // Thread t's static range, as OpenMP's threads take them.
+                let nt = min(4, n)
+                XCTAssertEqual(ranges, (0..<nt).map { t in [n * t / nt, n * (t + 1) / nt, t] }, "n \(n)")
+            } else {
+                XCTAssertEqual(Set(ranges.prefix(4).map { $0[2] }).count, min(4, ranges.count), "the first chunks go to idle threads")
+            }
             XCTAssertTrue(caller, "the model runs every range on the calling thread")
             XCTAssertEqual(r.loops, 1)
             XCTAssertGreaterThanOrEqual(r.serial, Double(n) * item)
@@ -106,30 +103,43 @@ final class ParallelTests: XCTestCase {
     func testSixteenThreadPlansAgreeWithOneThread() {
         let saved = Threads.count
         defer { Threads.count = saved }
-        var rng = TestRNG(seed: 33)
-        for sh in [Conv2DShape(n: 2, c: 64, h: 16, w: 16, k: 64, r: 3, s: 3, stride: 1, pad: 1),
-                   Conv2DShape(n: 4, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
-                   Conv2DShape(n: 2, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 2, pad: 1)] {
-            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+        forEachShape([Conv2DShape(n: 2, c: 64, h: 16, w: 16, k: 64, r: 3, s: 3, stride: 1, pad: 1),
+                      Conv2DShape(n: 4, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
+                      Conv2DShape(n: 2, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 2, pad: 1)], seed: 33) { sh, x, w, dy in
             func run(threads: Int, model: Bool) -> [Float] {
                 if model { ScheduleModel.begin(threads: threads) } else { Threads.count = threads }
                 let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: threads))
                 defer { scratch.deallocate() }
-                var pf = [Float](repeating: 0, count: sh.packedForwardCount)
-                var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
-                var y = [Float](repeating: 0, count: sh.outputCount)
-                var dx = [Float](repeating: 0, count: sh.inputCount)
-                var dw = [Float](repeating: 0, count: sh.weightCount)
-                conv2dPackForward(sh, weights: w, packed: &pf)
-                conv2dPackBackwardData(sh, weights: w, packed: &pb)
-                conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
-                conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
-                conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+                let all = allPasses(sh, x: x, w: w, dy: dy, scratch: scratch)
                 if model { XCTAssertGreaterThan(ScheduleModel.end().loops, 0) }
-                return y + dx + dw
+                return all
             }
             let one = run(threads: 1, model: false), sixteen = run(threads: 16, model: true)
             XCTAssertLessThanOrEqual(toleranceRatio(sixteen, one, atol: 1e-3, rtol: 1e-4), 1, "\(sh)")
         }
+    }
+
+    /// Runs `body` on each shape with random input, weights and output gradient.
+    private func forEachShape(_ shapes: [Conv2DShape], seed: UInt64,
+                              _ body: (Conv2DShape, [Float], [Float], [Float]) -> Void) {
+        var rng = TestRNG(seed: seed)
+        for sh in shapes {
+            body(sh, rng.array(sh.inputCount), rng.array(sh.weightCount), rng.array(sh.outputCount))
+        }
+    }
+
+    /// Forward, backward-data and backward-weights of `sh` (weights packed first), concatenated.
+    private func allPasses(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], scratch: UnsafeMutableRawPointer) -> [Float] {
+        var pf = [Float](repeating: 0, count: sh.packedForwardCount)
+        var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
+        var y = [Float](repeating: 0, count: sh.outputCount)
+        var dx = [Float](repeating: 0, count: sh.inputCount)
+        var dw = [Float](repeating: 0, count: sh.weightCount)
+        conv2dPackForward(sh, weights: w, packed: &pf)
+        conv2dPackBackwardData(sh, weights: w, packed: &pb)
+        conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+        return y + dx + dw
     }
 }
