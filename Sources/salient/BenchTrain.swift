@@ -94,20 +94,21 @@ struct BenchTrain: ParsableCommand {
             if !profile { return }
         }
         let op = c.method == .moco ? "moco_step" : "simclr_step"
-        if scheduleModel != nil {
-        } else if json {
-            var r = BenchRecord(fields: [])
-            r.add("op", op); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", c.batch)
-            r.add("res", c.resolution); r.add("threads", Threads.count); r.add("masking", masking); r.add("fill", fill)
-            r.add("hard_negatives", c.masking == "none" ? 0 : c.hardNegatives)
-            r.add("img_per_s", ips); r.add("step_s", median); r.add("peak_rss_mb", rss)
-            print(r.json)
-        } else {
-            print(String(format: "%@ %@ %@ width %.3g, batch %d, %dpx, %d thread(s), masking %@/%@, %d hard negative(s)",
-                         op, arch, stem, width, c.batch, c.resolution, Threads.count, masking, fill,
-                         c.masking == "none" ? 0 : c.hardNegatives))
-            print(String(format: "  %.1f images/s (median step %.3f s over %d steps), peak resident memory %.0f MB",
-                         ips, median, steps, rss))
+        if scheduleModel == nil {  // (the model printed its own line instead)
+            if json {
+                var r = BenchRecord(fields: [])
+                r.add("op", op); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", c.batch)
+                r.add("res", c.resolution); r.add("threads", Threads.count); r.add("masking", masking); r.add("fill", fill)
+                r.add("hard_negatives", c.masking == "none" ? 0 : c.hardNegatives)
+                r.add("img_per_s", ips); r.add("step_s", median); r.add("peak_rss_mb", rss)
+                print(r.json)
+            } else {
+                print(String(format: "%@ %@ %@ width %.3g, batch %d, %dpx, %d thread(s), masking %@/%@, %d hard negative(s)",
+                             op, arch, stem, width, c.batch, c.resolution, Threads.count, masking, fill,
+                             c.masking == "none" ? 0 : c.hardNegatives))
+                print(String(format: "  %.1f images/s (median step %.3f s over %d steps), peak resident memory %.0f MB",
+                             ips, median, steps, rss))
+            }
         }
         if profile {
             let p = step.profile, t = max(p.total, 1e-12)
