@@ -404,7 +404,9 @@ func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i:
                           pointStride: Int) {
     for ci in 0..<C {
         let g = panel + ci * 9 * convColBlock
-        for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+        // (A counted loop: `stride(from:to:by:)` here compiled to a call per iteration.)
+        for hv in 0..<(convColBlock / fvecWidth) {
+            let h = hv * fvecWidth
             @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
             let r = wgG(wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)),
                         wgGRow(i, tap(2), tap(5), tap(8)))
@@ -702,8 +704,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
             }
         }
-        for k0 in stride(from: 0, to: kp, by: fvecWidth) {
-            let kn = max(0, min(fvecWidth, K - k0))
+        for kv in 0..<(kp / fvecWidth) {
+            let k0 = kv * fvecWidth, kn = max(0, min(fvecWidth, K - k0))
             @inline(__always) func ld(_ q: Int) -> FVec {
                 kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
             }
@@ -754,7 +756,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
-                for t in stride(from: 1, to: plan.ownSumThreads, by: 1) {
+                for t in 1..<max(plan.ownSumThreads, 1) {
                     let other = dU + t * plan.dU
                     for pt in 0..<pts {
                         for c in 0..<C {
@@ -870,7 +872,8 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
             dU.initialize(repeating: 0, count: wgPoints * pointU)
             for pt in 0..<wgPoints {
                 for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * plan.vStride + cLo) }
-                for c0 in stride(from: 0, to: cn, by: convTileRows) {
+                for ct in 0..<ceilDiv(cn, convTileRows) {
+                    let c0 = ct * convTileRows
                     bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
                                   dyStride: plan.yStride, acc: dU + pt * pointU, Kp: convColBlock)
                 }

@@ -123,7 +123,8 @@ func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed o
             for item in lo..<hi {
                 let b0 = item / C, ci = item % C
                 wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: g)
-                for h in stride(from: 0, to: convColBlock, by: fvecWidth) {
+                for hv in 0..<(convColBlock / fvecWidth) {
+                    let h = hv * fvecWidth
                     @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
                     // Per kernel row, its 6 column classes; then per column class, the 6 row classes.
                     let r0 = ws2G(tap(0), tap(1), tap(2)), r1 = ws2G(tap(3), tap(4), tap(5))
