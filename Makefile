@@ -8,7 +8,7 @@ APT_PKGS   := libomp-dev libpng-dev zlib1g-dev
 DATA_PKGS  := dataset-fashion-mnist
 FMNIST     := /usr/share/datasets/fashion-mnist
 
-.PHONY: all build setup setup-data test bench demo clean test-arm fuzz
+.PHONY: all build setup setup-data test bench demo clean test-arm fuzz dist
 
 all: build
 
@@ -77,8 +77,24 @@ test-arm:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
 	bash Tests/ARM/run.sh
 
+# A folder and tarball to copy to another Linux machine of the same architecture that has no Swift,
+# libomp or libpng: the stripped binary (Swift runtime inside) with the shared libraries it needs
+# beyond glibc and libstdc++ beside it, where its RUNPATH ($$ORIGIN) finds them first.
+DIST_DIR   := dist/salient-$(shell uname -m)
+dist: build
+	rm -rf $(DIST_DIR) && mkdir -p $(DIST_DIR)
+	strip -o $(DIST_DIR)/salient $(BIN)
+	@readelf -d $(BIN) | grep -q 'RUNPATH.*\$$ORIGIN' || { echo "dist: $(BIN) has no \$$ORIGIN RUNPATH" >&2; exit 1; }
+	@for lib in $$(ldd $(BIN) | awk '/=> \// { print $$3 }' | grep -E 'lib(omp|png|z)[^/]*$$'); do \
+	    cp -L "$$lib" $(DIST_DIR)/ && echo "  + $$(basename $$lib)"; done
+	@ldd $(DIST_DIR)/salient | grep -E 'lib(omp|png|z)' | grep -v "$(CURDIR)/$(DIST_DIR)/" && \
+	    { echo "dist: a library resolves outside $(DIST_DIR)" >&2; exit 1; } || true
+	$(DIST_DIR)/salient --version
+	tar -C dist -czf $(DIST_DIR).tar.gz $(notdir $(DIST_DIR))
+	@echo "built $(DIST_DIR).tar.gz: unpack anywhere and run salient-$$(uname -m)/salient (glibc >= $$(objdump -T $(BIN) | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 | cut -c7-))"
+
 clean:
-	rm -rf .build bin
+	rm -rf .build bin dist
 
 # salient beside PyTorch on the same shapes and threads (needs `pip install torch torchvision numpy`).
 .PHONY: bench-compare
