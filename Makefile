@@ -85,9 +85,9 @@ dist: build
 	rm -rf $(DIST_DIR) && mkdir -p $(DIST_DIR)
 	strip -o $(DIST_DIR)/salient $(BIN)
 	@readelf -d $(BIN) | grep -q 'RUNPATH.*\$$ORIGIN' || { echo "dist: $(BIN) has no \$$ORIGIN RUNPATH" >&2; exit 1; }
-	@for lib in $$(ldd $(BIN) | awk '/=> \// { print $$3 }' | grep -E 'lib(omp|png|z)[^/]*$$'); do \
+	@for lib in $$(ldd $(BIN) | awk '/=> \// { print $$3 }' | grep -E '/lib(omp|png16|z)\.so[^/]*$$'); do \
 	    cp -L "$$lib" $(DIST_DIR)/ && echo "  + $$(basename $$lib)"; done
-	@ldd $(DIST_DIR)/salient | grep -E 'lib(omp|png|z)' | grep -v "$(CURDIR)/$(DIST_DIR)/" && \
+	@ldd $(DIST_DIR)/salient | grep -E 'lib(omp|png16|z)\.so' | grep -v "$(CURDIR)/$(DIST_DIR)/" && \
 	    { echo "dist: a library resolves outside $(DIST_DIR)" >&2; exit 1; } || true
 	$(DIST_DIR)/salient --version
 	tar -C dist -czf $(DIST_DIR).tar.gz $(notdir $(DIST_DIR))
