@@ -286,8 +286,28 @@ public func batchNormApplySaved(_ sh: BatchNormShape, input x: UnsafePointer<Flo
                                 scratch: UnsafeMutableRawPointer) {
     let C = sh.channels
     let (_, _, scale, _) = bnScratch(C, scratch)
-    for c in 0..<C { scale[c] = gamma[c] * saveInvStd[c] }
+    bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: scale)
     bnApply(pixels: sh.pixels, channels: C, x: x, mean: saveMean, scale: scale, shift: beta, relu: relu, y: y)
+}
+
+/// gamma * invstd, the scale with which batchNormApplySaved rebuilds an output from the saved
+/// statistics: one place for it, since the backward's ReLU mask and the Winograd input affine
+/// (batchNormSavedAffine) must round as the rebuilt output does. C floats, then zeros up to `padTo`.
+@inline(__always)
+func bnSavedScale(channels C: Int, gamma: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>,
+                  into scale: UnsafeMutablePointer<Float>, padTo: Int = 0) {
+    for c in 0..<C { scale[c] = gamma[c] * saveInvStd[c] }
+    for c in C..<max(C, padTo) { scale[c] = 0 }
+}
+
+/// The saved-statistics normalisation as one mean row and one scale row (bnPadded(C) floats each, zero
+/// past C) for a consumer that applies it itself (ConvInputAffine): the bits of batchNormApplySaved.
+public func batchNormSavedAffine(channels C: Int, gamma: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
+                                 saveInvStd: UnsafePointer<Float>, mean: UnsafeMutablePointer<Float>,
+                                 scale: UnsafeMutablePointer<Float>) {
+    let cp = bnPadded(C)
+    for c in 0..<cp { mean[c] = c < C ? saveMean[c] : 0 }
+    bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: scale, padTo: cp)
 }
 
 /// Eval mode with running statistics. y may alias x; `residual` as in the training forward.
@@ -363,7 +383,7 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     let cp = bnPadded(C)
     // The rebuilt output's scale, batchNormApplySaved's, in k1's second row (free: backward has one group).
     let maskScale = k1 + cp
-    if relu && y == nil { for c in 0..<C { maskScale[c] = gamma[c] * saveInvStd[c] } }
+    if relu && y == nil { bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: maskScale) }
     let terms = BNGradTerms(dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
                             maskScale: UnsafePointer(maskScale), beta: beta)
     bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)

@@ -620,11 +620,9 @@ public final class ResNetPass {
     /// The affine that rebuilds a mid-block output from its kept conv output, as batchNormApplySaved
     /// does (mean and gamma * invstd rows of whole vectors), for the next convolution's backward-weights.
     func savedAffine(_ n: Node, _ store: ParameterStore) -> ConvInputAffine {
-        let u = n.unit, gamma = store.params + u.gamma
-        for c in 0..<bnPadded(u.cout) {
-            affineMean[c] = c < u.cout ? n.mean[c] : 0
-            affineScale[c] = c < u.cout ? gamma[c] * n.invStd[c] : 0
-        }
+        let u = n.unit
+        batchNormSavedAffine(channels: u.cout, gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd,
+                             mean: affineMean, scale: affineScale)
         return ConvInputAffine(mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: 0,
                                imagesPerGroup: batch)
     }
