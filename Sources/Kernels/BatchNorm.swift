@@ -320,7 +320,7 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
     let block = max(1, min(64, elementwiseGrain / max(C, 1)))
     let blocks = ceilDiv(P, block)
     let e = FVec(repeating: eps)
-    parallelForDynamic(blocks, chunk: max(1, blocks / (4 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(blocks, chunksPerThread: 4) { lo, hi, _ in
         for b in lo..<hi {
             let p0 = b * block, p1 = min(P, p0 + block)
             var c = 0

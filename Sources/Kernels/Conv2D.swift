@@ -194,7 +194,7 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
     // Dynamic chunks of ~1/8 of a thread's share: each output tile is one call's, so any schedule
     // gives the same result, and a thread slowed by other work takes fewer chunks.
     let items = groups * colBlocks
-    parallelForDynamic(items, chunk: max(1, items / (8 * Threads.count))) { lo, hi, thread in
+    parallelForDynamic(items, chunksPerThread: 8) { lo, hi, thread in
         let base = scratch + thread * perThread
         let rows = base.bindMemory(to: UnsafePointer<Float>.self, capacity: convGroupTiles * convTileRows * taps)
         let outIdx = (base + convGroupTiles * convTileRows * taps * 8)
@@ -315,7 +315,7 @@ func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packe
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s
     let st = sh.stride, pad = sh.pad, depth = sh.taps * C, rowFloats = sh.gatheredRowFloats
     let pixels = sh.n * OH * OW, tiles = ceilDiv(pixels, convTileRows), kb = ceilDiv(K, convColBlock)
-    parallelForDynamic(tiles, chunk: max(1, tiles / (8 * Threads.count))) { lo, hi, thread in
+    parallelForDynamic(tiles, chunksPerThread: 8) { lo, hi, thread in
         let rows = (scratch + thread * sh.gatheredRowsBytesPerThread).bindMemory(to: Float.self, capacity: convTileRows * rowFloats + 96)
         let acc = rows + convTileRows * rowFloats
         for tile in lo..<hi {

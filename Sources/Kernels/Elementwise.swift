@@ -17,7 +17,7 @@ func parallelRange(_ count: Int, grain: Int = elementwiseGrain, _ body: (Int, In
     if blocks <= 1 { body(0, count); return }
     // Chunks go to whichever thread is free: every element is one call's, so the schedule does not
     // change results.
-    parallelForDynamic(blocks, chunk: max(1, blocks / (4 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(blocks, chunksPerThread: 4) { lo, hi, _ in
         body(lo * g, min(hi * g, count))
     }
 }

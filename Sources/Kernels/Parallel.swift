@@ -31,6 +31,14 @@ public func parallelForDynamic(_ n: Int, chunk: Int = 1, _ body: (Int, Int, Int)
     withCallable(body) { sal_parallel_for_dynamic(n, max(chunk, 1), $0, $1) }
 }
 
+/// parallelForDynamic in about `chunksPerThread` chunks per thread (chunks of n / (chunksPerThread x
+/// threads) iterations, at least 1): enough for a slowed thread to hand work to the others, few enough
+/// that each chunk's work dwarfs taking it.
+@inline(__always)
+public func parallelForDynamic(_ n: Int, chunksPerThread: Int, _ body: (Int, Int, Int) -> Void) {
+    parallelForDynamic(n, chunk: max(1, n / (chunksPerThread * Threads.count)), body)
+}
+
 /// Hands `run` the closure as a C context pointer and the C function that calls it.
 @inline(__always)
 func withCallable(_ body: (Int, Int, Int) -> Void, _ run: (UnsafeMutableRawPointer, sal_range_fn) -> Void) {

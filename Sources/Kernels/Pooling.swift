@@ -81,7 +81,7 @@ public func maxPoolBackward(_ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Flo
     let C = sh.c, hw = sh.h * sh.w, ohw = sh.oh * sh.ow
     // Items are (image, block of channels): each owns its slice of dx, so the scatter needs no atomics.
     let cBlock = 64, cBlocks = ceilDiv(C, cBlock)
-    parallelForDynamic(sh.n * cBlocks, chunk: max(1, sh.n * cBlocks / (4 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(sh.n * cBlocks, chunksPerThread: 4) { lo, hi, _ in
         for item in lo..<hi {
             let b = item / cBlocks, c0 = (item % cBlocks) * cBlock, c1 = min(C, c0 + cBlock)
             let img = dx + b * hw * C
@@ -100,7 +100,7 @@ public func maxPoolBackward(_ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Flo
 public func globalAvgPoolForward(n: Int, pixels hw: Int, channels c: Int, input x: UnsafePointer<Float>,
                                  output y: UnsafeMutablePointer<Float>) {
     let C = c, scale = FVec(repeating: 1 / Float(hw))
-    parallelForDynamic(n, chunk: max(1, n / (4 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(n, chunksPerThread: 4) { lo, hi, _ in
         for b in lo..<hi {
             let img = x + b * hw * C, yr = y + b * C
             var ch = 0

@@ -335,7 +335,7 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
     let packedShape = transposed ? sh.transposedWinograd : sh, fused = packedShape.wgFusedWeights
     let ob = ceilDiv(outC, convColBlock), pointStride = packedShape.wgPointStride
     let cChunks = ceilDiv(inC, 8)
-    parallelForDynamic(ob * cChunks, chunk: max(1, ob * cChunks / (8 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(ob * cChunks, chunksPerThread: 8) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
             for item in lo..<hi {
                 let b = item / cChunks, c0 = (item % cChunks) * 8, c1 = min(c0 + 8, inC)
@@ -530,7 +530,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let V = area(0).bindMemory(to: Float.self, capacity: wgPoints * pointV)
         for blk in 0..<plan.blocks {
             let (t0, nt) = tileRange(blk)
-            parallelForDynamic(nt, chunk: max(1, nt / (4 * Threads.count))) { lo, hi, thread in
+            parallelForDynamic(nt, chunksPerThread: 4) { lo, hi, thread in
                 transformInput(t0, lo, hi, into: V, thread)
             }
             parallelFor(plan.kGroups) { lo, hi, thread in
@@ -753,7 +753,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     /// after adding the other threads' own sums (in thread order) into dU.
     func fold(_ rows: Range<Int>, accumulate acc: Bool) {
         let kv = ceilDiv(K, fvecWidth)
-        parallelForDynamic(kv, chunk: max(1, kv / (4 * Threads.count))) { lo, hi, _ in
+        parallelForDynamic(kv, chunksPerThread: 4) { lo, hi, _ in
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
                 for t in 1..<max(plan.ownSumThreads, 1) {
@@ -775,7 +775,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     if plan.allTiles {
         let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)
         let Y = (scratch + plan.offY).bindMemory(to: Float.self, capacity: plan.yv)
-        parallelForDynamic(tiles, chunk: max(1, tiles / (8 * Threads.count))) { lo, hi, thread in
+        parallelForDynamic(tiles, chunksPerThread: 8) { lo, hi, thread in
             zeroRow(thread)
             for ti in lo..<hi { transformTile(ti, ti, 0, V: V, Y: Y, thread: thread) }
         }
@@ -831,12 +831,12 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         var t0 = 0
         while t0 < tiles {
             let nt = min(tb, tiles - t0)
-            parallelForDynamic(nt, chunk: max(1, nt / (8 * Threads.count))) { lo, hi, thread in
+            parallelForDynamic(nt, chunksPerThread: 8) { lo, hi, thread in
                 zeroRow(thread)
                 for ti in lo..<hi { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: thread) }
             }
             // One (point, 16 output channels) per item.
-            parallelForDynamic(pts * kb, chunk: max(1, pts * kb / (8 * Threads.count))) { lo, hi, thread in
+            parallelForDynamic(pts * kb, chunksPerThread: 8) { lo, hi, thread in
                 var cached = -1
                 for item in lo..<hi {
                     sumBlock(item / kb, (item % kb) * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0,

@@ -117,7 +117,7 @@ func ws2G(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, 
 /// OIHW weights -> U [36 classes][class stride] ([K/16][C][16] per class).
 func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed out: UnsafeMutablePointer<Float>) {
     let C = sh.c, K = sh.k, kb = ceilDiv(K, convColBlock), cs = sh.ws2ClassStride
-    parallelForDynamic(kb * C, chunk: max(1, kb * C / (8 * Threads.count))) { lo, hi, _ in
+    parallelForDynamic(kb * C, chunksPerThread: 8) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock) { buf in
             let g = buf.baseAddress!
             for item in lo..<hi {
