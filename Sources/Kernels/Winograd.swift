@@ -66,6 +66,24 @@ extension Conv2DShape {
     /// reach the packed path on small shapes).
     nonisolated(unsafe) public static var wgFuseLimitBytes = 8 << 20
 
+    /// Whether a forward with fused weights goes output block by output block (WGForwardPlan.blockOuter)
+    /// rather than row by row of points. Row by row, one row of V, one row of transformed kernels and
+    /// the raw kernels of one output block are in use at once; past ~1 MB (L2) together (512 channels:
+    /// 811 + 196 + 295 KB) the raw kernels would stream from memory once per row, 6 times per block of
+    /// tiles (56 MB per 512-channel forward). Block by block, each output block's raw kernels are read
+    /// once and its 6 rows transformed in turn, the V rows re-read from L3 instead (the 512-channel
+    /// forward and backward-data +21-28%, one or two threads).
+    public var wgFusedByOutputBlock: Bool {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth
+        let tb = ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows
+        return wgFusedWeights
+            && (wgIn * tb * cp + wgIn * cp * convColBlock + cp * 9 * convColBlock) * 4 > Conv2DShape.wgBlockOuterBytes
+    }
+
+    /// Working set past which wgFusedByOutputBlock holds (tests lower it to reach that order on small
+    /// shapes).
+    nonisolated(unsafe) public static var wgBlockOuterBytes = 1 << 20
+
     /// Work split: tile blocks x output-channel groups. A block's V and M stay within ~1 MB (L2), or
     /// within ~256 KB when U itself fits in 1 MB.
     /// Transformed weights over 4 MB (C x K >= 256 x 256) are split by output channels across threads
@@ -100,6 +118,7 @@ extension Conv2DShape {
         // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
         // fused weights one row of 6 points of one output block's transformed kernels.
         var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
+        p.blockOuter = wgFusedByOutputBlock
         p.offM = align64(wgPoints * tb * (cp >= 512 ? wgSkewed(cp) : cp) * 4)
         p.offT = p.offM + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
         p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
@@ -113,6 +132,8 @@ extension Conv2DShape {
 /// How a Winograd forward splits its work and lays out each thread's scratch (byte offsets).
 struct WGForwardPlan {
     var blocks: Int, kGroups: Int, kbPerGroup: Int, tb: Int, fused: Bool
+    /// Fused weights: each output block's 6 rows in turn, not each row's output blocks.
+    var blockOuter = false
     var offM = 0, offT = 0, offSrc = 0, offZero = 0, offUb = 0, perThreadBytes = 0
 }
 
@@ -473,13 +494,17 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
-            // output block's kernels are transformed for it.
+            // output block's kernels are transformed for it (or, plan.blockOuter, one output block at a
+            // time, so its raw kernels stay in L2 while its 6 rows are transformed).
             let rowStride = sh.wgFusedRowStride
-            for i in 0..<wgIn {
-                for b in kbLo..<kbHi {
-                    wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
-                    for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
-                }
+            func rowOfBlock(_ i: Int, _ b: Int) {
+                wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
+                for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
+            }
+            if plan.blockOuter {
+                for b in kbLo..<kbHi { for i in 0..<wgIn { rowOfBlock(i, b) } }
+            } else {
+                for i in 0..<wgIn { for b in kbLo..<kbHi { rowOfBlock(i, b) } }
             }
         } else {
             let pointStride = sh.wgPointStride

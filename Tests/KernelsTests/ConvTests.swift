@@ -107,8 +107,9 @@ final class ConvTests: XCTestCase {
     }
 
     /// Large kernels (transformed > 4 MB) with the transform fused into the forward (default at these
-    /// sizes) and packed, output channels split over threads either way. The fused transform runs row
-    /// by row on the same expressions and the GEMMs sum in the same order, so the two give the same bits.
+    /// sizes), in either order (rows of points first, or output blocks first as at 512 channels), and
+    /// packed, output channels split over threads either way. The fused transform runs row by row on
+    /// the same expressions and the GEMMs sum in the same order, so all three give the same bits.
     /// The second shape has 81 tiles: two blocks of the fused forward (64 + 17).
     func testWinogradLargeKernelsPackedAndFused() {
         for sh in [Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1),
@@ -125,21 +126,28 @@ final class ConvTests: XCTestCase {
         for threads in [1, 2] {
             Threads.count = threads
             var results: [[Float]] = []
-            for fuse in [true, false] {
+            for (fuse, blockOuter) in [(true, false), (true, true), (false, false)] {
                 Conv2DShape.wgFuseLimitBytes = fuse ? 8 << 20 : 0
+                Conv2DShape.wgBlockOuterBytes = blockOuter ? 0 : 1 << 40
                 XCTAssertEqual(sh.wgFusedWeights, fuse)
+                XCTAssertEqual(sh.wgFusedByOutputBlock, blockOuter)
+                let transposed = Conv2DShape(n: sh.n, c: sh.k, h: sh.oh, w: sh.ow, k: sh.c, r: 3, s: 3, stride: 1, pad: 1)
+                XCTAssertEqual(transposed.wgFusedByOutputBlock, blockOuter, "backward-data's forward")
                 let f = fast(sh, x, w, dy)
                 for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
                     let scale = b.map(abs).max() ?? 1
                     XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                                             "\(what) fused \(fuse) threads \(threads)")
+                                             "\(what) fused \(fuse) block-outer \(blockOuter) threads \(threads)")
                 }
                 results += [f.y, f.dx]
             }
-            XCTAssertEqual(results[0], results[2], "forward: fused and packed differ, threads \(threads)")
-            XCTAssertEqual(results[1], results[3], "backward-data: fused and packed differ, threads \(threads)")
+            for (i, order) in [(2, "fused by output block"), (4, "packed")] {
+                XCTAssertEqual(results[0], results[i], "forward: fused by rows and \(order) differ, threads \(threads)")
+                XCTAssertEqual(results[1], results[i + 1], "backward-data: fused by rows and \(order) differ, threads \(threads)")
+            }
         }
         Conv2DShape.wgFuseLimitBytes = 8 << 20
+        Conv2DShape.wgBlockOuterBytes = 1 << 20
         Threads.count = Threads.processors
     }
 
