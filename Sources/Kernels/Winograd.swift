@@ -99,7 +99,9 @@ extension Conv2DShape {
         var kGroups = 1
         let fused = wgFusedWeights
         if fused {
-            kGroups = min(t, kb)
+            // By output block: one item per block of 16 output channels, taken by whichever thread is
+            // free; each transforms its kernels, multiplies and writes its outputs with a 152 KB M.
+            kGroups = wgFusedByOutputBlock ? kb : min(t, kb)
             target = min(tiles, wgFusedTiles)
         } else if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
             kGroups = t
@@ -549,7 +551,8 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             }
         }
     } else {
-        // Output-channel groups, one per thread (each streams or transforms its share of the kernels).
+        // Output-channel groups, one per thread or (by output block) one per 16 output channels, each
+        // taken by the next free thread (each streams or transforms its share of the kernels).
         // Every group needs the whole block's V: the threads transform it once, into the first
         // thread's V, then each multiplies its group. The same V as one thread's own, bit for bit.
         let V = area(0).bindMemory(to: Float.self, capacity: wgPoints * pointV)
@@ -558,7 +561,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             parallelForDynamic(nt, chunksPerThread: 4) { lo, hi, thread in
                 transformInput(t0, lo, hi, into: V, thread)
             }
-            parallelFor(plan.kGroups) { lo, hi, thread in
+            parallelForDynamic(plan.kGroups) { lo, hi, thread in
                 for kg in lo..<hi { multiplyAndStore(blk, kg, V, thread) }
             }
         }
