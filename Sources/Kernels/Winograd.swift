@@ -58,8 +58,8 @@ extension Conv2DShape {
     /// than transforming it once per 64 tiles.
     public var wgFusedWeights: Bool {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let tb = ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows
-        return isWinogradShape && wgPoints * c * kp * 4 > (4 << 20) && wgPoints * tb * cp * 4 <= Conv2DShape.wgFuseLimitBytes
+        return isWinogradShape && wgPoints * c * kp * 4 > (4 << 20)
+            && wgPoints * wgFusedBlockRows * cp * 4 <= Conv2DShape.wgFuseLimitBytes
     }
 
     /// Largest transformed input (one block of tiles) for which wgFusedWeights holds (tests lower it to
@@ -75,10 +75,13 @@ extension Conv2DShape {
     /// forward and backward-data +21-28%, one or two threads).
     public var wgFusedByOutputBlock: Bool {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth
-        let tb = ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows
-        return wgFusedWeights
-            && (wgIn * tb * cp + wgIn * cp * convColBlock + cp * 9 * convColBlock) * 4 > Conv2DShape.wgBlockOuterBytes
+        return wgFusedWeights && (wgIn * wgFusedBlockRows * cp + wgIn * cp * convColBlock + cp * 9 * convColBlock) * 4
+            > Conv2DShape.wgBlockOuterBytes
     }
+
+    /// Rows of V per point in a fused forward's largest block of tiles (up to wgFusedTiles, whole
+    /// 6-row GEMM tiles): wgFusedWeights and wgFusedByOutputBlock size their working sets by it.
+    var wgFusedBlockRows: Int { ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows }
 
     /// Working set past which wgFusedByOutputBlock holds (tests lower it to reach that order on small
     /// shapes).
