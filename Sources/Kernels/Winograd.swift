@@ -266,15 +266,29 @@ func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>,
     if cols > 3 { wgStore(r.3, o + 3 * K, lanes, accumulate) }
 }
 
+/// Where a transform writes channel c (a multiple of the vector width) of its row: at c, or with
+/// channel blocks (width w, a multiple of the vector width, `stride` floats apart) at
+/// (c / w) * stride + c % w, the layout of backward-weights' V and Y.
+public struct WGChannelBlocks {
+    public var width: Int, stride: Int
+    @inline(__always) func offset(_ c: Int) -> Int { (c / width) * stride + c % width }
+}
+
+@inline(__always) func wgChannelOffset(_ c: Int, _ blocks: WGChannelBlocks?) -> Int {
+    if let blocks { return blocks.offset(c) }
+    return c
+}
+
 /// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
-/// channels, for point rows firstRow..<firstRow+rowCount. `temp`: 36 vectors.
+/// channels, for point rows firstRow..<firstRow+rowCount (channel c at wgChannelOffset). `temp`: 36 vectors.
 @inline(__always)
 func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int) {
+                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
+                 blocks: WGChannelBlocks? = nil) {
     var c0 = 0
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
-        wgInputLane(T, out + c0, pointStride, firstRow, rowCount) { k in
+        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
             cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)
         }
         c0 += fvecWidth
@@ -288,12 +302,12 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
                        out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                       zero: UnsafePointer<Float>) {
+                       zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil) {
     var c0 = 0
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
         let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
-        wgInputLane(T, out + c0, pointStride, firstRow, rowCount) { k in
+        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
             var v = bnAffine(centred: (cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu,
                              scale: sc, shift: sh)
             v = v.replacing(with: 0, where: v .< 0)
@@ -340,11 +354,11 @@ public struct ConvInputAffine {
     @inline(__always)
     func inputTile(_ tile: Int, tilesPerImage: Int, _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int,
                    temp T: UnsafeMutablePointer<FVec>, out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int,
-                   rowCount: Int, zero: UnsafePointer<Float>) {
+                   rowCount: Int, zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil) {
         let g = tile / tilesPerImage / imagesPerGroup
         wgInputTileAffine(src, channels: C, temp: T, out: out, pointStride: pointStride, firstRow: firstRow,
                           rowCount: rowCount, mean: mean + g * groupStride, scale: scale + g * groupStride, shift: shift,
-                          zero: zero)
+                          zero: zero, blocks: blocks)
     }
 }
 
@@ -590,15 +604,16 @@ extension Conv2DShape {
     /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
     /// 512x512 kernels take six passes over the data rather than a 38 MB dU), tiles per block (<= 256:
     /// each block's sums are rounded on their own before joining dU).
-    /// When dU would pass 8 MB but V and Y of all tiles fit in 12 MB (few tiles, wide layers: ResNet-18's
-    /// 512-channel layers at batch 64), no dU is kept: V and Y are transformed once, and each item
-    /// computes all 36 points of one block of input channels x 16 output channels and folds them into
-    /// dW itself (`allTiles`). The six passes wrote, re-read and folded 38 MB of dU.
+    /// When dU would pass 8 MB but V and Y of all tiles fit in wgAllTilesLimitBytes (few tiles, wide
+    /// layers: ResNet-18's 256- and 512-channel layers at batch 64), no dU is kept: V and Y are
+    /// transformed once, and each item computes all 36 points of one block of input channels x 16
+    /// output channels and folds them into dW itself (`allTiles`). The passes wrote, re-read and
+    /// folded a dU of 9.4 MB (256 channels, 2 passes) or 38 MB (512, 6 passes).
     func wgBackwardWeightPlan(threads: Int) -> WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= 8 << 20 { break } }
-        let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= 12 << 20
+        let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= Conv2DShape.wgAllTilesLimitBytes
         if allTiles { rows = 6 }
         let t = max(threads, 1)
         // Own sums, when dU fits in L2 (ResNet-18's 64-channel layers): each thread reduces its share
@@ -632,11 +647,13 @@ extension Conv2DShape {
         }
         // Shared: dU (one per thread with own sums), V, Y (per thread with own sums). Per thread: the
         // transform's 36 vectors, V row pointers, tile pointers, a zero row, a block's partial sums
-        // [C][16] (all tiles: one item's dU [36][wgBackwardCBlock][16]).
-        let cs = allTiles ? wgSkewed(cp) : cp, ks = allTiles ? wgSkewed(kp) : kp
-        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cs, yCount = pts * tb * ks
+        // [C][16] (all tiles: one item's dU [36][cBlock][16]).
+        // V and Y in channel blocks (wgBackwardWeightBlocks): each GEMM streams one contiguous panel of each.
+        let cBlock = cp <= wgBackwardCBlockWhole ? cp : wgBackwardCBlock
+        let cPadded = ceilDiv(c, cBlock) * cBlock
+        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cPadded, yCount = pts * tb * kp
         var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
-                                     zeroCount: max(cp, kp), vStride: cs, yStride: ks)
+                                     zeroCount: max(cp, kp), cBlock: cBlock)
         p.allTiles = allTiles
         p.ownSumThreads = ownSums ? t : 0
         p.rowGroups = groups
@@ -648,13 +665,28 @@ extension Conv2DShape {
         p.offSrc = p.offRows + tb * 8
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
-        p.perThread = align64(p.offPart + (allTiles ? wgPoints * wgBackwardCBlock : c) * convColBlock * 4 + 64)
+        p.perThread = align64(p.offPart + (allTiles ? wgPoints * cBlock : c) * convColBlock * 4 + 64)
         if own {
             p.offOwnV = p.perThread
             p.offOwnY = p.offOwnV + align64(p.v * 4)
             p.perThread = p.offOwnY + align64(p.yv * 4)
         }
         return p
+    }
+
+    /// Largest V and Y of all tiles (floats x 4) with which backward-weights keeps no dU (tests set it
+    /// to 0 to reach the passes over point rows on small shapes). At 256 channels, batch 64 (V and Y
+    /// 18.9 MB, in L3): 1.12x over two passes of a 4.7 MB dU (bench kernels, 6 alternating pairs).
+    nonisolated(unsafe) public static var wgAllTilesLimitBytes = 20 << 20
+
+    /// How backward-weights splits its work on `threads` threads (for tests and benchmarks): "all
+    /// tiles", "own sums", "row groups", or "N passes" of shared blocks over the point rows.
+    public func wgBackwardWeightMethod(threads: Int) -> String {
+        let p = wgBackwardWeightPlan(threads: threads)
+        if p.allTiles { return "all tiles" }
+        if p.ownSums { return "own sums" }
+        if p.rowGroups > 0 { return "row groups" }
+        return "\(6 / p.rowsPerPass) passes"
     }
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
@@ -667,23 +699,27 @@ extension Conv2DShape {
     }
 }
 
-/// The distance between consecutive tiles' rows of V and Y in the all-tiles backward-weights: the row
-/// length rounded to an odd number of cache lines. Its GEMMs read one line from each of 64 tile rows
-/// per pass; 512-channel rows (32 lines apart) fall into 2 of the 64 L1 sets and evict each other
-/// before the next pass (6 channels on) reads them again. The forward skews its 512-channel V rows too.
-/// (The blocked path, and the forward below 512 channels, measured slower with skewed rows: bench
-/// kernels, best of 6 alternating runs.)
+/// The distance between consecutive tiles' rows of the 512-channel forward's V: the row length
+/// rounded to an odd number of cache lines. Its GEMMs read one line from each of 64 tile rows per
+/// pass; rows 32 lines apart fall into 2 of the 64 L1 sets and evict each other before the next pass
+/// (6 channels on) reads them again. (The forward below 512 channels measured slower with skewed
+/// rows: bench kernels, best of 6 alternating runs.)
 @inline(__always) func wgSkewed(_ floats: Int) -> Int { (floats / 16) % 2 == 0 ? floats + 16 : floats }
 
-/// Input channels per item of the all-tiles backward-weights (a multiple of the 6-row tile).
-let wgBackwardCBlock = 48
+/// Channel blocks of backward-weights' V (a multiple of the 6-row tile and of the vector width):
+/// V [point][C / cBlock][tile][cBlock] and Y [point][K / 16][tile][16], so that the GEMM of one
+/// (point, channel block, 16 output channels) reads two contiguous panels, which the hardware
+/// prefetchers stream, where rows of all C channels put each tile's few floats a row apart (the
+/// 256/512-channel GEMMs stalled on those loads). Rows of at most wgBackwardCBlockWhole channels
+/// stay whole (one block). Also the input channels per item of the all-tiles backward-weights.
+let wgBackwardCBlock = 48, wgBackwardCBlockWhole = 64
 
 /// Backward-weights work split and scratch layout (floats for dU/v/yv, byte offsets for the rest;
 /// per-thread offsets are from that thread's base).
 struct WGBackwardWeightPlan {
     var rowsPerPass: Int, tb: Int, dU: Int, v: Int, yv: Int, zeroCount: Int
-    /// Floats from one tile's row of V (Y) to the next (wgSkewed when all tiles are transformed at once).
-    var vStride: Int, yStride: Int
+    /// Channels per block of V (Y's blocks are convColBlock wide); tb rows per block.
+    var cBlock: Int
     var allTiles = false
     /// Threads that each sum their own share of the tiles into their own dU (0: shared blocks).
     var ownSumThreads = 0
@@ -708,9 +744,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
     let perThreadBase = scratch + plan.offThreads
     let zeroCount = plan.zeroCount, perThread = plan.perThread
-    let cs = plan.vStride, ks = plan.yStride
-    let pointV = tb * cs, pointY = tb * ks, pointU = C * kp
-    let cTiles = ceilDiv(C, convTileRows)
+    let cBlk = plan.cBlock, cBlocks = ceilDiv(C, cBlk)
+    let pointV = tb * cBlocks * cBlk, pointY = tb * kp, pointU = C * kp
+    let vBlocks = WGChannelBlocks(width: cBlk, stride: tb * cBlk)
     @inline(__always) func mine(_ thread: Int) -> UnsafeMutableRawPointer { perThreadBase + thread * perThread }
     /// V = B^T x B and Y = A dy A^T of `tile` (row ti of its block), point rows row0..<row0+rowsPerPass,
     /// with `thread`'s temporaries.
@@ -721,11 +757,11 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount), z = UnsafePointer(zero)
         wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
         if let affine {
-            affine.inputTile(tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
-                             firstRow: row0, rowCount: plan.rowsPerPass, zero: z)
+            affine.inputTile(tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV,
+                             firstRow: row0, rowCount: plan.rowsPerPass, zero: z, blocks: vBlocks)
         } else {
-            wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: row0,
-                        rowCount: plan.rowsPerPass)
+            wgInputTile(src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV, firstRow: row0,
+                        rowCount: plan.rowsPerPass, blocks: vBlocks)
         }
         // dy's 4x4 tile (zero past the image).
         let (b, ty, tx) = wgTileOrigin(tile, th, tw)
@@ -746,7 +782,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             }
             for i in row0..<(row0 + plan.rowsPerPass) {
                 let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
-                let p = Y + ((i - row0) * 6) * pointY + ti * ks + k0
+                let p = Y + ((i - row0) * 6) * pointY + (k0 / convColBlock) * tb * convColBlock + ti * convColBlock
+                    + k0 % convColBlock
                 vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
                 vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
             }
@@ -757,21 +794,27 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     }
     /// u[point pt][c][k0..<k0+16] += V[pt]^T Y[pt] over a block of nt tiles. A block after the first
     /// sums from zero into `thread`'s partial sums, then joins u: float rounding grows with the
-    /// length of a sum, and this keeps it to one block. `cachedPoint`: the point xr holds rows of.
+    /// length of a sum, and this keeps it to one block. `cachedBlock`: the (point, channel block)
+    /// xr holds rows of.
     func sumBlock(_ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
-                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, cachedPoint: inout Int) {
+                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, cachedBlock: inout Int) {
         let xr = (mine(thread) + plan.offRows).bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
         let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
-        if pt != cachedPoint {
-            cachedPoint = pt
-            for j in 0..<nt { xr[j] = UnsafePointer(V + pt * pointV + j * cs) }
-        }
         let u = dUBase + pt * pointU + k0
         if !first { part.initialize(repeating: 0, count: C * convColBlock) }
-        for ct in 0..<cTiles {
-            bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: C,
-                                  dy: UnsafePointer(Y + pt * pointY + k0), dyStride: ks,
-                                  acc: first ? u : part, Kp: first ? kp : convColBlock)
+        let dyPanel = UnsafePointer(Y + pt * pointY + (k0 / convColBlock) * tb * convColBlock)
+        for cb in 0..<cBlocks {
+            let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
+            if pt * cBlocks + cb != cachedBlock {
+                cachedBlock = pt * cBlocks + cb
+                let panel = V + pt * pointV + cb * tb * cBlk
+                for j in 0..<nt { xr[j] = UnsafePointer(panel + j * cBlk) }
+            }
+            let acc = first ? u + cLo * kp : part + cLo * convColBlock
+            for ct in 0..<ceilDiv(cn, convTileRows) {
+                bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: cn, dy: dyPanel,
+                                      dyStride: convColBlock, acc: acc, Kp: first ? kp : convColBlock)
+            }
         }
         if !first {
             for c in 0..<C {
@@ -827,7 +870,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             var cached = -1
             for pt in 0..<pts {
                 for b in 0..<kb {
-                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, cachedPoint: &cached)
+                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, cachedBlock: &cached)
                 }
             }
             t0 += nt
@@ -871,7 +914,7 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 var cached = -1
                 for item in lo..<hi {
                     sumBlock(item / kb, (item % kb) * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0,
-                               thread: thread, cachedPoint: &cached)
+                               thread: thread, cachedBlock: &cached)
                 }
             }
             t0 += nt
@@ -887,11 +930,11 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
 func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: UnsafeMutablePointer<Float>,
                               Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
                               dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    let C = sh.c, K = sh.k, tiles = plan.tb
+    let C = sh.c, K = sh.k, tiles = plan.tb, cBlk = plan.cBlock
     let kb = ceilDiv(K, convColBlock)
-    let pointV = tiles * plan.vStride, pointY = tiles * plan.yStride
-    let cBlocks = ceilDiv(C, wgBackwardCBlock)
-    let pointU = wgBackwardCBlock * convColBlock
+    let cBlocks = ceilDiv(C, cBlk)
+    let pointV = tiles * cBlocks * cBlk, pointY = tiles * kb * convColBlock
+    let pointU = cBlk * convColBlock
     // Items by input-channel block first, so a thread's consecutive items share V's columns.
     parallelForDynamic(cBlocks * kb, chunk: 1) { lo, hi, thread in
         let mine = perThreadBase + thread * plan.perThread
@@ -899,14 +942,15 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
         let dU = (mine + plan.offPart).bindMemory(to: Float.self, capacity: wgPoints * pointU)
         for item in lo..<hi {
             let cb = item / kb, k0 = (item % kb) * convColBlock
-            let cLo = cb * wgBackwardCBlock, cn = min(wgBackwardCBlock, C - cLo)
+            let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
             dU.initialize(repeating: 0, count: wgPoints * pointU)
             for pt in 0..<wgPoints {
-                for j in 0..<tiles { xr[j] = UnsafePointer(V + pt * pointV + j * plan.vStride + cLo) }
+                let panel = V + pt * pointV + cb * tiles * cBlk
+                for j in 0..<tiles { xr[j] = UnsafePointer(panel + j * cBlk) }
+                let dyPanel = UnsafePointer(Y + pt * pointY + k0 * tiles)
                 for ct in 0..<ceilDiv(cn, convTileRows) {
-                    let c0 = ct * convTileRows
-                    bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: c0, C: cn, dy: UnsafePointer(Y + pt * pointY + k0),
-                                  dyStride: plan.yStride, acc: dU + pt * pointU, Kp: convColBlock)
+                    bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: ct * convTileRows, C: cn, dy: dyPanel,
+                                          dyStride: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }
             for h in 0..<2 {

@@ -106,6 +106,39 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
+    /// Every way backward-weights splits its work, on 1-3 threads, against the float64 reference:
+    /// V and Y in channel blocks of 48 past 64 channels (two whole blocks and a partial one here), all
+    /// tiles at once (wide layers, the default when V and Y fit wgAllTilesLimitBytes) or passes of
+    /// shared blocks over the point rows (the limit set to 0), own sums, row groups.
+    func testWinogradBackwardWeightPaths() {
+        let cases: [(Conv2DShape, [String])] = [
+            (Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
+            (Conv2DShape(n: 1, c: 136, h: 6, w: 5, k: 520, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
+            (Conv2DShape(n: 2, c: 72, h: 20, w: 19, k: 96, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "own sums"]),
+            (Conv2DShape(n: 2, c: 136, h: 9, w: 10, k: 72, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "row groups"]),
+        ]
+        for (i, (sh, methods)) in cases.enumerated() {
+            var rng = TestRNG(seed: UInt64(300 + i))
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+            let want = naive(sh, x, w, dy).dw
+            let scale = want.map(abs).max() ?? 1
+            var seen = Set<String>()
+            for limit in [Conv2DShape.wgAllTilesLimitBytes, 0] {
+                Conv2DShape.wgAllTilesLimitBytes = limit
+                for threads in [1, 2, 3] {
+                    Threads.count = threads
+                    seen.insert(sh.wgBackwardWeightMethod(threads: threads))
+                    let got = fast(sh, x, w, dy).dw
+                    XCTAssertLessThanOrEqual(toleranceRatio(got, want, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                                             "\(sh) \(sh.wgBackwardWeightMethod(threads: threads)) threads \(threads)")
+                }
+                Conv2DShape.wgAllTilesLimitBytes = 20 << 20
+            }
+            for m in methods { XCTAssertTrue(seen.contains(m), "\(sh): \(m) not reached (\(seen))") }
+        }
+        Threads.count = Threads.processors
+    }
+
     /// Large kernels (transformed > 4 MB) with the transform fused into the forward (default at these
     /// sizes), in either order (rows of points first, or output blocks first as at 512 channels), and
     /// packed, output channels split over threads either way. The fused transform runs row by row on
