@@ -306,57 +306,108 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
     }
 }
 
-/// Few input channels (a stem on 1- or 3-channel images): each tile of 6 output pixels copies its
-/// receptive fields into 6 rows of taps * C floats (zero outside the image), then runs one GEMM of
-/// that depth per 16 output channels on the register tile. Per tap, the depth would be C (1 or 3):
-/// the 12 accumulators' loads and stores would outweigh the multiply-adds.
+/// Few input channels (a stem on 1- or 3-channel images). Each image is first copied into a padded
+/// image, (H + 2 pad) x (W + 2 pad) x C floats with zeros around it, in L1/L2. There, the receptive
+/// field of an output pixel is R runs of S*C contiguous floats, one padded row apart, so a tile of 6
+/// output pixels (wherever they fall in the image's rows) runs one GEMM of depth R*S*C per 16 output
+/// channels straight from the padded image (convSegmentLoop), with no gathered copy and no bounds
+/// test per tap. Per tap the depth would be C (1 or 3): the 12 accumulators' loads and stores would
+/// outweigh the multiply-adds. (Copying each tile's fields into rows first, with a division and a
+/// bounds test per pixel and tap, ran the CIFAR stem at ~17% of peak.)
 func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
                          output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
-    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s
-    let st = sh.stride, pad = sh.pad, depth = sh.taps * C, rowFloats = sh.gatheredRowFloats
-    let pixels = sh.n * OH * OW, tiles = ceilDiv(pixels, convTileRows), kb = ceilDiv(K, convColBlock)
-    parallelForDynamic(tiles, chunksPerThread: 8) { lo, hi, thread in
-        let rows = (scratch + thread * sh.gatheredRowsBytesPerThread).bindMemory(to: Float.self, capacity: convTileRows * rowFloats + 96)
-        let acc = rows + convTileRows * rowFloats
-        for tile in lo..<hi {
-            let p0 = tile * convTileRows, n = min(convTileRows, pixels - p0)
-            for i in 0..<convTileRows {
-                let p = p0 + min(i, n - 1)
-                let ow = p % OW, oh = (p / OW) % OH, b = p / (OW * OH)
-                let ih0 = oh * st - pad, iw0 = ow * st - pad
-                let row = rows + i * rowFloats
-                for t in 0..<sh.taps {
-                    let ih = ih0 + t / S, iw = iw0 + t % S
-                    let dst = row + t * C
-                    // Element loops: C < 8, a memmove call per tap would cost more than the copy.
-                    if ih >= 0 && ih < H && iw >= 0 && iw < W {
-                        let src = x + ((b * H + ih) * W + iw) * C
-                        for c in 0..<C { dst[c] = src[c] }
-                    } else {
-                        for c in 0..<C { dst[c] = 0 }
+    let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
+    let st = sh.stride, pad = sh.pad, depth = sh.taps * C
+    let PW = sh.paddedImageWidth, PH = sh.paddedImageHeight, rowFloats = PW * C
+    let imagePixels = OH * OW, tilesPerImage = ceilDiv(imagePixels, convTileRows), kb = ceilDiv(K, convColBlock)
+    // Items: an image, or with fewer images than 2 per thread a share of an image's tiles (each item
+    // pads its image again: H*W*C floats against its tiles' GEMMs).
+    let parts = sh.n >= 2 * Threads.count ? 1 : min(tilesPerImage, ceilDiv(2 * Threads.count, sh.n))
+    parallelForDynamic(sh.n * parts, chunk: 1) { lo, hi, thread in
+        let base = scratch + thread * sh.gatheredRowsBytesPerThread
+        let acc = base.bindMemory(to: Float.self, capacity: convTileRows * convColBlock)
+        let img = (base + convTileRows * convColBlock * 4).bindMemory(to: Float.self, capacity: PH * rowFloats)
+        for item in lo..<hi {
+            let b = item / parts, part = item % parts
+            // The padded image: zero borders, the image's rows copied in.
+            img.initialize(repeating: 0, count: pad * rowFloats)
+            for ih in 0..<H {
+                let row = img + (pad + ih) * rowFloats
+                row.initialize(repeating: 0, count: pad * C)
+                row.advanced(by: pad * C).update(from: x + (b * H + ih) * W * C, count: W * C)
+                row.advanced(by: (pad + W) * C).initialize(repeating: 0, count: (PW - pad - W) * C)
+            }
+            img.advanced(by: (pad + H) * rowFloats).initialize(repeating: 0, count: (PH - pad - H) * rowFloats)
+            let tLo = tilesPerImage * part / parts, tHi = tilesPerImage * (part + 1) / parts
+            var oh = tLo * convTileRows / OW, ow = tLo * convTileRows % OW
+            for tile in tLo..<tHi {
+                let p0 = tile * convTileRows, n = min(convTileRows, imagePixels - p0)
+                // Each row of the tile: its pixel's field in the padded image (the last pixel repeated).
+                var field = (img, img, img, img, img, img)
+                withUnsafeMutableBytes(of: &field) { raw in
+                    let f = raw.bindMemory(to: UnsafeMutablePointer<Float>.self)
+                    var h = oh, w = ow
+                    for i in 0..<convTileRows {
+                        f[i] = img + (h * st * PW + w * st) * C
+                        if i + 1 < n { w += 1; if w == OW { w = 0; h += 1 } }
                     }
                 }
-            }
-            let r = UnsafePointer(rows)
-            for cb in 0..<kb {
-                convTapLoop(acc, r, r + rowFloats, r + 2 * rowFloats, r + 3 * rowFloats, r + 4 * rowFloats,
-                            r + 5 * rowFloats, packed + cb * depth * convColBlock, depth, fresh: true)
-                let k0 = cb * convColBlock, nCols = min(convColBlock, K - k0)
-                for i in 0..<n {
-                    let o = y + (p0 + i) * K + k0, a = acc + i * convColBlock
-                    if nCols == convColBlock { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
-                    else { for j in 0..<nCols { o[j] = a[j] } }
+                for cb in 0..<kb {
+                    convSegmentLoop(acc, field, segments: R, segmentLength: S * C, segmentStride: rowFloats,
+                                    panel: packed + cb * depth * convColBlock)
+                    let k0 = cb * convColBlock, nCols = min(convColBlock, K - k0)
+                    for i in 0..<n {
+                        let o = y + (b * imagePixels + p0 + i) * K + k0, a = acc + i * convColBlock
+                        if nCols == convColBlock { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
+                        else { for j in 0..<nCols { o[j] = a[j] } }
+                    }
                 }
+                ow += n
+                while ow >= OW { ow -= OW; oh += 1 }
             }
         }
     }
 }
 
+/// acc[6][16] = sum over segments s < `segments`, d < segmentLength of row_i[s * segmentStride + d] *
+/// panel[s * segmentLength + d][0..<16], rows row_i = `rows`.i: convTapLoop over a receptive field
+/// that lies in `segments` runs of contiguous floats (gatheredRowsForward's padded image).
+@inline(never)
+func convSegmentLoop(_ acc: UnsafeMutablePointer<Float>,
+                     _ rows: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
+                              UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>),
+                     segments: Int, segmentLength: Int, segmentStride: Int, panel: UnsafePointer<Float>) {
+    var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
+    var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
+    var b = panel
+    for sg in 0..<segments {
+        let o = sg * segmentStride
+        let a0 = rows.0 + o, a1 = rows.1 + o, a2 = rows.2 + o, a3 = rows.3 + o, a4 = rows.4 + o, a5 = rows.5 + o
+        for d in 0..<segmentLength {
+            let b0 = vload(b), b1 = vload(b + 8)
+            var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            b += convColBlock
+        }
+    }
+    vstore(c00, acc); vstore(c01, acc + 8); vstore(c10, acc + 16); vstore(c11, acc + 24)
+    vstore(c20, acc + 32); vstore(c21, acc + 40); vstore(c30, acc + 48); vstore(c31, acc + 56)
+    vstore(c40, acc + 64); vstore(c41, acc + 72); vstore(c50, acc + 80); vstore(c51, acc + 88)
+}
+
 extension Conv2DShape {
-    /// Whether the forward gathers whole receptive fields into rows (few input channels).
+    /// Whether the forward runs from a padded copy of each image (few input channels).
     var usesGatheredRows: Bool { c < 8 && taps > 1 && !usesWinograd }
-    var gatheredRowFloats: Int { ceilDiv(taps * c, 16) * 16 }
-    var gatheredRowsBytesPerThread: Int { align64((convTileRows * gatheredRowFloats + 96) * 4) }
+    /// The padded image of gatheredRowsForward: wide and tall enough for every output pixel's field.
+    var paddedImageWidth: Int { max(w + 2 * pad, (ow - 1) * stride + s) }
+    var paddedImageHeight: Int { max(h + 2 * pad, (oh - 1) * stride + r) }
+    var gatheredRowsBytesPerThread: Int {
+        align64((convTileRows * convColBlock + paddedImageHeight * paddedImageWidth * c) * 4) + 64
+    }
 }
 
 // MARK: - Backward data

@@ -3,7 +3,7 @@ import Kernels
 import TestSupport
 
 final class ConvTests: XCTestCase {
-    /// Awkward shapes: channels not a multiple of 8, H/W of 1, 3 and 7, stride 2, padding 0/1/3, batch 1.
+    /// Awkward shapes: channels not a multiple of 8, H/W of 1, 3 and 7, stride 2, padding 0/1/3, batch 1-5.
     static let shapes: [Conv2DShape] = [
         Conv2DShape(n: 1, c: 3, h: 7, w: 7, k: 5, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 2, c: 5, h: 3, w: 3, k: 17, r: 3, s: 3, stride: 2, pad: 1),
@@ -15,6 +15,10 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 1, c: 7, h: 3, w: 7, k: 33, r: 3, s: 3, stride: 2, pad: 1),
         Conv2DShape(n: 4, c: 24, h: 5, w: 5, k: 16, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 2, c: 1, h: 28, w: 27, k: 20, r: 3, s: 3, stride: 1, pad: 1),
+        // Few channels, no padding, 5 images: a padded image per image, tiles across output rows.
+        Conv2DShape(n: 5, c: 3, h: 9, w: 11, k: 20, r: 3, s: 3, stride: 1, pad: 0),
+        // The CIFAR stem on one image: its tiles split between items that each pad the image.
+        Conv2DShape(n: 1, c: 3, h: 32, w: 32, k: 64, r: 3, s: 3, stride: 1, pad: 1),
     ]
 
     struct Run { var y: [Float]; var dx: [Float]; var dw: [Float] }
