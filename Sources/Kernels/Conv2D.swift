@@ -40,7 +40,7 @@ public struct Conv2DShape: Equatable, Sendable {
     public var packedForwardCount: Int {
         max(ceilDiv(k, convColBlock) * taps * c * convColBlock,
             isWinogradShape ? (wgFusedWeights ? wgKernelPanelCount : wgPackedCount) : 0,
-            isWinogradStride2Shape ? ws2PackedCount : 0)
+            isWinogradStride2Shape ? ws2PackedForwardCount : 0)
     }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
     public var packedBackwardDataCount: Int {
@@ -58,7 +58,7 @@ public struct Conv2DShape: Equatable, Sendable {
         let bwdW = t * bwdWeightLayout.perThread
         let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
                          t * gatheredRowsBytesPerThread)
-        if isWinogradStride2Shape { return max(direct, t * ws2Layout.perThread) }
+        if isWinogradStride2Shape { return max(direct, ws2ScratchBytes(threads: t)) }
         guard isWinogradShape else { return direct }
         return max(direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
                    wgBackwardWeightScratchBytes(threads: t))

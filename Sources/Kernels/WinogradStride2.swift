@@ -18,14 +18,23 @@
 let ws2In = 9, ws2Classes = 36
 
 extension Conv2DShape {
-    /// 3x3, stride 2, pad 1, with enough channels for the GEMMs to pay, and transformed kernels
-    /// (36 x C x K) of at most 6 MB, since they stream through every block of tiles: ResNet-18's
-    /// 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB). Its 256 -> 512 (19 MB) ran slower than the direct
-    /// kernel, and packing it cost more than the forward saved.
-    public var isWinogradStride2Shape: Bool {
-        r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 && ws2PackedCount * 4 <= 6 << 20
-    }
+    /// 3x3, stride 2, pad 1, with enough channels for the GEMMs to pay.
+    public var isWinogradStride2Shape: Bool { r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 }
     public var usesWinogradStride2: Bool { Conv2DShape.winogradEnabled && isWinogradStride2Shape }
+
+    /// Whether the kernels are transformed inside the forward, one output block at a time
+    /// (ws2ForwardFused), rather than packed transformed (36 x C x K), which stream through every block
+    /// of tiles: past ws2PackLimitBytes, ResNet-18's 256 -> 512 (19 MB), packed ran slower than the
+    /// direct kernel and packing it cost more than the forward saved. Fused, its packed weights are the
+    /// raw kernels [K/16][C][9][16] (4.7 MB).
+    public var ws2FusedWeights: Bool { isWinogradStride2Shape && ws2PackedCount * 4 > Conv2DShape.ws2PackLimitBytes }
+
+    /// Largest transformed kernels a stride-2 forward packs (tests lower it to reach the fused forward
+    /// on small shapes): ResNet-18's 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB) stay packed.
+    nonisolated(unsafe) public static var ws2PackLimitBytes = 6 << 20
+
+    /// Floats of the packed forward weights: transformed, or raw when fused.
+    var ws2PackedForwardCount: Int { ws2FusedWeights ? wgKernelPanelCount : ws2PackedCount }
 
     var ws2Tiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
     /// Floats from one class's kernels [K/16][C][16] to the next (one cache line of padding).
@@ -114,31 +123,117 @@ func ws2G(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, 
     return (half * g0, -half * (g0 + g2), sixth * (g2 - g0), sixth * g0 + third * g2, g2, g1)
 }
 
-/// OIHW weights -> U [36 classes][class stride] ([K/16][C][16] per class).
+/// OIHW weights -> U [36 classes][class stride] ([K/16][C][16] per class), or with fused weights the
+/// raw kernels [K/16][C][9][16] (wgGatherKernels' panels, as the stride-1 fused forward).
 func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed out: UnsafeMutablePointer<Float>) {
-    let C = sh.c, K = sh.k, kb = ceilDiv(K, convColBlock), cs = sh.ws2ClassStride
+    let C = sh.c, K = sh.k, kb = ceilDiv(K, convColBlock), cs = sh.ws2ClassStride, fused = sh.ws2FusedWeights
     parallelForDynamic(kb * C, chunksPerThread: 8) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock) { buf in
-            let g = buf.baseAddress!
             for item in lo..<hi {
                 let b0 = item / C, ci = item % C
-                wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: g)
-                for hv in 0..<(convColBlock / fvecWidth) {
-                    let h = hv * fvecWidth
-                    @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
-                    // Per kernel row, its 6 column classes; then per column class, the 6 row classes.
-                    let r0 = ws2G(tap(0), tap(1), tap(2)), r1 = ws2G(tap(3), tap(4), tap(5))
-                    let r2 = ws2G(tap(6), tap(7), tap(8))
-                    @inline(__always) func store(_ cb: Int, _ a: FVec, _ b: FVec, _ c: FVec) {
-                        let v = ws2G(a, b, c)
-                        let o = out + cb * cs + (b0 * C + ci) * convColBlock + h
-                        vstore(v.0, o); vstore(v.1, o + 6 * cs); vstore(v.2, o + 12 * cs)
-                        vstore(v.3, o + 18 * cs); vstore(v.4, o + 24 * cs); vstore(v.5, o + 30 * cs)
-                    }
-                    store(0, r0.0, r1.0, r2.0); store(1, r0.1, r1.1, r2.1); store(2, r0.2, r1.2, r2.2)
-                    store(3, r0.3, r1.3, r2.3); store(4, r0.4, r1.4, r2.4); store(5, r0.5, r1.5, r2.5)
+                if fused {
+                    wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci,
+                                    into: out + (b0 * C + ci) * 9 * convColBlock)
+                } else {
+                    wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: buf.baseAddress!)
+                    ws2TransformKernel(UnsafePointer(buf.baseAddress!), into: out + (b0 * C + ci) * convColBlock,
+                                       classStride: cs)
                 }
             }
+        }
+    }
+}
+
+/// The 36 classes of one input channel's kernels to 16 output channels, from g[9 taps][16]:
+/// out[class * classStride + j]. Packing and the fused forward transform through it (same bits).
+@inline(__always)
+func ws2TransformKernel(_ g: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, classStride cs: Int) {
+    for hv in 0..<(convColBlock / fvecWidth) {
+        let h = hv * fvecWidth
+        @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
+        // Per kernel row, its 6 column classes; then per column class, the 6 row classes.
+        let r0 = ws2G(tap(0), tap(1), tap(2)), r1 = ws2G(tap(3), tap(4), tap(5))
+        let r2 = ws2G(tap(6), tap(7), tap(8))
+        @inline(__always) func store(_ cb: Int, _ a: FVec, _ b: FVec, _ c: FVec) {
+            let v = ws2G(a, b, c)
+            let o = out + cb * cs + h
+            vstore(v.0, o); vstore(v.1, o + 6 * cs); vstore(v.2, o + 12 * cs)
+            vstore(v.3, o + 18 * cs); vstore(v.4, o + 24 * cs); vstore(v.5, o + 30 * cs)
+        }
+        store(0, r0.0, r1.0, r2.0); store(1, r0.1, r1.1, r2.1); store(2, r0.2, r1.2, r2.2)
+        store(3, r0.3, r1.3, r2.3); store(4, r0.4, r1.4, r2.4); store(5, r0.5, r1.5, r2.5)
+    }
+}
+
+/// Per point p of a tile in a block of nt tiles: its first row in V and M (tile 0, output block 0),
+/// the rows between tiles (its class's points per tile), and in the packed forward's M the rows of the
+/// earlier classes' other output blocks (`kb` blocks): first[p], first[81 + p], first[162 + p].
+@inline(__always)
+func ws2PointTable(_ first: UnsafeMutablePointer<Int>, tiles nt: Int, outputBlocks kb: Int) {
+    for p in 0..<81 {
+        let (q, sub) = ws2ClassOf(p)
+        first[p] = ws2ClassRow(q, nt) + sub
+        first[81 + p] = ws2Mult(q)
+        first[162 + p] = ws2ClassRow(q, nt) * (kb - 1)
+    }
+}
+
+/// Input transform of `tile` (row ti of its block) into V[class rows][cp].
+@inline(__always)
+func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti: Int, V: UnsafeMutablePointer<Float>,
+                  first: UnsafePointer<Int>, src: UnsafeMutablePointer<UnsafePointer<Float>>,
+                  temp T: UnsafeMutablePointer<FVec>, zero: UnsafeMutablePointer<Float>) {
+    let C = sh.c, cp = ceilDiv(C, fvecWidth) * fvecWidth
+    let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(sh.oh, wgOut), ceilDiv(sh.ow, wgOut))
+    wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
+                     H: sh.h, W: sh.w, C: C, zero: zero, into: src)
+    var c0 = 0
+    while c0 < C {
+        let cn = min(fvecWidth, C - c0)
+        @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
+        for j in 0..<ws2In {
+            let r = ws2BT((ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
+                           ld(63 + j), ld(72 + j)))
+            T[j] = r.0; T[9 + j] = r.1; T[18 + j] = r.2; T[27 + j] = r.3; T[36 + j] = r.4
+            T[45 + j] = r.5; T[54 + j] = r.6; T[63 + j] = r.7; T[72 + j] = r.8
+        }
+        for a in 0..<ws2In {
+            let t = T + a * 9
+            let r = ws2BT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
+            @inline(__always) func put(_ v: FVec, _ p: Int) {
+                vstore(v, V + (first[p] + ti * first[81 + p]) * cp + c0)
+            }
+            let p = a * 9
+            put(r.0, p); put(r.1, p + 1); put(r.2, p + 2); put(r.3, p + 3); put(r.4, p + 4)
+            put(r.5, p + 5); put(r.6, p + 6); put(r.7, p + 7); put(r.8, p + 8)
+        }
+        c0 += fvecWidth
+    }
+}
+
+/// Output transform of `tile` for output block bi: y[tile] = A M A^T, 8 output channels at a time,
+/// point p's row of M at M + row(p) * 16.
+@inline(__always)
+func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafePointer<Float>,
+                   output y: UnsafeMutablePointer<Float>, temp T: UnsafeMutablePointer<FVec>, row: (Int) -> Int) {
+    let K = sh.k, OH = sh.oh, OW = sh.ow
+    let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(OH, wgOut), ceilDiv(OW, wgOut))
+    let oh0 = ty * wgOut, ow0 = tx * wgOut
+    let rowsOut = min(wgOut, OH - oh0), colsOut = min(wgOut, OW - ow0)
+    let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
+    for h in 0..<2 where h * fvecWidth < kn {
+        let hn = min(fvecWidth, kn - h * fvecWidth)
+        @inline(__always) func m(_ p: Int) -> FVec { vload(M + row(p) * convColBlock + h * fvecWidth) }
+        for bp in 0..<ws2In {
+            let r = ws2AT((m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
+                           m(63 + bp), m(72 + bp)))
+            T[bp] = r.0; T[9 + bp] = r.1; T[18 + bp] = r.2; T[27 + bp] = r.3
+        }
+        for i in 0..<rowsOut {
+            let t = T + i * 9
+            let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
+            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth, K: K,
+                       cols: colsOut, lanes: hn, accumulate: false)
         }
     }
 }
@@ -146,8 +241,9 @@ func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed o
 /// y = conv3x3 stride 2 pad 1 (x) for a stride-2 Winograd shape; `packed` from ws2PackWeights.
 func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
                 output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
-    let C = sh.c, K = sh.k, H = sh.h, W = sh.w, OH = sh.oh, OW = sh.ow
-    let th = ceilDiv(OH, wgOut), tw = ceilDiv(OW, wgOut), tiles = sh.ws2Tiles
+    if sh.ws2FusedWeights { ws2ForwardFused(sh, input: x, kernels: u, output: y, scratch: scratch); return }
+    let C = sh.c, K = sh.k
+    let tiles = sh.ws2Tiles
     let kb = ceilDiv(K, convColBlock), cp = ceilDiv(C, fvecWidth) * fvecWidth
     let tb = sh.ws2BlockTiles, blocks = ceilDiv(tiles, tb), cs = sh.ws2ClassStride
     let L = sh.ws2Layout
@@ -157,51 +253,15 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
         let M = (base + L.offM).bindMemory(to: Float.self, capacity: (L.offT - L.offM) / 4)
         let T = (base + L.offT).bindMemory(to: FVec.self, capacity: 81)
         let src = (base + L.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: 81)
-        // Per point of a tile: its first row in V and M (tile 0, output block 0) and the rows between
-        // tiles (its class's points per tile) and, in M, between output blocks (the class's rows).
         let first = (base + L.offFirst).bindMemory(to: Int.self, capacity: 3 * 81)
         let zero = (base + L.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
         var tableTiles = -1
         for blk in lo..<hi {
             let t0 = blk * tb, nt = min(tb, tiles - t0)
-            if nt != tableTiles {
-                tableTiles = nt
-                for p in 0..<81 {
-                    let (q, sub) = ws2ClassOf(p)
-                    first[p] = ws2ClassRow(q, nt) + sub
-                    first[81 + p] = ws2Mult(q)
-                    first[162 + p] = ws2ClassRow(q, nt) * (kb - 1)   // M: the earlier classes' other blocks
-                }
-            }
+            if nt != tableTiles { tableTiles = nt; ws2PointTable(first, tiles: nt, outputBlocks: kb) }
             // 1. Input transform: V[class rows][c].
-            for ti in 0..<nt {
-                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
-                wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
-                                 H: H, W: W, C: C, zero: zero, into: src)
-                var c0 = 0
-                while c0 < C {
-                    let cn = min(fvecWidth, C - c0)
-                    @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
-                    for j in 0..<ws2In {
-                        let r = ws2BT((ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
-                                       ld(63 + j), ld(72 + j)))
-                        T[j] = r.0; T[9 + j] = r.1; T[18 + j] = r.2; T[27 + j] = r.3; T[36 + j] = r.4
-                        T[45 + j] = r.5; T[54 + j] = r.6; T[63 + j] = r.7; T[72 + j] = r.8
-                    }
-                    for a in 0..<ws2In {
-                        let t = T + a * 9
-                        let r = ws2BT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-                        @inline(__always) func put(_ v: FVec, _ p: Int) {
-                            vstore(v, V + (first[p] + ti * first[81 + p]) * cp + c0)
-                        }
-                        let p = a * 9
-                        put(r.0, p); put(r.1, p + 1); put(r.2, p + 2); put(r.3, p + 3); put(r.4, p + 4)
-                        put(r.5, p + 5); put(r.6, p + 6); put(r.7, p + 7); put(r.8, p + 8)
-                    }
-                    c0 += fvecWidth
-                }
-            }
+            for ti in 0..<nt { ws2InputTile(sh, x, tile: t0 + ti, ti, V: V, first: first, src: src, temp: T, zero: zero) }
             // 2. One GEMM per class: M[class][kb][class rows][16] = V[class rows][:] x U[class][kb][:][16].
             for q in 0..<ws2Classes {
                 let rows = nt * ws2Mult(q), r0q = ws2ClassRow(q, nt)
@@ -210,36 +270,94 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
                                    stride: cp, panel: u + q * cs + bi * C * convColBlock, depth: C)
                 }
             }
-            // 3. Output transform: y[tile] = A M A^T, 8 output channels at a time.
+            // 3. Output transform. M row of point p: its class's start (all blocks of the earlier
+            // classes, then bi blocks of its own), then the tile's and the point's row.
             for ti in 0..<nt {
-                let (b, ty, tx) = wgTileOrigin(t0 + ti, th, tw)
-                let oh0 = ty * wgOut, ow0 = tx * wgOut
-                let rowsOut = min(wgOut, OH - oh0), colsOut = min(wgOut, OW - ow0)
                 for bi in 0..<kb {
-                    let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
-                    for h in 0..<2 where h * fvecWidth < kn {
-                        let hn = min(fvecWidth, kn - h * fvecWidth)
-                        // M row of point p: its class's start (all blocks of the earlier classes, then
-                        // bi blocks of its own), then the tile's and the point's row.
-                        @inline(__always) func m(_ p: Int) -> FVec {
-                            let mult = first[81 + p], rows = nt * mult
-                            let r = first[162 + p] + first[p] + bi * rows + ti * mult
-                            return vload(M + r * convColBlock + h * fvecWidth)
-                        }
-                        for bp in 0..<ws2In {
-                            let r = ws2AT((m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
-                                           m(63 + bp), m(72 + bp)))
-                            T[bp] = r.0; T[9 + bp] = r.1; T[18 + bp] = r.2; T[27 + bp] = r.3
-                        }
-                        for i in 0..<rowsOut {
-                            let t = T + i * 9
-                            let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-                            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth, K: K,
-                                       cols: colsOut, lanes: hn, accumulate: false)
-                        }
+                    ws2OutputTile(sh, tile: t0 + ti, outputBlock: bi, M: M, output: y, temp: T) { p in
+                        first[162 + p] + first[p] + bi * nt * first[81 + p] + ti * first[81 + p]
                     }
                 }
             }
         }
+    }
+}
+
+extension Conv2DShape {
+    /// Tiles per block of the fused stride-2 forward: V of a block (81 rows per tile, 5.3 MB at 256
+    /// channels) is shared and re-read by every output block's item.
+    var ws2FusedBlockTiles: Int { min(ws2Tiles, 64) }
+    /// Fused scratch: V [81 rows per tile][C] of a block, shared; per thread one output block's
+    /// transformed kernels [36][C][16], its M [81 rows per tile][16] (and a GEMM tile of slack), then
+    /// the transform's 81 vectors, 81 pixel pointers, the point table and a zero row.
+    var ws2FusedLayout: (offThreads: Int, offM: Int, offT: Int, offSrc: Int, offFirst: Int, offZero: Int, perThread: Int) {
+        let cp = ceilDiv(c, fvecWidth) * fvecWidth, tb = ws2FusedBlockTiles
+        let offThreads = align64(81 * tb * cp * 4)
+        let offM = align64(ws2Classes * c * convColBlock * 4)
+        let offT = offM + align64((81 * tb + convTileRows) * convColBlock * 4)
+        let offSrc = offT + 81 * fvecWidth * 4
+        let offFirst = offSrc + 81 * 8
+        let offZero = align64(offFirst + 3 * 81 * 8)
+        return (offThreads, offM, offT, offSrc, offFirst, offZero, offZero + align64(cp * 4) + 64)
+    }
+    /// Scratch bytes of the stride-2 forward on `threads` threads.
+    func ws2ScratchBytes(threads t: Int) -> Int {
+        if ws2FusedWeights { let l = ws2FusedLayout; return l.offThreads + t * l.perThread + 64 }
+        return t * ws2Layout.perThread
+    }
+}
+
+/// The stride-2 forward with fused weights (ws2FusedWeights), `kernels` the raw panels [K/16][C][9][16].
+/// Per block of tiles: all threads transform the block's input into a shared V; then each item, one
+/// output block of 16 channels, transforms its kernels into the thread's U (the packing's expressions),
+/// runs the 36 class GEMMs into its M and transforms M into its 16 channels of y. Every output
+/// belongs to one item, whose GEMMs sum as the packed forward's: the same bits.
+func ws2ForwardFused(_ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: UnsafePointer<Float>,
+                     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+    let C = sh.c, tiles = sh.ws2Tiles, kb = ceilDiv(sh.k, convColBlock), cp = ceilDiv(C, fvecWidth) * fvecWidth
+    let tb = sh.ws2FusedBlockTiles, L = sh.ws2FusedLayout
+    let V = scratch.bindMemory(to: Float.self, capacity: 81 * tb * cp)
+    let classStride = C * convColBlock
+    @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer { scratch + L.offThreads + thread * L.perThread }
+    var t0 = 0
+    while t0 < tiles {
+        let nt = min(tb, tiles - t0)
+        parallelForDynamic(nt, chunksPerThread: 4) { lo, hi, thread in
+            let base = area(thread)
+            let first = (base + L.offFirst).bindMemory(to: Int.self, capacity: 3 * 81)
+            let zero = (base + L.offZero).bindMemory(to: Float.self, capacity: cp)
+            zero.initialize(repeating: 0, count: cp)
+            ws2PointTable(first, tiles: nt, outputBlocks: 1)
+            for ti in lo..<hi {
+                ws2InputTile(sh, x, tile: t0 + ti, ti, V: V, first: first,
+                             src: (base + L.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: 81),
+                             temp: (base + L.offT).bindMemory(to: FVec.self, capacity: 81), zero: zero)
+            }
+        }
+        parallelForDynamic(kb, chunk: 1) { lo, hi, thread in
+            let base = area(thread)
+            let U = base.bindMemory(to: Float.self, capacity: ws2Classes * classStride)
+            let M = (base + L.offM).bindMemory(to: Float.self, capacity: (81 * tb + convTileRows) * convColBlock)
+            let T = (base + L.offT).bindMemory(to: FVec.self, capacity: 81)
+            let first = (base + L.offFirst).bindMemory(to: Int.self, capacity: 3 * 81)
+            ws2PointTable(first, tiles: nt, outputBlocks: 1)
+            for bi in lo..<hi {
+                let panel = kernels + bi * C * 9 * convColBlock
+                for ci in 0..<C {
+                    ws2TransformKernel(panel + ci * 9 * convColBlock, into: U + ci * convColBlock, classStride: classStride)
+                }
+                for q in 0..<ws2Classes {
+                    let r0q = ws2ClassRow(q, nt)
+                    wgMultiplyRows(M + r0q * convColBlock, UnsafePointer(V + r0q * cp), count: nt * ws2Mult(q), stride: cp,
+                                   panel: U + q * classStride, depth: C)
+                }
+                for ti in 0..<nt {
+                    ws2OutputTile(sh, tile: t0 + ti, outputBlock: bi, M: M, output: y, temp: T) { p in
+                        first[p] + ti * first[81 + p]
+                    }
+                }
+            }
+        }
+        t0 += nt
     }
 }

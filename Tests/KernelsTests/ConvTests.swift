@@ -248,10 +248,36 @@ final class ConvTests: XCTestCase {
     ]
 
     /// The stride-2 forward against the float64 reference (backward stays on the direct kernels,
-    /// checked too); kernels above 6 MB transformed (256 -> 512 channels) stay direct.
+    /// checked too); kernels above 6 MB transformed (256 -> 512 channels) are transformed inside it.
     func testWinogradStride2MatchesNaive() {
         checkScaledAgainstNaive(Self.winogradStride2Shapes, seed: 300, uses: { $0.usesWinogradStride2 })
-        XCTAssertFalse(Conv2DShape(n: 1, c: 256, h: 8, w: 8, k: 512, r: 3, s: 3, stride: 2, pad: 1).usesWinogradStride2)
+        let wide = Conv2DShape(n: 1, c: 256, h: 8, w: 8, k: 512, r: 3, s: 3, stride: 2, pad: 1)
+        XCTAssertTrue(wide.usesWinogradStride2 && wide.ws2FusedWeights)
+        XCTAssertFalse(Self.winogradStride2Shapes.contains { $0.ws2FusedWeights })
+    }
+
+    /// The stride-2 forward with its kernels transformed per output block (forced on small shapes,
+    /// 75 tiles: two blocks of tiles) gives the packed forward's bits on 1-3 threads, and so matches
+    /// the float64 reference.
+    func testWinogradStride2FusedEqualsPacked() {
+        let shapes = Self.winogradStride2Shapes + [Conv2DShape(n: 3, c: 24, h: 36, w: 35, k: 40, r: 3, s: 3, stride: 2, pad: 1)]
+        for (i, sh) in shapes.enumerated() {
+            var rng = TestRNG(seed: UInt64(400 + i))
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+            let want = naive(sh, x, w, dy).y
+            let scale = want.map(abs).max() ?? 1
+            for threads in [1, 2, 3] {
+                Threads.count = threads
+                let packed = fast(sh, x, w, dy).y
+                Conv2DShape.ws2PackLimitBytes = 0
+                XCTAssertTrue(sh.ws2FusedWeights)
+                let fused = fast(sh, x, w, dy).y
+                Conv2DShape.ws2PackLimitBytes = 6 << 20
+                XCTAssertEqual(fused, packed, "\(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(toleranceRatio(fused, want, atol: 1e-5 * scale, rtol: 1e-4), 1, "\(sh)")
+            }
+        }
+        Threads.count = Threads.processors
     }
 
     /// The direct kernels on a Winograd shape (the switch the benchmarks use) agree with Winograd.
