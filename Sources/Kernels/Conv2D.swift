@@ -637,11 +637,11 @@ func bwdWeightTile(x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, a
 }
 
 /// One 6 (input channels) x 16 (output channels) tile of a weight gradient, reduced over `np` rows read
-/// in place: x rows through pointers, 16 columns of dy rows `dyStride` apart (Winograd backward-weights,
-/// its points' V and Y).
+/// in place: x rows `xStride` floats apart (channels c0..<c0+6 of each), 16 columns of dy rows
+/// `dyStride` apart (Winograd backward-weights: panels of its points' V and Y).
 @inline(__always)
-func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0: Int, C: Int,
-                   dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+func bwdWeightTileStrided(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
+                          dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
     // Channels past C repeat the last one (never stored): no read past a row.
     let i1 = min(c0 + 1, C - 1), i2 = min(c0 + 2, C - 1), i3 = min(c0 + 3, C - 1)
     let i4 = min(c0 + 4, C - 1), i5 = min(c0 + 5, C - 1)
@@ -655,9 +655,8 @@ func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0:
     if nc > 3 { c30 = vload(a0 + 3 * Kp); c31 = vload(a0 + 3 * Kp + 8) }
     if nc > 4 { c40 = vload(a0 + 4 * Kp); c41 = vload(a0 + 4 * Kp + 8) }
     if nc > 5 { c50 = vload(a0 + 5 * Kp); c51 = vload(a0 + 5 * Kp + 8) }
-    var d = dy
-    for j in 0..<np {
-        let xp = xr[j]
+    var d = dy, xp = x
+    for _ in 0..<np {
         let b0 = vload(d), b1 = vload(d + 8)
         var v = FVec(repeating: xp[c0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
         v = FVec(repeating: xp[i1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
@@ -665,7 +664,7 @@ func bwdWeightTileGathered(xr: UnsafePointer<UnsafePointer<Float>>, np: Int, c0:
         v = FVec(repeating: xp[i3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
         v = FVec(repeating: xp[i4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
         v = FVec(repeating: xp[i5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
-        d += dyStride
+        d += dyStride; xp += xStride
     }
     vstore(c00, a0); vstore(c01, a0 + 8)
     if nc > 1 { vstore(c10, a0 + Kp); vstore(c11, a0 + Kp + 8) }

@@ -661,8 +661,7 @@ extension Conv2DShape {
         p.offV = align64((ownSums ? t : 1) * p.dU * 4)
         p.offY = p.offV + (own ? 0 : align64(p.v * 4))
         p.offThreads = p.offY + (own ? 0 : align64(p.yv * 4))
-        p.offRows = wgPoints * 2 * fvecWidth * 4
-        p.offSrc = p.offRows + tb * 8
+        p.offSrc = wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
         p.perThread = align64(p.offPart + (allTiles ? wgPoints * cBlock : c) * convColBlock * 4 + 64)
@@ -728,7 +727,7 @@ struct WGBackwardWeightPlan {
     var rowGroups = 0
     /// With own sums or row groups: each thread's V and Y, from its base.
     var offOwnV = 0, offOwnY = 0
-    var offV = 0, offY = 0, offThreads = 0, offRows = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
+    var offV = 0, offY = 0, offThreads = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
 
 /// dW (= or +=) the gradient of a Winograd-shape convolution's weights.
@@ -794,26 +793,20 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     }
     /// u[point pt][c][k0..<k0+16] += V[pt]^T Y[pt] over a block of nt tiles. A block after the first
     /// sums from zero into `thread`'s partial sums, then joins u: float rounding grows with the
-    /// length of a sum, and this keeps it to one block. `cachedBlock`: the (point, channel block)
-    /// xr holds rows of.
+    /// length of a sum, and this keeps it to one block.
     func sumBlock(_ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
-                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, cachedBlock: inout Int) {
-        let xr = (mine(thread) + plan.offRows).bindMemory(to: UnsafePointer<Float>.self, capacity: tb)
+                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int) {
         let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
         let u = dUBase + pt * pointU + k0
         if !first { part.initialize(repeating: 0, count: C * convColBlock) }
         let dyPanel = UnsafePointer(Y + pt * pointY + (k0 / convColBlock) * tb * convColBlock)
         for cb in 0..<cBlocks {
             let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
-            if pt * cBlocks + cb != cachedBlock {
-                cachedBlock = pt * cBlocks + cb
-                let panel = V + pt * pointV + cb * tb * cBlk
-                for j in 0..<nt { xr[j] = UnsafePointer(panel + j * cBlk) }
-            }
+            let panel = UnsafePointer(V + pt * pointV + cb * tb * cBlk)
             let acc = first ? u + cLo * kp : part + cLo * convColBlock
             for ct in 0..<ceilDiv(cn, convTileRows) {
-                bwdWeightTileGathered(xr: UnsafePointer(xr), np: nt, c0: ct * convTileRows, C: cn, dy: dyPanel,
-                                      dyStride: convColBlock, acc: acc, Kp: first ? kp : convColBlock)
+                bwdWeightTileStrided(x: panel, xStride: cBlk, np: nt, c0: ct * convTileRows, C: cn, dy: dyPanel,
+                                     dyStride: convColBlock, acc: acc, Kp: first ? kp : convColBlock)
             }
         }
         if !first {
@@ -867,10 +860,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         while t0 < hi {
             let nt = min(tb, hi - t0)
             for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: slot) }
-            var cached = -1
             for pt in 0..<pts {
                 for b in 0..<kb {
-                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, cachedBlock: &cached)
+                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot)
                 }
             }
             t0 += nt
@@ -911,10 +903,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             }
             // One (point, 16 output channels) per item.
             parallelForDynamic(pts * kb, chunksPerThread: 8) { lo, hi, thread in
-                var cached = -1
                 for item in lo..<hi {
                     sumBlock(item / kb, (item % kb) * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0,
-                               thread: thread, cachedBlock: &cached)
+                               thread: thread)
                 }
             }
             t0 += nt
@@ -938,19 +929,17 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
     // Items by input-channel block first, so a thread's consecutive items share V's columns.
     parallelForDynamic(cBlocks * kb, chunk: 1) { lo, hi, thread in
         let mine = perThreadBase + thread * plan.perThread
-        let xr = (mine + plan.offRows).bindMemory(to: UnsafePointer<Float>.self, capacity: tiles)
         let dU = (mine + plan.offPart).bindMemory(to: Float.self, capacity: wgPoints * pointU)
         for item in lo..<hi {
             let cb = item / kb, k0 = (item % kb) * convColBlock
             let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
             dU.initialize(repeating: 0, count: wgPoints * pointU)
             for pt in 0..<wgPoints {
-                let panel = V + pt * pointV + cb * tiles * cBlk
-                for j in 0..<tiles { xr[j] = UnsafePointer(panel + j * cBlk) }
+                let panel = UnsafePointer(V + pt * pointV + cb * tiles * cBlk)
                 let dyPanel = UnsafePointer(Y + pt * pointY + k0 * tiles)
                 for ct in 0..<ceilDiv(cn, convTileRows) {
-                    bwdWeightTileGathered(xr: UnsafePointer(xr), np: tiles, c0: ct * convTileRows, C: cn, dy: dyPanel,
-                                          dyStride: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
+                    bwdWeightTileStrided(x: panel, xStride: cBlk, np: tiles, c0: ct * convTileRows, C: cn, dy: dyPanel,
+                                         dyStride: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }
             for h in 0..<2 {

@@ -22,7 +22,7 @@ dis=$(mktemp); trap 'rm -f "$dis"' EXIT
 fail=0
 for k in $KERNELS; do
     # Mangled names contain the identifier after its length (e.g. $e7Kernels11convTapLoop...); take each
-    # match of exactly that identifier (13bwdWeightTile, not 21bwdWeightTileGathered).
+    # match of exactly that identifier (13bwdWeightTile, not 20bwdWeightTileStrided).
     syms=$(grep -E "^[0-9a-f]+ <[^>]*[^0-9]${#k}${k}[^>]*>:$" "$dis" | sed -E 's/^[0-9a-f]+ <(.*)>:$/\1/' || true)
     if [ -z "$syms" ]; then
         echo "FAIL $k: no such symbol in $OBJ (inlined or renamed? point this check at the function that holds its loop)"
