@@ -125,12 +125,15 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
 // MARK: - Micro-kernel
 
 /// acc[6][16] += rows a0..a5 (depth floats each) x panel [depth][16] (`fresh`: acc = instead of +=).
-/// Kept out of line so that the 12 accumulators live in registers for the whole loop (nested in the
-/// tap loop they spill).
+/// With `segments` > 1 each row is that many runs of `depth` floats, `segmentStride` apart, against
+/// consecutive depth-deep slices of the panel (gatheredRowsForward's receptive fields in its padded
+/// image). Kept out of line so that the 12 accumulators live in registers for the whole loop (nested
+/// in the tap loop they spill).
 @inline(never)
 func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
                  _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
-                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool) {
+                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool,
+                 segments: Int, segmentStride: Int) {
     var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
     var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
     if !fresh {
@@ -139,15 +142,19 @@ func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>,
         c40 = vload(acc + 64); c41 = vload(acc + 72); c50 = vload(acc + 80); c51 = vload(acc + 88)
     }
     var b = panel
-    for d in 0..<depth {
-        let b0 = vload(b), b1 = vload(b + 8)
-        var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
-        x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
-        x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
-        x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
-        x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
-        x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
-        b += convColBlock
+    for sg in 0..<segments {
+        let o = sg * segmentStride
+        let r0 = a0 + o, r1 = a1 + o, r2 = a2 + o, r3 = a3 + o, r4 = a4 + o, r5 = a5 + o
+        for d in 0..<depth {
+            let b0 = vload(b), b1 = vload(b + 8)
+            var x = FVec(repeating: r0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = FVec(repeating: r1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = FVec(repeating: r2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = FVec(repeating: r3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = FVec(repeating: r4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = FVec(repeating: r5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            b += convColBlock
+        }
     }
     vstore(c00, acc); vstore(c01, acc + 8); vstore(c10, acc + 16); vstore(c11, acc + 24)
     vstore(c20, acc + 32); vstore(c21, acc + 40); vstore(c30, acc + 48); vstore(c31, acc + 56)
@@ -165,7 +172,8 @@ func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int
     for li in 0..<nLive {
         let t = Int(live[li])
         let rp = rows + t * convTileRows
-        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: li == 0)
+        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: li == 0,
+                    segments: 1, segmentStride: 0)
     }
     for i in 0..<nRows {
         let o = out[i], a = acc + i * convColBlock
@@ -310,7 +318,7 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
 /// image, (H + 2 pad) x (W + 2 pad) x C floats with zeros around it, in L1/L2. There, the receptive
 /// field of an output pixel is R runs of S*C contiguous floats, one padded row apart, so a tile of 6
 /// output pixels (wherever they fall in the image's rows) runs one GEMM of depth R*S*C per 16 output
-/// channels straight from the padded image (convSegmentLoop), with no gathered copy and no bounds
+/// channels straight from the padded image (convTapLoop by segments), with no gathered copy and no bounds
 /// test per tap. Per tap the depth would be C (1 or 3): the 12 accumulators' loads and stores would
 /// outweigh the multiply-adds. (Copying each tile's fields into rows first, with a division and a
 /// bounds test per pixel and tap, ran the CIFAR stem at ~17% of peak.)
@@ -343,18 +351,19 @@ func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packe
             for tile in tLo..<tHi {
                 let p0 = tile * convTileRows, n = min(convTileRows, imagePixels - p0)
                 // Each row of the tile: its pixel's field in the padded image (the last pixel repeated).
-                var field = (img, img, img, img, img, img)
+                var field = (UnsafePointer(img), UnsafePointer(img), UnsafePointer(img), UnsafePointer(img),
+                             UnsafePointer(img), UnsafePointer(img))
                 withUnsafeMutableBytes(of: &field) { raw in
-                    let f = raw.bindMemory(to: UnsafeMutablePointer<Float>.self)
+                    let f = raw.bindMemory(to: UnsafePointer<Float>.self)
                     var h = oh, w = ow
                     for i in 0..<convTileRows {
-                        f[i] = img + (h * st * PW + w * st) * C
+                        f[i] = UnsafePointer(img + (h * st * PW + w * st) * C)
                         if i + 1 < n { w += 1; if w == OW { w = 0; h += 1 } }
                     }
                 }
                 for cb in 0..<kb {
-                    convSegmentLoop(acc, field, segments: R, segmentLength: S * C, segmentStride: rowFloats,
-                                    panel: packed + cb * depth * convColBlock)
+                    convTapLoop(acc, field.0, field.1, field.2, field.3, field.4, field.5, packed + cb * depth * convColBlock,
+                                S * C, fresh: true, segments: R, segmentStride: rowFloats)
                     let k0 = cb * convColBlock, nCols = min(convColBlock, K - k0)
                     for i in 0..<n {
                         let o = y + (b * imagePixels + p0 + i) * K + k0, a = acc + i * convColBlock
@@ -367,36 +376,6 @@ func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packe
             }
         }
     }
-}
-
-/// acc[6][16] = sum over segments s < `segments`, d < segmentLength of row_i[s * segmentStride + d] *
-/// panel[s * segmentLength + d][0..<16], rows row_i = `rows`.i: convTapLoop over a receptive field
-/// that lies in `segments` runs of contiguous floats (gatheredRowsForward's padded image).
-@inline(never)
-func convSegmentLoop(_ acc: UnsafeMutablePointer<Float>,
-                     _ rows: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
-                              UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>),
-                     segments: Int, segmentLength: Int, segmentStride: Int, panel: UnsafePointer<Float>) {
-    var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
-    var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
-    var b = panel
-    for sg in 0..<segments {
-        let o = sg * segmentStride
-        let a0 = rows.0 + o, a1 = rows.1 + o, a2 = rows.2 + o, a3 = rows.3 + o, a4 = rows.4 + o, a5 = rows.5 + o
-        for d in 0..<segmentLength {
-            let b0 = vload(b), b1 = vload(b + 8)
-            var x = FVec(repeating: a0[d]); c00.addProduct(x, b0); c01.addProduct(x, b1)
-            x = FVec(repeating: a1[d]); c10.addProduct(x, b0); c11.addProduct(x, b1)
-            x = FVec(repeating: a2[d]); c20.addProduct(x, b0); c21.addProduct(x, b1)
-            x = FVec(repeating: a3[d]); c30.addProduct(x, b0); c31.addProduct(x, b1)
-            x = FVec(repeating: a4[d]); c40.addProduct(x, b0); c41.addProduct(x, b1)
-            x = FVec(repeating: a5[d]); c50.addProduct(x, b0); c51.addProduct(x, b1)
-            b += convColBlock
-        }
-    }
-    vstore(c00, acc); vstore(c01, acc + 8); vstore(c10, acc + 16); vstore(c11, acc + 24)
-    vstore(c20, acc + 32); vstore(c21, acc + 40); vstore(c30, acc + 48); vstore(c31, acc + 56)
-    vstore(c40, acc + 64); vstore(c41, acc + 72); vstore(c50, acc + 80); vstore(c51, acc + 88)
 }
 
 extension Conv2DShape {

@@ -251,7 +251,8 @@ func wgMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float
     var r0 = 0
     while r0 < count {
         func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < count ? a + (r0 + i) * stride : last }
-        convTapLoop(out + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, depth, fresh: true)
+        convTapLoop(out + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, depth, fresh: true,
+                    segments: 1, segmentStride: 0)
         r0 += convTileRows
     }
 }
@@ -269,8 +270,8 @@ func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>,
 /// Where a transform writes channel c (a multiple of the vector width) of its row: at c, or with
 /// channel blocks (width w, a multiple of the vector width, `stride` floats apart) at
 /// (c / w) * stride + c % w, the layout of backward-weights' V and Y.
-public struct WGChannelBlocks {
-    public var width: Int, stride: Int
+struct WGChannelBlocks {
+    var width: Int, stride: Int
     @inline(__always) func offset(_ c: Int) -> Int { (c / width) * stride + c % width }
 }
 
@@ -645,10 +646,9 @@ extension Conv2DShape {
         } else {
             tb = min(wgTiles, 256, max(48, (4 << 20) / (pts * (cp + kp) * 4)))
         }
-        // Shared: dU (one per thread with own sums), V, Y (per thread with own sums). Per thread: the
-        // transform's 36 vectors, V row pointers, tile pointers, a zero row, a block's partial sums
-        // [C][16] (all tiles: one item's dU [36][cBlock][16]).
-        // V and Y in channel blocks (wgBackwardWeightBlocks): each GEMM streams one contiguous panel of each.
+        // Shared: dU (one per thread with own sums), V, Y (per thread with own sums), in channel blocks
+        // (wgBackwardCBlock). Per thread: the transform's 36 vectors, tile pointers, a zero row, a
+        // block's partial sums [C][16] (all tiles: one item's dU [36][cBlock][16]).
         let cBlock = cp <= wgBackwardCBlockWhole ? cp : wgBackwardCBlock
         let cPadded = ceilDiv(c, cBlock) * cBlock
         let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cPadded, yCount = pts * tb * kp
