@@ -54,21 +54,23 @@ extension Conv2DShape {
     /// the last GEMM tile), the transform's 81 vectors, 81 pixel pointers, the point table, a zero row.
     var ws2Layout: WS2Layout {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let tb = ws2BlockTiles
-        var l = WS2Layout()
-        l.offM = align64(81 * tb * cp * 4)
-        l.offT = l.offM + align64((81 * tb * kp + convTileRows * convColBlock) * 4)
-        l.offSrc = l.offT + 81 * fvecWidth * 4
-        l.offFirst = l.offSrc + 81 * 8
-        l.offZero = align64(l.offFirst + 3 * 81 * 8)
-        l.perThread = l.offZero + align64(cp * 4) + 64
-        return l
+        let tb = ws2BlockTiles, offM = align64(81 * tb * cp * 4)
+        return WS2Layout(offM: offM, offT: offM + align64((81 * tb * kp + convTileRows * convColBlock) * 4), cp: cp)
     }
 }
 
-/// Byte offsets of a stride-2 forward's per-thread scratch.
+/// Byte offsets of a stride-2 forward's per-thread scratch (the fused forward's threads start at
+/// offThreads, after its shared V): M at offM, then from offT the transform's 81 vectors, 81 pixel
+/// pointers, the point table and a zero row of cp floats, which both forwards lay out alike.
 struct WS2Layout {
-    var offM = 0, offT = 0, offSrc = 0, offFirst = 0, offZero = 0, perThread = 0
+    var offThreads = 0, offM = 0, offT = 0, offSrc = 0, offFirst = 0, offZero = 0, perThread = 0
+    init(offThreads: Int = 0, offM: Int, offT: Int, cp: Int) {
+        self.offThreads = offThreads; self.offM = offM; self.offT = offT
+        offSrc = offT + 81 * fvecWidth * 4
+        offFirst = offSrc + 81 * 8
+        offZero = align64(offFirst + 3 * 81 * 8)
+        perThread = offZero + align64(cp * 4) + 64
+    }
 }
 
 /// One dimension's point p (0..<9): its kernel class (0..<5 odd points, 5 the even ones) and its
@@ -290,15 +292,11 @@ extension Conv2DShape {
     /// Fused scratch: V [81 rows per tile][C] of a block, shared; per thread one output block's
     /// transformed kernels [36][C][16], its M [81 rows per tile][16] (and a GEMM tile of slack), then
     /// the transform's 81 vectors, 81 pixel pointers, the point table and a zero row.
-    var ws2FusedLayout: (offThreads: Int, offM: Int, offT: Int, offSrc: Int, offFirst: Int, offZero: Int, perThread: Int) {
+    var ws2FusedLayout: WS2Layout {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, tb = ws2FusedBlockTiles
-        let offThreads = align64(81 * tb * cp * 4)
         let offM = align64(ws2Classes * c * convColBlock * 4)
-        let offT = offM + align64((81 * tb + convTileRows) * convColBlock * 4)
-        let offSrc = offT + 81 * fvecWidth * 4
-        let offFirst = offSrc + 81 * 8
-        let offZero = align64(offFirst + 3 * 81 * 8)
-        return (offThreads, offM, offT, offSrc, offFirst, offZero, offZero + align64(cp * 4) + 64)
+        return WS2Layout(offThreads: align64(81 * tb * cp * 4), offM: offM,
+                         offT: offM + align64((81 * tb + convTileRows) * convColBlock * 4), cp: cp)
     }
     /// Scratch bytes of the stride-2 forward on `threads` threads.
     func ws2ScratchBytes(threads t: Int) -> Int {
