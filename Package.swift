@@ -33,11 +33,31 @@ if let omp {
 
 // Real FMA instructions on x86-64 (without them SIMD addProduct becomes a libm call); nothing
 // architecture-specific elsewhere: FMA is baseline on aarch64.
+// AVX-512 where the building machine has it (its /proc/cpuinfo), so that the GEMMs' 16-float tile
+// rows are one register each (SIMD.swift: RVec, wideTiles). SALIENT_SIMD=avx2 builds the portable
+// AVX2 binary (`make dist` does), SALIENT_SIMD=avx512 forces AVX-512. The binary checks the CPU at
+// start and says so, rather than dying on an illegal instruction, if it was built for more.
+func hostHasAVX512() -> Bool {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+    let have = Set(flags.split(separator: " ").map(String.init))
+    return ["avx512f", "avx512vl", "avx512bw", "avx512dq"].allSatisfy(have.contains)
+}
 #if arch(x86_64)
-let simdFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
+let avx512: Bool = {
+    switch ProcessInfo.processInfo.environment["SALIENT_SIMD"] {
+    case "avx2": return false
+    case "avx512": return true
+    default: return hostHasAVX512()
+    }
+}()
+let simdFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"] + (avx512 ?
+    ["-Xcc", "-mavx512f", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512dq", "-DSALIENT_AVX512"] : []))]
 #else
+let avx512 = false
 let simdFlags: [SwiftSetting] = []
 #endif
+if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
 
 let package = Package(
     name: "salient",

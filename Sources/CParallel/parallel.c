@@ -18,6 +18,16 @@ int sal_num_procs(void) {
 #endif
 }
 
+int sal_cpu_supports_build(void) {
+#if defined(SALIENT_AVX512) && (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#else
+    return 1;
+#endif
+}
+
 int sal_has_openmp(void) {
 #ifdef _OPENMP
     return 1;

@@ -53,7 +53,7 @@ public struct Conv2DShape: Equatable, Sendable {
     public func scratchBytes(threads: Int) -> Int {
         let t = max(threads, 1)
         let zero = max(c, k, convColBlock) * 4
-        let gather = t * (convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448)
+        let gather = t * gatherBytesPerThread(taps: taps)
         let order = n * h * w * 4
         let bwdW = t * bwdWeightLayout.perThread
         let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
@@ -186,6 +186,12 @@ func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int
     }
 }
 
+/// gatherGemm's scratch per thread: row pointers and output indices of a group of tiles, their live
+/// taps, and the accumulators of two tiles (the wide path runs tiles in pairs).
+@inline(__always) func gatherBytesPerThread(taps: Int) -> Int {
+    convGroupTiles * convTileRows * (taps * 8 + 8) + align64(convGroupTiles * taps * 4) + 2 * convTileRows * convColBlock * 4 + 64
+}
+
 /// Shared driver of forward and backward-data: `pixels` output rows, visited in tiles of 6;
 /// `fill(tile, rows, outIndex)` writes the gathered row pointer of each (tap, row) and the output
 /// pixel index of each row, and returns how many rows the tile has.
@@ -197,7 +203,7 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
     let tiles = ceilDiv(pixels, convTileRows)
     let groups = ceilDiv(tiles, convGroupTiles)
     let colBlocks = ceilDiv(cols, convColBlock)
-    let perThread = convGroupTiles * convTileRows * (taps * 8 + 8) + convGroupTiles * taps * 4 + 448
+    let perThread = gatherBytesPerThread(taps: taps)
     let weightsMajor = colBlocks * taps * depth * convColBlock > pixels * depth
     // Dynamic chunks of ~1/8 of a thread's share: each output tile is one call's, so any schedule
     // gives the same result, and a thread slowed by other work takes fewer chunks.
@@ -212,7 +218,7 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
         var nRowsOf = (0, 0, 0, 0, 0, 0, 0, 0)
         var nLiveOf = (0, 0, 0, 0, 0, 0, 0, 0)
         let acc = (base + convGroupTiles * convTileRows * (taps * 8 + 8) + align64(convGroupTiles * taps * 4))
-            .bindMemory(to: Float.self, capacity: convTileRows * convColBlock)
+            .bindMemory(to: Float.self, capacity: 2 * convTileRows * convColBlock)
         var cachedGroup = -1
         var outPtrs = (out, out, out, out, out, out)
         for item in lo..<hi {
@@ -238,9 +244,27 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
             }
             let nCols = min(convColBlock, cols - cb * convColBlock)
             let pan = panel + cb * taps * depth * convColBlock
-            for ti in 0..<tn {
+            var ti = 0
+            while ti < tn {
+                defer { ti += 1 }
                 let n = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
                 let nl = withUnsafeBytes(of: &nLiveOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
+                if wideTiles && ti + 1 < tn && nl > 0 {
+                    // Two tiles in one 12-row register tile, over the union of their live taps (a dead
+                    // tap's rows are the zero row, so running it for the other tile adds zeros).
+                    let n2 = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: (ti + 1) * 8, as: Int.self) }
+                    let nl2 = withUnsafeBytes(of: &nLiveOf) { $0.load(fromByteOffset: (ti + 1) * 8, as: Int.self) }
+                    if nl2 > 0 {
+                        convTilePair(rowsA: UnsafePointer(rows + ti * convTileRows * taps),
+                                     rowsB: UnsafePointer(rows + (ti + 1) * convTileRows * taps),
+                                     liveA: live + ti * taps, nLiveA: nl, liveB: live + (ti + 1) * taps, nLiveB: nl2,
+                                     depth: depth, panel: pan, cols: cols, col0: cb * convColBlock, nCols: nCols,
+                                     out: out, idxA: outIdx + ti * convTileRows, nA: n,
+                                     idxB: outIdx + (ti + 1) * convTileRows, nB: n2, accumulate: accumulate, acc: acc)
+                        ti += 1
+                        continue
+                    }
+                }
                 let oi = outIdx + ti * convTileRows
                 withUnsafeMutableBytes(of: &outPtrs) { op in
                     let o = op.bindMemory(to: UnsafeMutablePointer<Float>.self)
@@ -518,9 +542,17 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
                     }
                     for kb in 0..<kBlocks {
                         let panel = UnsafePointer(dyP + kb * np * convColBlock)
-                        for ct in 0..<cTiles {
-                            bwdWeightTile(x: xP + ct * L.xTileStride, np: np, dy: panel,
-                                          acc: part + (g * Cp + ct * convTileRows) * Kp + kb * convColBlock, Kp: Kp)
+                        var ct = 0
+                        while ct < cTiles {
+                            let acc = part + (g * Cp + ct * convTileRows) * Kp + kb * convColBlock
+                            if wideTiles && ct + 1 < cTiles {
+                                wideWeightTilePacked(xA: xP + ct * L.xTileStride, xB: xP + (ct + 1) * L.xTileStride,
+                                                     np: np, dy: panel, acc: acc, Kp: Kp)
+                                ct += 2
+                            } else {
+                                bwdWeightTile(x: xP + ct * L.xTileStride, np: np, dy: panel, acc: acc, Kp: Kp)
+                                ct += 1
+                            }
                         }
                     }
                 }

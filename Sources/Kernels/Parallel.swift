@@ -8,6 +8,8 @@ public enum Threads {
     }
     public static var processors: Int { Int(sal_num_procs()) }
     public static var hasOpenMP: Bool { sal_has_openmp() != 0 }
+    /// False when the binary was built for AVX-512 (SIMD.swift) and this CPU lacks it.
+    public static var cpuSupportsBuild: Bool { sal_cpu_supports_build() != 0 }
 }
 
 /// Runs `body(begin, end, thread)` over contiguous chunks of [0, n), one chunk per thread.

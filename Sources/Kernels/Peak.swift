@@ -10,8 +10,8 @@ public func fmaPeakLoop(iterations: Int) -> (flops: Double, checksum: Float) {
         let o = out.baseAddress!
         parallelFor(threads) { lo, hi, _ in
             for t in lo..<hi {
-                let m = FVec(repeating: 0.999999)
-                var c0 = FVec(repeating: Float(t)), c1 = c0 + 1, c2 = c0 + 2, c3 = c0 + 3
+                let m = PeakVec(repeating: 0.999999)
+                var c0 = PeakVec(repeating: Float(t)), c1 = c0 + 1, c2 = c0 + 2, c3 = c0 + 3
                 var c4 = c0 + 4, c5 = c0 + 5, c6 = c0 + 6, c7 = c0 + 7, c8 = c0 + 8, c9 = c0 + 9
                 var c10 = c0 + 10, c11 = c0 + 11
                 for _ in 0..<iterations {
@@ -25,6 +25,6 @@ public func fmaPeakLoop(iterations: Int) -> (flops: Double, checksum: Float) {
             }
         }
     }
-    let flops = Double(threads) * Double(iterations) * 12 * Double(fvecWidth) * 2
+    let flops = Double(threads) * Double(iterations) * 12 * Double(PeakVec.scalarCount) * 2
     return (flops, sums.reduce(0, +))
 }

@@ -1,10 +1,32 @@
-// The one SIMD width of every kernel. SIMD8<Float> is one AVX2 register on x86-64 and a pair of
-// NEON q registers on aarch64; change it here and every kernel follows.
-// Known limit: the register tiles of Conv2D.swift and Linear.swift address their second vector as
-// `+ 8` (16 columns = two 8-lane vectors); changing the width means changing those offsets too (the
-// fast-vs-naive tests and `make test-arm` catch a mismatch).
+// The one SIMD width of the element-wise kernels and transforms. SIMD8<Float> is one AVX2 register on
+// x86-64 and a pair of NEON q registers on aarch64; change it here and they follow.
+// Known limit: the 6-row register tiles of Conv2D.swift and Linear.swift address their second vector
+// as `+ 8` (16 columns = two 8-lane vectors); changing the width means changing those offsets too (the
+// fast-vs-naive tests and `make test-arm` catch a mismatch). The GEMMs' wide tiles (WideTiles.swift)
+// hold a 16-column row in one RVec instead, which the build maps to one zmm (AVX-512) or two ymm.
 public typealias FVec = SIMD8<Float>
 public let fvecWidth = FVec.scalarCount
+
+/// One 16-float row of a GEMM register tile (convColBlock columns) as one value: one zmm register
+/// in an AVX-512 build, two ymm with AVX2, four q registers on NEON. The wide register tiles
+/// (WideTiles.swift) are written in it, so the target decides how many registers a row takes.
+public typealias RVec = SIMD16<Float>
+
+#if SALIENT_AVX512
+/// The widest FMA register of the build (the FMA-peak loop uses it).
+public typealias PeakVec = SIMD16<Float>
+/// What the binary's kernels were built for (Package.swift chooses from the building machine).
+public let simdBuildName = "AVX-512"
+let wideTilesDefault = true
+#elseif arch(x86_64)
+public typealias PeakVec = FVec
+public let simdBuildName = "AVX2+FMA"
+let wideTilesDefault = false
+#else
+public typealias PeakVec = FVec
+public let simdBuildName = "NEON"
+let wideTilesDefault = false
+#endif
 
 @inline(__always) @usableFromInline
 func vload(_ p: UnsafePointer<Float>) -> FVec {

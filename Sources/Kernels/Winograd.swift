@@ -81,7 +81,7 @@ extension Conv2DShape {
 
     /// Rows of V per point in a fused forward's largest block of tiles (up to wgFusedTiles, whole
     /// 6-row GEMM tiles): wgFusedWeights and wgFusedByOutputBlock size their working sets by it.
-    var wgFusedBlockRows: Int { ceilDiv(min(wgTiles, wgFusedTiles), convTileRows) * convTileRows }
+    var wgFusedBlockRows: Int { ceilDiv(min(wgTiles, wgFusedTiles), gemmRowUnit) * gemmRowUnit }
 
     /// Working set past which wgFusedByOutputBlock holds (tests lower it to reach that order on small
     /// shapes).
@@ -98,7 +98,7 @@ extension Conv2DShape {
         let tiles = wgTiles
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kb = ceilDiv(k, convColBlock), kp = kb * convColBlock
         let t = max(threads, 1)
-        var target = max(convTileRows, (1 << 20) / (wgPoints * (cp + kp) * 4))
+        var target = max(gemmRowUnit, (1 << 20) / (wgPoints * (cp + kp) * 4))
         var kGroups = 1
         let fused = wgFusedWeights
         if fused {
@@ -119,7 +119,7 @@ extension Conv2DShape {
         var blocks = ceilDiv(tiles, target)
         if kGroups == 1 && !fused { blocks = min(tiles, ceilDiv(max(blocks, t), t) * t) }
         let kbPerGroup = ceilDiv(kb, kGroups)
-        let tb = ceilDiv(ceilDiv(tiles, blocks), convTileRows) * convTileRows
+        let tb = ceilDiv(ceilDiv(tiles, blocks), gemmRowUnit) * gemmRowUnit
         // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
         // fused weights one row of 6 points of one output block's transformed kernels.
         var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
@@ -247,6 +247,7 @@ func wgWindowPointers(_ x: UnsafePointer<Float>, image b: Int, row ih0: Int, col
 @inline(__always)
 func wgMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
                     panel: UnsafePointer<Float>, depth: Int) {
+    if wideTiles { wideMultiplyRows(out, a, count: count, stride: stride, panel: panel, depth: depth); return }
     let last = a + (count - 1) * stride
     var r0 = 0
     while r0 < count {
@@ -477,9 +478,13 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     let cs = cp >= 512 ? wgSkewed(cp) : cp
     let pointV = tbMax * cs, pointM = plan.kbPerGroup * tbMax * convColBlock
     @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer { scratch + thread * plan.perThreadBytes }
+    // Block edges rounded up to multiples of the register tile's rows (so no block but the last ends
+    // in a partial tile): each block still holds at most tb tiles (tiles / blocks rounded up to them).
+    let unit = gemmRowUnit
+    @inline(__always) func edge(_ blk: Int) -> Int { min(tiles, ceilDiv(tiles * blk, plan.blocks * unit) * unit) }
     @inline(__always) func tileRange(_ blk: Int) -> (t0: Int, nt: Int) {
-        let t0 = tiles * blk / plan.blocks
-        return (t0, tiles * (blk + 1) / plan.blocks - t0)
+        let t0 = edge(blk)
+        return (t0, edge(blk + 1) - t0)
     }
     /// 1. Input transform of tiles t0+lo..<t0+hi of a block into V[point][tile][c] (this thread's temporaries).
     func transformInput(_ t0: Int, _ lo: Int, _ hi: Int, into V: UnsafeMutablePointer<Float>, _ thread: Int) {
@@ -804,10 +809,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
             let panel = UnsafePointer(V + pt * pointV + cb * tb * cBlk)
             let acc = first ? u + cLo * kp : part + cLo * convColBlock
-            for ct in 0..<ceilDiv(cn, convTileRows) {
-                bwdWeightTileStrided(x: panel, xStride: cBlk, np: nt, c0: ct * convTileRows, C: cn, dy: dyPanel,
-                                     dyStride: convColBlock, acc: acc, Kp: first ? kp : convColBlock)
-            }
+            weightTilesStrided(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dyStride: convColBlock, acc: acc,
+                               Kp: first ? kp : convColBlock)
         }
         if !first {
             for c in 0..<C {
@@ -937,10 +940,8 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
             for pt in 0..<wgPoints {
                 let panel = UnsafePointer(V + pt * pointV + cb * tiles * cBlk)
                 let dyPanel = UnsafePointer(Y + pt * pointY + k0 * tiles)
-                for ct in 0..<ceilDiv(cn, convTileRows) {
-                    bwdWeightTileStrided(x: panel, xStride: cBlk, np: tiles, c0: ct * convTileRows, C: cn, dy: dyPanel,
-                                         dyStride: convColBlock, acc: dU + pt * pointU, Kp: convColBlock)
-                }
+                weightTilesStrided(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel, dyStride: convColBlock,
+                                   acc: dU + pt * pointU, Kp: convColBlock)
             }
             for h in 0..<2 {
                 let kk = k0 + h * fvecWidth, kn = min(fvecWidth, K - kk)

@@ -123,7 +123,17 @@ func describe(_ sh: Conv2DShape) -> String {
     "n\(sh.n) c\(sh.c) \(sh.h)x\(sh.w) k\(sh.k) \(sh.r)x\(sh.s) s\(sh.stride) p\(sh.pad)"
 }
 
+/// Once with the build's default register tiles, once with the other kind (WideTiles.swift: 12 rows of
+/// one SIMD16 each, two NEON q pairs per row here), so both are held against the references.
 func checkConv() {
+    for wide in [wideTiles, !wideTiles] {
+        wideTiles = wide
+        checkConvShapes(tiles: wide ? " wide" : "")
+    }
+    wideTiles = !wideTiles
+}
+
+func checkConvShapes(tiles: String) {
     for (i, sh) in convShapes.enumerated() {
         var rng = RNG(seed: UInt64(i + 1))
         let x = Buf(random: sh.inputCount, &rng), w = Buf(random: sh.weightCount, &rng)
@@ -140,7 +150,7 @@ func checkConv() {
         conv2dForwardNaive(sh, input: x.c, weights: w.c, output: yN.p)
         conv2dBackwardDataNaive(sh, gradOutput: dy.c, weights: w.c, gradInput: dxN.p)
         conv2dBackwardWeightNaive(sh, input: x.c, gradOutput: dy.c, gradWeight: dwN.p)
-        let d = describe(sh) + (sh.usesWinograd ? " winograd" : "")
+        let d = describe(sh) + (sh.usesWinograd ? " winograd" : "") + tiles
         // Winograd's transforms scale values by up to 8: its error is ~1e-5 of the output's scale.
         func scaled(_ ref: Buf) -> Float {
             if !sh.usesWinograd { return 1e-4 }

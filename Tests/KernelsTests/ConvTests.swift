@@ -280,6 +280,34 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
+    /// The 12-row register tiles (the default in AVX-512 builds) and the 6-row ones give the same bits
+    /// in every kernel that has both (Winograd GEMMs, stride-2 Winograd, the direct gathered GEMM in
+    /// pairs of tiles, both backward-weights): each output is the same chain of FMAs in the same
+    /// order. Run on every machine, so both paths are checked against the references wherever the
+    /// other tests run with either default.
+    func testWideAndNarrowTilesGiveTheSameBits() {
+        let saved = wideTiles
+        defer { wideTiles = saved; Threads.count = Threads.processors }
+        let shapes = Self.shapes + Self.winogradShapes + Self.winogradStride2Shapes
+            + [Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 3, s: 3, stride: 2, pad: 1),
+               Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 1, s: 1, stride: 2, pad: 0)]
+        for threads in [1, 2, 3] {
+            Threads.count = threads
+            for (i, sh) in shapes.enumerated() {
+                if threads == 3 && sh.c * sh.k > 10_000 { continue }
+                var rng = TestRNG(seed: UInt64(500 + i))
+                let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
+                wideTiles = false
+                let narrow = fast(sh, x, w, dy)
+                wideTiles = true
+                let wide = fast(sh, x, w, dy)
+                XCTAssertEqual(wide.y, narrow.y, "forward \(sh) threads \(threads)")
+                XCTAssertEqual(wide.dx, narrow.dx, "backward-data \(sh) threads \(threads)")
+                XCTAssertEqual(wide.dw, narrow.dw, "backward-weights \(sh) threads \(threads)")
+            }
+        }
+    }
+
     /// The direct kernels on a Winograd shape (the switch the benchmarks use) agree with Winograd.
     func testWinogradAndDirectAgree() {
         let sh = Conv2DShape(n: 2, c: 24, h: 6, w: 5, k: 40, r: 3, s: 3, stride: 1, pad: 1)

@@ -27,6 +27,10 @@ int sal_num_procs(void);
 /// 1 when built with OpenMP.
 int sal_has_openmp(void);
 
+/// 1 when this CPU runs every instruction the binary was built for (AVX-512 builds need
+/// avx512f/vl/bw/dq; others: always 1).
+int sal_cpu_supports_build(void);
+
 /// Schedule model: from _begin(N) to _end, parallel loops plan for N threads but run on the calling
 /// thread, each range timed, and _end returns the seconds spent in parallel loops, the seconds they
 /// would take on N threads that each run as fast as this one (the last thread's finish per loop), and
