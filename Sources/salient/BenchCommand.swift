@@ -81,6 +81,7 @@ struct BenchKernels: ParsableCommand {
         var rows: [BenchRecord] = []
         var r = BenchRecord(fields: [])
         r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
+        r.add("simd", simdBuildName); r.add("lanes", PeakVec.scalarCount)
         r.add("conv", ThreadOptions.algorithm)
         emit(r, peak: peak)
         rows.append(r)
@@ -113,7 +114,8 @@ struct BenchKernels: ParsableCommand {
         let d = Dictionary(r.fields, uniquingKeysWith: { a, _ in a })
         let op = d["op"]!.replacingOccurrences(of: "\"", with: "")
         if op == "peak_fma" {
-            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains per thread)")
+            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains of "
+                  + "\(d["lanes"]!) lanes per thread, \(simdBuildName) build)")
             print("3x3 convolutions: \(ThreadOptions.algorithm)" + (Conv2DShape.winogradEnabled
                 ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; Winograd F(4x4,3x3) does 1/4 of the multiplies)"
                 : "") + "; each time includes packing/transforming the weights")

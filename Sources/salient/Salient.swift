@@ -7,7 +7,7 @@ struct Salient: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "salient",
         abstract: "Contrastive self-supervised ResNet training on CPUs, with saliency-guided masking.",
-        version: "0.1.0",
+        version: "0.1.0 (\(simdBuildName))",
         subcommands: [TrainCommand.self, ExtractCommand.self, EvalCommand.self, ExportCommand.self, PreviewCommand.self, BenchCommand.self, FuzzCommand.self])
 }
 
