@@ -31,7 +31,7 @@ let bnBlock = 256
 /// shift + (x - mean) * scale from xm = x - mean: the one expression, and rounding, of every batch-norm
 /// output, whether written (bnApply, the eval forward) or computed by its consumer (ConvInputAffine,
 /// BNAddend, the backward's ReLU mask), so that all of them agree bit for bit.
-@inline(__always) func bnAffine(centred xm: FVec, scale: FVec, shift: FVec) -> FVec {
+@inline(__always) func bnAffine<V: SIMD>(centred xm: V, scale: V, shift: V) -> V where V.Scalar == Float {
     var v = shift
     v.addProduct(xm, scale)
     return v

@@ -28,6 +28,15 @@ public let simdBuildName = "NEON"
 let wideTilesDefault = false
 #endif
 
+/// Float vector loads and stores of any width (the transforms are generic over FVec and RVec).
+@inline(__always) func gload<V: SIMD>(_ p: UnsafePointer<Float>) -> V where V.Scalar == Float {
+    UnsafeRawPointer(p).loadUnaligned(as: V.self)
+}
+
+@inline(__always) func gstore<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>) where V.Scalar == Float {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
+}
+
 @inline(__always) @usableFromInline
 func vload(_ p: UnsafePointer<Float>) -> FVec {
     UnsafeRawPointer(p).loadUnaligned(as: FVec.self)

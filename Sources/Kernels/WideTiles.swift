@@ -5,7 +5,8 @@
 // code compiles to two ymm (or four q) registers per row and spills, so `wideTiles` is off by default
 // there; the tests turn it on to check these kernels on every machine.
 
-/// Whether the Winograd GEMMs use the 12-row tiles below (default: on in AVX-512 builds).
+/// Whether the GEMMs use the 12-row tiles below and the Winograd transforms 16-lane vectors (RVec) for
+/// whole multiples of 16 channels (default: on in AVX-512 builds, where both are one register).
 nonisolated(unsafe) public var wideTiles = wideTilesDefault
 /// Rows of a wide register tile.
 let wideTileRows = 12

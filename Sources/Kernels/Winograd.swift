@@ -152,9 +152,8 @@ func wgTileOrigin(_ tile: Int, _ th: Int, _ tw: Int) -> (b: Int, ty: Int, tx: In
 
 /// B^T applied to a column of 6: the input transform's 1-D step.
 @inline(__always)
-func wgBT(_ d0: FVec, _ d1: FVec, _ d2: FVec, _ d3: FVec, _ d4: FVec, _ d5: FVec)
-    -> (FVec, FVec, FVec, FVec, FVec, FVec) {
-    let four = FVec(repeating: 4), five = FVec(repeating: 5), two = FVec(repeating: 2)
+func wgBT<V: SIMD>(_ d0: V, _ d1: V, _ d2: V, _ d3: V, _ d4: V, _ d5: V) -> (V, V, V, V, V, V) where V.Scalar == Float {
+    let four = V(repeating: 4), five = V(repeating: 5), two = V(repeating: 2)
     let a = d4 - d2, b = d1 - d3
     return (four * d0 - five * d2 + d4,
             d3 + d4 - four * (d1 + d2),
@@ -166,12 +165,12 @@ func wgBT(_ d0: FVec, _ d1: FVec, _ d2: FVec, _ d3: FVec, _ d4: FVec, _ d5: FVec
 
 /// A^T applied to a column of 6: the output transform's 1-D step (6 -> 4).
 @inline(__always)
-func wgAT(_ m0: FVec, _ m1: FVec, _ m2: FVec, _ m3: FVec, _ m4: FVec, _ m5: FVec) -> (FVec, FVec, FVec, FVec) {
+func wgAT<V: SIMD>(_ m0: V, _ m1: V, _ m2: V, _ m3: V, _ m4: V, _ m5: V) -> (V, V, V, V) where V.Scalar == Float {
     let s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4
     return (m0 + s12 + s34,
-            d12 + FVec(repeating: 2) * d34,
-            s12 + FVec(repeating: 4) * s34,
-            d12 + FVec(repeating: 8) * d34 + m5)
+            d12 + V(repeating: 2) * d34,
+            s12 + V(repeating: 4) * s34,
+            d12 + V(repeating: 8) * d34 + m5)
 }
 
 /// A applied to a column of 4: the adjoint of wgAT (4 -> 6), for backward-weights.
@@ -260,8 +259,8 @@ func wgMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float
 
 /// Stores (or adds) the first `cols` of a row of 4 outputs, `K` floats apart, `lanes` channels each.
 @inline(__always)
-func wgStoreRow(_ r: (FVec, FVec, FVec, FVec), _ o: UnsafeMutablePointer<Float>, K: Int, cols: Int, lanes: Int,
-                accumulate: Bool) {
+func wgStoreRow<V: SIMD>(_ r: (V, V, V, V), _ o: UnsafeMutablePointer<Float>, K: Int, cols: Int, lanes: Int,
+                         accumulate: Bool) where V.Scalar == Float {
     wgStore(r.0, o, lanes, accumulate)
     if cols > 1 { wgStore(r.1, o + K, lanes, accumulate) }
     if cols > 2 { wgStore(r.2, o + 2 * K, lanes, accumulate) }
@@ -288,6 +287,11 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
                  out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
                  blocks: WGChannelBlocks? = nil) {
     var c0 = 0
+    let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
+    while wideTiles && c0 + RVec.scalarCount <= C {
+        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gload(src[k] + c0) }
+        c0 += RVec.scalarCount
+    }
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
         wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
@@ -306,6 +310,16 @@ func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channe
                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
                        zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil) {
     var c0 = 0
+    let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
+    while wideTiles && c0 + RVec.scalarCount <= C {
+        let mu: RVec = gload(mean + c0), sc: RVec = gload(scale + c0), sh: RVec = gload(shift + c0)
+        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
+            var v = bnAffine(centred: gload(src[k] + c0) - mu, scale: sc, shift: sh)
+            v = v.replacing(with: 0, where: v .< 0)
+            return src[k] == zero ? RVec() : v
+        }
+        c0 += RVec.scalarCount
+    }
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
         let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
@@ -322,8 +336,8 @@ func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channe
 /// The two passes of B^T d B for one vector of channels, d[k] = ld(k) (k = 6 i + j), into out[point]
 /// for point rows firstRow..<firstRow+rowCount.
 @inline(__always)
-func wgInputLane(_ T: UnsafeMutablePointer<FVec>, _ out: UnsafeMutablePointer<Float>, _ pointStride: Int, _ firstRow: Int,
-                 _ rowCount: Int, _ ld: (Int) -> FVec) {
+func wgInputLane<V: SIMD>(_ T: UnsafeMutablePointer<V>, _ out: UnsafeMutablePointer<Float>, _ pointStride: Int,
+                          _ firstRow: Int, _ rowCount: Int, _ ld: (Int) -> V) where V.Scalar == Float {
     for j in 0..<wgIn {
         let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
         T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
@@ -331,8 +345,8 @@ func wgInputLane(_ T: UnsafeMutablePointer<FVec>, _ out: UnsafeMutablePointer<Fl
     for i in firstRow..<(firstRow + rowCount) {
         let r = wgBT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
         let p = out + ((i - firstRow) * 6) * pointStride
-        vstore(r.0, p); vstore(r.1, p + pointStride); vstore(r.2, p + 2 * pointStride)
-        vstore(r.3, p + 3 * pointStride); vstore(r.4, p + 4 * pointStride); vstore(r.5, p + 5 * pointStride)
+        gstore(r.0, p); gstore(r.1, p + pointStride); gstore(r.2, p + 2 * pointStride)
+        gstore(r.3, p + 3 * pointStride); gstore(r.4, p + 4 * pointStride); gstore(r.5, p + 5 * pointStride)
     }
 }
 
@@ -545,19 +559,15 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             for bi in kbLo..<kbHi {
                 let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
                 let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
+                let o = y + ((b * H + oh0) * W + ow0) * K + k0
+                if wideTiles && kn == convColBlock {
+                    wgOutputTile(mt, pointM: pointM, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self), o,
+                                 rowStride: W * K, K: K, rows: rows, cols: cols, lanes: convColBlock, accumulate: accumulate)
+                    continue
+                }
                 for h in 0..<2 where h * fvecWidth < kn {
-                    let hn = min(fvecWidth, kn - h * fvecWidth)
-                    for j in 0..<wgIn {
-                        let m = mt + j * pointM + h * fvecWidth
-                        let r = wgAT(vload(m), vload(m + 6 * pointM), vload(m + 12 * pointM),
-                                     vload(m + 18 * pointM), vload(m + 24 * pointM), vload(m + 30 * pointM))
-                        T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
-                    }
-                    for i in 0..<rows {
-                        let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-                        wgStoreRow(r, y + ((b * H + oh0 + i) * W + ow0) * K + k0 + h * fvecWidth, K: K, cols: cols,
-                                   lanes: hn, accumulate: accumulate)
-                    }
+                    wgOutputTile(mt + h * fvecWidth, pointM: pointM, T, o + h * fvecWidth, rowStride: W * K, K: K,
+                                 rows: rows, cols: cols, lanes: min(fvecWidth, kn - h * fvecWidth), accumulate: accumulate)
                 }
             }
         }
@@ -591,10 +601,29 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
     }
 }
 
+/// The output transform of one tile and one vector of output channels: o[i][j] (=/+=) (A^T m A)[i][j]
+/// for the first rows x cols outputs (rows `rowStride` floats apart, columns K), `lanes` channels,
+/// from the tile's 36 points `pointM` floats apart; `T`: 24 vectors of scratch.
 @inline(__always)
-func wgStore(_ v: FVec, _ p: UnsafeMutablePointer<Float>, _ n: Int, _ accumulate: Bool) {
-    if n == fvecWidth {
-        vstore(accumulate ? vload(p) + v : v, p)
+func wgOutputTile<V: SIMD>(_ m: UnsafePointer<Float>, pointM: Int, _ T: UnsafeMutablePointer<V>,
+                           _ o: UnsafeMutablePointer<Float>, rowStride: Int, K: Int, rows: Int, cols: Int, lanes: Int,
+                           accumulate: Bool) where V.Scalar == Float {
+    for j in 0..<wgIn {
+        let mj = m + j * pointM
+        let r = wgAT(gload(mj) as V, gload(mj + 6 * pointM), gload(mj + 12 * pointM),
+                     gload(mj + 18 * pointM), gload(mj + 24 * pointM), gload(mj + 30 * pointM))
+        T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
+    }
+    for i in 0..<rows {
+        let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+        wgStoreRow(r, o + i * rowStride, K: K, cols: cols, lanes: lanes, accumulate: accumulate)
+    }
+}
+
+@inline(__always)
+func wgStore<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, _ n: Int, _ accumulate: Bool) where V.Scalar == Float {
+    if n == V.scalarCount {
+        gstore(accumulate ? gload(p) + v : v, p)
     } else {
         for i in 0..<n { p[i] = accumulate ? p[i] + v[i] : v[i] }
     }
