@@ -175,28 +175,28 @@ func wgAT<V: SIMD>(_ m0: V, _ m1: V, _ m2: V, _ m3: V, _ m4: V, _ m5: V) -> (V, 
 
 /// A applied to a column of 4: the adjoint of wgAT (4 -> 6), for backward-weights.
 @inline(__always)
-func wgA(_ z0: FVec, _ z1: FVec, _ z2: FVec, _ z3: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+func wgA<V: SIMD>(_ z0: V, _ z1: V, _ z2: V, _ z3: V) -> (V, V, V, V, V, V) where V.Scalar == Float {
     let s02 = z0 + z2, s13 = z1 + z3
-    let e = z0 + FVec(repeating: 4) * z2, o = FVec(repeating: 2) * z1 + FVec(repeating: 8) * z3
+    let e = z0 + V(repeating: 4) * z2, o = V(repeating: 2) * z1 + V(repeating: 8) * z3
     return (z0, s02 + s13, s02 - s13, e + o, e - o, z3)
 }
 
 /// G applied to a column of 3 (3 -> 6): the weight transform's 1-D step.
 @inline(__always)
-func wgG(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, FVec) {
+func wgG<V: SIMD>(_ g0: V, _ g1: V, _ g2: V) -> (V, V, V, V, V, V) where V.Scalar == Float {
     (wgGRow(0, g0, g1, g2), wgGRow(1, g0, g1, g2), wgGRow(2, g0, g1, g2),
      wgGRow(3, g0, g1, g2), wgGRow(4, g0, g1, g2), wgGRow(5, g0, g1, g2))
 }
 
 /// Row i of G applied to a column of 3 (one output of wgG).
 @inline(__always)
-func wgGRow(_ i: Int, _ g0: FVec, _ g1: FVec, _ g2: FVec) -> FVec {
+func wgGRow<V: SIMD>(_ i: Int, _ g0: V, _ g1: V, _ g2: V) -> V where V.Scalar == Float {
     switch i {
-    case 0: return FVec(repeating: 0.25) * g0
-    case 1: return FVec(repeating: -1.0 / 6) * ((g0 + g2) + g1)
-    case 2: return FVec(repeating: -1.0 / 6) * ((g0 + g2) - g1)
-    case 3: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) + FVec(repeating: 1.0 / 12) * g1
-    case 4: return (FVec(repeating: 1.0 / 24) * g0 + FVec(repeating: 1.0 / 6) * g2) - FVec(repeating: 1.0 / 12) * g1
+    case 0: return V(repeating: 0.25) * g0
+    case 1: return V(repeating: -1.0 / 6) * ((g0 + g2) + g1)
+    case 2: return V(repeating: -1.0 / 6) * ((g0 + g2) - g1)
+    case 3: return (V(repeating: 1.0 / 24) * g0 + V(repeating: 1.0 / 6) * g2) + V(repeating: 1.0 / 12) * g1
+    case 4: return (V(repeating: 1.0 / 24) * g0 + V(repeating: 1.0 / 6) * g2) - V(repeating: 1.0 / 12) * g1
     default: return g2
     }
 }
@@ -458,17 +458,20 @@ func wgGatherKernels(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed:
 @inline(__always)
 func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i: Int, out: UnsafeMutablePointer<Float>,
                           pointStride: Int) {
+    @inline(__always) func lanes<V: SIMD>(_ g: UnsafePointer<Float>, _ base: UnsafeMutablePointer<Float>, _: V.Type)
+        where V.Scalar == Float {
+        @inline(__always) func tap(_ t: Int) -> V { gload(g + t * convColBlock) }
+        let r = wgG(wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)), wgGRow(i, tap(2), tap(5), tap(8)))
+        gstore(r.0, base); gstore(r.1, base + pointStride); gstore(r.2, base + 2 * pointStride)
+        gstore(r.3, base + 3 * pointStride); gstore(r.4, base + 4 * pointStride); gstore(r.5, base + 5 * pointStride)
+    }
     for ci in 0..<C {
-        let g = panel + ci * 9 * convColBlock
-        // (A counted loop: `stride(from:to:by:)` here compiled to a call per iteration.)
-        for hv in 0..<(convColBlock / fvecWidth) {
-            let h = hv * fvecWidth
-            @inline(__always) func tap(_ t: Int) -> FVec { vload(g + t * convColBlock + h) }
-            let r = wgG(wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)),
-                        wgGRow(i, tap(2), tap(5), tap(8)))
-            let base = out + ci * convColBlock + h
-            vstore(r.0, base); vstore(r.1, base + pointStride); vstore(r.2, base + 2 * pointStride)
-            vstore(r.3, base + 3 * pointStride); vstore(r.4, base + 4 * pointStride); vstore(r.5, base + 5 * pointStride)
+        let g = panel + ci * 9 * convColBlock, base = out + ci * convColBlock
+        if wideTiles {
+            lanes(g, base, RVec.self)
+        } else {
+            // (A counted loop: `stride(from:to:by:)` here compiled to a call per iteration.)
+            for hv in 0..<(convColBlock / fvecWidth) { lanes(g + hv * fvecWidth, base + hv * fvecWidth, FVec.self) }
         }
     }
 }
@@ -804,11 +807,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 src[i * wgOut + j] = oh0 + i < H && ow0 + j < W ? dy + ((b * H + oh0 + i) * W + ow0 + j) * K : z
             }
         }
-        for kv in 0..<(kp / fvecWidth) {
-            let k0 = kv * fvecWidth, kn = max(0, min(fvecWidth, K - k0))
-            @inline(__always) func ld(_ q: Int) -> FVec {
-                kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
-            }
+        /// Output channels k0..<k0 + W.scalarCount (within one block of 16) of Y's points.
+        @inline(__always) func lane<W: SIMD>(_ k0: Int, _ T: UnsafeMutablePointer<W>, _ ld: (Int) -> W)
+            where W.Scalar == Float {
             for j in 0..<wgOut {
                 let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
                 T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
@@ -817,9 +818,19 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
                 let p = Y + ((i - row0) * 6) * pointY + (k0 / convColBlock) * tb * convColBlock + ti * convColBlock
                     + k0 % convColBlock
-                vstore(r.0, p); vstore(r.1, p + pointY); vstore(r.2, p + 2 * pointY)
-                vstore(r.3, p + 3 * pointY); vstore(r.4, p + 4 * pointY); vstore(r.5, p + 5 * pointY)
+                gstore(r.0, p); gstore(r.1, p + pointY); gstore(r.2, p + 2 * pointY)
+                gstore(r.3, p + 3 * pointY); gstore(r.4, p + 4 * pointY); gstore(r.5, p + 5 * pointY)
             }
+        }
+        var k0 = 0
+        while wideTiles && k0 + RVec.scalarCount <= K {
+            lane(k0, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)) { q in gload(src[q] + k0) }
+            k0 += RVec.scalarCount
+        }
+        while k0 < kp {
+            let kn = max(0, min(fvecWidth, K - k0))
+            lane(k0, T) { q in kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn)) }
+            k0 += fvecWidth
         }
     }
     func zeroRow(_ thread: Int) {

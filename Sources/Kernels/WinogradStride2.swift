@@ -66,7 +66,7 @@ struct WS2Layout {
     var offThreads = 0, offM = 0, offT = 0, offSrc = 0, offFirst = 0, offZero = 0, perThread = 0
     init(offThreads: Int = 0, offM: Int, offT: Int, cp: Int) {
         self.offThreads = offThreads; self.offM = offM; self.offT = offT
-        offSrc = offT + 81 * fvecWidth * 4
+        offSrc = offT + 81 * RVec.scalarCount * 4
         offFirst = offSrc + 81 * 8
         offZero = align64(offFirst + 3 * 81 * 8)
         perThread = offZero + align64(cp * 4) + 64
@@ -96,10 +96,9 @@ struct WS2Layout {
 
 /// The 1-D input transform of 9 samples x[-1..7]: the odd samples' F(4,2) points, then the even samples.
 @inline(__always)
-func ws2BT(_ x: (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec))
-    -> (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec) {
+func ws2BT<V: SIMD>(_ x: (V, V, V, V, V, V, V, V, V)) -> (V, V, V, V, V, V, V, V, V) where V.Scalar == Float {
     let o0 = x.0, o1 = x.2, o2 = x.4, o3 = x.6, o4 = x.8
-    let two = FVec(repeating: 2), three = FVec(repeating: 3)
+    let two = V(repeating: 2), three = V(repeating: 3)
     return (two * (o0 - o2) + (o3 - o1),
             o3 - o2 - two * o1,
             two * o1 - three * o2 + o3,
@@ -110,12 +109,12 @@ func ws2BT(_ x: (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec))
 
 /// The 1-D output transform of 9 points: 4 outputs, A^T of the odd points plus the even points.
 @inline(__always)
-func ws2AT(_ m: (FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec, FVec)) -> (FVec, FVec, FVec, FVec) {
+func ws2AT<V: SIMD>(_ m: (V, V, V, V, V, V, V, V, V)) -> (V, V, V, V) where V.Scalar == Float {
     let s12 = m.1 + m.2, d12 = m.1 - m.2
     return (m.0 + s12 + m.3 + m.5,
-            d12 + FVec(repeating: 2) * m.3 + m.6,
-            s12 + FVec(repeating: 4) * m.3 + m.7,
-            d12 + FVec(repeating: 8) * m.3 + m.4 + m.8)
+            d12 + V(repeating: 2) * m.3 + m.6,
+            s12 + V(repeating: 4) * m.3 + m.7,
+            d12 + V(repeating: 8) * m.3 + m.4 + m.8)
 }
 
 /// The 1-D kernel transform of 3 taps into the 6 classes: G (g0, g2) for the odd points, g1 for the even.
@@ -189,10 +188,8 @@ func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti:
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(sh.oh, wgOut), ceilDiv(sh.ow, wgOut))
     wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
                      H: sh.h, W: sh.w, C: C, zero: zero, into: src)
-    var c0 = 0
-    while c0 < C {
-        let cn = min(fvecWidth, C - c0)
-        @inline(__always) func ld(_ k: Int) -> FVec { cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
+    /// One vector of channels from c0: the two passes of the 9-point transform.
+    @inline(__always) func lane<W: SIMD>(_ c0: Int, _ T: UnsafeMutablePointer<W>, _ ld: (Int) -> W) where W.Scalar == Float {
         for j in 0..<ws2In {
             let r = ws2BT((ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
                            ld(63 + j), ld(72 + j)))
@@ -202,13 +199,21 @@ func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti:
         for a in 0..<ws2In {
             let t = T + a * 9
             let r = ws2BT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-            @inline(__always) func put(_ v: FVec, _ p: Int) {
-                vstore(v, V + (first[p] + ti * first[81 + p]) * cp + c0)
-            }
+            @inline(__always) func put(_ v: W, _ p: Int) { gstore(v, V + (first[p] + ti * first[81 + p]) * cp + c0) }
             let p = a * 9
             put(r.0, p); put(r.1, p + 1); put(r.2, p + 2); put(r.3, p + 3); put(r.4, p + 4)
             put(r.5, p + 5); put(r.6, p + 6); put(r.7, p + 7); put(r.8, p + 8)
         }
+    }
+    var c0 = 0
+    let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
+    while wideTiles && c0 + RVec.scalarCount <= C {
+        lane(c0, TW) { k in gload(src[k] + c0) }
+        c0 += RVec.scalarCount
+    }
+    while c0 < C {
+        let cn = min(fvecWidth, C - c0)
+        lane(c0, T) { k in cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn) }
         c0 += fvecWidth
     }
 }
@@ -223,9 +228,9 @@ func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafeP
     let oh0 = ty * wgOut, ow0 = tx * wgOut
     let rowsOut = min(wgOut, OH - oh0), colsOut = min(wgOut, OW - ow0)
     let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
-    for h in 0..<2 where h * fvecWidth < kn {
-        let hn = min(fvecWidth, kn - h * fvecWidth)
-        @inline(__always) func m(_ p: Int) -> FVec { vload(M + row(p) * convColBlock + h * fvecWidth) }
+    /// `hn` channels from column h of the block.
+    @inline(__always) func lane<W: SIMD>(_ h: Int, _ hn: Int, _ T: UnsafeMutablePointer<W>) where W.Scalar == Float {
+        @inline(__always) func m(_ p: Int) -> W { gload(M + row(p) * convColBlock + h) }
         for bp in 0..<ws2In {
             let r = ws2AT((m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
                            m(63 + bp), m(72 + bp)))
@@ -234,9 +239,16 @@ func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafeP
         for i in 0..<rowsOut {
             let t = T + i * 9
             let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h * fvecWidth, K: K,
-                       cols: colsOut, lanes: hn, accumulate: false)
+            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h, K: K, cols: colsOut, lanes: hn,
+                       accumulate: false)
         }
+    }
+    if wideTiles && kn == convColBlock {
+        lane(0, convColBlock, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self))
+        return
+    }
+    for hv in 0..<2 where hv * fvecWidth < kn {
+        lane(hv * fvecWidth, min(fvecWidth, kn - hv * fvecWidth), T)
     }
 }
 
