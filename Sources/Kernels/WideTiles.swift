@@ -99,6 +99,10 @@ func wideMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Flo
 @inline(never)
 func wideWeightTile(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
                     dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+    if c0 + wideTileRows <= C {
+        wideWeightTileWhole(x: x + c0, xStride: xStride, np: np, dy: dy, dyStride: dyStride, acc: acc + c0 * Kp, Kp: Kp)
+        return
+    }
     let last = C - 1
     @inline(__always) func ch(_ i: Int) -> Int { min(c0 + i, last) }
     let i0 = ch(0), i1 = ch(1), i2 = ch(2), i3 = ch(3), i4 = ch(4), i5 = ch(5)
@@ -122,6 +126,30 @@ func wideWeightTile(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: 
     rstore(c8v, acc + i8 * Kp); rstore(c7v, acc + i7 * Kp); rstore(c6v, acc + i6 * Kp)
     rstore(c5v, acc + i5 * Kp); rstore(c4v, acc + i4 * Kp); rstore(c3v, acc + i3 * Kp)
     rstore(c2v, acc + i2 * Kp); rstore(c1v, acc + i1 * Kp); rstore(c0v, acc + i0 * Kp)
+}
+
+/// wideWeightTile of 12 whole channels from x's first: constant offsets, so the loop keeps its
+/// pointers in registers (with clamped channel indices it spilled them).
+@inline(never)
+func wideWeightTileWhole(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>, dyStride: Int,
+                         acc a: UnsafeMutablePointer<Float>, Kp: Int) {
+    var c0 = rload(a), c1 = rload(a + Kp), c2 = rload(a + 2 * Kp), c3 = rload(a + 3 * Kp)
+    var c4 = rload(a + 4 * Kp), c5 = rload(a + 5 * Kp), c6 = rload(a + 6 * Kp), c7 = rload(a + 7 * Kp)
+    var c8 = rload(a + 8 * Kp), c9 = rload(a + 9 * Kp), c10 = rload(a + 10 * Kp), c11 = rload(a + 11 * Kp)
+    var d = dy, p = x
+    for _ in 0..<np {
+        let v = rload(d)
+        c0.addProduct(RVec(repeating: p[0]), v); c1.addProduct(RVec(repeating: p[1]), v)
+        c2.addProduct(RVec(repeating: p[2]), v); c3.addProduct(RVec(repeating: p[3]), v)
+        c4.addProduct(RVec(repeating: p[4]), v); c5.addProduct(RVec(repeating: p[5]), v)
+        c6.addProduct(RVec(repeating: p[6]), v); c7.addProduct(RVec(repeating: p[7]), v)
+        c8.addProduct(RVec(repeating: p[8]), v); c9.addProduct(RVec(repeating: p[9]), v)
+        c10.addProduct(RVec(repeating: p[10]), v); c11.addProduct(RVec(repeating: p[11]), v)
+        d += dyStride; p += xStride
+    }
+    rstore(c0, a); rstore(c1, a + Kp); rstore(c2, a + 2 * Kp); rstore(c3, a + 3 * Kp)
+    rstore(c4, a + 4 * Kp); rstore(c5, a + 5 * Kp); rstore(c6, a + 6 * Kp); rstore(c7, a + 7 * Kp)
+    rstore(c8, a + 8 * Kp); rstore(c9, a + 9 * Kp); rstore(c10, a + 10 * Kp); rstore(c11, a + 11 * Kp)
 }
 
 /// All `C` channel rows of one weight-gradient panel: acc[c][0..<16] += sum over np rows of
