@@ -42,12 +42,13 @@ extension Conv2DShape {
     var ws2PackedCount: Int { ws2Classes * ws2ClassStride }
 
     /// Tiles per block: V and M of a block (81 rows per tile) near 768 KB, in L2 beside the class
-    /// being multiplied, a multiple of the 6-row tile. At 64 -> 128 channels that is 12 tiles (6, 24
-    /// and 48 ran 3-10% slower in the step), at 128 -> 256 6 tiles (24, 48 and 96: 15-50% slower).
+    /// being multiplied, a multiple of the register tile's rows (gemmRowUnit). At 64 -> 128 channels
+    /// that is 12 tiles (6, 24 and 48 ran 3-10% slower in the step), at 128 -> 256 6 tiles with 6-row
+    /// tiles (24, 48 and 96: 15-50% slower) and 12 with wide ones (1.12x over 6 on AVX-512).
     var ws2BlockTiles: Int {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let t = max(convTileRows, (3 << 18) / (81 * (cp + kp) * 4))
-        return min(ceilDiv(ws2Tiles, convTileRows) * convTileRows, t / convTileRows * convTileRows)
+        let u = gemmRowUnit, t = max(u, (3 << 18) / (81 * (cp + kp) * 4))
+        return min(ceilDiv(ws2Tiles, u) * u, t / u * u)
     }
 
     /// Per-thread scratch: V [81 rows per tile][C], M [81 rows per tile][K] (and 6 rows of slack for
