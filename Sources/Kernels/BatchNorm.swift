@@ -68,15 +68,15 @@ func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
 /// into the parallel loop: a closure captured by the parallel body stayed an indirect call per vector.
 protocol BNColumnTerms {
     /// `g`: the group pixel row p belongs to.
-    func terms(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (FVec, FVec)
+    func terms<V: FloatVector>(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (V, V)
 }
 
 /// Forward statistics: u = v = x - shift of the pixel's group.
 struct BNShiftedInput: BNColumnTerms {
     /// shift: one row of padded C floats per group.
     let x: UnsafePointer<Float>, shift: UnsafePointer<Float>, C: Int, cp: Int
-    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (FVec, FVec) {
-        let u = vloadN(x + p * C + c, n) - vload(shift + g * cp + c)
+    @inline(__always) func terms<V: FloatVector>(_ p: Int, _ c: Int, _ n: Int, _ g: Int) -> (V, V) {
+        let u: V = gloadN(x + p * C + c, n) - gload(shift + g * cp + c)
         return (u, u)
     }
 }
@@ -87,15 +87,15 @@ struct BNGradTerms: BNColumnTerms {
     let dy: UnsafePointer<Float>, y: UnsafePointer<Float>?, x: UnsafePointer<Float>, mean: UnsafePointer<Float>
     let C: Int, relu: Bool
     var maskScale: UnsafePointer<Float>? = nil, beta: UnsafePointer<Float>? = nil
-    @inline(__always) func terms(_ p: Int, _ c: Int, _ n: Int, _ group: Int) -> (FVec, FVec) {
-        var g = vloadN(dy + p * C + c, n)
-        let xm = vloadN(x + p * C + c, n) - vloadN(mean + c, n)
+    @inline(__always) func terms<V: FloatVector>(_ p: Int, _ c: Int, _ n: Int, _ group: Int) -> (V, V) {
+        var g: V = gloadN(dy + p * C + c, n)
+        let xm: V = gloadN(x + p * C + c, n) - gloadN(mean + c, n)
         if relu {
             if let y {
-                g = g.replacing(with: 0, where: vloadN(y + p * C + c, n) .<= 0)
+                g = g.zeroed(whereNotPositive: gloadN(y + p * C + c, n))
             } else if let maskScale, let beta {
-                let v = bnAffine(centred: xm, scale: vloadN(maskScale + c, n), shift: vloadN(beta + c, n))
-                g = g.replacing(with: 0, where: v .<= 0)
+                let v = bnAffine(centred: xm, scale: gloadN(maskScale + c, n), shift: gloadN(beta + c, n))
+                g = g.zeroed(whereNotPositive: v)
             }
         }
         return (g, xm)
@@ -126,14 +126,11 @@ func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int
                     s1.initialize(repeating: 0, count: 2 * cp)
                     for q in p..<pe {
                         var c = 0
-                        while c < C {
-                            let (u, v) = f.terms(q, c, min(fvecWidth, C - c), g)
-                            vstore(vload(s1 + c) + u, s1 + c)
-                            var a = vload(s2 + c)
-                            a.addProduct(u, v)
-                            vstore(a, s2 + c)
-                            c += fvecWidth
+                        while wideTiles && c + RVec.scalarCount <= C {
+                            bnSumChunk(f, q, c, RVec.scalarCount, g, s1, s2, RVec.self)
+                            c += RVec.scalarCount
                         }
+                        while c < C { bnSumChunk(f, q, c, min(fvecWidth, C - c), g, s1, s2, FVec.self); c += fvecWidth }
                     }
                     for c in 0..<C { d[c] += Double(s1[c]); d[C + c] += Double(s2[c]) }
                     p = pe
@@ -141,6 +138,17 @@ func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int
             }
         }
     }
+}
+
+/// s1[c..] += u, s2[c..] += u * v for one vector of channels of pixel row q (bnColumnSums).
+@inline(__always)
+func bnSumChunk<T: BNColumnTerms, V: FloatVector>(_ f: T, _ q: Int, _ c: Int, _ n: Int, _ g: Int,
+                                                  _ s1: UnsafeMutablePointer<Float>, _ s2: UnsafeMutablePointer<Float>, _: V.Type) {
+    let (u, v): (V, V) = f.terms(q, c, n, g)
+    gstore(gload(s1 + c) + u, s1 + c)
+    var a: V = gload(s2 + c)
+    a.addProduct(u, v)
+    gstore(a, s2 + c)
 }
 
 /// Reduces the per-thread Double sums of channel c (of group g).
@@ -177,24 +185,32 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanB
             let g = groups == 1 ? 0 : p / gp
             let mean = meanBase + g * groupStride, scale = scaleBase + g * groupStride
             let xr = x + p * C, yr = y + p * C
-            @inline(__always) func normalised(_ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>,
-                                              _ scale: UnsafePointer<Float>, _ shift: UnsafePointer<Float>, _ c: Int, _ n: Int) -> FVec {
-                bnAffine(centred: vloadN(x + c, n) - vloadN(mean + c, n), scale: vloadN(scale + c, n), shift: vloadN(shift + c, n))
-            }
+            let rr = residual.map { $0 + p * C }
+            let ad = addend.map { a in BNAddend(x: a.x + p * C, mean: a.mean + g * groupStride, scale: a.scale + g * groupStride,
+                                                shift: a.shift) }
             var c = 0
-            while c < C {
-                let n = min(fvecWidth, C - c)
-                var v = normalised(xr, mean, scale, shift, c, n)
-                if let residual { v = v + vloadN(residual + p * C + c, n) }
-                if let a = addend {
-                    v = v + normalised(a.x + p * C, a.mean + g * groupStride, a.scale + g * groupStride, a.shift, c, n)
-                }
-                if relu { v = v.replacing(with: 0, where: v .< 0) }
-                vstoreN(v, yr + c, n)
-                c += fvecWidth
+            while wideTiles && c + RVec.scalarCount <= C {
+                bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, RVec.scalarCount, RVec.self)
+                c += RVec.scalarCount
             }
+            while c < C { bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, min(fvecWidth, C - c), FVec.self); c += fvecWidth }
         }
     }
+}
+
+/// One vector of channels of one pixel row of bnApply (`residual` and `addend` at that row).
+@inline(__always)
+func bnApplyChunk<V: FloatVector>(_ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>, _ scale: UnsafePointer<Float>,
+                           _ shift: UnsafePointer<Float>, _ residual: UnsafePointer<Float>?, _ addend: BNAddend?, _ relu: Bool,
+                           _ y: UnsafeMutablePointer<Float>, _ c: Int, _ n: Int, _: V.Type) {
+    var v: V = bnAffine(centred: gloadN(x + c, n) - gloadN(mean + c, n), scale: gloadN(scale + c, n), shift: gloadN(shift + c, n))
+    if let residual { v = v + gloadN(residual + c, n) }
+    if let a = addend {
+        v = v + bnAffine(centred: gloadN(a.x + c, n) - gloadN(a.mean + c, n), scale: gloadN(a.scale + c, n),
+                         shift: gloadN(a.shift + c, n))
+    }
+    if relu { v = v.relu() }
+    gstoreN(v, y + c, n)
 }
 
 /// y = max(BN(x) + BN'(addend.x), 0) of two batch norms from their rows (batchNormTrainingStatistics or
@@ -400,18 +416,29 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
         for p in lo..<hi {
             var c = 0
+            while wideTiles && c + RVec.scalarCount <= C {
+                bnBackwardChunk(terms, p, c, RVec.scalarCount, k1, k2, k3, dx + p * C, accumulate, RVec.self)
+                c += RVec.scalarCount
+            }
             while c < C {
-                let n = min(fvecWidth, C - c)
-                let (g, xm) = terms.terms(p, c, n, 0)
-                var v = vload(k3 + c)
-                v.addProduct(vload(k1 + c), g)
-                v.addProduct(vload(k2 + c), xm)
-                if accumulate { v += vloadN(dx + p * C + c, n) }
-                vstoreN(v, dx + p * C + c, n)
+                bnBackwardChunk(terms, p, c, min(fvecWidth, C - c), k1, k2, k3, dx + p * C, accumulate, FVec.self)
                 c += fvecWidth
             }
         }
     }
+}
+
+/// dx[c..] (=/+=) k3 + k1 g + k2 (x - mean) for one vector of channels of pixel row p (backward).
+@inline(__always)
+func bnBackwardChunk<V: FloatVector>(_ terms: BNGradTerms, _ p: Int, _ c: Int, _ n: Int, _ k1: UnsafePointer<Float>,
+                              _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+                              _ accumulate: Bool, _: V.Type) {
+    let (g, xm): (V, V) = terms.terms(p, c, n, 0)
+    var v: V = gload(k3 + c)
+    v.addProduct(gload(k1 + c), g)
+    v.addProduct(gload(k2 + c), xm)
+    if accumulate { v += gloadN(dx + c, n) }
+    gstoreN(v, dx + c, n)
 }
 
 // MARK: - Naive references (Double accumulation, two passes)

@@ -28,6 +28,26 @@ public let simdBuildName = "NEON"
 let wideTilesDefault = false
 #endif
 
+/// The float vectors the generic kernels run on (FVec, RVec). Comparisons go through these
+/// requirements, which use the concrete types' vector compares: in a generic body the SIMD
+/// protocol's comparison operators compile to a loop over lanes (batch norm ran 12x slower).
+protocol FloatVector: SIMD where Scalar == Float {
+    /// max(self, 0) with the bits of replacing(with: 0, where: self .< 0) (-0 and NaN kept).
+    func relu() -> Self
+    /// self with 0 in the lanes where m <= 0.
+    func zeroed(whereNotPositive m: Self) -> Self
+}
+
+extension SIMD8: FloatVector where Scalar == Float {
+    @inline(__always) func relu() -> Self { replacing(with: 0, where: self .< 0) }
+    @inline(__always) func zeroed(whereNotPositive m: Self) -> Self { replacing(with: 0, where: m .<= 0) }
+}
+
+extension SIMD16: FloatVector where Scalar == Float {
+    @inline(__always) func relu() -> Self { replacing(with: 0, where: self .< 0) }
+    @inline(__always) func zeroed(whereNotPositive m: Self) -> Self { replacing(with: 0, where: m .<= 0) }
+}
+
 /// Float vector loads and stores of any width (the transforms are generic over FVec and RVec).
 @inline(__always) func gload<V: SIMD>(_ p: UnsafePointer<Float>) -> V where V.Scalar == Float {
     UnsafeRawPointer(p).loadUnaligned(as: V.self)
@@ -35,6 +55,20 @@ let wideTilesDefault = false
 
 @inline(__always) func gstore<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>) where V.Scalar == Float {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
+}
+
+/// Loads `n <= V.scalarCount` lanes, zero-filling the rest.
+@inline(__always) func gloadN<V: SIMD>(_ p: UnsafePointer<Float>, _ n: Int) -> V where V.Scalar == Float {
+    if n == V.scalarCount { return gload(p) }
+    var v = V()
+    for i in 0..<n { v[i] = p[i] }
+    return v
+}
+
+/// Stores the first `n <= V.scalarCount` lanes.
+@inline(__always) func gstoreN<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, _ n: Int) where V.Scalar == Float {
+    if n == V.scalarCount { gstore(v, p); return }
+    for i in 0..<n { p[i] = v[i] }
 }
 
 @inline(__always) @usableFromInline

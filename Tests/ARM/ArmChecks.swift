@@ -191,7 +191,16 @@ let bnShapes: [BatchNormShape] = [
     BatchNormShape(pixels: 1100, channels: 5),
 ]
 
+/// Both vector widths, as checkConv (wide: 16 channels per vector while whole).
 func checkBatchNorm() {
+    for wide in [wideTiles, !wideTiles] {
+        wideTiles = wide
+        checkBatchNormShapes(tiles: wide ? " wide" : "")
+    }
+    wideTiles = !wideTiles
+}
+
+func checkBatchNormShapes(tiles: String) {
     for (i, sh) in bnShapes.enumerated() {
         var rng = RNG(seed: UInt64(10 + i))
         let C = sh.channels
@@ -201,7 +210,7 @@ func checkBatchNorm() {
         let gamma = Buf(random: C, &rng, 0.5, 1.5), beta = Buf(random: C, &rng, -0.5, 0.5)
         let rm = Buf(random: C, &rng), rv = Buf(random: C, &rng, 0.5, 2)
         let sc = scratch(batchNormScratchBytes(sh, threads: Threads.count))
-        let d = "P\(sh.pixels) C\(C)"
+        let d = "P\(sh.pixels) C\(C)" + tiles
         for relu in [false, true] {
             let tag = relu ? " +relu" : ""
             let y = Buf(sh.count), mean = Buf(C), inv = Buf(C), frm = rm.copy(), frv = rv.copy()

@@ -66,6 +66,36 @@ final class BatchNormTests: XCTestCase {
         return b
     }
 
+    /// With wide tiles (the AVX-512 default) batch norm runs 16 channels per vector while whole and 8
+    /// past them: the same bits as 8 at a time, forward and backward, with and without ReLU. Channels
+    /// 13-72 cover no whole 16, whole ones only, and whole ones with 8- and 4-lane tails.
+    func testWideAndNarrowVectorsGiveTheSameBits() {
+        let saved = wideTiles
+        defer { wideTiles = saved }
+        let shapes = Self.shapes + [BatchNormShape(pixels: 300, channels: 40), BatchNormShape(pixels: 310, channels: 72),
+                                    BatchNormShape(pixels: 90, channels: 20)]
+        forEachThreadCount { threads in
+            for (i, sh) in shapes.enumerated() {
+                var rng = TestRNG(seed: UInt64(700 + i))
+                let x = rng.array(sh.count), dy = rng.array(sh.count)
+                let p = params(sh.channels, &rng)
+                for relu in [false, true] {
+                    wideTiles = false
+                    let fN = forward(sh, x, p, relu: relu, naive: false), bN = backward(sh, x, fN, dy, p, relu: relu, naive: false)
+                    wideTiles = true
+                    let fW = forward(sh, x, p, relu: relu, naive: false), bW = backward(sh, x, fW, dy, p, relu: relu, naive: false)
+                    let tag = "\(sh) relu \(relu) threads \(threads)"
+                    XCTAssertEqual(fW.y, fN.y, "y \(tag)")
+                    XCTAssertEqual(fW.mean, fN.mean, "mean \(tag)")
+                    XCTAssertEqual(fW.inv, fN.inv, "invstd \(tag)")
+                    XCTAssertEqual(bW.dx, bN.dx, "dx \(tag)")
+                    XCTAssertEqual(bW.dg, bN.dg, "dgamma \(tag)")
+                    XCTAssertEqual(bW.db, bN.db, "dbeta \(tag)")
+                }
+            }
+        }
+    }
+
     /// Mean far from zero (x ~ 100 + U(-1, 1)): the shifted sums must keep the variance accurate.
     func testTrainingForwardMatchesNaiveWithLargeMean() {
         forEachThreadCount { threads in
