@@ -144,10 +144,11 @@ struct BenchError: Error, CustomStringConvertible {
 /// Times forward, backward-data and backward-weights of one convolution after spot-checking each
 /// against a direct sum. Returns (op, median seconds).
 func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
-    var rng = SystemRandomNumberGenerator()
-    let x = (0..<sh.inputCount).map { _ in Float.random(in: -1...1, using: &rng) }
-    let w = (0..<sh.weightCount).map { _ in Float.random(in: -0.1...0.1, using: &rng) }
-    let dy = (0..<sh.outputCount).map { _ in Float.random(in: -1...1, using: &rng) }
+    // Seeded (SplitMix64): the system generator made a getrandom call per float, seconds per shape.
+    var rng = SplitMix64(seed: UInt64(sh.c * 1000 + sh.h))
+    let x = (0..<sh.inputCount).map { _ in rng.uniform(-1, 1) }
+    let w = (0..<sh.weightCount).map { _ in rng.uniform(-0.1, 0.1) }
+    let dy = (0..<sh.outputCount).map { _ in rng.uniform(-1, 1) }
     var pf = [Float](repeating: 0, count: sh.packedForwardCount)
     var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
     var y = [Float](repeating: 0, count: sh.outputCount)
