@@ -551,7 +551,20 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         } else {
             let pointStride = sh.wgPointStride
             for pt in 0..<wgPoints {
-                for b in kbLo..<kbHi { gemm(pt, b, u + pt * pointStride + b * C * convColBlock) }
+                var b = kbLo
+                while b < kbHi {
+                    let panel = u + pt * pointStride + b * C * convColBlock
+                    if wideTiles && b + 1 < kbHi {
+                        // Two output blocks per register tile (their panels C * 16 floats apart).
+                        let o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
+                        wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
+                                             stride: cs, panel: panel, panel2: panel + C * convColBlock, depth: C)
+                        b += 2
+                    } else {
+                        gemm(pt, b, panel)
+                        b += 1
+                    }
+                }
             }
         }
         // 3. Output transform: y[tile] (=/+=) A^T M A, 16 output channels at a time.
