@@ -104,7 +104,8 @@ extension Conv2DShape {
         if fused {
             // By output block: one item per block of 16 output channels, taken by whichever thread is
             // free; each transforms its kernels, multiplies and writes its outputs with a 152 KB M.
-            kGroups = wgFusedByOutputBlock ? kb : min(t, kb)
+            // (Two blocks per item with wide tiles, which multiply two output blocks at once.)
+            kGroups = wgFusedByOutputBlock ? ceilDiv(kb, wideTiles ? 2 : 1) : min(t, kb)
             target = min(tiles, wgFusedTiles)
         } else if wgPoints * c * kp * 4 > (4 << 20) && kb >= t && t > 1 {
             kGroups = t
@@ -123,13 +124,12 @@ extension Conv2DShape {
         // Per-thread scratch: V, M, the transform's 36 vectors, tile pointers, a zero row, and with
         // fused weights one row of 6 points of one output block's transformed kernels.
         var p = WGForwardPlan(blocks: blocks, kGroups: kGroups, kbPerGroup: kbPerGroup, tb: tb, fused: fused)
-        p.blockOuter = wgFusedByOutputBlock
         p.offM = align64(wgPoints * tb * (cp >= 512 ? wgSkewed(cp) : cp) * 4)
         p.offT = p.offM + align64(wgPoints * tb * kbPerGroup * convColBlock * 4)
         p.offSrc = p.offT + wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offUb = p.offZero + align64(cp * 4)
-        p.perThreadBytes = p.offUb + (fused ? align64(wgIn * wgFusedRowStride * 4) : 0) + 64
+        p.perThreadBytes = p.offUb + (fused ? 2 * align64(wgIn * wgFusedRowStride * 4) : 0) + 64
         return p
     }
 }
@@ -137,8 +137,6 @@ extension Conv2DShape {
 /// How a Winograd forward splits its work and lays out each thread's scratch (byte offsets).
 struct WGForwardPlan {
     var blocks: Int, kGroups: Int, kbPerGroup: Int, tb: Int, fused: Bool
-    /// Fused weights: each output block's 6 rows in turn, not each row's output blocks.
-    var blockOuter = false
     var offM = 0, offT = 0, offSrc = 0, offZero = 0, offUb = 0, perThreadBytes = 0
 }
 
@@ -536,18 +534,33 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
-            // output block's kernels are transformed for it (or, plan.blockOuter, one output block at a
-            // time, so its raw kernels stay in L2 while its 6 rows are transformed).
+            // output block's kernels are transformed for it (by output block, wgFusedByOutputBlock, an
+            // item has one output block, two with wide tiles, whose raw kernels stay in L2 while its 6
+            // rows are transformed).
             let rowStride = sh.wgFusedRowStride
             func rowOfBlock(_ i: Int, _ b: Int) {
                 wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
                 for j in 0..<wgIn { gemm(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride)) }
             }
-            if plan.blockOuter {
-                for b in kbLo..<kbHi { for i in 0..<wgIn { rowOfBlock(i, b) } }
-            } else {
-                for i in 0..<wgIn { for b in kbLo..<kbHi { rowOfBlock(i, b) } }
+            /// Row i of blocks b and b + 1 (wide tiles: both blocks in each register tile).
+            func rowOfPair(_ i: Int, _ b: Int) {
+                let Ub2 = Ub + wgIn * rowStride
+                wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
+                wgTransformKernelRow(u + (b + 1) * C * 9 * convColBlock, channels: C, row: i, out: Ub2, pointStride: rowStride)
+                for j in 0..<wgIn {
+                    let pt = i * wgIn + j, o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
+                    wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt, stride: cs,
+                                         panel: Ub + j * rowStride, panel2: Ub2 + j * rowStride, depth: C)
+                }
             }
+            /// Row i of the blocks from b on: in pairs with wide tiles.
+            func rowOfBlocks(_ i: Int, _ lo: Int, _ hi: Int) {
+                var b = lo
+                while b < hi {
+                    if wideTiles && b + 1 < hi { rowOfPair(i, b); b += 2 } else { rowOfBlock(i, b); b += 1 }
+                }
+            }
+            for i in 0..<wgIn { rowOfBlocks(i, kbLo, kbHi) }
         } else {
             let pointStride = sh.wgPointStride
             for pt in 0..<wgPoints {
