@@ -280,9 +280,18 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
             // 2. One GEMM per class: M[class][kb][class rows][16] = V[class rows][:] x U[class][kb][:][16].
             for q in 0..<ws2Classes {
                 let rows = nt * ws2Mult(q), r0q = ws2ClassRow(q, nt)
-                for bi in 0..<kb {
-                    wgMultiplyRows(M + (r0q * kb + bi * rows) * convColBlock, UnsafePointer(V + r0q * cp), count: rows,
-                                   stride: cp, panel: u + q * cs + bi * C * convColBlock, depth: C)
+                var bi = 0
+                while bi < kb {
+                    let o = M + (r0q * kb + bi * rows) * convColBlock, panel = u + q * cs + bi * C * convColBlock
+                    if wideTiles && bi + 1 < kb {
+                        // Two output blocks per register tile.
+                        wideMultiplyRowsPair(o, o + rows * convColBlock, UnsafePointer(V + r0q * cp), count: rows, stride: cp,
+                                             panel: panel, panel2: panel + C * convColBlock, depth: C)
+                        bi += 2
+                    } else {
+                        wgMultiplyRows(o, UnsafePointer(V + r0q * cp), count: rows, stride: cp, panel: panel, depth: C)
+                        bi += 1
+                    }
                 }
             }
             // 3. Output transform. M row of point p: its class's start (all blocks of the earlier
