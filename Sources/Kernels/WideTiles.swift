@@ -210,6 +210,60 @@ func wideWeightTileWhole(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: Uns
     rstore(c8, a + 8 * Kp); rstore(c9, a + 9 * Kp); rstore(c10, a + 10 * Kp); rstore(c11, a + 11 * Kp)
 }
 
+/// wideWeightTileWhole for two output blocks: acc and acc2 (each 12 rows `Kp` apart) from dy and dy2.
+@inline(never)
+func wideWeightTileWholePair(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>,
+                             dy2: UnsafePointer<Float>, dyStride: Int, acc a: UnsafeMutablePointer<Float>,
+                             acc2 e: UnsafeMutablePointer<Float>, Kp: Int) {
+    var c0 = rload(a), c1 = rload(a + Kp), c2 = rload(a + 2 * Kp), c3 = rload(a + 3 * Kp)
+    var c4 = rload(a + 4 * Kp), c5 = rload(a + 5 * Kp), c6 = rload(a + 6 * Kp), c7 = rload(a + 7 * Kp)
+    var c8 = rload(a + 8 * Kp), c9 = rload(a + 9 * Kp), c10 = rload(a + 10 * Kp), c11 = rload(a + 11 * Kp)
+    var e0 = rload(e), e1 = rload(e + Kp), e2 = rload(e + 2 * Kp), e3 = rload(e + 3 * Kp)
+    var e4 = rload(e + 4 * Kp), e5 = rload(e + 5 * Kp), e6 = rload(e + 6 * Kp), e7 = rload(e + 7 * Kp)
+    var e8 = rload(e + 8 * Kp), e9 = rload(e + 9 * Kp), e10 = rload(e + 10 * Kp), e11 = rload(e + 11 * Kp)
+    var d = dy, d2 = dy2, p = x
+    for _ in 0..<np {
+        let v = rload(d), w = rload(d2)
+        var t = RVec(repeating: p[0]); c0.addProduct(t, v); e0.addProduct(t, w)
+        t = RVec(repeating: p[1]); c1.addProduct(t, v); e1.addProduct(t, w)
+        t = RVec(repeating: p[2]); c2.addProduct(t, v); e2.addProduct(t, w)
+        t = RVec(repeating: p[3]); c3.addProduct(t, v); e3.addProduct(t, w)
+        t = RVec(repeating: p[4]); c4.addProduct(t, v); e4.addProduct(t, w)
+        t = RVec(repeating: p[5]); c5.addProduct(t, v); e5.addProduct(t, w)
+        t = RVec(repeating: p[6]); c6.addProduct(t, v); e6.addProduct(t, w)
+        t = RVec(repeating: p[7]); c7.addProduct(t, v); e7.addProduct(t, w)
+        t = RVec(repeating: p[8]); c8.addProduct(t, v); e8.addProduct(t, w)
+        t = RVec(repeating: p[9]); c9.addProduct(t, v); e9.addProduct(t, w)
+        t = RVec(repeating: p[10]); c10.addProduct(t, v); e10.addProduct(t, w)
+        t = RVec(repeating: p[11]); c11.addProduct(t, v); e11.addProduct(t, w)
+        d += dyStride; d2 += dyStride; p += xStride
+    }
+    rstore(c0, a); rstore(c1, a + Kp); rstore(c2, a + 2 * Kp); rstore(c3, a + 3 * Kp)
+    rstore(c4, a + 4 * Kp); rstore(c5, a + 5 * Kp); rstore(c6, a + 6 * Kp); rstore(c7, a + 7 * Kp)
+    rstore(c8, a + 8 * Kp); rstore(c9, a + 9 * Kp); rstore(c10, a + 10 * Kp); rstore(c11, a + 11 * Kp)
+    rstore(e0, e); rstore(e1, e + Kp); rstore(e2, e + 2 * Kp); rstore(e3, e + 3 * Kp)
+    rstore(e4, e + 4 * Kp); rstore(e5, e + 5 * Kp); rstore(e6, e + 6 * Kp); rstore(e7, e + 7 * Kp)
+    rstore(e8, e + 8 * Kp); rstore(e9, e + 9 * Kp); rstore(e10, e + 10 * Kp); rstore(e11, e + 11 * Kp)
+}
+
+/// weightTilesStrided of two output blocks (dy into acc, dy2 into acc2) with wide tiles: whole 12-channel
+/// tiles in pairs, the rest one block at a time.
+@inline(__always)
+func weightTilesStridedPair(x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int, dy: UnsafePointer<Float>,
+                            dy2: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>,
+                            acc2: UnsafeMutablePointer<Float>, Kp: Int) {
+    var c0 = 0
+    while c0 + wideTileRows <= C {
+        wideWeightTileWholePair(x: x + c0, xStride: xStride, np: np, dy: dy, dy2: dy2, dyStride: dyStride,
+                                acc: acc + c0 * Kp, acc2: acc2 + c0 * Kp, Kp: Kp)
+        c0 += wideTileRows
+    }
+    if c0 < C {
+        wideWeightTile(x: x, xStride: xStride, np: np, c0: c0, C: C, dy: dy, dyStride: dyStride, acc: acc, Kp: Kp)
+        wideWeightTile(x: x, xStride: xStride, np: np, c0: c0, C: C, dy: dy2, dyStride: dyStride, acc: acc2, Kp: Kp)
+    }
+}
+
 /// All `C` channel rows of one weight-gradient panel: acc[c][0..<16] += sum over np rows of
 /// x[j][c] dy[j][0..<16], in wide tiles of 12 channels or the 6-row tiles of bwdWeightTileStrided.
 @inline(__always)

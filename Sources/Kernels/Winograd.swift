@@ -727,7 +727,8 @@ extension Conv2DShape {
         p.offSrc = wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
-        p.perThread = align64(p.offPart + (allTiles ? wgPoints * cBlock : c) * convColBlock * 4 + 64)
+        // (Twice the partial sums: wide tiles sum two output blocks at once.)
+        p.perThread = align64(p.offPart + 2 * (allTiles ? wgPoints * cBlock : c) * convColBlock * 4 + 64)
         if own {
             p.offOwnV = p.perThread
             p.offOwnY = p.offOwnV + align64(p.v * 4)
@@ -865,26 +866,35 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     /// u[point pt][c][k0..<k0+16] += V[pt]^T Y[pt] over a block of nt tiles. A block after the first
     /// sums from zero into `thread`'s partial sums, then joins u: float rounding grows with the
     /// length of a sum, and this keeps it to one block.
+    /// (`pair`: output channels k0..<k0+32, two blocks at once with wide tiles.)
     func sumBlock(_ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
-                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int) {
-        let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * convColBlock)
+                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, pair: Bool = false) {
+        let w = pair ? 2 * convColBlock : convColBlock
+        let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * w)
         let u = dUBase + pt * pointU + k0
-        if !first { part.initialize(repeating: 0, count: C * convColBlock) }
+        if !first { part.initialize(repeating: 0, count: C * w) }
         let dyPanel = UnsafePointer(Y + pt * pointY + (k0 / convColBlock) * tb * convColBlock)
         for cb in 0..<cBlocks {
             let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
             let panel = UnsafePointer(V + pt * pointV + cb * tb * cBlk)
-            let acc = first ? u + cLo * kp : part + cLo * convColBlock
-            weightTilesStrided(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dyStride: convColBlock, acc: acc,
-                               Kp: first ? kp : convColBlock)
+            let acc = first ? u + cLo * kp : part + cLo * w, Kp = first ? kp : w
+            if pair {
+                weightTilesStridedPair(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dy2: dyPanel + tb * convColBlock,
+                                       dyStride: convColBlock, acc: acc, acc2: acc + convColBlock, Kp: Kp)
+            } else {
+                weightTilesStrided(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dyStride: convColBlock, acc: acc, Kp: Kp)
+            }
         }
         if !first {
             for c in 0..<C {
-                let d = u + c * kp, q = part + c * convColBlock
-                vstore(vload(d) + vload(q), d); vstore(vload(d + fvecWidth) + vload(q + fvecWidth), d + fvecWidth)
+                let d = u + c * kp, q = part + c * w
+                var j = 0
+                while j < w { vstore(vload(d + j) + vload(q + j), d + j); j += fvecWidth }
             }
         }
     }
+    /// Output blocks per sumBlock: two with wide tiles (when there are two).
+    let kStep = wideTiles ? 2 : 1
     /// dW[k][c][r][s] (+)= sum over point rows `rows` (dU's first) and all j of G[i][r] G[j][s] dU[i][j][c][k],
     /// after adding the other threads' own sums (in thread order) into dU.
     func fold(_ rows: Range<Int>, accumulate acc: Bool) {
@@ -930,8 +940,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             let nt = min(tb, hi - t0)
             for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: slot) }
             for pt in 0..<pts {
-                for b in 0..<kb {
-                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot)
+                for b in stride(from: 0, to: kb, by: kStep) {
+                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, pair: b + 1 < kb && kStep == 2)
                 }
             }
             t0 += nt
@@ -970,11 +980,13 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                 zeroRow(thread)
                 for ti in lo..<hi { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: thread) }
             }
-            // One (point, 16 output channels) per item.
-            parallelForDynamic(pts * kb, chunksPerThread: 8) { lo, hi, thread in
+            // One (point, 16 output channels; 32 with wide tiles) per item.
+            let kUnits = ceilDiv(kb, kStep)
+            parallelForDynamic(pts * kUnits, chunksPerThread: 8) { lo, hi, thread in
                 for item in lo..<hi {
-                    sumBlock(item / kb, (item % kb) * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0,
-                               thread: thread)
+                    let b = (item % kUnits) * kStep
+                    sumBlock(item / kUnits, b * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0, thread: thread,
+                             pair: b + 1 < kb && kStep == 2)
                 }
             }
             t0 += nt
@@ -995,26 +1007,39 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
     let cBlocks = ceilDiv(C, cBlk)
     let pointV = tiles * cBlocks * cBlk, pointY = tiles * kb * convColBlock
     let pointU = cBlk * convColBlock
-    // Items by input-channel block first, so a thread's consecutive items share V's columns.
-    parallelForDynamic(cBlocks * kb, chunk: 1) { lo, hi, thread in
+    // Items by input-channel block first, so a thread's consecutive items share V's columns; with
+    // wide tiles an item has two output blocks (a dU each), summed at once.
+    let kStep = wideTiles ? 2 : 1, kUnits = ceilDiv(kb, kStep)
+    parallelForDynamic(cBlocks * kUnits, chunk: 1) { lo, hi, thread in
         let mine = perThreadBase + thread * plan.perThread
-        let dU = (mine + plan.offPart).bindMemory(to: Float.self, capacity: wgPoints * pointU)
+        let dU = (mine + plan.offPart).bindMemory(to: Float.self, capacity: 2 * wgPoints * pointU)
+        let dU2 = dU + wgPoints * pointU
         for item in lo..<hi {
-            let cb = item / kb, k0 = (item % kb) * convColBlock
+            let cb = item / kUnits, k0 = (item % kUnits) * kStep * convColBlock
+            let pair = kStep == 2 && k0 + convColBlock < K
             let cLo = cb * cBlk, cn = min(cBlk, C - cLo)
-            dU.initialize(repeating: 0, count: wgPoints * pointU)
+            dU.initialize(repeating: 0, count: (pair ? 2 : 1) * wgPoints * pointU)
             for pt in 0..<wgPoints {
                 let panel = UnsafePointer(V + pt * pointV + cb * tiles * cBlk)
                 let dyPanel = UnsafePointer(Y + pt * pointY + k0 * tiles)
-                weightTilesStrided(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel, dyStride: convColBlock,
-                                   acc: dU + pt * pointU, Kp: convColBlock)
+                if pair {
+                    weightTilesStridedPair(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel,
+                                           dy2: dyPanel + tiles * convColBlock, dyStride: convColBlock, acc: dU + pt * pointU,
+                                           acc2: dU2 + pt * pointU, Kp: convColBlock)
+                } else {
+                    weightTilesStrided(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel, dyStride: convColBlock,
+                                       acc: dU + pt * pointU, Kp: convColBlock)
+                }
             }
-            for h in 0..<2 {
-                let kk = k0 + h * fvecWidth, kn = min(fvecWidth, K - kk)
-                if kn <= 0 { continue }
-                for c in 0..<cn {
-                    wgFoldPoints(UnsafePointer(dU + c * convColBlock + h * fvecWidth), pointU: pointU, rows: 0..<wgIn,
-                                 into: dw + (kk * C + cLo + c) * 9, outputs: kn, outputStride: C * 9, accumulate: accumulate)
+            for half in 0..<(pair ? 2 : 1) {
+                let blockU = half == 0 ? dU : dU2, kb0 = k0 + half * convColBlock
+                for h in 0..<2 {
+                    let kk = kb0 + h * fvecWidth, kn = min(fvecWidth, K - kk)
+                    if kn <= 0 { continue }
+                    for c in 0..<cn {
+                        wgFoldPoints(UnsafePointer(blockU + c * convColBlock + h * fvecWidth), pointU: pointU, rows: 0..<wgIn,
+                                     into: dw + (kk * C + cLo + c) * 9, outputs: kn, outputStride: C * 9, accumulate: accumulate)
+                    }
                 }
             }
         }
