@@ -287,14 +287,13 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
     var c0 = 0
     let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
     while wideTiles && c0 + RVec.scalarCount <= C {
-        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gload(src[k] + c0) }
-        c0 += RVec.scalarCount
+        let n = RVec.scalarCount
+        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gloadN(src[k] + c0, n) }
+        c0 += n
     }
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
-        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
-            cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)
-        }
+        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gloadN(src[k] + c0, cn) }
         c0 += fvecWidth
     }
 }
@@ -310,24 +309,28 @@ func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channe
     var c0 = 0
     let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
     while wideTiles && c0 + RVec.scalarCount <= C {
-        let mu: RVec = gload(mean + c0), sc: RVec = gload(scale + c0), sh: RVec = gload(shift + c0)
-        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
-            var v = bnAffine(centred: gload(src[k] + c0) - mu, scale: sc, shift: sh)
-            v = v.replacing(with: 0, where: v .< 0)
-            return src[k] == zero ? RVec() : v
-        }
+        wgInputLaneAffine(src, c0: c0, n: RVec.scalarCount, temp: TW, out: out + wgChannelOffset(c0, blocks),
+                          pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
+                          shift: shift, zero: zero)
         c0 += RVec.scalarCount
     }
     while c0 < C {
-        let cn = min(fvecWidth, C - c0)
-        let mu = vload(mean + c0), sc = vload(scale + c0), sh = vloadN(shift + c0, cn)
-        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
-            var v = bnAffine(centred: (cn == fvecWidth ? vload(src[k] + c0) : vloadPartial(src[k] + c0, cn)) - mu,
-                             scale: sc, shift: sh)
-            v = v.replacing(with: 0, where: v .< 0)
-            return src[k] == zero ? FVec() : v
-        }
+        wgInputLaneAffine(src, c0: c0, n: min(fvecWidth, C - c0), temp: T, out: out + wgChannelOffset(c0, blocks),
+                          pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
+                          shift: shift, zero: zero)
         c0 += fvecWidth
+    }
+}
+
+/// wgInputTileAffine's lanes c0..<c0+n (one vector of V; mean and scale padded to whole vectors).
+@inline(__always)
+func wgInputLaneAffine<V: FloatVector>(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, c0: Int, n: Int,
+                                       temp T: UnsafeMutablePointer<V>, out: UnsafeMutablePointer<Float>, pointStride: Int,
+                                       firstRow: Int, rowCount: Int, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                       shift: UnsafePointer<Float>, zero: UnsafePointer<Float>) {
+    let mu: V = gload(mean + c0), sc: V = gload(scale + c0), sh: V = gloadN(shift + c0, n)
+    wgInputLane(T, out, pointStride, firstRow, rowCount) { k in
+        src[k] == zero ? V() : bnAffine(centred: gloadN(src[k] + c0, n) - mu, scale: sc, shift: sh).relu()
     }
 }
 
@@ -532,6 +535,12 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             wgMultiplyRows(M + pt * pointM + (b - kbLo) * tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
                            stride: cs, panel: panel, depth: C)
         }
+        /// Blocks b and b + 1 at once (wide tiles: both in each register tile).
+        func gemmPair(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>, _ panel2: UnsafePointer<Float>) {
+            let o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
+            wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt, stride: cs,
+                                 panel: panel, panel2: panel2, depth: C)
+        }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
             // output block's kernels are transformed for it (by output block, wgFusedByOutputBlock, an
@@ -547,11 +556,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 let Ub2 = Ub + wgIn * rowStride
                 wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
                 wgTransformKernelRow(u + (b + 1) * C * 9 * convColBlock, channels: C, row: i, out: Ub2, pointStride: rowStride)
-                for j in 0..<wgIn {
-                    let pt = i * wgIn + j, o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-                    wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt, stride: cs,
-                                         panel: Ub + j * rowStride, panel2: Ub2 + j * rowStride, depth: C)
-                }
+                for j in 0..<wgIn { gemmPair(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride), UnsafePointer(Ub2 + j * rowStride)) }
             }
             /// Row i of the blocks from b on: in pairs with wide tiles.
             func rowOfBlocks(_ i: Int, _ lo: Int, _ hi: Int) {
@@ -568,10 +573,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 while b < kbHi {
                     let panel = u + pt * pointStride + b * C * convColBlock
                     if wideTiles && b + 1 < kbHi {
-                        // Two output blocks per register tile (their panels C * 16 floats apart).
-                        let o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-                        wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
-                                             stride: cs, panel: panel, panel2: panel + C * convColBlock, depth: C)
+                        gemmPair(pt, b, panel, panel + C * convColBlock)   // the next block's panel C * 16 floats on
                         b += 2
                     } else {
                         gemm(pt, b, panel)
