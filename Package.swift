@@ -57,6 +57,10 @@ let simdFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"
 let avx512 = false
 let simdFlags: [SwiftSetting] = []
 #endif
+// Kernel configuration lives in a few global variables (wideTiles, the Winograd limits) that tests
+// set between runs and hot loops read; Swift's dynamic exclusivity checks on them cost ~1% of a
+// training step (swift_beginAccess in the transforms). Nothing writes them while kernels run.
+let swiftFlags = simdFlags + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
 
 let package = Package(
@@ -70,20 +74,20 @@ let package = Package(
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
         .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
-        .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: simdFlags),
-        .target(name: "Network", dependencies: ["Kernels"], swiftSettings: simdFlags),
-        .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: simdFlags),
-        .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels"], swiftSettings: simdFlags),
+        .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: swiftFlags),
+        .target(name: "Network", dependencies: ["Kernels"], swiftSettings: swiftFlags),
+        .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: swiftFlags),
+        .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels"], swiftSettings: swiftFlags),
         .executableTarget(name: "salient", dependencies: [
             "Contrastive", "Network", "Data", "Kernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], swiftSettings: simdFlags),
+        ], swiftSettings: swiftFlags),
         .target(name: "TestSupport", dependencies: ["Kernels", "Network"], path: "Tests/TestSupport",
-                swiftSettings: simdFlags),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: simdFlags),
-        .testTarget(name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: simdFlags),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Kernels", "TestSupport"], swiftSettings: simdFlags),
-        .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "TestSupport"], swiftSettings: simdFlags),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: simdFlags),
+                swiftSettings: swiftFlags),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Kernels", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: swiftFlags),
     ]
 )

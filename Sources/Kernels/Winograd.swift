@@ -16,6 +16,8 @@
 // FP32 error: transforms scale values by up to 8 (output) and 5 (input); results match the direct
 // convolution within ~1e-5 relative on unit-scale data (the tests hold both to the float64 reference).
 
+import CParallel
+
 /// Output tile edge, input tile edge, points per tile.
 let wgOut = 4, wgIn = 6, wgPoints = 36
 
@@ -219,6 +221,34 @@ func wgTilePointers(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
     wgWindowPointers(x, image: b, row: ty * wgOut - 1, column: tx * wgOut - 1, edge: wgIn, H: H, W: W, C: C,
                      zero: zero, into: src)
+}
+
+/// Tiles ahead of the one being transformed whose pixels the transforms ask the cache for: a tile's
+/// loads otherwise wait on memory (activations are written a layer or more before they are read).
+let wgPrefetchDistance = 2
+
+/// Asks the cache for rows r0..<r0+rows, columns c0..<c1 of image b (C channels per pixel, clipped
+/// to the H x W image), one request per cache line.
+@inline(__always)
+func wgPrefetchWindow(_ x: UnsafePointer<Float>, image b: Int, row r0: Int, rows: Int, columns c0: Int, _ c1: Int,
+                      H: Int, W: Int, C: Int) {
+    let lo = max(c0, 0), hi = min(c1, W)
+    if lo >= hi { return }
+    let bytes = (hi - lo) * C * MemoryLayout<Float>.stride
+    for ih in max(r0, 0)..<min(r0 + rows, H) {
+        let p = UnsafeRawPointer(x + ((b * H + ih) * W + lo) * C)
+        var off = 0
+        while off < bytes { sal_prefetch(p + off); off += 64 }
+    }
+}
+
+/// Prefetches the input pixels of F(4x4, 3x3) tile `tile` that the tile before it in its tile row
+/// does not read (its last four columns; all six for a row's first tile).
+@inline(__always)
+func wgPrefetchTile(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int) {
+    let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
+    wgPrefetchWindow(x, image: b, row: ty * wgOut - 1, rows: wgIn, columns: tx * wgOut + (tx == 0 ? -1 : 1),
+                     tx * wgOut + wgIn - 1, H: H, W: W, C: C)
 }
 
 /// src[i * edge + j] = the pixel (row + i, column + j) of image b (its C channels), or `zero` outside
@@ -512,6 +542,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
         for ti in lo..<hi {
+            if t0 + ti + wgPrefetchDistance < tiles { wgPrefetchTile(x, tile: t0 + ti + wgPrefetchDistance, H: H, W: W, C: C) }
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
             if let a = affine {
                 a.inputTile(t0 + ti, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
@@ -820,6 +851,12 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         let T = mine(thread).bindMemory(to: FVec.self, capacity: wgPoints)
         let src = (mine(thread) + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
         let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount), z = UnsafePointer(zero)
+        if tile + wgPrefetchDistance < tiles {
+            let ahead = tile + wgPrefetchDistance
+            wgPrefetchTile(x, tile: ahead, H: H, W: W, C: C)
+            let (b, ty, tx) = wgTileOrigin(ahead, th, tw)
+            wgPrefetchWindow(dy, image: b, row: ty * wgOut, rows: wgOut, columns: tx * wgOut, tx * wgOut + wgOut, H: H, W: W, C: K)
+        }
         wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
         if let affine {
             affine.inputTile(tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV,

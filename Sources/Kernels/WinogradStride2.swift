@@ -186,7 +186,14 @@ func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti:
                   first: UnsafePointer<Int>, src: UnsafeMutablePointer<UnsafePointer<Float>>,
                   temp T: UnsafeMutablePointer<FVec>, zero: UnsafeMutablePointer<Float>) {
     let C = sh.c, cp = ceilDiv(C, fvecWidth) * fvecWidth
-    let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(sh.oh, wgOut), ceilDiv(sh.ow, wgOut))
+    let tilesH = ceilDiv(sh.oh, wgOut), tilesW = ceilDiv(sh.ow, wgOut)
+    if tile + wgPrefetchDistance < sh.n * tilesH * tilesW {
+        // The window of the tile ahead past the one before it: its last 8 columns (all 9 in a row's first).
+        let (b, ty, tx) = wgTileOrigin(tile + wgPrefetchDistance, tilesH, tilesW)
+        wgPrefetchWindow(x, image: b, row: ty * 2 * wgOut - 1, rows: ws2In, columns: tx * 2 * wgOut - (tx == 0 ? 1 : 0),
+                         tx * 2 * wgOut + ws2In - 1, H: sh.h, W: sh.w, C: C)
+    }
+    let (b, ty, tx) = wgTileOrigin(tile, tilesH, tilesW)
     wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
                      H: sh.h, W: sh.w, C: C, zero: zero, into: src)
     /// One vector of channels from c0: the two passes of the 9-point transform.

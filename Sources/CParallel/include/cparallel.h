@@ -38,6 +38,16 @@ int sal_cpu_supports_build(void);
 void sal_schedule_model_begin(int threads);
 void sal_schedule_model_end(double *serial, double *parallel, long *regions);
 
+/// A hint to fetch the cache line holding p for reading (no fault if p is not mapped; a no-op on
+/// compilers without the builtin). Inlined into Swift callers.
+static inline void sal_prefetch(const void *p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 0, 3);
+#else
+    (void)p;
+#endif
+}
+
 #ifdef __cplusplus
 }
 #endif
