@@ -62,6 +62,10 @@ let simdFlags: [SwiftSetting] = []
 // training step (swift_beginAccess in the transforms). Nothing writes them while kernels run.
 let swiftFlags = simdFlags + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
+#if arch(x86_64)
+// The C target's vector code (transpose.c) at the Swift kernels' width.
+parallelC.append(.unsafeFlags(["-mavx2", "-mfma"] + (avx512 ? ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"] : [])))
+#endif
 
 let package = Package(
     name: "salient",

@@ -421,20 +421,22 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
     let packedShape = transposed ? sh.transposedWinograd : sh, fused = packedShape.wgFusedWeights
     let ob = ceilDiv(outC, convColBlock), pointStride = packedShape.wgPointStride
-    let cChunks = ceilDiv(inC, 8)
+    let cChunks = ceilDiv(inC, wgPackChannels)
     parallelForDynamic(ob * cChunks, chunksPerThread: 8) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: wgTransformScratch) { buf in
             for item in lo..<hi {
-                let b = item / cChunks, c0 = (item % cChunks) * 8, c1 = min(c0 + 8, inC)
+                let b = item / cChunks, c0 = (item % cChunks) * wgPackChannels, c1 = min(c0 + wgPackChannels, inC)
                 if fused {
-                    for ci in c0..<c1 {
-                        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci,
-                                        into: out + (b * inC + ci) * 9 * convColBlock)
-                    }
+                    wgGatherKernelChunk(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
+                                        into: out + (b * inC + c0) * 9 * convColBlock)
                 } else {
-                    wgTransformWeights(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
-                                       out: out + b * inC * convColBlock, pointStride: pointStride,
-                                       scratch: buf.baseAddress!)
+                    wgGatherKernelChunk(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
+                                        into: buf.baseAddress!)
+                    for i in 0..<wgIn {
+                        wgTransformKernelRow(buf.baseAddress!, channels: c1 - c0, row: i,
+                                             out: out + b * inC * convColBlock + i * wgIn * pointStride + c0 * convColBlock,
+                                             pointStride: pointStride)
+                    }
                 }
             }
         }
@@ -446,21 +448,25 @@ let wgPointPad = 16
 /// Tiles per block of a forward with fused weights: one row of V (6 points x 64 tiles) is 393 KB at
 /// 256 channels and 786 KB at 512, within L2 beside the row's transformed kernels.
 let wgFusedTiles = 64
-/// Floats of scratch wgTransformWeights needs: one input channel's gathered kernels [9][16].
-let wgTransformScratch = 9 * convColBlock
+/// Input channels per item of weight packing: one 16 x 144 transpose of the raw kernels per item.
+let wgPackChannels = 16
+/// Floats of scratch the weight packing needs: one item's gathered kernels [16][9][16].
+let wgTransformScratch = wgPackChannels * 9 * convColBlock
 
-/// Transforms the 3x3 kernels of output channels [16*block, 16*block+16) (zero past outC) and input
-/// channels [c0, c1) into out[point * pointStride + ci * 16 + j]. Raw weights are OIHW [outC][inC][3][3],
-/// or when `transposed` the original [inC][outC][3][3] read flipped (backward-data).
+/// g[(ci - c0) * 144 + tap * 16 + j] = the 3x3 kernels of input channels c0..<c1 (wgGatherKernels,
+/// channel after channel). Forward weights of a whole block of 16 output channels are 16 rows of
+/// (c1 - c0) * 9 consecutive floats in OIHW, so the gather is one transpose (sal_transpose16).
 @inline(__always)
-func wgTransformWeights(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
-                        out: UnsafeMutablePointer<Float>, pointStride: Int, scratch: UnsafeMutablePointer<Float>) {
+func wgGatherKernelChunk(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
+                         into g: UnsafeMutablePointer<Float>) {
+    let o0 = b * convColBlock
+    if !transposed && o0 + convColBlock <= outC {
+        sal_transpose16(w + (o0 * inC + c0) * 9, inC * 9, (c1 - c0) * 9, g)
+        return
+    }
     for ci in c0..<c1 {
-        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci, into: scratch)
-        for i in 0..<wgIn {
-            wgTransformKernelRow(scratch, channels: 1, row: i, out: out + i * wgIn * pointStride + ci * convColBlock,
-                                 pointStride: pointStride)
-        }
+        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci,
+                        into: g + (ci - c0) * 9 * convColBlock)
     }
 }
 

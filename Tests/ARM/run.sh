@@ -32,9 +32,10 @@ echo "kernels: ${KERNELS[*]##*/}"
     -c Tests/ARM/ArmChecks.swift -o "$OUT/armchecks-arm64.o"
 # 3. The C parallel-for (same file and flags as the SwiftPM target), the harness, glibc and libgomp.
 "$CC" -O3 -fopenmp -I Sources/CParallel/include -c Sources/CParallel/parallel.c -o "$OUT/parallel-arm64.o"
+"$CC" -O3 -I Sources/CParallel/include -c Sources/CParallel/transpose.c -o "$OUT/transpose-arm64.o"
 "$CC" -O2 -I Tests/ARM -c Tests/ARM/harness.c -o "$OUT/harness-arm64.o"
 "$CC" -fopenmp "$OUT/harness-arm64.o" "$OUT/armchecks-arm64.o" "$OUT/kernels-arm64.o" \
-    "$OUT/parallel-arm64.o" -o "$OUT/test-arm" -lm
+    "$OUT/parallel-arm64.o" "$OUT/transpose-arm64.o" -o "$OUT/test-arm" -lm
 if command -v file >/dev/null; then file "$OUT/test-arm" | sed "s|$ROOT/||; s|, BuildID[^,]*||"; fi
 
 echo "== NEON instruction check (aarch64-linux-gnu-objdump)"

@@ -38,6 +38,10 @@ int sal_cpu_supports_build(void);
 void sal_schedule_model_begin(int threads);
 void sal_schedule_model_end(double *serial, double *parallel, long *regions);
 
+/// dst[m * 16 + j] = src[j * rowStride + m] for the 16 rows j and columns m < cols: a 16 x cols block
+/// (rows rowStride floats apart) transposed into cols contiguous rows of 16 (transpose.c).
+void sal_transpose16(const float *src, long rowStride, long cols, float *dst);
+
 /// A hint to fetch the cache line holding p for reading (no fault if p is not mapped; a no-op on
 /// compilers without the builtin). Inlined into Swift callers.
 static inline void sal_prefetch(const void *p) {
