@@ -163,6 +163,48 @@ func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutable
     return (a, b)
 }
 
+/// A convolution's per-tile sums of its output (ConvOutputSums, written by its epilogue) for the
+/// batch norm of that output: `tiles` tiles (the groups' tiles in order, whole tiles per group),
+/// Σ d at sums[t * 2 * stride + c] and Σ d² at sums[t * 2 * stride + stride + c], d = x - shift[c].
+/// Statistics from them equal those from x up to rounding (the shift is this one, not the group's
+/// first pixel, and the sums are rounded per tile, then in double).
+public struct BNTileSums {
+    public var sums: UnsafePointer<Float>, tiles: Int, stride: Int, shift: UnsafePointer<Float>
+    public init(sums: UnsafePointer<Float>, tiles: Int, stride: Int, shift: UnsafePointer<Float>) {
+        self.sums = sums; self.tiles = tiles; self.stride = stride; self.shift = shift
+    }
+}
+
+/// The groups' column sums in double from per-tile sums, where bnReduced(threads: 1) reads them
+/// (the first thread's area of `perThread`): float over runs of 16 tiles (256 pixels, as bnColumnSums
+/// rounds per bnBlock pixels), then double. Channels split across threads, each channel summed over
+/// its group's tiles in order: the same bits for any thread count.
+func bnReduceTileSums(_ t: BNTileSums, channels C: Int, groups: Int, into perThread: UnsafeMutableRawPointer) {
+    let d = (perThread + align64(2 * bnPadded(C) * 4)).bindMemory(to: Double.self, capacity: 2 * C * groups)
+    let tpg = t.tiles / groups, chunk = SIMD16<Float>.scalarCount, run = bnBlock / 16
+    parallelFor(ceilDiv(C, chunk)) { lo, hi, _ in
+        for ch in lo..<hi {
+            let c0 = ch * chunk, n = min(chunk, C - c0)
+            for g in 0..<groups {
+                let d1 = d + g * 2 * C + c0, d2 = d1 + C
+                for c in 0..<n { d1[c] = 0; d2[c] = 0 }
+                var tile = g * tpg
+                while tile < (g + 1) * tpg {
+                    let end = min(tile + run, (g + 1) * tpg)
+                    var a1 = SIMD16<Float>(), a2 = SIMD16<Float>()
+                    for i in tile..<end {
+                        let row = t.sums + i * 2 * t.stride + c0
+                        a1 = a1 + (gloadN(row, n) as SIMD16<Float>)
+                        a2 = a2 + (gloadN(row + t.stride, n) as SIMD16<Float>)
+                    }
+                    for c in 0..<n { d1[c] += Double(a1[c]); d2[c] += Double(a2[c]) }
+                    tile = end
+                }
+            }
+        }
+    }
+}
+
 /// Another batch norm's input and its rows, whose output bnApply adds as the residual (never written).
 public struct BNAddend {
     public var x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
@@ -235,17 +277,19 @@ public func batchNormApplySum(_ sh: BatchNormShape, input x: UnsafePointer<Float
 /// norm), each normalised by its own statistics, the running statistics updated once per group in
 /// order and `saveMean`/`saveInvStd` left with the last group's: the same as one call per group (same
 /// bits), in two parallel regions instead of two per group.
+/// With `tileSums` (the convolution's epilogue summed x per tile) the statistics come from those,
+/// and x is read once, to normalise it.
 public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                      beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
                                      runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
                                      residual: UnsafePointer<Float>? = nil,
                                      output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
                                      saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
-                                     scratch: UnsafeMutableRawPointer) {
+                                     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil) {
     let (_, mean, scale, _) = bnScratch(sh.channels, scratch)
     batchNormTrainingStatistics(sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
                                 momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
-                                mean: mean, scale: scale, scratch: scratch)
+                                mean: mean, scale: scale, scratch: scratch, tileSums: tileSums)
     bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
             relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
 }
@@ -255,24 +299,35 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
 /// statistics, and leaves each group's mean and gamma*invstd in `mean` and `scale` (rows of
 /// bnPadded(C) floats per group, zero past C), so that y = beta + (x - mean) * scale exactly as the
 /// training forward computes it. `mean` and `scale` may lie in `scratch` only where
-/// batchNormForwardTraining puts them (its own use).
+/// batchNormForwardTraining puts them (its own use). With `tileSums` x is not read: the statistics
+/// come from the convolution's per-tile sums of it (BNTileSums).
 public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
                                         runningMean: UnsafeMutablePointer<Float>, runningVar: UnsafeMutablePointer<Float>,
                                         momentum: Float, eps: Float, saveMean: UnsafeMutablePointer<Float>,
                                         saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
                                         mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
-                                        scratch: UnsafeMutableRawPointer) {
+                                        scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
     let (shift, _, _, work) = bnScratch(C, scratch)
     let cp = bnPadded(C), gp = P / groups
-    for g in 0..<groups {
-        for c in 0..<cp { shift[g * cp + c] = c < C ? x[g * gp * C + c] : 0 }
+    var threads = 1
+    if let t = tileSums {
+        // The convolution's epilogue summed d = x - t.shift per tile: reduce its tiles group by group.
+        precondition(t.tiles % groups == 0, "batch-norm groups must divide the tiles")
+        for g in 0..<groups {
+            for c in 0..<cp { shift[g * cp + c] = c < C ? t.shift[c] : 0 }
+        }
+        bnReduceTileSums(t, channels: C, groups: groups, into: work)
+    } else {
+        for g in 0..<groups {
+            for c in 0..<cp { shift[g * cp + c] = c < C ? x[g * gp * C + c] : 0 }
+        }
+        threads = bnThreads(gp)
+        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
+                     BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     }
-    let threads = bnThreads(gp)
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
-                 BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     let m = Double(momentum), unbias = Double(gp) / Double(max(gp - 1, 1))
     for g in 0..<groups {
         for c in 0..<cp {

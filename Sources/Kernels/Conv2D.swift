@@ -300,13 +300,17 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 /// y[N][OH][OW][K] = conv(x[N][H][W][C], W). `packed` from conv2dPackForward;
 /// `scratch` of sh.scratchBytes(threads: Threads.count) bytes. With `inputAffine` (Winograd shapes only) the
 /// input is its normalised, ReLU'd x (ConvInputAffine), which is never written.
+/// With `outputSums` (Winograd shapes only) the output transform also leaves per-tile column sums for the
+/// batch norm after it (ConvOutputSums).
 public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
                           output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer,
-                          inputAffine: ConvInputAffine? = nil) {
+                          inputAffine: ConvInputAffine? = nil, outputSums: ConvOutputSums? = nil) {
     precondition(sh.isValid, "invalid convolution shape")
     precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
+    precondition(outputSums == nil || sh.usesWinograd, "output sums need a Winograd shape")
     if sh.usesWinograd {
-        wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch, affine: inputAffine)
+        wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch, affine: inputAffine,
+                  sums: outputSums)
         return
     }
     if sh.usesWinogradStride2 { ws2Forward(sh, input: x, packed: packed, output: y, scratch: scratch); return }

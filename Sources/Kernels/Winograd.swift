@@ -33,7 +33,7 @@ extension Conv2DShape {
     /// The forward convolution that computes this one's backward-data (kernel flipped, C and K swapped).
     var transposedWinograd: Conv2DShape { Conv2DShape(n: n, c: k, h: oh, w: ow, k: c, r: 3, s: 3, stride: 1, pad: 1) }
 
-    var wgTiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
+    public var wgTiles: Int { n * ceilDiv(oh, wgOut) * ceilDiv(ow, wgOut) }
     /// Floats of transformed weights [36][point stride].
     var wgPackedCount: Int { wgPoints * wgPointStride }
     /// Floats from one point of packed U to the next: its [K/16][C][16] panels and one cache line more,
@@ -515,13 +515,30 @@ func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i:
 
 // MARK: - Forward
 
+/// Batch-norm statistics in a Winograd forward's epilogue: as the output transform writes each tile,
+/// it leaves the tile's column sums of d = y - shift (one shift per output channel, known before the
+/// convolution, e.g. the running mean) in `sums`: for tile t and channel k, Σ d at
+/// sums[t * 2 * stride + k] and Σ d² at sums[t * 2 * stride + stride + k] (stride = K rounded up to 16),
+/// each over the tile's output pixels in row-major order. The batch norm that follows reduces these
+/// (batchNormTrainingStatistics with BNTileSums) instead of reading y back.
+public struct ConvOutputSums {
+    public var sums: UnsafeMutablePointer<Float>, shift: UnsafePointer<Float>
+    public init(sums: UnsafeMutablePointer<Float>, shift: UnsafePointer<Float>) { self.sums = sums; self.shift = shift }
+    /// Floats of `sums` for a forward of `sh`.
+    public static func count(_ sh: Conv2DShape) -> Int { sh.wgTiles * 2 * stride(sh) }
+    /// Floats from one tile's Σ d row to its Σ d² row.
+    public static func stride(_ sh: Conv2DShape) -> Int { ceilDiv(sh.k, convColBlock) * convColBlock }
+}
+
 /// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
 /// With fused weights `packed` holds the untransformed kernels [K/16][C][9][16].
 /// With `affine`, the input is x' of ConvInputAffine, not x.
 func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
                output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
-               affine: ConvInputAffine? = nil) {
+               affine: ConvInputAffine? = nil, sums: ConvOutputSums? = nil) {
+    precondition(sums == nil || !accumulate, "output sums need a written (not accumulated) output")
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
+    let sumStride = ConvOutputSums.stride(sh)
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock)
     let cv = ceilDiv(C, fvecWidth), cp = cv * fvecWidth
@@ -628,14 +645,18 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
                 let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
                 let o = y + ((b * H + oh0) * W + ow0) * K + k0
+                let st = sums.map { (sums: $0.sums + (t0 + ti) * 2 * sumStride + k0, shift: $0.shift + k0, stride: sumStride) }
                 if wideTiles && kn == convColBlock {
                     wgOutputTile(mt, pointM: pointM, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self), o,
-                                 rowStride: W * K, K: K, rows: rows, cols: cols, lanes: convColBlock, accumulate: accumulate)
+                                 rowStride: W * K, K: K, rows: rows, cols: cols, lanes: convColBlock, accumulate: accumulate,
+                                 sums: st)
                     continue
                 }
                 for h in 0..<2 where h * fvecWidth < kn {
+                    let sh = st.map { (sums: $0.sums + h * fvecWidth, shift: $0.shift + h * fvecWidth, stride: $0.stride) }
                     wgOutputTile(mt + h * fvecWidth, pointM: pointM, T, o + h * fvecWidth, rowStride: W * K, K: K,
-                                 rows: rows, cols: cols, lanes: min(fvecWidth, kn - h * fvecWidth), accumulate: accumulate)
+                                 rows: rows, cols: cols, lanes: min(fvecWidth, kn - h * fvecWidth), accumulate: accumulate,
+                                 sums: sh)
                 }
             }
         }
@@ -675,17 +696,36 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
 @inline(__always)
 func wgOutputTile<V: SIMD>(_ m: UnsafePointer<Float>, pointM: Int, _ T: UnsafeMutablePointer<V>,
                            _ o: UnsafeMutablePointer<Float>, rowStride: Int, K: Int, rows: Int, cols: Int, lanes: Int,
-                           accumulate: Bool) where V.Scalar == Float {
+                           accumulate: Bool,
+                           sums: (sums: UnsafeMutablePointer<Float>, shift: UnsafePointer<Float>, stride: Int)? = nil)
+    where V.Scalar == Float {
     for j in 0..<wgIn {
         let mj = m + j * pointM
         let r = wgAT(gload(mj) as V, gload(mj + 6 * pointM), gload(mj + 12 * pointM),
                      gload(mj + 18 * pointM), gload(mj + 24 * pointM), gload(mj + 30 * pointM))
         T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
     }
+    guard let sums else {
+        for i in 0..<rows {
+            let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
+            wgStoreRow(r, o + i * rowStride, K: K, cols: cols, lanes: lanes, accumulate: accumulate)
+        }
+        return
+    }
+    // ConvOutputSums: Σ d and Σ d² of d = y - shift over the tile's pixels, row by row.
+    let shift: V = gloadN(sums.shift, lanes)
+    var s1 = V(), s2 = V()
+    @inline(__always) func add(_ v: V) { let d = v - shift; s1 = s1 + d; s2 = s2.addingProduct(d, d) }
     for i in 0..<rows {
         let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
         wgStoreRow(r, o + i * rowStride, K: K, cols: cols, lanes: lanes, accumulate: accumulate)
+        add(r.0)
+        if cols > 1 { add(r.1) }
+        if cols > 2 { add(r.2) }
+        if cols > 3 { add(r.3) }
     }
+    gstoreN(s1, sums.sums, lanes)
+    gstoreN(s2, sums.sums + sums.stride, lanes)
 }
 
 @inline(__always)

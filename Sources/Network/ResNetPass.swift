@@ -21,15 +21,27 @@ public final class ConvWorkspace {
     public private(set) var packCount = 16
     public private(set) var scratch: UnsafeMutableRawPointer
     public private(set) var scratchBytes = 64
+    /// A Winograd forward's per-tile output sums (ConvOutputSums) and their shift, for the batch norm
+    /// after it (training mode).
+    public private(set) var sums: UnsafeMutablePointer<Float>
+    public private(set) var sumsCount = 16
 
     public init() {
         pack = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(to: Float.self, capacity: 16)
         scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        sums = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(to: Float.self, capacity: 16)
     }
 
-    /// Grows to at least `packFloats` and `scratchBytes`; returns the bytes added.
-    func reserve(packFloats: Int, scratchBytes bytes: Int) -> Int {
+    /// Grows to at least `packFloats`, `scratchBytes` and `sumsFloats`; returns the bytes added.
+    func reserve(packFloats: Int, scratchBytes bytes: Int, sumsFloats: Int = 0) -> Int {
         var added = 0
+        if sumsFloats > sumsCount {
+            sums.deallocate()
+            sums = UnsafeMutableRawPointer.allocate(byteCount: sumsFloats * 4, alignment: 64)
+                .bindMemory(to: Float.self, capacity: sumsFloats)
+            added += (sumsFloats - sumsCount) * 4
+            sumsCount = sumsFloats
+        }
         if packFloats > packCount {
             pack.deallocate()
             pack = UnsafeMutableRawPointer.allocate(byteCount: packFloats * 4, alignment: 64)
@@ -46,7 +58,7 @@ public final class ConvWorkspace {
         return added
     }
 
-    deinit { pack.deallocate(); scratch.deallocate() }
+    deinit { pack.deallocate(); scratch.deallocate(); sums.deallocate() }
 }
 
 /// Kinds of work in a pass, for `bench train --profile`.
@@ -189,11 +201,13 @@ public final class ResNetPass {
             return p.bindMemory(to: Float.self, capacity: max(floats, 16))
         }
         // Shapes first, to size the shared buffers.
-        var maxAct = 0, maxPackF = 0, maxPackB = 0, maxScratch = 0
+        var maxAct = 0, maxPackF = 0, maxPackB = 0, maxScratch = 0, maxSums = 0
         let t = max(threads, 1)
         var h = height, w = width
         func note(_ sh: Conv2DShape) {
             maxAct = max(maxAct, sh.outputCount, sh.inputCount)
+            // Per-tile sums, then the shift (K floats).
+            if sh.usesWinograd { maxSums = max(maxSums, ConvOutputSums.count(sh) + ConvOutputSums.stride(sh)) }
             maxPackF = max(maxPackF, sh.packedForwardCount); maxPackB = max(maxPackB, sh.packedBackwardDataCount)
             maxScratch = max(maxScratch, sh.scratchBytes(threads: t),
                              batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
@@ -222,7 +236,8 @@ public final class ResNetPass {
         // Forward and backward-data panels are never live at once: one buffer holds either.
         let ws = workspace ?? ConvWorkspace()
         self.workspace = ws
-        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64)
+        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64,
+                            sumsFloats: Self.statisticsInEpilogue ? maxSums : 0)
         // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
         let inputBuffer = alloc(stemShape.inputCount)
         self.input = inputBuffer
@@ -455,20 +470,32 @@ public final class ResNetPass {
         let u = n.unit
         let y = convOutput ?? n.conv
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
+        // Training-mode batch statistics from the Winograd forward's epilogue (per-tile sums around the
+        // running mean, copied first: the batch norm updates it) rather than from reading y back.
+        var sums: ConvOutputSums? = nil
+        if case .train = mode, n.shape.usesWinograd, Self.statisticsInEpilogue {
+            let shift = workspace.sums + ConvOutputSums.count(n.shape)
+            shift.update(from: store.buffers + u.runningMean, count: u.cout)
+            sums = ConvOutputSums(sums: workspace.sums, shift: shift)
+        }
         timedOp(n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
             conv2dForward(n.shape, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
-                          inputAffine: inputAffine)
+                          inputAffine: inputAffine, outputSums: sums)
         }
         timedOp(.bnForward) {
             bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
-                      rowSet: rowSet)
+                      rowSet: rowSet, sums: sums.map { (UnsafePointer($0.sums), $0.shift) })
         }
     }
+
+    /// Whether training-mode forwards take their batch statistics from the Winograd convolutions'
+    /// epilogues (ConvOutputSums) instead of a pass over each output (tests switch it off to compare).
+    nonisolated(unsafe) public static var statisticsInEpilogue = true
 
     /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
     /// running ones updated, each group's mean and scale rows left in rows set `rowSet`).
     func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?,
-                   rowSet: Int = 0) {
+                   rowSet: Int = 0, sums: (UnsafePointer<Float>, UnsafePointer<Float>)? = nil) {
         let u = n.unit, C = u.cout
         let relu = u.relu || residual != nil
         switch mode {
@@ -489,16 +516,23 @@ public final class ResNetPass {
                 let sh = BatchNormShape(pixels: g * px, channels: C)
                 let gamma = store.params + u.gamma
                 let rm = store.buffers + u.runningMean, rv = store.buffers + u.runningVar
+                // This call's groups' tiles of the epilogue's sums (whole images per group).
+                let tileSums = sums.map { (p, shift) -> BNTileSums in
+                    let tpg = n.shape.wgTiles / s, stride = ConvOutputSums.stride(n.shape)
+                    return BNTileSums(sums: p + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: shift)
+                }
                 if let output {
                     batchNormForwardTraining(sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
                                              runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5, relu: relu,
                                              residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
-                                             saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch)
+                                             saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
+                                             tileSums: tileSums)
                 } else {
                     batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
                                                 momentum: 0.1, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
                                                 mean: affineMean + rowSet * affineRowCount + i * cp,
-                                                scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch)
+                                                scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
+                                                tileSums: tileSums)
                 }
                 i += g
             }

@@ -369,4 +369,64 @@ final class BatchNormTests: XCTestCase {
             }
         }
     }
+
+    /// Statistics from a convolution's per-tile sums (BNTileSums, 16 pixels a tile here) match those
+    /// of the pass over x: the training forward's output, saved and running statistics, and the
+    /// statistics-only rows, with groups, on data whose mean is far from the sums' shift.
+    func testStatisticsFromTileSumsMatchThePassOverTheOutput() {
+        forEachThreadCount { threads in
+            for (i, (groups, tilesPerGroup, C)) in [(1, 40, 19), (4, 3, 64), (8, 17, 5)].enumerated() {
+                let sh = BatchNormShape(pixels: groups * tilesPerGroup * 16, channels: C)
+                var rng = TestRNG(seed: UInt64(900 + i))
+                let x = rng.array(sh.count, 2, 5), shift = rng.array(C, -0.5, 0.5)
+                let p = params(C, &rng)
+                let stride = (C + 15) / 16 * 16, tiles = groups * tilesPerGroup
+                var sums = [Float](repeating: .nan, count: tiles * 2 * stride)
+                for t in 0..<tiles {
+                    for c in 0..<C {
+                        var s1: Float = 0, s2: Float = 0
+                        for q in 0..<16 { let d = x[(t * 16 + q) * C + c] - shift[c]; s1 += d; s2 += d * d }
+                        sums[t * 2 * stride + c] = s1; sums[t * 2 * stride + stride + c] = s2
+                    }
+                }
+                let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
+                defer { scratch.deallocate() }
+                struct Out { var y: [Float]; var rm: [Float]; var rv: [Float]; var mean: [Float]; var inv: [Float]
+                             var rows: [Float] }
+                func run(_ fromSums: Bool) -> Out {
+                    var o = Out(y: [Float](repeating: .nan, count: sh.count), rm: p.rm, rv: p.rv,
+                                mean: [Float](repeating: .nan, count: C), inv: [Float](repeating: .nan, count: C),
+                                rows: [Float](repeating: .nan, count: 2 * groups * bnPadded(C)))
+                    sums.withUnsafeBufferPointer { sb in
+                        shift.withUnsafeBufferPointer { hb in
+                            let ts = fromSums ? BNTileSums(sums: sb.baseAddress!, tiles: tiles, stride: stride,
+                                                           shift: hb.baseAddress!) : nil
+                            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &o.rm,
+                                                     runningVar: &o.rv, momentum: 0.1, eps: 1e-5, relu: true, output: &o.y,
+                                                     saveMean: &o.mean, saveInvStd: &o.inv, groups: groups, scratch: scratch,
+                                                     tileSums: ts)
+                            var rm = p.rm, rv = p.rv, m = o.mean, v = o.inv
+                            o.rows.withUnsafeMutableBufferPointer { rb in
+                                let n = groups * bnPadded(C)
+                                batchNormTrainingStatistics(sh, input: x, gamma: p.gamma, runningMean: &rm, runningVar: &rv,
+                                                            momentum: 0.1, eps: 1e-5, saveMean: &m, saveInvStd: &v,
+                                                            groups: groups, mean: rb.baseAddress!, scale: rb.baseAddress! + n,
+                                                            scratch: scratch, tileSums: ts)
+                            }
+                        }
+                    }
+                    return o
+                }
+                let a = run(true), b = run(false)
+                let what = "groups \(groups), \(tilesPerGroup) tiles each, C \(C), threads \(threads)"
+                XCTAssertLessThanOrEqual(toleranceRatio(a.y, b.y, atol: 1e-4, rtol: 1e-4), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.mean, b.mean, atol: 1e-5, rtol: 1e-5), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.inv, b.inv, atol: 1e-5, rtol: 1e-4), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.rm, b.rm, atol: 1e-5, rtol: 1e-5), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.rv, b.rv, atol: 1e-5, rtol: 1e-4), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.rows, b.rows, atol: 1e-5, rtol: 1e-4), 1, what)
+                XCTAssertFalse(a.y.contains { $0.isNaN }, what)
+            }
+        }
+    }
 }

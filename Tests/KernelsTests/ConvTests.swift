@@ -372,4 +372,56 @@ final class ConvTests: XCTestCase {
             XCTAssertLessThan(gradientError(analytic: wi.map { Double(r.dw[$0]) }, numeric: nw), 1e-2, "dw \(sh)")
         }
     }
+
+    /// The Winograd forward's epilogue sums (ConvOutputSums, for the batch norm after it) are each
+    /// tile's column sums of y - shift and of its square, over the tile's pixels inside the image
+    /// (partial tiles at the edges, channels past a whole block of 16), the same bits with wide tiles
+    /// or not and on 1-3 threads, and leave y as without them.
+    func testWinogradOutputSumsAreTheTilesColumnSums() {
+        let saved = wideTiles
+        defer { wideTiles = saved; Threads.count = Threads.processors }
+        for (i, sh) in Self.winogradShapes.enumerated() where sh.c * sh.k <= 300_000 {
+            var rng = TestRNG(seed: UInt64(700 + i))
+            let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), shift = rng.array(sh.k, -0.5, 0.5)
+            let plain = fast(sh, x, w, rng.array(sh.outputCount)).y
+            let stride = ConvOutputSums.stride(sh), th = (sh.oh + 3) / 4, tw = (sh.ow + 3) / 4
+            var first: [Float]? = nil
+            for threads in [1, 2, 3] {
+                Threads.count = threads
+                for wide in [false, true] {
+                    wideTiles = wide
+                    let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
+                    defer { scratch.deallocate() }
+                    var pf = [Float](repeating: .nan, count: sh.packedForwardCount)
+                    var y = [Float](repeating: .nan, count: sh.outputCount)
+                    var sums = [Float](repeating: 0, count: ConvOutputSums.count(sh))  // (lanes past K stay 0)
+                    conv2dPackForward(sh, weights: w, packed: &pf)
+                    sums.withUnsafeMutableBufferPointer { sb in
+                        shift.withUnsafeBufferPointer { hb in
+                            conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch,
+                                          outputSums: ConvOutputSums(sums: sb.baseAddress!, shift: hb.baseAddress!))
+                        }
+                    }
+                    let what = "\(sh) threads \(threads) wide \(wide)"
+                    XCTAssertEqual(y, plain, what)
+                    if let first { XCTAssertEqual(sums, first, what) } else { first = sums }
+                    // Against the sums of y itself, in double.
+                    for t in 0..<sh.wgTiles {
+                        let b = t / (th * tw), ty = (t / tw) % th, tx = t % tw
+                        for k in 0..<sh.k {
+                            var s1 = 0.0, s2 = 0.0, mag = 0.0
+                            for oh in (ty * 4)..<min(ty * 4 + 4, sh.oh) {
+                                for ow in (tx * 4)..<min(tx * 4 + 4, sh.ow) {
+                                    let d = Double(y[((b * sh.oh + oh) * sh.ow + ow) * sh.k + k]) - Double(shift[k])
+                                    s1 += d; s2 += d * d; mag += abs(d)
+                                }
+                            }
+                            XCTAssertEqual(Double(sums[t * 2 * stride + k]), s1, accuracy: 1e-5 * (mag + 1), what)
+                            XCTAssertEqual(Double(sums[t * 2 * stride + stride + k]), s2, accuracy: 1e-5 * (s2 + 1), what)
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -13,9 +13,10 @@ final class FusedBatchNormTests: XCTestCase {
     struct Outcome: Equatable { var features: [Float]; var buffers: [Float]; var grads: [Float] }
 
     func run(_ config: ResNetConfig, batch: Int, res: Int, mode: BatchNormMode, train: Bool, fuse: Bool,
-             fusedNodes: Int) -> Outcome {
+             fusedNodes: Int, epilogue: Bool = true) -> Outcome {
         ResNetPass.fusesBatchNorms = fuse
-        defer { ResNetPass.fusesBatchNorms = true }
+        ResNetPass.statisticsInEpilogue = epilogue
+        defer { ResNetPass.fusesBatchNorms = true; ResNetPass.statisticsInEpilogue = true }
         let enc = Encoder(config: config)
         enc.initialize(seed: 5)
         let store = enc.store
@@ -63,6 +64,27 @@ final class FusedBatchNormTests: XCTestCase {
                     XCTAssertTrue(fused.features.contains { $0 != 0 })
                     if train { XCTAssertTrue(fused.grads.contains { $0 != 0 }) }
                 }
+            }
+        }
+    }
+
+    /// Training-mode batch statistics from the Winograd convolutions' epilogues (per-tile sums around
+    /// the running mean) match those of a pass over each output: the features, the running
+    /// statistics and (one group) every gradient, up to rounding, with one batch-norm group and two.
+    func testEpilogueStatisticsMatchAPassOverTheOutput() {
+        let config = ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125)
+        for splits in [1, 2] {
+            forEachThreadCount([1, 2]) { threads in
+                // (Backward follows a forward with one split.)
+                let a = run(config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
+                            fusedNodes: 8)
+                let b = run(config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
+                            fusedNodes: 8, epilogue: false)
+                let what = "splits \(splits) threads \(threads)"
+                XCTAssertNotEqual(a.buffers, b.buffers, "the epilogue's statistics are rounded differently: \(what)")
+                XCTAssertLessThanOrEqual(toleranceRatio(a.features, b.features, atol: 1e-4, rtol: 1e-3), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.buffers, b.buffers, atol: 1e-5, rtol: 1e-4), 1, what)
+                XCTAssertLessThanOrEqual(toleranceRatio(a.grads, b.grads, atol: 1e-3, rtol: 1e-2), 1, what)  // through 20 batch norms of 4-16 pixels a channel
             }
         }
     }
