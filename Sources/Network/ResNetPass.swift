@@ -34,21 +34,7 @@ public final class ConvWorkspace {
 
     /// Grows to at least `packFloats`, `scratchBytes` and `sumsFloats`; returns the bytes added.
     func reserve(packFloats: Int, scratchBytes bytes: Int, sumsFloats: Int = 0) -> Int {
-        var added = 0
-        if sumsFloats > sumsCount {
-            sums.deallocate()
-            sums = UnsafeMutableRawPointer.allocate(byteCount: sumsFloats * 4, alignment: 64)
-                .bindMemory(to: Float.self, capacity: sumsFloats)
-            added += (sumsFloats - sumsCount) * 4
-            sumsCount = sumsFloats
-        }
-        if packFloats > packCount {
-            pack.deallocate()
-            pack = UnsafeMutableRawPointer.allocate(byteCount: packFloats * 4, alignment: 64)
-                .bindMemory(to: Float.self, capacity: packFloats)
-            added += (packFloats - packCount) * 4
-            packCount = packFloats
-        }
+        var added = Self.grow(&pack, &packCount, to: packFloats) + Self.grow(&sums, &sumsCount, to: sumsFloats)
         if bytes > scratchBytes {
             scratch.deallocate()
             scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
@@ -56,6 +42,15 @@ public final class ConvWorkspace {
             scratchBytes = bytes
         }
         return added
+    }
+
+    /// Replaces `p` (`count` floats) by `floats` new ones when that is more; returns the bytes added.
+    private static func grow(_ p: inout UnsafeMutablePointer<Float>, _ count: inout Int, to floats: Int) -> Int {
+        if floats <= count { return 0 }
+        p.deallocate()
+        p = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64).bindMemory(to: Float.self, capacity: floats)
+        defer { count = floats }
+        return (floats - count) * 4
     }
 
     deinit { pack.deallocate(); scratch.deallocate(); sums.deallocate() }
