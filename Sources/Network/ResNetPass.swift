@@ -231,8 +231,7 @@ public final class ResNetPass {
         // Forward and backward-data panels are never live at once: one buffer holds either.
         let ws = workspace ?? ConvWorkspace()
         self.workspace = ws
-        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64,
-                            sumsFloats: Self.statisticsInEpilogue ? maxSums : 0)
+        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64, sumsFloats: maxSums)
         // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
         let inputBuffer = alloc(stemShape.inputCount)
         self.input = inputBuffer
@@ -469,6 +468,7 @@ public final class ResNetPass {
         // running mean, copied first: the batch norm updates it) rather than from reading y back.
         var sums: ConvOutputSums? = nil
         if case .train = mode, n.shape.usesWinograd, Self.statisticsInEpilogue {
+            precondition(workspace.sumsCount >= ConvOutputSums.count(n.shape) + u.cout, "workspace sums not planned")
             let shift = workspace.sums + ConvOutputSums.count(n.shape)
             shift.update(from: store.buffers + u.runningMean, count: u.cout)
             sums = ConvOutputSums(sums: workspace.sums, shift: shift)
