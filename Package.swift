@@ -51,8 +51,9 @@ let avx512: Bool = {
     default: return hostHasAVX512()
     }
 }()
-let simdFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"] + (avx512 ?
-    ["-Xcc", "-mavx512f", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512dq", "-DSALIENT_AVX512"] : []))]
+// The x86 code-generation flags, for the C target as they are and for Swift's clang importer behind -Xcc.
+let x86Flags = ["-mavx2", "-mfma"] + (avx512 ? ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"] : [])
+let simdFlags: [SwiftSetting] = [.unsafeFlags(x86Flags.flatMap { ["-Xcc", $0] } + (avx512 ? ["-DSALIENT_AVX512"] : []))]
 #else
 let avx512 = false
 let simdFlags: [SwiftSetting] = []
@@ -64,7 +65,7 @@ let swiftFlags = simdFlags + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
 #if arch(x86_64)
 // The C target's vector code (transpose.c) at the Swift kernels' width.
-parallelC.append(.unsafeFlags(["-mavx2", "-mfma"] + (avx512 ? ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"] : [])))
+parallelC.append(.unsafeFlags(x86Flags))
 #endif
 
 let package = Package(

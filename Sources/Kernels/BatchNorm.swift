@@ -312,18 +312,16 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
     let (shift, _, _, work) = bnScratch(C, scratch)
     let cp = bnPadded(C), gp = P / groups
+    // The shift of each group's sums: the epilogue's (tileSums) or the group's first pixel.
+    for g in 0..<groups {
+        for c in 0..<cp { shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? x[g * gp * C + c] }
+    }
     var threads = 1
     if let t = tileSums {
         // The convolution's epilogue summed d = x - t.shift per tile: reduce its tiles group by group.
         precondition(t.tiles % groups == 0, "batch-norm groups must divide the tiles")
-        for g in 0..<groups {
-            for c in 0..<cp { shift[g * cp + c] = c < C ? t.shift[c] : 0 }
-        }
         bnReduceTileSums(t, channels: C, groups: groups, into: work)
     } else {
-        for g in 0..<groups {
-            for c in 0..<cp { shift[g * cp + c] = c < C ? x[g * gp * C + c] : 0 }
-        }
         threads = bnThreads(gp)
         bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
                      BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))

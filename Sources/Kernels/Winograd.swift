@@ -705,27 +705,23 @@ func wgOutputTile<V: SIMD>(_ m: UnsafePointer<Float>, pointM: Int, _ T: UnsafeMu
                      gload(mj + 18 * pointM), gload(mj + 24 * pointM), gload(mj + 30 * pointM))
         T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
     }
-    guard let sums else {
-        for i in 0..<rows {
-            let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
-            wgStoreRow(r, o + i * rowStride, K: K, cols: cols, lanes: lanes, accumulate: accumulate)
-        }
-        return
-    }
-    // ConvOutputSums: Σ d and Σ d² of d = y - shift over the tile's pixels, row by row.
-    let shift: V = gloadN(sums.shift, lanes)
+    // With ConvOutputSums: Σ d and Σ d² of d = y - shift over the tile's pixels, row by row.
+    let shift: V = sums.map { gloadN($0.shift, lanes) } ?? V()
     var s1 = V(), s2 = V()
     @inline(__always) func add(_ v: V) { let d = v - shift; s1 = s1 + d; s2 = s2.addingProduct(d, d) }
     for i in 0..<rows {
         let r = wgAT(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3], T[i * 6 + 4], T[i * 6 + 5])
         wgStoreRow(r, o + i * rowStride, K: K, cols: cols, lanes: lanes, accumulate: accumulate)
+        if sums == nil { continue }
         add(r.0)
         if cols > 1 { add(r.1) }
         if cols > 2 { add(r.2) }
         if cols > 3 { add(r.3) }
     }
-    gstoreN(s1, sums.sums, lanes)
-    gstoreN(s2, sums.sums + sums.stride, lanes)
+    if let sums {
+        gstoreN(s1, sums.sums, lanes)
+        gstoreN(s2, sums.sums + sums.stride, lanes)
+    }
 }
 
 @inline(__always)

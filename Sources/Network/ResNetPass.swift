@@ -479,7 +479,7 @@ public final class ResNetPass {
         }
         timedOp(.bnForward) {
             bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
-                      rowSet: rowSet, sums: sums.map { (UnsafePointer($0.sums), $0.shift) })
+                      rowSet: rowSet, sums: sums)
         }
     }
 
@@ -490,7 +490,7 @@ public final class ResNetPass {
     /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
     /// running ones updated, each group's mean and scale rows left in rows set `rowSet`).
     func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?,
-                   rowSet: Int = 0, sums: (UnsafePointer<Float>, UnsafePointer<Float>)? = nil) {
+                   rowSet: Int = 0, sums: ConvOutputSums? = nil) {
         let u = n.unit, C = u.cout
         let relu = u.relu || residual != nil
         switch mode {
@@ -512,9 +512,9 @@ public final class ResNetPass {
                 let gamma = store.params + u.gamma
                 let rm = store.buffers + u.runningMean, rv = store.buffers + u.runningVar
                 // This call's groups' tiles of the epilogue's sums (whole images per group).
-                let tileSums = sums.map { (p, shift) -> BNTileSums in
+                let tileSums = sums.map { o -> BNTileSums in
                     let tpg = n.shape.wgTiles / s, stride = ConvOutputSums.stride(n.shape)
-                    return BNTileSums(sums: p + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: shift)
+                    return BNTileSums(sums: o.sums + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: o.shift)
                 }
                 if let output {
                     batchNormForwardTraining(sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
