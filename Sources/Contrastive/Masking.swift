@@ -25,7 +25,8 @@
 // negative per sample (each with its own cells and noise), fresh Gaussian noise for every masked value (no noise
 // tile shared by cells or samples). Rounding is Swift's `.rounded()` (half away from zero) where the official
 // code uses Python's `round` (half to even); the query cap is min(r*FG_ratio, fgCap) where the official code has
-// a 0.55 / 0.56 step; the cap applies to the query only (as PAPER.md states; the official hp code caps both).
+// a 0.55 / 0.56 step; the cap applies to every query, and to hp hard negatives (the official hp code caps both;
+// its blur and mean code caps neither).
 import Foundation
 import Kernels
 
@@ -37,7 +38,7 @@ public struct MaskConfig: Sendable, Equatable {
     public var negRatio: ClosedRange<Float> = 0.4...0.7
     /// A cell is foreground if its saliency >= mean - fgStd * std of its map.
     public var fgStd: Float = 0.6
-    /// Query: the foreground share r*FG_ratio is capped at fgCap.
+    /// The foreground share r*FG_ratio is capped at fgCap: for queries, and for hp-fill hard negatives.
     public var fgCap: Float = 0.55
     /// Standard deviation of the hp fill's noise in query views.
     public var querySigma: Float = 0.18
@@ -148,10 +149,12 @@ func queryCellCounts(r: Float, fgCount: Int, cells: Int, fgCap: Float) -> (fg: I
     return (nFG, nBG)
 }
 
-/// Hard-negative count for ratio r: round(r * FG_ratio * cells), at most fgCount.
+/// Hard-negative count for ratio r: round(min(r * FG_ratio, cap) * cells), at most fgCount. The hp fill
+/// caps the salient share at fgCap as the official hp code does (r * FG_ratio reaches it there); the blur
+/// and mean fills have no cap (cap = infinity), as in the official code.
 @inline(__always)
-func hardNegativeCellCount(r: Float, fgCount: Int, cells: Int) -> Int {
-    min(fgCount, Int((r * (Float(fgCount) / Float(cells)) * Float(cells)).rounded()))
+func hardNegativeCellCount(r: Float, fgCount: Int, cells: Int, cap: Float = .infinity) -> Int {
+    min(fgCount, Int((min(r * (Float(fgCount) / Float(cells)), cap) * Float(cells)).rounded()))
 }
 
 /// Query cells for a drawn r (zeroes `mask` first). `fgFlags` nil is allowed in .random mode only.
@@ -178,9 +181,9 @@ func selectQueryCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, 
 /// Hard-negative cells for a drawn r (zeroes `mask` first).
 @inline(__always)
 func selectHardNegativeCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, mode: MaskMode, r: Float,
-                             rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
+                             cap: Float = .infinity, rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
     for i in 0..<cells { mask[i] = 0 }
-    let n = hardNegativeCellCount(r: r, fgCount: fgCount, cells: cells)
+    let n = hardNegativeCellCount(r: r, fgCount: fgCount, cells: cells, cap: cap)
     switch mode {
     case .none:
         return 0
@@ -406,7 +409,8 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                                                      r: r, config: config, rng: &rng, mask: mask)
                             } else {
                                 _ = selectHardNegativeCells(fgFlags: fgFlags, fgCount: fgCount, cells: cells,
-                                                            mode: mode, r: r, rng: &rng, mask: mask)
+                                                            mode: mode, r: r, cap: fill == .hp ? config.fgCap : .infinity,
+                                                            rng: &rng, mask: mask)
                             }
                             let channel = kind == .spatial ? -1 : pass
                             for gi in 0..<grid {

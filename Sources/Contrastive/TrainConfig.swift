@@ -5,6 +5,15 @@ import Network
 
 public enum ContrastiveMethod: String, Codable, CaseIterable, Sendable { case moco, simclr }
 
+/// How hard negatives are drawn (PAPER.md).
+public enum HardNegativeMode: String, Codable, CaseIterable, Sendable {
+    /// Every sample gets its own: its key-side view masked on its salient cells.
+    case perSample = "per-sample"
+    /// The official code's: the batch is masked once and its first H images, each encoded on its own,
+    /// are the hard negatives of every query in the batch.
+    case shared
+}
+
 public struct TrainConfig: Codable, Equatable, Sendable {
     public var method: ContrastiveMethod = .moco
     public var arch: String = "resnet18"
@@ -27,6 +36,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var fill: String = "hp"
     public var alpha: Float = 2
     public var hardNegatives: Int = 1
+    public var hardNegativeMode: HardNegativeMode = .perSample
     /// "self" (key encoder's last feature map), "classical" (network-free), or a checkpoint path.
     public var saliency: String = "self"
     /// Epochs that use classical saliency before the encoder's own (when saliency is "self").
@@ -83,6 +93,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if !["hp", "blur", "mean"].contains(fill) { p.append("--fill must be hp, blur or mean, got '\(fill)'") }
         if !(alpha >= 0 && alpha <= 100) { p.append("--alpha must be in [0, 100], got \(alpha)") }
         if hardNegatives < 0 || hardNegatives > 16 { p.append("--hard-negatives must be between 0 and 16, got \(hardNegatives)") }
+        if hardNegativeMode == .shared && hardNegatives > batch {
+            p.append("--hard-negatives \(hardNegatives) shared needs a batch of at least as many images (\(batch))")
+        }
         if saliencyWarmup < 0 { p.append("--saliency-warmup must be >= 0") }
         if headDim < 1 { p.append("head dimension must be >= 1") }
         if let l = limit, l < batch { p.append("--limit \(l) is smaller than one batch (\(batch))") }
@@ -98,7 +111,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         return String(data: try! enc.encode(self), encoding: .utf8)!
     }
 
+    /// Decodes a saved configuration; settings it predates take their defaults.
     public static func from(json: String) throws -> TrainConfig {
-        try JSONDecoder().decode(TrainConfig.self, from: json.data(using: .utf8)!)
+        let defaults = try JSONSerialization.jsonObject(with: Data(TrainConfig().json().utf8)) as? [String: Any] ?? [:]
+        guard let saved = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "not a JSON object"))
+        }
+        let merged = defaults.merging(saved) { _, s in s }
+        return try JSONDecoder().decode(TrainConfig.self, from: JSONSerialization.data(withJSONObject: merged))
     }
 }

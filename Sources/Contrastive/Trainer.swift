@@ -68,15 +68,18 @@ public final class Trainer {
         let p = Preprocess.defaults(channels: config.inChannels)
         a.mean = p.mean.count == 3 ? p.mean : [p.mean[0], p.mean[0], p.mean[0]]
         a.std = p.std.count == 3 ? p.std : [p.std[0], p.std[0], p.std[0]]
-        a.highPass = config.masking != "none" && config.fill == "hp"
         return a
     }
+
+    /// Whether the encoder trains (and is evaluated) on high-pass views: the hp fill. The loader gives
+    /// plain views; the step filters them after any saliency that reads the plain ones.
+    public var highPassInput: Bool { step.highPassViews }
 
     /// Preprocessing for kNN and extraction: the training resolution, same normalisation; high-pass
     /// when the encoder was trained on high-pass views (the paper's linear evaluation does the same).
     public var evaluationPreprocess: Preprocess {
         var p = Preprocess.defaults(channels: config.inChannels, resize: config.resolution)
-        p.highPass = augmentConfig.highPass
+        p.highPass = highPassInput
         return p
     }
 
@@ -114,7 +117,7 @@ public final class Trainer {
         var file = SafeTensorsFile(metadata: EncoderCheckpoint.metadata(step.query.config).merging([
             "format": "salient-trainer-1", "method": config.method.rawValue, "epoch": String(epochCompleted),
             "step": String(globalStep), "config": config.json(), "resolution": String(config.resolution),
-            "input": augmentConfig.highPass ? "highpass" : "plain",
+            "input": highPassInput ? "highpass" : "plain",
         ]) { _, b in b })
         step.query.store.export(into: &file, prefix: "encoder_q.")
         if let k = step.key { k.store.export(into: &file, prefix: "encoder_k.") }
@@ -270,8 +273,13 @@ public final class Trainer {
     func writeTrainingPreview(_ batch: Batch) throws {
         let path = out + "/preview.png"
         let n = min(8, config.batch)
-        let img = renderTrainingPreview(step: step, views: batch.views, count: n,
-                                        mean: augmentConfig.mean, std: augmentConfig.std, highPass: augmentConfig.highPass)
+        var views = batch.views
+        if highPassInput {
+            views[0] = highPassFilter(views[0], n: config.batch, height: config.resolution, width: config.resolution,
+                                      channels: config.inChannels)
+        }
+        let img = renderTrainingPreview(step: step, views: views, count: n,
+                                        mean: augmentConfig.mean, std: augmentConfig.std, highPass: highPassInput)
         try writePNG(path: path, image: img)
         observer?.message("wrote \(path)")
     }

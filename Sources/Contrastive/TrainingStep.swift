@@ -164,7 +164,8 @@ public final class TrainingStep {
 
     public var hardNegativeCount: Int { masking == .none ? 0 : config.hardNegatives }
 
-    /// Runs one step on a batch whose views are normalised (and high-pass filtered when fill is hp).
+    /// Runs one step on a batch of normalised views (plain: the step high-pass filters them itself for
+    /// the hp fill, after any saliency that reads the plain views).
     /// `step` is the global step (it seeds the masks), `epoch` picks classical or own saliency.
     public func step(views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
         let B = batch, img = res * res * channels
@@ -183,39 +184,65 @@ public final class TrainingStep {
 
     var useClassical: Bool { config.saliency == "classical" }
 
-    /// Saliency of `view` [B][R][R][C] into `out` [B][G*G]: classical during warm-up, else from the
-    /// last feature map of a forward (`afterForward` is true when `pass` has just run on this view).
-    func saliency(of view: UnsafeMutablePointer<Float>, epoch: Int, encoder: Encoder, pass: ResNetPass,
-                  afterForward: Bool, out: UnsafeMutablePointer<Float>) {
+    /// Whether the encoder trains on high-pass views (the hp fill, PAPER.md): the step filters both
+    /// views itself, after any saliency that must see the plain ones.
+    public var highPassViews: Bool { masking != .none && fill == .hp }
+
+    /// Whether this epoch's saliency reads the plain views (network-free, or an imported encoder)
+    /// rather than the training encoder's own features of the views it trains on.
+    func plainSaliency(epoch: Int) -> Bool {
+        saliencyEncoder != nil || useClassical || epoch < config.saliencyWarmup
+    }
+
+    /// Saliency of the plain view `view` [B][R][R][C] into `out` [B][G*G]: from the imported encoder's
+    /// last feature map (eval-mode batch norm) or the network-free map.
+    func plainSaliency(of view: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
         let B = batch
         if let s = saliencyEncoder, let sp = sPass {
             sp.forward(input: view, store: s.store, mode: .eval)
             saliencyFromFeatures(sp.lastFeatureMap, batch: B, height: sp.mapHeight, width: sp.mapWidth,
                                  channels: s.config.featureDim, grid: grid, output: out)
-        } else if useClassical || epoch < config.saliencyWarmup {
-            classicalSaliency(view, batch: B, height: res, width: res, channels: channels, grid: grid, output: out)
         } else {
-            if !afterForward { pass.forward(input: view, store: encoder.store, mode: .train(splits: config.effectiveBNSplits)) }
-            saliencyFromFeatures(pass.lastFeatureMap, batch: B, height: pass.mapHeight, width: pass.mapWidth,
-                                 channels: encoder.config.featureDim, grid: grid, output: out)
-            // A map from the shuffled embedding forward is in permuted order.
-            if afterForward { unshuffleRows(out, width: grid * grid) }
+            classicalSaliency(view, batch: B, height: res, width: res, channels: channels, grid: grid, output: out)
         }
+    }
+
+    /// Saliency of a training view from `encoder`'s last feature map: after the embedding forward that
+    /// just ran on it (`afterForward`, its rows in shuffled order), or from a forward of its own that
+    /// leaves the running batch-norm statistics untouched.
+    func ownSaliency(of view: UnsafeMutablePointer<Float>, encoder: Encoder, afterForward: Bool,
+                     out: UnsafeMutablePointer<Float>) {
+        if !afterForward {
+            nPass.forward(input: view, store: encoder.store, mode: .batchStatistics(splits: config.effectiveBNSplits))
+        }
+        saliencyFromFeatures(nPass.lastFeatureMap, batch: batch, height: nPass.mapHeight, width: nPass.mapWidth,
+                             channels: encoder.config.featureDim, grid: grid, output: out)
+        if afterForward { unshuffleRows(out, width: grid * grid) }
+    }
+
+    /// High-pass filters `count` views in place (the hp fill's input).
+    func highPassInPlace(_ views: UnsafeMutablePointer<Float>, count: Int) {
+        highPassFilter(views, blurred, scratch: filterScratch, n: count, height: res, width: res, channels: channels)
+        views.update(from: blurred, count: count * res * res * channels)
     }
 
     /// Embeds `view` with `encoder` (no grad) into normalised rows at `out`. Shuffle-BN stand-in:
     /// the batch is permuted (seeded by step and `tag`) before a forward whose batch norm uses
     /// `bnSplits` groups, and the embeddings are put back in order, so that no sample's key shares
     /// its normalisation group with the same neighbours as its query. `lastFeatureMap` of nPass stays
-    /// in permuted order: `unshuffleRows` puts per-sample results derived from it back.
+    /// in permuted order: `unshuffleRows` puts per-sample results derived from it back. Only the key
+    /// forward (`updateStatistics`) moves the encoder's running batch-norm statistics.
     func embed(_ view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>,
-               norms: UnsafeMutablePointer<Float>, step: Int, tag: UInt64) {
+               norms: UnsafeMutablePointer<Float>, step: Int, tag: UInt64, updateStatistics: Bool,
+               splits: Int? = nil) {
         let B = batch, D = config.headDim, img = res * res * channels
         var rng = SplitMix64(seed: SplitMix64.derive(config.seed, UInt64(step), tag))
         for i in 0..<B { permutation[i] = i }
         for i in stride(from: B - 1, to: 0, by: -1) { permutation.swapAt(i, rng.int(below: i + 1)) }
         for i in 0..<B { (nPass.input + i * img).update(from: view + permutation[i] * img, count: img) }
-        nPass.forward(input: nPass.input, store: encoder.store, mode: .train(splits: config.effectiveBNSplits))
+        let s = splits ?? config.effectiveBNSplits
+        nPass.forward(input: nPass.input, store: encoder.store,
+                      mode: updateStatistics ? .train(splits: s) : .batchStatistics(splits: s))
         nHead.forward(features: nPass.features, store: encoder.store)
         l2NormalizeForward(rows: B, dim: D, input: nHead.output, output: shuffled, norms: norms)
         for i in 0..<B { (out + permutation[i] * D).update(from: shuffled + i * D, count: D) }
@@ -228,7 +255,11 @@ public final class TrainingStep {
         rows.update(from: shuffled, count: B * width)
     }
 
-    /// Hard negatives: each sample's key-side view, masked on its salient cells H times, embedded.
+    /// Hard negatives of the key-side views `source` (no grad, running statistics untouched).
+    /// Per sample (our default): each sample's own view masked on its salient cells H times, each
+    /// embedded with the key's batch-norm groups. Shared (the official code): the batch masked once
+    /// and its first H images embedded one by one (batch-norm statistics of each image alone, as a
+    /// batch of one), every query then facing the same H hard negatives.
     func hardNegatives(from source: UnsafeMutablePointer<Float>, saliency sal: UnsafeMutablePointer<Float>,
                        encoder: Encoder, step: Int) {
         let B = batch, H = hardNegativeCount, D = config.headDim, img = res * res * channels
@@ -236,7 +267,8 @@ public final class TrainingStep {
         if fill == .blur {
             timed(\.masking) { strongBlur(source, blurred, scratch: filterScratch, n: B, height: res, width: res, channels: channels) }
         }
-        for h in 0..<H {
+        let shared = config.hardNegativeMode == .shared
+        for h in 0..<(shared ? 1 : H) {
             timed(\.masking) {
                 hardView.update(from: source, count: B * img)
                 applyMasks(views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil, saliency: sal,
@@ -245,8 +277,13 @@ public final class TrainingStep {
                            cellMasks: h == 0 ? hardCells : nil, records: nil)
             }
             timed(\.hardNegatives) {
-                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step, tag: 0x4A4E + UInt64(h))
-                for b in 0..<B { (tz + (b * H + h) * D).update(from: hz + b * D, count: D) }
+                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step, tag: 0x4A4E + UInt64(h),
+                      updateStatistics: false, splits: shared ? B : nil)
+                if shared {
+                    for b in 0..<B { (tz + b * H * D).update(from: hz, count: H * D) }
+                } else {
+                    for b in 0..<B { (tz + (b * H + h) * D).update(from: hz + b * D, count: D) }
+                }
             }
         }
     }
@@ -272,12 +309,24 @@ public final class TrainingStep {
             momentumUpdate(count: key.store.parameterCount, target: key.store.params, source: query.store.params,
                            m: config.mocoMomentum)
         }
-        timed(\.keyForward) { embed(keyView, encoder: key, out: kz, norms: kNorms, step: step, tag: 0x4B45) }
-        if masking != .none {
+        let selfSaliency = masking == .saliency && !plainSaliency(epoch: epoch)
+        if masking == .saliency && !selfSaliency {
             timed(\.saliency) {
-                if masking == .saliency {
-                    saliency(of: keyView, epoch: epoch, encoder: key, pass: nPass, afterForward: true, out: kSaliency)
-                    saliency(of: queryView, epoch: epoch, encoder: key, pass: nPass, afterForward: false, out: qSaliency)
+                plainSaliency(of: keyView, out: kSaliency)
+                plainSaliency(of: queryView, out: qSaliency)
+            }
+        }
+        if highPassViews {
+            timed(\.masking) { highPassInPlace(queryView, count: B); highPassInPlace(keyView, count: B) }
+        }
+        timed(\.keyForward) {
+            embed(keyView, encoder: key, out: kz, norms: kNorms, step: step, tag: 0x4B45, updateStatistics: true)
+        }
+        if masking != .none {
+            if selfSaliency {
+                timed(\.saliency) {
+                    ownSaliency(of: keyView, encoder: key, afterForward: true, out: kSaliency)
+                    ownSaliency(of: queryView, encoder: key, afterForward: false, out: qSaliency)
                 }
             }
             hardNegatives(from: keyView, saliency: kSaliency, encoder: key, step: step)
@@ -323,11 +372,19 @@ public final class TrainingStep {
         let first = queryView, second = queryView + B * img
         views[0].withUnsafeBufferPointer { first.update(from: $0.baseAddress!, count: B * img) }
         views[1].withUnsafeBufferPointer { second.update(from: $0.baseAddress!, count: B * img) }
-        if masking != .none {
+        let selfSaliency = masking == .saliency && !plainSaliency(epoch: epoch)
+        if masking == .saliency && !selfSaliency {
             timed(\.saliency) {
-                if masking == .saliency {
-                    saliency(of: second, epoch: epoch, encoder: query, pass: nPass, afterForward: false, out: kSaliency)
-                    saliency(of: first, epoch: epoch, encoder: query, pass: nPass, afterForward: false, out: qSaliency)
+                plainSaliency(of: second, out: kSaliency)
+                plainSaliency(of: first, out: qSaliency)
+            }
+        }
+        if highPassViews { timed(\.masking) { highPassInPlace(first, count: 2 * B) } }
+        if masking != .none {
+            if selfSaliency {
+                timed(\.saliency) {
+                    ownSaliency(of: second, encoder: query, afterForward: false, out: kSaliency)
+                    ownSaliency(of: first, encoder: query, afterForward: false, out: qSaliency)
                 }
             }
             hardNegatives(from: second, saliency: kSaliency, encoder: query, step: step)
@@ -349,6 +406,8 @@ public final class TrainingStep {
     public var lastKeyViews: UnsafePointer<Float> { UnsafePointer(config.method == .moco ? keyView : queryView + batch * res * res * channels) }
     public var lastHardViews: UnsafePointer<Float> { UnsafePointer(hardView) }
     public var lastQuerySaliency: UnsafePointer<Float> { UnsafePointer(qSaliency) }
+    /// The last step's hard-negative embeddings [B][H][D] (normalised), as the objective read them.
+    public var lastHardNegativeEmbeddings: UnsafePointer<Float> { UnsafePointer(tz) }
     public var lastKeySaliency: UnsafePointer<Float> { UnsafePointer(kSaliency) }
     public var gridSize: Int { grid }
 }

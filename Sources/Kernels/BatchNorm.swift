@@ -340,8 +340,10 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
             saveMean[c] = Float(mu)
             saveInvStd[c] = Float(inv)
             scale[i] = Float(Double(gamma[c]) * inv)
-            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
-            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+            if m != 0 {
+                runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+                runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+            }
         }
     }
 }
@@ -519,8 +521,10 @@ public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafeP
         }
         saveMean[c] = Float(mu); saveInvStd[c] = Float(inv)
         let m = Double(momentum)
-        runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
-        runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * q / Double(max(P - 1, 1)))
+        if m != 0 {
+            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * q / Double(max(P - 1, 1)))
+        }
     }
 }
 

@@ -9,8 +9,20 @@ public enum BatchNormMode: Sendable, Equatable {
     /// Batch statistics (running statistics updated). `splits` > 1 normalises each contiguous
     /// group of batch/splits samples on its own (MoCo's shuffle-BN stand-in); backward needs 1.
     case train(splits: Int)
+    /// Batch statistics as `train`, the running statistics left untouched: the auxiliary no-grad
+    /// forwards of a training step (saliency, hard negatives), whose masked or extra views must not
+    /// reach the statistics used at evaluation.
+    case batchStatistics(splits: Int)
     /// Running statistics.
     case eval
+
+    /// The batch-norm groups of a batch-statistics mode (nil in eval mode).
+    var splits: Int? {
+        switch self {
+        case .train(let s), .batchStatistics(let s): return s
+        case .eval: return nil
+        }
+    }
 }
 
 /// Weight panels and scratch of the convolutions (and batch norms), shared by passes that never run
@@ -467,7 +479,7 @@ public final class ResNetPass {
         // Training-mode batch statistics from the Winograd forward's epilogue (per-tile sums around the
         // running mean, copied first: the batch norm updates it) rather than from reading y back.
         var sums: ConvOutputSums? = nil
-        if case .train = mode, n.shape.usesWinograd, Self.statisticsInEpilogue {
+        if mode.splits != nil, n.shape.usesWinograd, Self.statisticsInEpilogue {
             precondition(workspace.sumsCount >= ConvOutputSums.count(n.shape) + u.cout, "workspace sums not planned")
             let shift = workspace.sums + ConvOutputSums.count(n.shape)
             shift.update(from: store.buffers + u.runningMean, count: u.cout)
@@ -500,8 +512,9 @@ public final class ResNetPass {
                                       gamma: store.params + u.gamma, beta: store.params + u.beta,
                                       runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
                                       eps: 1e-5, relu: relu, residual: residual, output: output)
-        case .train(let splits):
+        case .train(let splits), .batchStatistics(let splits):
             let s = max(1, min(splits, batch))
+            let momentum: Float = mode == .train(splits: splits) ? 0.1 : 0  // 0: running statistics untouched
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
             // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
             let px = n.bnPixels / s, cp = bnPadded(C)
@@ -518,20 +531,20 @@ public final class ResNetPass {
                 }
                 if let output {
                     batchNormForwardTraining(sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
-                                             runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5, relu: relu,
+                                             runningMean: rm, runningVar: rv, momentum: momentum, eps: 1e-5, relu: relu,
                                              residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
                                              saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
                                              tileSums: tileSums)
                 } else {
                     batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
-                                                momentum: 0.1, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
+                                                momentum: momentum, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
                                                 mean: affineMean + rowSet * affineRowCount + i * cp,
                                                 scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
                                                 tileSums: tileSums)
                 }
                 i += g
             }
-            store.counters[u.counter] += 1
+            if momentum != 0 { store.counters[u.counter] += 1 }
         }
     }
 
@@ -547,7 +560,7 @@ public final class ResNetPass {
             batchNormInferenceAffine(channels: u.cout, gamma: store.params + u.gamma, runningMean: store.buffers + u.runningMean,
                                      runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: mean, scale: scale)
             return (mean, scale, 1)
-        case .train(let splits):
+        case .train(let splits), .batchStatistics(let splits):
             return (mean, scale, max(1, min(splits, batch)))
         }
     }

@@ -83,3 +83,5 @@ func progressNote(_ s: String, done: Bool) {
 func labelsPath(forFeatures path: String) -> String {
     path.hasSuffix(".npy") ? String(path.dropLast(4)) + ".labels.npy" : path + ".labels.npy"
 }
+
+extension HardNegativeMode: ExpressibleByArgument {}

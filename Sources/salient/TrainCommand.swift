@@ -37,6 +37,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "hp | blur | mean") var fill = "hp"
     @Option(help: "Weight of the hard-negative logits.") var alpha: Float = 2
     @Option(name: .customLong("hard-negatives"), help: "Hard negatives per sample.") var hardNegatives = 1
+    @Option(name: .customLong("hard-negative-mode"),
+            help: "per-sample (each sample masks its own key view) | shared (the official code: the batch's first H masked images, shared by every query).")
+    var hardNegativeMode: HardNegativeMode = .perSample
     @Option(help: "self | classical | CHECKPOINT (an imported encoder).") var saliency = "self"
     @Option(name: .customLong("saliency-warmup"), help: "Epochs of classical saliency before the encoder's own.") var saliencyWarmup = 1
     @Option(name: .customLong("bn-splits"), help: "Batch-norm groups in the key encoder (shuffle-BN stand-in).") var bnSplits = 8
@@ -58,7 +61,7 @@ struct TrainCommand: ParsableCommand {
         c.epochs = epochs; c.batch = batch; c.lr = lr; c.weightDecay = wd; c.sgdMomentum = momentum
         c.warmupEpochs = warmup; c.cosine = !noCosine; c.queue = queue; c.mocoMomentum = mocoM
         c.temperature = temperature; c.masking = masking; c.fill = fill; c.alpha = alpha
-        c.hardNegatives = hardNegatives; c.saliency = saliency; c.saliencyWarmup = saliencyWarmup
+        c.hardNegatives = hardNegatives; c.hardNegativeMode = hardNegativeMode; c.saliency = saliency; c.saliencyWarmup = saliencyWarmup
         c.bnSplits = bnSplits; c.limit = limit; c.seed = seed; c.saveEvery = saveEvery
         return c
     }

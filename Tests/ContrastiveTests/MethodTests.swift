@@ -1,0 +1,174 @@
+// The method as PAPER.md states it, where a training step could silently do otherwise: which views
+// saliency reads, which forwards move the batch-norm statistics, the hp fill's hard-negative cap and
+// the official code's shared hard negatives.
+import XCTest
+import Foundation
+import Kernels
+import Network
+import Data
+import Contrastive
+import TestSupport
+
+final class MethodTests: XCTestCase {
+    func config(_ method: ContrastiveMethod, fill: String = "hp", saliency: String = "self", warmup: Int = 0)
+        -> TrainConfig {
+        var c = TrainConfig()
+        c.method = method
+        c.width = 0.125; c.inChannels = 1; c.resolution = 16; c.batch = 8; c.queue = 32
+        c.masking = "saliency"; c.fill = fill; c.saliency = saliency; c.saliencyWarmup = warmup
+        c.hardNegatives = 1; c.bnSplits = 2; c.seed = 3
+        return c
+    }
+
+    /// Two plain views of drawn shapes on a dark ground (so that saliency and the high-pass filter
+    /// both have something to find).
+    func views(_ c: TrainConfig, seed: UInt64 = 1) -> [[Float]] {
+        var rng = TestRNG(seed: seed)
+        let R = c.resolution, img = R * R * c.inChannels
+        return (0..<2).map { _ in
+            var v = [Float](repeating: -1, count: c.batch * img)
+            for b in 0..<c.batch {
+                let y0 = Int(rng.next() % UInt64(R / 2)), x0 = Int(rng.next() % UInt64(R / 2))
+                for y in y0..<(y0 + R / 3) { for x in x0..<(x0 + R / 3) { v[b * img + y * R + x] = 1 } }
+                for i in 0..<img { v[b * img + i] += Float(rng.uniform() - 0.5) * 0.2 }
+            }
+            return v
+        }
+    }
+
+    func array(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+    func counters(_ s: ParameterStore) -> [Int64] { Array(UnsafeBufferPointer(start: s.counters, count: s.counterCount)) }
+    func buffers(_ s: ParameterStore) -> [Float] { array(s.buffers, s.bufferCount) }
+
+    /// The hp fill's hard negative masks at most fgCap of the cells (the official hp code's cap); the
+    /// blur and mean fills have none. All cells foreground, r = 0.7: 11 of 16 cells uncapped, 9 capped.
+    func testHighPassHardNegativeIsCapped() {
+        var cfg = MaskConfig()
+        cfg.focalProb = 0; cfg.spatialProb = 1; cfg.negRatio = 0.7...0.7
+        let B = 6, R = 16, G = 4
+        let v = [Float](repeating: 0.3, count: B * R * R)
+        let sal = [Float](repeating: 1, count: B * G * G)
+        for (fill, expected) in [(MaskFill.hp, 9), (.mean, 11), (.blur, 11)] {
+            var x = v
+            var rec = [MaskRecord](repeating: MaskRecord(), count: B)
+            sal.withUnsafeBufferPointer { s in
+                v.withUnsafeBufferPointer { blurred in
+                    x.withUnsafeMutableBufferPointer { xp in
+                        applyMasks(views: xp.baseAddress!, blurred: blurred.baseAddress!, saliency: s.baseAddress!,
+                                   batch: B, height: R, width: R, channels: 1, grid: G, role: .hardNegative,
+                                   mode: .saliency, fill: fill, config: cfg, seed: 1, step: 0, cellMasks: nil,
+                                   records: &rec)
+                    }
+                }
+            }
+            XCTAssertEqual(rec.map(\.maskedCells), [Int](repeating: expected, count: B), "\(fill)")
+        }
+    }
+
+    /// SimCLR with saliency masking and a hard negative: of the step's forwards only the training
+    /// forward (both views, 2B) moves the running batch-norm statistics: they equal what that forward
+    /// alone gives a fresh copy of the initial encoder, and every counter moved by one.
+    func testSimCLRAuxiliaryForwardsLeaveStatisticsAlone() {
+        let c = config(.simclr)
+        let step = TrainingStep(config: c)
+        let fresh = Encoder(config: c.resnet, headDim: c.headDim)
+        fresh.initialize(seed: c.seed)
+        XCTAssertTrue(buffers(fresh.store) == buffers(step.query.store))
+        _ = step.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
+        XCTAssertEqual(counters(step.query.store), [Int64](repeating: 1, count: step.query.store.counterCount))
+        // The training forward alone, on the views the step trained on (masked queries, then keys).
+        let pass = ResNetPass(layout: fresh.backbone, batch: 2 * c.batch, height: c.resolution, width: c.resolution,
+                              keepActivations: true)
+        pass.forward(input: step.lastQueryViews, store: fresh.store, mode: .train(splits: 1))
+        XCTAssertTrue(buffers(step.query.store) == buffers(fresh.store), "running statistics moved by another forward")
+    }
+
+    /// MoCo: the key encoder's statistics move once per step (the key forward), the query encoder's
+    /// once (its training forward); the saliency and hard-negative forwards move neither.
+    func testMoCoAuxiliaryForwardsLeaveStatisticsAlone() {
+        let c = config(.moco)
+        let step = TrainingStep(config: c)
+        for s in 0..<2 { _ = step.step(views: views(c, seed: UInt64(s + 1)), epoch: 0, step: s, lr: 0.05) }
+        XCTAssertEqual(counters(step.query.store), [Int64](repeating: 2, count: step.query.store.counterCount))
+        XCTAssertEqual(counters(step.key!.store), [Int64](repeating: 2, count: step.key!.store.counterCount))
+    }
+
+    /// A batch-statistics forward normalises exactly as a training forward and leaves the running
+    /// statistics and counters as they were.
+    func testBatchStatisticsModeMatchesTrainWithoutUpdating() {
+        let c = config(.moco)
+        let e = Encoder(config: c.resnet)
+        e.initialize(seed: 4)
+        let x = views(c)[0]
+        let a = ResNetPass(layout: e.backbone, batch: c.batch, height: 16, width: 16, keepActivations: false)
+        let before = buffers(e.store)
+        a.forward(input: x, store: e.store, mode: .batchStatistics(splits: 2))
+        let fa = array(a.features, c.batch * e.config.featureDim)
+        XCTAssertTrue(buffers(e.store) == before, "a batch-statistics forward moved the running statistics")
+        XCTAssertEqual(counters(e.store), [Int64](repeating: 0, count: e.store.counterCount))
+        a.forward(input: x, store: e.store, mode: .train(splits: 2))
+        XCTAssertTrue(array(a.features, c.batch * e.config.featureDim) == fa, "the two modes normalise differently")
+        XCTAssertTrue(buffers(e.store) != before)
+    }
+
+    /// Network-free saliency with the hp fill reads the plain views; the encoder trains on their
+    /// high-pass copies (MoCo: the key view that produced the keys is the high-passed one).
+    func testClassicalSaliencyReadsPlainViewsUnderHighPassFill() {
+        let c = config(.moco, saliency: "classical")
+        let step = TrainingStep(config: c)
+        let v = views(c)
+        let R = c.resolution, G = step.gridSize
+        _ = step.step(views: v, epoch: 0, step: 0, lr: 0.05)
+        var expected = [Float](repeating: 0, count: c.batch * G * G)
+        classicalSaliency(v[1], batch: c.batch, height: R, width: R, channels: 1, grid: G, output: &expected)
+        XCTAssertEqual(array(step.lastKeySaliency, c.batch * G * G), expected)
+        let hp = highPassFilter(v[1], n: c.batch, height: R, width: R, channels: 1)
+        XCTAssertTrue(array(step.lastKeyViews, c.batch * R * R) == hp, "the encoder did not train on high-pass views")
+        XCTAssertTrue(step.highPassViews)
+        // The same during a warm-up epoch of self saliency.
+        let warm = TrainingStep(config: config(.moco, saliency: "self", warmup: 1))
+        _ = warm.step(views: v, epoch: 0, step: 0, lr: 0.05)
+        XCTAssertEqual(array(warm.lastKeySaliency, c.batch * G * G), expected)
+    }
+
+    /// The trainer's loader gives plain views under the hp fill (the step filters them); checkpoints
+    /// still say that the encoder reads high-pass input.
+    func testTrainerLoadsPlainViewsForHighPassFill() throws {
+        let c = config(.simclr, saliency: "classical")
+        let data = ImageDataset.synthetic(count: 16, width: 20, height: 20, channels: 1, seed: 1)
+        let dir = NSTemporaryDirectory() + "salient-hp-plain-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let t = try Trainer(config: c, dataset: data, out: dir)
+        XCTAssertFalse(t.augmentConfig.highPass)
+        XCTAssertTrue(t.highPassInput)
+        XCTAssertTrue(t.evaluationPreprocess.highPass)
+    }
+
+    /// Shared hard negatives (the official code): every query faces the same H embeddings, those of
+    /// the batch's first H masked key views, each normalised on its own as a batch of one.
+    func testSharedHardNegativesAreTheFirstImagesEncodedAlone() {
+        var c = config(.moco, fill: "mean")
+        c.hardNegatives = 2; c.hardNegativeMode = .shared
+        let step = TrainingStep(config: c)
+        _ = step.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
+        let D = c.headDim, H = 2, R = c.resolution
+        let t = array(step.lastHardNegativeEmbeddings, c.batch * H * D)
+        for b in 1..<c.batch { XCTAssertEqual(Array(t[(b * H * D)..<((b + 1) * H * D)]), Array(t[0..<(H * D)])) }
+        let key = step.key!
+        let pass = ResNetPass(layout: key.backbone, batch: 1, height: R, width: R, keepActivations: false)
+        let head = MLPHeadPass(layout: key.head!, batch: 1)
+        for h in 0..<H {
+            pass.forward(input: step.lastHardViews + h * R * R, store: key.store, mode: .batchStatistics(splits: 1))
+            head.forward(features: pass.features, store: key.store)
+            var z = [Float](repeating: 0, count: D), norm: Float = 0
+            l2NormalizeForward(rows: 1, dim: D, input: head.output, output: &z, norms: &norm)
+            for i in 0..<D { XCTAssertEqual(t[h * D + i], z[i], accuracy: 1e-5) }
+        }
+        // Per sample (the default): each query's hard negative differs.
+        var p = c; p.hardNegativeMode = .perSample
+        let ps = TrainingStep(config: p)
+        _ = ps.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
+        let u = array(ps.lastHardNegativeEmbeddings, c.batch * H * D)
+        XCTAssertNotEqual(Array(u[0..<D]), Array(u[(H * D)..<(H * D + D)]))
+    }
+}
