@@ -197,29 +197,8 @@ public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatur
                  "linear probe: label out of range 0..<\(classes)")
     precondition(!config.weightDecays.isEmpty && config.epochs > 0 && config.batch > 0, "linear probe: bad config")
 
-    // Standardise with train mean / std (per feature, Double sums).
-    var mean = [Double](repeating: 0, count: dim), sq = [Double](repeating: 0, count: dim)
-    for r in 0..<n {
-        for j in 0..<dim { let v = Double(trainFeatures[r * dim + j]); mean[j] += v; sq[j] += v * v }
-    }
-    var shift = [Float](repeating: 0, count: dim), scale = [Float](repeating: 1, count: dim)
-    for j in 0..<dim {
-        let mu = mean[j] / Double(n), varj = max(0, sq[j] / Double(n) - mu * mu)
-        shift[j] = Float(mu)
-        scale[j] = varj > 1e-12 ? Float(1 / varj.squareRoot()) : 1
-    }
-    func standardised(_ x: [Float]) -> [Float] {
-        var y = x
-        let rows = x.count / dim
-        y.withUnsafeMutableBufferPointer { p in
-            let base = p.baseAddress!
-            parallelFor(rows) { lo, hi, _ in
-                for r in lo..<hi { for j in 0..<dim { base[r * dim + j] = (base[r * dim + j] - shift[j]) * scale[j] } }
-            }
-        }
-        return y
-    }
-    let xs = standardised(trainFeatures), xt = standardised(testFeatures)
+    let standardizer = FeatureStandardizer(trainFeatures, rows: n, dim: dim)
+    let xs = standardizer.apply(trainFeatures), xt = standardizer.apply(testFeatures)
     let lr = config.learningRate ?? min(1, 20 / largestEigenvalue(xs, rows: n, dim: dim, seed: seed))
 
     // Choose the weight decay on a held-out part of train.
@@ -248,6 +227,38 @@ public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatur
     let acc = model.accuracy(xt, testLabels)
     return LinearProbeResult(top1: acc.top1, top5: acc.top5, weightDecay: chosen, validationTop1: validation,
                              epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
+}
+
+/// Per-feature standardisation with the mean and std of a set of rows (Double sums).
+struct FeatureStandardizer {
+    var shift: [Float], scale: [Float]
+    let dim: Int
+
+    init(_ x: [Float], rows n: Int, dim: Int) {
+        self.dim = dim
+        var mean = [Double](repeating: 0, count: dim), sq = [Double](repeating: 0, count: dim)
+        for r in 0..<n {
+            for j in 0..<dim { let v = Double(x[r * dim + j]); mean[j] += v; sq[j] += v * v }
+        }
+        shift = [Float](repeating: 0, count: dim); scale = [Float](repeating: 1, count: dim)
+        for j in 0..<dim {
+            let mu = mean[j] / Double(n), varj = max(0, sq[j] / Double(n) - mu * mu)
+            shift[j] = Float(mu)
+            scale[j] = varj > 1e-12 ? Float(1 / varj.squareRoot()) : 1
+        }
+    }
+
+    func apply(_ x: [Float]) -> [Float] {
+        var y = x
+        let rows = x.count / dim, dim = self.dim, shift = self.shift, scale = self.scale
+        y.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            parallelFor(rows) { lo, hi, _ in
+                for r in lo..<hi { for j in 0..<dim { base[r * dim + j] = (base[r * dim + j] - shift[j]) * scale[j] } }
+            }
+        }
+        return y
+    }
 }
 
 func gatherRows(_ x: [Float], _ idx: [Int], _ dim: Int) -> [Float] {
@@ -312,6 +323,15 @@ struct SoftmaxModel {
 /// (no decay on the bias), from zero weights; the epoch order comes from the seed.
 func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weightDecay: Float, lr: Float,
                             config: LinearProbeConfig, seed: UInt64) -> SoftmaxModel {
+    trainSoftmaxRegression(epochFeatures: { _ in x }, y: y, dim: dim, classes: classes, weightDecay: weightDecay,
+                           lr: lr, config: config, seed: seed)
+}
+
+/// As above, with the rows of each epoch from `epochFeatures(epoch)` (N x dim, same row order as `y`):
+/// new random views of the same images every epoch for the augmented probe.
+func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], dim: Int, classes: Int,
+                            weightDecay: Float, lr: Float, config: LinearProbeConfig, seed: UInt64) rethrows
+    -> SoftmaxModel {
     let n = y.count, wCount = classes * dim
     let batch = min(config.batch, n)
     let stepsPerEpoch = (n + batch - 1) / batch, total = stepsPerEpoch * config.epochs
@@ -323,18 +343,20 @@ func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weig
     var order = Array(0..<n)
     var lastLoss = 0.0
     var step = 0
-    x.withUnsafeBufferPointer { xp in
-        params.withUnsafeMutableBufferPointer { pp in
-            grads.withUnsafeMutableBufferPointer { gp in
-                momentum.withUnsafeMutableBufferPointer { mp in
-                    xb.withUnsafeMutableBufferPointer { xbp in
-                        probs.withUnsafeMutableBufferPointer { prp in
-                            let P = pp.baseAddress!, G = gp.baseAddress!, M = mp.baseAddress!
-                            let X = xp.baseAddress!, XB = xbp.baseAddress!, PR = prp.baseAddress!
-                            for epoch in 0..<config.epochs {
-                                var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), 0x5EED_0003))
-                                for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.int(below: i + 1)) }
-                                var epochLoss = 0.0
+    for epoch in 0..<config.epochs {
+        let x = try epochFeatures(epoch)
+        precondition(x.count == n * dim, "linear probe: an epoch's features do not match the labels")
+        var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), 0x5EED_0003))
+        for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.int(below: i + 1)) }
+        var epochLoss = 0.0
+        x.withUnsafeBufferPointer { xp in
+            params.withUnsafeMutableBufferPointer { pp in
+                grads.withUnsafeMutableBufferPointer { gp in
+                    momentum.withUnsafeMutableBufferPointer { mp in
+                        xb.withUnsafeMutableBufferPointer { xbp in
+                            probs.withUnsafeMutableBufferPointer { prp in
+                                let P = pp.baseAddress!, G = gp.baseAddress!, M = mp.baseAddress!
+                                let X = xp.baseAddress!, XB = xbp.baseAddress!, PR = prp.baseAddress!
                                 var start = 0
                                 while start < n {
                                     let rows = min(batch, n - start)
@@ -347,8 +369,9 @@ func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weig
                                     let loss = yb.withUnsafeBufferPointer { lb in
                                         let l = softmaxCrossEntropyForward(rows: rows, classes: classes, logits: PR,
                                                                            labels: lb.baseAddress!, probs: PR)
-                                        softmaxCrossEntropyBackward(rows: rows, classes: classes, probs: PR, labels: lb.baseAddress!,
-                                                                    scale: 1 / Float(rows), gradLogits: PR)
+                                        softmaxCrossEntropyBackward(rows: rows, classes: classes, probs: PR,
+                                                                    labels: lb.baseAddress!, scale: 1 / Float(rows),
+                                                                    gradLogits: PR)
                                         return l
                                     }
                                     epochLoss += Double(loss) * Double(rows)
@@ -357,21 +380,45 @@ func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weig
                                     let rate = lr * Float(0.5 * (1 + cos(Double.pi * Double(step) / Double(total))))
                                     sgdStep(count: wCount, params: P, grads: G, momentumBuffer: M, lr: rate,
                                             momentum: config.momentum, weightDecay: weightDecay)
-                                    sgdStep(count: classes, params: P + wCount, grads: G + wCount, momentumBuffer: M + wCount,
-                                            lr: rate, momentum: config.momentum, weightDecay: 0)
+                                    sgdStep(count: classes, params: P + wCount, grads: G + wCount,
+                                            momentumBuffer: M + wCount, lr: rate, momentum: config.momentum,
+                                            weightDecay: 0)
                                     step += 1
                                     start += rows
                                 }
-                                lastLoss = epochLoss / Double(n)
                             }
                         }
                     }
                 }
             }
         }
+        lastLoss = epochLoss / Double(n)
     }
     return SoftmaxModel(weight: Array(params[0..<wCount]), bias: Array(params[wCount...]), dim: dim, classes: classes,
                         lastLoss: Float(lastLoss))
+}
+
+/// The paper's linear evaluation (MoCo's main_lincls, on frozen features): every epoch the probe sees
+/// the features of new random views of the train images (`epochFeatures(epoch)`: random resized crop and
+/// flip), the test images are resized and centre-cropped (`testFeatures`). Features are standardised with
+/// the statistics of epoch 0's; the weight decay is `config.weightDecays[0]` (no held-out choice: each
+/// candidate would cost a pass over the images per epoch); the learning rate as `linearProbe`'s.
+public func augmentedLinearProbe(epochFeatures: (Int) throws -> [Float], trainLabels: [Int32], testFeatures: [Float],
+                                 testLabels: [Int32], dim: Int, classes: Int, seed: UInt64 = 0,
+                                 config: LinearProbeConfig = .init()) rethrows -> LinearProbeResult {
+    let n = trainLabels.count
+    precondition(dim > 0 && classes > 0 && n > 0 && !config.weightDecays.isEmpty && config.epochs > 0,
+                 "linear probe: bad input")
+    let first = try epochFeatures(0)
+    let s = FeatureStandardizer(first, rows: n, dim: dim)
+    let x0 = s.apply(first)
+    let lr = config.learningRate ?? min(1, 20 / largestEigenvalue(x0, rows: n, dim: dim, seed: seed))
+    let model = try trainSoftmaxRegression(epochFeatures: { e in e == 0 ? x0 : s.apply(try epochFeatures(e)) },
+                                           y: trainLabels, dim: dim, classes: classes,
+                                           weightDecay: config.weightDecays[0], lr: lr, config: config, seed: seed)
+    let acc = model.accuracy(s.apply(testFeatures), testLabels)
+    return LinearProbeResult(top1: acc.top1, top5: acc.top5, weightDecay: config.weightDecays[0], validationTop1: [],
+                             epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
 }
 
 // MARK: - Raw pixels

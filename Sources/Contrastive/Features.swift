@@ -12,6 +12,9 @@ public struct Preprocess: Sendable, Equatable {
     /// High-pass filter the normalised images (x - GaussianBlur, scaled with resolution), as the
     /// hp fill's training views were: encoders trained that way are evaluated on the same input.
     public var highPass = false
+    /// After the resize, keep the centre `centerCrop` x `centerCrop` pixels (the paper's linear
+    /// evaluation: resize to 256/224 of the view, centre crop).
+    public var centerCrop: Int?
 
     public static let imagenetMean: [Float] = [0.485, 0.456, 0.406]
     public static let imagenetStd: [Float] = [0.229, 0.224, 0.225]
@@ -32,6 +35,7 @@ public struct Preprocess: Sendable, Equatable {
         var img = try dataset.image(at: index)
         if img.channels != channels { img = img.converted(toChannels: channels) }
         if let r = resize, img.width != r || img.height != r { img = img.resized(width: r, height: r) }
+        if let s = centerCrop, img.width > s || img.height > s { img = img.centerCropped(side: s) }
         guard img.width == width, img.height == height else {
             throw DataError(.invalidArgument, path: dataset.name(at: index),
                             "image is \(img.width)x\(img.height), expected \(width)x\(height) like the first image; pass --resize N")
@@ -45,14 +49,40 @@ public struct Preprocess: Sendable, Equatable {
     }
 }
 
+/// Random views for features: each image of a pass gets its own augmentation drawn from
+/// SplitMix64(derive(seed, pass, index)) (the augmented linear probe: one pass per epoch).
+public struct FeatureAugmentation: Sendable {
+    public var config: AugmentConfig
+    public var seed: UInt64
+    public var pass: Int
+    public init(config: AugmentConfig, seed: UInt64, pass: Int) { self.config = config; self.seed = seed; self.pass = pass }
+
+    /// The paper's linear-evaluation views at `size` px: RandomResizedCrop (scale 0.08-1, torchvision's
+    /// default) and a horizontal flip, normalised by `preprocess`'s mean and std.
+    public static func linearEvaluation(size: Int, preprocess: Preprocess) -> AugmentConfig {
+        var c = AugmentConfig.evaluation(size: size)
+        c.randomCrop = true
+        c.cropScale = 0.08...1
+        c.flipProbability = 0.5
+        let k = preprocess.mean.count
+        c.mean = k == 3 ? preprocess.mean : [Float](repeating: preprocess.mean[0], count: 3)
+        c.std = k == 3 ? preprocess.std : [Float](repeating: preprocess.std[0], count: 3)
+        return c
+    }
+}
+
 /// Features of every image of `dataset`, in dataset order: N x featureDim, row-major.
-/// `progress(done, total)` is called after each batch.
+/// `progress(done, total)` is called after each batch. With `augmentation`, each image is a random view
+/// of `augmentation.config.size` px instead of `preprocess`'s resize (high-pass still applies).
 public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
+                            augmentation: FeatureAugmentation? = nil,
                             progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
     let n = dataset.count
     guard n > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
     let first = try dataset.image(at: 0)
-    let h = preprocess.resize ?? first.height, w = preprocess.resize ?? first.width
+    var h = preprocess.centerCrop ?? preprocess.resize ?? first.height
+    var w = preprocess.centerCrop ?? preprocess.resize ?? first.width
+    if let a = augmentation { h = a.config.size; w = a.config.size }
     let c = encoder.config.inChannels
     guard preprocess.mean.count == c, preprocess.std.count == c else {
         throw DataError(.invalidArgument, path: dataset.source,
@@ -76,8 +106,16 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
         let input = pass.input
         parallelFor(count) { lo, hi, _ in
             for i in lo..<hi {
-                do { try preprocess.fill(dataset, index: start + i, channels: c, height: h, width: w, into: input + i * per) }
-                catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
+                do {
+                    if let a = augmentation {
+                        var img = try dataset.image(at: start + i)
+                        if img.channels != c { img = img.converted(toChannels: c) }
+                        var rng = SplitMix64(seed: SplitMix64.derive(a.seed, UInt64(a.pass), UInt64(start + i)))
+                        augment(img, config: a.config, rng: &rng, into: input + i * per)
+                    } else {
+                        try preprocess.fill(dataset, index: start + i, channels: c, height: h, width: w, into: input + i * per)
+                    }
+                } catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
             }
         }
         if let failure { throw failure }

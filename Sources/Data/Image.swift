@@ -32,6 +32,20 @@ public struct Image: Equatable, Sendable {
         return Image(width: width, height: height, channels: c, pixels: out)
     }
 
+    /// The centre side x side pixels (the whole image along a side shorter than `side`), as
+    /// torchvision's CenterCrop places it (offsets rounded down).
+    public func centerCropped(side: Int) -> Image {
+        let ch = min(side, height), cw = min(side, width)
+        let top = (height - ch) / 2, left = (width - cw) / 2
+        var out = [Float](repeating: 0, count: ch * cw * channels)
+        for y in 0..<ch {
+            let src = ((top + y) * width + left) * channels
+            out.replaceSubrange((y * cw * channels)..<((y + 1) * cw * channels),
+                                with: pixels[src..<(src + cw * channels)])
+        }
+        return Image(width: cw, height: ch, channels: channels, pixels: out)
+    }
+
     /// The image resized to `outWidth` x `outHeight` with antialiased bilinear interpolation
     /// (PIL's / torchvision's `antialias=True` bilinear).
     public func resized(width outWidth: Int, height outHeight: Int) -> Image {

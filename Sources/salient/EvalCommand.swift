@@ -115,7 +115,35 @@ struct EvalSourceOptions: ParsableArguments {
             }
             return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: dim)
         }
-        // An encoder: from a checkpoint, or freshly initialised.
+        let src = try encoderSource()
+        let (encoder, pre, trainSet, testSet) = (src.encoder, src.preprocess, src.trainSet, src.testSet)
+        let config = encoder.config
+        note("eval: \(config), \(trainSet.count) train / \(testSet.count) test images, \(Threads.count) thread(s)")
+        func extract(_ ds: ImageDataset, _ path: String, _ limit: Int?, _ split: String) throws -> [Float] {
+            let key = "salient eval features v1\n\(src.identity)\n\(split) \(absolute(path)) limit \(limit.map(String.init) ?? "all")"
+                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std) highpass \(pre.highPass)"
+            if let dir = cache, let hit = try cachedFeatures(dir: dir, key: key, rows: ds.count, dim: config.featureDim) {
+                note("eval: \(split) features from the cache (\(dir))")
+                return hit
+            }
+            let f = try extractWithProgress(encoder, ds, pre, label: split)
+            if let dir = cache { try storeFeatures(dir: dir, key: key, features: f, labels: ds.labels!, dim: config.featureDim) }
+            return f
+        }
+        let a = try extract(trainSet, trainPath, limitTrain, "train")
+        let b = try extract(testSet, testPath, limitTest, "test")
+        return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: config.featureDim)
+    }
+
+    /// An encoder (from a checkpoint, or freshly initialised), the preprocessing its input needs, and the
+    /// labelled train and test sets.
+    struct EncoderSource {
+        var encoder: Encoder, identity: String, preprocess: Preprocess
+        var trainSet: ImageDataset, testSet: ImageDataset
+    }
+
+    func encoderSource() throws -> EncoderSource {
+        let trainPath = train!, testPath = test!
         let encoder: Encoder
         let identity: String
         var checkpointInput: String? = nil
@@ -139,30 +167,23 @@ struct EvalSourceOptions: ParsableArguments {
             encoder.initialize(seed: seed)
             identity = "random-init \(config) seed \(seed)"
         }
-        let config = encoder.config
-        let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: checkpointInput)
-        let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: config.inChannels)
-        let testSet = try openLabelled(testPath, limit: limitTest, channels: config.inChannels)
-        note("eval: \(config), \(trainSet.count) train / \(testSet.count) test images, \(Threads.count) thread(s)")
-        func extract(_ ds: ImageDataset, _ path: String, _ limit: Int?, _ split: String) throws -> [Float] {
-            let key = "salient eval features v1\n\(identity)\n\(split) \(absolute(path)) limit \(limit.map(String.init) ?? "all")"
-                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std) highpass \(pre.highPass)"
-            if let dir = cache, let hit = try cachedFeatures(dir: dir, key: key, rows: ds.count, dim: config.featureDim) {
-                note("eval: \(split) features from the cache (\(dir))")
-                return hit
-            }
-            let t0 = Date()
-            let f = try extractFeatures(encoder: encoder, dataset: ds, batch: batch, preprocess: pre) { done, total in
-                let dt = Date().timeIntervalSince(t0)
-                progressNote(String(format: "  %@: %d/%d images  %.0f img/s", split, done, total, Double(done) / max(dt, 1e-9)),
-                             done: done == total)
-            }
-            if let dir = cache { try storeFeatures(dir: dir, key: key, features: f, labels: ds.labels!, dim: config.featureDim) }
-            return f
+        let c = encoder.config.inChannels
+        let pre = try prep.preprocess(channels: c, checkpointInput: checkpointInput)
+        return EncoderSource(encoder: encoder, identity: identity, preprocess: pre,
+                             trainSet: try openLabelled(trainPath, limit: limitTrain, channels: c),
+                             testSet: try openLabelled(testPath, limit: limitTest, channels: c))
+    }
+
+    /// Features of `ds` with a progress line labelled `label`.
+    func extractWithProgress(_ encoder: Encoder, _ ds: ImageDataset, _ pre: Preprocess, label: String,
+                             augmentation: FeatureAugmentation? = nil) throws -> [Float] {
+        let t0 = Date()
+        return try extractFeatures(encoder: encoder, dataset: ds, batch: batch, preprocess: pre,
+                                   augmentation: augmentation) { done, total in
+            let dt = Date().timeIntervalSince(t0)
+            progressNote(String(format: "  %@: %d/%d images  %.0f img/s", label, done, total, Double(done) / max(dt, 1e-9)),
+                         done: done == total)
         }
-        let a = try extract(trainSet, trainPath, limitTrain, "train")
-        let b = try extract(testSet, testPath, limitTest, "test")
-        return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: config.featureDim)
     }
 
     func openLabelled(_ path: String, limit: Int?, channels: Int?) throws -> ImageDataset {
@@ -313,6 +334,8 @@ struct EvalLinearCommand: ParsableCommand {
     @Option(help: "Comma-separated weight decays to choose from.") var weightDecays = "0,1e-4,1e-3,1e-2"
     @Option(help: "Rows per SGD step.") var probeBatch = 256
     @Option(help: "Peak learning rate (default: 20 / the largest eigenvalue of the standardised features' second moment, at most 1).") var lr: Float?
+    @Flag(help: "The paper's linear evaluation: every epoch new random views of the train images (random resized crop, scale 0.08-1, and flip, at --resize px); test images resized to 256/224 of that and centre-cropped. Weight decay: the first of --weight-decays. Costs a pass over the train images per epoch.")
+    var augment = false
 
     func parsedDecays() throws -> [Float] {
         let v = weightDecays.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
@@ -327,17 +350,32 @@ struct EvalLinearCommand: ParsableCommand {
         if probeBatch < 1 || probeBatch > 65536 { throw ValidationError("--probe-batch must be between 1 and 65536, got \(probeBatch)") }
         if let lr, !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number, got \(lr)") }
         _ = try parsedDecays()
+        if augment {
+            guard source.checkpoint != nil || source.randomInit else {
+                throw ValidationError("--augment needs an encoder (--checkpoint or --random-init): it extracts new views every epoch")
+            }
+            guard source.prep.resize != nil else { throw ValidationError("--augment needs --resize N, the side of the views") }
+            if source.cache != nil { throw ValidationError("--cache does not apply to --augment (every epoch's views are new)") }
+        }
+    }
+
+    var probeConfig: LinearProbeConfig {
+        get throws {
+            var config = LinearProbeConfig()
+            config.epochs = epochs
+            config.weightDecays = try parsedDecays()
+            config.batch = probeBatch
+            config.learningRate = lr
+            return config
+        }
     }
 
     func run() throws {
+        if augment { return try runAugmented() }
         let t0 = Date()
         let f = try source.load()
         let t1 = Date()
-        var config = LinearProbeConfig()
-        config.epochs = epochs
-        config.weightDecays = try parsedDecays()
-        config.batch = probeBatch
-        config.learningRate = lr
+        let config = try probeConfig
         let r = linearProbe(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
                             dim: f.dim, classes: f.classes, seed: source.seed, config: config) { note("  " + $0) }
         let t2 = Date()
@@ -348,5 +386,39 @@ struct EvalLinearCommand: ParsableCommand {
             ("method", "linear"), ("weight_decay", r.weightDecay), ("validation_top1", r.validationTop1),
             ("epochs", r.epochs), ("lr", r.learningRate), ("train_loss", r.trainLoss), ("train", f.trainLabels.count),
             ("test", f.testLabels.count), ("dim", f.dim), ("classes", f.classes), ("seconds", t2.timeIntervalSince(t0))])
+    }
+}
+
+extension EvalLinearCommand {
+    /// `--augment`: the probe trained on new random views of the train images every epoch.
+    func runAugmented() throws {
+        let t0 = Date()
+        source.threadOptions.apply()
+        let src = try source.encoderSource()
+        let side = source.prep.resize!
+        var testPre = src.preprocess
+        testPre.resize = Int((Double(side) * 256 / 224).rounded())
+        testPre.centerCrop = side
+        let config = try probeConfig
+        let views = FeatureAugmentation.linearEvaluation(size: side, preprocess: src.preprocess)
+        note("eval linear --augment: \(src.encoder.config), \(src.trainSet.count) train / \(src.testSet.count) test images, "
+             + "\(config.epochs) epochs of new \(side) px views, \(Threads.count) thread(s)")
+        let test = try source.extractWithProgress(src.encoder, src.testSet, testPre, label: "test (centre crop)")
+        let trainLabels = src.trainSet.labels!, testLabels = src.testSet.labels!
+        let classes = Int(max(trainLabels.max() ?? 0, testLabels.max() ?? 0)) + 1
+        let dim = src.encoder.config.featureDim
+        let r = try augmentedLinearProbe(epochFeatures: { e in
+            try source.extractWithProgress(src.encoder, src.trainSet, src.preprocess, label: "epoch \(e + 1)/\(config.epochs) views",
+                                           augmentation: FeatureAugmentation(config: views, seed: source.seed, pass: e))
+        }, trainLabels: trainLabels, testFeatures: test, testLabels: testLabels, dim: dim, classes: classes,
+           seed: source.seed, config: config)
+        let dt = Date().timeIntervalSince(t0)
+        note(String(format: "eval linear --augment: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; %.1f s",
+                    trainLabels.count, testLabels.count, dim, classes, Double(r.weightDecay), Double(r.learningRate),
+                    r.epochs, Double(r.trainLoss), dt))
+        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
+            ("method", "linear-augmented"), ("weight_decay", r.weightDecay), ("epochs", r.epochs), ("lr", r.learningRate),
+            ("train_loss", r.trainLoss), ("train", trainLabels.count), ("test", testLabels.count), ("dim", dim),
+            ("classes", classes), ("seconds", dt)])
     }
 }

@@ -3,6 +3,7 @@ import Kernels
 import Data
 import TestSupport
 import Contrastive
+import Network
 
 final class EvaluationTests: XCTestCase {
     /// `classes` Gaussian clusters in `dim` dimensions around random centres: rows x dim features and labels.
@@ -164,5 +165,57 @@ final class EvaluationTests: XCTestCase {
         for i in 0..<(4 * 6 * 3) { XCTAssertEqual(f[3 * 72 + i], (img.pixels[i] - 0.5) / 0.25, accuracy: 1e-6) }
         let resized = try rawPixelFeatures(dataset: ds, preprocess: Preprocess(resize: 8, mean: [0, 0, 0], std: [1, 1, 1]))
         XCTAssertEqual(resized.count, 5 * 8 * 8 * 3)
+    }
+}
+
+extension EvaluationTests {
+    /// The augmented probe asks for one set of features per epoch, in order, and learns through the
+    /// per-epoch noise; with the same features every epoch and one weight decay it is the plain probe.
+    func testAugmentedProbeUsesEveryEpochsFeatures() {
+        let (xtr, ytr) = clusters(rows: 600, dim: 10, classes: 3, spread: 2, seed: 11)
+        let (xte, yte) = clusters(rows: 200, dim: 10, classes: 3, spread: 2, seed: 12)
+        var config = LinearProbeConfig()
+        config.epochs = 6; config.weightDecays = [1e-4]
+        var asked = [Int]()
+        var rng = SplitMix64(seed: 5)
+        let r = augmentedLinearProbe(epochFeatures: { e in
+            asked.append(e)
+            return xtr.map { $0 + rng.normal() * 0.3 }
+        }, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 2, config: config)
+        XCTAssertEqual(asked, Array(0..<6))
+        XCTAssertEqual(r.weightDecay, 1e-4)
+        let plain = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10,
+                                classes: 3, seed: 2, config: config)
+        XCTAssertGreaterThan(plain.top1, 75)   // overlapping clusters: chance is 33%
+        XCTAssertEqual(r.top1, plain.top1, accuracy: 3)
+        let same = augmentedLinearProbe(epochFeatures: { _ in xtr }, trainLabels: ytr, testFeatures: xte, testLabels: yte,
+                                        dim: 10, classes: 3, seed: 2, config: config)
+        XCTAssertEqual(same.top1, plain.top1)
+        XCTAssertEqual(same.trainLoss, plain.trainLoss)
+    }
+
+    /// Augmented feature passes: deterministic for a (seed, pass), different across passes, and the
+    /// centre crop keeps the middle of the image.
+    func testAugmentedFeaturePassesAndCentreCrop() throws {
+        let ds = ImageDataset.synthetic(count: 6, width: 28, height: 28, channels: 1, seed: 3)
+        let e = Encoder(config: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 1, width: 0.125))
+        e.initialize(seed: 1)
+        let pre = Preprocess.defaults(channels: 1, resize: 32)
+        let cfg = FeatureAugmentation.linearEvaluation(size: 32, preprocess: pre)
+        XCTAssertEqual(cfg.cropScale, 0.08...1)
+        func pass(_ p: Int) throws -> [Float] {
+            try extractFeatures(encoder: e, dataset: ds, batch: 4, preprocess: pre,
+                                augmentation: FeatureAugmentation(config: cfg, seed: 9, pass: p))
+        }
+        XCTAssertEqual(try pass(0), try pass(0))
+        XCTAssertNotEqual(try pass(0), try pass(1))
+        let img = Image(width: 5, height: 4, channels: 1, pixels: (0..<20).map(Float.init))
+        let c = img.centerCropped(side: 2)
+        XCTAssertEqual(c.width, 2); XCTAssertEqual(c.height, 2)
+        XCTAssertEqual(c.pixels, [6, 7, 11, 12])
+        var crop = pre
+        crop.resize = 37; crop.centerCrop = 32
+        let f = try extractFeatures(encoder: e, dataset: ds, batch: 4, preprocess: crop)
+        XCTAssertEqual(f.count, 6 * e.config.featureDim)
     }
 }
