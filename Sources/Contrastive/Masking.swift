@@ -59,7 +59,7 @@ public struct MaskConfig: Sendable, Equatable {
 }
 
 /// How masked cells are filled.
-public enum MaskFill: String, CaseIterable, Sendable {
+public enum MaskFill: String, Codable, CaseIterable, Sendable {
     /// Gaussian noise (views already high-pass filtered by the caller); focal / spatial / channel masks.
     case hp
     /// The pixels of a strongly blurred copy of the view (`strongBlur`).
@@ -69,7 +69,7 @@ public enum MaskFill: String, CaseIterable, Sendable {
 }
 
 /// Where masked cells go.
-public enum MaskMode: String, CaseIterable, Sendable {
+public enum MaskMode: String, Codable, CaseIterable, Sendable {
     /// Foreground / background proportions from the saliency map (PAPER.md).
     case saliency
     /// The same counts, cells drawn uniformly at random, saliency ignored (an ablation).

@@ -16,8 +16,8 @@ public enum HardNegativeMode: String, Codable, CaseIterable, Sendable {
 
 public struct TrainConfig: Codable, Equatable, Sendable {
     public var method: ContrastiveMethod = .moco
-    public var arch: String = "resnet18"
-    public var stem: String = "cifar"
+    public var arch: ResNetArch = .resnet18
+    public var stem: ResNetStem = .cifar
     public var width: Double = 1
     public var inChannels: Int = 3
     /// Side of the square training views (RandomResizedCrop output).
@@ -32,8 +32,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var queue: Int = 4096
     public var mocoMomentum: Float = 0.99
     public var temperature: Float = 0.2
-    public var masking: String = "saliency"
-    public var fill: String = "hp"
+    public var masking: MaskMode = .saliency
+    public var fill: MaskFill = .hp
     public var alpha: Float = 2
     public var hardNegatives: Int = 1
     public var hardNegativeMode: HardNegativeMode = .perSample
@@ -51,8 +51,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public var resnet: ResNetConfig {
-        ResNetConfig(arch: ResNetArch(rawValue: arch) ?? .resnet18, stem: ResNetStem(rawValue: stem) ?? .cifar,
-                     inChannels: inChannels, width: width)
+        ResNetConfig(arch: arch, stem: stem, inChannels: inChannels, width: width)
     }
 
     /// The largest divisor of `batch` not above bnSplits.
@@ -75,8 +74,6 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Problems with this configuration, one line each (empty when valid).
     public func problems() -> [String] {
         var p: [String] = []
-        if ResNetArch(rawValue: arch) == nil { p.append("--arch must be resnet18, resnet34 or resnet50, got '\(arch)'") }
-        if ResNetStem(rawValue: stem) == nil { p.append("--stem must be cifar or imagenet, got '\(stem)'") }
         if !(width > 0 && width <= 8) { p.append("--width must be in (0, 8], got \(width)") }
         if inChannels != 1 && inChannels != 3 { p.append("input channels must be 1 or 3, got \(inChannels)") }
         if resolution < 8 || resolution > 1024 { p.append("--res must be between 8 and 1024, got \(resolution)") }
@@ -89,8 +86,6 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if queue < 1 { p.append("--queue must be >= 1, got \(queue)") }
         if !(mocoMomentum >= 0 && mocoMomentum < 1) { p.append("--moco-m must be in [0, 1), got \(mocoMomentum)") }
         if !(temperature > 0 && temperature <= 10) { p.append("--temperature must be in (0, 10], got \(temperature)") }
-        if !["saliency", "random", "none"].contains(masking) { p.append("--masking must be saliency, random or none, got '\(masking)'") }
-        if !["hp", "blur", "mean"].contains(fill) { p.append("--fill must be hp, blur or mean, got '\(fill)'") }
         if !(alpha >= 0 && alpha <= 100) { p.append("--alpha must be in [0, 100], got \(alpha)") }
         if hardNegatives < 0 || hardNegatives > 16 { p.append("--hard-negatives must be between 0 and 16, got \(hardNegatives)") }
         if hardNegativeMode == .shared && hardNegatives > batch {

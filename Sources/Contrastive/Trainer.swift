@@ -298,7 +298,7 @@ public func renderTrainingPreview(step: TrainingStep, views: [[Float]], count: I
                                   highPass: Bool) -> Image {
     let c = step.config
     return views[0].withUnsafeBufferPointer { v in
-        maskPreview(views: v.baseAddress!, saliency: c.masking == "saliency" ? step.lastQuerySaliency : nil,
+        maskPreview(views: v.baseAddress!, saliency: c.masking == .saliency ? step.lastQuerySaliency : nil,
                     query: step.lastQueryViews, hardNegative: step.lastHardViews, batch: c.batch,
                     height: c.resolution, width: c.resolution, channels: c.inChannels, grid: step.gridSize,
                     count: count, mean: mean, std: std, highPass: highPass)

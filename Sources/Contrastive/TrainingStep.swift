@@ -78,8 +78,8 @@ public final class TrainingStep {
         let rc = config.resnet
         res = config.resolution; channels = config.inChannels; batch = config.batch
         grid = rc.finalMapSize(res)
-        masking = MaskMode(rawValue: config.masking) ?? .none
-        fill = MaskFill(rawValue: config.fill) ?? .hp
+        masking = config.masking
+        fill = config.fill
         query = Encoder(config: rc, headDim: config.headDim, gradients: false)
         query.initialize(seed: config.seed)
         sgd = FusedSGD(store: query.store)

@@ -3,7 +3,7 @@
 import Foundation
 import Kernels
 
-public enum ResNetArch: String, CaseIterable, Sendable {
+public enum ResNetArch: String, Codable, CaseIterable, Sendable {
     case resnet18, resnet34, resnet50
     public var blockCounts: [Int] {
         switch self { case .resnet18: [2, 2, 2, 2]; case .resnet34, .resnet50: [3, 4, 6, 3] }
@@ -12,7 +12,7 @@ public enum ResNetArch: String, CaseIterable, Sendable {
     public var expansion: Int { bottleneck ? 4 : 1 }
 }
 
-public enum ResNetStem: String, CaseIterable, Sendable {
+public enum ResNetStem: String, Codable, CaseIterable, Sendable {
     /// torchvision's: 7x7 stride-2 convolution, batch norm, ReLU, 3x3 stride-2 max pool.
     case imagenet
     /// For small images: 3x3 stride-1 convolution, batch norm, ReLU, no pool.

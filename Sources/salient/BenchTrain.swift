@@ -10,15 +10,15 @@ struct BenchTrain: ParsableCommand {
         commandName: "train",
         abstract: "Images/s of full training steps (masking and hard negatives included) on synthetic images, and peak memory.")
 
-    @Option(help: "moco | simclr") var method = "moco"
-    @Option var arch = "resnet18"
-    @Option var stem = "cifar"
+    @Option var method: ContrastiveMethod = .moco
+    @Option var arch: ResNetArch = .resnet18
+    @Option var stem: ResNetStem = .cifar
     @Option var width = 1.0
     @Option var batch = 64
     @Option var res = 32
     @Option var channels = 3
-    @Option(help: "saliency | random | none") var masking = "saliency"
-    @Option(help: "hp | blur | mean") var fill = "hp"
+    @Option var masking: MaskMode = .saliency
+    @Option var fill: MaskFill = .hp
     @Option(name: .customLong("hard-negatives")) var hardNegatives = 1
     @Option(help: "Timed steps (after 2 warm-up steps).") var steps = 5
     @Flag(help: "One JSON object per line.") var json = false
@@ -30,7 +30,7 @@ struct BenchTrain: ParsableCommand {
 
     func config() -> TrainConfig {
         var c = TrainConfig()
-        c.method = ContrastiveMethod(rawValue: method) ?? .moco
+        c.method = method
         c.arch = arch; c.stem = stem; c.width = width; c.batch = batch; c.resolution = res; c.inChannels = channels
         c.masking = masking; c.fill = fill; c.hardNegatives = hardNegatives
         c.saliencyWarmup = 0          // time the encoder's own saliency (the steady state)
@@ -39,7 +39,6 @@ struct BenchTrain: ParsableCommand {
     }
 
     func validate() throws {
-        if ContrastiveMethod(rawValue: method) == nil { throw ValidationError("--method must be moco or simclr, got '\(method)'") }
         if let p = config().problems().first { throw ValidationError(p) }
         if steps < 1 || steps > 10000 { throw ValidationError("--steps must be between 1 and 10000") }
         if let m = scheduleModel, m < 1 || m > 1024 { throw ValidationError("--schedule-model must be between 1 and 1024, got \(m)") }
@@ -97,15 +96,16 @@ struct BenchTrain: ParsableCommand {
         if scheduleModel == nil {  // (the model printed its own line instead)
             if json {
                 var r = BenchRecord(fields: [])
-                r.add("op", op); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", c.batch)
-                r.add("res", c.resolution); r.add("threads", Threads.count); r.add("masking", masking); r.add("fill", fill)
-                r.add("hard_negatives", c.masking == "none" ? 0 : c.hardNegatives)
+                r.add("op", op); r.add("arch", arch.rawValue); r.add("stem", stem.rawValue); r.add("width", width); r.add("batch", c.batch)
+                r.add("res", c.resolution); r.add("threads", Threads.count); r.add("masking", masking.rawValue); r.add("fill", fill.rawValue)
+                r.add("hard_negatives", c.masking == .none ? 0 : c.hardNegatives)
                 r.add("img_per_s", ips); r.add("step_s", median); r.add("peak_rss_mb", rss)
                 print(r.json)
             } else {
                 print(String(format: "%@ %@ %@ width %.3g, batch %d, %dpx, %d thread(s), masking %@/%@, %d hard negative(s)",
-                             op, arch, stem, width, c.batch, c.resolution, Threads.count, masking, fill,
-                             c.masking == "none" ? 0 : c.hardNegatives))
+                             op, arch.rawValue, stem.rawValue, width, c.batch, c.resolution, Threads.count,
+                             masking.rawValue, fill.rawValue,
+                             c.masking == .none ? 0 : c.hardNegatives))
                 print(String(format: "  %.1f images/s (median step %.3f s over %d steps), peak resident memory %.0f MB",
                              ips, median, steps, rss))
             }
@@ -142,8 +142,8 @@ struct BenchExtract: ParsableCommand {
         commandName: "extract",
         abstract: "Images/s of feature extraction (eval-mode backbone forward) on synthetic images.")
 
-    @Option var arch = "resnet18"
-    @Option var stem = "cifar"
+    @Option var arch: ResNetArch = .resnet18
+    @Option var stem: ResNetStem = .cifar
     @Option var width = 1.0
     @Option var batch = 256
     @Option var res = 32
@@ -161,7 +161,7 @@ struct BenchExtract: ParsableCommand {
 
     func run() throws {
         threadOptions.apply()
-        let cfg = ResNetConfig(arch: ResNetArch(rawValue: arch)!, stem: ResNetStem(rawValue: stem)!, inChannels: channels, width: width)
+        let cfg = ResNetConfig(arch: arch, stem: stem, inChannels: channels, width: width)
         let enc = Encoder(config: cfg, trainable: false)
         enc.initialize(seed: 1)
         let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: false)
@@ -179,13 +179,13 @@ struct BenchExtract: ParsableCommand {
         let median = times[times.count / 2], ips = Double(batch) / median
         if json {
             var r = BenchRecord(fields: [])
-            r.add("op", "extract"); r.add("arch", arch); r.add("stem", stem); r.add("width", width); r.add("batch", batch)
+            r.add("op", "extract"); r.add("arch", arch.rawValue); r.add("stem", stem.rawValue); r.add("width", width); r.add("batch", batch)
             r.add("res", res); r.add("threads", Threads.count); r.add("img_per_s", ips); r.add("step_s", median)
             r.add("peak_rss_mb", peakResidentMB())
             print(r.json)
         } else {
             print(String(format: "extract %@ %@ width %.3g, batch %d, %dpx, %d thread(s): %.1f images/s, peak resident memory %.0f MB",
-                         arch, stem, width, batch, res, Threads.count, ips, peakResidentMB()))
+                         arch.rawValue, stem.rawValue, width, batch, res, Threads.count, ips, peakResidentMB()))
         }
     }
 }

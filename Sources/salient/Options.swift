@@ -85,3 +85,9 @@ func labelsPath(forFeatures path: String) -> String {
 }
 
 extension HardNegativeMode: ExpressibleByArgument {}
+extension TrainPreset: ExpressibleByArgument {}
+extension ContrastiveMethod: ExpressibleByArgument {}
+extension ResNetArch: ExpressibleByArgument {}
+extension ResNetStem: ExpressibleByArgument {}
+extension MaskMode: ExpressibleByArgument {}
+extension MaskFill: ExpressibleByArgument {}

@@ -10,6 +10,9 @@ struct TrainCommand: ParsableCommand {
         commandName: "train",
         abstract: "Contrastive pretraining (MoCo v2 or SimCLR) with saliency-guided masking and hard negatives.",
         discussion: """
+        Presets (--preset; options given on the command line override them):
+        \(TrainPreset.allCases.map { "  \($0.rawValue): \($0.summary)" }.joined(separator: "\n"))
+
         Writes DIR/last.safetensors after every epoch (atomically; DIR/best.safetensors too with --knn-data), \
         DIR/log.jsonl, and with --preview DIR/preview.png. `salient extract` reads the checkpoints. \
         --resume continues an interrupted run exactly (same options and thread count).
@@ -17,32 +20,35 @@ struct TrainCommand: ParsableCommand {
 
     @Option(help: "Training images: a folder of PNGs or an IDX images file.") var data: String
     @Option(help: "Output folder.") var out: String
-    @Option(help: "moco | simclr") var method = "moco"
-    @Option(help: "resnet18 | resnet34 | resnet50") var arch = "resnet18"
-    @Option(help: "cifar | imagenet") var stem = "cifar"
-    @Option(help: "Channel width multiplier (0.25 gives 16-32-64-128).") var width = 1.0
-    @Option(help: "Training view side in pixels (RandomResizedCrop output).") var res = 32
+    @Option(help: ArgumentHelp("The recipe to start from; every option below given on the command line overrides it.",
+                               valueName: TrainPreset.allCases.map(\.rawValue).joined(separator: "|")))
+    var preset: TrainPreset = .small
+    @Option(help: "Contrastive objective (preset).") var method: ContrastiveMethod?
+    @Option(help: "Backbone (preset).") var arch: ResNetArch?
+    @Option(help: "cifar (3x3 stem, no pool) | imagenet (7x7 stem + max pool) (preset).") var stem: ResNetStem?
+    @Option(help: "Channel width multiplier; 0.25 gives 16-32-64-128 channels (preset).") var width: Double?
+    @Option(help: "Training view side in pixels, the RandomResizedCrop output (preset).") var res: Int?
     @Option(help: "Input channels: 1 (gray) or 3 (default: 1 for gray data, else 3).") var channels: Int?
-    @Option var epochs = 10
-    @Option var batch = 64
-    @Option(help: "Peak learning rate (cosine schedule).") var lr: Float = 0.06
-    @Option(help: "Weight decay.") var wd: Float = 5e-4
-    @Option(help: "SGD momentum.") var momentum: Float = 0.9
-    @Option(help: "Linear warm-up epochs.") var warmup = 0
+    @Option(help: "Epochs (preset).") var epochs: Int?
+    @Option(help: "Images per step (preset).") var batch: Int?
+    @Option(help: "Peak learning rate, cosine schedule (preset).") var lr: Float?
+    @Option(help: "Weight decay (preset).") var wd: Float?
+    @Option(help: "SGD momentum (preset).") var momentum: Float?
+    @Option(help: "Linear warm-up epochs (preset).") var warmup: Int?
     @Flag(help: "Constant learning rate instead of cosine.") var noCosine = false
-    @Option(help: "MoCo queue length.") var queue = 4096
-    @Option(name: .customLong("moco-m"), help: "MoCo key-encoder momentum.") var mocoM: Float = 0.99
-    @Option var temperature: Float = 0.2
-    @Option(help: "saliency | random | none") var masking = "saliency"
-    @Option(help: "hp | blur | mean") var fill = "hp"
-    @Option(help: "Weight of the hard-negative logits.") var alpha: Float = 2
-    @Option(name: .customLong("hard-negatives"), help: "Hard negatives per sample.") var hardNegatives = 1
+    @Option(help: "MoCo queue length (preset).") var queue: Int?
+    @Option(name: .customLong("moco-m"), help: "MoCo key-encoder momentum (preset).") var mocoM: Float?
+    @Option(help: "Softmax temperature (preset).") var temperature: Float?
+    @Option(help: "Where masks go: saliency-constrained, uniformly random, or no masking (preset).") var masking: MaskMode?
+    @Option(help: "How masked cells are filled: hp (noise on high-pass views), blur, mean (preset).") var fill: MaskFill?
+    @Option(help: "Weight of the hard-negative logits (preset).") var alpha: Float?
+    @Option(name: .customLong("hard-negatives"), help: "Hard negatives per sample (preset).") var hardNegatives: Int?
     @Option(name: .customLong("hard-negative-mode"),
             help: "per-sample (each sample masks its own key view) | shared (the official code: the batch's first H masked images, shared by every query).")
-    var hardNegativeMode: HardNegativeMode = .perSample
-    @Option(help: "self | classical | CHECKPOINT (an imported encoder).") var saliency = "self"
-    @Option(name: .customLong("saliency-warmup"), help: "Epochs of classical saliency before the encoder's own.") var saliencyWarmup = 1
-    @Option(name: .customLong("bn-splits"), help: "Batch-norm groups in the key encoder (shuffle-BN stand-in).") var bnSplits = 8
+    var hardNegativeMode: HardNegativeMode?
+    @Option(help: "self | classical | CHECKPOINT (an imported encoder).") var saliency: String?
+    @Option(name: .customLong("saliency-warmup"), help: "Epochs of classical saliency before the encoder's own.") var saliencyWarmup: Int?
+    @Option(name: .customLong("bn-splits"), help: "Batch-norm groups in the key encoder (shuffle-BN stand-in).") var bnSplits: Int?
     @Option(help: "Use only the first N training images.") var limit: Int?
     @Option var seed: UInt64 = 1
     @Option(name: .customLong("save-every"), help: "Also checkpoint every N steps (0: only at epoch ends).") var saveEvery = 0
@@ -54,20 +60,22 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("skip-bad"), help: "Skip unreadable images (their count is reported).") var skipBad = false
     @OptionGroup var threadOptions: ThreadOptions
 
+    /// The preset's recipe with every option given on the command line applied.
     func makeConfig(channels: Int) -> TrainConfig {
-        var c = TrainConfig()
-        c.method = ContrastiveMethod(rawValue: method) ?? .moco
-        c.arch = arch; c.stem = stem; c.width = width; c.inChannels = channels; c.resolution = res
-        c.epochs = epochs; c.batch = batch; c.lr = lr; c.weightDecay = wd; c.sgdMomentum = momentum
-        c.warmupEpochs = warmup; c.cosine = !noCosine; c.queue = queue; c.mocoMomentum = mocoM
-        c.temperature = temperature; c.masking = masking; c.fill = fill; c.alpha = alpha
-        c.hardNegatives = hardNegatives; c.hardNegativeMode = hardNegativeMode; c.saliency = saliency; c.saliencyWarmup = saliencyWarmup
-        c.bnSplits = bnSplits; c.limit = limit; c.seed = seed; c.saveEvery = saveEvery
+        var c = preset.config(channels: channels)
+        func set<T>(_ v: T?, _ k: WritableKeyPath<TrainConfig, T>) { if let v { c[keyPath: k] = v } }
+        set(method, \.method); set(arch, \.arch); set(stem, \.stem); set(width, \.width); set(res, \.resolution)
+        set(epochs, \.epochs); set(batch, \.batch); set(lr, \.lr); set(wd, \.weightDecay); set(momentum, \.sgdMomentum)
+        set(warmup, \.warmupEpochs); set(queue, \.queue); set(mocoM, \.mocoMomentum); set(temperature, \.temperature)
+        set(masking, \.masking); set(fill, \.fill); set(alpha, \.alpha); set(hardNegatives, \.hardNegatives)
+        set(hardNegativeMode, \.hardNegativeMode); set(saliency, \.saliency); set(saliencyWarmup, \.saliencyWarmup)
+        set(bnSplits, \.bnSplits)
+        if noCosine { c.cosine = false }
+        c.limit = limit; c.seed = seed; c.saveEvery = saveEvery
         return c
     }
 
     func validate() throws {
-        if ContrastiveMethod(rawValue: method) == nil { throw ValidationError("--method must be moco or simclr, got '\(method)'") }
         if let c = channels, c != 1 && c != 3 { throw ValidationError("--channels must be 1 or 3, got \(c)") }
         let problems = makeConfig(channels: channels ?? 3).problems()
         if let p = problems.first { throw ValidationError(p) }
@@ -83,10 +91,10 @@ struct TrainCommand: ParsableCommand {
         var config = makeConfig(channels: channels ?? dataset.channels)
         config.limit = limit
         var saliencyEncoder: Encoder? = nil
-        if saliency != "self" && saliency != "classical" {
-            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: saliency, trainable: false)
+        if config.saliency != "self" && config.saliency != "classical" {
+            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: config.saliency, trainable: false)
             if saliencyEncoder!.config.inChannels != config.inChannels {
-                throw ValidationError("--saliency \(saliency): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
+                throw ValidationError("--saliency \(config.saliency): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
             }
         }
         let trainer = try Trainer(config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder)
@@ -99,11 +107,13 @@ struct TrainCommand: ParsableCommand {
                                               channels: config.inChannels)
             trainer.knn = KNNMonitor(bank: bank, test: test)
         }
-        let rc = config.resnet
-        note("train: \(config.method.rawValue) \(rc), \(dataset.count) images \(config.resolution)px from \(data)")
-        note("       batch \(config.batch), lr \(config.lr), masking \(config.masking)/\(config.fill), alpha \(config.alpha), " +
-             "hard negatives \(config.masking == "none" ? 0 : config.hardNegatives), saliency \(config.saliency) " +
-             "(grid \(rc.finalMapSize(config.resolution))x\(rc.finalMapSize(config.resolution))), \(Threads.count) thread(s)")
+        let g = config.resnet.finalMapSize(config.resolution)
+        note("train: \(dataset.count) images from \(data), preset \(preset.rawValue) with the options given:")
+        note("       \(config.recipeSummary)")
+        if config.masking != .none {
+            note("       saliency \(config.saliency) (grid \(g)x\(g)), hard negatives \(config.hardNegativeMode.rawValue)")
+        }
+        note("       \(Threads.count) thread(s)")
         let t0 = Date()
         try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
         printer.finish()

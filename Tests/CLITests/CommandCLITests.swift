@@ -25,8 +25,11 @@ final class CommandCLITests: XCTestCase {
     func testBadArgumentsAreRejected() throws {
         try assertFails(["bench", "kernels", "--threads", "0"], mentioning: ["--threads must be between 1 and 4096"])
         try assertFails(["bench", "kernels", "--shapes", "64x"], mentioning: ["--shapes"])
-        try assertFails(["bench", "train", "--arch", "resnet19"], mentioning: ["--arch must be"])
-        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--masking", "sometimes"], mentioning: ["--masking must be"])
+        try assertFails(["bench", "train", "--arch", "resnet19"], mentioning: ["'resnet19' is invalid for '--arch", "'resnet18', 'resnet34' or 'resnet50'"])
+        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--masking", "sometimes"],
+                        mentioning: ["'sometimes' is invalid for '--masking", "'saliency', 'random' or 'none'"])
+        try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--preset", "huge"],
+                        mentioning: ["'huge' is invalid for '--preset", "'small' and 'imagenet100'"])
         try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--batch", "1"], mentioning: ["--batch must be"])
         try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--width=0"], mentioning: ["--width must be"])
         try assertFails(["extract", "--checkpoint", "a", "--data", "b", "--out", "c.txt"], mentioning: ["--out must end in .npy"])

@@ -10,12 +10,12 @@ import Contrastive
 import TestSupport
 
 final class MethodTests: XCTestCase {
-    func config(_ method: ContrastiveMethod, fill: String = "hp", saliency: String = "self", warmup: Int = 0)
+    func config(_ method: ContrastiveMethod, fill: MaskFill = .hp, saliency: String = "self", warmup: Int = 0)
         -> TrainConfig {
         var c = TrainConfig()
         c.method = method
         c.width = 0.125; c.inChannels = 1; c.resolution = 16; c.batch = 8; c.queue = 32
-        c.masking = "saliency"; c.fill = fill; c.saliency = saliency; c.saliencyWarmup = warmup
+        c.masking = .saliency; c.fill = fill; c.saliency = saliency; c.saliencyWarmup = warmup
         c.hardNegatives = 1; c.bnSplits = 2; c.seed = 3
         return c
     }
@@ -147,7 +147,7 @@ final class MethodTests: XCTestCase {
     /// Shared hard negatives (the official code): every query faces the same H embeddings, those of
     /// the batch's first H masked key views, each normalised on its own as a batch of one.
     func testSharedHardNegativesAreTheFirstImagesEncodedAlone() {
-        var c = config(.moco, fill: "mean")
+        var c = config(.moco, fill: .mean)
         c.hardNegatives = 2; c.hardNegativeMode = .shared
         let step = TrainingStep(config: c)
         _ = step.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
@@ -170,5 +170,31 @@ final class MethodTests: XCTestCase {
         _ = ps.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
         let u = array(ps.lastHardNegativeEmbeddings, c.batch * H * D)
         XCTAssertNotEqual(Array(u[0..<D]), Array(u[(H * D)..<(H * D + D)]))
+    }
+}
+
+final class PresetTests: XCTestCase {
+    /// Every preset is a valid configuration; the paper's ImageNet-100 preset carries its numbers.
+    func testPresetsAreValidAndCarryTheirRecipes() {
+        for p in TrainPreset.allCases {
+            XCTAssertEqual(p.config(channels: 3).problems(), [], "\(p)")
+            XCTAssertEqual(p.config(channels: 1).inChannels, 1)
+        }
+        let i = TrainPreset.imagenet100.config(channels: 3)
+        XCTAssertEqual(i.arch, .resnet50); XCTAssertEqual(i.stem, .imagenet); XCTAssertEqual(i.resolution, 224)
+        XCTAssertEqual(i.queue, 65536); XCTAssertEqual(i.mocoMomentum, 0.999); XCTAssertEqual(i.lr, 0.015)
+        XCTAssertEqual(i.batch, 128); XCTAssertEqual(i.weightDecay, 1e-4); XCTAssertEqual(i.method, .moco)
+        XCTAssertTrue(TrainPreset.small.summary.contains("width 0.25"))
+    }
+
+    /// A saved configuration from before a setting existed decodes with that setting's default.
+    func testOlderConfigDecodesWithDefaults() throws {
+        var c = TrainConfig()
+        c.hardNegativeMode = .shared
+        var dict = try JSONSerialization.jsonObject(with: Data(c.json().utf8)) as! [String: Any]
+        dict.removeValue(forKey: "hardNegativeMode")
+        let old = String(data: try JSONSerialization.data(withJSONObject: dict), encoding: .utf8)!
+        XCTAssertEqual(try TrainConfig.from(json: old).hardNegativeMode, .perSample)
+        XCTAssertEqual(try TrainConfig.from(json: c.json()), c)
     }
 }

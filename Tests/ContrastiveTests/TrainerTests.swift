@@ -128,7 +128,7 @@ final class TrainerTests: XCTestCase {
 
     func testSimCLRAndBlurAndMeanFillsRun() throws {
         let data = ImageDataset.synthetic(count: 32, width: 16, height: 16, channels: 3, seed: 3)
-        for (method, fill) in [(ContrastiveMethod.simclr, "hp"), (.moco, "blur"), (.simclr, "mean")] {
+        for (method, fill) in [(ContrastiveMethod.simclr, MaskFill.hp), (.moco, .blur), (.simclr, .mean)] {
             var c = tinyConfig(method: method)
             c.fill = fill; c.epochs = 1; c.hardNegatives = 2; c.saliencyWarmup = 0
             let dir = tempDir("variants")
