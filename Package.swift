@@ -79,12 +79,15 @@ let package = Package(
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
         .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
+        // Open MPI, loaded at run time (dlopen) only when the binary is started by mpirun.
+        .target(name: "CMPI", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: swiftFlags),
         .target(name: "Network", dependencies: ["Kernels"], swiftSettings: swiftFlags),
+        .target(name: "Cluster", dependencies: ["CMPI", "Kernels", "Network"], swiftSettings: swiftFlags),
         .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: swiftFlags),
-        .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels"], swiftSettings: swiftFlags),
+        .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels", "Cluster"], swiftSettings: swiftFlags),
         .executableTarget(name: "salient", dependencies: [
-            "Contrastive", "Network", "Data", "Kernels",
+            "Contrastive", "Network", "Data", "Kernels", "Cluster",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: swiftFlags),
         .target(name: "TestSupport", dependencies: ["Kernels", "Network"], path: "Tests/TestSupport",
@@ -92,7 +95,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: swiftFlags),
         .testTarget(name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: swiftFlags),
         .testTarget(name: "DataTests", dependencies: ["Data", "Kernels", "TestSupport"], swiftSettings: swiftFlags),
-        .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "Cluster", "TestSupport"], swiftSettings: swiftFlags),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: swiftFlags),
     ]
 )

@@ -1,4 +1,5 @@
 // Offline feature extraction: pooled backbone features (before any head), eval-mode batch norm.
+import Cluster
 import Foundation
 import Kernels
 import Network
@@ -75,10 +76,13 @@ public struct FeatureAugmentation: Sendable {
 /// `progress(done, total)` is called after each batch. With `augmentation`, each image is a random view
 /// of `augmentation.config.size` px instead of `preprocess`'s resize (high-pass still applies).
 public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
-                            augmentation: FeatureAugmentation? = nil,
+                            augmentation: FeatureAugmentation? = nil, range: Range<Int>? = nil,
                             progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
-    let n = dataset.count
-    guard n > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
+    guard dataset.count > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
+    let rows = range ?? 0..<dataset.count
+    let n = rows.count, base = rows.lowerBound
+    precondition(base >= 0 && rows.upperBound <= dataset.count, "extractFeatures: range outside the dataset")
+    if n == 0 { return [] }
     let first = try dataset.image(at: 0)
     var h = preprocess.centerCrop ?? preprocess.resize ?? first.height
     var w = preprocess.centerCrop ?? preprocess.resize ?? first.width
@@ -108,12 +112,13 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
             for i in lo..<hi {
                 do {
                     if let a = augmentation {
-                        var img = try dataset.image(at: start + i)
+                        var img = try dataset.image(at: base + start + i)
                         if img.channels != c { img = img.converted(toChannels: c) }
-                        var rng = SplitMix64(seed: SplitMix64.derive(a.seed, UInt64(a.pass), UInt64(start + i)))
+                        var rng = SplitMix64(seed: SplitMix64.derive(a.seed, UInt64(a.pass), UInt64(base + start + i)))
                         augment(img, config: a.config, rng: &rng, into: input + i * per)
                     } else {
-                        try preprocess.fill(dataset, index: start + i, channels: c, height: h, width: w, into: input + i * per)
+                        try preprocess.fill(dataset, index: base + start + i, channels: c, height: h, width: w,
+                                            into: input + i * per)
                     }
                 } catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
             }
@@ -132,4 +137,26 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
         progress?(start, n)
     }
     return features
+}
+
+/// Features of every image of `dataset` computed by all ranks together: rank r extracts the r-th of
+/// `comm.size` equal parts (the last one shorter), and every rank receives all N x featureDim rows in
+/// dataset order, the same values as one process computes.
+public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
+                            comm: Communicator, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
+    guard comm.isDistributed else {
+        return try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
+                                   progress: progress)
+    }
+    let n = dataset.count, D = encoder.config.featureDim
+    let share = (n + comm.size - 1) / comm.size
+    let lo = min(n, comm.rank * share), hi = min(n, lo + share)
+    var mine = try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
+                                   range: lo..<hi) { done, _ in progress?(min(n, done * comm.size), n) }
+    mine += [Float](repeating: 0, count: (share - (hi - lo)) * D)
+    var all = [Float](repeating: 0, count: comm.size * share * D)
+    mine.withUnsafeBufferPointer { m in
+        all.withUnsafeMutableBufferPointer { comm.allGather(m.baseAddress!, count: share * D, into: $0.baseAddress!, "gathering features") }
+    }
+    return Array(all[0..<(n * D)])
 }

@@ -306,7 +306,8 @@ func overlap(_ a: Range<Int>, _ b: Range<Int>) -> Int { max(0, min(a.upperBound,
 ///   channel with the sample's one r, so the same counts in each channel); every masked value gets fresh N(0,
 ///   sigma^2) noise. `.blur` — masked cells take `blurred`'s pixels; `.mean` — the view's per-channel mean
 ///   (taken before masking). Blur and mean always use a spatial grid.
-/// - Randomness: sample b uses SplitMix64(derive(seed, step, b, roleTag)): identical for any thread count.
+/// - Randomness: sample b uses SplitMix64(derive(seed, step, firstIndex + b, roleTag)): identical for any
+///   thread count, and for a batch split into shards (`firstIndex`: the shard's first sample).
 /// - `cellMasks` [B][G*G] (optional) receives each sample's spatial union of masked cells (0/1); `records` [B]
 ///   (optional) receives a `MaskRecord` per sample.
 /// Parallel over samples (`parallelFor`); no heap allocation.
@@ -314,7 +315,7 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                        saliency: UnsafePointer<Float>?, batch: Int, height: Int, width: Int, channels: Int,
                        grid: Int, role: MaskRole, mode: MaskMode, fill: MaskFill, config: MaskConfig,
                        seed: UInt64, step: Int, cellMasks: UnsafeMutablePointer<UInt8>?,
-                       records: UnsafeMutablePointer<MaskRecord>?) {
+                       records: UnsafeMutablePointer<MaskRecord>?, firstIndex: Int = 0) {
     precondition(batch >= 0 && height > 0 && width > 0 && channels > 0 && grid > 0)
     let cells = grid * grid, plane = height * width * channels
     if mode == .none {
@@ -335,7 +336,7 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                 let means = meanBuf.baseAddress!
                 for b in b0..<b1 {
                     var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(truncatingIfNeeded: step),
-                                                                 UInt64(b), tag))
+                                                                 UInt64(firstIndex + b), tag))
                     let img = views + b * plane
                     let blur: UnsafePointer<Float>? = blurred.map { $0 + b * plane }
 

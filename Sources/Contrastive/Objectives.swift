@@ -40,6 +40,12 @@ public final class KeyQueue {
         saved.withUnsafeBufferPointer { keys.update(from: $0.baseAddress!, count: length * dim) }
         pointer = p
     }
+
+    /// Sets the next write position (the keys are restored in place).
+    public func restore(pointer p: Int) {
+        precondition(p >= 0 && p < length)
+        pointer = p
+    }
 }
 
 /// Statistics of one objective evaluation.

@@ -71,6 +71,21 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         return lr * Float(0.5 * (1 + cos(Double.pi * min(max(t, 0), 1))))
     }
 
+    /// Problems with this configuration for a data-parallel run of `ranks` processes: the global batch
+    /// must split into whole shards, and the shuffle-BN forwards (MoCo's keys, saliency and hard
+    /// negatives) into whole batch-norm groups per rank.
+    public func problems(ranks: Int) -> [String] {
+        var p = problems()
+        guard ranks > 1 else { return p }
+        if batch % ranks != 0 {
+            p.append("--batch \(batch) does not split over \(ranks) ranks: give a multiple of \(ranks)")
+        } else if (method == .moco || masking != .none) && effectiveBNSplits % ranks != 0 {
+            p.append("the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) do not split over \(ranks) ranks: "
+                     + "give --bn-splits a multiple of \(ranks) that divides --batch")
+        }
+        return p
+    }
+
     /// Problems with this configuration, one line each (empty when valid).
     public func problems() -> [String] {
         var p: [String] = []

@@ -1,5 +1,6 @@
 // The training run: epochs of steps over a BatchLoader, a progress line and a JSONL log, atomic
 // checkpoints after every epoch (and every `saveEvery` steps), bit-exact resumption, kNN monitoring.
+import Cluster
 import Foundation
 import Kernels
 import Network
@@ -50,16 +51,22 @@ public final class Trainer {
     public var lastCheckpoint: String { out + "/last.safetensors" }
     public var bestCheckpoint: String { out + "/best.safetensors" }
 
-    public init(config: TrainConfig, dataset: ImageDataset, out: String, saliencyEncoder: Encoder? = nil) throws {
-        let problems = config.problems()
+    /// The ranks of a data-parallel run: rank 0 alone writes the output folder (checkpoints, log,
+    /// preview); every rank trains on its shard of each global batch.
+    public let comm: Communicator
+
+    public init(config: TrainConfig, dataset: ImageDataset, out: String, saliencyEncoder: Encoder? = nil,
+                comm: Communicator = .single) throws {
+        let problems = config.problems(ranks: comm.size)
         if !problems.isEmpty { throw TrainError(problems.joined(separator: "\n")) }
+        self.comm = comm
         guard dataset.count >= config.batch else {
             throw TrainError("\(dataset.source): \(dataset.count) images is fewer than one batch of \(config.batch)")
         }
         self.config = config
         self.out = out
         self.dataset = dataset
-        step = TrainingStep(config: config, saliencyEncoder: saliencyEncoder)
+        step = TrainingStep(config: config, saliencyEncoder: saliencyEncoder, comm: comm)
         loaderState = LoaderState(epoch: 0, position: 0, seed: config.seed)
     }
 
@@ -114,6 +121,7 @@ public final class Trainer {
     // MARK: - Checkpoints
 
     public func saveCheckpoint(path: String, epochCompleted: Int) throws {
+        guard comm.isRoot else { return }
         var file = SafeTensorsFile(metadata: EncoderCheckpoint.metadata(step.query.config).merging([
             "format": "salient-trainer-1", "method": config.method.rawValue, "epoch": String(epochCompleted),
             "step": String(globalStep), "config": config.json(), "resolution": String(config.resolution),
@@ -166,14 +174,15 @@ public final class Trainer {
     // MARK: - Run
 
     public func run(resumeFrom: String? = nil) throws {
-        try prepareOutput()
+        if comm.isRoot { try prepareOutput() }
         if let r = resumeFrom {
-            try resume(from: r)
+            if comm.isRoot { try resume(from: r) }
+            shareState()
             observer?.message("resumed from \(r): epoch \(epoch), step \(globalStep)")
         } else {
             try saveCheckpoint(path: lastCheckpoint, epochCompleted: 0)
         }
-        logHandle = openLog()
+        logHandle = comm.isRoot ? openLog() : nil
         defer { try? logHandle?.close() }
         if config.epochs == 0 || epoch >= config.epochs {
             observer?.message("nothing to train: checkpoint at \(lastCheckpoint) (epoch \(epoch))")
@@ -181,7 +190,8 @@ public final class Trainer {
         }
         let loader = try BatchLoader(dataset: dataset, config: augmentConfig, batchSize: config.batch, views: 2,
                                      threads: max(1, min(2, Threads.count)), seed: config.seed, shuffle: true, dropLast: true,
-                                     prefetch: 2, state: loaderState)
+                                     prefetch: 2, state: loaderState,
+                                     shard: LoaderShard(rank: comm.rank, ranks: comm.size))
         let stepsPerEpoch = loader.stepsPerEpoch
         let runStart = Date()
         var imagesDone = 0
@@ -194,7 +204,7 @@ public final class Trainer {
             let posInEpoch = globalStep - epoch * stepsPerEpoch
             let lr = config.learningRate(epoch: Double(epoch) + Double(posInEpoch) / Double(stepsPerEpoch))
             let r = step.step(views: batch.views, epoch: epoch, step: globalStep, lr: lr)
-            if writePreview && globalStep == 0 { try writeTrainingPreview(batch) }
+            if writePreview && globalStep == 0 && comm.isRoot { try writeTrainingPreview(batch) }
             if !r.loss.isFinite || r.loss > maxLoss {
                 throw TrainError(String(format: "loss became %@ at epoch %d, step %d (lr %.4g): stopped. The last good checkpoint is %@ (epoch %d). Try a lower --lr.",
                                         r.loss.isFinite ? String(format: "%.3g", r.loss) : "NaN", epoch + 1, globalStep, lastCheckpoint, epoch, lr))
@@ -245,13 +255,36 @@ public final class Trainer {
     /// kNN top-1 of the current query backbone (eval-mode batch norm).
     public func evaluateKNN(_ m: KNNMonitor) throws -> Double {
         let pre = evaluationPreprocess
-        let bankF = try extractFeatures(encoder: step.query, dataset: m.bank, batch: 256, preprocess: pre)
-        let testF = try extractFeatures(encoder: step.query, dataset: m.test, batch: 256, preprocess: pre)
+        let bankF = try extractFeatures(encoder: step.query, dataset: m.bank, batch: 256, preprocess: pre, comm: comm)
+        let testF = try extractFeatures(encoder: step.query, dataset: m.test, batch: 256, preprocess: pre, comm: comm)
         guard let bl = m.bank.labels, let tl = m.test.labels else { throw TrainError("kNN monitoring needs labelled data") }
         let classes = Int(max(bl.max() ?? 0, tl.max() ?? 0)) + 1
         let r = knnClassify(trainFeatures: bankF, trainLabels: bl, testFeatures: testF, testLabels: tl,
                             dim: step.query.config.featureDim, classes: classes, k: m.k, t: m.t)
         return r.top1
+    }
+
+    /// Data-parallel: rank 0's training state (read from a checkpoint) to every rank.
+    func shareState() {
+        guard comm.isDistributed else { return }
+        func share<T>(_ p: UnsafeMutablePointer<T>, _ n: Int) {
+            comm.broadcast(UnsafeMutableRawPointer(p), bytes: n * MemoryLayout<T>.stride, "sharing the resumed state")
+        }
+        for (i, s) in ([step.query.store] + (step.key.map { [$0.store] } ?? [])).enumerated() {
+            share(s.params, s.parameterCount); share(s.buffers, s.bufferCount); share(s.counters, s.counterCount)
+            if i == 0 { share(s.momentum, s.parameterCount) }
+        }
+        var scalars: [Int64] = [Int64(globalStep), Int64(epoch), Int64(loaderState.epoch), Int64(loaderState.position),
+                                Int64(bitPattern: loaderState.seed), Int64(bitPattern: bestKNN.bitPattern)]
+        if let q = step.queue {
+            share(q.keys, q.length * q.dim)
+            scalars.append(Int64(q.pointer))
+        }
+        scalars.withUnsafeMutableBufferPointer { share($0.baseAddress!, $0.count) }
+        globalStep = Int(scalars[0]); epoch = Int(scalars[1])
+        loaderState = LoaderState(epoch: Int(scalars[2]), position: Int(scalars[3]), seed: UInt64(bitPattern: scalars[4]))
+        bestKNN = Double(bitPattern: UInt64(bitPattern: scalars[5]))
+        if let q = step.queue { q.restore(pointer: Int(scalars[6])) }
     }
 
     // MARK: - Log and preview

@@ -29,6 +29,14 @@ public struct Batch: Sendable {
     public var channels: Int
 }
 
+/// This process's share of every batch in data-parallel training: shard `rank` of `ranks` equal,
+/// consecutive parts of the global batch.
+public struct LoaderShard: Sendable, Equatable {
+    public var rank: Int, ranks: Int
+    public init(rank: Int, ranks: Int) { self.rank = rank; self.ranks = ranks }
+    public static let whole = LoaderShard(rank: 0, ranks: 1)
+}
+
 /// Prepares batches of `views` augmented views on background threads while the caller trains on
 /// the previous ones (`prefetch` batches ahead).
 ///
@@ -47,11 +55,16 @@ public final class BatchLoader {
     /// - Parameters:
     ///   - threads: background worker threads (at least 1).
     ///   - state: where to resume (its seed wins over `seed`); nil starts at epoch 0, step 0.
+    ///   - shard: the part of each global batch of `batchSize` this loader returns (the same images,
+    ///     with the same views, as those positions of a whole batch).
     public init(dataset: ImageDataset, config: AugmentConfig, batchSize: Int, views: Int = 2, threads: Int = 2,
                 seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = true, prefetch: Int = 2,
-                state: LoaderState? = nil) throws {
+                state: LoaderState? = nil, shard: LoaderShard = .whole) throws {
         guard batchSize >= 1, views >= 1, threads >= 1, prefetch >= 1 else {
             throw DataError(.invalidArgument, path: "", "batchSize, views, threads and prefetch must be at least 1")
+        }
+        guard shard.ranks >= 1, shard.rank >= 0, shard.rank < shard.ranks, batchSize % shard.ranks == 0 else {
+            throw DataError(.invalidArgument, path: "", "a batch of \(batchSize) does not split into \(shard.ranks) shards")
         }
         let steps = dropLast ? dataset.count / batchSize : (dataset.count + batchSize - 1) / batchSize
         guard steps >= 1 else {
@@ -67,8 +80,10 @@ public final class BatchLoader {
         self.stepsPerEpoch = steps
         self.config = config
         nextBatch = st.epoch * steps + st.position
-        core = LoaderCore(dataset: dataset, config: config, batchSize: batchSize, views: views, seed: st.seed,
-                          shuffle: shuffle, steps: steps, prefetch: prefetch, firstBatch: nextBatch)
+        let local = batchSize / shard.ranks
+        core = LoaderCore(dataset: dataset, config: config, batchSize: local, globalBatch: batchSize,
+                          offset: shard.rank * local, views: views, seed: st.seed, shuffle: shuffle, steps: steps,
+                          prefetch: prefetch, firstBatch: nextBatch)
         for t in 0..<threads {
             let c = core
             let th = Thread { c.work() }
@@ -104,7 +119,9 @@ final class LoaderCore: @unchecked Sendable {
     }
     let dataset: ImageDataset
     let config: AugmentConfig
-    let batchSize: Int, views: Int, steps: Int, prefetch: Int
+    /// Items per batch of this loader; the global batch they are a part of, from position `offset`.
+    let batchSize: Int, globalBatch: Int, offset: Int
+    let views: Int, steps: Int, prefetch: Int
     let seed: UInt64
     let shuffle: Bool
     let viewFloats: Int
@@ -116,11 +133,13 @@ final class LoaderCore: @unchecked Sendable {
     var failure: Error? = nil
     var perms: [Int: [Int]] = [:]
 
-    init(dataset: ImageDataset, config: AugmentConfig, batchSize: Int, views: Int, seed: UInt64, shuffle: Bool,
-         steps: Int, prefetch: Int, firstBatch: Int) {
+    init(dataset: ImageDataset, config: AugmentConfig, batchSize: Int, globalBatch: Int, offset: Int, views: Int,
+         seed: UInt64, shuffle: Bool, steps: Int, prefetch: Int, firstBatch: Int) {
         self.dataset = dataset
         self.config = config
         self.batchSize = batchSize
+        self.globalBatch = globalBatch
+        self.offset = offset
         self.views = views
         self.seed = seed
         self.shuffle = shuffle
@@ -169,7 +188,7 @@ final class LoaderCore: @unchecked Sendable {
             if slots[si].batch != g {
                 let epoch = g / steps, step = g % steps
                 let perm = permutation(epoch)
-                let lo = step * batchSize, hi = min(perm.count, lo + batchSize)
+                let lo = min(perm.count, step * globalBatch + offset), hi = min(perm.count, lo + batchSize)
                 slots[si].batch = g
                 slots[si].size = hi - lo
                 slots[si].done = 0

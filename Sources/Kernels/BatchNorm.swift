@@ -285,13 +285,26 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
                                      residual: UnsafePointer<Float>? = nil,
                                      output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
                                      saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
-                                     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil) {
+                                     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
+                                     sync: BNStatisticsSync? = nil) {
     let (_, mean, scale, _) = bnScratch(sh.channels, scratch)
     batchNormTrainingStatistics(sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
                                 momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
-                                mean: mean, scale: scale, scratch: scratch, tileSums: tileSums)
+                                mean: mean, scale: scale, scratch: scratch, tileSums: tileSums, sync: sync)
     bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
             relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
+}
+
+/// Batch-norm statistics over several processes (data-parallel training): `sum` replaces `count`
+/// Doubles by their element-wise sums over all `processes` processes (an MPI allreduce), so that P
+/// pixels in each of them normalise as one batch of processes * P pixels. Per-channel sums are
+/// shifted by the running mean, which every process holds identically.
+public struct BNStatisticsSync: Sendable {
+    public var processes: Int
+    public var sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void
+    public init(processes: Int, sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void) {
+        self.processes = processes; self.sum = sum
+    }
 }
 
 /// The statistics half of batchNormForwardTraining, for a consumer that applies the normalisation
@@ -306,15 +319,20 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
                                         momentum: Float, eps: Float, saveMean: UnsafeMutablePointer<Float>,
                                         saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
                                         mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
-                                        scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil) {
+                                        scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
+                                        sync: BNStatisticsSync? = nil) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
+    precondition(sync == nil || groups == 1, "batch-norm statistics are synchronised for one group only")
     let (shift, _, _, work) = bnScratch(C, scratch)
     let cp = bnPadded(C), gp = P / groups
-    // The shift of each group's sums: the epilogue's (tileSums) or the group's first pixel.
+    // The shift of each group's sums: the epilogue's (tileSums), the running mean when processes share
+    // their sums (the same in all of them), or the group's first pixel.
     for g in 0..<groups {
-        for c in 0..<cp { shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? x[g * gp * C + c] }
+        for c in 0..<cp {
+            shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? (sync != nil ? runningMean[c] : x[g * gp * C + c])
+        }
     }
     var threads = 1
     if let t = tileSums {
@@ -326,14 +344,22 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
         bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
                      BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     }
-    let m = Double(momentum), unbias = Double(gp) / Double(max(gp - 1, 1))
+    // Pixels behind each group's statistics (all processes' when they share their sums).
+    let count = gp * (sync?.processes ?? 1)
+    let m = Double(momentum), unbias = Double(count) / Double(max(count - 1, 1))
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: sync == nil ? 0 : 2 * C) { shared in
+    if let sync {
+        for c in 0..<C { (shared[2 * c], shared[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
+        sync.sum(shared.baseAddress!, 2 * C)
+    }
     for g in 0..<groups {
         for c in 0..<cp {
             let i = g * cp + c
             if c >= C { mean[i] = 0; scale[i] = 0; continue }
-            let (s1, s2) = bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
-            let d = s1 / Double(gp)
-            let v = max(s2 / Double(gp) - d * d, 0)
+            let (s1, s2) = sync != nil ? (shared[2 * c], shared[2 * c + 1])
+                : bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
+            let d = s1 / Double(count)
+            let v = max(s2 / Double(count) - d * d, 0)
             let mu = Double(shift[i]) + d
             let inv = 1 / (v + Double(eps)).squareRoot()
             mean[i] = Float(mu)
@@ -345,6 +371,7 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
                 runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
             }
         }
+    }
     }
 }
 
@@ -445,7 +472,8 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
                               beta: UnsafePointer<Float>? = nil,
                               saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
                               gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
-                              gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer) {
+                              gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+                              sync: BNStatisticsSync? = nil) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(!relu || y != nil || beta != nil, "fused ReLU backward needs the forward output or beta")
@@ -458,15 +486,25 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     let terms = BNGradTerms(dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
                             maskScale: UnsafePointer(maskScale), beta: beta)
     bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
+    // With processes sharing their sums, dx needs the sums over all of them; the parameter gradients
+    // stay this process's own (the gradient sum over processes adds them up).
+    let count = P * (sync?.processes ?? 1)
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: sync == nil ? 0 : 2 * C) { shared in
+    if let sync {
+        for c in 0..<C { (shared[2 * c], shared[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
+        sync.sum(shared.baseAddress!, 2 * C)
+    }
     for c in 0..<cp {
         if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
         let (sg, sgd) = bnReduced(c, channels: C, threads: threads, perThread: work)
+        let (tg, tgd) = sync != nil ? (shared[2 * c], shared[2 * c + 1]) : (sg, sgd)
         let inv = Double(saveInvStd[c]), g = Double(gamma[c])
         gradBeta[c] = Float(sg)
         gradGamma[c] = Float(sgd * inv)
         k1[c] = Float(g * inv)
-        k2[c] = Float(-g * inv * inv * inv * sgd / Double(P))
-        k3[c] = Float(-g * inv * sg / Double(P))
+        k2[c] = Float(-g * inv * inv * inv * tgd / Double(count))
+        k3[c] = Float(-g * inv * tg / Double(count))
+    }
     }
     parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
         for p in lo..<hi {

@@ -151,9 +151,37 @@ public final class FusedSGD {
     public var first: UnsafeMutablePointer<Float> { scratch }
     public var second: UnsafeMutablePointer<Float> { scratch + vectorOffset }
 
-    /// Applies the step to `count` parameters at `offset` from the gradient at `grad`.
+    /// Sums gradients over the processes of a data-parallel run before they are applied (nil: one process).
+    public var exchange: GradientExchange?
+
+    /// Applies the step to `count` parameters at `offset` from the gradient at `grad`; with an
+    /// exchange, hands the gradient to it instead, and the step is applied when its sum arrives
+    /// (`finish` at the latest).
     public func apply(_ store: ParameterStore, offset: Int, count: Int, grad: UnsafePointer<Float>) {
+        if let exchange {
+            exchange.submit(offset: offset, count: count, grad: grad, sgd: self, store: store)
+        } else {
+            step(store, offset: offset, count: count, grad: grad)
+        }
+    }
+
+    /// Waits for every gradient sum still on its way and applies those steps (no-op with one process).
+    public func finish() {
+        exchange?.finish()
+    }
+
+    /// The SGD step itself, on `count` parameters at `offset`.
+    public func step(_ store: ParameterStore, offset: Int, count: Int, grad: UnsafePointer<Float>) {
         sgdStep(count: count, params: store.params + offset, grads: grad, momentumBuffer: store.momentum + offset,
                 lr: lr, momentum: momentum, weightDecay: weightDecay)
     }
+}
+
+/// Gradient sums over the processes of a data-parallel run, overlapped with backward: `submit` takes
+/// a tensor's gradient as soon as it is final (it copies it), `apply` runs with the summed gradient
+/// once it arrives (`sgd.step`, during a later submit or in `finish`), so that the update of a layer
+/// overlaps the backward of the layers before it.
+public protocol GradientExchange: AnyObject {
+    func submit(offset: Int, count: Int, grad: UnsafePointer<Float>, sgd: FusedSGD, store: ParameterStore)
+    func finish()
 }

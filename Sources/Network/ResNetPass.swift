@@ -495,6 +495,10 @@ public final class ResNetPass {
         }
     }
 
+    /// Batch-norm statistics over several processes (data-parallel training: this pass holds one
+    /// process's share of the batch): training-mode forwards of one group and backward use them.
+    public var statisticsSync: BNStatisticsSync?
+
     /// Whether training-mode forwards take their batch statistics from the Winograd convolutions'
     /// epilogues (ConvOutputSums) instead of a pass over each output (tests switch it off to compare).
     nonisolated(unsafe) public static var statisticsInEpilogue = true
@@ -515,6 +519,7 @@ public final class ResNetPass {
         case .train(let splits), .batchStatistics(let splits):
             let s = max(1, min(splits, batch))
             let momentum: Float = mode == .train(splits: splits) ? 0.1 : 0  // 0: running statistics untouched
+            let sync = s == 1 && momentum != 0 ? statisticsSync : nil
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
             // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
             let px = n.bnPixels / s, cp = bnPadded(C)
@@ -534,13 +539,13 @@ public final class ResNetPass {
                                              runningMean: rm, runningVar: rv, momentum: momentum, eps: 1e-5, relu: relu,
                                              residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
                                              saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
-                                             tileSums: tileSums)
+                                             tileSums: tileSums, sync: sync)
                 } else {
                     batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
                                                 momentum: momentum, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
                                                 mean: affineMean + rowSet * affineRowCount + i * cp,
                                                 scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
-                                                tileSums: tileSums)
+                                                tileSums: tileSums, sync: sync)
                 }
                 i += g
             }
@@ -680,7 +685,8 @@ public final class ResNetPass {
                               gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
                               saveInvStd: n.invStd, relu: u.relu,
                               gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
-                              gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch)
+                              gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch,
+                              sync: statisticsSync)
         }
         if let update {
             timedOp(.optimizer) {

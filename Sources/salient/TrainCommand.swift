@@ -4,6 +4,7 @@ import Kernels
 import Network
 import Data
 import Contrastive
+import Cluster
 
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,6 +59,9 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Write DIR/preview.png: the first batch's views with saliency and masks.") var preview = false
     @Flag(help: "Continue from DIR/last.safetensors.") var resume = false
     @Flag(name: .customLong("skip-bad"), help: "Skip unreadable images (their count is reported).") var skipBad = false
+    @Option(name: .customLong("peer-timeout"),
+            help: "Under mpirun: seconds a rank waits for the others in a collective before it ends the job (a rank that died, a network that dropped).")
+    var peerTimeout: Double = 60
     @OptionGroup var threadOptions: ThreadOptions
 
     /// The preset's recipe with every option given on the command line applied.
@@ -80,16 +84,31 @@ struct TrainCommand: ParsableCommand {
         let problems = makeConfig(channels: channels ?? 3).problems()
         if let p = problems.first { throw ValidationError(p) }
         if knnBank < 1 || knnLimit < 1 { throw ValidationError("--knn-bank and --knn-limit must be >= 1") }
+        if !(peerTimeout >= 1 && peerTimeout <= 86400) {
+            throw ValidationError("--peer-timeout must be between 1 and 86400 seconds, got \(peerTimeout)")
+        }
         if resume && !FileManager.default.fileExists(atPath: out + "/last.safetensors") {
             throw ValidationError("--resume: \(out)/last.safetensors does not exist")
         }
     }
 
     func run() throws {
+        let comm = try Communicator.world(timeout: peerTimeout)
+        try comm.failing { try train(comm) }
+        comm.finish()
+    }
+
+    func train(_ comm: Communicator) throws {
         threadOptions.apply()
+        applyRankThreads(comm, explicit: threadOptions.threads)
         let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels)
         var config = makeConfig(channels: channels ?? dataset.channels)
         config.limit = limit
+        if let p = config.problems(ranks: comm.size).first { throw ValidationError(p) }
+        // Every rank must train the same model on the same data with the same binary.
+        comm.requireSame("\(Salient.configuration.version)\n\(config.json())\n\(dataset.count) \(dataset.source)\n"
+                         + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(Threads.count) \(ThreadOptions.algorithm)",
+                         "the binary, options or data")
         var saliencyEncoder: Encoder? = nil
         if config.saliency != "self" && config.saliency != "classical" {
             saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: config.saliency, trainable: false)
@@ -97,9 +116,9 @@ struct TrainCommand: ParsableCommand {
                 throw ValidationError("--saliency \(config.saliency): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
             }
         }
-        let trainer = try Trainer(config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder)
+        let trainer = try Trainer(config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder, comm: comm)
         let printer = ProgressPrinter()
-        trainer.observer = printer
+        if comm.isRoot { trainer.observer = printer }
         trainer.writePreview = preview
         if let k = knnData {
             let test = try DatasetLoader.open(path: k, limit: knnLimit, skipBad: skipBad, channels: config.inChannels)
@@ -108,21 +127,32 @@ struct TrainCommand: ParsableCommand {
             trainer.knn = KNNMonitor(bank: bank, test: test)
         }
         let g = config.resnet.finalMapSize(config.resolution)
-        note("train: \(dataset.count) images from \(data), preset \(preset.rawValue) with the options given:")
-        note("       \(config.recipeSummary)")
-        if config.masking != .none {
-            note("       saliency \(config.saliency) (grid \(g)x\(g)), hard negatives \(config.hardNegativeMode.rawValue)")
+        if comm.isRoot {
+            note("train: \(dataset.count) images from \(data), preset \(preset.rawValue) with the options given:")
+            note("       \(config.recipeSummary)")
+            if config.masking != .none {
+                note("       saliency \(config.saliency) (grid \(g)x\(g)), hard negatives \(config.hardNegativeMode.rawValue)")
+            }
+            note("       \(Threads.count) thread(s)" + (comm.isDistributed
+                ? " in each of \(comm.size) ranks, \(config.batch / comm.size) images of each batch of \(config.batch) per rank" : ""))
         }
-        note("       \(Threads.count) thread(s)")
         let t0 = Date()
         try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
         printer.finish()
         let dt = Date().timeIntervalSince(t0)
+        if !comm.isRoot { return }
         print(String(format: "done: %d epoch(s) in %.1f s, peak resident memory %.0f MB; checkpoint %@",
                      trainer.epoch, dt, peakResidentMB(), trainer.lastCheckpoint))
         if trainer.bestKNN >= 0 { print(String(format: "best kNN top-1: %.2f%% (%@)", trainer.bestKNN, trainer.bestCheckpoint)) }
         if !dataset.skipped.isEmpty { print("skipped \(dataset.skipped.count) unreadable file(s)") }
     }
+}
+
+/// Under mpirun without --threads or SALIENT_THREADS: the cores shared among the ranks of this machine.
+func applyRankThreads(_ comm: Communicator, explicit: Int?) {
+    guard comm.isDistributed, explicit == nil, ProcessInfo.processInfo.environment["SALIENT_THREADS"] == nil else { return }
+    let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1
+    Threads.count = max(1, Threads.processors / max(1, local))
 }
 
 /// The live progress line (stderr, rewritten in place on a terminal) and epoch summaries.
