@@ -6,20 +6,12 @@ import Foundation
 final class CommandCLITests: XCTestCase {
     let fixtures = salientPackageRoot.appendingPathComponent("fixtures").path
 
-    func tempDir() throws -> String {
-        let d = NSTemporaryDirectory() + "salient-cli-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
-        return d
-    }
+    func tempDir() throws -> String { try makeTempDir(self, "cli") }
 
     /// Exit status 1..127 (a thrown error or a validation failure), never a signal.
     func assertFails(_ args: [String], mentioning texts: [String], file: StaticString = #filePath, line: UInt = #line) throws {
         let r = try runSalient(args, timeout: 60)
-        XCTAssertTrue(r.status > 0 && r.status < 128, "\(args): status \(r.status)\n\(r.stderr)", file: file, line: line)
-        for t in texts {
-            XCTAssertTrue(r.stderr.contains(t), "\(args): stderr lacks '\(t)':\n\(r.stderr)", file: file, line: line)
-        }
+        assertFailsCleanly(r, mentioning: texts, "\(args)", file: file, line: line)
     }
 
     func testBadArgumentsAreRejected() throws {
