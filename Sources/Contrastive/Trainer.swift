@@ -249,7 +249,7 @@ public final class Trainer {
         let testF = try extractFeatures(encoder: step.query, dataset: m.test, batch: 256, preprocess: pre)
         guard let bl = m.bank.labels, let tl = m.test.labels else { throw TrainError("kNN monitoring needs labelled data") }
         let classes = Int(max(bl.max() ?? 0, tl.max() ?? 0)) + 1
-        let r = knnClassify(trainFeatures: bankF, trainLabels: bl, testFeatures: testF, testLabels: tl,
+        let r = try knnClassify(trainFeatures: bankF, trainLabels: bl, testFeatures: testF, testLabels: tl,
                             dim: step.query.config.featureDim, classes: classes, k: m.k, t: m.t)
         return r.top1
     }
