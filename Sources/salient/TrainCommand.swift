@@ -15,7 +15,10 @@ struct TrainCommand: ParsableCommand {
 
         Writes DIR/last.safetensors after every epoch (atomically; DIR/best.safetensors too with --knn-data), \
         DIR/log.jsonl, and with --preview DIR/preview.png. `salient extract` reads the checkpoints. \
-        --resume continues an interrupted run exactly (same options and thread count).
+        One run at a time uses DIR (it is locked); a fresh run into a DIR holding an earlier one needs --overwrite. \
+        Ctrl-C or SIGTERM stops at the end of the step with a checkpoint of it (exit 130 or 143). \
+        --resume continues a run exactly: same options, data, --threads and --conv (only --epochs and --save-every \
+        may change); what differs is named.
         """)
 
     @Option(help: "Training images: a folder of PNGs or an IDX images file.") var data: String
@@ -57,6 +60,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("knn-limit"), help: "Test images used for kNN.") var knnLimit = 2000
     @Flag(help: "Write DIR/preview.png: the first batch's views with saliency and masks.") var preview = false
     @Flag(help: "Continue from DIR/last.safetensors.") var resume = false
+    @Flag(help: "Replace an earlier run in DIR (its checkpoints, log and preview) instead of refusing.") var overwrite = false
     @Flag(name: .customLong("skip-bad"), help: "Skip unreadable images (their count is reported).") var skipBad = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -77,8 +81,9 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         if let c = channels, c != 1 && c != 3 { throw ValidationError("--channels must be 1 or 3, got \(c)") }
-        let problems = makeConfig(channels: channels ?? 3).problems()
-        if let p = problems.first { throw ValidationError(p) }
+        let config = makeConfig(channels: channels ?? 3)
+        if let p = config.problems().first ?? config.batchNormSplitProblem { throw ValidationError(p) }
+        if resume && overwrite { throw ValidationError("--resume continues the run in --out, --overwrite replaces it: give one") }
         if knnBank < 1 || knnLimit < 1 { throw ValidationError("--knn-bank and --knn-limit must be >= 1") }
         if resume && !FileManager.default.fileExists(atPath: out + "/last.safetensors") {
             throw ValidationError("--resume: \(out)/last.safetensors does not exist")
@@ -101,11 +106,12 @@ struct TrainCommand: ParsableCommand {
         let printer = ProgressPrinter()
         trainer.observer = printer
         trainer.writePreview = preview
+        trainer.overwrite = overwrite
         if let k = knnData {
             let test = try DatasetLoader.open(path: k, limit: knnLimit, skipBad: skipBad, channels: config.inChannels)
             let bank = try DatasetLoader.open(path: data, limit: min(knnBank, dataset.count), skipBad: skipBad,
                                               channels: config.inChannels)
-            trainer.knn = KNNMonitor(bank: bank, test: test)
+            trainer.knn = try KNNMonitor(bank: bank, test: test)
         }
         let g = config.resnet.finalMapSize(config.resolution)
         note("train: \(dataset.count) images from \(data), preset \(preset.rawValue) with the options given:")
@@ -113,10 +119,19 @@ struct TrainCommand: ParsableCommand {
         if config.masking != .none {
             note("       saliency \(config.saliency) (grid \(g)x\(g)), hard negatives \(config.hardNegativeMode.rawValue)")
         }
+        if let n = config.batchNormSplitNote { note("       note: \(n)") }
         note("       \(Threads.count) thread(s)")
         let t0 = Date()
-        try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
+        Interrupts.install()
+        trainer.stopRequested = { Interrupts.received != 0 }
+        let outcome = try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
         printer.finish()
+        if outcome == .interrupted {
+            let sig = Interrupts.received
+            note("interrupted by \(Interrupts.name(sig)) at epoch \(trainer.epoch + 1), step \(trainer.globalStep): "
+                 + "\(trainer.lastCheckpoint) holds this step; continue with the same command and --resume")
+            throw ExitCode(128 + sig)
+        }
         let dt = Date().timeIntervalSince(t0)
         print(String(format: "done: %d epoch(s) in %.1f s, peak resident memory %.0f MB; checkpoint %@",
                      trainer.epoch, dt, peakResidentMB(), trainer.lastCheckpoint))

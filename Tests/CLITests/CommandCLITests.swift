@@ -54,7 +54,7 @@ final class CommandCLITests: XCTestCase {
         // Training into a path under a regular file: reported before any step.
         let file = dir + "/plain-file"
         _ = FileManager.default.createFile(atPath: file, contents: Data([1]))
-        try assertFails(["train", "--data", fixtures + "/png/classes", "--out", file + "/run", "--batch", "2", "--width", "0.0625",
+        try assertFails(["train", "--data", fixtures + "/png/classes", "--out", file + "/run", "--batch", "2", "--bn-splits", "1", "--width", "0.0625",
                          "--res", "16", "--epochs", "1"], mentioning: [file])
         XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a failed extract left \(out)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/f.labels.npy"))
