@@ -15,7 +15,7 @@ final class CommandCLITests: XCTestCase {
     }
 
     func testBadArgumentsAreRejected() throws {
-        try assertFails(["bench", "kernels", "--threads", "0"], mentioning: ["--threads must be between 1 and 4096"])
+        try assertFails(["bench", "kernels", "--threads", "0"], mentioning: ["--threads must be between 1 and 1024"])
         try assertFails(["bench", "kernels", "--shapes", "64x"], mentioning: ["--shapes"])
         try assertFails(["bench", "train", "--arch", "resnet19"], mentioning: ["'resnet19' is invalid for '--arch", "'resnet18', 'resnet34' or 'resnet50'"])
         try assertFails(["train", "--data", fixtures, "--out", "/tmp/x", "--masking", "sometimes"],
