@@ -11,14 +11,60 @@
 // std, trained by mini-batch SGD with momentum and a cosine learning rate over the cached features. Its
 // only setting, the weight decay, is chosen on a held-out 10% of train; the probe is then retrained on
 // all of train with it and scored on test.
+//
+// Every entry point checks that its features are finite and that the probe did not diverge, and throws
+// an EvaluationError otherwise: a NaN compares false with everything, so a ranking of NaN scores would
+// otherwise count every row as a hit.
 import Foundation
 import Kernels
+import Network
 import Data
+
+/// Features that are not finite, a probe that diverged, or labels that cannot be classes.
+public struct EvaluationError: Error, CustomStringConvertible, LocalizedError {
+    public var description: String
+    public init(_ d: String) { description = d }
+    public var errorDescription: String? { description }
+}
+
+/// Throws naming `source` and the first NaN or infinite value of `x` (rows of `dim` values).
+public func checkFinite(_ x: [Float], dim: Int, source: String) throws {
+    guard let i = x.firstIndex(where: { !$0.isFinite }) else { return }
+    let bad = x.count - x.filter(\.isFinite).count
+    throw EvaluationError("\(source): not finite: row \(i / max(dim, 1)), column \(i % max(dim, 1)) is \(describeNonFinite(x[i]))"
+                          + (bad > 1 ? " (\(bad) values of \(x.count) are NaN or infinite)" : "")
+                          + "; features must be finite numbers")
+}
+
+// MARK: - Labels
+
+/// Labels renumbered 0..<classes in the order of their values: sparse labels (0, 100000, ...) would
+/// otherwise size every per-class buffer by the largest.
+public struct DenseLabels: Sendable {
+    public var train: [Int32], test: [Int32]
+    /// The original label of each class.
+    public var original: [Int64]
+    public var classes: Int { original.count }
+
+    /// Throws for a negative label (naming `trainSource` / `testSource`).
+    public init(train: [Int64], test: [Int64], trainSource: String = "train labels", testSource: String = "test labels") throws {
+        for (labels, source) in [(train, trainSource), (test, testSource)] {
+            if let bad = labels.first(where: { $0 < 0 }) {
+                throw EvaluationError("\(source): label \(bad) is negative; labels must be >= 0")
+            }
+        }
+        original = Array(Set(train).union(test)).sorted()
+        let index = Dictionary(uniqueKeysWithValues: original.enumerated().map { ($1, Int32($0)) })
+        self.train = train.map { index[$0]! }
+        self.test = test.map { index[$0]! }
+    }
+}
 
 // MARK: - Ranking
 
 /// Top-1 and top-5 accuracy (percent) of `scores` [M][C] against `labels`; ties rank the lower class first.
-/// With fewer than 5 classes, top-5 counts the label among all C.
+/// With fewer than 5 classes, top-5 counts the label among all C. A NaN score ranks above every
+/// number, so a NaN row is never a hit.
 public func topAccuracy(scores: UnsafePointer<Float>, labels: [Int32], classes: Int) -> (top1: Double, top5: Double) {
     let m = labels.count
     if m == 0 { return (0, 0) }
@@ -28,8 +74,8 @@ public func topAccuracy(scores: UnsafePointer<Float>, labels: [Int32], classes: 
         let label = Int(labels[r])
         let s = row[label]
         // Rank of the true label: classes scoring higher, or equal with a lower index.
-        var rank = 0
-        for c in 0..<classes where row[c] > s || (row[c] == s && c < label) { rank += 1 }
+        var rank = s.isNaN ? classes : 0
+        for c in 0..<classes where c != label && (row[c].isNaN || row[c] > s || (row[c] == s && c < label)) { rank += 1 }
         if rank == 0 { hit1 += 1 }
         if rank < 5 { hit5 += 1 }
     }
@@ -142,11 +188,13 @@ extension UnsafeMutablePointer {
 }
 
 /// Weighted kNN accuracy (percent): InstDisc / MoCo-demo voting over the k nearest train rows by cosine
-/// similarity, weights exp(sim / t). Test labels must lie in 0..<classes.
+/// similarity, weights exp(sim / t). Test labels must lie in 0..<classes. Throws for non-finite features.
 public func knnClassify(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
-                        dim: Int, classes: Int, k: Int = 200, t: Float = 0.1) -> (top1: Double, top5: Double) {
+                        dim: Int, classes: Int, k: Int = 200, t: Float = 0.1) throws -> (top1: Double, top5: Double) {
     precondition(testLabels.count * dim == testFeatures.count, "knn: test labels do not match test rows")
     precondition(testLabels.allSatisfy { $0 >= 0 && Int($0) < classes }, "knn: test label out of range 0..<\(classes)")
+    try checkFinite(trainFeatures, dim: dim, source: "train features")
+    try checkFinite(testFeatures, dim: dim, source: "test features")
     let scores = knnScores(trainFeatures: trainFeatures, trainLabels: trainLabels, testFeatures: testFeatures,
                            dim: dim, classes: classes, k: k, t: t)
     return scores.withUnsafeBufferPointer { topAccuracy(scores: $0.baseAddress!, labels: testLabels, classes: classes) }
@@ -187,15 +235,18 @@ public struct LinearProbeResult: Sendable {
 
 /// Multinomial logistic regression on frozen features: standardise with train statistics, choose the weight
 /// decay on a held-out part of train, retrain on all of train, score on test. Deterministic for a seed.
+/// Throws for non-finite features and for a fit whose loss or weights stop being finite.
 public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
                         dim: Int, classes: Int, seed: UInt64 = 0, config: LinearProbeConfig = .init(),
-                        progress: ((String) -> Void)? = nil) -> LinearProbeResult {
+                        progress: ((String) -> Void)? = nil) throws -> LinearProbeResult {
     let n = trainLabels.count, m = testLabels.count
     precondition(dim > 0 && classes > 0 && n > 0, "linear probe: needs train rows, dim and classes")
     precondition(trainFeatures.count == n * dim && testFeatures.count == m * dim, "linear probe: feature counts do not match dim")
     precondition(trainLabels.allSatisfy { $0 >= 0 && Int($0) < classes } && testLabels.allSatisfy { $0 >= 0 && Int($0) < classes },
                  "linear probe: label out of range 0..<\(classes)")
     precondition(!config.weightDecays.isEmpty && config.epochs > 0 && config.batch > 0, "linear probe: bad config")
+    try checkFinite(trainFeatures, dim: dim, source: "train features")
+    try checkFinite(testFeatures, dim: dim, source: "test features")
 
     let standardizer = FeatureStandardizer(trainFeatures, rows: n, dim: dim)
     let xs = standardizer.apply(trainFeatures), xt = standardizer.apply(testFeatures)
@@ -214,16 +265,16 @@ public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatur
         let xf = gatherRows(xs, fitIdx, dim), yf = fitIdx.map { trainLabels[$0] }
         var best = -1.0
         for wd in config.weightDecays {
-            let model = trainSoftmaxRegression(x: xf, y: yf, dim: dim, classes: classes, weightDecay: wd, lr: lr,
-                                               config: config, seed: seed)
+            let model = try trainSoftmaxRegression(x: xf, y: yf, dim: dim, classes: classes, weightDecay: wd, lr: lr,
+                                                   config: config, seed: seed)
             let acc = model.accuracy(xv, yv).top1
             validation.append(acc)
             progress?(String(format: "weight decay %g: validation top-1 %.2f", Double(wd), acc))
             if acc > best { best = acc; chosen = wd }
         }
     }
-    let model = trainSoftmaxRegression(x: xs, y: trainLabels, dim: dim, classes: classes, weightDecay: chosen, lr: lr,
-                                       config: config, seed: seed)
+    let model = try trainSoftmaxRegression(x: xs, y: trainLabels, dim: dim, classes: classes, weightDecay: chosen, lr: lr,
+                                           config: config, seed: seed)
     let acc = model.accuracy(xt, testLabels)
     return LinearProbeResult(top1: acc.top1, top5: acc.top5, weightDecay: chosen, validationTop1: validation,
                              epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
@@ -320,17 +371,18 @@ struct SoftmaxModel {
 }
 
 /// Mini-batch SGD (momentum, cosine learning rate from `lr` to 0) on mean cross-entropy + wd/2 |W|^2
-/// (no decay on the bias), from zero weights; the epoch order comes from the seed.
+/// (no decay on the bias), from zero weights; the epoch order comes from the seed. Throws when an
+/// epoch's loss or the weights stop being finite (the learning rate is too high for the features).
 func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weightDecay: Float, lr: Float,
-                            config: LinearProbeConfig, seed: UInt64) -> SoftmaxModel {
-    trainSoftmaxRegression(epochFeatures: { _ in x }, y: y, dim: dim, classes: classes, weightDecay: weightDecay,
-                           lr: lr, config: config, seed: seed)
+                            config: LinearProbeConfig, seed: UInt64) throws -> SoftmaxModel {
+    try trainSoftmaxRegression(epochFeatures: { _ in x }, y: y, dim: dim, classes: classes, weightDecay: weightDecay,
+                               lr: lr, config: config, seed: seed)
 }
 
 /// As above, with the rows of each epoch from `epochFeatures(epoch)` (N x dim, same row order as `y`):
 /// new random views of the same images every epoch for the augmented probe.
 func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], dim: Int, classes: Int,
-                            weightDecay: Float, lr: Float, config: LinearProbeConfig, seed: UInt64) rethrows
+                            weightDecay: Float, lr: Float, config: LinearProbeConfig, seed: UInt64) throws
     -> SoftmaxModel {
     let n = y.count, wCount = classes * dim
     let batch = min(config.batch, n)
@@ -393,6 +445,11 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
             }
         }
         lastLoss = epochLoss / Double(n)
+        if !lastLoss.isFinite || !params.allSatisfy(\.isFinite) {
+            throw EvaluationError(String(format: "the linear probe diverged: train loss %@ in epoch %d of %d at learning rate %g "
+                                         + "(weight decay %g); give a lower --lr", "\(Float(lastLoss))", epoch + 1,
+                                         config.epochs, Double(lr), Double(weightDecay)))
+        }
     }
     return SoftmaxModel(weight: Array(params[0..<wCount]), bias: Array(params[wCount...]), dim: dim, classes: classes,
                         lastLoss: Float(lastLoss))
@@ -402,18 +459,25 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
 /// the features of new random views of the train images (`epochFeatures(epoch)`: random resized crop and
 /// flip), the test images are resized and centre-cropped (`testFeatures`). Features are standardised with
 /// the statistics of epoch 0's; the weight decay is `config.weightDecays[0]` (no held-out choice: each
-/// candidate would cost a pass over the images per epoch); the learning rate as `linearProbe`'s.
+/// candidate would cost a pass over the images per epoch); the learning rate as `linearProbe`'s. Throws as
+/// `linearProbe` does, and for an epoch's features that are not finite.
 public func augmentedLinearProbe(epochFeatures: (Int) throws -> [Float], trainLabels: [Int32], testFeatures: [Float],
                                  testLabels: [Int32], dim: Int, classes: Int, seed: UInt64 = 0,
-                                 config: LinearProbeConfig = .init()) rethrows -> LinearProbeResult {
+                                 config: LinearProbeConfig = .init()) throws -> LinearProbeResult {
     let n = trainLabels.count
     precondition(dim > 0 && classes > 0 && n > 0 && !config.weightDecays.isEmpty && config.epochs > 0,
                  "linear probe: bad input")
-    let first = try epochFeatures(0)
+    try checkFinite(testFeatures, dim: dim, source: "test features")
+    func epoch(_ e: Int) throws -> [Float] {
+        let x = try epochFeatures(e)
+        try checkFinite(x, dim: dim, source: "train features of epoch \(e + 1)")
+        return x
+    }
+    let first = try epoch(0)
     let s = FeatureStandardizer(first, rows: n, dim: dim)
     let x0 = s.apply(first)
     let lr = config.learningRate ?? min(1, 20 / largestEigenvalue(x0, rows: n, dim: dim, seed: seed))
-    let model = try trainSoftmaxRegression(epochFeatures: { e in e == 0 ? x0 : s.apply(try epochFeatures(e)) },
+    let model = try trainSoftmaxRegression(epochFeatures: { e in e == 0 ? x0 : s.apply(try epoch(e)) },
                                            y: trainLabels, dim: dim, classes: classes,
                                            weightDecay: config.weightDecays[0], lr: lr, config: config, seed: seed)
     let acc = model.accuracy(s.apply(testFeatures), testLabels)

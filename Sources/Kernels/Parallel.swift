@@ -7,6 +7,9 @@ public enum Threads {
         set { sal_set_threads(Int32(newValue)) }
     }
     public static var processors: Int { Int(sal_num_procs()) }
+    /// The most threads a command accepts: per-thread scratch grows with the count.
+    public static let maximumCount = 1024
+    public static var allowedCounts: ClosedRange<Int> { 1...maximumCount }
     public static var hasOpenMP: Bool { sal_has_openmp() != 0 }
     /// False when the binary was built for AVX-512 (SIMD.swift) and this CPU lacks it.
     public static var cpuSupportsBuild: Bool { sal_cpu_supports_build() != 0 }

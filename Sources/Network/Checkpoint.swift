@@ -30,22 +30,33 @@ extension ParameterStore {
 
     /// Loads every tensor of this store from `file` (names with `prefix`). Tensors of the file that
     /// this store lacks are ignored when `ignoring(name)` says so, reported otherwise.
-    /// Throws with the first mismatches (missing, wrong shape, wrong dtype, unexpected) listed.
+    /// Throws with the first mismatches (missing, wrong shape, wrong dtype, NaN or infinite values,
+    /// unexpected) listed; the store is unchanged then.
     public func load(from file: SafeTensorsFile, prefix: String = "", path: String,
                      ignoring: (String) -> Bool = { _ in false }) throws {
         var problems: [String] = []
-        var pending: [(TensorSlot, SafeTensorsFile.Tensor)] = []
+        var pending: [(TensorSlot, [Float]?, [Int64]?)] = []
         for s in slots {
-            guard let t = file[prefix + s.name] else { problems.append("missing \(prefix + s.name) \(s.shape)"); continue }
+            let name = prefix + s.name
+            guard let t = file[name] else { problems.append("missing \(name) \(s.shape)"); continue }
             if t.shape != s.shape && !(s.shape.isEmpty && t.count == 1) {
-                problems.append("\(prefix + s.name): shape \(t.shape) in file, expected \(s.shape)")
+                problems.append("\(name): shape \(t.shape) in file, expected \(s.shape)")
                 continue
             }
-            if s.kind == .counter ? t.int64s == nil : t.floats == nil {
-                problems.append("\(prefix + s.name): dtype \(t.dtype.rawValue) cannot be read as \(s.kind == .counter ? "int64" : "float")")
-                continue
+            if s.kind == .counter {
+                guard let v = t.int64s else {
+                    problems.append("\(name): dtype \(t.dtype.rawValue) cannot be read as int64")
+                    continue
+                }
+                pending.append((s, nil, v))
+            } else {
+                guard let v = t.floats else {
+                    problems.append("\(name): dtype \(t.dtype.rawValue) cannot be read as float")
+                    continue
+                }
+                if let problem = nonFiniteProblem(v, name: name) { problems.append(problem); continue }
+                pending.append((s, v, nil))
             }
-            pending.append((s, t))
         }
         for name in file.names where name.hasPrefix(prefix) {
             let bare = String(name.dropFirst(prefix.count))
@@ -56,16 +67,26 @@ extension ParameterStore {
             let more = problems.count > 8 ? "\n  ... and \(problems.count - 8) more" : ""
             throw CheckpointError(path: path, reason: "does not fit the requested model:\n  \(shown)\(more)")
         }
-        for (s, t) in pending {
-            if s.kind == .counter {
-                counters[s.offset] = t.int64s![0]
-            } else {
-                let v = t.floats!
-                v.withUnsafeBufferPointer { pointer(s).update(from: $0.baseAddress!, count: s.count) }
+        for (s, floats, ints) in pending {
+            if let ints {
+                counters[s.offset] = ints[0]
+            } else if let floats {
+                floats.withUnsafeBufferPointer { pointer(s).update(from: $0.baseAddress!, count: s.count) }
             }
         }
     }
 }
+
+/// "NAME holds N NaN/infinite values (first at index I: NaN)", or nil when every value is finite: a
+/// checkpoint whose training diverged cannot give meaningful features or a resumable run.
+public func nonFiniteProblem(_ v: [Float], name: String) -> String? {
+    guard let i = v.firstIndex(where: { !$0.isFinite }) else { return nil }
+    let count = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+    return "\(name) holds \(count) NaN or infinite value(s) of \(v.count) (first at index \(i): \(describeNonFinite(v[i])))"
+}
+
+/// "NaN", "+infinity" or "-infinity" (Swift prints "nan" and "inf"); other values as Swift prints them.
+public func describeNonFinite(_ v: Float) -> String { v.isNaN ? "NaN" : v == .infinity ? "+infinity" : v == -.infinity ? "-infinity" : "\(v)" }
 
 public enum EncoderCheckpoint {
     /// Prefixes under which an encoder's backbone may be stored, tried in order.
@@ -88,8 +109,27 @@ public enum EncoderCheckpoint {
         else if file[prefix + "layer1.0.conv3.weight"] != nil { arch = .resnet50 }
         else if file[prefix + "layer3.5.conv1.weight"] != nil { arch = .resnet34 }
         else { arch = .resnet18 }
-        let width = m["width"].flatMap(Double.init) ?? Double(c1.shape[0]) / 64
-        return ResNetConfig(arch: arch, stem: stem, inChannels: c1.shape[1], width: width)
+        let stemChannels = c1.shape[0], inChannels = c1.shape[1]
+        guard inChannels == 1 || inChannels == 3 else {
+            throw CheckpointError(path: path, reason: "\(prefix)conv1.weight takes \(inChannels) input channels; salient reads 1 (gray) or 3 (RGB)")
+        }
+        let width: Double
+        if let text = m["width"] {
+            guard let w = Double(text), w > 0, w <= 8 else {
+                throw CheckpointError(path: path, reason: "metadata width '\(text)' is not a width multiplier in (0, 8]")
+            }
+            let config = ResNetConfig(arch: arch, stem: stem, inChannels: inChannels, width: w)
+            guard config.stageWidths[0] == stemChannels else {
+                throw CheckpointError(path: path, reason: "metadata width \(text) gives \(config.stageWidths[0]) stem channels, but \(prefix)conv1.weight has \(stemChannels)")
+            }
+            width = w
+        } else {
+            guard stemChannels >= 1 && stemChannels <= 512 else {
+                throw CheckpointError(path: path, reason: "\(prefix)conv1.weight has \(stemChannels) output channels; a width multiplier in (0, 8] gives 1-512")
+            }
+            width = Double(stemChannels) / 64
+        }
+        return ResNetConfig(arch: arch, stem: stem, inChannels: inChannels, width: width)
     }
 
     /// Reads a backbone (and its MoCo head when `headDim` is given and present) into a new Encoder.

@@ -20,6 +20,13 @@ public struct NPYArray: Equatable {
 
     public var shape: [Int]
     public var storage: Storage
+    /// The dtype as the file stored it ('<i4' read as int64, '<f8' as float32, ...); nil when built in
+    /// memory. `storedDescription` is what error messages name.
+    public var storedDType: String? = nil
+    public var storedDescription: String { storedDType ?? dtype.rawValue }
+
+    /// Equal shape and values (the stored dtype is not compared).
+    public static func == (a: NPYArray, b: NPYArray) -> Bool { a.shape == b.shape && a.storage == b.storage }
 
     /// float32 array, C order; `shape` defaults to 1-D.
     public init(floats: [Float], shape: [Int]? = nil) {
@@ -147,12 +154,14 @@ public struct NPYArray: Equatable {
         default: throw fail("unsupported dtype \(descr) (expected '<f4' or '<i8')")
         }
         let dataStart = headerStart + headerLen
-        let want = n * size, have = b.count - dataStart
+        let (want, overflow) = n.multipliedReportingOverflow(by: size)
+        let have = b.count - dataStart
+        guard !overflow else { throw fail("shape \(shapeText) is too large") }
         guard have == want else {
             throw fail(have < want ? "truncated data: shape \(shape) x \(unquoted) needs \(want) bytes, file has \(have)"
                                    : "\(have - want) unexpected bytes after the data of shape \(shape) x \(unquoted)")
         }
-        return b.withUnsafeBytes { raw in
+        var array: NPYArray = b.withUnsafeBytes { raw in
             let p = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
             switch unquoted {
             case "<f4": return NPYArray(floats: (0..<n).map { Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }, shape: shape)
@@ -161,6 +170,8 @@ public struct NPYArray: Equatable {
             default: return NPYArray(int64s: (0..<n).map { Int64(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }, shape: shape)
             }
         }
+        array.storedDType = unquoted
+        return array
     }
 
     /// The raw text of `key`'s value in a Python dict literal: a quoted string, a word or a (tuple).

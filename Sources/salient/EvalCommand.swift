@@ -91,7 +91,8 @@ struct EvalSourceOptions: ParsableArguments {
         }
     }
 
-    /// Train and test features with their labels, from whichever source was given.
+    /// Train and test features with their labels, from whichever source was given; checked (finite
+    /// values, labels) with errors naming where they came from.
     func load() throws -> EvalFeatures {
         threadOptions.apply()
         if let f = features, let tf = testFeatures {
@@ -99,7 +100,9 @@ struct EvalSourceOptions: ParsableArguments {
             guard a.dim == b.dim else {
                 throw ValidationError("train features have \(a.dim) columns, test features \(b.dim) (\(f) vs \(tf))")
             }
-            return try EvalFeatures(train: a.values, trainLabels: a.labels, test: b.values, testLabels: b.labels, dim: a.dim)
+            return try EvalFeatures(train: a.values, trainLabels: a.labels, test: b.values, testLabels: b.labels, dim: a.dim,
+                                    trainSource: f, testSource: tf,
+                                    trainLabelSource: labelsPath(forFeatures: f), testLabelSource: labelsPath(forFeatures: tf))
         }
         let trainPath = train!, testPath = test!
         if rawPixels {
@@ -113,26 +116,35 @@ struct EvalSourceOptions: ParsableArguments {
             guard b.count == testSet.count * dim else {
                 throw ValidationError("train and test images differ in size; pass --resize N")
             }
-            return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: dim)
+            return try EvalFeatures(train: a, trainLabels: trainSet.labels!.map(Int64.init), test: b,
+                                    testLabels: testSet.labels!.map(Int64.init), dim: dim,
+                                    trainSource: "the pixels of \(trainPath)", testSource: "the pixels of \(testPath)")
         }
         let src = try encoderSource()
         let (encoder, pre, trainSet, testSet) = (src.encoder, src.preprocess, src.trainSet, src.testSet)
-        let config = encoder.config
+        let config = encoder.config, dim = config.featureDim
+        let encoderName = checkpoint ?? "the --random-init encoder (seed \(seed))"
         note("eval: \(config), \(trainSet.count) train / \(testSet.count) test images, \(Threads.count) thread(s)")
+        let featureCache = cache.map { FeatureCache(folder: $0) }
         func extract(_ ds: ImageDataset, _ path: String, _ limit: Int?, _ split: String) throws -> [Float] {
-            let key = "salient eval features v1\n\(src.identity)\n\(split) \(absolute(path)) limit \(limit.map(String.init) ?? "all")"
-                + "\nresize \(pre.resize.map(String.init) ?? "none") mean \(pre.mean) std \(pre.std) highpass \(pre.highPass)"
-            if let dir = cache, let hit = try cachedFeatures(dir: dir, key: key, rows: ds.count, dim: config.featureDim) {
-                note("eval: \(split) features from the cache (\(dir))")
+            let key = featureCache.map { _ in
+                FeatureCache.key(encoderIdentity: src.identity, encoder: encoder, dataset: ds, limit: limit, preprocess: pre, split: split)
+            }
+            if let featureCache, let key, let hit = featureCache.features(for: key, rows: ds.count, dim: dim) {
+                note("eval: \(split) features from the cache (\(featureCache.folder))")
                 return hit
             }
             let f = try extractWithProgress(encoder, ds, pre, label: split)
-            if let dir = cache { try storeFeatures(dir: dir, key: key, features: f, labels: ds.labels!, dim: config.featureDim) }
+            try checkFinite(f, dim: dim, source: "the features of \(path) from \(encoderName)")
+            if let featureCache, let key { try featureCache.store(f, labels: ds.labels, dim: dim, for: key) }
             return f
         }
         let a = try extract(trainSet, trainPath, limitTrain, "train")
         let b = try extract(testSet, testPath, limitTest, "test")
-        return try EvalFeatures(train: a, trainLabels: trainSet.labels!, test: b, testLabels: testSet.labels!, dim: config.featureDim)
+        return try EvalFeatures(train: a, trainLabels: trainSet.labels!.map(Int64.init), test: b,
+                                testLabels: testSet.labels!.map(Int64.init), dim: dim,
+                                trainSource: "the features of \(trainPath) from \(encoderName)",
+                                testSource: "the features of \(testPath) from \(encoderName)")
     }
 
     /// An encoder (from a checkpoint, or freshly initialised), the preprocessing its input needs, and the
@@ -194,10 +206,10 @@ struct EvalSourceOptions: ParsableArguments {
         return ds
     }
 
-    func readFeatures(_ path: String) throws -> (values: [Float], labels: [Int32], dim: Int) {
+    func readFeatures(_ path: String) throws -> (values: [Float], labels: [Int64], dim: Int) {
         let x = try NPYArray.read(path: path)
         guard x.shape.count == 2, let values = x.floats else {
-            throw ValidationError("\(path): expected a 2-D float32 array (N x D), got shape \(x.shape) \(x.dtype.rawValue)")
+            throw ValidationError("\(path): expected a 2-D float32 array (N x D), got shape \(x.shape) \(x.storedDescription)")
         }
         let lp = labelsPath(forFeatures: path)
         guard FileManager.default.fileExists(atPath: lp) else {
@@ -205,15 +217,12 @@ struct EvalSourceOptions: ParsableArguments {
         }
         let l = try NPYArray.read(path: lp)
         guard l.shape.count == 1, let ints = l.int64s else {
-            throw ValidationError("\(lp): expected a 1-D integer array of labels, got shape \(l.shape) \(l.dtype.rawValue)")
+            throw ValidationError("\(lp): expected a 1-D integer array of labels, got shape \(l.shape) \(l.storedDescription)")
         }
         guard ints.count == x.shape[0] else {
             throw ValidationError("\(lp) has \(ints.count) labels for \(x.shape[0]) rows of \(path)")
         }
-        if let bad = ints.first(where: { $0 < 0 || $0 >= Int64(EvalFeatures.maxClasses) }) {
-            throw ValidationError("\(lp): label \(bad) is out of range 0..<\(EvalFeatures.maxClasses)")
-        }
-        return (values, ints.map { Int32($0) }, x.shape[1])
+        return (values, ints, x.shape[1])
     }
 
     func absolute(_ path: String) -> String {
@@ -221,55 +230,34 @@ struct EvalSourceOptions: ParsableArguments {
     }
 }
 
-/// Features of both splits, checked: same dimension, labels in range, classes = max label + 1.
+/// Features of both splits, checked: finite, labels >= 0, renumbered 0..<classes (DenseLabels).
 struct EvalFeatures {
     static let maxClasses = 1 << 20
     var train: [Float], trainLabels: [Int32], test: [Float], testLabels: [Int32]
     var dim: Int, classes: Int
 
-    init(train: [Float], trainLabels: [Int32], test: [Float], testLabels: [Int32], dim: Int) throws {
-        guard !trainLabels.isEmpty else { throw ValidationError("no train rows") }
-        guard !testLabels.isEmpty else { throw ValidationError("no test rows") }
-        guard dim > 0 else { throw ValidationError("features have no columns") }
-        let all = trainLabels + testLabels
-        if let bad = all.first(where: { $0 < 0 || Int($0) >= Self.maxClasses }) {
-            throw ValidationError("label \(bad) is out of range 0..<\(Self.maxClasses)")
+    /// `trainSource` / `testSource` name where the features come from (and `...LabelSource` where
+    /// their labels do), in errors.
+    init(train: [Float], trainLabels: [Int64], test: [Float], testLabels: [Int64], dim: Int,
+         trainSource: String, testSource: String, trainLabelSource: String? = nil, testLabelSource: String? = nil) throws {
+        guard !trainLabels.isEmpty else { throw ValidationError("\(trainSource): no train rows") }
+        guard !testLabels.isEmpty else { throw ValidationError("\(testSource): no test rows") }
+        guard dim > 0 else { throw ValidationError("\(trainSource): features have no columns") }
+        try checkFinite(train, dim: dim, source: trainSource)
+        try checkFinite(test, dim: dim, source: testSource)
+        let labels = try DenseLabels(train: trainLabels, test: testLabels, trainSource: trainLabelSource ?? trainSource,
+                                     testSource: testLabelSource ?? testSource)
+        guard labels.classes <= Self.maxClasses else {
+            throw ValidationError("\(trainLabelSource ?? trainSource): \(labels.classes) distinct labels; at most \(Self.maxClasses) classes are supported")
         }
-        self.train = train; self.trainLabels = trainLabels; self.test = test; self.testLabels = testLabels
+        self.train = train; self.trainLabels = labels.train; self.test = test; self.testLabels = labels.test
         self.dim = dim
-        classes = Int(all.max()!) + 1
-        let seen = Set(trainLabels)
-        let unseen = Set(testLabels).subtracting(seen)
+        classes = labels.classes
+        let unseen = Set(testLabels).subtracting(trainLabels)
         if !unseen.isEmpty {
             note("eval: note: test labels \(unseen.sorted().prefix(10).map(String.init).joined(separator: ", ")) never occur in train")
         }
     }
-}
-
-// MARK: - Feature cache
-
-/// FNV-1a 64 of the key: the cache file stem.
-func cacheStem(_ key: String) -> String {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-    return String(format: "%016llx", h)
-}
-
-/// Cached features for `key`, or nil when absent or stale (the key text beside them must match).
-func cachedFeatures(dir: String, key: String, rows: Int, dim: Int) throws -> [Float]? {
-    let stem = (dir as NSString).appendingPathComponent(cacheStem(key))
-    guard let saved = try? String(contentsOfFile: stem + ".key", encoding: .utf8), saved == key,
-          let x = try? NPYArray.read(path: stem + ".npy"), x.shape == [rows, dim], let v = x.floats else { return nil }
-    return v
-}
-
-/// Saves features (labels beside, as `salient extract` does) and the key they belong to.
-func storeFeatures(dir: String, key: String, features: [Float], labels: [Int32], dim: Int) throws {
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    let stem = (dir as NSString).appendingPathComponent(cacheStem(key))
-    try NPYArray(floats: features, shape: [labels.count, dim]).write(path: stem + ".npy")
-    try NPYArray(int64s: labels.map { Int64($0) }, shape: [labels.count]).write(path: labelsPath(forFeatures: stem + ".npy"))
-    try key.write(toFile: stem + ".key", atomically: true, encoding: .utf8)
 }
 
 /// `top-1: X` / `top-5: Y`, or one JSON object with the extra fields.
@@ -310,8 +298,8 @@ struct EvalKNNCommand: ParsableCommand {
         let t0 = Date()
         let f = try source.load()
         let t1 = Date()
-        let r = knnClassify(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
-                            dim: f.dim, classes: f.classes, k: k, t: t)
+        let r = try knnClassify(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
+                                dim: f.dim, classes: f.classes, k: k, t: t)
         let t2 = Date()
         note(String(format: "eval knn: %d train, %d test, dim %d, %d classes, k %d, t %g; features %.1f s, kNN %.2f s",
                     f.trainLabels.count, f.testLabels.count, f.dim, f.classes, min(k, f.trainLabels.count), Double(t),
@@ -376,8 +364,8 @@ struct EvalLinearCommand: ParsableCommand {
         let f = try source.load()
         let t1 = Date()
         let config = try probeConfig
-        let r = linearProbe(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
-                            dim: f.dim, classes: f.classes, seed: source.seed, config: config) { note("  " + $0) }
+        let r = try linearProbe(trainFeatures: f.train, trainLabels: f.trainLabels, testFeatures: f.test, testLabels: f.testLabels,
+                                dim: f.dim, classes: f.classes, seed: source.seed, config: config) { note("  " + $0) }
         let t2 = Date()
         note(String(format: "eval linear: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; features %.1f s, probe %.1f s",
                     f.trainLabels.count, f.testLabels.count, f.dim, f.classes, Double(r.weightDecay), Double(r.learningRate),
@@ -404,9 +392,11 @@ extension EvalLinearCommand {
         note("eval linear --augment: \(src.encoder.config), \(src.trainSet.count) train / \(src.testSet.count) test images, "
              + "\(config.epochs) epochs of new \(side) px views, \(Threads.count) thread(s)")
         let test = try source.extractWithProgress(src.encoder, src.testSet, testPre, label: "test (centre crop)")
-        let trainLabels = src.trainSet.labels!, testLabels = src.testSet.labels!
-        let classes = Int(max(trainLabels.max() ?? 0, testLabels.max() ?? 0)) + 1
+        let labels = try DenseLabels(train: src.trainSet.labels!.map(Int64.init), test: src.testSet.labels!.map(Int64.init))
+        let (trainLabels, testLabels, classes) = (labels.train, labels.test, labels.classes)
         let dim = src.encoder.config.featureDim
+        let encoderName = source.checkpoint ?? "the --random-init encoder (seed \(source.seed))"
+        try checkFinite(test, dim: dim, source: "the features of \(source.test!) from \(encoderName)")
         let r = try augmentedLinearProbe(epochFeatures: { e in
             try source.extractWithProgress(src.encoder, src.trainSet, src.preprocess, label: "epoch \(e + 1)/\(config.epochs) views",
                                            augmentation: FeatureAugmentation(config: views, seed: source.seed, pass: e))

@@ -18,6 +18,13 @@ struct ExportCommand: ParsableCommand {
     }
 
     func run() throws {
+        if sameFile(checkpoint, out) {
+            throw ValidationError("--out \(out) is the --checkpoint itself: write the encoder to another file")
+        }
+        if FileManager.default.fileExists(atPath: out),
+           let existing = try? SafeTensorsFile.read(path: out), existing.metadata["format"] == "salient-trainer-1" {
+            throw ValidationError("--out \(out) is a trainer checkpoint (it resumes a run); an encoder-only file would replace it: write it elsewhere")
+        }
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = try EncoderCheckpoint.inferConfig(file, path: checkpoint)
         let enc = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config, trainable: false)
@@ -26,4 +33,11 @@ struct ExportCommand: ParsableCommand {
         try EncoderCheckpoint.saveBackbone(enc, path: out, extraMetadata: extra)
         print("wrote \(out): \(config), \(enc.store.slots.count) tensors with torchvision names")
     }
+}
+
+/// Whether two paths name one file (the same device and inode; symbolic and hard links included).
+func sameFile(_ a: String, _ b: String) -> Bool {
+    var x = stat(), y = stat()
+    guard stat(a, &x) == 0, stat(b, &y) == 0 else { return false }
+    return x.st_dev == y.st_dev && x.st_ino == y.st_ino
 }

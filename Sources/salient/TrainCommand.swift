@@ -16,7 +16,10 @@ struct TrainCommand: ParsableCommand {
 
         Writes DIR/last.safetensors after every epoch (atomically; DIR/best.safetensors too with --knn-data), \
         DIR/log.jsonl, and with --preview DIR/preview.png. `salient extract` reads the checkpoints. \
-        --resume continues an interrupted run exactly (same options and thread count).
+        One run at a time uses DIR (it is locked); a fresh run into a DIR holding an earlier one needs --overwrite. \
+        Ctrl-C or SIGTERM stops at the end of the step with a checkpoint of it (exit 130 or 143). \
+        --resume continues a run exactly: same options, data, --threads and --conv (only --epochs and --save-every \
+        may change); what differs is named.
         """)
 
     @Option(help: "Training images: a folder of PNGs or an IDX images file.") var data: String
@@ -58,6 +61,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("knn-limit"), help: "Test images used for kNN.") var knnLimit = 2000
     @Flag(help: "Write DIR/preview.png: the first batch's views with saliency and masks.") var preview = false
     @Flag(help: "Continue from DIR/last.safetensors.") var resume = false
+    @Flag(help: "Replace an earlier run in DIR (its checkpoints, log and preview) instead of refusing.") var overwrite = false
     @Flag(name: .customLong("skip-bad"), help: "Skip unreadable images (their count is reported).") var skipBad = false
     @Option(name: .customLong("peer-timeout"),
             help: "Under mpirun: seconds a rank waits for the others in a collective before it ends the job (a rank that died, a network that dropped).")
@@ -81,8 +85,9 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         if let c = channels, c != 1 && c != 3 { throw ValidationError("--channels must be 1 or 3, got \(c)") }
-        let problems = makeConfig(channels: channels ?? 3).problems()
-        if let p = problems.first { throw ValidationError(p) }
+        let config = makeConfig(channels: channels ?? 3)
+        if let p = config.problems().first ?? config.batchNormSplitProblem { throw ValidationError(p) }
+        if resume && overwrite { throw ValidationError("--resume continues the run in --out, --overwrite replaces it: give one") }
         if knnBank < 1 || knnLimit < 1 { throw ValidationError("--knn-bank and --knn-limit must be >= 1") }
         if !(peerTimeout >= 1 && peerTimeout <= 86400) {
             throw ValidationError("--peer-timeout must be between 1 and 86400 seconds, got \(peerTimeout)")
@@ -94,11 +99,13 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let comm = try Communicator.world(timeout: peerTimeout)
-        try comm.failing { try train(comm) }
+        let interrupted = try comm.failing { try train(comm) }
         comm.finish()
+        if let code = interrupted { throw ExitCode(code) }
     }
 
-    func train(_ comm: Communicator) throws {
+    /// Trains; returns the exit status of an interrupted run (nil when it ran to its end).
+    func train(_ comm: Communicator) throws -> Int32? {
         threadOptions.apply()
         applyRankThreads(comm, explicit: threadOptions.threads)
         let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels)
@@ -107,7 +114,7 @@ struct TrainCommand: ParsableCommand {
         if let p = config.problems(ranks: comm.size).first { throw ValidationError(p) }
         // Every rank must train the same model on the same data with the same binary.
         comm.requireSame("\(Salient.configuration.version)\n\(config.json())\n\(dataset.count) \(dataset.source)\n"
-                         + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(Threads.count) \(ThreadOptions.algorithm)",
+                         + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(ThreadOptions.algorithm)",
                          "the binary, options or data")
         var saliencyEncoder: Encoder? = nil
         if config.saliency != "self" && config.saliency != "classical" {
@@ -120,11 +127,12 @@ struct TrainCommand: ParsableCommand {
         let printer = ProgressPrinter()
         if comm.isRoot { trainer.observer = printer }
         trainer.writePreview = preview
+        trainer.overwrite = overwrite
         if let k = knnData {
             let test = try DatasetLoader.open(path: k, limit: knnLimit, skipBad: skipBad, channels: config.inChannels)
             let bank = try DatasetLoader.open(path: data, limit: min(knnBank, dataset.count), skipBad: skipBad,
                                               channels: config.inChannels)
-            trainer.knn = KNNMonitor(bank: bank, test: test)
+            trainer.knn = try KNNMonitor(bank: bank, test: test)
         }
         let g = config.resnet.finalMapSize(config.resolution)
         if comm.isRoot {
@@ -135,16 +143,28 @@ struct TrainCommand: ParsableCommand {
             }
             note("       \(Threads.count) thread(s)" + (comm.isDistributed
                 ? " in each of \(comm.size) ranks, \(config.batch / comm.size) images of each batch of \(config.batch) per rank" : ""))
+            if let n = config.batchNormSplitNote { note("       note: \(n)") }
         }
         let t0 = Date()
-        try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
+        Interrupts.install()
+        trainer.stopRequested = { Interrupts.received != 0 }
+        let outcome = try trainer.run(resumeFrom: resume ? out + "/last.safetensors" : nil)
         printer.finish()
+        if outcome == .interrupted {
+            let sig = Interrupts.received
+            if comm.isRoot {
+                note("interrupted by \(sig > 0 ? Interrupts.name(sig) : "another rank's signal") at epoch \(trainer.epoch + 1), "
+                     + "step \(trainer.globalStep): \(trainer.lastCheckpoint) holds this step; continue with the same command and --resume")
+            }
+            return 128 + (sig > 0 ? sig : 15)
+        }
         let dt = Date().timeIntervalSince(t0)
-        if !comm.isRoot { return }
+        if !comm.isRoot { return nil }
         print(String(format: "done: %d epoch(s) in %.1f s, peak resident memory %.0f MB; checkpoint %@",
                      trainer.epoch, dt, peakResidentMB(), trainer.lastCheckpoint))
         if trainer.bestKNN >= 0 { print(String(format: "best kNN top-1: %.2f%% (%@)", trainer.bestKNN, trainer.bestCheckpoint)) }
         if !dataset.skipped.isEmpty { print("skipped \(dataset.skipped.count) unreadable file(s)") }
+        return nil
     }
 }
 

@@ -11,4 +11,21 @@ if !Threads.cpuSupportsBuild {
          + "or build a portable one with SALIENT_SIMD=avx2 make build")
     exit(1)
 }
-Salient.main()
+
+// A mistake in the arguments (or in SALIENT_THREADS / SALIENT_CONV) is reported with the usage line;
+// an error met while running is reported alone.
+var command: ParsableCommand
+do {
+    try EnvironmentSettings.apply()
+    command = try Salient.parseAsRoot()
+} catch {
+    Salient.exit(withError: error)
+}
+do {
+    try command.run()
+} catch let code as ExitCode {
+    exit(code.rawValue)
+} catch {
+    note("Error: " + Salient.message(for: error))
+    exit(Salient.exitCode(for: error).rawValue)
+}

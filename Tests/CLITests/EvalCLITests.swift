@@ -1,4 +1,4 @@
-// Runs the real `salient eval` binary (.build/release/salient; skipped when it is not built).
+// Runs the real `salient eval` binary (.build/release/salient).
 import XCTest
 import Foundation
 import Network
@@ -8,12 +8,6 @@ final class EvalCLITests: XCTestCase {
 
     func salient(_ args: [String], timeout: TimeInterval = 120) throws -> Result {
         try runSalient(args, timeout: timeout)
-    }
-
-    /// Skips when the binary was built without the eval command registered.
-    func requireEval() throws {
-        let r = try salient(["eval", "--help"], timeout: 30)
-        if r.status != 0 || !r.stdout.contains("knn") { throw XCTSkip("the built salient has no eval command (register EvalCommand in Salient.swift)") }
     }
 
     func tempDir() throws -> URL {
@@ -44,13 +38,11 @@ final class EvalCLITests: XCTestCase {
 
     func assertFails(_ args: [String], mentioning text: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let r = try salient(args, timeout: 30)
-        XCTAssertNotEqual(r.status, 0, "expected failure: \(args)", file: file, line: line)
-        XCTAssertTrue(r.stderr.contains(text), "stderr lacks '\(text)':\n\(r.stderr)", file: file, line: line)
+        assertFailsCleanly(r, mentioning: [text], "\(args)", file: file, line: line)
         XCTAssertFalse(r.stdout.contains("top-1"), file: file, line: line)
     }
 
     func testBadArgumentsFailClearly() throws {
-        try requireEval()
         let dir = try tempDir()
         let tr = try writeFeatures(dir, "train", rows: 20, dim: 4, classes: 2, seed: 1)
         let te = try writeFeatures(dir, "test", rows: 10, dim: 4, classes: 2, seed: 2)
@@ -75,7 +67,6 @@ final class EvalCLITests: XCTestCase {
     }
 
     func testKNNAndLinearOnSavedFeatures() throws {
-        try requireEval()
         let dir = try tempDir()
         let tr = try writeFeatures(dir, "train", rows: 300, dim: 8, classes: 6, seed: 1)
         let te = try writeFeatures(dir, "test", rows: 120, dim: 8, classes: 6, seed: 2)
@@ -95,27 +86,10 @@ final class EvalCLITests: XCTestCase {
     }
 
     func testRandomInitOnTinyImagesWithCache() throws {
-        try requireEval()
-        // Two classes of 8x8 PNG-free data: an IDX file pair written by hand (images, labels beside).
+        // Two classes of 8x8 images in IDX files (images, labels beside).
         let dir = try tempDir()
-        func idx(_ name: String, n: Int, seed: UInt64) throws {
-            var pixels = [UInt8](), labels = [UInt8]()
-            var s = seed
-            for i in 0..<n {
-                let c = i % 2
-                labels.append(UInt8(c))
-                for y in 0..<8 { for x in 0..<8 {
-                    s = s &* 6364136223846793005 &+ 1442695040888963407
-                    let base = c == 0 ? (x < 4 ? 220 : 30) : (y < 4 ? 220 : 30)
-                    pixels.append(UInt8(clamping: base + Int(s >> 60) * 2))
-                } }
-            }
-            func be(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)] }
-            try Data([0, 0, 8, 3] + be(n) + be(8) + be(8) + pixels).write(to: dir.appendingPathComponent("\(name)-images-idx3-ubyte"))
-            try Data([0, 0, 8, 1] + be(n) + labels).write(to: dir.appendingPathComponent("\(name)-labels-idx1-ubyte"))
-        }
-        try idx("train", n: 40, seed: 1)
-        try idx("t10k", n: 20, seed: 2)
+        try writeIDX(dir: dir.path, name: "train", n: 40, seed: 1)
+        try writeIDX(dir: dir.path, name: "t10k", n: 20, seed: 2)
         let cache = dir.appendingPathComponent("cache").path
         let args = ["eval", "knn", "--random-init", "--width", "0.125", "--train", dir.appendingPathComponent("train-images-idx3-ubyte").path,
                     "--test", dir.appendingPathComponent("t10k-images-idx3-ubyte").path, "--k", "5", "--cache", cache]

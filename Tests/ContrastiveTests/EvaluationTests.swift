@@ -20,15 +20,15 @@ final class EvaluationTests: XCTestCase {
         return (x, y)
     }
 
-    func testKNNSeparatedClustersIsPerfect() {
+    func testKNNSeparatedClustersIsPerfect() throws {
         let (xtr, ytr) = clusters(rows: 500, dim: 16, classes: 5, spread: 0.05, seed: 1)
         let (xte, yte) = clusters(rows: 300, dim: 16, classes: 5, spread: 0.05, seed: 2)
-        let r = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 16, classes: 5, k: 20)
+        let r = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 16, classes: 5, k: 20)
         XCTAssertEqual(r.top1, 100)
         XCTAssertEqual(r.top5, 100)
         // More test rows than one similarity block, and k above N (clamped).
         let (big, ybig) = clusters(rows: 700, dim: 16, classes: 5, spread: 0.05, seed: 3)
-        let r2 = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: big, testLabels: ybig, dim: 16, classes: 5, k: 1000)
+        let r2 = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: big, testLabels: ybig, dim: 16, classes: 5, k: 1000)
         XCTAssertEqual(r2.top1, 100)
     }
 
@@ -37,7 +37,7 @@ final class EvaluationTests: XCTestCase {
     /// k = 2: only the two class-0 rows vote -> class 0.
     /// k = 5, t = 1: class 0 gets 2 e^0.985 = 5.35, class 1 gets 3 e^0.766 = 6.45 -> class 1.
     /// k = 5, t = 0.1: class 0 gets 2 e^9.85 = 37,900, class 1 gets 3 e^7.66 = 6,370 -> class 0.
-    func testKNNWeightedVoteDependsOnKAndT() {
+    func testKNNWeightedVoteDependsOnKAndT() throws {
         func unit(_ deg: Double) -> [Float] { [Float(cos(deg * .pi / 180)), Float(sin(deg * .pi / 180))] }
         let train = unit(10) + unit(-10) + unit(40) + unit(-40) + unit(40).map { $0 * 3 }   // scale is normalised away
         let labels: [Int32] = [0, 0, 1, 1, 1]
@@ -53,7 +53,7 @@ final class EvaluationTests: XCTestCase {
         // Scores are relative to the best neighbour (e^((sim - best) / t)): the ratio is the hand-computed one.
         let ratio = Double(s[1] / s[0]), expected = 3 * exp(cos(40 * Double.pi / 180)) / (2 * exp(cos(10 * Double.pi / 180)))
         XCTAssertEqual(ratio, expected, accuracy: 1e-4)
-        let acc = knnClassify(trainFeatures: train, trainLabels: labels, testFeatures: test, testLabels: [1], dim: 2, classes: 2, k: 5, t: 1)
+        let acc = try knnClassify(trainFeatures: train, trainLabels: labels, testFeatures: test, testLabels: [1], dim: 2, classes: 2, k: 5, t: 1)
         XCTAssertEqual(acc.top1, 100)
         XCTAssertEqual(acc.top5, 100)   // fewer than 5 classes: every label is in the top 5
     }
@@ -89,7 +89,7 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(r.top5, 200.0 / 3, accuracy: 1e-9)
     }
 
-    func testLinearProbeSeparableData() {
+    func testLinearProbeSeparableData() throws {
         // Linearly separable but not trivially: labels from a random linear map of the features.
         var rng = SplitMix64(seed: 7)
         let dim = 20, classes = 4
@@ -110,33 +110,33 @@ final class EvaluationTests: XCTestCase {
             return (x, y)
         }
         let (xtr, ytr) = data(2000), (xte, yte) = data(500)
-        let r = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        let r = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
         XCTAssertGreaterThan(r.top1, 95)
         XCTAssertEqual(r.validationTop1.count, 4)
         XCTAssertTrue(LinearProbeConfig().weightDecays.contains(r.weightDecay))
         XCTAssertEqual(r.epochs, 30)
     }
 
-    func testLinearProbeOnNoiseIsNearChance() {
+    func testLinearProbeOnNoiseIsNearChance() throws {
         var rng = SplitMix64(seed: 8)
         let dim = 32, classes = 10
         let xtr = (0..<(3000 * dim)).map { _ in rng.normal() }, ytr = (0..<3000).map { _ in Int32(rng.int(below: classes)) }
         let xte = (0..<(2000 * dim)).map { _ in rng.normal() }, yte = (0..<2000).map { _ in Int32(rng.int(below: classes)) }
-        let r = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        let r = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
         // Chance is 10% (top-5: 50%); 2000 test rows give a standard error of ~0.7 points.
         XCTAssertEqual(r.top1, 10, accuracy: 3)
         XCTAssertEqual(r.top5, 50, accuracy: 5)
-        let k = knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes)
+        let k = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes)
         XCTAssertEqual(k.top1, 10, accuracy: 3)
     }
 
-    func testLinearProbeIsDeterministic() {
+    func testLinearProbeIsDeterministic() throws {
         let (xtr, ytr) = clusters(rows: 600, dim: 10, classes: 3, spread: 2, seed: 9)
         let (xte, yte) = clusters(rows: 200, dim: 10, classes: 3, spread: 2, seed: 10)
         var config = LinearProbeConfig()
         config.epochs = 5
-        let a = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
-        let b = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let a = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let b = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
         XCTAssertEqual(a.top1, b.top1)
         XCTAssertEqual(a.top5, b.top5)
         XCTAssertEqual(a.trainLoss, b.trainLoss)
@@ -145,13 +145,13 @@ final class EvaluationTests: XCTestCase {
         // Whatever the thread count.
         let saved = Threads.count
         Threads.count = 1
-        let c = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let c = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
         Threads.count = saved
         XCTAssertEqual(a.trainLoss, c.trainLoss)
         XCTAssertEqual(a.top1, c.top1)
         // A single weight decay: no hold-out.
         config.weightDecays = [1e-3]
-        let d = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let d = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
         XCTAssertEqual(d.weightDecay, 1e-3)
         XCTAssertTrue(d.validationTop1.isEmpty)
     }
@@ -171,24 +171,24 @@ final class EvaluationTests: XCTestCase {
 extension EvaluationTests {
     /// The augmented probe asks for one set of features per epoch, in order, and learns through the
     /// per-epoch noise; with the same features every epoch and one weight decay it is the plain probe.
-    func testAugmentedProbeUsesEveryEpochsFeatures() {
+    func testAugmentedProbeUsesEveryEpochsFeatures() throws {
         let (xtr, ytr) = clusters(rows: 600, dim: 10, classes: 3, spread: 2, seed: 11)
         let (xte, yte) = clusters(rows: 200, dim: 10, classes: 3, spread: 2, seed: 12)
         var config = LinearProbeConfig()
         config.epochs = 6; config.weightDecays = [1e-4]
         var asked = [Int]()
         var rng = SplitMix64(seed: 5)
-        let r = augmentedLinearProbe(epochFeatures: { e in
+        let r = try augmentedLinearProbe(epochFeatures: { e in
             asked.append(e)
             return xtr.map { $0 + rng.normal() * 0.3 }
         }, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 2, config: config)
         XCTAssertEqual(asked, Array(0..<6))
         XCTAssertEqual(r.weightDecay, 1e-4)
-        let plain = linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10,
+        let plain = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10,
                                 classes: 3, seed: 2, config: config)
         XCTAssertGreaterThan(plain.top1, 75)   // overlapping clusters: chance is 33%
         XCTAssertEqual(r.top1, plain.top1, accuracy: 3)
-        let same = augmentedLinearProbe(epochFeatures: { _ in xtr }, trainLabels: ytr, testFeatures: xte, testLabels: yte,
+        let same = try augmentedLinearProbe(epochFeatures: { _ in xtr }, trainLabels: ytr, testFeatures: xte, testLabels: yte,
                                         dim: 10, classes: 3, seed: 2, config: config)
         XCTAssertEqual(same.top1, plain.top1)
         XCTAssertEqual(same.trainLoss, plain.trainLoss)
@@ -217,5 +217,111 @@ extension EvaluationTests {
         crop.resize = 37; crop.centerCrop = 32
         let f = try extractFeatures(encoder: e, dataset: ds, batch: 4, preprocess: crop)
         XCTAssertEqual(f.count, 6 * e.config.featureDim)
+    }
+}
+
+/// Non-finite input, a diverged probe and sparse labels: errors or renumbering, never a fake score.
+final class EvaluationSafetyTests: XCTestCase {
+    func testNaNScoresAreNeverAHit() {
+        let scores: [Float] = [.nan, .nan, .nan,
+                               1, .nan, 0,
+                               2, 1, 0]
+        let r = topAccuracy(scores: scores, labels: [0, 0, 0], classes: 3)
+        // Row 0: its label scores NaN; row 1: another class scores NaN (ranked above); row 2: a hit.
+        XCTAssertEqual(r.top1, 100.0 / 3, accuracy: 1e-9)
+        XCTAssertEqual(r.top5, 200.0 / 3, accuracy: 1e-9)
+    }
+
+    func testNonFiniteFeaturesThrowNamingTheSplit() {
+        let good: [Float] = [1, 0, 0, 1, 1, 0.1, 0.1, 1], labels: [Int32] = [0, 1, 0, 1]
+        var bad = good
+        bad[5] = .infinity
+        XCTAssertThrowsError(try knnClassify(trainFeatures: good, trainLabels: labels, testFeatures: bad, testLabels: labels,
+                                             dim: 2, classes: 2)) { e in
+            XCTAssertTrue("\(e)".contains("test features") && "\(e)".contains("row 2, column 1 is +infinity"), "\(e)")
+        }
+        let nan = [Float](repeating: .nan, count: 8)
+        XCTAssertThrowsError(try linearProbe(trainFeatures: nan, trainLabels: labels, testFeatures: good, testLabels: labels,
+                                             dim: 2, classes: 2)) { e in
+            XCTAssertTrue("\(e)".contains("train features") && "\(e)".contains("NaN"), "\(e)")
+        }
+        XCTAssertThrowsError(try augmentedLinearProbe(epochFeatures: { $0 == 1 ? nan : good }, trainLabels: labels,
+                                                      testFeatures: good, testLabels: labels, dim: 2, classes: 2)) { e in
+            XCTAssertTrue("\(e)".contains("epoch 2"), "\(e)")
+        }
+    }
+
+    func testDivergedProbeThrows() throws {
+        var rng = SplitMix64(seed: 3)
+        let x = (0..<(200 * 4)).map { _ in rng.normal() }, y = (0..<200).map { Int32($0 % 3) }
+        var config = LinearProbeConfig()
+        config.epochs = 3; config.learningRate = 1e30
+        XCTAssertThrowsError(try linearProbe(trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4,
+                                             classes: 3, config: config)) { e in
+            XCTAssertTrue("\(e)".contains("diverged") && "\(e)".contains("--lr"), "\(e)")
+        }
+        config.learningRate = nil
+        let r = try linearProbe(trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4, classes: 3, config: config)
+        XCTAssertTrue(r.trainLoss.isFinite)
+    }
+
+    func testDenseLabelsRenumberInOrder() throws {
+        let d = try DenseLabels(train: [200_000, 0, 100_000, 0], test: [100_000, 300_000])
+        XCTAssertEqual(d.classes, 4)
+        XCTAssertEqual(d.original, [0, 100_000, 200_000, 300_000])
+        XCTAssertEqual(d.train, [2, 0, 1, 0])
+        XCTAssertEqual(d.test, [1, 3])
+        XCTAssertThrowsError(try DenseLabels(train: [0, -1], test: [0], trainSource: "a.labels.npy")) { e in
+            XCTAssertTrue("\(e)".contains("a.labels.npy") && "\(e)".contains("-1"), "\(e)")
+        }
+    }
+}
+
+/// The feature cache's key changes with anything the features depend on, and only then.
+final class FeatureCacheTests: XCTestCase {
+    func testKeyFollowsWeightsFilesAndPreprocessing() throws {
+        let dir = NSTemporaryDirectory() + "salient-cache-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func writeImages(seed: UInt8) throws {
+            for i in 0..<3 {
+                try writePNG(path: dir + "/\(i).png", width: 4, height: 4, channels: 1,
+                             pixels: (0..<16).map { UInt8(truncatingIfNeeded: $0 * 7 + i + Int(seed)) })
+            }
+        }
+        try writeImages(seed: 0)
+        let ds = try DatasetLoader.open(path: dir)
+        let e = Encoder(config: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 1, width: 0.0625), trainable: false)
+        e.initialize(seed: 1)
+        let pre = Preprocess.defaults(channels: 1, resize: 8)
+        func key(_ d: ImageDataset = ds, _ p: Preprocess = pre) -> String {
+            FeatureCache.key(encoderIdentity: "test", encoder: e, dataset: d, limit: nil, preprocess: p, split: "train")
+        }
+        let k0 = key()
+        XCTAssertEqual(key(), k0)
+        let cache = FeatureCache(folder: dir + "/cache")
+        try cache.store([1, 2, 3, 4, 5, 6], labels: nil, dim: 2, for: k0)
+        XCTAssertEqual(cache.features(for: k0, rows: 3, dim: 2), [1, 2, 3, 4, 5, 6])
+        XCTAssertNil(cache.features(for: k0, rows: 2, dim: 3))
+        // Other preprocessing, other weights, images rewritten in place: other keys, misses.
+        var other = pre
+        other.highPass = true
+        XCTAssertNotEqual(key(ds, other), k0)
+        let w = e.store.params[0]
+        e.store.params[0] = w + 1
+        XCTAssertNotEqual(key(), k0)
+        e.store.params[0] = w
+        XCTAssertEqual(key(), k0)
+        try writeImages(seed: 1)
+        XCTAssertNotEqual(key(try DatasetLoader.open(path: dir)), k0)
+        XCTAssertNil(cache.features(for: key(try DatasetLoader.open(path: dir)), rows: 3, dim: 2))
+    }
+
+    func testFingerprintFollowsContentNotPlace() throws {
+        let a = ImageDataset.synthetic(count: 20, width: 6, height: 6, channels: 1, seed: 1)
+        let b = ImageDataset.synthetic(count: 20, width: 6, height: 6, channels: 1, seed: 1)
+        let c = ImageDataset.synthetic(count: 20, width: 6, height: 6, channels: 1, seed: 2)
+        XCTAssertEqual(try datasetFingerprint(a), try datasetFingerprint(b))
+        XCTAssertNotEqual(try datasetFingerprint(a), try datasetFingerprint(c))
     }
 }

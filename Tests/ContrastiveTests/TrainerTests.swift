@@ -15,9 +15,11 @@ final class TrainerTests: XCTestCase {
         return c
     }
 
+    /// An empty path under the temporary directory, removed when the test ends.
     func tempDir(_ name: String) -> String {
         let d = NSTemporaryDirectory() + "salient-\(name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: d)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
         return d
     }
 
@@ -203,4 +205,181 @@ func makeShapesDataset(count: Int, size: Int, dir: String) throws -> ImageDatase
         try writePNG(path: dir + "/" + String(format: "%04d.png", i), width: size, height: size, channels: 3, pixels: px)
     }
     return try DatasetLoader.open(path: dir)
+}
+
+/// Runs that could be lost, silently wrong or stuck: interrupts, resumes on other data or from
+/// crafted checkpoints, two runs in one folder, non-finite kNN features.
+extension TrainerTests {
+    /// tinyConfig with `epochs`, and 32 synthetic images.
+    func smallRun(epochs: Int) -> (TrainConfig, ImageDataset) {
+        var c = tinyConfig()
+        c.epochs = epochs
+        return (c, .synthetic(count: 32, width: 20, height: 20, channels: 3, seed: 1))
+    }
+
+    /// A stop requested mid-epoch writes the checkpoint of that step; resuming it ends where an
+    /// uninterrupted run ends, bit for bit.
+    func testStopRequestWritesTheStepAndResumesExactly() throws {
+        let data = ImageDataset.synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1)
+        let c = tinyConfig()
+        let whole = try Trainer(config: c, dataset: data, out: tempDir("whole"))
+        XCTAssertEqual(try whole.run(), .completed)
+        let dir = tempDir("stopped")
+        let a = try Trainer(config: c, dataset: data, out: dir)
+        var asked = 0
+        a.stopRequested = { asked += 1; return asked > 6 }      // after 6 steps: step 3 of epoch 2
+        XCTAssertEqual(try a.run(), .interrupted)
+        let saved = try SafeTensorsFile.read(path: a.lastCheckpoint)
+        XCTAssertEqual(saved.metadata["step"], "6")
+        XCTAssertEqual(saved.metadata["epoch"], "1")
+        let b = try Trainer(config: c, dataset: data, out: dir)
+        XCTAssertEqual(try b.run(resumeFrom: b.lastCheckpoint), .completed)
+        XCTAssertEqual(b.globalStep, whole.globalStep)
+        XCTAssertEqual(params(b), params(whole))
+    }
+
+    func testResumeOnOtherDataOrSettingsIsRefused() throws {
+        let dir = tempDir("other-data")
+        let c = tinyConfig()
+        var one = c
+        one.epochs = 1
+        try Trainer(config: one, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir).run()
+        let fewer = try Trainer(config: c, dataset: .synthetic(count: 16, width: 20, height: 20, channels: 3, seed: 1), out: dir)
+        XCTAssertThrowsError(try fewer.run(resumeFrom: fewer.lastCheckpoint)) { e in
+            XCTAssertTrue("\(e)".hasPrefix("--data") && "\(e)".contains("64 images") && "\(e)".contains("16 images"), "\(e)")
+        }
+        let other = try Trainer(config: c, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 2), out: dir)
+        XCTAssertThrowsError(try other.run(resumeFrom: other.lastCheckpoint)) { e in
+            XCTAssertTrue("\(e)".hasPrefix("--data") && "\(e)".contains("does not hold the images"), "\(e)")
+        }
+        var batch = c
+        batch.batch = 8; batch.bnSplits = 4
+        let b = try Trainer(config: batch, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir)
+        XCTAssertThrowsError(try b.run(resumeFrom: b.lastCheckpoint)) { e in
+            XCTAssertTrue("\(e)".contains("--batch 16 there, 8 here"), "\(e)")
+        }
+    }
+
+    /// Every field of a trainer checkpoint is checked before anything is restored.
+    func testCraftedCheckpointFieldsAreRefused() throws {
+        let dir = tempDir("crafted")
+        let (c, data) = smallRun(epochs: 1)
+        try Trainer(config: c, dataset: data, out: dir).run()
+        let path = dir + "/last.safetensors"
+        let original = try SafeTensorsFile.read(path: path)
+        func refused(_ expected: String, _ change: (inout SafeTensorsFile) -> Void, line: UInt = #line) throws {
+            var f = original
+            change(&f)
+            try f.write(path: path)
+            let t = try Trainer(config: c, dataset: data, out: dir)
+            let before = params(t)
+            XCTAssertThrowsError(try t.resume(from: path), line: line) { e in
+                XCTAssertTrue("\(e)".contains(path) && "\(e)".contains(expected), "\(e)", line: line)
+            }
+            XCTAssertEqual(params(t), before, "a refused checkpoint changed the weights", line: line)
+        }
+        try refused("queue_ptr") { $0["queue_ptr"] = .init(int64s: [64], shape: [1]) }
+        try refused("queue_ptr") { $0["queue_ptr"] = .init(int64s: [-1], shape: [1]) }
+        try refused("trainer.state") { f in
+            var s = f["trainer.state"]!.int64s!
+            s[0] = -1
+            f["trainer.state"] = .init(int64s: s, shape: [5])
+        }
+        try refused("trainer.state") { f in
+            var s = f["trainer.state"]!.int64s!
+            s[1] = 7                  // an epoch that does not fit the step
+            f["trainer.state"] = .init(int64s: s, shape: [5])
+        }
+        try refused("trainer.best_knn") { $0["trainer.best_knn"] = .init(floats: [.nan], shape: [1]) }
+        try refused("optimizer.momentum.conv1.weight") { f in
+            let t = f["optimizer.momentum.conv1.weight"]!
+            f["optimizer.momentum.conv1.weight"] = .init(floats: t.floats!.map { _ in .infinity }, shape: t.shape)
+        }
+        try refused("queue") { f in
+            let t = f["queue"]!
+            f["queue"] = .init(floats: t.floats!.map { _ in .nan }, shape: t.shape)
+        }
+    }
+
+    /// A second run into a folder in use is refused, naming the first run's pid; a fresh run into a
+    /// finished run's folder needs `overwrite`.
+    func testOneRunPerFolder() throws {
+        let dir = tempDir("lock")
+        let (c, data) = smallRun(epochs: 1)
+        let first = try Trainer(config: c, dataset: data, out: dir)
+        let second = try Trainer(config: c, dataset: data, out: dir)
+        var refusal: Error? = nil
+        var secondRan = false
+        first.stopRequested = {
+            if refusal == nil && !secondRan {
+                do { try second.run(resumeFrom: second.lastCheckpoint); secondRan = true } catch { refusal = error }
+            }
+            return false
+        }
+        XCTAssertEqual(try first.run(), .completed)
+        XCTAssertFalse(secondRan, "a second run trained in a folder in use")
+        XCTAssertTrue("\(refusal.map { "\($0)" } ?? "")".contains("in use by another salient run (pid \(getpid())"),
+                      "\(String(describing: refusal))")
+        let checkpoint = try Data(contentsOf: URL(fileURLWithPath: first.lastCheckpoint))
+        let fresh = try Trainer(config: c, dataset: data, out: dir)
+        XCTAssertThrowsError(try fresh.run()) { e in XCTAssertTrue("\(e)".contains("--overwrite"), "\(e)") }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: first.lastCheckpoint)), checkpoint)
+        // The lock went with the first run: the folder is free again.
+        XCTAssertEqual(try second.run(resumeFrom: second.lastCheckpoint), .completed)
+        fresh.overwrite = true
+        XCTAssertEqual(try fresh.run(), .completed)
+    }
+
+    /// A resumed run needs space for one more checkpoint file, a fresh one for its file and one more.
+    func testSpaceNeededCountsOnlyNewFiles() throws {
+        let dir = tempDir("space")
+        let (c, data) = smallRun(epochs: 0)
+        let t = try Trainer(config: c, dataset: data, out: dir)
+        let fresh = t.checkpointSpaceNeeded(resuming: false)
+        try t.run()
+        XCTAssertEqual(t.checkpointSpaceNeeded(resuming: true) * 2, fresh)
+        XCTAssertGreaterThan(t.checkpointSpaceNeeded(resuming: true), try FileManager.default.attributesOfItem(atPath: t.lastCheckpoint)[.size] as! Int)
+    }
+
+    /// Non-finite features in the kNN monitor are an error naming the data, not a 100% score.
+    func testKNNMonitorRefusesNonFiniteFeatures() throws {
+        let data = ImageDataset.synthetic(count: 32, width: 16, height: 16, channels: 3, seed: 1)
+        let t = try Trainer(config: tinyConfig(), dataset: data, out: tempDir("knn"))
+        let monitor = try KNNMonitor(bank: data, test: data)
+        XCTAssertGreaterThanOrEqual(try t.evaluateKNN(monitor), 0)
+        let store = t.step.query.store
+        for i in 0..<store.parameterCount { store.params[i] = .nan }
+        XCTAssertThrowsError(try t.evaluateKNN(monitor)) { e in
+            XCTAssertTrue("\(e)".contains("not finite") && "\(e)".contains(data.source), "\(e)")
+        }
+        let unlabelled = try DatasetLoader.open(path: fixturesPath() + "/png/types")
+        XCTAssertThrowsError(try KNNMonitor(bank: data, test: unlabelled)) { e in
+            XCTAssertTrue("\(e)".contains(unlabelled.source) && "\(e)".contains("no labels"), "\(e)")
+        }
+    }
+
+    func testBatchNormGroupsOfOneAreRefused() {
+        var c = tinyConfig()
+        c.bnSplits = 16
+        XCTAssertThrowsError(try Trainer(config: c, dataset: .synthetic(count: 32, width: 16, height: 16, channels: 3), out: "x")) { e in
+            XCTAssertTrue("\(e)".contains("groups of 1 image"), "\(e)")
+        }
+        c.bnSplits = 5
+        XCTAssertNil(c.batchNormSplitProblem)
+        XCTAssertEqual(c.batchNormSplitNote, "--bn-splits 5 does not divide --batch 16: the key encoder uses 4 groups of 4")
+    }
+
+    /// A loss that a low temperature makes large is not a divergence; a real blow-up at a low
+    /// temperature is blamed on the temperature, not the learning rate.
+    func testLowTemperatureAdvice() throws {
+        var c = tinyConfig()
+        c.temperature = 1e-4
+        let data = ImageDataset.synthetic(count: 32, width: 16, height: 16, channels: 3, seed: 1)
+        let t = try Trainer(config: c, dataset: data, out: tempDir("temperature"))
+        XCTAssertGreaterThan(t.lossLimit, 1e5)
+        t.maxLoss = 0.5
+        XCTAssertThrowsError(try t.run()) { e in
+            XCTAssertTrue("\(e)".contains("--temperature") && !"\(e)".contains("lower --lr"), "\(e)")
+        }
+    }
 }

@@ -47,4 +47,39 @@ final class CheckpointTests: XCTestCase {
         let c = try EncoderCheckpoint.inferConfig(torch, path: "x")
         XCTAssertEqual(c, ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 1, width: 0.125))
     }
+
+    /// Weights that are not finite are refused, naming the file and the tensor; the store is unchanged.
+    func testNonFiniteWeightsAreRefused() throws {
+        let path = fixturesPath() + "/models/resnet18_cifar_w0125.safetensors"
+        var file = try SafeTensorsFile.read(path: path)
+        let w = file["layer2.0.bn1.running_var"]!
+        var v = w.floats!
+        v[1] = .infinity
+        file["layer2.0.bn1.running_var"] = .init(floats: v, shape: w.shape)
+        let enc = Encoder(config: try EncoderCheckpoint.inferConfig(file, path: "crafted.safetensors"), trainable: false)
+        let before = enc.store.values("conv1.weight")
+        XCTAssertThrowsError(try enc.store.load(from: file, path: "crafted.safetensors") { $0.hasPrefix("fc.") }) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("crafted.safetensors") && s.contains("layer2.0.bn1.running_var") && s.contains("+infinity"), s)
+        }
+        XCTAssertEqual(enc.store.values("conv1.weight"), before)
+    }
+
+    /// Metadata that would size an absurd model, or disagrees with the tensors, is refused.
+    func testCraftedMetadataIsRefused() throws {
+        var file = try SafeTensorsFile.read(path: fixturesPath() + "/models/resnet18_cifar_w0125.safetensors")
+        for width in ["1e9", "nan", "-1", "0.5"] {
+            file.metadata["width"] = width
+            XCTAssertThrowsError(try EncoderCheckpoint.inferConfig(file, path: "m.safetensors")) { e in
+                XCTAssertTrue("\(e)".contains("m.safetensors") && "\(e)".contains("width"), "\(e)")
+            }
+        }
+        file.metadata["width"] = "0.125"
+        XCTAssertEqual(try EncoderCheckpoint.inferConfig(file, path: "m").width, 0.125)
+        let c1 = file["conv1.weight"]!
+        file["conv1.weight"] = .init(dtype: .F32, shape: [c1.shape[0], 5, 3, 3], data: [UInt8](repeating: 0, count: c1.shape[0] * 5 * 9 * 4))
+        XCTAssertThrowsError(try EncoderCheckpoint.inferConfig(file, path: "m.safetensors")) { e in
+            XCTAssertTrue("\(e)".contains("5 input channels"), "\(e)")
+        }
+    }
 }

@@ -94,6 +94,17 @@ final class NPYTests: XCTestCase {
         expectFailure(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", data: [0, 0, 0]), "truncated")
         expectFailure(npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", data: [UInt8](repeating: 0, count: 12)), "unexpected bytes")
         XCTAssertThrowsError(try NPYArray.read(path: dir + "/missing.npy")) { XCTAssertTrue("\($0)".contains("missing.npy")) }
+        // A shape whose byte count overflows is an error, not a trap.
+        expectFailure(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", data: []), "too large")
+    }
+
+    /// A file's own dtype is what messages name, also when its values were converted on reading.
+    func testStoredDTypeIsKept() throws {
+        let i4 = try NPYArray.decode(npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data: [1, 0, 0, 0, 255, 255, 255, 255]))
+        XCTAssertEqual(i4.int64s, [1, -1])
+        XCTAssertEqual(i4.storedDescription, "<i4")
+        XCTAssertEqual(i4, NPYArray(int64s: [1, -1]))
+        XCTAssertEqual(NPYArray(int64s: [1]).storedDescription, "<i8")
     }
 
     func testFailedWriteLeavesNothing() {
