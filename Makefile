@@ -4,11 +4,11 @@ SWIFT      ?= swift
 RELEASE    := -c release
 STATIC     := --static-swift-stdlib
 BIN        := bin/salient
-APT_PKGS   := libomp-dev libpng-dev zlib1g-dev
+APT_PKGS   := libomp-dev libpng-dev zlib1g-dev libopenmpi-dev openmpi-bin
 DATA_PKGS  := dataset-fashion-mnist
 FMNIST     := /usr/share/datasets/fashion-mnist
 
-.PHONY: all build setup setup-data test bench demo clean test-arm fuzz dist
+.PHONY: all build setup setup-data test bench demo clean test-arm test-mpi fuzz dist
 
 all: build
 
@@ -66,6 +66,14 @@ demo: setup-data build
 	@$(BIN) eval knn --random-init --seed 1 $(DEMO_MODEL) --in-channels 1 --train $(DEMO_TRAIN) --test $(DEMO_TEST) \
 	    --limit-train 5000 --limit-test 2000 --resize 32 2>/dev/null
 	@echo "== mask preview: $(DEMO_DIR)/preview.png; features: $(DEMO_DIR)/test_features.npy"
+
+# salient on two hosts: one rank in each of two network namespaces joined by a veth pair (a 1 Gbit/s
+# tc rate limit), MPI over TCP between them: training, a frozen host ending the job within the peer
+# timeout, the last checkpoint loadable (Tests/MPI/). Needs root.
+test-mpi: setup
+	@dpkg -s iproute2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iproute2)
+	$(SWIFT) build $(RELEASE) --product salient
+	BIN=.build/release/salient bash Tests/MPI/two_hosts.sh
 
 # The kernels cross-built for aarch64 (Embedded Swift + gcc-aarch64-linux-gnu) and checked under
 # qemu-aarch64: every fast kernel against its naive reference, OpenMP on 2 threads, plus an objdump

@@ -4,6 +4,7 @@ import Kernels
 import Network
 import Data
 import Contrastive
+import Cluster
 
 struct BenchTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -45,13 +46,21 @@ struct BenchTrain: ParsableCommand {
     }
 
     func run() throws {
+        let comm = try Communicator.world()
+        try comm.failing { try bench(comm) }
+        comm.finish()
+    }
+
+    func bench(_ comm: Communicator) throws {
         threadOptions.apply()
+        applyRankThreads(comm, explicit: threadOptions.threads)
         // The model's thread count sizes every per-thread scratch, so it is set before the step is built.
         if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         let c = config()
-        let step = TrainingStep(config: c)
-        var rng = SplitMix64(seed: 7)
-        let n = c.batch * c.resolution * c.resolution * c.inChannels
+        if let p = c.problems(ranks: comm.size).first { throw ValidationError(p) }
+        let step = TrainingStep(config: c, comm: comm)
+        var rng = SplitMix64(seed: 7 &+ UInt64(comm.rank))
+        let n = c.batch / comm.size * c.resolution * c.resolution * c.inChannels
         let views = (0..<2).map { _ in (0..<n).map { _ in rng.normal() } }
         var loss: Float = 0
         for i in 0..<2 { loss = step.step(views: views, epoch: 1, step: i, lr: 0.01).loss }
@@ -61,6 +70,8 @@ struct BenchTrain: ParsableCommand {
         PassProfile.enabled = profile
         if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         var times: [Double] = []
+        let (commSeconds0, commBytes0) = (comm.seconds, comm.bytes)
+        let exposed0 = step.buckets?.exposedSeconds ?? 0
         for i in 0..<steps {
             let t0 = DispatchTime.now().uptimeNanoseconds
             loss = step.step(views: views, epoch: 1, step: 2 + i, lr: 0.01).loss
@@ -72,6 +83,49 @@ struct BenchTrain: ParsableCommand {
         let median = times[times.count / 2]
         let ips = Double(c.batch) / median
         let rss = peakResidentMB()
+        if comm.isDistributed {
+            let perStep = 1.0 / Double(steps)
+            let waited = (comm.seconds - commSeconds0) * perStep, sent = (comm.bytes - commBytes0) * perStep
+            let exposed = ((step.buckets?.exposedSeconds ?? 0) - exposed0) * perStep
+            // The gradient sum alone, blocking, for what overlap hides of it.
+            let params = step.query.store.parameterCount
+            let grads = UnsafeMutablePointer<Float>.allocate(capacity: params)
+            grads.initialize(repeating: 1, count: params)
+            var sums: [Double] = []
+            for _ in 0..<5 {
+                comm.barrier("the benchmark")
+                let t0 = Date()
+                comm.sum(grads, count: params, "the benchmark's gradient sum")
+                sums.append(Date().timeIntervalSince(t0))
+            }
+            grads.deallocate()
+            sums.sort()
+            let worstRSS = comm.allGather(withUnsafeBytes(of: rss) { Array($0) }, "the peak memory")
+                .map { $0.withUnsafeBytes { $0.load(as: Double.self) } }.max() ?? rss
+            guard comm.isRoot else { return }
+            let alone = sums[sums.count / 2]
+            if json {
+                var r = BenchRecord(fields: [])
+                r.add("op", c.method == .moco ? "moco_step" : "simclr_step"); r.add("ranks", comm.size)
+                r.add("threads_per_rank", Threads.count); r.add("batch", c.batch); r.add("width", width)
+                r.add("res", c.resolution); r.add("masking", masking.rawValue); r.add("img_per_s", ips); r.add("step_s", median)
+                r.add("collective_s_per_step", waited); r.add("bytes_per_step", sent)
+                r.add("gradient_sum_alone_s", alone); r.add("gradient_sum_exposed_s", exposed)
+                r.add("peak_rss_mb", worstRSS)
+                print(r.json)
+            } else {
+                print(String(format: "%@ %@ width %.3g, global batch %d over %d ranks of %d thread(s), %dpx, masking %@/%@",
+                             c.method.rawValue, arch.rawValue, width, c.batch, comm.size, Threads.count, c.resolution,
+                             masking.rawValue, fill.rawValue))
+                print(String(format: "  %.1f images/s (median step %.3f s over %d steps), peak resident memory %.0f MB (the largest rank's)",
+                             ips, median, steps, worstRSS))
+                print(String(format: "  per step: %.1f ms in collectives (waiting included), %.2f MB sent by each rank",
+                             1000 * waited, sent / 1e6))
+                print(String(format: "  gradient sum: %.1f ms alone, %.1f ms still to wait after backward (%.0f%% hidden by overlap)",
+                             1000 * alone, 1000 * exposed, 100 * max(0, 1 - exposed / max(alone, 1e-9))))
+            }
+            return
+        }
         if let m = scheduleModel, let model {
             // Per step: the time outside parallel loops stays serial; the loops take their modelled time.
             let outside = max(total - model.serial, 0), modelled = outside + model.parallel
