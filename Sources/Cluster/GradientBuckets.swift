@@ -1,5 +1,5 @@
 // Gradient sums over the ranks, overlapped with backward (GradientExchange): gradients are copied,
-// in the order backward finishes them, into buckets of about `bucketBytes`; a full bucket's sum is
+// in the order backward finishes them, into buckets of about `bucketBytes` (256 KB); a full bucket's sum is
 // started at once (MPI_Iallreduce), and each bucket's SGD steps run as soon as its sum has arrived.
 import CMPI
 import Foundation
@@ -21,8 +21,10 @@ public final class GradientBuckets: GradientExchange {
     /// communication that backward did not hide).
     public private(set) var exposedSeconds = 0.0
 
-    /// `parameters`: floats of the store (each is submitted at most once per step).
-    public init(comm: Communicator, parameters: Int, bucketBytes: Int = 1 << 20) {
+    /// `parameters`: floats of the store (each is submitted at most once per step). `bucketBytes`: a
+    /// width-0.25 ResNet-18 (2.8 MB of gradients) on two ranks over a 1 Gbit/s link hides 92% of its
+    /// gradient sum behind backward with 256 KB buckets, 70% with 1 MB and 72% with 64 KB (bench train).
+    public init(comm: Communicator, parameters: Int, bucketBytes: Int = 256 << 10) {
         self.comm = comm
         capacity = max(parameters, 1)
         bucketFloats = max(bucketBytes / 4, 1024)
