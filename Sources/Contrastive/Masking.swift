@@ -21,8 +21,9 @@
 // [hp only: kind u1, (u2)], r, then cells (or the focal window). Nothing is allocated on the heap: the per-thread
 // scratch (a few G*G bytes and C floats) lives on the stack.
 //
-// Deliberate differences from the official code (PAPER.md): foreground flags at their true positions, one hard
-// negative per sample (each with its own cells and noise), fresh Gaussian noise for every masked value (no noise
+// Deliberate differences from the official code (PAPER.md): foreground flags at their true positions, hard
+// negatives per sample by default (each with its own cells and noise; TrainingStep also offers the official
+// sharing), fresh Gaussian noise for every masked value (no noise
 // tile shared by cells or samples). Rounding is Swift's `.rounded()` (half away from zero) where the official
 // code uses Python's `round` (half to even); the query cap is min(r*FG_ratio, fgCap) where the official code has
 // a 0.55 / 0.56 step; the cap applies to every query, and to hp hard negatives (the official hp code caps both;

@@ -1,10 +1,12 @@
 // One contrastive training step, with every buffer planned at construction.
 //
-// MoCo, as data flows: momentum update of the key encoder -> key encoder forward of the key view
-// (split batch norm) gives the keys AND its last feature map = saliency of the key view -> saliency of
-// the query view (one more no-grad forward, or the classical map during warm-up) -> saliency-
-// constrained mask on the query, heavy salient mask on copies of the key view (one hard negative of
-// its own per sample) -> key encoder forward of each hard negative -> query encoder forward/backward
+// MoCo, as data flows: momentum update of the key encoder -> (network-free or imported saliency of the
+// plain views) -> high-pass filter of both views for the hp fill -> key encoder forward of the key
+// view (split batch norm) gives the keys AND its last feature map = saliency of the key view ->
+// saliency of the query view (one more no-grad forward) -> saliency-constrained mask on the query,
+// heavy salient mask on copies of the key view (per sample by default; `--hard-negative-mode shared`:
+// the batch's first H, as the official code) -> key encoder forward of each hard negative (running
+// batch-norm statistics untouched) -> query encoder forward/backward
 // against [positive key, queue, alpha * hard negatives] / T, SGD applied tensor by tensor inside
 // backward (FusedSGD: no gradient block) -> enqueue keys.
 // SimCLR: one encoder; both views go through it together (2B) for NT-Xent; saliency and hard
