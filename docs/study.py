@@ -5,7 +5,8 @@ tables and curves made from the records.
   python3 docs/study.py rows                          the studies, their rows and exact options
   python3 docs/study.py run STUDY ROW SEED [--bin B]  train, then kNN and linear probe -> a record
   python3 docs/study.py baselines STUDY SEED [--bin B]  raw pixels (seed-free) and the random-init encoder
-  python3 docs/study.py table [--plot]                markdown tables of every study; --plot writes the curves PNG
+  python3 docs/study.py table [--write] [--plot]      markdown tables of every study (--write: into
+                                                      docs/RESULTS.md); --plot writes docs/knn_curves.png
 
 A run trains into runs/study/STUDY/ROW.sSEED/ (not committed) and writes its record to
 docs/results/STUDY/ROW.sSEED.json: the exact commands, the commit the binary was built from, the
@@ -196,13 +197,13 @@ def load_records(study):
     return [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d)) if f.endswith(".json")]
 
 
-def mean_std(v):
+def mean_std(v, digits=2):
     v = [x for x in v if x is not None]
     if not v:
         return "-"
     if len(v) == 1:
-        return f"{v[0]:.2f}"
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+        return f"{v[0]:.{digits}f}"
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
 
 def grouped(records):
@@ -224,25 +225,73 @@ def title(study):
     return STUDIES[base]["title"] + (" (exploration: single runs)" if study != base else "")
 
 
-def cmd_table(a):
-    for study in all_studies():
-        records = load_records(study)
-        if not records:
+def study_table(study):
+    """The markdown table of one study's records (mean ± std over seeds)."""
+    records = load_records(study)
+    lines = [f"### {title(study)}", "",
+             "| row | kNN top-1 | linear top-1 | seeds | train s | img/s | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row, rs in grouped(records):
+        label = rs[0]["label"]
+        seeds = ",".join(str(r["seed"]) for r in rs if r.get("seed") is not None) or "-"
+        knn, lin = mean_std([r["knn_top1"] for r in rs]), mean_std([r["linear_top1"] for r in rs])
+        rss = [r.get("peak_rss_mb") for r in rs if r.get("peak_rss_mb")]
+        if rss:
+            ts = mean_std([r.get("train_seconds") for r in rs], 0).split(" ")[0]
+            ips = mean_std([r.get("train_img_per_s") for r in rs], 0).split(" ")[0]
+            lines.append(f"| {label} | {knn} | {lin} | {seeds} | {ts} | {ips} | {max(rss):.0f} |")
+        else:
+            lines.append(f"| {label} | {knn} | {lin} | {seeds} | - | - | - |")
+    return "\n".join(lines)
+
+
+def pytorch_table():
+    """salient against the equal-recipe PyTorch reference (docs/results/pytorch/), per method: kNN at
+    equal steps, training time, and the time salient needs to reach PyTorch's final kNN."""
+    d = os.path.join(ROOT, "docs", "results", "pytorch")
+    if not os.path.isdir(d):
+        return ""
+    ours = load_records("fmnist")
+    lines = ["| method | framework | kNN top-1 after 3 epochs | seeds | train s (3 epochs) | img/s | peak RSS MB | "
+             "salient's time to PyTorch's final kNN |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for method in ("simclr", "moco"):
+        torch_runs = [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
+                      if f.startswith(method + ".") and f.endswith(".json")]
+        mine = [r for r in ours if r["row"] == method]
+        if not torch_runs or not mine:
             continue
-        print(f"\n### {title(study)}\n")
-        print("| row | kNN top-1 | linear top-1 | seeds | train s | img/s | peak RSS MB |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for row, rs in grouped(records):
-            label = rs[0]["label"]
-            seeds = ",".join(str(r["seed"]) for r in rs if r.get("seed") is not None) or "-"
-            ts = [r.get("train_seconds") for r in rs]
-            ips = [r.get("train_img_per_s") for r in rs]
-            rss = [r.get("peak_rss_mb") for r in rs if r.get("peak_rss_mb")]
-            print(f"| {label} | {mean_std([r['knn_top1'] for r in rs])} | {mean_std([r['linear_top1'] for r in rs])} | "
-                  f"{seeds} | {mean_std(ts).split(' ')[0]} | {mean_std(ips).split(' ')[0]} | "
-                  f"{max(rss):.0f} |" if rss else
-                  f"| {label} | {mean_std([r['knn_top1'] for r in rs])} | {mean_std([r['linear_top1'] for r in rs])} | "
-                  f"{seeds} | - | - | - |")
+        target = statistics.mean(r["knn_top1"] for r in torch_runs)
+        # salient's first epoch whose kNN (mean over seeds) reaches PyTorch's final mean, and its training time.
+        n = min(len(r["epochs"]) for r in mine)
+        reach = "-"
+        for i in range(n):
+            if statistics.mean(r["epochs"][i]["knn_top1"] for r in mine) >= target:
+                t = statistics.mean(sum(e["seconds"] for e in r["epochs"][:i + 1]) for r in mine)
+                tt = statistics.mean(r["train_seconds"] for r in torch_runs)
+                reach = f"{t:.0f} s (epoch {i + 1}) = {t / tt:.2f}x PyTorch's {tt:.0f} s"
+                break
+        for name, rs, ts in (("salient", mine, "train_seconds"), ("PyTorch", torch_runs, "train_seconds")):
+            lines.append(f"| {method} | {name} | {mean_std([r['knn_top1'] for r in rs])} | "
+                         f"{','.join(str(r['seed']) for r in rs)} | {mean_std([r[ts] for r in rs], 0).split(' ')[0]} | "
+                         f"{mean_std([r['train_img_per_s'] for r in rs], 0).split(' ')[0]} | "
+                         f"{max(r.get('peak_rss_mb') or 0 for r in rs):.0f} | {reach if name == 'salient' else ''} |")
+    return "\n".join(lines)
+
+
+def cmd_table(a):
+    blocks = [study_table(s) for s in all_studies() if load_records(s)]
+    torch = pytorch_table()
+    text = "\n\n".join(blocks) + ("\n\n### salient and PyTorch, equal recipe\n\n" + torch if torch else "")
+    if a.write:
+        path = os.path.join(ROOT, "docs", "RESULTS.md")
+        doc = open(path).read()
+        start, end = "<!-- tables: python3 docs/study.py table --write -->", "<!-- /tables -->"
+        i, j = doc.index(start) + len(start), doc.index(end)
+        open(path, "w").write(doc[:i] + "\n" + text + "\n" + doc[j:])
+        print(f"wrote the tables into {path}", file=sys.stderr)
+    else:
+        print(text)
     if a.plot:
         plot()
 
@@ -309,6 +358,7 @@ def main():
     b.set_defaults(f=cmd_baselines)
     t = sub.add_parser("table")
     t.add_argument("--plot", action="store_true")
+    t.add_argument("--write", action="store_true", help="replace the tables in docs/RESULTS.md")
     t.set_defaults(f=cmd_table)
     a = p.parse_args()
     a.f(a)
