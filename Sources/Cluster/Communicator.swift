@@ -107,10 +107,19 @@ public final class Communicator: @unchecked Sendable {
 
     /// Batch-norm statistics summed over the ranks (training-mode forward and backward of the
     /// encoder being trained), or nil with one process.
-    public var statisticsSync: BNStatisticsSync? {
-        isDistributed ? BNStatisticsSync(processes: size, sum: { p, n in
+    public var statisticsSync: BNStatisticsSync? { sync(.sharedBatch) }
+
+    /// Split batch norm whose groups are spread over the ranks (the key encoder's shuffle-BN): the
+    /// running statistics advance by every rank's groups in rank order. Nil with one process.
+    public var groupStatisticsSync: BNStatisticsSync? { sync(.splitGroups) }
+
+    func sync(_ mode: BNStatisticsSync.Mode) -> BNStatisticsSync? {
+        guard isDistributed else { return nil }
+        return BNStatisticsSync(mode: mode, processes: size, sum: { p, n in
             Communicator.current.check(sal_mpi_allreduce_f64(p, n), "the batch-norm statistics")
-        }) : nil
+        }, gather: { send, n, recv in
+            Communicator.current.check(sal_mpi_allgather_bytes(send, 8 * n, recv), "the batch-norm running statistics")
+        })
     }
 
     /// Checks that every rank runs the same binary with the same settings: `fingerprint` (settings,

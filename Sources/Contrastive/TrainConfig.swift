@@ -1,6 +1,7 @@
 // Everything a training run is configured by; saved in checkpoints (as JSON metadata) so that a
 // resumed run continues with the same settings.
 import Foundation
+import Kernels
 import Network
 
 public enum ContrastiveMethod: String, Codable, CaseIterable, Sendable { case moco, simclr }
@@ -82,6 +83,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         } else if (method == .moco || masking != .none) && effectiveBNSplits % ranks != 0 {
             p.append("the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) do not split over \(ranks) ranks: "
                      + "give --bn-splits a multiple of \(ranks) that divides --batch")
+        } else if effectiveBNSplits / ranks > bnMaxGroups {
+            p.append("--bn-splits \(bnSplits) gives each of \(ranks) ranks more than \(bnMaxGroups) batch-norm groups")
         }
         return p
     }

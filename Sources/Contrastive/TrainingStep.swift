@@ -134,6 +134,7 @@ public final class TrainingStep {
         nPass = ResNetPass(layout: query.backbone, batch: L, height: R, width: R, keepActivations: false,
                            borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
                            workspace: qPass.workspace)
+        nPass.statisticsSync = comm.groupStatisticsSync
         let workspace = qPass.workspace
         sPass = saliencyEncoder.map {
             ResNetPass(layout: $0.backbone, batch: L, height: R, width: R, keepActivations: false, workspace: workspace)

@@ -295,15 +295,23 @@ public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointe
             relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
 }
 
-/// Batch-norm statistics over several processes (data-parallel training): `sum` replaces `count`
-/// Doubles by their element-wise sums over all `processes` processes (an MPI allreduce), so that P
-/// pixels in each of them normalise as one batch of processes * P pixels. Per-channel sums are
-/// shifted by the running mean, which every process holds identically.
+/// Batch norm over several processes (data-parallel training), in one of two modes:
+/// - `sharedBatch`: the P pixels of each process normalise as one batch of processes * P pixels: `sum`
+///   replaces `count` Doubles by their element-wise sums over all processes (an MPI allreduce). The
+///   per-channel sums are shifted by the running mean, which every process holds identically.
+/// - `splitGroups`: each process normalises its own whole groups of a split batch norm, which are the
+///   consecutive groups of one batch split over the processes; the running statistics advance by every
+///   process's groups in process order (`gather`: recv[p * count ..< (p + 1) * count] = process p's
+///   `count` Doubles), so they stay the same in every process, and the same as one process's.
 public struct BNStatisticsSync: Sendable {
+    public enum Mode: Sendable { case sharedBatch, splitGroups }
+    public var mode: Mode
     public var processes: Int
     public var sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void
-    public init(processes: Int, sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void) {
-        self.processes = processes; self.sum = sum
+    public var gather: @convention(c) (UnsafePointer<Double>, Int, UnsafeMutablePointer<Double>) -> Void
+    public init(mode: Mode, processes: Int, sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void,
+                gather: @convention(c) (UnsafePointer<Double>, Int, UnsafeMutablePointer<Double>) -> Void) {
+        self.mode = mode; self.processes = processes; self.sum = sum; self.gather = gather
     }
 }
 
@@ -324,14 +332,15 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
-    precondition(sync == nil || groups == 1, "batch-norm statistics are synchronised for one group only")
+    let shared = sync?.mode == .sharedBatch ? sync : nil, split = sync?.mode == .splitGroups ? sync : nil
+    precondition(shared == nil || groups == 1, "batch-norm sums are shared between processes for one group only")
     let (shift, _, _, work) = bnScratch(C, scratch)
     let cp = bnPadded(C), gp = P / groups
     // The shift of each group's sums: the epilogue's (tileSums), the running mean when processes share
     // their sums (the same in all of them), or the group's first pixel.
     for g in 0..<groups {
         for c in 0..<cp {
-            shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? (sync != nil ? runningMean[c] : x[g * gp * C + c])
+            shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? (shared != nil ? runningMean[c] : x[g * gp * C + c])
         }
     }
     var threads = 1
@@ -345,18 +354,22 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
                      BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     }
     // Pixels behind each group's statistics (all processes' when they share their sums).
-    let count = gp * (sync?.processes ?? 1)
+    let count = gp * (shared?.processes ?? 1)
     let m = Double(momentum), unbias = Double(count) / Double(max(count - 1, 1))
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: sync == nil ? 0 : 2 * C) { shared in
-    if let sync {
-        for c in 0..<C { (shared[2 * c], shared[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
-        sync.sum(shared.baseAddress!, 2 * C)
+    // Shared sums [C][2]; with split groups, each group's running-statistics update [groups][C][2] and
+    // every process's after them.
+    let sharedCount = shared == nil ? 0 : 2 * C, updates = split == nil ? 0 : 2 * C * groups
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: sharedCount + updates * (1 + (split?.processes ?? 0))) { buf in
+    let sums = buf.baseAddress!, mine = sums + sharedCount, all = mine + updates
+    if let shared {
+        for c in 0..<C { (sums[2 * c], sums[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
+        shared.sum(sums, 2 * C)
     }
     for g in 0..<groups {
         for c in 0..<cp {
             let i = g * cp + c
             if c >= C { mean[i] = 0; scale[i] = 0; continue }
-            let (s1, s2) = sync != nil ? (shared[2 * c], shared[2 * c + 1])
+            let (s1, s2) = shared != nil ? (sums[2 * c], sums[2 * c + 1])
                 : bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
             let d = s1 / Double(count)
             let v = max(s2 / Double(count) - d * d, 0)
@@ -366,9 +379,20 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
             saveMean[c] = Float(mu)
             saveInvStd[c] = Float(inv)
             scale[i] = Float(Double(gamma[c]) * inv)
-            if m != 0 {
+            if split != nil {
+                mine[(g * C + c) * 2] = mu; mine[(g * C + c) * 2 + 1] = v * unbias
+            } else if m != 0 {
                 runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
                 runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+            }
+        }
+    }
+    if let split, m != 0 {
+        split.gather(mine, updates, all)
+        for g in 0..<(groups * split.processes) {
+            for c in 0..<C {
+                runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * all[(g * C + c) * 2])
+                runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * all[(g * C + c) * 2 + 1])
             }
         }
     }
@@ -477,6 +501,7 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(!relu || y != nil || beta != nil, "fused ReLU backward needs the forward output or beta")
+    precondition(sync == nil || sync!.mode == .sharedBatch, "backward shares the sums of one batch only")
     let (k1, k2, k3, work) = bnScratch(C, scratch)
     let threads = bnThreads(P)
     let cp = bnPadded(C)

@@ -495,8 +495,8 @@ public final class ResNetPass {
         }
     }
 
-    /// Batch-norm statistics over several processes (data-parallel training: this pass holds one
-    /// process's share of the batch): training-mode forwards of one group and backward use them.
+    /// Batch norm over several processes (data-parallel training: this pass holds one process's share
+    /// of the batch): training-mode forwards (and, in `sharedBatch` mode, backward) use it.
     public var statisticsSync: BNStatisticsSync?
 
     /// Whether training-mode forwards take their batch statistics from the Winograd convolutions'
@@ -519,7 +519,8 @@ public final class ResNetPass {
         case .train(let splits), .batchStatistics(let splits):
             let s = max(1, min(splits, batch))
             let momentum: Float = mode == .train(splits: splits) ? 0.1 : 0  // 0: running statistics untouched
-            let sync = s == 1 && momentum != 0 ? statisticsSync : nil
+            let sync = momentum != 0 ? statisticsSync : nil
+            precondition(sync?.mode != .splitGroups || s <= bnMaxGroups, "split groups over processes: at most \(bnMaxGroups) per process")
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
             // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
             let px = n.bnPixels / s, cp = bnPadded(C)
@@ -686,7 +687,7 @@ public final class ResNetPass {
                               saveInvStd: n.invStd, relu: u.relu,
                               gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
                               gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch,
-                              sync: statisticsSync)
+                              sync: statisticsSync?.mode == .sharedBatch ? statisticsSync : nil)
         }
         if let update {
             timedOp(.optimizer) {

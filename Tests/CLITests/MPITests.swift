@@ -15,6 +15,20 @@ final class MPITests: XCTestCase {
         throw MissingBinary()
     }
 
+    /// Starts `salient args` under `mpirun -np ranks` (ranks of one thread each), output discarded.
+    func startRanks(_ ranks: Int, _ args: [String]) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try mpirun())
+        p.arguments = ["-np", String(ranks), "--oversubscribe", "--bind-to", "none", salientBinary.path] + args
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["SALIENT_THREADS"] = "1"
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
     /// Runs `salient args` under `mpirun -np ranks` (ranks of one thread each).
     func runRanks(_ ranks: Int, _ args: [String], timeout: TimeInterval = 300) throws -> SalientRun {
         let p = Process()
@@ -67,8 +81,8 @@ final class MPITests: XCTestCase {
     /// one process with direct instead of Winograd convolutions moves it as much. So: two steps at a
     /// learning rate of 1e-4 (at 0.06 the first steps are chaotic: one process on 1 vs 2 threads differs
     /// by 20% in its gradients after four steps); the SGD momentum buffers (the summed gradients) within
-    /// 2% of one process's, tensor by tensor; all weights together within 1e-6; the MoCo queue within
-    /// 1e-4. A missing batch-norm synchronisation, gradient sum or scale moves gradients by 10% to 100%.
+    /// 2% of one process's, tensor by tensor; all weights together within 1e-6, the key encoder's (with
+    /// its running statistics) within 1e-5; the MoCo queue within 1e-4. A missing batch-norm synchronisation, gradient sum or scale moves gradients by 10% to 100%.
     func testTwoRanksComputeWhatOneProcessComputes() throws {
         let dir = try makeTempDir(self, "mpi")
         let data = try writeIDX(dir: dir, name: "train", n: 128, side: 16, seed: 4)
@@ -90,6 +104,9 @@ final class MPITests: XCTestCase {
             XCTAssertLessThan(grads[0].0, 0.02, "\(name): \(grads[0].1) differs by \(grads[0].0)")
             let weights = try differences(fa, fb, prefix: "encoder_q.")
             XCTAssertLessThan(weights.last!.0, 1e-6, "\(name): the weights differ by \(weights.last!.0)")
+            // The key encoder: its running statistics advance by every rank's shuffle-BN groups in order.
+            let key = try differences(fa, fb, prefix: "encoder_k.")
+            if name == "moco" { XCTAssertLessThan(key.last!.0, 1e-5, "moco: the key encoder differs by \(key.last!.0)") }
             if name == "moco" {
                 let q = try differences(fa, fb, prefix: "queue")
                 XCTAssertEqual(q.count, 2)   // the queue, and "all"
@@ -97,6 +114,35 @@ final class MPITests: XCTestCase {
                 XCTAssertEqual(fa["queue_ptr"]?.int64s, fb["queue_ptr"]?.int64s)
             }
         }
+    }
+
+    /// Two ranks interrupted (SIGTERM to mpirun, which forwards it: the ranks agree on the step, rank 0
+    /// checkpoints it) and resumed (rank 0 reads the checkpoint and shares the state) end where an
+    /// uninterrupted two-rank run ends, bit for bit.
+    func testTwoRanksResumeExactly() throws {
+        let dir = try makeTempDir(self, "mpi-resume")
+        let data = try writeIDX(dir: dir, name: "train", n: 1024, side: 16, seed: 7)
+        let common = ["train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--method", "moco",
+                      "--masking", "saliency", "--queue", "128", "--seed", "2", "--epochs", "2"]
+        XCTAssertEqual(try runRanks(2, common + ["--out", dir + "/straight"]).status, 0)
+        let p = try startRanks(2, common + ["--out", dir + "/resumed"])
+        // Interrupt once the run has logged its tenth step.
+        let log = dir + "/resumed/log.jsonl"
+        XCTAssertTrue(waitUntil(timeout: 120) {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"step\"")
+        }, "the run never logged a step")
+        p.terminate()
+        p.waitUntilExit()
+        let logged = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        XCTAssertTrue(logged.contains("\"type\":\"interrupted\""), "not stopped at a step boundary: \(logged)")
+        let r = try runRanks(2, common + ["--out", dir + "/resumed", "--resume"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("resumed from"), r.stderr)
+        let a = try SafeTensorsFile.read(path: dir + "/straight/last.safetensors")
+        let b = try SafeTensorsFile.read(path: dir + "/resumed/last.safetensors")
+        XCTAssertEqual(a.names, b.names)
+        for name in a.names { XCTAssertTrue(a[name]?.data == b[name]?.data, "\(name) differs after resuming") }
+        XCTAssertGreaterThan(a.names.count, 100)
     }
 
     /// Extraction shared over two ranks writes the very file one process writes.
