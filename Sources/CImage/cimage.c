@@ -136,7 +136,10 @@ int sal_png_decode(const uint8_t *data, size_t size, int want_channels, uint64_t
     }
     if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    // Alpha is dropped: the alpha channel of gray+alpha and RGBA, and the alpha that palette
+    // expansion makes from a tRNS chunk (gray and RGB tRNS stay unexpanded and are ignored).
+    if ((ct & PNG_COLOR_MASK_ALPHA) || (ct == PNG_COLOR_TYPE_PALETTE && png_get_valid(png, info, PNG_INFO_tRNS)))
+        png_set_strip_alpha(png);
     if (depth == 16 && host_is_little_endian()) png_set_swap(png);
     png_set_interlace_handling(png);
     png_read_update_info(png, info);

@@ -35,7 +35,8 @@ int sal_png_info(const uint8_t *data, size_t size, uint32_t *width, uint32_t *he
 
 /// Decodes a whole PNG held in memory (any colour type, bit depth 1-16, interlaced or not).
 /// `want_channels`: 0 = native (1 for gray images, 3 otherwise), 1 = gray, 3 = RGB.
-/// Alpha is dropped (not composited), as PIL's convert("RGB") does; tRNS is ignored. RGB -> gray
+/// Alpha is dropped (not composited), as PIL's convert("RGB") does; tRNS is ignored (a palette's
+/// tRNS alpha included). RGB -> gray
 /// uses ITU-R 601 luma (0.299, 0.587, 0.114) on the stored values, as PIL's convert("L").
 /// Values are sample / (2^bitdepth - 1) in [0, 1]; palette entries / 255.
 /// `max_pixels` (> 0) bounds width*height and is checked before any pixel buffer is allocated.
