@@ -168,16 +168,22 @@ public enum DatasetLoader {
         }
         if let limit, limit < 1 { throw DataError(.invalidArgument, path: path, "limit must be at least 1 (got \(limit))") }
         let budget = memoryBudget ?? defaultMemoryBudget
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw DataError(.notFound, path: path, "no such file or folder")
+        var st = stat()
+        if stat(path, &st) != 0 {
+            let err = errno
+            var lst = stat()
+            if err == ENOENT && lstat(path, &lst) != 0 { throw DataError(.notFound, path: path, "no such file or folder") }
+            throw DataError(.unreadable, path: path, unreadableReason(path, errno: err))
         }
-        if isDir.boolValue {
+        if (st.st_mode & S_IFMT) == S_IFDIR {
             return try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
+        }
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            throw DataError(.unreadable, path: path, "not a regular file (\(fileTypeName(st.st_mode))): give a folder, a PNG file or an IDX file")
         }
         let head = try readHead(path, 8)
         if head.count >= 8 && head == [137, 80, 78, 71, 13, 10, 26, 10] {
-            let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, labeled: false,
+            let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, classNames: [],
                                    limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
             return ds
         }
@@ -192,36 +198,91 @@ public enum DatasetLoader {
         throw DataError(.invalidArgument, path: path, "neither a folder, a PNG file nor an IDX file")
     }
 
-    static func readHead(_ path: String, _ n: Int) throws -> [UInt8] {
-        guard let fh = FileHandle(forReadingAtPath: path) else {
-            throw DataError(.unreadable, path: path, "cannot open file for reading (permission denied?)")
-        }
-        defer { try? fh.close() }
-        return [UInt8]((try? fh.read(upToCount: n)) ?? Foundation.Data())
+    static func readHead(_ path: String, _ n: Int) throws -> [UInt8] { try readFileBytes(path, limit: n) }
+
+    // MARK: image folders
+
+    /// File name extensions of the images a folder contributes (compared in lower case).
+    static let imageExtensions: Set<String> = ["png"]
+
+    static func isImageName(_ name: String) -> Bool {
+        guard let dot = name.lastIndex(of: ".") else { return false }
+        return imageExtensions.contains(name[name.index(after: dot)...].lowercased())
     }
 
-    // MARK: PNG folders
+    /// What walking a folder found: image files (paths relative to the root, sorted) and what could
+    /// not be read.
+    struct FolderScan {
+        var files: [String] = []
+        var problems: [DataError] = []
+    }
+
+    /// Walks `root` recursively, following symbolic links (to files and to folders; a link back to a
+    /// folder on the current path is a loop and is not entered again). Image files are listed; a
+    /// folder that cannot be read, a broken or looping symbolic link (it may have been a class folder)
+    /// and an image name that is not a regular file (a FIFO would block a read forever) are problems.
+    static func scanFolder(_ root: String) -> FolderScan {
+        var scan = FolderScan()
+        struct FileID: Hashable { var dev: UInt64, ino: UInt64 }
+        var onPath = Set<FileID>()
+        func walk(_ dir: String, _ rel: String, _ id: FileID) {
+            guard let d = opendir(dir) else {
+                scan.problems.append(DataError(.unreadable, path: dir,
+                                               "cannot read folder: \(String(cString: strerror(errno)))"))
+                return
+            }
+            var names = [String]()
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(d)
+            onPath.insert(id)
+            for name in names.sorted() {
+                let full = dir + "/" + name, r = rel.isEmpty ? name : rel + "/" + name
+                var st = stat()
+                if stat(full, &st) != 0 {
+                    scan.problems.append(DataError(.unreadable, path: full, unreadableReason(full, errno: errno)))
+                    continue
+                }
+                switch st.st_mode & S_IFMT {
+                case S_IFDIR:
+                    let sub = FileID(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+                    if !onPath.contains(sub) { walk(full, r, sub) }
+                case S_IFREG:
+                    if isImageName(name) { scan.files.append(r) }
+                default:
+                    if isImageName(name) {
+                        scan.problems.append(DataError(.unreadable, path: full, "not a regular file (\(fileTypeName(st.st_mode)))"))
+                    }
+                }
+            }
+            onPath.remove(id)
+        }
+        var st = stat()
+        if stat(root, &st) != 0 {
+            scan.problems.append(DataError(.unreadable, path: root, unreadableReason(root, errno: errno)))
+            return scan
+        }
+        walk(root, "", FileID(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
+        scan.files.sort()
+        return scan
+    }
 
     static func openFolder(_ root: String, limit: Int?, skipBad: Bool, channels: Int?, budget: Int,
                            maxPixels: Int) throws -> ImageDataset {
-        let fm = FileManager.default
-        guard let en = fm.enumerator(atPath: root) else {
-            throw DataError(.unreadable, path: root, "cannot list folder")
+        let scan = scanFolder(root)
+        if let first = scan.problems.first, !skipBad { throw first }
+        let rel = scan.files
+        if rel.isEmpty {
+            throw DataError(.emptyDataset, path: root, "no PNG files found in this folder (searched recursively)"
+                            + (scan.problems.isEmpty ? "" : "; \(scan.problems.count) unreadable entr\(scan.problems.count == 1 ? "y" : "ies") skipped"))
         }
-        var rel = [String]()
-        while let f = en.nextObject() as? String {
-            if f.lowercased().hasSuffix(".png") {
-                var isDir: ObjCBool = false
-                let full = root + "/" + f
-                if fm.fileExists(atPath: full, isDirectory: &isDir), isDir.boolValue { continue }
-                rel.append(f)
-            }
-        }
-        rel.sort()
-        if rel.isEmpty { throw DataError(.emptyDataset, path: root, "no PNG files found in this folder (searched recursively)") }
+        // Classes: the first-level folders holding images, all of them, whatever `limit` keeps.
         let labeled = rel.allSatisfy { $0.contains("/") }
-        return try openFiles(rel.map { root + "/" + $0 }, root: root, labeled: labeled, limit: limit, skipBad: skipBad,
-                             channels: channels, budget: budget, maxPixels: maxPixels)
+        let classNames = labeled ? Array(Set(rel.map { String($0.prefix { $0 != "/" }) })).sorted() : []
+        return try openFiles(rel.map { root + "/" + $0 }, root: root, classNames: classNames, limit: limit, skipBad: skipBad,
+                             skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels)
     }
 
     /// Thread-safe result slots for the parallel decode.
@@ -230,10 +291,12 @@ public enum DatasetLoader {
         init(_ n: Int) { items = .init(repeating: nil, count: n) }
     }
 
-    static func openFiles(_ paths: [String], root: String, labeled: Bool, limit: Int?, skipBad: Bool,
-                          channels: Int?, budget: Int, maxPixels: Int) throws -> ImageDataset {
+    /// Decodes `paths` (every one once, in parallel chunks) until `limit` good images are found.
+    /// `classNames` non-empty: each path's first component below `root` is its class.
+    static func openFiles(_ paths: [String], root: String, classNames: [String], limit: Int?, skipBad: Bool,
+                          skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int) throws -> ImageDataset {
         var good: [(path: String, w: Int, h: Int, c: Int, bytes: [UInt8]?)] = []
-        var skipped = [DataError]()
+        var skipped = skipped
         var stored = 0
         var keep = true
         let want = limit ?? Int.max
@@ -270,13 +333,9 @@ public enum DatasetLoader {
         }
         let outC = channels ?? (good.contains { $0.c == 3 } ? 3 : 1)
         var labels: [Int32]? = nil
-        var classNames = [String]()
-        if labeled {
-            let prefix = root.hasSuffix("/") ? root : root + "/"
-            let cls = good.map { String($0.path.dropFirst(prefix.count).split(separator: "/").first!) }
-            classNames = Array(Set(cls)).sorted()
+        if !classNames.isEmpty {
             let index = Dictionary(uniqueKeysWithValues: classNames.enumerated().map { ($1, Int32($0)) })
-            labels = cls.map { index[$0]! }
+            labels = good.map { index[String($0.path.dropFirst(root.count + 1).prefix { $0 != "/" })]! }
         }
         let store: ImageStore
         if keep {
@@ -294,8 +353,7 @@ public enum DatasetLoader {
             store = ImageStore(kind: .pngFiles(paths: good.map(\.path), maxPixels: maxPixels), count: good.count,
                                names: good.map(\.path), source: root)
         }
-        return ImageDataset(channels: outC, labels: labels, classNames: classNames, source: root, skipped: skipped,
-                            store: store)
+        return ImageDataset(channels: outC, labels: labels, classNames: classNames, source: root, skipped: skipped, store: store)
     }
 
     // MARK: IDX
@@ -367,8 +425,7 @@ public enum DatasetLoader {
             let k = Int(l.max() ?? 0) + 1
             classNames = path.lowercased().contains("fashion") && k <= 10 ? fashionNames : (0..<k).map(String.init)
         }
-        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, source: path,
-                            skipped: [], store: store)
+        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, source: path, skipped: [], store: store)
     }
 }
 

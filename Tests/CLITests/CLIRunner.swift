@@ -8,15 +8,16 @@ let salientBinary = salientPackageRoot.appendingPathComponent(".build/release/sa
 
 struct SalientRun { var status: Int32; var stdout: String; var stderr: String }
 
-/// Runs the binary with `args`, killing it after `timeout` seconds (a failure).
-func runSalient(_ args: [String], timeout: TimeInterval = 120) throws -> SalientRun {
+/// Runs the binary with `args`, killing it after `timeout` seconds (a failure). `launcher` runs it
+/// through another program (e.g. setpriv to drop privileges): launcher[0] is that program's path.
+func runSalient(_ args: [String], timeout: TimeInterval = 120, launcher: [String] = []) throws -> SalientRun {
     let path = salientBinary.path
     guard FileManager.default.isExecutableFile(atPath: path) else {
         throw XCTSkip("\(path) is not built (swift build -c release)")
     }
     let p = Process()
-    p.executableURL = salientBinary
-    p.arguments = args
+    p.executableURL = launcher.isEmpty ? salientBinary : URL(fileURLWithPath: launcher[0])
+    p.arguments = launcher.isEmpty ? args : Array(launcher.dropFirst()) + [path] + args
     var env = ProcessInfo.processInfo.environment
     env["SALIENT_THREADS"] = "2"
     p.environment = env
