@@ -19,6 +19,9 @@ public struct ImageDataset: Sendable {
     public let labels: [Int32]?
     /// Label names: class folder names (sorted), or Fashion-MNIST's names, or "0"..."9".
     public let classNames: [String]
+    /// What the labels are: class folder names, matched by name between datasets (`relabeled(as:)`),
+    /// or numbers (IDX labels, synthetic), matched by value. Nil without labels.
+    public let labelSource: LabelSource?
     /// Where the dataset came from.
     public let source: String
     /// Files that were skipped as bad (`skipBad`), each with its error.
@@ -38,13 +41,42 @@ public struct ImageDataset: Sendable {
         return try store.image(i, channels: channels)
     }
 
-    init(channels: Int, labels: [Int32]?, classNames: [String], source: String, skipped: [DataError], store: ImageStore) {
+    init(channels: Int, labels: [Int32]?, classNames: [String], labelSource: LabelSource?, source: String,
+         skipped: [DataError], store: ImageStore) {
         self.channels = channels
         self.labels = labels
         self.classNames = classNames
+        self.labelSource = labels == nil ? nil : labelSource
         self.source = source
         self.skipped = skipped
         self.store = store
+    }
+
+    /// The same images with labels that index `train.classNames`, so that a class keeps its number
+    /// between a train and a test set: class folders are matched by name (a test folder may lack some
+    /// of train's classes, or list them in another order); numeric labels (IDX) keep their values.
+    /// A class of this dataset that has images but no class of that name in `train` is an error
+    /// naming it: its images could never be classified correctly.
+    public func relabeled(as train: ImageDataset) throws -> ImageDataset {
+        guard let labels, let own = labelSource, let theirs = train.labelSource else {
+            throw DataError(.invalidArgument, path: labels == nil ? source : train.source, "has no labels")
+        }
+        if own == .numbers && theirs == .numbers { return self }
+        var index = [String: Int32]()
+        for (i, name) in train.classNames.enumerated() where index[name] == nil { index[name] = Int32(i) }
+        let used = Set(labels).sorted()
+        let missing = used.map { classNames[Int($0)] }.filter { index[$0] == nil }
+        if !missing.isEmpty {
+            func list(_ names: [String]) -> String {
+                names.prefix(10).map(displayPath).joined(separator: ", ") + (names.count > 10 ? ", ... (\(names.count) in all)" : "")
+            }
+            throw DataError(.classMismatch, path: source,
+                            "class\(missing.count == 1 ? "" : "es") \(list(missing)) not found among the classes of "
+                            + "\(displayPath(train.source)) (\(list(train.classNames))): labels are matched by class name")
+        }
+        let map = classNames.map { index[$0] ?? -1 }
+        return ImageDataset(channels: channels, labels: labels.map { map[Int($0)] }, classNames: train.classNames,
+                            labelSource: own, source: source, skipped: skipped, store: store)
     }
 
     /// A dataset of smooth random images (gradients plus blobs), for benchmarks and tests.
@@ -73,8 +105,16 @@ public struct ImageDataset: Sendable {
         let store = ImageStore(kind: .uniform(bytes: bytes, width: width, height: height, channels: channels),
                                count: count, names: [], source: "synthetic")
         return ImageDataset(channels: channels, labels: labels, classNames: (0..<classes).map(String.init),
-                            source: "synthetic", skipped: [], store: store)
+                            labelSource: .numbers, source: "synthetic", skipped: [], store: store)
     }
+}
+
+/// Where a dataset's labels come from.
+public enum LabelSource: Sendable, Equatable {
+    /// First-level subfolders of an image folder, one per class: matched by name.
+    case classFolders
+    /// Numbers (an IDX labels file, synthetic data): matched by value.
+    case numbers
 }
 
 /// Where the pixels live. Immutable after creation (the streaming file descriptor is only read
@@ -353,7 +393,8 @@ public enum DatasetLoader {
             store = ImageStore(kind: .pngFiles(paths: good.map(\.path), maxPixels: maxPixels), count: good.count,
                                names: good.map(\.path), source: root)
         }
-        return ImageDataset(channels: outC, labels: labels, classNames: classNames, source: root, skipped: skipped, store: store)
+        return ImageDataset(channels: outC, labels: labels, classNames: classNames, labelSource: .classFolders,
+                            source: root, skipped: skipped, store: store)
     }
 
     // MARK: IDX
@@ -425,7 +466,8 @@ public enum DatasetLoader {
             let k = Int(l.max() ?? 0) + 1
             classNames = path.lowercased().contains("fashion") && k <= 10 ? fashionNames : (0..<k).map(String.init)
         }
-        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, source: path, skipped: [], store: store)
+        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, labelSource: .numbers,
+                            source: path, skipped: [], store: store)
     }
 }
 

@@ -9,7 +9,7 @@ import Glibc
 public struct DataError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Kind: String, Sendable {
         case notPNG, corrupt, truncated, tooLarge, unreadable, badIDX, emptyDataset, notFound,
-             writeFailed, invalidArgument, streamFailed
+             writeFailed, invalidArgument, streamFailed, classMismatch
     }
     public let kind: Kind
     /// The file (or folder) concerned, as it is on disk; empty when there is none.

@@ -1,4 +1,4 @@
-// Image folders through the real binary: unreadable folders.
+// Image folders through the real binary: train/test class matching in `eval`, unreadable folders.
 import XCTest
 import Foundation
 #if canImport(Glibc)
@@ -22,6 +22,24 @@ final class FolderCLITests: XCTestCase {
             try fm.createDirectory(atPath: root + "/" + c, withIntermediateDirectories: true)
             for f in files { try fm.copyItem(atPath: types + "/" + f, toPath: root + "/" + c + "/" + f) }
         }
+    }
+
+    /// The test images are copies of train images, so the nearest neighbour (k = 1) of each is itself:
+    /// 100% top-1 exactly when the test labels name the same classes as train's. The test folder lacks
+    /// train's middle class, which shifted `cat` onto `bee` when labels were matched by position.
+    func testEvalMatchesTestClassesByName() throws {
+        let t = try tempDir()
+        try makeFolder(t + "/train", ["ant": ["rgb8.png", "palette1.png"], "bee": ["rgb16.png", "palette2.png"],
+                                      "cat": ["palette4.png", "palette8.png"]])
+        try makeFolder(t + "/test", ["ant": ["rgb8.png"], "cat": ["palette8.png"]])
+        let r = try runSalient(["eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("top-1: 100.00"), r.stdout + r.stderr)
+
+        try makeFolder(t + "/test2", ["ant": ["rgb8.png"], "dog": ["palette8.png"]])
+        let bad = try runSalient(["eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test2"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("dog"), bad.stderr)
     }
 
     /// A class folder the user cannot read stops the open with an error naming it, or is listed as

@@ -25,6 +25,43 @@ final class FolderTests: XCTestCase {
         for i in 0..<n { try fm.copyItem(atPath: fixturesPath() + "/png/types/" + fixture, toPath: dir + "/\(i).png") }
     }
 
+    // MARK: class names between train and test
+
+    /// A test folder lacking the middle class keeps each image's class: labels index train's classes by name.
+    func testTestLabelsFollowTrainClassNames() throws {
+        let t = try tempDir()
+        for c in ["ant", "bee", "cat"] { try makeClass(t + "/train/" + c, 2) }
+        for c in ["ant", "cat"] { try makeClass(t + "/test/" + c, 1) }
+        let train = try DatasetLoader.open(path: t + "/train")
+        let test = try DatasetLoader.open(path: t + "/test")
+        XCTAssertEqual(test.labels, [0, 1], "the test folder's own numbering")
+        let matched = try test.relabeled(as: train)
+        XCTAssertEqual(matched.classNames, ["ant", "bee", "cat"])
+        XCTAssertEqual(matched.labels, [0, 2], "cat is class 2 of train, not 1")
+        XCTAssertEqual(matched.count, test.count)
+        XCTAssertEqual(try matched.image(at: 1), try test.image(at: 1))
+    }
+
+    func testTestClassMissingFromTrainIsAnError() throws {
+        let t = try tempDir()
+        for c in ["ant", "bee"] { try makeClass(t + "/train/" + c, 1) }
+        for c in ["ant", "dog", "eel"] { try makeClass(t + "/test/" + c, 1) }
+        let train = try DatasetLoader.open(path: t + "/train")
+        let test = try DatasetLoader.open(path: t + "/test")
+        XCTAssertThrowsError(try test.relabeled(as: train)) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("dog") && s.contains("eel"), s)
+            XCTAssertTrue(s.contains(t + "/train"), s)
+        }
+    }
+
+    /// Two IDX files: labels are numbers and keep their values, whatever the files' class names.
+    func testNumericLabelsMatchByValue() throws {
+        let idx = fixturesPath() + "/idx/tiny-images-idx3-ubyte"
+        let a = try DatasetLoader.open(path: idx), b = try DatasetLoader.open(path: idx, limit: 3)
+        XCTAssertEqual(try b.relabeled(as: a).labels, b.labels)
+    }
+
     // MARK: symbolic links and unreadable folders
 
     func testSymbolicLinksAreFollowed() throws {
