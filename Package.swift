@@ -78,7 +78,7 @@ let package = Package(
     targets: [
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
         .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
-                linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
+                linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg"), .linkedLibrary("z")]),
         .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: swiftFlags),
         .target(name: "Network", dependencies: ["Kernels"], swiftSettings: swiftFlags),
         .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: swiftFlags),

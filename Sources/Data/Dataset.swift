@@ -7,9 +7,10 @@ import Darwin
 #endif
 
 /// A set of images, held in memory as 8-bit samples when they fit in the memory budget, otherwise
-/// read from disk on each access. Either way `image(at:)` returns the same pixels: stored values are
-/// always quantised to 8 bits (16-bit PNGs included, as PIL would load them for torchvision) and
-/// converted to `channels` in 8-bit arithmetic. Immutable and safe to share between threads.
+/// read from disk and decoded on each access. Either way `image(at:)` returns the same pixels: stored
+/// values are always quantised to 8 bits (16-bit PNGs included, as PIL would load them for
+/// torchvision), JPEGs decoded at the dataset's `decodeTarget`, and converted to `channels` in 8-bit
+/// arithmetic. Immutable and safe to share between threads.
 public struct ImageDataset: Sendable {
     /// Number of images.
     public var count: Int { store.count }
@@ -26,6 +27,11 @@ public struct ImageDataset: Sendable {
     public let source: String
     /// Files that were skipped as bad (`skipBad`), each with its error.
     public let skipped: [DataError]
+    /// Files that decoded with a libjpeg warning that leaves the pixels as encoded (extra bytes
+    /// between markers, an unknown JFIF version, a bad ICC chunk), each with the warning.
+    public let warnings: [DataError]
+    /// How small JPEGs are decoded (DCT scaling); `.full` for datasets that are not image folders.
+    public let decodeTarget: DecodeTarget
     let store: ImageStore
 
     /// True when pixels are held in memory; false when each access reads the disk.
@@ -42,13 +48,15 @@ public struct ImageDataset: Sendable {
     }
 
     init(channels: Int, labels: [Int32]?, classNames: [String], labelSource: LabelSource?, source: String,
-         skipped: [DataError], store: ImageStore) {
+         skipped: [DataError], warnings: [DataError] = [], decodeTarget: DecodeTarget = .full, store: ImageStore) {
         self.channels = channels
         self.labels = labels
         self.classNames = classNames
         self.labelSource = labels == nil ? nil : labelSource
         self.source = source
         self.skipped = skipped
+        self.warnings = warnings
+        self.decodeTarget = decodeTarget
         self.store = store
     }
 
@@ -76,7 +84,8 @@ public struct ImageDataset: Sendable {
         }
         let map = classNames.map { index[$0] ?? -1 }
         return ImageDataset(channels: channels, labels: labels.map { map[Int($0)] }, classNames: train.classNames,
-                            labelSource: own, source: source, skipped: skipped, store: store)
+                            labelSource: own, source: source, skipped: skipped, warnings: warnings,
+                            decodeTarget: decodeTarget, store: store)
     }
 
     /// A dataset of smooth random images (gradients plus blobs), for benchmarks and tests.
@@ -125,8 +134,8 @@ final class ImageStore: @unchecked Sendable {
         case uniform(bytes: [UInt8], width: Int, height: Int, channels: Int)
         /// Variable-size 8-bit images already converted to the dataset's channels.
         case packed(bytes: [UInt8], offsets: [Int], sizes: [(Int, Int)])
-        /// PNG files decoded on access.
-        case pngFiles(paths: [String], maxPixels: Int)
+        /// PNG and JPEG files read and decoded on access (JPEGs at `target`).
+        case files(paths: [String], maxPixels: Int, target: DecodeTarget)
         /// An uncompressed IDX file read with pread.
         case idxFile(fd: Int32, headerBytes: Int, width: Int, height: Int, channels: Int)
     }
@@ -159,9 +168,8 @@ final class ImageStore: @unchecked Sendable {
             let (w, h) = sizes[i]
             return floatImage(bytes[offsets[i]..<(offsets[i] + w * h * channels)], width: w, height: h,
                               from: channels, to: channels)
-        case .pngFiles(let paths, let maxPixels):
-            let (w, h, c, b) = try decode8(path: paths[i], maxPixels: maxPixels)
-            return floatImage(b[...], width: w, height: h, from: c, to: channels)
+        case .files(let paths, let maxPixels, let target):
+            return try decodeFile8(paths[i], target: target, maxPixels: maxPixels).pixels.floatImage(channels: channels)
         case .idxFile(let fd, let header, let w, let h, let c):
             let n = w * h * c
             var buf = [UInt8](repeating: 0, count: n)
@@ -173,14 +181,12 @@ final class ImageStore: @unchecked Sendable {
 }
 
 func floatImage(_ b: ArraySlice<UInt8>, width: Int, height: Int, from: Int, to: Int) -> Image {
-    let src = from == to ? Array(b) : convertChannels8(Array(b), pixels: width * height, from: from, to: to)
-    return Image(width: width, height: height, channels: to, pixels: src.map { Float($0) / 255 })
+    Pixels8(width: width, height: height, channels: from, bytes: Array(b)).floatImage(channels: to)
 }
 
-/// Decodes a PNG file to native channels quantised to 8 bits.
-func decode8(path: String, maxPixels: Int) throws -> (Int, Int, Int, [UInt8]) {
-    let img = try readPNG(path: path, channels: nil, maxPixels: maxPixels)
-    return (img.width, img.height, img.channels, img.pixels.map(quantize8))
+/// Reads and decodes a PNG or JPEG file to its native channels in 8 bits.
+func decodeFile8(_ path: String, target: DecodeTarget, maxPixels: Int) throws -> (pixels: Pixels8, warning: String?) {
+    try decodeImage8(try readFileBytes(path), target: target, maxPixels: maxPixels, name: path)
 }
 
 /// Opens datasets from a path.
@@ -191,18 +197,23 @@ public enum DatasetLoader {
     }
 
     /// Opens `path`:
-    /// - a folder: every `*.png` below it (recursively, sorted by relative path; other files are
-    ///   ignored). When every image lies inside a first-level subfolder, those folders are the classes
-    ///   (sorted by name) and give the labels; otherwise there are no labels.
+    /// - a folder: every `*.png`, `*.jpg` and `*.jpeg` below it (any case; recursively, following
+    ///   symbolic links, sorted by relative path; other files are ignored). When every image lies
+    ///   inside a first-level subfolder, those folders are the classes (sorted by name) and give the
+    ///   labels; otherwise there are no labels.
     /// - an IDX images file (`*-images-idx3-ubyte`, gzipped or not; detected by content): labels come
     ///   from `*-labels-idx1-ubyte[.gz]` beside it when present.
-    /// - a single PNG file.
+    /// - a single PNG or JPEG file.
     /// `limit` keeps the first N (good) images. `channels` forces 1 or 3; nil gives 3 when any image
-    /// is in colour, else 1. Every PNG is decoded once while opening, so a bad file is reported here,
-    /// naming it; with `skipBad` it is left out and listed in `skipped` instead. Images are held in
-    /// memory when their 8-bit size fits `memoryBudget`, otherwise streamed from disk.
+    /// is in colour, else 1. Every image is decoded once while opening, so a bad file is reported here,
+    /// naming it; with `skipBad` it is left out and listed in `skipped` instead. JPEGs are decoded as
+    /// small as `decode` allows (DCT scaling; `.full` by default), in memory and streamed alike.
+    /// Images are held in memory when their 8-bit size fits `memoryBudget`, otherwise read and
+    /// decoded again on each access. JPEG warnings that leave the pixels as encoded are listed in
+    /// `warnings` and, with `reportWarnings`, summarised on stderr.
     public static func open(path: String, limit: Int? = nil, skipBad: Bool = false, channels: Int? = nil,
-                            memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels) throws -> ImageDataset {
+                            memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels, decode: DecodeTarget = .full,
+                            reportWarnings: Bool = true) throws -> ImageDataset {
         if let channels, channels != 1 && channels != 3 {
             throw DataError(.invalidArgument, path: path, "channels must be 1 or 3 (got \(channels))")
         }
@@ -216,15 +227,20 @@ public enum DatasetLoader {
             throw DataError(.unreadable, path: path, unreadableReason(path, errno: err))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            return try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
+            let ds = try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget,
+                                    maxPixels: maxPixels, target: decode)
+            if reportWarnings { printWarnings(ds) }
+            return ds
         }
         if (st.st_mode & S_IFMT) != S_IFREG {
-            throw DataError(.unreadable, path: path, "not a regular file (\(fileTypeName(st.st_mode))): give a folder, a PNG file or an IDX file")
+            throw DataError(.unreadable, path: path, "not a regular file (\(fileTypeName(st.st_mode))): give a folder, an image file or an IDX file")
         }
         let head = try readHead(path, 8)
-        if head.count >= 8 && head == [137, 80, 78, 71, 13, 10, 26, 10] {
+        if hasPNGSignature(head) || hasJPEGSignature(head) {
             let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, classNames: [],
-                                   limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
+                                   limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels,
+                                   target: decode)
+            if reportWarnings { printWarnings(ds) }
             return ds
         }
         let isGz = head.count >= 2 && head[0] == 0x1f && head[1] == 0x8b
@@ -235,7 +251,8 @@ public enum DatasetLoader {
         if path.lowercased().hasSuffix(".png") {
             throw DataError(.notPNG, path: path, "not a PNG file (bad signature)")
         }
-        throw DataError(.invalidArgument, path: path, "neither a folder, a PNG file nor an IDX file")
+        if isImageName(path) { throw DataError(.notJPEG, path: path, "not a JPEG file (no start-of-image marker)") }
+        throw DataError(.invalidArgument, path: path, "neither a folder, a PNG or JPEG file nor an IDX file")
     }
 
     static func readHead(_ path: String, _ n: Int) throws -> [UInt8] { try readFileBytes(path, limit: n) }
@@ -243,7 +260,7 @@ public enum DatasetLoader {
     // MARK: image folders
 
     /// File name extensions of the images a folder contributes (compared in lower case).
-    static let imageExtensions: Set<String> = ["png"]
+    static let imageExtensions: Set<String> = ["png", "jpg", "jpeg"]
 
     static func isImageName(_ name: String) -> Bool {
         guard let dot = name.lastIndex(of: ".") else { return false }
@@ -310,33 +327,36 @@ public enum DatasetLoader {
     }
 
     static func openFolder(_ root: String, limit: Int?, skipBad: Bool, channels: Int?, budget: Int,
-                           maxPixels: Int) throws -> ImageDataset {
+                           maxPixels: Int, target: DecodeTarget) throws -> ImageDataset {
         let scan = scanFolder(root)
         if let first = scan.problems.first, !skipBad { throw first }
         let rel = scan.files
         if rel.isEmpty {
-            throw DataError(.emptyDataset, path: root, "no PNG files found in this folder (searched recursively)"
+            throw DataError(.emptyDataset, path: root, "no PNG or JPEG files found in this folder (searched recursively)"
                             + (scan.problems.isEmpty ? "" : "; \(scan.problems.count) unreadable entr\(scan.problems.count == 1 ? "y" : "ies") skipped"))
         }
         // Classes: the first-level folders holding images, all of them, whatever `limit` keeps.
         let labeled = rel.allSatisfy { $0.contains("/") }
         let classNames = labeled ? Array(Set(rel.map { String($0.prefix { $0 != "/" }) })).sorted() : []
         return try openFiles(rel.map { root + "/" + $0 }, root: root, classNames: classNames, limit: limit, skipBad: skipBad,
-                             skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels)
+                             skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels,
+                             target: target)
     }
 
     /// Thread-safe result slots for the parallel decode.
     final class Results: @unchecked Sendable {
-        var items: [Result<(Int, Int, Int, [UInt8]), DataError>?]
+        var items: [Result<(pixels: Pixels8, warning: String?), DataError>?]
         init(_ n: Int) { items = .init(repeating: nil, count: n) }
     }
 
     /// Decodes `paths` (every one once, in parallel chunks) until `limit` good images are found.
     /// `classNames` non-empty: each path's first component below `root` is its class.
     static func openFiles(_ paths: [String], root: String, classNames: [String], limit: Int?, skipBad: Bool,
-                          skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int) throws -> ImageDataset {
+                          skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int,
+                          target: DecodeTarget) throws -> ImageDataset {
         var good: [(path: String, w: Int, h: Int, c: Int, bytes: [UInt8]?)] = []
         var skipped = skipped
+        var warnings = [DataError]()
         var stored = 0
         var keep = true
         let want = limit ?? Int.max
@@ -348,7 +368,7 @@ public enum DatasetLoader {
             let res = Results(end - start)
             let base = start
             DispatchQueue.concurrentPerform(iterations: end - start) { k in
-                do { res.items[k] = .success(try decode8(path: paths[base + k], maxPixels: maxPixels)) }
+                do { res.items[k] = .success(try decodeFile8(paths[base + k], target: target, maxPixels: maxPixels)) }
                 catch let e as DataError { res.items[k] = .failure(e) }
                 catch { res.items[k] = .failure(DataError(.corrupt, path: paths[base + k], "\(error)")) }
             }
@@ -357,7 +377,9 @@ public enum DatasetLoader {
                 case .failure(let e):
                     if !skipBad { throw e }
                     skipped.append(e)
-                case .success(let (w, h, c, b)):
+                case .success(let (p, warning)):
+                    let (w, h, c, b) = (p.width, p.height, p.channels, p.bytes)
+                    if let warning { warnings.append(DataError(.corrupt, path: paths[base + k], warning)) }
                     stored += w * h * max(c, channels ?? c)
                     if keep && stored > budget {
                         keep = false
@@ -369,7 +391,7 @@ public enum DatasetLoader {
             start = end
         }
         if good.isEmpty {
-            throw DataError(.emptyDataset, path: root, "no readable PNG files (\(skipped.count) skipped as bad)")
+            throw DataError(.emptyDataset, path: root, "no readable PNG or JPEG files (\(skipped.count) skipped as bad)")
         }
         let outC = channels ?? (good.contains { $0.c == 3 } ? 3 : 1)
         var labels: [Int32]? = nil
@@ -390,11 +412,21 @@ public enum DatasetLoader {
             store = ImageStore(kind: .packed(bytes: bytes, offsets: offsets, sizes: sizes), count: good.count,
                                names: good.map(\.path), source: root)
         } else {
-            store = ImageStore(kind: .pngFiles(paths: good.map(\.path), maxPixels: maxPixels), count: good.count,
+            store = ImageStore(kind: .files(paths: good.map(\.path), maxPixels: maxPixels, target: target), count: good.count,
                                names: good.map(\.path), source: root)
         }
         return ImageDataset(channels: outC, labels: labels, classNames: classNames, labelSource: .classFolders,
-                            source: root, skipped: skipped, store: store)
+                            source: root, skipped: skipped, warnings: warnings, decodeTarget: target, store: store)
+    }
+
+    /// Writes a summary of `dataset.warnings` to stderr: up to 5 files, then a count.
+    static func printWarnings(_ dataset: ImageDataset) {
+        let w = dataset.warnings
+        guard !w.isEmpty else { return }
+        var text = ""
+        for e in w.prefix(5) { text += "warning: \(e) (decoded; the pixels are as encoded)\n" }
+        if w.count > 5 { text += "warning: \(w.count - 5) more file(s) of \(displayPath(dataset.source)) with JPEG warnings\n" }
+        FileHandle.standardError.write(Foundation.Data(text.utf8))
     }
 
     // MARK: IDX

@@ -8,7 +8,7 @@ import Glibc
 /// sees e.g. `data/cat/003.png: not a PNG file (bad signature)`.
 public struct DataError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Kind: String, Sendable {
-        case notPNG, corrupt, truncated, tooLarge, unreadable, badIDX, emptyDataset, notFound,
+        case notPNG, notJPEG, corrupt, truncated, tooLarge, unsupported, unreadable, badIDX, emptyDataset, notFound,
              writeFailed, invalidArgument, streamFailed, classMismatch
     }
     public let kind: Kind

@@ -17,6 +17,8 @@ func dataErrorKind(_ code: Int32) -> DataError.Kind {
     case 3: return .truncated
     case 4: return .tooLarge
     case 7: return .invalidArgument
+    case 8: return .notJPEG
+    case 9: return .unsupported
     default: return .corrupt
     }
 }
