@@ -329,3 +329,73 @@ int sal_jpeg_decode(const uint8_t *data, size_t size, uint32_t min_side, uint64_
     *scale_denom = denom;
     return SAL_OK;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Encoding (seeds for tests and the fuzzer)
+
+int sal_jpeg_encode(const uint8_t *pixels, uint32_t width, uint32_t height, int channels, int quality,
+                    int options, int orientation, uint8_t **out, size_t *out_size, char *err, size_t errlen) {
+    *out = NULL;
+    *out_size = 0;
+    if (!pixels || width == 0 || height == 0 || (channels != 1 && channels != 3 && channels != 4) ||
+        quality < 1 || quality > 100) {
+        sal_set_err(err, errlen, "invalid image for JPEG encoding");
+        return SAL_ERR_ARG;
+    }
+    // libjpeg's output buffer pointer and size change inside libjpeg calls: kept on the heap so the
+    // error path after longjmp reads them reliably.
+    struct { unsigned char *buf; unsigned long size; } *mem = calloc(1, sizeof *mem);
+    if (!mem) { sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    struct jpeg_compress_struct cinfo;
+    sal_jpeg_state st;
+    memset(&st, 0, sizeof st);
+    cinfo.err = jpeg_std_error(&st.pub);
+    st.pub.error_exit = sal_jpeg_error_exit;
+    st.pub.emit_message = sal_jpeg_message;
+    st.err = err;
+    st.errlen = errlen;
+    if (setjmp(st.jump)) {
+        jpeg_destroy_compress(&cinfo);
+        free(mem->buf);
+        free(mem);
+        return st.code != SAL_OK ? st.code : SAL_ERR_CORRUPT;
+    }
+    jpeg_create_compress(&cinfo);
+    jpeg_mem_dest(&cinfo, &mem->buf, &mem->size);
+    cinfo.image_width = width;
+    cinfo.image_height = height;
+    cinfo.input_components = channels;
+    cinfo.in_color_space = channels == 1 ? JCS_GRAYSCALE : channels == 3 ? JCS_RGB : JCS_CMYK;
+    jpeg_set_defaults(&cinfo);
+    jpeg_set_quality(&cinfo, quality, TRUE);
+    if (channels == 4 && (options & SAL_JPEG_YCCK)) jpeg_set_colorspace(&cinfo, JCS_YCCK);
+    if (options & SAL_JPEG_PROGRESSIVE) jpeg_simple_progression(&cinfo);
+    if (options & SAL_JPEG_ARITHMETIC) cinfo.arith_code = TRUE;
+    if (options & SAL_JPEG_RESTART) cinfo.restart_in_rows = 1;
+    if ((options & SAL_JPEG_444) && channels == 3) {
+        for (int i = 0; i < cinfo.num_components; i++) cinfo.comp_info[i].h_samp_factor = cinfo.comp_info[i].v_samp_factor = 1;
+    }
+    jpeg_start_compress(&cinfo, TRUE);
+    if (orientation >= 2 && orientation <= 8) {
+        // "Exif\0\0", a little-endian TIFF header, IFD0 with one entry: Orientation, SHORT, 1.
+        const uint8_t exif[] = {'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0,
+                                0x12, 0x01, 3, 0, 1, 0, 0, 0, (uint8_t)orientation, 0, 0, 0, 0, 0, 0, 0};
+        jpeg_write_marker(&cinfo, JPEG_APP0 + 1, exif, sizeof exif);
+    }
+    const size_t stride = (size_t)width * channels;
+    while (cinfo.next_scanline < height) {
+        JSAMPROW row = (JSAMPROW)(pixels + (size_t)cinfo.next_scanline * stride);
+        jpeg_write_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_finish_compress(&cinfo);
+    jpeg_destroy_compress(&cinfo);
+    const size_t size = mem->size;
+    uint8_t *result = (uint8_t *)malloc(size);
+    if (result) memcpy(result, mem->buf, size);
+    free(mem->buf);
+    free(mem);
+    if (!result) { sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    *out = result;
+    *out_size = size;
+    return SAL_OK;
+}

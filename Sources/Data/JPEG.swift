@@ -168,3 +168,38 @@ extension Pixels8 {
         return Image(width: width, height: height, channels: to, pixels: pixels)
     }
 }
+
+/// How `encodeJPEG` codes an image (libjpeg's defaults otherwise: baseline, Huffman, 4:2:0).
+public struct JPEGEncoding: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let progressive = JPEGEncoding(rawValue: Int32(SAL_JPEG_PROGRESSIVE))
+    public static let arithmetic = JPEGEncoding(rawValue: Int32(SAL_JPEG_ARITHMETIC))
+    /// 4-channel input stored as YCCK instead of CMYK.
+    public static let ycck = JPEGEncoding(rawValue: Int32(SAL_JPEG_YCCK))
+    /// A restart marker after every MCU row.
+    public static let restartMarkers = JPEGEncoding(rawValue: Int32(SAL_JPEG_RESTART))
+    /// No chroma subsampling (4:4:4).
+    public static let fullChroma = JPEGEncoding(rawValue: Int32(SAL_JPEG_444))
+}
+
+/// Encodes 8-bit HWC gray (1), RGB (3) or Adobe-inverted CMYK (4) pixels as JPEG bytes at `quality`;
+/// an `orientation` 2-8 is written as an EXIF APP1 marker. For tests and the fuzzer's seeds.
+public func encodeJPEG(width: Int, height: Int, channels: Int, pixels: [UInt8], quality: Int = 90,
+                       encoding: JPEGEncoding = [], orientation: Int = 1) throws -> [UInt8] {
+    guard width > 0, height > 0, [1, 3, 4].contains(channels), pixels.count == width * height * channels else {
+        throw DataError(.invalidArgument, path: "",
+                        "encodeJPEG: \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
+    }
+    var out: UnsafeMutablePointer<UInt8>? = nil
+    var size = 0
+    var err = [CChar](repeating: 0, count: 256)
+    let code = pixels.withUnsafeBufferPointer { p in
+        sal_jpeg_encode(p.baseAddress, UInt32(width), UInt32(height), Int32(channels), Int32(quality), encoding.rawValue,
+                        Int32(orientation), &out, &size, &err, err.count)
+    }
+    if code != 0 { throw DataError(.writeFailed, path: "", cMessage(err)) }
+    guard let out else { throw DataError(.writeFailed, path: "", "encoder returned no data") }
+    defer { sal_free(out) }
+    return Array(UnsafeBufferPointer(start: out, count: size))
+}

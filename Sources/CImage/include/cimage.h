@@ -92,6 +92,21 @@ int sal_jpeg_decode(const uint8_t *data, size_t size, uint32_t min_side, uint64_
                     uint64_t max_pixels, uint8_t **out, uint32_t *width, uint32_t *height, int *channels,
                     int *scale_denom, char *warn, size_t warnlen, char *err, size_t errlen);
 
+enum {
+    SAL_JPEG_PROGRESSIVE = 1,   // progressive scans (libjpeg's default script)
+    SAL_JPEG_ARITHMETIC = 2,    // arithmetic entropy coding
+    SAL_JPEG_YCCK = 4,          // 4-channel input stored as YCCK (else CMYK)
+    SAL_JPEG_RESTART = 8,       // a restart marker after every MCU row
+    SAL_JPEG_444 = 16,          // no chroma subsampling (else 4:2:0)
+};
+
+/// Encodes 8-bit gray (channels 1), RGB (3) or CMYK (4, Adobe's inverted convention) HWC pixels as a
+/// JPEG in memory with libjpeg's defaults at `quality` (1-100) and `options` (SAL_JPEG_*). An EXIF
+/// orientation 2-8 is written as an APP1 Exif marker. Used by tests and the fuzzer to make seeds.
+/// On success `*out` (malloc'ed, freed with sal_free) holds `*out_size` bytes.
+int sal_jpeg_encode(const uint8_t *pixels, uint32_t width, uint32_t height, int channels, int quality,
+                    int options, int orientation, uint8_t **out, size_t *out_size, char *err, size_t errlen);
+
 /// 1 when the buffer starts with the gzip magic bytes 1f 8b.
 int sal_is_gzip(const uint8_t *data, size_t size);
 
