@@ -358,17 +358,23 @@ public enum DatasetLoader {
         var skipped = skipped
         var warnings = [DataError]()
         var stored = 0
-        var keep = true
+        var keep = budget > 0
         let want = limit ?? Int.max
-        let chunk = 256
+        // Decode in chunks (in parallel within a chunk) until `limit` good images are found. Small
+        // chunks bound what is held before the budget is known to be exceeded; once it is, only
+        // each image's size is kept.
+        let chunk = 32
         var start = 0
-        // Decode in chunks (in parallel within a chunk) until `limit` good images are found.
         while start < paths.count && good.count < want {
             let end = min(paths.count, start + chunk)
             let res = Results(end - start)
-            let base = start
+            let base = start, holding = keep
             DispatchQueue.concurrentPerform(iterations: end - start) { k in
-                do { res.items[k] = .success(try decodeFile8(paths[base + k], target: target, maxPixels: maxPixels)) }
+                do {
+                    var d = try decodeFile8(paths[base + k], target: target, maxPixels: maxPixels)
+                    if !holding { d.pixels.bytes = [] }
+                    res.items[k] = .success(d)
+                }
                 catch let e as DataError { res.items[k] = .failure(e) }
                 catch { res.items[k] = .failure(DataError(.corrupt, path: paths[base + k], "\(error)")) }
             }
