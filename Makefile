@@ -78,8 +78,8 @@ test-arm:
 	bash Tests/ARM/run.sh
 
 # A folder and tarball to copy to another Linux machine of the same architecture that has no Swift,
-# libomp, libpng or libjpeg: the stripped binary (Swift runtime inside) with the shared libraries it needs
-# beyond glibc and libstdc++ beside it, where its RUNPATH ($$ORIGIN) finds them first. The kernels
+# libomp, libpng or libjpeg: the stripped binary (Swift runtime inside) with the shared libraries it
+# needs beyond glibc and libstdc++ beside it, where its RUNPATH ($$ORIGIN) finds them first. The kernels
 # are built for this machine's SIMD (AVX-512 where it has it; `--version` says which): for a machine
 # without AVX-512, build with SALIENT_SIMD=avx2 make dist (the binary refuses to start otherwise).
 DIST_DIR   := dist/salient-$(shell uname -m)
