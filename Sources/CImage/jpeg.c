@@ -173,6 +173,7 @@ static uint8_t *orient(const uint8_t *src, uint32_t w, uint32_t h, int c, int o,
 static void sal_jpeg_setup(j_decompress_ptr cinfo, sal_jpeg_state *st, char *err, size_t errlen, char *warn,
                            size_t warnlen) {
     memset(st, 0, sizeof *st);
+    memset(cinfo, 0, sizeof *cinfo);   // the error path may destroy it before libjpeg initialised it
     cinfo->err = jpeg_std_error(&st->pub);
     st->pub.error_exit = sal_jpeg_error_exit;
     st->pub.emit_message = sal_jpeg_message;
@@ -182,6 +183,16 @@ static void sal_jpeg_setup(j_decompress_ptr cinfo, sal_jpeg_state *st, char *err
     st->warn = warn;
     st->warnlen = warnlen;
     if (warn && warnlen) warn[0] = 0;
+}
+
+/// Creates the decompressor over `data` (with the scan-limit monitor, APP1 markers saved) and reads
+/// the header. Called after the caller's setjmp: libjpeg's errors longjmp back to it.
+static void sal_jpeg_read_header(j_decompress_ptr cinfo, sal_jpeg_state *st, const uint8_t *data, size_t size) {
+    jpeg_create_decompress(cinfo);
+    cinfo->progress = &st->progress;
+    jpeg_mem_src(cinfo, data, (unsigned long)size);
+    jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xFFFF);
+    jpeg_read_header(cinfo, TRUE);
 }
 
 static int sal_jpeg_check_soi(const uint8_t *data, size_t size, char *err, size_t errlen) {
@@ -204,11 +215,7 @@ int sal_jpeg_info(const uint8_t *data, size_t size, sal_jpeg_info_t *info, char 
         jpeg_destroy_decompress(&cinfo);
         return st.code != SAL_OK ? st.code : SAL_ERR_CORRUPT;
     }
-    jpeg_create_decompress(&cinfo);
-    cinfo.progress = &st.progress;
-    jpeg_mem_src(&cinfo, data, (unsigned long)size);
-    jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
-    jpeg_read_header(&cinfo, TRUE);
+    sal_jpeg_read_header(&cinfo, &st, data, size);
     info->width = cinfo.image_width;
     info->height = cinfo.image_height;
     info->components = cinfo.num_components;
@@ -251,11 +258,7 @@ int sal_jpeg_decode(const uint8_t *data, size_t size, uint32_t min_side, uint64_
         free(cmyk);
         return st.code != SAL_OK ? st.code : SAL_ERR_CORRUPT;
     }
-    jpeg_create_decompress(&cinfo);
-    cinfo.progress = &st.progress;
-    jpeg_mem_src(&cinfo, data, (unsigned long)size);
-    jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
-    jpeg_read_header(&cinfo, TRUE);
+    sal_jpeg_read_header(&cinfo, &st, data, size);
 
     if (max_pixels > 0 && (uint64_t)cinfo.image_width * cinfo.image_height > max_pixels) {
         char msg[160];
@@ -349,6 +352,7 @@ int sal_jpeg_encode(const uint8_t *pixels, uint32_t width, uint32_t height, int 
     struct jpeg_compress_struct cinfo;
     sal_jpeg_state st;
     memset(&st, 0, sizeof st);
+    memset(&cinfo, 0, sizeof cinfo);
     cinfo.err = jpeg_std_error(&st.pub);
     st.pub.error_exit = sal_jpeg_error_exit;
     st.pub.emit_message = sal_jpeg_message;

@@ -187,19 +187,8 @@ public struct JPEGEncoding: OptionSet, Sendable {
 /// an `orientation` 2-8 is written as an EXIF APP1 marker. For tests and the fuzzer's seeds.
 public func encodeJPEG(width: Int, height: Int, channels: Int, pixels: [UInt8], quality: Int = 90,
                        encoding: JPEGEncoding = [], orientation: Int = 1) throws -> [UInt8] {
-    guard width > 0, height > 0, [1, 3, 4].contains(channels), pixels.count == width * height * channels else {
-        throw DataError(.invalidArgument, path: "",
-                        "encodeJPEG: \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
+    try encodeImage("encodeJPEG", width: width, height: height, channels: channels, pixels: pixels) { p, out, size, err in
+        sal_jpeg_encode(p, UInt32(width), UInt32(height), Int32(channels), Int32(quality), encoding.rawValue,
+                        Int32(orientation), &out, &size, err, 256)
     }
-    var out: UnsafeMutablePointer<UInt8>? = nil
-    var size = 0
-    var err = [CChar](repeating: 0, count: 256)
-    let code = pixels.withUnsafeBufferPointer { p in
-        sal_jpeg_encode(p.baseAddress, UInt32(width), UInt32(height), Int32(channels), Int32(quality), encoding.rawValue,
-                        Int32(orientation), &out, &size, &err, err.count)
-    }
-    if code != 0 { throw DataError(.writeFailed, path: "", cMessage(err)) }
-    guard let out else { throw DataError(.writeFailed, path: "", "encoder returned no data") }
-    defer { sal_free(out) }
-    return Array(UnsafeBufferPointer(start: out, count: size))
 }
