@@ -240,6 +240,9 @@ struct BenchLoader: ParsableCommand {
             r.add("images", ds.count); r.add("in_memory", ds.isInMemory ? 1 : 0); r.add("dct_scaling", fullDecode ? 0 : 1)
             r.add("img_per_s", ips); r.add("open_s", openSeconds); r.add("peak_rss_mb", rss)
             print(r.json)
+        } else if data == nil {
+            print(String(format: "loader: %.0f images/s (two %dx%d views each, %d thread(s), synthetic), peak resident memory %.0f MB",
+                         ips, res, res, threads, rss))
         } else {
             print(String(format: "loader: %.1f images/s (two %dx%d views each, %d thread(s), %@; %d images %@, JPEGs %@), "
                          + "peak resident memory %.0f MB; open %.1f s",
