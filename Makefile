@@ -4,7 +4,7 @@ SWIFT      ?= swift
 RELEASE    := -c release
 STATIC     := --static-swift-stdlib
 BIN        := bin/salient
-APT_PKGS   := libomp-dev libpng-dev zlib1g-dev libopenmpi-dev openmpi-bin
+APT_PKGS   := libomp-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libopenmpi-dev openmpi-bin
 DATA_PKGS  := dataset-fashion-mnist
 FMNIST     := /usr/share/datasets/fashion-mnist
 
@@ -86,8 +86,8 @@ test-arm:
 	bash Tests/ARM/run.sh
 
 # A folder and tarball to copy to another Linux machine of the same architecture that has no Swift,
-# libomp or libpng: the stripped binary (Swift runtime inside) with the shared libraries it needs
-# beyond glibc and libstdc++ beside it, where its RUNPATH ($$ORIGIN) finds them first. The kernels
+# libomp, libpng or libjpeg: the stripped binary (Swift runtime inside) with the shared libraries it
+# needs beyond glibc and libstdc++ beside it, where its RUNPATH ($$ORIGIN) finds them first. The kernels
 # are built for this machine's SIMD (AVX-512 where it has it; `--version` says which): for a machine
 # without AVX-512, build with SALIENT_SIMD=avx2 make dist (the binary refuses to start otherwise).
 DIST_DIR   := dist/salient-$(shell uname -m)
@@ -95,9 +95,9 @@ dist: build
 	rm -rf $(DIST_DIR) && mkdir -p $(DIST_DIR)
 	strip -o $(DIST_DIR)/salient $(BIN)
 	@readelf -d $(BIN) | grep -q 'RUNPATH.*\$$ORIGIN' || { echo "dist: $(BIN) has no \$$ORIGIN RUNPATH" >&2; exit 1; }
-	@for lib in $$(ldd $(BIN) | awk '/=> \// { print $$3 }' | grep -E '/lib(omp|png16|z)\.so[^/]*$$'); do \
+	@for lib in $$(ldd $(BIN) | awk '/=> \// { print $$3 }' | grep -E '/lib(omp|png16|jpeg|z)\.so[^/]*$$'); do \
 	    cp -L "$$lib" $(DIST_DIR)/ && echo "  + $$(basename $$lib)"; done
-	@ldd $(DIST_DIR)/salient | grep -E 'lib(omp|png16|z)\.so' | grep -v "$(CURDIR)/$(DIST_DIR)/" && \
+	@ldd $(DIST_DIR)/salient | grep -E 'lib(omp|png16|jpeg|z)\.so' | grep -v "$(CURDIR)/$(DIST_DIR)/" && \
 	    { echo "dist: a library resolves outside $(DIST_DIR)" >&2; exit 1; } || true
 	$(DIST_DIR)/salient --version
 	tar -C dist -czf $(DIST_DIR).tar.gz $(notdir $(DIST_DIR))

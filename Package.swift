@@ -78,7 +78,7 @@ let package = Package(
     targets: [
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
         .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
-                linkerSettings: [.linkedLibrary("png"), .linkedLibrary("z")]),
+                linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg"), .linkedLibrary("z")]),
         // Open MPI, loaded at run time (dlopen) only when the binary is started by mpirun.
         .target(name: "CMPI", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: swiftFlags),

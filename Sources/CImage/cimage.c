@@ -2,6 +2,7 @@
 // libpng reports errors by longjmp; every setjmp lives in this file and each error path frees what
 // was allocated before returning a code, so nothing longjmps into Swift.
 #include "cimage.h"
+#include "internal.h"
 #include <png.h>
 #include <zlib.h>
 #include <setjmp.h>
@@ -14,7 +15,7 @@ int sal_cimage_version(void) { return (int)png_access_version_number(); }
 void sal_free(void *p) { free(p); }
 uint32_t sal_crc32(const uint8_t *data, size_t size) { return (uint32_t)crc32(0L, data, (uInt)size); }
 
-static void set_err(char *err, size_t errlen, const char *msg) {
+void sal_set_err(char *err, size_t errlen, const char *msg) {
     if (err && errlen) snprintf(err, errlen, "%s", msg);
 }
 
@@ -32,7 +33,7 @@ typedef struct {
 static void sal_png_error(png_structp png, png_const_charp msg) {
     sal_reader *r = (sal_reader *)png_get_error_ptr(png);
     if (r->code == SAL_OK) r->code = SAL_ERR_CORRUPT;
-    set_err(r->err, r->errlen, msg);
+    sal_set_err(r->err, r->errlen, msg);
     png_longjmp(png, 1);
 }
 
@@ -57,15 +58,15 @@ int sal_png_info(const uint8_t *data, size_t size, uint32_t *width, uint32_t *he
     static const uint8_t sig[8] = {137, 80, 78, 71, 13, 10, 26, 10};
     size_t n = size < 8 ? size : 8;
     if (!data || memcmp(data, sig, n) != 0 || size == 0) {
-        set_err(err, errlen, "not a PNG file (bad signature)");
+        sal_set_err(err, errlen, "not a PNG file (bad signature)");
         return SAL_ERR_NOT_PNG;
     }
     if (size < 8 + 8 + 13) {
-        set_err(err, errlen, "unexpected end of data (truncated PNG)");
+        sal_set_err(err, errlen, "unexpected end of data (truncated PNG)");
         return SAL_ERR_TRUNCATED;
     }
     if (memcmp(data + 12, "IHDR", 4) != 0 || be32(data + 8) != 13) {
-        set_err(err, errlen, "IHDR chunk missing");
+        sal_set_err(err, errlen, "IHDR chunk missing");
         return SAL_ERR_CORRUPT;
     }
     *width = be32(data + 16);
@@ -73,7 +74,7 @@ int sal_png_info(const uint8_t *data, size_t size, uint32_t *width, uint32_t *he
     int ct = data[25];
     *native_channels = (ct == 0 || ct == 4) ? 1 : 3;
     if (*width == 0 || *height == 0 || *width > 0x7fffffffu || *height > 0x7fffffffu) {
-        set_err(err, errlen, "invalid image size in IHDR");
+        sal_set_err(err, errlen, "invalid image size in IHDR");
         return SAL_ERR_CORRUPT;
     }
     return SAL_OK;
@@ -89,7 +90,7 @@ int sal_png_decode(const uint8_t *data, size_t size, int want_channels, uint64_t
                    char *err, size_t errlen) {
     *out = NULL;
     if (want_channels != 0 && want_channels != 1 && want_channels != 3) {
-        set_err(err, errlen, "channels must be 0, 1 or 3");
+        sal_set_err(err, errlen, "channels must be 0, 1 or 3");
         return SAL_ERR_ARG;
     }
     {   // signature and the IHDR size check happen before libpng allocates anything
@@ -100,18 +101,18 @@ int sal_png_decode(const uint8_t *data, size_t size, int want_channels, uint64_t
             char msg[160];
             snprintf(msg, sizeof msg, "image size %ux%u exceeds the limit of %llu pixels",
                      w0, h0, (unsigned long long)max_pixels);
-            set_err(err, errlen, msg);
+            sal_set_err(err, errlen, msg);
             return SAL_ERR_TOO_LARGE;
         }
     }
 
     sal_reader r = {data, size, 0, err, errlen, SAL_OK};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, sal_png_error, sal_png_warning);
-    if (!png) { set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    if (!png) { sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
     png_infop info = png_create_info_struct(png);
     if (!info) {
         png_destroy_read_struct(&png, NULL, NULL);
-        set_err(err, errlen, "out of memory");
+        sal_set_err(err, errlen, "out of memory");
         return SAL_ERR_NOMEM;
     }
     // Pointers assigned after setjmp and read in the error path must be volatile.
@@ -136,7 +137,10 @@ int sal_png_decode(const uint8_t *data, size_t size, int want_channels, uint64_t
     }
     if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    // Alpha is dropped: the alpha channel of gray+alpha and RGBA, and the alpha that palette
+    // expansion makes from a tRNS chunk (gray and RGB tRNS stay unexpanded and are ignored).
+    if ((ct & PNG_COLOR_MASK_ALPHA) || (ct == PNG_COLOR_TYPE_PALETTE && png_get_valid(png, info, PNG_INFO_tRNS)))
+        png_set_strip_alpha(png);
     if (depth == 16 && host_is_little_endian()) png_set_swap(png);
     png_set_interlace_handling(png);
     png_read_update_info(png, info);
@@ -218,7 +222,7 @@ static void sal_png_flush_fn(png_structp png) { (void)png; }
 static void sal_png_write_error(png_structp png, png_const_charp msg) {
     sal_writer *wr = (sal_writer *)png_get_error_ptr(png);
     if (wr->code == SAL_OK) wr->code = SAL_ERR_CORRUPT;
-    set_err(wr->err, wr->errlen, msg);
+    sal_set_err(wr->err, wr->errlen, msg);
     png_longjmp(png, 1);
 }
 
@@ -227,16 +231,16 @@ int sal_png_encode(const uint8_t *pixels, uint32_t width, uint32_t height, int c
     *out = NULL;
     *out_size = 0;
     if (!pixels || width == 0 || height == 0 || (channels != 1 && channels != 3 && channels != 4)) {
-        set_err(err, errlen, "invalid image for PNG encoding");
+        sal_set_err(err, errlen, "invalid image for PNG encoding");
         return SAL_ERR_ARG;
     }
     sal_writer wr = {NULL, 0, 0, err, errlen, SAL_OK};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, sal_png_write_error, sal_png_warning);
-    if (!png) { set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    if (!png) { sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
     png_infop info = png_create_info_struct(png);
     if (!info) {
         png_destroy_write_struct(&png, NULL);
-        set_err(err, errlen, "out of memory");
+        sal_set_err(err, errlen, "out of memory");
         return SAL_ERR_NOMEM;
     }
     if (setjmp(png_jmpbuf(png))) {
@@ -271,11 +275,11 @@ int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out
     *out_size = 0;
     z_stream zs;
     memset(&zs, 0, sizeof zs);
-    if (inflateInit2(&zs, 15 + 32) != Z_OK) { set_err(err, errlen, "zlib init failed"); return SAL_ERR_NOMEM; }
+    if (inflateInit2(&zs, 15 + 32) != Z_OK) { sal_set_err(err, errlen, "zlib init failed"); return SAL_ERR_NOMEM; }
     size_t cap = size < (SIZE_MAX / 4) ? size * 4 + 4096 : size;
     if (max_out > 0 && cap > max_out + 1) cap = (size_t)max_out + 1;
     uint8_t *buf = (uint8_t *)malloc(cap);
-    if (!buf) { inflateEnd(&zs); set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    if (!buf) { inflateEnd(&zs); sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
     size_t in_pos = 0, produced = 0;
     int code = SAL_OK;
     for (;;) {
@@ -290,7 +294,7 @@ int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out
             size_t ncap = cap * 2;
             if (max_out > 0 && ncap > max_out + 1) ncap = (size_t)max_out + 1;
             uint8_t *p = (uint8_t *)realloc(buf, ncap);
-            if (!p) { code = SAL_ERR_NOMEM; set_err(err, errlen, "out of memory"); break; }
+            if (!p) { code = SAL_ERR_NOMEM; sal_set_err(err, errlen, "out of memory"); break; }
             buf = p;
             cap = ncap;
         }
@@ -302,7 +306,7 @@ int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out
         produced += room - zs.avail_out;
         if (max_out > 0 && produced > max_out) {
             code = SAL_ERR_TOO_LARGE;
-            set_err(err, errlen, "decompressed data exceeds the size limit");
+            sal_set_err(err, errlen, "decompressed data exceeds the size limit");
             break;
         }
         if (ret == Z_STREAM_END) {
@@ -311,7 +315,7 @@ int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out
             size_t left = zs.avail_in + (size - in_pos);
             const uint8_t *next = zs.next_in;
             if (left >= 2 && next[0] == 0x1f && next[1] == 0x8b) {
-                if (inflateReset(&zs) != Z_OK) { code = SAL_ERR_CORRUPT; set_err(err, errlen, "zlib reset failed"); break; }
+                if (inflateReset(&zs) != Z_OK) { code = SAL_ERR_CORRUPT; sal_set_err(err, errlen, "zlib reset failed"); break; }
                 continue;
             }
             break;
@@ -320,13 +324,13 @@ int sal_gunzip(const uint8_t *data, size_t size, uint64_t max_out, uint8_t **out
         if (ret == Z_BUF_ERROR) {
             if (zs.avail_in == 0 && in_pos >= size) {
                 code = SAL_ERR_TRUNCATED;
-                set_err(err, errlen, "compressed data ends early (truncated gzip)");
+                sal_set_err(err, errlen, "compressed data ends early (truncated gzip)");
                 break;
             }
             continue;   // output buffer full: grown at the top of the loop
         }
         code = SAL_ERR_CORRUPT;
-        set_err(err, errlen, zs.msg ? zs.msg : "invalid compressed data");
+        sal_set_err(err, errlen, zs.msg ? zs.msg : "invalid compressed data");
         break;
     }
     inflateEnd(&zs);
@@ -341,14 +345,14 @@ int sal_gzip(const uint8_t *data, size_t size, uint8_t **out, size_t *out_size, 
     *out_size = 0;
     z_stream zs;
     memset(&zs, 0, sizeof zs);
-    if (size > UINT_MAX) { set_err(err, errlen, "input too large"); return SAL_ERR_ARG; }
+    if (size > UINT_MAX) { sal_set_err(err, errlen, "input too large"); return SAL_ERR_ARG; }
     if (deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-        set_err(err, errlen, "zlib init failed");
+        sal_set_err(err, errlen, "zlib init failed");
         return SAL_ERR_NOMEM;
     }
     size_t cap = deflateBound(&zs, (uLong)size) + 64;
     uint8_t *buf = (uint8_t *)malloc(cap);
-    if (!buf) { deflateEnd(&zs); set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
+    if (!buf) { deflateEnd(&zs); sal_set_err(err, errlen, "out of memory"); return SAL_ERR_NOMEM; }
     zs.next_in = (Bytef *)data;
     zs.avail_in = (uInt)size;
     zs.next_out = buf;
@@ -356,7 +360,7 @@ int sal_gzip(const uint8_t *data, size_t size, uint8_t **out, size_t *out_size, 
     int ret = deflate(&zs, Z_FINISH);
     size_t n = cap - zs.avail_out;
     deflateEnd(&zs);
-    if (ret != Z_STREAM_END) { free(buf); set_err(err, errlen, "deflate failed"); return SAL_ERR_CORRUPT; }
+    if (ret != Z_STREAM_END) { free(buf); sal_set_err(err, errlen, "deflate failed"); return SAL_ERR_CORRUPT; }
     *out = buf;
     *out_size = n;
     return SAL_OK;

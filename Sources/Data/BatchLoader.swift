@@ -249,3 +249,60 @@ public func benchmarkLoader(dataset: ImageDataset, config: AugmentConfig, batchS
     let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     return Double(n) / dt
 }
+
+/// What `benchmarkDecode` measured: seconds per image of decoding plus one view's crop and resample,
+/// at full size and at the DCT reduction `target` allows, on one thread.
+public struct DecodeBenchmark: Sendable {
+    public var images: Int
+    public var fullSeconds: Double
+    public var scaledSeconds: Double
+    /// Images decoded at each reduction (1, 2, 4, 8) under the target.
+    public var reductions: [Int: Int]
+    public var speedup: Double { fullSeconds / scaledSeconds }
+}
+
+/// Decode + one view, per image, on the calling thread: each of `files` (PNG or JPEG bytes, already
+/// in memory: no file I/O is timed) is decoded at full size and at `DecodeTarget.views(config)`, and
+/// each decode is followed by what the loader does before the colour steps: the 8-bit -> float
+/// conversion, a RandomResizedCrop box and the antialiased resample to config.size. Full and scaled
+/// decodes alternate image by image, `rounds` times over the files; the crop box fractions are the
+/// same for both. A scaled decode that is not within the view's needs would be a bug: checked.
+public func benchmarkDecode(files: [[UInt8]], config: AugmentConfig, rounds: Int = 3) throws -> DecodeBenchmark {
+    let target = DecodeTarget.views(config)
+    let out = UnsafeMutablePointer<Float>.allocate(capacity: config.size * config.size * 3)
+    defer { out.deallocate() }
+    var full = 0.0, scaled = 0.0
+    var reductions = [Int: Int]()
+    func oneView(_ bytes: [UInt8], _ t: DecodeTarget, seed: UInt64) throws -> (Double, Int) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var reduction = 1
+        let p: Pixels8
+        if hasJPEGSignature(bytes) {
+            let d = try decodeJPEG8(bytes, target: t, maxPixels: defaultMaxPixels, name: "bench")
+            (p, reduction) = (d.pixels, d.reduction)
+        } else {
+            p = try decodeImage8(bytes, target: t, maxPixels: defaultMaxPixels, name: "bench").pixels
+        }
+        let img = p.floatImage(channels: p.channels)
+        var rng = SplitMix64(seed: seed)
+        let box = randomResizedCropBox(height: img.height, width: img.width, scale: config.cropScale,
+                                       ratio: config.cropRatio, rng: &rng)
+        img.pixels.withUnsafeBufferPointer { src in
+            resampleBilinear(src.baseAddress!, height: img.height, width: img.width, channels: img.channels,
+                             top: box.top, left: box.left, cropHeight: box.height, cropWidth: box.width,
+                             outHeight: config.size, outWidth: config.size, out: out)
+        }
+        return (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9, reduction)
+    }
+    for round in 0..<rounds {
+        for (i, f) in files.enumerated() {
+            let seed = SplitMix64.derive(UInt64(round), UInt64(i))
+            full += try oneView(f, .full, seed: seed).0
+            let (t, r) = try oneView(f, target, seed: seed)
+            scaled += t
+            if round == 0 { reductions[r, default: 0] += 1 }
+        }
+    }
+    let n = Double(files.count * rounds)
+    return DecodeBenchmark(images: files.count, fullSeconds: full / n, scaledSeconds: scaled / n, reductions: reductions)
+}

@@ -7,9 +7,10 @@ import Darwin
 #endif
 
 /// A set of images, held in memory as 8-bit samples when they fit in the memory budget, otherwise
-/// read from disk on each access. Either way `image(at:)` returns the same pixels: stored values are
-/// always quantised to 8 bits (16-bit PNGs included, as PIL would load them for torchvision) and
-/// converted to `channels` in 8-bit arithmetic. Immutable and safe to share between threads.
+/// read from disk and decoded on each access. Either way `image(at:)` returns the same pixels: stored
+/// values are always quantised to 8 bits (16-bit PNGs included, as PIL would load them for
+/// torchvision), JPEGs decoded at the dataset's `decodeTarget`, and converted to `channels` in 8-bit
+/// arithmetic. Immutable and safe to share between threads.
 public struct ImageDataset: Sendable {
     /// Number of images.
     public var count: Int { store.count }
@@ -19,10 +20,18 @@ public struct ImageDataset: Sendable {
     public let labels: [Int32]?
     /// Label names: class folder names (sorted), or Fashion-MNIST's names, or "0"..."9".
     public let classNames: [String]
+    /// What the labels are: class folder names, matched by name between datasets (`relabeled(as:)`),
+    /// or numbers (IDX labels, synthetic), matched by value. Nil without labels.
+    public let labelSource: LabelSource?
     /// Where the dataset came from.
     public let source: String
     /// Files that were skipped as bad (`skipBad`), each with its error.
     public let skipped: [DataError]
+    /// Files that decoded with a libjpeg warning that leaves the pixels as encoded (extra bytes
+    /// between markers, an unknown JFIF version, a bad ICC chunk), each with the warning.
+    public let warnings: [DataError]
+    /// How small JPEGs are decoded (DCT scaling); `.full` for datasets that are not image folders.
+    public let decodeTarget: DecodeTarget
     let store: ImageStore
 
     /// True when pixels are held in memory; false when each access reads the disk.
@@ -38,13 +47,45 @@ public struct ImageDataset: Sendable {
         return try store.image(i, channels: channels)
     }
 
-    init(channels: Int, labels: [Int32]?, classNames: [String], source: String, skipped: [DataError], store: ImageStore) {
+    init(channels: Int, labels: [Int32]?, classNames: [String], labelSource: LabelSource?, source: String,
+         skipped: [DataError], warnings: [DataError] = [], decodeTarget: DecodeTarget = .full, store: ImageStore) {
         self.channels = channels
         self.labels = labels
         self.classNames = classNames
+        self.labelSource = labels == nil ? nil : labelSource
         self.source = source
         self.skipped = skipped
+        self.warnings = warnings
+        self.decodeTarget = decodeTarget
         self.store = store
+    }
+
+    /// The same images with labels that index `train.classNames`, so that a class keeps its number
+    /// between a train and a test set: class folders are matched by name (a test folder may lack some
+    /// of train's classes, or list them in another order); numeric labels (IDX) keep their values.
+    /// A class of this dataset that has images but no class of that name in `train` is an error
+    /// naming it: its images could never be classified correctly.
+    public func relabeled(as train: ImageDataset) throws -> ImageDataset {
+        guard let labels, let own = labelSource, let theirs = train.labelSource else {
+            throw DataError(.invalidArgument, path: labels == nil ? source : train.source, "has no labels")
+        }
+        if own == .numbers && theirs == .numbers { return self }
+        var index = [String: Int32]()
+        for (i, name) in train.classNames.enumerated() where index[name] == nil { index[name] = Int32(i) }
+        let used = Set(labels).sorted()
+        let missing = used.map { classNames[Int($0)] }.filter { index[$0] == nil }
+        if !missing.isEmpty {
+            func list(_ names: [String]) -> String {
+                names.prefix(10).map(displayPath).joined(separator: ", ") + (names.count > 10 ? ", ... (\(names.count) in all)" : "")
+            }
+            throw DataError(.classMismatch, path: source,
+                            "class\(missing.count == 1 ? "" : "es") \(list(missing)) not found among the classes of "
+                            + "\(displayPath(train.source)) (\(list(train.classNames))): labels are matched by class name")
+        }
+        let map = classNames.map { index[$0] ?? -1 }
+        return ImageDataset(channels: channels, labels: labels.map { map[Int($0)] }, classNames: train.classNames,
+                            labelSource: own, source: source, skipped: skipped, warnings: warnings,
+                            decodeTarget: decodeTarget, store: store)
     }
 
     /// A dataset of smooth random images (gradients plus blobs), for benchmarks and tests.
@@ -73,8 +114,16 @@ public struct ImageDataset: Sendable {
         let store = ImageStore(kind: .uniform(bytes: bytes, width: width, height: height, channels: channels),
                                count: count, names: [], source: "synthetic")
         return ImageDataset(channels: channels, labels: labels, classNames: (0..<classes).map(String.init),
-                            source: "synthetic", skipped: [], store: store)
+                            labelSource: .numbers, source: "synthetic", skipped: [], store: store)
     }
+}
+
+/// Where a dataset's labels come from.
+public enum LabelSource: Sendable, Equatable {
+    /// First-level subfolders of an image folder, one per class: matched by name.
+    case classFolders
+    /// Numbers (an IDX labels file, synthetic data): matched by value.
+    case numbers
 }
 
 /// Where the pixels live. Immutable after creation (the streaming file descriptor is only read
@@ -85,8 +134,8 @@ final class ImageStore: @unchecked Sendable {
         case uniform(bytes: [UInt8], width: Int, height: Int, channels: Int)
         /// Variable-size 8-bit images already converted to the dataset's channels.
         case packed(bytes: [UInt8], offsets: [Int], sizes: [(Int, Int)])
-        /// PNG files decoded on access.
-        case pngFiles(paths: [String], maxPixels: Int)
+        /// PNG and JPEG files read and decoded on access (JPEGs at `target`).
+        case files(paths: [String], maxPixels: Int, target: DecodeTarget)
         /// An uncompressed IDX file read with pread.
         case idxFile(fd: Int32, headerBytes: Int, width: Int, height: Int, channels: Int)
     }
@@ -119,9 +168,8 @@ final class ImageStore: @unchecked Sendable {
             let (w, h) = sizes[i]
             return floatImage(bytes[offsets[i]..<(offsets[i] + w * h * channels)], width: w, height: h,
                               from: channels, to: channels)
-        case .pngFiles(let paths, let maxPixels):
-            let (w, h, c, b) = try decode8(path: paths[i], maxPixels: maxPixels)
-            return floatImage(b[...], width: w, height: h, from: c, to: channels)
+        case .files(let paths, let maxPixels, let target):
+            return try decodeFile8(paths[i], target: target, maxPixels: maxPixels).pixels.floatImage(channels: channels)
         case .idxFile(let fd, let header, let w, let h, let c):
             let n = w * h * c
             var buf = [UInt8](repeating: 0, count: n)
@@ -133,14 +181,12 @@ final class ImageStore: @unchecked Sendable {
 }
 
 func floatImage(_ b: ArraySlice<UInt8>, width: Int, height: Int, from: Int, to: Int) -> Image {
-    let src = from == to ? Array(b) : convertChannels8(Array(b), pixels: width * height, from: from, to: to)
-    return Image(width: width, height: height, channels: to, pixels: src.map { Float($0) / 255 })
+    Pixels8(width: width, height: height, channels: from, bytes: Array(b)).floatImage(channels: to)
 }
 
-/// Decodes a PNG file to native channels quantised to 8 bits.
-func decode8(path: String, maxPixels: Int) throws -> (Int, Int, Int, [UInt8]) {
-    let img = try readPNG(path: path, channels: nil, maxPixels: maxPixels)
-    return (img.width, img.height, img.channels, img.pixels.map(quantize8))
+/// Reads and decodes a PNG or JPEG file to its native channels in 8 bits.
+func decodeFile8(_ path: String, target: DecodeTarget, maxPixels: Int) throws -> (pixels: Pixels8, warning: String?) {
+    try decodeImage8(try readFileBytes(path), target: target, maxPixels: maxPixels, name: path)
 }
 
 /// Opens datasets from a path.
@@ -151,34 +197,50 @@ public enum DatasetLoader {
     }
 
     /// Opens `path`:
-    /// - a folder: every `*.png` below it (recursively, sorted by relative path; other files are
-    ///   ignored). When every image lies inside a first-level subfolder, those folders are the classes
-    ///   (sorted by name) and give the labels; otherwise there are no labels.
+    /// - a folder: every `*.png`, `*.jpg` and `*.jpeg` below it (any case; recursively, following
+    ///   symbolic links, sorted by relative path; other files are ignored). When every image lies
+    ///   inside a first-level subfolder, those folders are the classes (sorted by name) and give the
+    ///   labels; otherwise there are no labels.
     /// - an IDX images file (`*-images-idx3-ubyte`, gzipped or not; detected by content): labels come
     ///   from `*-labels-idx1-ubyte[.gz]` beside it when present.
-    /// - a single PNG file.
+    /// - a single PNG or JPEG file.
     /// `limit` keeps the first N (good) images. `channels` forces 1 or 3; nil gives 3 when any image
-    /// is in colour, else 1. Every PNG is decoded once while opening, so a bad file is reported here,
-    /// naming it; with `skipBad` it is left out and listed in `skipped` instead. Images are held in
-    /// memory when their 8-bit size fits `memoryBudget`, otherwise streamed from disk.
+    /// is in colour, else 1. Every image is decoded once while opening, so a bad file is reported here,
+    /// naming it; with `skipBad` it is left out and listed in `skipped` instead. JPEGs are decoded as
+    /// small as `decode` allows (DCT scaling; `.full` by default), in memory and streamed alike.
+    /// Images are held in memory when their 8-bit size fits `memoryBudget`, otherwise read and
+    /// decoded again on each access. JPEG warnings that leave the pixels as encoded are listed in
+    /// `warnings` and, with `reportWarnings`, summarised on stderr.
     public static func open(path: String, limit: Int? = nil, skipBad: Bool = false, channels: Int? = nil,
-                            memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels) throws -> ImageDataset {
+                            memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels, decode: DecodeTarget = .full,
+                            reportWarnings: Bool = true) throws -> ImageDataset {
         if let channels, channels != 1 && channels != 3 {
             throw DataError(.invalidArgument, path: path, "channels must be 1 or 3 (got \(channels))")
         }
         if let limit, limit < 1 { throw DataError(.invalidArgument, path: path, "limit must be at least 1 (got \(limit))") }
         let budget = memoryBudget ?? defaultMemoryBudget
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw DataError(.notFound, path: path, "no such file or folder")
+        var st = stat()
+        if stat(path, &st) != 0 {
+            let err = errno
+            var lst = stat()
+            if err == ENOENT && lstat(path, &lst) != 0 { throw DataError(.notFound, path: path, "no such file or folder") }
+            throw DataError(.unreadable, path: path, unreadableReason(path, errno: err))
         }
-        if isDir.boolValue {
-            return try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            let ds = try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget,
+                                    maxPixels: maxPixels, target: decode)
+            if reportWarnings { printWarnings(ds) }
+            return ds
+        }
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            throw DataError(.unreadable, path: path, "not a regular file (\(fileTypeName(st.st_mode))): give a folder, an image file or an IDX file")
         }
         let head = try readHead(path, 8)
-        if head.count >= 8 && head == [137, 80, 78, 71, 13, 10, 26, 10] {
-            let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, labeled: false,
-                                   limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels)
+        if hasPNGSignature(head) || hasJPEGSignature(head) {
+            let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, classNames: [],
+                                   limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels,
+                                   target: decode)
+            if reportWarnings { printWarnings(ds) }
             return ds
         }
         let isGz = head.count >= 2 && head[0] == 0x1f && head[1] == 0x8b
@@ -189,63 +251,130 @@ public enum DatasetLoader {
         if path.lowercased().hasSuffix(".png") {
             throw DataError(.notPNG, path: path, "not a PNG file (bad signature)")
         }
-        throw DataError(.invalidArgument, path: path, "neither a folder, a PNG file nor an IDX file")
+        if isImageName(path) { throw DataError(.notJPEG, path: path, "not a JPEG file (no start-of-image marker)") }
+        throw DataError(.invalidArgument, path: path, "neither a folder, a PNG or JPEG file nor an IDX file")
     }
 
-    static func readHead(_ path: String, _ n: Int) throws -> [UInt8] {
-        guard let fh = FileHandle(forReadingAtPath: path) else {
-            throw DataError(.unreadable, path: path, "cannot open file for reading (permission denied?)")
+    static func readHead(_ path: String, _ n: Int) throws -> [UInt8] { try readFileBytes(path, limit: n) }
+
+    // MARK: image folders
+
+    /// File name extensions of the images a folder contributes (compared in lower case).
+    static let imageExtensions: Set<String> = ["png", "jpg", "jpeg"]
+
+    static func isImageName(_ name: String) -> Bool {
+        guard let dot = name.lastIndex(of: ".") else { return false }
+        return imageExtensions.contains(name[name.index(after: dot)...].lowercased())
+    }
+
+    /// What walking a folder found: image files (paths relative to the root, sorted) and what could
+    /// not be read.
+    struct FolderScan {
+        var files: [String] = []
+        var problems: [DataError] = []
+    }
+
+    /// Walks `root` recursively, following symbolic links (to files and to folders; a link back to a
+    /// folder on the current path is a loop and is not entered again). Image files are listed; a
+    /// folder that cannot be read, a broken or looping symbolic link (it may have been a class folder)
+    /// and an image name that is not a regular file (a FIFO would block a read forever) are problems.
+    static func scanFolder(_ root: String) -> FolderScan {
+        var scan = FolderScan()
+        struct FileID: Hashable { var dev: UInt64, ino: UInt64 }
+        var onPath = Set<FileID>()
+        func walk(_ dir: String, _ rel: String, _ id: FileID) {
+            guard let d = opendir(dir) else {
+                scan.problems.append(DataError(.unreadable, path: dir,
+                                               "cannot read folder: \(String(cString: strerror(errno)))"))
+                return
+            }
+            var names = [String]()
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(d)
+            onPath.insert(id)
+            for name in names.sorted() {
+                let full = dir + "/" + name, r = rel.isEmpty ? name : rel + "/" + name
+                var st = stat()
+                if stat(full, &st) != 0 {
+                    scan.problems.append(DataError(.unreadable, path: full, unreadableReason(full, errno: errno)))
+                    continue
+                }
+                switch st.st_mode & S_IFMT {
+                case S_IFDIR:
+                    let sub = FileID(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+                    if !onPath.contains(sub) { walk(full, r, sub) }
+                case S_IFREG:
+                    if isImageName(name) { scan.files.append(r) }
+                default:
+                    if isImageName(name) {
+                        scan.problems.append(DataError(.unreadable, path: full, "not a regular file (\(fileTypeName(st.st_mode)))"))
+                    }
+                }
+            }
+            onPath.remove(id)
         }
-        defer { try? fh.close() }
-        return [UInt8]((try? fh.read(upToCount: n)) ?? Foundation.Data())
+        var st = stat()
+        if stat(root, &st) != 0 {
+            scan.problems.append(DataError(.unreadable, path: root, unreadableReason(root, errno: errno)))
+            return scan
+        }
+        walk(root, "", FileID(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
+        scan.files.sort()
+        return scan
     }
-
-    // MARK: PNG folders
 
     static func openFolder(_ root: String, limit: Int?, skipBad: Bool, channels: Int?, budget: Int,
-                           maxPixels: Int) throws -> ImageDataset {
-        let fm = FileManager.default
-        guard let en = fm.enumerator(atPath: root) else {
-            throw DataError(.unreadable, path: root, "cannot list folder")
+                           maxPixels: Int, target: DecodeTarget) throws -> ImageDataset {
+        let scan = scanFolder(root)
+        if let first = scan.problems.first, !skipBad { throw first }
+        let rel = scan.files
+        if rel.isEmpty {
+            throw DataError(.emptyDataset, path: root, "no PNG or JPEG files found in this folder (searched recursively)"
+                            + (scan.problems.isEmpty ? "" : "; \(scan.problems.count) unreadable entr\(scan.problems.count == 1 ? "y" : "ies") skipped"))
         }
-        var rel = [String]()
-        while let f = en.nextObject() as? String {
-            if f.lowercased().hasSuffix(".png") {
-                var isDir: ObjCBool = false
-                let full = root + "/" + f
-                if fm.fileExists(atPath: full, isDirectory: &isDir), isDir.boolValue { continue }
-                rel.append(f)
-            }
-        }
-        rel.sort()
-        if rel.isEmpty { throw DataError(.emptyDataset, path: root, "no PNG files found in this folder (searched recursively)") }
+        // Classes: the first-level folders holding images, all of them, whatever `limit` keeps.
         let labeled = rel.allSatisfy { $0.contains("/") }
-        return try openFiles(rel.map { root + "/" + $0 }, root: root, labeled: labeled, limit: limit, skipBad: skipBad,
-                             channels: channels, budget: budget, maxPixels: maxPixels)
+        let classNames = labeled ? Array(Set(rel.map { String($0.prefix { $0 != "/" }) })).sorted() : []
+        return try openFiles(rel.map { root + "/" + $0 }, root: root, classNames: classNames, limit: limit, skipBad: skipBad,
+                             skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels,
+                             target: target)
     }
 
     /// Thread-safe result slots for the parallel decode.
     final class Results: @unchecked Sendable {
-        var items: [Result<(Int, Int, Int, [UInt8]), DataError>?]
+        var items: [Result<(pixels: Pixels8, warning: String?), DataError>?]
         init(_ n: Int) { items = .init(repeating: nil, count: n) }
     }
 
-    static func openFiles(_ paths: [String], root: String, labeled: Bool, limit: Int?, skipBad: Bool,
-                          channels: Int?, budget: Int, maxPixels: Int) throws -> ImageDataset {
+    /// Decodes `paths` (every one once, in parallel chunks) until `limit` good images are found.
+    /// `classNames` non-empty: each path's first component below `root` is its class.
+    static func openFiles(_ paths: [String], root: String, classNames: [String], limit: Int?, skipBad: Bool,
+                          skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int,
+                          target: DecodeTarget) throws -> ImageDataset {
         var good: [(path: String, w: Int, h: Int, c: Int, bytes: [UInt8]?)] = []
-        var skipped = [DataError]()
+        var skipped = skipped
+        var warnings = [DataError]()
         var stored = 0
-        var keep = true
+        var keep = budget > 0
         let want = limit ?? Int.max
-        let chunk = 256
+        // Decode in chunks (in parallel within a chunk) until `limit` good images are found. Small
+        // chunks bound what is held before the budget is known to be exceeded; once it is, only
+        // each image's size is kept.
+        let chunk = 32
         var start = 0
-        // Decode in chunks (in parallel within a chunk) until `limit` good images are found.
         while start < paths.count && good.count < want {
             let end = min(paths.count, start + chunk)
             let res = Results(end - start)
-            let base = start
+            let base = start, holding = keep
             DispatchQueue.concurrentPerform(iterations: end - start) { k in
-                do { res.items[k] = .success(try decode8(path: paths[base + k], maxPixels: maxPixels)) }
+                do {
+                    var d = try decodeFile8(paths[base + k], target: target, maxPixels: maxPixels)
+                    if !holding { d.pixels.bytes = [] }
+                    res.items[k] = .success(d)
+                }
                 catch let e as DataError { res.items[k] = .failure(e) }
                 catch { res.items[k] = .failure(DataError(.corrupt, path: paths[base + k], "\(error)")) }
             }
@@ -254,7 +383,9 @@ public enum DatasetLoader {
                 case .failure(let e):
                     if !skipBad { throw e }
                     skipped.append(e)
-                case .success(let (w, h, c, b)):
+                case .success(let (p, warning)):
+                    let (w, h, c, b) = (p.width, p.height, p.channels, p.bytes)
+                    if let warning { warnings.append(DataError(.corrupt, path: paths[base + k], warning)) }
                     stored += w * h * max(c, channels ?? c)
                     if keep && stored > budget {
                         keep = false
@@ -266,17 +397,13 @@ public enum DatasetLoader {
             start = end
         }
         if good.isEmpty {
-            throw DataError(.emptyDataset, path: root, "no readable PNG files (\(skipped.count) skipped as bad)")
+            throw DataError(.emptyDataset, path: root, "no readable PNG or JPEG files (\(skipped.count) skipped as bad)")
         }
         let outC = channels ?? (good.contains { $0.c == 3 } ? 3 : 1)
         var labels: [Int32]? = nil
-        var classNames = [String]()
-        if labeled {
-            let prefix = root.hasSuffix("/") ? root : root + "/"
-            let cls = good.map { String($0.path.dropFirst(prefix.count).split(separator: "/").first!) }
-            classNames = Array(Set(cls)).sorted()
+        if !classNames.isEmpty {
             let index = Dictionary(uniqueKeysWithValues: classNames.enumerated().map { ($1, Int32($0)) })
-            labels = cls.map { index[$0]! }
+            labels = good.map { index[String($0.path.dropFirst(root.count + 1).prefix { $0 != "/" })]! }
         }
         let store: ImageStore
         if keep {
@@ -291,11 +418,21 @@ public enum DatasetLoader {
             store = ImageStore(kind: .packed(bytes: bytes, offsets: offsets, sizes: sizes), count: good.count,
                                names: good.map(\.path), source: root)
         } else {
-            store = ImageStore(kind: .pngFiles(paths: good.map(\.path), maxPixels: maxPixels), count: good.count,
+            store = ImageStore(kind: .files(paths: good.map(\.path), maxPixels: maxPixels, target: target), count: good.count,
                                names: good.map(\.path), source: root)
         }
-        return ImageDataset(channels: outC, labels: labels, classNames: classNames, source: root, skipped: skipped,
-                            store: store)
+        return ImageDataset(channels: outC, labels: labels, classNames: classNames, labelSource: .classFolders,
+                            source: root, skipped: skipped, warnings: warnings, decodeTarget: target, store: store)
+    }
+
+    /// Writes a summary of `dataset.warnings` to stderr: up to 5 files, then a count.
+    static func printWarnings(_ dataset: ImageDataset) {
+        let w = dataset.warnings
+        guard !w.isEmpty else { return }
+        var text = ""
+        for e in w.prefix(5) { text += "warning: \(e) (decoded; the pixels are as encoded)\n" }
+        if w.count > 5 { text += "warning: \(w.count - 5) more file(s) of \(displayPath(dataset.source)) with JPEG warnings\n" }
+        FileHandle.standardError.write(Foundation.Data(text.utf8))
     }
 
     // MARK: IDX
@@ -367,8 +504,8 @@ public enum DatasetLoader {
             let k = Int(l.max() ?? 0) + 1
             classNames = path.lowercased().contains("fashion") && k <= 10 ? fashionNames : (0..<k).map(String.init)
         }
-        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, source: path,
-                            skipped: [], store: store)
+        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, labelSource: .numbers,
+                            source: path, skipped: [], store: store)
     }
 }
 

@@ -17,6 +17,8 @@ func dataErrorKind(_ code: Int32) -> DataError.Kind {
     case 3: return .truncated
     case 4: return .tooLarge
     case 7: return .invalidArgument
+    case 8: return .notJPEG
+    case 9: return .unsupported
     default: return .corrupt
     }
 }
@@ -65,16 +67,24 @@ public func readPNG(path: String, channels: Int? = nil, maxPixels: Int = default
 
 /// Encodes 8-bit HWC pixels (channels 1, 3 or 4) as PNG bytes.
 public func encodePNG(width: Int, height: Int, channels: Int, pixels: [UInt8]) throws -> [UInt8] {
+    try encodeImage("encodePNG", width: width, height: height, channels: channels, pixels: pixels) { p, out, size, err in
+        sal_png_encode(p, UInt32(width), UInt32(height), Int32(channels), &out, &size, err, 256)
+    }
+}
+
+/// Checks that `pixels` holds width x height x channels (1, 3 or 4) bytes, then runs a CImage encoder
+/// (`encode(pixels, &out, &size, err)`, err 256 bytes) and returns the bytes it made.
+func encodeImage(_ name: String, width: Int, height: Int, channels: Int, pixels: [UInt8],
+                 _ encode: (UnsafePointer<UInt8>?, inout UnsafeMutablePointer<UInt8>?, inout Int, UnsafeMutablePointer<CChar>) -> Int32)
+    throws -> [UInt8] {
     guard width > 0, height > 0, [1, 3, 4].contains(channels), pixels.count == width * height * channels else {
         throw DataError(.invalidArgument, path: "",
-                        "encodePNG: \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
+                        "\(name): \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
     }
     var out: UnsafeMutablePointer<UInt8>? = nil
     var size = 0
     var err = [CChar](repeating: 0, count: 256)
-    let code = pixels.withUnsafeBufferPointer { p in
-        sal_png_encode(p.baseAddress, UInt32(width), UInt32(height), Int32(channels), &out, &size, &err, err.count)
-    }
+    let code = pixels.withUnsafeBufferPointer { p in err.withUnsafeMutableBufferPointer { e in encode(p.baseAddress, &out, &size, e.baseAddress!) } }
     if code != 0 { throw DataError(.writeFailed, path: "", cMessage(err)) }
     guard let out else { throw DataError(.writeFailed, path: "", "encoder returned no data") }
     defer { sal_free(out) }

@@ -247,28 +247,85 @@ struct BenchExtract: ParsableCommand {
 struct BenchLoader: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loader",
-        abstract: "Images/s of the data loader: two augmented views per image, on background threads.")
+        abstract: "Images/s of the data loader: two augmented views per image, on background threads.",
+        discussion: """
+        With --data a folder of JPEGs, images are decoded as small as the views allow (DCT scaling, \
+        DecodeTarget.views) unless --full-decode; --stream decodes every image on each access (nothing \
+        decoded is held in memory), as a PyTorch ImageFolder does. --decode-compare instead times, on one \
+        thread, the decode of each image plus one view's crop and resample at full size and DCT-scaled.
+        """)
 
-    @Option(help: "A dataset (PNG folder or IDX file); default: synthetic 32x32 RGB images.") var data: String?
+    @Option(help: "A dataset (PNG/JPEG folder or IDX file); default: synthetic 32x32 RGB images.") var data: String?
     @Option var res = 32
     @Option var batch = 256
     @Option(help: "Loader threads.") var threads = 2
     @Option var limit = 8192
+    @Option(help: "Timed batches (after one warm-up batch).") var batches = 20
+    @Flag(help: "Decode every image on each access instead of holding decoded images in memory.") var stream = false
+    @Flag(help: "Decode JPEGs at full size (no DCT scaling).") var fullDecode = false
+    @Flag(help: "Time decode + one view per image, full size against DCT-scaled, on one thread (needs --data).")
+    var decodeCompare = false
     @Flag(help: "High-pass filter the views (the hp fill's input).") var highPass = false
     @Flag(help: "One JSON object per line.") var json = false
 
+    func validate() throws {
+        if res < 8 || res > 1024 { throw ValidationError("--res must be between 8 and 1024, got \(res)") }
+        if batch < 1 || threads < 1 || batches < 1 || limit < 1 {
+            throw ValidationError("--batch, --threads, --batches and --limit must be at least 1")
+        }
+        if decodeCompare && data == nil { throw ValidationError("--decode-compare needs --data FOLDER") }
+    }
+
     func run() throws {
-        let ds = try data.map { try DatasetLoader.open(path: $0, limit: limit) }
-            ?? ImageDataset.synthetic(count: min(limit, 8192), width: res, height: res, channels: 3)
         var cfg = AugmentConfig.mocoV2(size: res)
         cfg.highPass = highPass
-        let ips = try benchmarkLoader(dataset: ds, config: cfg, batchSize: batch, views: 2, threads: threads)
+        if decodeCompare, let data { return try compareDecodes(data, cfg) }
+        let target: DecodeTarget = fullDecode ? .full : .views(cfg)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let ds = try data.map { try DatasetLoader.open(path: $0, limit: limit, memoryBudget: stream ? 0 : nil, decode: target) }
+            ?? ImageDataset.synthetic(count: min(limit, 8192), width: res, height: res, channels: 3)
+        let openSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        let ips = try benchmarkLoader(dataset: ds, config: cfg, batchSize: min(batch, ds.count), views: 2, threads: threads,
+                                      batches: batches)
+        let rss = peakResidentMB()
         if json {
             var r = BenchRecord(fields: [])
-            r.add("op", "loader"); r.add("res", res); r.add("batch", batch); r.add("threads", threads); r.add("img_per_s", ips)
+            r.add("op", "loader"); r.add("res", res); r.add("batch", min(batch, ds.count)); r.add("threads", threads)
+            r.add("images", ds.count); r.add("in_memory", ds.isInMemory ? 1 : 0); r.add("dct_scaling", fullDecode ? 0 : 1)
+            r.add("img_per_s", ips); r.add("open_s", openSeconds); r.add("peak_rss_mb", rss)
+            print(r.json)
+        } else if data == nil {
+            print(String(format: "loader: %.0f images/s (two %dx%d views each, %d thread(s), synthetic), peak resident memory %.0f MB",
+                         ips, res, res, threads, rss))
+        } else {
+            print(String(format: "loader: %.1f images/s (two %dx%d views each, %d thread(s), %@; %d images %@, JPEGs %@), "
+                         + "peak resident memory %.0f MB; open %.1f s",
+                         ips, res, res, threads, ds.source, ds.count, ds.isInMemory ? "in memory" : "decoded on each access",
+                         fullDecode ? "at full size" : "DCT-scaled for the views", rss, openSeconds))
+        }
+    }
+
+    func compareDecodes(_ path: String, _ cfg: AugmentConfig) throws {
+        let ds = try DatasetLoader.open(path: path, limit: limit, memoryBudget: 0)
+        let files = try (0..<ds.count).map { try readFileBytes(ds.name(at: $0)) }
+        let b = try benchmarkDecode(files: files, config: cfg)
+        let mp = try (0..<ds.count).map { i -> Double in
+            let f = files[i]
+            if let info = try? jpegInfo(f) { return Double(info.width * info.height) / 1e6 }
+            let p = try pngInfo(f)
+            return Double(p.width * p.height) / 1e6
+        }
+        let reductions = b.reductions.sorted { $0.key < $1.key }.map { "1/\($0.key): \($0.value)" }.joined(separator: ", ")
+        if json {
+            var r = BenchRecord(fields: [])
+            r.add("op", "decode_compare"); r.add("res", res); r.add("images", b.images)
+            r.add("mean_mpix", mp.reduce(0, +) / Double(mp.count))
+            r.add("full_ms", b.fullSeconds * 1000); r.add("scaled_ms", b.scaledSeconds * 1000); r.add("speedup", b.speedup)
             print(r.json)
         } else {
-            print(String(format: "loader: %.0f images/s (two %dx%d views each, %d thread(s), %@)", ips, res, res, threads, ds.source))
+            print(String(format: "decode + one %dpx view, 1 thread, %d images of %.1f MP on average (%@): full size %.1f ms, "
+                         + "DCT-scaled %.1f ms per image: %.2fx", res, b.images, mp.reduce(0, +) / Double(mp.count), reductions,
+                         b.fullSeconds * 1000, b.scaledSeconds * 1000, b.speedup))
         }
     }
 }

@@ -107,7 +107,7 @@ struct EvalSourceOptions: ParsableArguments {
         let trainPath = train!, testPath = test!
         if rawPixels {
             let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: nil)
-            let testSet = try openLabelled(testPath, limit: limitTest, channels: trainSet.channels)
+            let testSet = try openLabelled(testPath, limit: limitTest, channels: trainSet.channels, classesOf: trainSet)
             let pre = try prep.preprocess(channels: trainSet.channels)
             note("eval: raw pixels of \(trainSet.count) train / \(testSet.count) test images")
             let a = try rawPixelFeatures(dataset: trainSet, preprocess: pre)
@@ -181,9 +181,9 @@ struct EvalSourceOptions: ParsableArguments {
         }
         let c = encoder.config.inChannels
         let pre = try prep.preprocess(channels: c, checkpointInput: checkpointInput)
-        return EncoderSource(encoder: encoder, identity: identity, preprocess: pre,
-                             trainSet: try openLabelled(trainPath, limit: limitTrain, channels: c),
-                             testSet: try openLabelled(testPath, limit: limitTest, channels: c))
+        let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: c)
+        return EncoderSource(encoder: encoder, identity: identity, preprocess: pre, trainSet: trainSet,
+                             testSet: try openLabelled(testPath, limit: limitTest, channels: c, classesOf: trainSet))
     }
 
     /// Features of `ds` with a progress line labelled `label`.
@@ -198,12 +198,13 @@ struct EvalSourceOptions: ParsableArguments {
         }
     }
 
-    func openLabelled(_ path: String, limit: Int?, channels: Int?) throws -> ImageDataset {
+    /// A labelled dataset; with `classesOf`, its labels number `classesOf`'s classes (matched by name).
+    func openLabelled(_ path: String, limit: Int?, channels: Int?, classesOf train: ImageDataset? = nil) throws -> ImageDataset {
         let ds = try DatasetLoader.open(path: path, limit: limit, channels: channels)
         guard ds.labels != nil else {
             throw ValidationError("\(path): no labels (use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
         }
-        return ds
+        return try train.map { try ds.relabeled(as: $0) } ?? ds
     }
 
     func readFeatures(_ path: String) throws -> (values: [Float], labels: [Int64], dim: Int) {

@@ -2,11 +2,11 @@ import ArgumentParser
 import Foundation
 import Data
 
-/// `salient fuzz`: a seeded mutation loop over the PNG, gzip and IDX parsers (`make fuzz`).
+/// `salient fuzz`: a seeded mutation loop over the PNG, JPEG, gzip and IDX parsers (`make fuzz`).
 struct FuzzCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fuzz",
-        abstract: "Fuzz the PNG / gzip / IDX parsers with seeded mutations; fails on a crash or an inconsistent result.",
+        abstract: "Fuzz the PNG / JPEG / gzip / IDX parsers with seeded mutations; fails on a crash or an inconsistent result.",
         shouldDisplay: false)
 
     @Option var iterations = 1_000_000

@@ -9,7 +9,7 @@ struct PreviewCommand: ParsableCommand {
         commandName: "preview",
         abstract: "Write a PNG grid of images and their augmented training views.")
 
-    @Option(help: "A folder of PNGs (class subfolders give labels) or an IDX *-images-idx3-ubyte[.gz] file.")
+    @Option(help: "A folder of PNG and JPEG images (class subfolders give labels) or an IDX *-images-idx3-ubyte[.gz] file.")
     var data: String
 
     @Option(help: "Output PNG file.")
@@ -54,9 +54,11 @@ struct PreviewCommand: ParsableCommand {
     }
 
     func run() throws {
-        let ds = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels)
         var config = AugmentConfig.mocoV2(size: size)
         config.highPass = highPass
+        // JPEGs decoded as small as the views allow (DCT scaling); the originals are shown at the view size.
+        let ds = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels,
+                                        decode: .views(config))
         let grid = try makePreview(dataset: ds, config: config, count: min(n, ds.count), views: views, seed: seed)
         try writePNG(path: out, image: grid)
         print("preview: \(min(n, ds.count)) of \(ds.count) images from \(data), \(views) views each at \(size) px -> \(out) (\(grid.width)x\(grid.height))")

@@ -31,11 +31,12 @@ final class SalientProcess {
     let group = DispatchGroup()
 
     /// Starts the binary with `args`; `environment` entries are added to (or, with nil, removed from)
-    /// this process's environment, which gets SALIENT_THREADS=2 unless it says otherwise.
-    init(_ args: [String], environment: [String: String?] = [:]) throws {
+    /// this process's environment, which gets SALIENT_THREADS=2 unless it says otherwise. `launcher`
+    /// runs it through another program (e.g. setpriv to drop privileges): launcher[0] is its path.
+    init(_ args: [String], environment: [String: String?] = [:], launcher: [String] = []) throws {
         guard FileManager.default.isExecutableFile(atPath: salientBinary.path) else { throw MissingBinary() }
-        process.executableURL = salientBinary
-        process.arguments = args
+        process.executableURL = launcher.isEmpty ? salientBinary : URL(fileURLWithPath: launcher[0])
+        process.arguments = launcher.isEmpty ? args : Array(launcher.dropFirst()) + [salientBinary.path] + args
         var env = ProcessInfo.processInfo.environment
         env["SALIENT_THREADS"] = "2"
         for (k, v) in environment { env[k] = v }
@@ -80,8 +81,8 @@ final class SalientProcess {
 
 /// Runs the binary with `args`, killing it after `timeout` seconds (a failure).
 func runSalient(_ args: [String], timeout: TimeInterval = 120, environment: [String: String?] = [:],
-                file: StaticString = #filePath, line: UInt = #line) throws -> SalientRun {
-    try SalientProcess(args, environment: environment).wait(timeout: timeout, file: file, line: line)
+                launcher: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> SalientRun {
+    try SalientProcess(args, environment: environment, launcher: launcher).wait(timeout: timeout, file: file, line: line)
 }
 
 /// Polls `condition` every 20 ms for up to `timeout` seconds; true once it holds.

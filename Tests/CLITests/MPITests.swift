@@ -116,9 +116,9 @@ final class MPITests: XCTestCase {
         }
     }
 
-    /// Two ranks interrupted (SIGTERM to mpirun, which forwards it: the ranks agree on the step, rank 0
-    /// checkpoints it) and resumed (rank 0 reads the checkpoint and shares the state) end where an
-    /// uninterrupted two-rank run ends, bit for bit.
+    /// Two ranks interrupted (SIGTERM to one of them: the ranks agree at the next step boundary that one
+    /// of them was asked to stop, rank 0 checkpoints that step) and resumed (rank 0 reads the checkpoint
+    /// and shares the state) end where an uninterrupted two-rank run ends, bit for bit.
     func testTwoRanksResumeExactly() throws {
         let dir = try makeTempDir(self, "mpi-resume")
         let data = try writeIDX(dir: dir, name: "train", n: 1024, side: 16, seed: 7)
@@ -131,8 +131,14 @@ final class MPITests: XCTestCase {
         XCTAssertTrue(waitUntil(timeout: 120) {
             ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"step\"")
         }, "the run never logged a step")
-        p.terminate()
+        // The ranks are mpirun's children on this machine; the last one started gets the signal.
+        let children = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children",
+                                    encoding: .utf8)) ?? ""
+        let ranks = children.split(separator: " ").compactMap { Int32($0) }
+        XCTAssertEqual(ranks.count, 2, "mpirun's children: '\(children)'")
+        if let victim = ranks.last { kill(victim, SIGTERM) }
         p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 143)
         let logged = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         XCTAssertTrue(logged.contains("\"type\":\"interrupted\""), "not stopped at a step boundary: \(logged)")
         let r = try runRanks(2, common + ["--out", dir + "/resumed", "--resume"])

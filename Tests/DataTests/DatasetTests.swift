@@ -45,7 +45,7 @@ final class DatasetTests: XCTestCase {
 
     func testFlatFolderHasNoLabels() throws {
         let ds = try DatasetLoader.open(path: fixturesPath() + "/png/types")
-        XCTAssertEqual(ds.count, 17)
+        XCTAssertEqual(ds.count, 18)
         XCTAssertNil(ds.labels)
         XCTAssertEqual(ds.channels, 3)
     }

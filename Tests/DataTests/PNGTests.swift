@@ -56,6 +56,15 @@ final class PNGTests: XCTestCase {
         XCTAssertLessThan(maxAbsDiff(g16.pixels, expected(kind: "gray", depth: 16, width: 9, height: 9).1).diff, 1e-6)
     }
 
+    /// A palette with a tRNS chunk: libpng's palette expansion adds alpha from it, which is dropped
+    /// like any other alpha (PIL's convert("RGB") gives the palette colours).
+    func testPaletteWithTransparency() throws {
+        let img = try readPNG(path: dir + "palette8_trns.png")
+        XCTAssertEqual(img.channels, 3)
+        XCTAssertEqual(maxAbsDiff(img.pixels, expected(kind: "palette", depth: 8, width: 5, height: 4).1).diff, 0)
+        XCTAssertEqual(try readPNG(path: dir + "palette8_trns.png", channels: 1).channels, 1)
+    }
+
     func testChannelConversion() throws {
         let gray = try readPNG(path: dir + "gray8.png", channels: 3)
         XCTAssertEqual(gray.channels, 3)
