@@ -154,7 +154,8 @@ struct EvalSourceOptions: ParsableArguments {
         var trainSet: ImageDataset, testSet: ImageDataset
     }
 
-    func encoderSource() throws -> EncoderSource {
+    /// `trainDecode`: how small the train set's JPEGs may be decoded (default: `decodeTarget`).
+    func encoderSource(trainDecode: DecodeTarget? = nil) throws -> EncoderSource {
         let trainPath = train!, testPath = test!
         let encoder: Encoder
         let identity: String
@@ -181,7 +182,7 @@ struct EvalSourceOptions: ParsableArguments {
         }
         let c = encoder.config.inChannels
         let pre = try prep.preprocess(channels: c, checkpointInput: checkpointInput)
-        let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: c)
+        let trainSet = try openLabelled(trainPath, limit: limitTrain, channels: c, decode: trainDecode)
         return EncoderSource(encoder: encoder, identity: identity, preprocess: pre, trainSet: trainSet,
                              testSet: try openLabelled(testPath, limit: limitTest, channels: c, classesOf: trainSet))
     }
@@ -198,9 +199,13 @@ struct EvalSourceOptions: ParsableArguments {
         }
     }
 
+    /// How small a JPEG may be decoded: at least the --resize side (else at full size).
+    var decodeTarget: DecodeTarget { prep.resize.map { DecodeTarget.resize($0) } ?? .full }
+
     /// A labelled dataset; with `classesOf`, its labels number `classesOf`'s classes (matched by name).
-    func openLabelled(_ path: String, limit: Int?, channels: Int?, classesOf train: ImageDataset? = nil) throws -> ImageDataset {
-        let ds = try DatasetLoader.open(path: path, limit: limit, channels: channels)
+    func openLabelled(_ path: String, limit: Int?, channels: Int?, classesOf train: ImageDataset? = nil,
+                      decode: DecodeTarget? = nil) throws -> ImageDataset {
+        let ds = try DatasetLoader.open(path: path, limit: limit, channels: channels, decode: decode ?? decodeTarget)
         guard ds.labels != nil else {
             throw ValidationError("\(path): no labels (use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
         }
@@ -383,13 +388,16 @@ extension EvalLinearCommand {
     func runAugmented() throws {
         let t0 = Date()
         source.threadOptions.apply()
-        let src = try source.encoderSource()
         let side = source.prep.resize!
+        // The train views are random crops down to 8% of the area: their JPEGs decode large enough for that.
+        let src = try source.encoderSource(trainDecode: .views(FeatureAugmentation.linearEvaluation(
+            size: side, preprocess: try source.prep.preprocess(channels: 3))))
         var testPre = src.preprocess
         testPre.resize = Int((Double(side) * 256 / 224).rounded())
         testPre.centerCrop = side
         let config = try probeConfig
         let views = FeatureAugmentation.linearEvaluation(size: side, preprocess: src.preprocess)
+
         note("eval linear --augment: \(src.encoder.config), \(src.trainSet.count) train / \(src.testSet.count) test images, "
              + "\(config.epochs) epochs of new \(side) px views, \(Threads.count) thread(s)")
         let test = try source.extractWithProgress(src.encoder, src.testSet, testPre, label: "test (centre crop)")

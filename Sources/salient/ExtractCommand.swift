@@ -45,7 +45,8 @@ struct ExtractCommand: ParsableCommand {
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: checkpoint))
         let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config, trainable: false)
-        let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels)
+        let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels,
+                                             decode: prep.resize.map { DecodeTarget.resize($0) } ?? .full)
         let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: file.metadata["input"])
         comm.requireSame("\(Salient.configuration.version)\n\(config)\n\(pre)\n\(dataset.count) \(dataset.source)",
                          "the binary, checkpoint, options or data")

@@ -108,7 +108,10 @@ struct TrainCommand: ParsableCommand {
     func train(_ comm: Communicator) throws -> Int32? {
         threadOptions.apply()
         applyRankThreads(comm, explicit: threadOptions.threads)
-        let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels)
+        // JPEGs decode (DCT-scaled) just large enough for the smallest random crop of a view.
+        let resolution = makeConfig(channels: channels ?? 3).resolution
+        let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels,
+                                             decode: .views(AugmentConfig.mocoV2(size: resolution)))
         var config = makeConfig(channels: channels ?? dataset.channels)
         config.limit = limit
         if let p = config.problems(ranks: comm.size).first { throw ValidationError(p) }
@@ -129,9 +132,11 @@ struct TrainCommand: ParsableCommand {
         trainer.writePreview = preview
         trainer.overwrite = overwrite
         if let k = knnData {
-            let test = try DatasetLoader.open(path: k, limit: knnLimit, skipBad: skipBad, channels: config.inChannels)
             let bank = try DatasetLoader.open(path: data, limit: min(knnBank, dataset.count), skipBad: skipBad,
-                                              channels: config.inChannels)
+                                              channels: config.inChannels, decode: .resize(config.resolution))
+            // Test labels follow the bank's classes by name.
+            let test = try DatasetLoader.open(path: k, limit: knnLimit, skipBad: skipBad, channels: config.inChannels,
+                                              decode: .resize(config.resolution)).relabeled(as: bank)
             trainer.knn = try KNNMonitor(bank: bank, test: test)
         }
         let g = config.resnet.finalMapSize(config.resolution)
