@@ -96,7 +96,9 @@ public final class TrainingStep {
 
     /// `comm`: the ranks of a data-parallel run (B must split into whole shards and whole shuffle-BN
     /// groups per rank: see `TrainConfig.problems(ranks:)`).
-    public init(config: TrainConfig, saliencyEncoder: Encoder? = nil, comm: Communicator = .single) {
+    /// `gradientBucketBytes`: the gradient sums' bucket size (0: one sum after backward, no overlap).
+    public init(config: TrainConfig, saliencyEncoder: Encoder? = nil, comm: Communicator = .single,
+                gradientBucketBytes: Int = GradientBuckets.defaultBucketBytes) {
         self.config = config
         self.comm = comm
         let rc = config.resnet
@@ -111,7 +113,10 @@ public final class TrainingStep {
         query.initialize(seed: config.seed)
         sgd = FusedSGD(store: query.store)
         sgd.momentum = config.sgdMomentum; sgd.weightDecay = config.weightDecay
-        buckets = comm.isDistributed ? GradientBuckets(comm: comm, parameters: query.store.parameterCount) : nil
+        let params = query.store.parameterCount
+        buckets = comm.isDistributed
+            ? GradientBuckets(comm: comm, parameters: params,
+                              bucketBytes: gradientBucketBytes > 0 ? gradientBucketBytes : 4 * params + 4) : nil
         sgd.exchange = buckets
         let isMoco = config.method == .moco
         viewCount = 2

@@ -42,7 +42,7 @@ func measurePeak() -> Double {
 struct BenchRecord {
     var fields: [(String, String)]
     mutating func add(_ k: String, _ v: Int) { fields.append((k, String(v))) }
-    mutating func add(_ k: String, _ v: Double) { fields.append((k, String(format: "%.2f", v))) }
+    mutating func add(_ k: String, _ v: Double) { fields.append((k, String(format: v.magnitude >= 1 ? "%.2f" : "%.6g", v))) }
     mutating func add(_ k: String, _ v: String) { fields.append((k, "\"\(v)\"")) }
     var json: String { "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}" }
 }

@@ -22,6 +22,9 @@ struct BenchTrain: ParsableCommand {
     @Option var fill: MaskFill = .hp
     @Option(name: .customLong("hard-negatives")) var hardNegatives = 1
     @Option(help: "Timed steps (after 2 warm-up steps).") var steps = 5
+    @Option(name: .customLong("bucket-kb"),
+            help: "Under mpirun: gradient-sum bucket size in KB (0: one sum after backward, without overlap).")
+    var bucketKB = GradientBuckets.defaultBucketBytes >> 10
     @Flag(help: "One JSON object per line.") var json = false
     @Flag(help: "Also print where the step's time goes.") var profile = false
     @Option(name: .customLong("schedule-model"),
@@ -42,6 +45,7 @@ struct BenchTrain: ParsableCommand {
     func validate() throws {
         if let p = config().problems().first { throw ValidationError(p) }
         if steps < 1 || steps > 10000 { throw ValidationError("--steps must be between 1 and 10000") }
+        if bucketKB < 0 || bucketKB > 1 << 20 { throw ValidationError("--bucket-kb must be between 0 and 1048576") }
         if let m = scheduleModel, m < 1 || m > 1024 { throw ValidationError("--schedule-model must be between 1 and 1024, got \(m)") }
     }
 
@@ -58,7 +62,7 @@ struct BenchTrain: ParsableCommand {
         if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         let c = config()
         if let p = c.problems(ranks: comm.size).first { throw ValidationError(p) }
-        let step = TrainingStep(config: c, comm: comm)
+        let step = TrainingStep(config: c, comm: comm, gradientBucketBytes: bucketKB << 10)
         var rng = SplitMix64(seed: 7 &+ UInt64(comm.rank))
         let n = c.batch / comm.size * c.resolution * c.resolution * c.inChannels
         let views = (0..<2).map { _ in (0..<n).map { _ in rng.normal() } }
@@ -110,7 +114,7 @@ struct BenchTrain: ParsableCommand {
                 r.add("threads_per_rank", Threads.count); r.add("batch", c.batch); r.add("width", width)
                 r.add("res", c.resolution); r.add("masking", masking.rawValue); r.add("img_per_s", ips); r.add("step_s", median)
                 r.add("collective_s_per_step", waited); r.add("bytes_per_step", sent)
-                r.add("gradient_sum_alone_s", alone); r.add("gradient_sum_exposed_s", exposed)
+                r.add("gradient_sum_alone_s", alone); r.add("gradient_sum_exposed_s", exposed); r.add("bucket_kb", bucketKB)
                 r.add("peak_rss_mb", worstRSS)
                 print(r.json)
             } else {

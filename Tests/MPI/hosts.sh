@@ -6,21 +6,25 @@
 #   hosts_down
 # Traffic stays on the namespaces' own addresses (10.231.7.1 and 10.231.7.2); mpirun starts the
 # remote daemon through `ip netns exec` (a launch agent) instead of ssh.
-HOSTS_A=salient-a-$$ HOSTS_B=salient-b-$$
 HOSTS_NET=10.231.7
-HOSTS_AGENT=$(mktemp -d)/nsagent
+HOSTS_COUNT=0
 
+# Creates the two hosts (new names each time, so that a call after hosts_down never meets leftovers).
 hosts_up() {
     local rate=${1:-}
+    HOSTS_COUNT=$((HOSTS_COUNT + 1))
+    HOSTS_A=salient-a-$$-$HOSTS_COUNT HOSTS_B=salient-b-$$-$HOSTS_COUNT
+    local va=sa$$x$HOSTS_COUNT vb=sb$$x$HOSTS_COUNT
+    HOSTS_AGENT=$(mktemp -d)/nsagent
     ip netns add $HOSTS_A && ip netns add $HOSTS_B || return 1
-    ip link add vsa$$ type veth peer name vsb$$ || return 1
-    ip link set vsa$$ netns $HOSTS_A && ip link set vsb$$ netns $HOSTS_B
-    ip -n $HOSTS_A addr add $HOSTS_NET.1/24 dev vsa$$ && ip -n $HOSTS_B addr add $HOSTS_NET.2/24 dev vsb$$
+    ip link add $va type veth peer name $vb || return 1
+    ip link set $va netns $HOSTS_A && ip link set $vb netns $HOSTS_B
+    ip -n $HOSTS_A addr add $HOSTS_NET.1/24 dev $va && ip -n $HOSTS_B addr add $HOSTS_NET.2/24 dev $vb
     for ns in $HOSTS_A $HOSTS_B; do ip -n $ns link set lo up; done
-    ip -n $HOSTS_A link set vsa$$ up && ip -n $HOSTS_B link set vsb$$ up
+    ip -n $HOSTS_A link set $va up && ip -n $HOSTS_B link set $vb up
     if [ -n "$rate" ]; then
-        ip netns exec $HOSTS_A tc qdisc add dev vsa$$ root tbf rate $rate burst 256kb latency 20ms || return 1
-        ip netns exec $HOSTS_B tc qdisc add dev vsb$$ root tbf rate $rate burst 256kb latency 20ms || return 1
+        ip netns exec $HOSTS_A tc qdisc add dev $va root tbf rate $rate burst 256kb latency 20ms || return 1
+        ip netns exec $HOSTS_B tc qdisc add dev $vb root tbf rate $rate burst 256kb latency 20ms || return 1
     fi
     printf '#!/bin/sh\nhost=$1; shift\nexec ip netns exec "$host" sh -c "$*"\n' > $HOSTS_AGENT
     chmod +x $HOSTS_AGENT
@@ -41,8 +45,10 @@ hosts_pid_in_b() {
 }
 
 hosts_down() {
+    [ -n "${HOSTS_A:-}" ] || return 0
     ip netns pids $HOSTS_A 2>/dev/null | xargs -r kill -9 2>/dev/null
     ip netns pids $HOSTS_B 2>/dev/null | xargs -r kill -9 2>/dev/null
     ip netns del $HOSTS_A 2>/dev/null; ip netns del $HOSTS_B 2>/dev/null
     rm -rf "$(dirname $HOSTS_AGENT)"
+    HOSTS_A=
 }
