@@ -15,43 +15,23 @@ final class MPITests: XCTestCase {
         throw MissingBinary()
     }
 
-    /// Starts `salient args` under `mpirun -np ranks` (ranks of one thread each), output discarded.
-    func startRanks(_ ranks: Int, _ args: [String]) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try mpirun())
-        p.arguments = ["-np", String(ranks), "--oversubscribe", "--bind-to", "none", salientBinary.path] + args
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["SALIENT_THREADS"] = "1"
-        p.environment = env
-        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
-        try p.run()
-        return p
+    /// What every mpirun here needs: root allowed, one thread per rank.
+    let mpiEnvironment: [String: String?] = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                                             "SALIENT_THREADS": "1"]
+
+    /// mpirun starting `ranks` copies of the binary (the launcher of SalientProcess).
+    func mpiLauncher(_ ranks: Int) throws -> [String] {
+        [try mpirun(), "-np", String(ranks), "--oversubscribe", "--bind-to", "none"]
+    }
+
+    /// Starts `salient args` under `mpirun -np ranks` (ranks of one thread each).
+    func startRanks(_ ranks: Int, _ args: [String]) throws -> SalientProcess {
+        try SalientProcess(args, environment: mpiEnvironment, launcher: try mpiLauncher(ranks))
     }
 
     /// Runs `salient args` under `mpirun -np ranks` (ranks of one thread each).
     func runRanks(_ ranks: Int, _ args: [String], timeout: TimeInterval = 300) throws -> SalientRun {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try mpirun())
-        p.arguments = ["-np", String(ranks), "--oversubscribe", "--bind-to", "none", salientBinary.path] + args
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["SALIENT_THREADS"] = "1"
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        let box = OutputBox(), group = DispatchGroup()
-        for (pipe, isOut) in [(out, true), (err, false)] {
-            group.enter()
-            DispatchQueue.global().async { box.set(isOut, pipe.fileHandleForReading.readDataToEndOfFile()); group.leave() }
-        }
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        if p.isRunning { p.terminate(); XCTFail("mpirun did not finish within \(timeout) s") }
-        p.waitUntilExit()
-        group.wait()
-        return SalientRun(status: p.terminationStatus, stdout: box.text(true), stderr: box.text(false))
+        try runSalient(args, timeout: timeout, environment: mpiEnvironment, launcher: try mpiLauncher(ranks))
     }
 
     /// ||a - b|| / ||a|| of every float tensor whose name starts with `prefix`, worst first, and over
@@ -132,13 +112,11 @@ final class MPITests: XCTestCase {
             ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"step\"")
         }, "the run never logged a step")
         // The ranks are mpirun's children on this machine; the last one started gets the signal.
-        let children = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children",
-                                    encoding: .utf8)) ?? ""
+        let children = (try? String(contentsOfFile: "/proc/\(p.pid)/task/\(p.pid)/children", encoding: .utf8)) ?? ""
         let ranks = children.split(separator: " ").compactMap { Int32($0) }
         XCTAssertEqual(ranks.count, 2, "mpirun's children: '\(children)'")
         if let victim = ranks.last { kill(victim, SIGTERM) }
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 143)
+        XCTAssertEqual(p.wait(timeout: 120).status, 143)
         let logged = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         XCTAssertTrue(logged.contains("\"type\":\"interrupted\""), "not stopped at a step boundary: \(logged)")
         let r = try runRanks(2, common + ["--out", dir + "/resumed", "--resume"])
@@ -174,20 +152,10 @@ final class MPITests: XCTestCase {
         let common = ["train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--epochs", "1",
                       "--out", dir + "/run"]
         // mpirun's MPMD form: rank 0 and rank 1 run different command lines.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try mpirun())
-        p.arguments = ["--oversubscribe", "-np", "1", salientBinary.path] + common + ["--lr", "0.1", ":",
-                       "-np", "1", salientBinary.path] + common + ["--lr", "0.2"]
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"; env["SALIENT_THREADS"] = "1"
-        p.environment = env
-        let err = Pipe()
-        p.standardError = err; p.standardOutput = Pipe()
-        try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertTrue(text.contains("differ between ranks"), text)
+        let r = try runSalient(common + ["--lr", "0.1", ":", "-np", "1", salientBinary.path] + common + ["--lr", "0.2"],
+                               environment: mpiEnvironment, launcher: [try mpirun(), "--oversubscribe", "-np", "1"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("differ between ranks"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/log.jsonl"), "a mismatched job trained")
     }
 }
