@@ -6,6 +6,40 @@ import Network
 
 public enum ContrastiveMethod: String, Codable, CaseIterable, Sendable { case moco, simclr }
 
+/// Where saliency maps come from (PAPER.md). Saved and parsed as one string: "self", "classical"
+/// or the imported encoder's path.
+public enum SaliencySource: Codable, Equatable, Sendable, CustomStringConvertible {
+    /// The key encoder's own last feature map (after `saliencyWarmup` epochs of the classical map).
+    case own
+    /// The network-free map (global colour contrast) throughout.
+    case classical
+    /// An imported encoder's last feature map (a safetensors checkpoint).
+    case encoder(path: String)
+
+    public init(_ text: String) {
+        switch text {
+        case "self": self = .own
+        case "classical": self = .classical
+        default: self = .encoder(path: text)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .own: "self"
+        case .classical: "classical"
+        case .encoder(let path): path
+        }
+    }
+
+    public init(from decoder: any Swift.Decoder) throws { self.init(try decoder.singleValueContainer().decode(String.self)) }
+
+    public func encode(to encoder: any Swift.Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
 /// How hard negatives are drawn (PAPER.md).
 public enum HardNegativeMode: String, Codable, CaseIterable, Sendable {
     /// Every sample gets its own: its key-side view masked on its salient cells.
@@ -38,8 +72,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var alpha: Float = 2
     public var hardNegatives: Int = 1
     public var hardNegativeMode: HardNegativeMode = .perSample
-    /// "self" (key encoder's last feature map), "classical" (network-free), or a checkpoint path.
-    public var saliency: String = "self"
+    public var saliency: SaliencySource = .own
     /// Epochs that use classical saliency before the encoder's own (when saliency is "self").
     public var saliencyWarmup: Int = 1
     public var seed: UInt64 = 1

@@ -228,7 +228,7 @@ public final class TrainingStep {
         profile[keyPath: slot] += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
     }
 
-    var useClassical: Bool { config.saliency == "classical" }
+    var useClassical: Bool { config.saliency == .classical }
 
     /// Whether the encoder trains (and is evaluated) on high-pass views (the hp fill, PAPER.md): the step
     /// filters both views itself, after any saliency that must see the plain ones.

@@ -85,6 +85,9 @@ func labelsPath(forFeatures path: String) -> String {
 }
 
 extension HardNegativeMode: ExpressibleByArgument {}
+extension SaliencySource: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
 extension TrainPreset: ExpressibleByArgument {}
 extension ContrastiveMethod: ExpressibleByArgument {}
 extension ResNetArch: ExpressibleByArgument {}

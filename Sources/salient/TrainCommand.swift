@@ -50,7 +50,9 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("hard-negative-mode"),
             help: "per-sample (each sample masks its own key view) | shared (the official code: the batch's first H masked images, shared by every query).")
     var hardNegativeMode: HardNegativeMode?
-    @Option(help: "self | classical | CHECKPOINT (an imported encoder).") var saliency: String?
+    @Option(help: ArgumentHelp("Saliency maps: the key encoder's own (self), network-free (classical), or an imported encoder's (a safetensors file).",
+                               valueName: "self|classical|CHECKPOINT"))
+    var saliency: SaliencySource?
     @Option(name: .customLong("saliency-warmup"), help: "Epochs of classical saliency before the encoder's own.") var saliencyWarmup: Int?
     @Option(name: .customLong("bn-splits"), help: "Batch-norm groups in the key encoder (shuffle-BN stand-in).") var bnSplits: Int?
     @Option(help: "Use only the first N training images.") var limit: Int?
@@ -120,10 +122,10 @@ struct TrainCommand: ParsableCommand {
                          + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(ThreadOptions.algorithm)",
                          "the binary, options or data")
         var saliencyEncoder: Encoder? = nil
-        if config.saliency != "self" && config.saliency != "classical" {
-            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: config.saliency, trainable: false)
+        if case .encoder(let path) = config.saliency {
+            saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: path, trainable: false)
             if saliencyEncoder!.config.inChannels != config.inChannels {
-                throw ValidationError("--saliency \(config.saliency): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
+                throw ValidationError("--saliency \(path): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)")
             }
         }
         let trainer = try Trainer(config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder, comm: comm)

@@ -10,7 +10,7 @@ import Contrastive
 import TestSupport
 
 final class MethodTests: XCTestCase {
-    func config(_ method: ContrastiveMethod, fill: MaskFill = .hp, saliency: String = "self", warmup: Int = 0)
+    func config(_ method: ContrastiveMethod, fill: MaskFill = .hp, saliency: SaliencySource = .own, warmup: Int = 0)
         -> TrainConfig {
         var c = TrainConfig()
         c.method = method
@@ -114,7 +114,7 @@ final class MethodTests: XCTestCase {
     /// Network-free saliency with the hp fill reads the plain views; the encoder trains on their
     /// high-pass copies (MoCo: the key view that produced the keys is the high-passed one).
     func testClassicalSaliencyReadsPlainViewsUnderHighPassFill() {
-        let c = config(.moco, saliency: "classical")
+        let c = config(.moco, saliency: .classical)
         let step = TrainingStep(config: c)
         let v = views(c)
         let R = c.resolution, G = step.gridSize
@@ -126,7 +126,7 @@ final class MethodTests: XCTestCase {
         XCTAssertTrue(array(step.lastKeyViews, c.batch * R * R) == hp, "the encoder did not train on high-pass views")
         XCTAssertTrue(step.highPassViews)
         // The same during a warm-up epoch of self saliency.
-        let warm = TrainingStep(config: config(.moco, saliency: "self", warmup: 1))
+        let warm = TrainingStep(config: config(.moco, saliency: .own, warmup: 1))
         _ = warm.step(views: v, epoch: 0, step: 0, lr: 0.05)
         XCTAssertEqual(array(warm.lastKeySaliency, c.batch * G * G), expected)
     }
@@ -134,7 +134,7 @@ final class MethodTests: XCTestCase {
     /// The trainer's loader gives plain views under the hp fill (the step filters them); checkpoints
     /// still say that the encoder reads high-pass input.
     func testTrainerLoadsPlainViewsForHighPassFill() throws {
-        let c = config(.simclr, saliency: "classical")
+        let c = config(.simclr, saliency: .classical)
         let data = ImageDataset.synthetic(count: 16, width: 20, height: 20, channels: 1, seed: 1)
         let dir = NSTemporaryDirectory() + "salient-hp-plain-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -185,6 +185,18 @@ final class PresetTests: XCTestCase {
         XCTAssertEqual(i.queue, 65536); XCTAssertEqual(i.mocoMomentum, 0.999); XCTAssertEqual(i.lr, 0.015)
         XCTAssertEqual(i.batch, 128); XCTAssertEqual(i.weightDecay, 1e-4); XCTAssertEqual(i.method, .moco)
         XCTAssertTrue(TrainPreset.small.summary.contains("width 0.25"))
+    }
+
+    /// The saliency source is saved as the one string it was given ("self", "classical" or a path).
+    func testSaliencySourceIsSavedAsItsString() throws {
+        for (source, text) in [(SaliencySource.own, "self"), (.classical, "classical"),
+                               (.encoder(path: "enc.safetensors"), "enc.safetensors")] {
+            var c = TrainConfig()
+            c.saliency = source
+            XCTAssertTrue(c.json().contains("\"saliency\":\"\(text)\""), c.json())
+            XCTAssertEqual(try TrainConfig.from(json: c.json()).saliency, source)
+            XCTAssertEqual(SaliencySource(text), source)
+        }
     }
 
     /// A saved configuration from before a setting existed decodes with that setting's default.
