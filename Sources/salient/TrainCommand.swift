@@ -42,7 +42,7 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Constant learning rate instead of cosine.") var noCosine = false
     @Option(help: "MoCo queue length (preset).") var queue: Int?
     @Option(name: .customLong("moco-m"), help: "MoCo key-encoder momentum (preset).") var mocoM: Float?
-    @Option(help: "Softmax temperature (preset).") var temperature: Float?
+    @Option(help: "Softmax temperature (preset: 0.5 for SimCLR, 0.2 for MoCo v2).") var temperature: Float?
     @Option(help: "Where masks go: saliency-constrained, uniformly random, or no masking (preset).") var masking: MaskMode?
     @Option(help: "How masked cells are filled: hp (noise on high-pass views), blur, mean (preset).") var fill: MaskFill?
     @Option(help: "Weight of the hard-negative logits (preset).") var alpha: Float?
@@ -72,9 +72,9 @@ struct TrainCommand: ParsableCommand {
 
     /// The preset's recipe with every option given on the command line applied.
     func makeConfig(channels: Int) -> TrainConfig {
-        var c = preset.config(channels: channels)
+        var c = preset.config(channels: channels, method: method)
         func set<T>(_ v: T?, _ k: WritableKeyPath<TrainConfig, T>) { if let v { c[keyPath: k] = v } }
-        set(method, \.method); set(arch, \.arch); set(stem, \.stem); set(width, \.width); set(res, \.resolution)
+        set(arch, \.arch); set(stem, \.stem); set(width, \.width); set(res, \.resolution)
         set(epochs, \.epochs); set(batch, \.batch); set(lr, \.lr); set(wd, \.weightDecay); set(momentum, \.sgdMomentum)
         set(warmup, \.warmupEpochs); set(queue, \.queue); set(mocoM, \.mocoMomentum); set(temperature, \.temperature)
         set(masking, \.masking); set(fill, \.fill); set(alpha, \.alpha); set(hardNegatives, \.hardNegatives)

@@ -187,6 +187,19 @@ final class PresetTests: XCTestCase {
         XCTAssertTrue(TrainPreset.small.summary.contains("width 0.25"))
     }
 
+    /// `small` is the study's best row (plain SimCLR at batch 64); turning masking on gets the best
+    /// masked recipe, and choosing MoCo v2 brings its own temperature.
+    func testSmallPresetIsTheStudysBestRow() {
+        let s = TrainPreset.small.config(channels: 1)
+        XCTAssertEqual(s.method, .simclr); XCTAssertEqual(s.masking, .none); XCTAssertEqual(s.batch, 64)
+        XCTAssertEqual(s.temperature, 0.5); XCTAssertEqual(s.lr, 0.06); XCTAssertEqual(s.width, 0.25)
+        XCTAssertEqual(s.fill, .mean); XCTAssertEqual(s.alpha, 1); XCTAssertEqual(s.hardNegatives, 1)
+        XCTAssertFalse(TrainPreset.small.summary.contains("masking"), TrainPreset.small.summary)
+        XCTAssertEqual(TrainPreset.small.config(channels: 1, method: .moco).temperature, 0.2)
+        XCTAssertEqual(TrainPreset.imagenet100.config(channels: 3, method: .simclr).temperature, 0.5)
+        XCTAssertEqual(TrainPreset.imagenet100.config(channels: 3).temperature, 0.2)
+    }
+
     /// The saliency source is saved as the one string it was given ("self", "classical" or a path).
     func testSaliencySourceIsSavedAsItsString() throws {
         for (source, text) in [(SaliencySource.own, "self"), (.classical, "classical"),
