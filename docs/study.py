@@ -71,6 +71,10 @@ ROWS = {
 }
 
 
+# The variant name of a run timed back to back with the PyTorch reference (same options as its row).
+PAIRED = "paired"
+
+
 def results_dir(study):
     return os.path.join(ROOT, "docs", "results", study)
 
@@ -151,7 +155,8 @@ def cmd_run(a):
     train_s = sum(e["seconds"] for e in epochs)
     images = sum(e["img_per_s"] * e["seconds"] for e in epochs)
     record = {
-        "study": study, "row": row, "label": label + (f" [{a.extra.strip()}]" if a.extra else ""), "seed": a.seed,
+        "study": study, "row": row, "seed": a.seed,
+        "label": label + (f" [{a.extra.strip()}]" if a.extra else "") + (" [timed beside PyTorch]" if a.variant == PAIRED else ""),
         "commit": commit_of(binary, a.commit), "machine": machine(),
         "commands": {"train": train, **eval_cmds},
         "resumed": resumed,
@@ -222,7 +227,7 @@ def all_studies():
 
 def title(study):
     base = study.removesuffix("-explore")
-    return STUDIES[base]["title"] + (" (exploration: single runs)" if study != base else "")
+    return STUDIES[base]["title"] + (" (exploration)" if study != base else "")
 
 
 def study_table(study):
@@ -258,7 +263,9 @@ def pytorch_table():
     for method in ("simclr", "moco"):
         torch_runs = [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
                       if f.startswith(method + ".") and f.endswith(".json")]
-        mine = [r for r in ours if r["row"] == method]
+        # Runs timed back to back with PyTorch's on a quiet machine (`--variant paired`) when there are any.
+        mine = ([r for r in load_records("fmnist-explore") if r["row"] == f"{method}+{PAIRED}"]
+                or [r for r in ours if r["row"] == method])
         if not torch_runs or not mine:
             continue
         target = statistics.mean(r["knn_top1"] for r in torch_runs)
@@ -300,14 +307,16 @@ def plot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    studies = [s for s in STUDIES if load_records(s)]
+    studies = [s for s in all_studies() if any(r.get("epochs") for r in load_records(s))]
     if not studies:
         return
     fig, axes = plt.subplots(1, len(studies), figsize=(6.5 * len(studies), 4.6), dpi=110, squeeze=False)
     for ax, study in zip(axes[0], studies):
         records = load_records(study)
-        base = [r["knn_top1"] for r in records if r["row"] == "random_init"]
-        raw = [r["knn_top1"] for r in records if r["row"] == "raw_pixels"]
+        # An exploration's baselines are those of the study it explores.
+        baselines = load_records(study.removesuffix("-explore"))
+        base = [r["knn_top1"] for r in baselines if r["row"] == "random_init"]
+        raw = [r["knn_top1"] for r in baselines if r["row"] == "raw_pixels"]
         for row, rs in grouped(records):
             runs = [[e["knn_top1"] for e in r.get("epochs", []) if "knn_top1" in e] for r in rs]
             runs = [x for x in runs if x]
@@ -322,7 +331,7 @@ def plot():
             ax.axhline(raw[0], color="k", lw=1, ls=":", label="raw pixels")
         ax.set_xlabel("epoch (0 = random initialisation)")
         ax.set_ylabel("kNN top-1 % (k 200, all test images), mean over seeds")
-        ax.set_title(STUDIES[study]["title"], fontsize=9)
+        ax.set_title(title(study), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()

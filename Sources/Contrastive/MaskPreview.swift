@@ -24,25 +24,9 @@ public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Flo
     let n = min(count, batch), plane = height * width * channels, cells = grid * grid
     var tiles = [Image]()
     for b in 0..<n {
-        var rms: Float = 1
-        if highPass {
-            var ss: Double = 0
-            for i in 0..<plane { ss += Double(views[b * plane + i] * views[b * plane + i]) }
-            rms = max(1e-6, Float((ss / Double(plane)).squareRoot()))
-        }
-        func display(_ src: UnsafePointer<Float>) -> [Float] {
-            var out = [Float](repeating: 0, count: height * width * 3)
-            for p in 0..<(height * width) {
-                for k in 0..<3 {
-                    let c = channels == 1 ? 0 : min(k, channels - 1)
-                    let x = src[b * plane + p * channels + c]
-                    let v = highPass ? 0.5 + x / (5 * rms)
-                                     : x * std[min(c, std.count - 1)] + mean[min(c, mean.count - 1)]
-                    out[p * 3 + k] = min(1, max(0, v))
-                }
-            }
-            return out
-        }
+        let tile = PreviewTile(height: height, width: width, channels: channels, mean: mean, std: std,
+                               rms: highPass ? PreviewTile.rms(views + b * plane, count: plane) : nil)
+        func display(_ src: UnsafePointer<Float>) -> [Float] { tile.pixels(src + b * plane) }
         let base = display(views)
         var heat = base
         if let sal = saliency {
@@ -77,4 +61,47 @@ public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Flo
         tiles.append(Image(width: width, height: height, channels: 3, pixels: display(hardNegative)))
     }
     return gridImage(tiles: tiles, columns: 4, padding: 2, scale: scale)
+}
+
+/// Renders, for the first `count` samples of a batch, one row of two tiles: [first view | second view]
+/// (the preview of a run without masking). Views are [B][H][W][C], normalised; display as in `maskPreview`.
+public func viewPairPreview(first: UnsafePointer<Float>, second: UnsafePointer<Float>, batch: Int, height: Int,
+                            width: Int, channels: Int, count: Int, mean: [Float], std: [Float], scale: Int = 3) -> Image {
+    precondition(count >= 1 && batch >= 1 && channels >= 1 && !mean.isEmpty && !std.isEmpty)
+    let plane = height * width * channels
+    let tile = PreviewTile(height: height, width: width, channels: channels, mean: mean, std: std, rms: nil)
+    var tiles = [Image]()
+    for b in 0..<min(count, batch) {
+        for v in [first, second] {
+            tiles.append(Image(width: width, height: height, channels: 3, pixels: tile.pixels(v + b * plane)))
+        }
+    }
+    return gridImage(tiles: tiles, columns: 2, padding: 2, scale: scale)
+}
+
+/// How one sample's view becomes displayable RGB in [0, 1]: x * std + mean per channel (1-channel views
+/// use std[0], mean[0] and become gray), or, for high-pass views (`rms` given), 0.5 + x / (5 * rms).
+struct PreviewTile {
+    let height: Int, width: Int, channels: Int, mean: [Float], std: [Float], rms: Float?
+
+    /// The root mean square of `count` values (never below 1e-6).
+    static func rms(_ x: UnsafePointer<Float>, count: Int) -> Float {
+        var ss: Double = 0
+        for i in 0..<count { ss += Double(x[i] * x[i]) }
+        return max(1e-6, Float((ss / Double(count)).squareRoot()))
+    }
+
+    /// The [H][W][3] pixels of the sample at `src` ([H][W][C]).
+    func pixels(_ src: UnsafePointer<Float>) -> [Float] {
+        var out = [Float](repeating: 0, count: height * width * 3)
+        for p in 0..<(height * width) {
+            for k in 0..<3 {
+                let c = channels == 1 ? 0 : min(k, channels - 1)
+                let x = src[p * channels + c]
+                let v = rms.map { 0.5 + x / (5 * $0) } ?? x * std[min(c, std.count - 1)] + mean[min(c, mean.count - 1)]
+                out[p * 3 + k] = min(1, max(0, v))
+            }
+        }
+        return out
+    }
 }

@@ -553,7 +553,8 @@ public final class Trainer {
         h.write(d)
     }
 
-    /// Writes DIR/preview.png from the step that just ran: views, saliency, masked query, hard negative.
+    /// Writes DIR/preview.png from the step that just ran: views, saliency, masked query, hard negative
+    /// (without masking: the two views of each image).
     func writeTrainingPreview(_ batch: Batch) throws {
         let path = out + "/preview.png"
         let n = min(8, config.batch)
@@ -577,10 +578,18 @@ public func peakResidentMB() -> Double {
 }
 
 /// The first `count` samples of the step that just ran: original query view, its saliency, the
-/// masked query and the masked hard negative, one row each.
+/// masked query and the masked hard negative, one row each; without masking, the query and key views.
 public func renderTrainingPreview(step: TrainingStep, views: [[Float]], count: Int, mean: [Float], std: [Float],
                                   highPass: Bool) -> Image {
     let c = step.config
+    if c.masking == .none {
+        return views[0].withUnsafeBufferPointer { q in
+            views[1].withUnsafeBufferPointer { k in
+                viewPairPreview(first: q.baseAddress!, second: k.baseAddress!, batch: c.batch, height: c.resolution,
+                                width: c.resolution, channels: c.inChannels, count: count, mean: mean, std: std)
+            }
+        }
+    }
     return views[0].withUnsafeBufferPointer { v in
         maskPreview(views: v.baseAddress!, saliency: c.masking == .saliency ? step.lastQuerySaliency : nil,
                     query: step.lastQueryViews, hardNegative: step.lastHardViews, batch: c.batch,

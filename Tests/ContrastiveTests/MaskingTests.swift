@@ -501,4 +501,24 @@ final class MaskingTests: XCTestCase {
         let p = (y * img.width + x) * 3
         XCTAssertEqual(Array(img.pixels[p..<(p + 3)]), [0, 1, 0])
     }
+
+    /// Without masking the preview is the two views of each image, side by side, as displayed pixels.
+    func testViewPairPreviewShowsBothViews() {
+        let B = 3, H = 8, W = 8, C = 1
+        var trng = TestRNG(seed: 15)
+        let a = trng.array(B * H * W * C), b = trng.array(B * H * W * C)
+        let img = a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                viewPairPreview(first: ap.baseAddress!, second: bp.baseAddress!, batch: B, height: H, width: W,
+                                channels: C, count: 2, mean: [0.5], std: [0.25], scale: 1)
+            }
+        }
+        XCTAssertEqual(img.width, 2 * W + 3 * 2)
+        XCTAssertEqual(img.height, 2 * H + 3 * 2)
+        // Row 2 (sample 1), second tile, pixel (3, 5): the key view's value, shown as x * std + mean, gray.
+        let (y, x) = (2 + H + 2 + 3, 2 + W + 2 + 5)
+        let want = min(1, max(0, b[1 * H * W + 3 * W + 5] * 0.25 + 0.5))
+        let p = (y * img.width + x) * 3
+        XCTAssertEqual(Array(img.pixels[p..<(p + 3)]), [want, want, want])
+    }
 }
