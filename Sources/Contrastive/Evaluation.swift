@@ -231,6 +231,12 @@ public struct LinearProbeResult: Sendable {
     public var learningRate: Float
     /// Mean training loss of the last epoch of the final fit.
     public var trainLoss: Float
+
+    public init(top1: Double, top5: Double, weightDecay: Float, validationTop1: [Double], epochs: Int,
+                learningRate: Float, trainLoss: Float) {
+        self.top1 = top1; self.top5 = top5; self.weightDecay = weightDecay; self.validationTop1 = validationTop1
+        self.epochs = epochs; self.learningRate = learningRate; self.trainLoss = trainLoss
+    }
 }
 
 /// Multinomial logistic regression on frozen features: standardise with train statistics, choose the weight
@@ -513,4 +519,48 @@ public func rawPixelFeatures(dataset: ImageDataset, preprocess: Preprocess) thro
     }
     if let failure { throw failure }
     return out
+}
+
+/// What `salient eval knn|linear --json` prints: one JSON object, keys in snake case and sorted, absent
+/// fields left out.
+public struct EvaluationReport: Encodable, Sendable {
+    public var method: String
+    public var top1: Double, top5: Double
+    /// kNN: the neighbours that voted and the temperature.
+    public var k: Int?, t: Double?
+    /// Linear probes: the chosen weight decay, every candidate's validation top-1, the schedule and the
+    /// final training loss.
+    public var weightDecay: Double?, validationTop1: [Double]?, epochs: Int?, lr: Double?, trainLoss: Double?
+    public var train: Int, test: Int, dim: Int, classes: Int
+    public var seconds: Double
+
+    public init(method: String, top1: Double, top5: Double, train: Int, test: Int, dim: Int, classes: Int,
+                seconds: Double) {
+        self.method = method; self.top1 = top1; self.top5 = top5
+        self.train = train; self.test = test; self.dim = dim; self.classes = classes; self.seconds = seconds
+    }
+
+    /// A linear probe's report; Float settings keep their shortest decimal form (5e-4 prints as 0.0005).
+    public init(method: String, probe r: LinearProbeResult, train: Int, test: Int, dim: Int, classes: Int,
+                seconds: Double) {
+        self.init(method: method, top1: r.top1, top5: r.top5, train: train, test: test, dim: dim, classes: classes,
+                  seconds: seconds)
+        weightDecay = Self.decimal(r.weightDecay); lr = Self.decimal(r.learningRate)
+        trainLoss = Double(r.trainLoss); epochs = r.epochs
+        validationTop1 = r.validationTop1.isEmpty ? nil : r.validationTop1
+    }
+
+    /// A Float setting as the decimal number it prints as (Float(0.1) becomes 0.1, not 0.10000000149).
+    public static func decimal(_ f: Float) -> Double { Double("\(f)") ?? Double(f) }
+
+    /// The JSON text, one line; non-finite numbers become the strings "nan", "inf", "-inf".
+    public func json() -> String {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = [.sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
+                                                                nan: "nan")
+        // Every member is a number, string or array of numbers: encoding cannot fail.
+        return String(decoding: try! e.encode(self), as: UTF8.self)
+    }
 }

@@ -266,23 +266,13 @@ struct EvalFeatures {
     }
 }
 
-/// `top-1: X` / `top-5: Y`, or one JSON object with the extra fields.
-func printResult(json: Bool, top1: Double, top5: Double, fields: [(String, Any)]) {
+/// `top-1: X` / `top-5: Y`, or with --json the whole report as one JSON object.
+func printResult(json: Bool, _ report: EvaluationReport) {
     if json {
-        var parts = ["\"top1\": \(String(format: "%.4f", top1))", "\"top5\": \(String(format: "%.4f", top5))"]
-        for (k, v) in fields {
-            switch v {
-            case let s as String: parts.append("\"\(k)\": \"\(s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))\"")
-            case let d as Double: parts.append("\"\(k)\": \(d.isFinite ? String(format: "%.3f", d) : "null")")
-            case let f as Float: parts.append("\"\(k)\": \(f.isFinite ? "\(f)" : "null")")   // shortest form: 0.1, 1e-04
-            case let a as [Double]: parts.append("\"\(k)\": [\(a.map { String(format: "%.4f", $0) }.joined(separator: ", "))]")
-            default: parts.append("\"\(k)\": \(v)")
-            }
-        }
-        print("{" + parts.joined(separator: ", ") + "}")
+        print(report.json())
     } else {
-        print(String(format: "top-1: %.2f", top1))
-        print(String(format: "top-5: %.2f", top5))
+        print(String(format: "top-1: %.2f", report.top1))
+        print(String(format: "top-5: %.2f", report.top5))
     }
 }
 
@@ -310,10 +300,11 @@ struct EvalKNNCommand: ParsableCommand {
         note(String(format: "eval knn: %d train, %d test, dim %d, %d classes, k %d, t %g; features %.1f s, kNN %.2f s",
                     f.trainLabels.count, f.testLabels.count, f.dim, f.classes, min(k, f.trainLabels.count), Double(t),
                     t1.timeIntervalSince(t0), t2.timeIntervalSince(t1)))
-        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
-            ("method", "knn"), ("k", min(k, f.trainLabels.count)), ("t", t), ("train", f.trainLabels.count),
-            ("test", f.testLabels.count), ("dim", f.dim), ("classes", f.classes),
-            ("seconds", t2.timeIntervalSince(t0))])
+        var report = EvaluationReport(method: "knn", top1: r.top1, top5: r.top5, train: f.trainLabels.count,
+                                      test: f.testLabels.count, dim: f.dim, classes: f.classes,
+                                      seconds: t2.timeIntervalSince(t0))
+        report.k = min(k, f.trainLabels.count); report.t = EvaluationReport.decimal(t)
+        printResult(json: source.json, report)
     }
 }
 
@@ -376,10 +367,9 @@ struct EvalLinearCommand: ParsableCommand {
         note(String(format: "eval linear: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; features %.1f s, probe %.1f s",
                     f.trainLabels.count, f.testLabels.count, f.dim, f.classes, Double(r.weightDecay), Double(r.learningRate),
                     r.epochs, Double(r.trainLoss), t1.timeIntervalSince(t0), t2.timeIntervalSince(t1)))
-        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
-            ("method", "linear"), ("weight_decay", r.weightDecay), ("validation_top1", r.validationTop1),
-            ("epochs", r.epochs), ("lr", r.learningRate), ("train_loss", r.trainLoss), ("train", f.trainLabels.count),
-            ("test", f.testLabels.count), ("dim", f.dim), ("classes", f.classes), ("seconds", t2.timeIntervalSince(t0))])
+        printResult(json: source.json, EvaluationReport(method: "linear", probe: r, train: f.trainLabels.count,
+                                                         test: f.testLabels.count, dim: f.dim, classes: f.classes,
+                                                         seconds: t2.timeIntervalSince(t0)))
     }
 }
 
@@ -415,9 +405,8 @@ extension EvalLinearCommand {
         note(String(format: "eval linear --augment: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; %.1f s",
                     trainLabels.count, testLabels.count, dim, classes, Double(r.weightDecay), Double(r.learningRate),
                     r.epochs, Double(r.trainLoss), dt))
-        printResult(json: source.json, top1: r.top1, top5: r.top5, fields: [
-            ("method", "linear-augmented"), ("weight_decay", r.weightDecay), ("epochs", r.epochs), ("lr", r.learningRate),
-            ("train_loss", r.trainLoss), ("train", trainLabels.count), ("test", testLabels.count), ("dim", dim),
-            ("classes", classes), ("seconds", dt)])
+        printResult(json: source.json, EvaluationReport(method: "linear-augmented", probe: r, train: trainLabels.count,
+                                                         test: testLabels.count, dim: dim, classes: classes,
+                                                         seconds: dt))
     }
 }

@@ -325,3 +325,32 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertNotEqual(try datasetFingerprint(a), try datasetFingerprint(c))
     }
 }
+
+final class EvaluationReportTests: XCTestCase {
+    /// The --json line: snake-case keys in sorted order, Float settings in their shortest decimal form,
+    /// absent fields left out, a non-finite loss as a string rather than invalid JSON.
+    func testReportJSON() throws {
+        let probe = LinearProbeResult(top1: 86.17, top5: 99.5, weightDecay: 5e-4, validationTop1: [85, 86.5],
+                                      epochs: 30, learningRate: 0.1, trainLoss: .nan)
+        let text = EvaluationReport(method: "linear", probe: probe, train: 60000, test: 10000, dim: 128,
+                                    classes: 10, seconds: 12.5).json()
+        XCTAssertFalse(text.contains("\n"))
+        XCTAssertTrue(text.contains("\"weight_decay\":0.0005"), text)
+        XCTAssertTrue(text.contains("\"train_loss\":\"nan\""), text)
+        XCTAssertFalse(text.contains("\"k\""), text)
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        XCTAssertEqual(obj["top1"] as? Double, 86.17)
+        XCTAssertEqual(obj["validation_top1"] as? [Double], [85, 86.5])
+        XCTAssertEqual(obj["lr"] as? Double, 0.1)
+        XCTAssertEqual(obj["method"] as? String, "linear")
+        let keys = text.split(separator: ",").compactMap { $0.split(separator: "\"").dropFirst().first }
+            .filter { obj[String($0)] != nil }
+        XCTAssertEqual(keys.map(String.init), keys.map(String.init).sorted())
+
+        var knn = EvaluationReport(method: "knn", top1: 80, top5: 99, train: 10, test: 5, dim: 4, classes: 2, seconds: 1)
+        knn.k = 10; knn.t = EvaluationReport.decimal(0.1)
+        let o2 = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(knn.json().utf8)) as? [String: Any])
+        XCTAssertEqual(o2["t"] as? Double, 0.1); XCTAssertEqual(o2["k"] as? Int, 10)
+        XCTAssertNil(o2["weight_decay"])
+    }
+}
