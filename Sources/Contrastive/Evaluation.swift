@@ -260,7 +260,7 @@ public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatur
 
     // Choose the weight decay on a held-out part of train.
     var order = Array(0..<n)
-    var rng = SplitMix64(seed: SplitMix64.derive(seed, 0x5EED_0001))
+    var rng = SplitMix64(seed: SplitMix64.derive(seed, RandomStream.probeSplit.rawValue))
     for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.int(below: i + 1)) }
     let held = config.weightDecays.count > 1 ? Int((Double(n) * config.validationFraction).rounded()) : 0
     var chosen = config.weightDecays[0]
@@ -332,7 +332,7 @@ func gatherRows(_ x: [Float], _ idx: [Int], _ dim: Int) -> [Float] {
 /// 16384 rows: it bounds the curvature of the logistic loss (times 1/2), so it sets the step size.
 func largestEigenvalue(_ x: [Float], rows: Int, dim: Int, seed: UInt64, iterations: Int = 15) -> Float {
     let n = min(rows, 16384), d1 = dim + 1
-    var rng = SplitMix64(seed: SplitMix64.derive(seed, 0x5EED_0002))
+    var rng = SplitMix64(seed: SplitMix64.derive(seed, RandomStream.probeEigenvector.rawValue))
     var v = (0..<d1).map { _ in rng.uniform(-1, 1) }
     var xv = [Float](repeating: 0, count: n), acc = [Float](repeating: 0, count: d1)
     var lambda: Float = 1
@@ -404,7 +404,7 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
     for epoch in 0..<config.epochs {
         let x = try epochFeatures(epoch)
         precondition(x.count == n * dim, "linear probe: an epoch's features do not match the labels")
-        var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), 0x5EED_0003))
+        var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), RandomStream.probeEpochOrder.rawValue))
         for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.int(below: i + 1)) }
         var epochLoss = 0.0
         x.withUnsafeBufferPointer { xp in

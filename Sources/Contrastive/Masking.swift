@@ -326,7 +326,7 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
     }
     precondition(mode != .saliency || saliency != nil, "applyMasks: .saliency mode needs saliency maps")
     precondition(fill != .blur || blurred != nil, "applyMasks: .blur fill needs the blurred views")
-    let tag: UInt64 = role == .query ? 0x5155_4552_5900_0001 : 0x4E45_4741_5449_0002
+    let tag = (role == .query ? RandomStream.queryMask : .hardNegativeMask).rawValue
     let ratio = role == .query ? config.posRatio : config.negRatio
     let sigma = role == .query ? config.querySigma : config.negSigma
 

@@ -124,7 +124,7 @@ public final class TrainingStep {
             let k = Encoder(config: rc, headDim: config.headDim, trainable: false)
             k.store.copyState(from: query.store)
             key = k
-            var rng = SplitMix64(seed: SplitMix64.derive(config.seed, 0x9_0E0E))
+            var rng = SplitMix64(seed: SplitMix64.derive(config.seed, RandomStream.queueInit.rawValue))
             queue = KeyQueue(length: config.queue, dim: config.headDim, rng: &rng)
         } else {
             key = nil; queue = nil
@@ -338,8 +338,9 @@ public final class TrainingStep {
                            cellMasks: h == 0 ? hardCells : nil, records: nil)
             }
             timed(\.hardNegatives) {
-                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step, tag: 0x4A4E + UInt64(h),
-                      updateStatistics: false, splits: shared ? B : nil)
+                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step,
+                      tag: RandomStream.hardNegativeShuffle.rawValue + UInt64(h), updateStatistics: false,
+                      splits: shared ? B : nil)
                 if shared {
                     for b in 0..<B { (tz + b * H * D).update(from: hz, count: H * D) }
                 } else {
@@ -412,7 +413,8 @@ public final class TrainingStep {
         }
         let keys = keySideAll(keyView)
         timed(\.keyForward) {
-            embed(keys, encoder: key, out: kz, norms: kNorms, step: step, tag: 0x4B45, updateStatistics: true)
+            embed(keys, encoder: key, out: kz, norms: kNorms, step: step, tag: RandomStream.keyShuffle.rawValue,
+                  updateStatistics: true)
         }
         if masking != .none {
             if selfSaliency {

@@ -163,7 +163,7 @@ final class LoaderCore: @unchecked Sendable {
         if let p = perms[epoch] { return p }
         var p = Array(0..<dataset.count)
         if shuffle {
-            var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), 0x5EED_0F_0DE5))
+            var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(epoch), RandomStream.epochOrder.rawValue))
             for i in stride(from: p.count - 1, to: 0, by: -1) { p.swapAt(i, rng.int(below: i + 1)) }
         }
         perms = perms.filter { $0.key >= epoch - 1 }

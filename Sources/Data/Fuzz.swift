@@ -89,7 +89,7 @@ func jpegFuzzSeeds() -> [[UInt8]] {
 /// `DataError` or a consistent result; JPEGs are decoded at a random DCT reduction. Sizes are
 /// bounded (`maxPixels` 2^20, inflate 2^24 bytes).
 public func fuzzParsers(iterations: Int, seed: UInt64, extraSeeds: [[UInt8]] = []) -> FuzzReport {
-    var rng = SplitMix64(seed: SplitMix64.derive(seed, 0xF022))
+    var rng = SplitMix64(seed: SplitMix64.derive(seed, RandomStream.fuzz.rawValue))
     var seeds: [(bytes: [UInt8], parser: FuzzParser)] = []
     let rgb = (0..<(7 * 5 * 3)).map { UInt8(truncatingIfNeeded: $0 &* 37) }
     if let p = try? encodePNG(width: 7, height: 5, channels: 3, pixels: rgb) { seeds.append((p, .png)) }

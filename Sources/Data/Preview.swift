@@ -30,7 +30,7 @@ public func gridImage(tiles: [Image], columns: Int, padding: Int = 2, scale: Int
 public func makePreview(dataset: ImageDataset, config: AugmentConfig, count: Int = 16, views: Int = 3,
                         seed: UInt64 = 0, scale: Int? = nil) throws -> Image {
     precondition(count >= 1 && views >= 1)
-    var pick = SplitMix64(seed: SplitMix64.derive(seed, 0x9_12E_71E3))
+    var pick = SplitMix64(seed: SplitMix64.derive(seed, RandomStream.previewPick.rawValue))
     var order = Array(0..<dataset.count)
     for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, pick.int(below: i + 1)) }
     let chosen = Array(order.prefix(count))

@@ -48,3 +48,31 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 }
 
+
+/// The tag of every random stream, mixed with the seed (and the epoch, step or sample where the stream
+/// has one) by `SplitMix64.derive`, so that no two streams share numbers. The values are part of what
+/// makes a run reproducible: changing one changes every run that draws from it.
+public enum RandomStream: UInt64, CaseIterable, Sendable {
+    /// The order of an epoch's images (with the epoch).
+    case epochOrder = 0x5EED_0F_0DE5
+    /// The MoCo queue's initial keys.
+    case queueInit = 0x9_0E0E
+    /// The shuffle-BN permutation of the key forward (with the step).
+    case keyShuffle = 0x4B45
+    /// The permutation of the h-th hard-negative forward is this tag + h (with the step).
+    case hardNegativeShuffle = 0x4A4E
+    /// Which cells of a query view are masked (with the step and the sample).
+    case queryMask = 0x5155_4552_5900_0001
+    /// Which cells of a hard negative are masked (with the step and the sample).
+    case hardNegativeMask = 0x4E45_4741_5449_0002
+    /// The linear probe's held-out split.
+    case probeSplit = 0x5EED_0001
+    /// The start vector of the linear probe's step-size power iteration.
+    case probeEigenvector = 0x5EED_0002
+    /// The order of an augmented linear-probe epoch (with the epoch).
+    case probeEpochOrder = 0x5EED_0003
+    /// The images `salient preview` shows.
+    case previewPick = 0x9_12E_71E3
+    /// The mutations of `salient fuzz`.
+    case fuzz = 0xF022
+}
