@@ -332,8 +332,8 @@ public final class TrainingStep {
         for h in 0..<(shared ? 1 : H) {
             timed(\.masking) {
                 hardView.update(from: source, count: B * img)
-                applyMasks(views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil, saliency: sal,
-                           batch: B, height: res, width: res, channels: channels, grid: grid, role: .hardNegative,
+                applyMasks(views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
+                           saliency: maskSaliency(sal), batch: B, height: res, width: res, channels: channels, grid: grid, role: .hardNegative,
                            mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step * H + h,
                            cellMasks: h == 0 ? hardCells : nil, records: nil)
             }
@@ -356,11 +356,17 @@ public final class TrainingStep {
             if fill == .blur {
                 strongBlur(view, blurred, scratch: filterScratch, n: local, height: res, width: res, channels: channels)
             }
-            applyMasks(views: view, blurred: fill == .blur ? UnsafePointer(blurred) : nil, saliency: sal,
-                       batch: local, height: res, width: res, channels: channels, grid: grid, role: .query,
+            applyMasks(views: view, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
+                       saliency: maskSaliency(sal), batch: local, height: res, width: res, channels: channels, grid: grid, role: .query,
                        mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step,
                        cellMasks: queryCells, records: nil, firstIndex: first)
         }
+    }
+
+    /// The saliency the masks may read: only saliency masking computes it; random masking then draws
+    /// its hard-negative cell counts from the assumed foreground share instead.
+    func maskSaliency(_ sal: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float>? {
+        masking == .saliency ? sal : nil
     }
 
     /// Saliency of both views: the query's [L] into qSaliency, the key side's for every sample [B] into

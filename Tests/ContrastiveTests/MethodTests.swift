@@ -83,6 +83,29 @@ final class MethodTests: XCTestCase {
         XCTAssertTrue(buffers(step.query.store) == buffers(fresh.store), "running statistics moved by another forward")
     }
 
+    /// Random masking computes no saliency, so its masks must not read the saliency buffers: whatever
+    /// they hold (here two different patterns), the step masks and trains the same.
+    func testRandomMaskingReadsNoSaliency() {
+        for method in [ContrastiveMethod.simclr, .moco] {
+            var c = config(method, fill: .mean)
+            c.masking = .random
+            var results: [([Float], [Float])] = []
+            for pattern in 0..<2 {
+                let step = TrainingStep(config: c)
+                let cells = step.gridSize * step.gridSize
+                for (p, n) in [(step.lastKeySaliency, c.batch * cells), (step.lastQuerySaliency, c.batch * cells)] {
+                    let m = UnsafeMutablePointer(mutating: p)
+                    for i in 0..<n { m[i] = pattern == 0 ? 0 : Float((i * 7919 + 13) % 17) }
+                }
+                _ = step.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
+                let img = c.resolution * c.resolution
+                results.append((array(step.lastHardViews, c.batch * img), array(step.lastQueryViews, c.batch * img)))
+            }
+            XCTAssertTrue(results[0].0 == results[1].0, "\(method): hard negatives depend on the saliency buffer")
+            XCTAssertTrue(results[0].1 == results[1].1, "\(method): queries depend on the saliency buffer")
+        }
+    }
+
     /// MoCo: the key encoder's statistics move once per step (the key forward), the query encoder's
     /// once (its training forward); the saliency and hard-negative forwards move neither.
     func testMoCoAuxiliaryForwardsLeaveStatisticsAlone() {
