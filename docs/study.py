@@ -222,7 +222,8 @@ def grouped(records):
 def all_studies():
     d = os.path.join(ROOT, "docs", "results")
     found = sorted(os.listdir(d)) if os.path.isdir(d) else []
-    return [s for s in STUDIES if s in found] + [s for s in found if s not in STUDIES]
+    # The studies, then their explorations (pytorch/ and mpi/ hold other records).
+    return [s for s in STUDIES if s in found] + [s + "-explore" for s in STUDIES if s + "-explore" in found]
 
 
 def title(study):
