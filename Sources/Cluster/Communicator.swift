@@ -50,8 +50,8 @@ public final class Communicator: @unchecked Sendable {
         if rc == 0 { return }
         if rc == Int32(SAL_MPI_TIMEOUT) {
             fail(
-                "no answer from the other ranks within the timeout during \(what()): a rank died or the network dropped; ending the job"
-            )
+                "no answer from the other ranks within the timeout during \(what()): "
+                    + "a rank died or the network dropped; ending the job")
         }
         fail("MPI failed during \(what())")
     }
@@ -148,7 +148,8 @@ public final class Communicator: @unchecked Sendable {
         let differing = all.indices.filter { all[$0] != all[0] }
         if !differing.isEmpty {
             fail(
-                "\(what) differ between ranks (rank 0 and rank(s) \(differing.map(String.init).joined(separator: ", "))): "
+                "\(what) differ between ranks "
+                    + "(rank 0 and rank(s) \(differing.map(String.init).joined(separator: ", "))): "
                     + "start every rank with the same binary, options and data")
         }
     }

@@ -45,7 +45,8 @@ extension TrainConfig {
         s += method == .moco ? " (queue \(queue), m \(mocoMomentum), T \(temperature))" : " (T \(temperature))"
         if masking != .none {
             s +=
-                ", \(masking.rawValue) masking (\(fill.rawValue) fill, \(hardNegatives) hard negative(s), alpha \(alpha))"
+                ", \(masking.rawValue) masking (\(fill.rawValue) fill, "
+                + "\(hardNegatives) hard negative(s), alpha \(alpha))"
         }
         return s + ", batch \(batch), lr \(lr), wd \(weightDecay), \(epochs) epochs"
     }

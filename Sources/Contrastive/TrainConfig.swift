@@ -117,7 +117,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
             p.append("--batch \(batch) does not split over \(ranks) ranks: give a multiple of \(ranks)")
         } else if (method == .moco || masking != .none) && effectiveBNSplits % ranks != 0 {
             p.append(
-                "the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) do not split over \(ranks) ranks: "
+                "the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) "
+                    + "do not split over \(ranks) ranks: "
                     + "give --bn-splits a multiple of \(ranks) that divides --batch")
         } else if effectiveBNSplits / ranks > bnMaxGroups {
             p.append("--bn-splits \(bnSplits) gives each of \(ranks) ranks more than \(bnMaxGroups) batch-norm groups")

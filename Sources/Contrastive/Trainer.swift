@@ -46,8 +46,8 @@ public struct KNNMonitor {
     public init(bank: ImageDataset, test: ImageDataset) throws {
         guard test.labels != nil else {
             throw TrainError(
-                "\(test.source): no labels for kNN monitoring (use a folder with one subfolder per class, or an IDX file with its labels file beside it)"
-            )
+                "\(test.source): no labels for kNN monitoring "
+                    + "(use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
         }
         guard bank.labels != nil else {
             throw TrainError("\(bank.source): the kNN memory bank comes from the training images, which have no labels")
@@ -169,7 +169,8 @@ public final class Trainer {
             let previous = runFiles.filter { fm.fileExists(atPath: $0) }
             if !previous.isEmpty && !overwrite {
                 throw TrainError(
-                    "\(out) holds an earlier run (\(previous.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))): "
+                    "\(out) holds an earlier run "
+                        + "(\(previous.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))): "
                         + "continue it with --resume, or replace it with --overwrite")
             }
         }
@@ -447,7 +448,8 @@ public final class Trainer {
                 throw TrainError(
                     String(
                         format:
-                            "loss became %@ at epoch %d, step %d (lr %.4g): stopped. The last good checkpoint is %@. %@",
+                            "loss became %@ at epoch %d, step %d (lr %.4g): stopped. "
+                            + "The last good checkpoint is %@. %@",
                         r.loss.isFinite ? String(format: "%.3g", r.loss) : "\(r.loss)", epoch + 1, globalStep,
                         Double(lr), lastGoodCheckpoint, divergenceAdvice(atStep: globalStep)))
             }
@@ -694,7 +696,8 @@ extension TrainConfig {
     public var batchNormSplitProblem: String? {
         batchNormGroupSize >= 2
             ? nil
-            : "--bn-splits \(bnSplits) with --batch \(batch) gives batch-norm groups of 1 image, whose statistics are degenerate: "
+            : "--bn-splits \(bnSplits) with --batch \(batch) gives batch-norm groups of 1 image, "
+                + "whose statistics are degenerate: "
                 + "use --bn-splits \(batch / 2) or fewer"
     }
 
@@ -702,6 +705,7 @@ extension TrainConfig {
     public var batchNormSplitNote: String? {
         effectiveBNSplits == bnSplits
             ? nil
-            : "--bn-splits \(bnSplits) does not divide --batch \(batch): the key encoder uses \(effectiveBNSplits) groups of \(batchNormGroupSize)"
+            : "--bn-splits \(bnSplits) does not divide --batch \(batch): "
+                + "the key encoder uses \(effectiveBNSplits) groups of \(batchNormGroupSize)"
     }
 }

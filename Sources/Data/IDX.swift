@@ -89,14 +89,14 @@ public func parseIDXHeader(_ bytes: [UInt8], name: String = "") throws -> IDXHea
     if bytes.count < expected {
         throw DataError(
             .truncated, path: name,
-            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes but the file has \(bytes.count) (truncated)"
-        )
+            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes "
+                + "but the file has \(bytes.count) (truncated)")
     }
     if bytes.count > expected {
         throw DataError(
             .badIDX, path: name,
-            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes but the file has \(bytes.count)"
-        )
+            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes "
+                + "but the file has \(bytes.count)")
     }
     return h
 }

@@ -303,8 +303,9 @@ public func batchNormApplySum(
 
 // MARK: - Forward
 
-/// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional fused ReLU;
-/// saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch: r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
+/// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional
+/// fused ReLU; saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch:
+/// r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
 /// y[P][C] from x[P][C]; `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. y may alias x.
 /// `residual` [P][C] (a residual block's shortcut; may alias y) is added before the ReLU.
 /// `groups` (<= bnMaxGroups, dividing P): the P pixels are that many independent batches (split batch

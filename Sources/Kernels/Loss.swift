@@ -112,7 +112,8 @@ func softmaxRow(_ l: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>, cla
     return Double(m) + logDouble(total) - Double(target)
 }
 
-/// Mean softmax cross-entropy over rows; writes softmax probabilities; returns the mean loss. Numerically stable (max-subtracted, log-sum-exp). Labels are class indices.
+/// Mean softmax cross-entropy over rows; writes softmax probabilities; returns the mean loss. Numerically stable
+/// (max-subtracted, log-sum-exp). Labels are class indices.
 /// probs[rows][classes] may alias logits. Rows are split over at most 64 threads, each summing its rows'
 /// losses in Double into a slot on the stack (no allocation); the slots are added in order.
 public func softmaxCrossEntropyForward(

@@ -85,8 +85,8 @@ extension ParameterStore {
 public func nonFiniteProblem(_ v: [Float], name: String) -> String? {
     guard let i = v.firstIndex(where: { !$0.isFinite }) else { return nil }
     let count = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
-    return
-        "\(name) holds \(count) NaN or infinite value(s) of \(v.count) (first at index \(i): \(describeNonFinite(v[i])))"
+    return "\(name) holds \(count) NaN or infinite value(s) of \(v.count) "
+        + "(first at index \(i): \(describeNonFinite(v[i])))"
 }
 
 /// "NaN", "+infinity" or "-infinity" (Swift prints "nan" and "inf"); other values as Swift prints them.
@@ -109,8 +109,8 @@ public enum EncoderCheckpoint {
             throw CheckpointError(
                 path: path,
                 reason:
-                    "no ResNet backbone found (no conv1.weight / layer1.0.conv1.weight under any of the prefixes \(knownPrefixes.filter { !$0.isEmpty }) or bare)"
-            )
+                    "no ResNet backbone found (no conv1.weight / layer1.0.conv1.weight under any of the prefixes "
+                    + "\(knownPrefixes.filter { !$0.isEmpty }) or bare)")
         }
         let m = file.metadata
         let stem: ResNetStem = ResNetStem(rawValue: m["stem"] ?? "") ?? (c1.shape[2] == 7 ? .imagenet : .cifar)
@@ -141,8 +141,8 @@ public enum EncoderCheckpoint {
                 throw CheckpointError(
                     path: path,
                     reason:
-                        "metadata width \(text) gives \(config.stageWidths[0]) stem channels, but \(prefix)conv1.weight has \(stemChannels)"
-                )
+                        "metadata width \(text) gives \(config.stageWidths[0]) stem channels, "
+                        + "but \(prefix)conv1.weight has \(stemChannels)")
             }
             width = w
         } else {
@@ -150,8 +150,8 @@ public enum EncoderCheckpoint {
                 throw CheckpointError(
                     path: path,
                     reason:
-                        "\(prefix)conv1.weight has \(stemChannels) output channels; a width multiplier in (0, 8] gives 1-512"
-                )
+                        "\(prefix)conv1.weight has \(stemChannels) output channels; "
+                        + "a width multiplier in (0, 8] gives 1-512")
             }
             width = Double(stemChannels) / 64
         }

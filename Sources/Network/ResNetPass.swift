@@ -317,7 +317,8 @@ public final class ResNetPass {
                     plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])  // batch norm backward
                     let target = plan.add(i > 0 ? shapes[i - 1].outputCount : shapes[0].inputCount)
                     if i > 0 { k.gradOut[i - 1] = target } else { k.gradIn = target }
-                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)  // conv backward
+                    // conv backward
+                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)
                     dIn = target
                 }
                 if let ds {

@@ -259,13 +259,13 @@ public struct SafeTensorsFile {
             let (want, o) = elements.multipliedReportingOverflow(by: dtype.size)
             guard !o, off[1] - off[0] == want else {
                 throw fail(
-                    "tensor '\(name)' data_offsets \(off) span \(off[1] - off[0]) bytes, but \(ds) x \(shape) needs \(want)"
-                )
+                    "tensor '\(name)' data_offsets \(off) span \(off[1] - off[0]) bytes, "
+                        + "but \(ds) x \(shape) needs \(want)")
             }
             guard off[1] <= dataCount else {
                 throw fail(
-                    "tensor '\(name)' data_offsets \(off) run past the end of the data (\(dataCount) bytes): truncated file or offsets out of range"
-                )
+                    "tensor '\(name)' data_offsets \(off) run past the end of the data (\(dataCount) bytes): "
+                        + "truncated file or offsets out of range")
             }
             entries.append((name, off[0], off[1], dtype, shape))
         }
@@ -306,7 +306,8 @@ public struct SafeTensorsFile {
             first = false
             let shape = t.shape.map(String.init).joined(separator: ",")
             json +=
-                "\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.data.count)]}"
+                "\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],"
+                + "\"data_offsets\":[\(offset),\(offset + t.data.count)]}"
             offset += t.data.count
         }
         json += "}"

@@ -52,17 +52,19 @@ struct BenchRecord {
 struct BenchKernels: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels",
-        abstract:
-            "FMA peak, then 3x3 convolutions on ResNet-18's CIFAR shapes (GFLOP/s, % of peak), batch norm and pooling (GB/s)."
-    )
+        abstract: """
+            FMA peak, then 3x3 convolutions on ResNet-18's CIFAR shapes (GFLOP/s, % of peak), \
+            batch norm and pooling (GB/s).
+            """)
 
     @OptionGroup var threadOptions: ThreadOptions
     @Flag(help: "One JSON object per line.") var json = false
     @Option(help: "Batch size.") var batch = 64
     @Option(
-        help:
-            "Comma-separated (C, H=W) shapes, e.g. 64x32,128x16; a suffix s2 (64x32s2) times the stride-2 convolution C -> 2C of a stage's first block."
-    )
+        help: """
+            Comma-separated (C, H=W) shapes, e.g. 64x32,128x16; a suffix s2 (64x32s2) times the stride-2 \
+            convolution C -> 2C of a stage's first block.
+            """)
     var shapes = "64x32,128x16,256x8,512x4"
 
     func validate() throws {
@@ -131,7 +133,8 @@ struct BenchKernels: ParsableCommand {
             print(
                 "3x3 convolutions: \(ThreadOptions.algorithm)"
                     + (Conv2DShape.winogradEnabled
-                        ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; Winograd F(4x4,3x3) does 1/4 of the multiplies)"
+                        ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; "
+                            + "Winograd F(4x4,3x3) does 1/4 of the multiplies)"
                         : "") + "; each time includes packing/transforming the weights")
             print(row(["op", "C", "HW", "batch", "GFLOP/s", "GB/s", "% peak"]))
         } else {

@@ -9,9 +9,10 @@ import Cluster
 struct BenchTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract:
-            "Images/s of full training steps (masking and hard negatives included) on synthetic images, and peak memory."
-    )
+        abstract: """
+            Images/s of full training steps (masking and hard negatives included) on synthetic images, \
+            and peak memory.
+            """)
 
     @Option var method: ContrastiveMethod = .moco
     @Option var arch: ResNetArch = .resnet18
@@ -33,7 +34,10 @@ struct BenchTrain: ParsableCommand {
     @Option(
         name: .customLong("schedule-model"),
         help: ArgumentHelp(
-            "Run on one core as N threads would split the work and predict the N-thread speedup from the split alone (no memory-bandwidth, clock or synchronisation limits).",
+            """
+            Run on one core as N threads would split the work and predict the N-thread speedup from the split \
+            alone (no memory-bandwidth, clock or synchronisation limits).
+            """,
             valueName: "N"))
     var scheduleModel: Int?
     @OptionGroup var threadOptions: ThreadOptions
@@ -137,7 +141,8 @@ struct BenchTrain: ParsableCommand {
                 print(
                     String(
                         format:
-                            "  %.1f images/s (median step %.3f s over %d steps), peak resident memory %.0f MB (the largest rank's)",
+                            "  %.1f images/s (median step %.3f s over %d steps), "
+                            + "peak resident memory %.0f MB (the largest rank's)",
                         ips, median, steps, worstRSS))
                 print(
                     String(
@@ -146,7 +151,8 @@ struct BenchTrain: ParsableCommand {
                 print(
                     String(
                         format:
-                            "  gradient sum: %.1f ms alone, %.1f ms still to wait after backward (%.0f%% hidden by overlap)",
+                            "  gradient sum: %.1f ms alone, "
+                            + "%.1f ms still to wait after backward (%.0f%% hidden by overlap)",
                         1000 * alone, 1000 * exposed, 100 * max(0, 1 - exposed / max(alone, 1e-9))))
             }
             return
@@ -284,7 +290,8 @@ struct BenchExtract: ParsableCommand {
             print(
                 String(
                     format:
-                        "extract %@ %@ width %.3g, batch %d, %dpx, %d thread(s): %.1f images/s, peak resident memory %.0f MB",
+                        "extract %@ %@ width %.3g, batch %d, %dpx, %d thread(s): "
+                        + "%.1f images/s, peak resident memory %.0f MB",
                     arch.rawValue, stem.rawValue, width, batch, res, Threads.count, ips, peakResidentMB()))
         }
     }
@@ -349,7 +356,8 @@ struct BenchLoader: ParsableCommand {
             print(
                 String(
                     format:
-                        "loader: %.0f images/s (two %dx%d views each, %d thread(s), synthetic), peak resident memory %.0f MB",
+                        "loader: %.0f images/s (two %dx%d views each, %d thread(s), synthetic), "
+                        + "peak resident memory %.0f MB",
                     ips, res, res, threads, rss))
         } else {
             print(

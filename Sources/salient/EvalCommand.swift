@@ -52,8 +52,8 @@ struct EvalSourceOptions: ParsableArguments {
         if sources.isEmpty {
             if testFeatures != nil { throw ValidationError("--test-features needs --features TRAIN.npy as well") }
             throw ValidationError(
-                "give a feature source: --checkpoint FILE, --random-init, --raw-pixels (each with --train and --test), or --features TRAIN.npy --test-features TEST.npy"
-            )
+                "give a feature source: --checkpoint FILE, --random-init, --raw-pixels (each with --train and --test), "
+                    + "or --features TRAIN.npy --test-features TEST.npy")
         }
         if sources.count > 1 {
             throw ValidationError("give exactly one feature source, got \(sources.joined(separator: " and "))")
@@ -239,8 +239,8 @@ struct EvalSourceOptions: ParsableArguments {
         let ds = try DatasetLoader.open(path: path, limit: limit, channels: channels, decode: decode ?? decodeTarget)
         guard ds.labels != nil else {
             throw ValidationError(
-                "\(path): no labels (use a folder with one subfolder per class, or an IDX file with its labels file beside it)"
-            )
+                "\(path): no labels "
+                    + "(use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
         }
         return try train.map { try ds.relabeled(as: $0) } ?? ds
     }
@@ -294,8 +294,8 @@ struct EvalFeatures {
             testSource: testLabelSource ?? testSource)
         guard labels.classes <= Self.maxClasses else {
             throw ValidationError(
-                "\(trainLabelSource ?? trainSource): \(labels.classes) distinct labels; at most \(Self.maxClasses) classes are supported"
-            )
+                "\(trainLabelSource ?? trainSource): \(labels.classes) distinct labels; "
+                    + "at most \(Self.maxClasses) classes are supported")
         }
         self.train = train; self.trainLabels = labels.train; self.test = test; self.testLabels = labels.test
         self.dim = dim
@@ -303,8 +303,8 @@ struct EvalFeatures {
         let unseen = Set(testLabels).subtracting(trainLabels)
         if !unseen.isEmpty {
             note(
-                "eval: note: test labels \(unseen.sorted().prefix(10).map(String.init).joined(separator: ", ")) never occur in train"
-            )
+                "eval: note: test labels \(unseen.sorted().prefix(10).map(String.init).joined(separator: ", ")) "
+                    + "never occur in train")
         }
     }
 }
@@ -359,22 +359,28 @@ struct EvalLinearCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "linear",
         abstract: "Linear probe: softmax regression on frozen, standardised features: top-1 / top-5 percent.",
-        discussion:
-            "The weight decay is chosen among --weight-decays on a held-out 10% of train, then the probe is retrained on all of train and scored on test. SGD with momentum 0.9 and a cosine learning rate; deterministic for a --seed."
-    )
+        discussion: """
+            The weight decay is chosen among --weight-decays on a held-out 10% of train, then the probe is \
+            retrained on all of train and scored on test. SGD with momentum 0.9 and a cosine learning rate; \
+            deterministic for a --seed.
+            """)
 
     @OptionGroup var source: EvalSourceOptions
     @Option(help: "Training epochs over the (cached) features.") var epochs = 30
     @Option(help: "Comma-separated weight decays to choose from.") var weightDecays = "0,1e-4,1e-3,1e-2"
     @Option(help: "Rows per SGD step.") var probeBatch = 256
     @Option(
-        help:
-            "Peak learning rate (default: 20 / the largest eigenvalue of the standardised features' second moment, at most 1)."
-    ) var lr: Float?
+        help: """
+            Peak learning rate (default: 20 / the largest eigenvalue of the standardised features' second \
+            moment, at most 1).
+            """) var lr: Float?
     @Flag(
-        help:
-            "The paper's linear evaluation: every epoch new random views of the train images (random resized crop, scale 0.08-1, and flip, at --resize px); test images resized to 256/224 of that and centre-cropped. Weight decay: the first of --weight-decays. Costs a pass over the train images per epoch."
-    )
+        help: """
+            The paper's linear evaluation: every epoch new random views of the train images (random resized \
+            crop, scale 0.08-1, and flip, at --resize px); test images resized to 256/224 of that and \
+            centre-cropped. Weight decay: the first of --weight-decays. Costs a pass over the train images \
+            per epoch.
+            """)
     var augment = false
 
     func parsedDecays() throws -> [Float] {
@@ -431,7 +437,8 @@ struct EvalLinearCommand: ParsableCommand {
         note(
             String(
                 format:
-                    "eval linear: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; features %.1f s, probe %.1f s",
+                    "eval linear: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, "
+                    + "train loss %.4f; features %.1f s, probe %.1f s",
                 f.trainLabels.count, f.testLabels.count, f.dim, f.classes, Double(r.weightDecay),
                 Double(r.learningRate),
                 r.epochs, Double(r.trainLoss), t1.timeIntervalSince(t0), t2.timeIntervalSince(t1)))
@@ -462,7 +469,8 @@ extension EvalLinearCommand {
         let views = FeatureAugmentation.linearEvaluation(size: side, preprocess: src.preprocess)
 
         note(
-            "eval linear --augment: \(src.encoder.config), \(src.trainSet.count) train / \(src.testSet.count) test images, "
+            "eval linear --augment: \(src.encoder.config), "
+                + "\(src.trainSet.count) train / \(src.testSet.count) test images, "
                 + "\(config.epochs) epochs of new \(side) px views, \(Threads.count) thread(s)")
         let test = try source.extractWithProgress(src.encoder, src.testSet, testPre, label: "test (centre crop)")
         let labels = try DenseLabels(
@@ -482,7 +490,8 @@ extension EvalLinearCommand {
         note(
             String(
                 format:
-                    "eval linear --augment: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, %d epochs, train loss %.4f; %.1f s",
+                    "eval linear --augment: %d train, %d test, dim %d, %d classes, weight decay %g, lr %.3g, "
+                    + "%d epochs, train loss %.4f; %.1f s",
                 trainLabels.count, testLabels.count, dim, classes, Double(r.weightDecay), Double(r.learningRate),
                 r.epochs, Double(r.trainLoss), dt))
         printResult(

@@ -27,8 +27,8 @@ struct ExportCommand: ParsableCommand {
             let existing = try? SafeTensorsFile.read(path: out), existing.metadata["format"] == "salient-trainer-1"
         {
             throw ValidationError(
-                "--out \(out) is a trainer checkpoint (it resumes a run); an encoder-only file would replace it: write it elsewhere"
-            )
+                "--out \(out) is a trainer checkpoint (it resumes a run); "
+                    + "an encoder-only file would replace it: write it elsewhere")
         }
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = try EncoderCheckpoint.inferConfig(file, path: checkpoint)

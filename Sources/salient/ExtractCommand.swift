@@ -10,9 +10,11 @@ struct ExtractCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "extract",
         abstract: "Pooled backbone features of a dataset as a float32 .npy (N x D), labels beside it.",
-        discussion:
-            "Reads a salient or PyTorch (torchvision-named) safetensors checkpoint. Writes FEATURES.npy and, when the data has labels, FEATURES.labels.npy (int64). Nothing is written on failure. Under mpirun the ranks share the images and rank 0 writes the one file, the same as one process writes."
-    )
+        discussion: """
+            Reads a salient or PyTorch (torchvision-named) safetensors checkpoint. Writes FEATURES.npy and, \
+            when the data has labels, FEATURES.labels.npy (int64). Nothing is written on failure. Under \
+            mpirun the ranks share the images and rank 0 writes the one file, the same as one process writes.
+            """)
 
     @Option(help: "Encoder checkpoint (.safetensors): encoder-only or a trainer checkpoint.") var checkpoint: String
     @Option(help: "A folder of PNGs (class subfolders give labels) or an IDX images file.") var data: String
@@ -56,7 +58,8 @@ struct ExtractCommand: ParsableCommand {
             "the binary, checkpoint, options or data")
         if comm.isRoot {
             note(
-                "extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass" : "plain") input, "
+                "extract: \(dataset.count) images from \(data), \(config), "
+                    + "\(pre.highPass ? "high-pass" : "plain") input, "
                     + "\(Threads.count) thread(s)" + (comm.isDistributed ? " in each of \(comm.size) ranks" : ""))
         }
         let t0 = Date()

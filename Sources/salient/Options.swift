@@ -37,9 +37,10 @@ struct PreprocessOptions: ParsableArguments {
     @Option(help: "Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's; 0.5 for 1 channel).") var std: String?
     @Option(
         name: .customLong("input"),
-        help:
-            "auto | plain | highpass: high-pass filter the images, as hp-fill training did (auto: as the checkpoint says)."
-    )
+        help: """
+            auto | plain | highpass: high-pass filter the images, as hp-fill training did (auto: as the \
+            checkpoint says).
+            """)
     var inputFilter = "auto"
 
     func validate() throws {

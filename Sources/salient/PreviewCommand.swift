@@ -66,8 +66,8 @@ struct PreviewCommand: ParsableCommand {
         let grid = try makePreview(dataset: ds, config: config, count: min(n, ds.count), views: views, seed: seed)
         try writePNG(path: out, image: grid)
         print(
-            "preview: \(min(n, ds.count)) of \(ds.count) images from \(data), \(views) views each at \(size) px -> \(out) (\(grid.width)x\(grid.height))"
-        )
+            "preview: \(min(n, ds.count)) of \(ds.count) images from \(data), \(views) views each at \(size) px "
+                + "-> \(out) (\(grid.width)x\(grid.height))")
         if skipBad { print("skipped \(ds.skipped.count) bad file(s)") }
         for e in ds.skipped.prefix(20) { print("  skipped \(e)") }
     }

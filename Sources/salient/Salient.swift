@@ -32,8 +32,8 @@ enum EnvironmentSettings {
         if let text = value("SALIENT_THREADS") {
             guard let n = Int(text.trimmingCharacters(in: .whitespaces)), Threads.allowedCounts.contains(n) else {
                 throw ValidationError(
-                    "SALIENT_THREADS must be a whole number of threads between 1 and \(Threads.maximumCount), got '\(text)'"
-                )
+                    "SALIENT_THREADS must be a whole number of threads between 1 and \(Threads.maximumCount), "
+                        + "got '\(text)'")
             }
             Threads.count = n
         } else {
@@ -56,9 +56,10 @@ struct ThreadOptions: ParsableArguments {
 
     @Option(
         name: .long,
-        help:
-            "3x3 stride-1 convolutions: winograd (F(4x4,3x3), the default) or direct (default: SALIENT_CONV or winograd)."
-    )
+        help: """
+            3x3 stride-1 convolutions: winograd (F(4x4,3x3), the default) or direct (default: SALIENT_CONV \
+            or winograd).
+            """)
     var conv: ConvAlgorithm?
 
     func validate() throws {
@@ -76,7 +77,8 @@ struct ThreadOptions: ParsableArguments {
         let cores = Threads.processors
         if Threads.count > cores {
             note(
-                "note: \(Threads.count) threads on \(cores) core(s): every parallel loop is split \(Threads.count) ways "
+                "note: \(Threads.count) threads on \(cores) core(s): "
+                    + "every parallel loop is split \(Threads.count) ways "
                     + "and runs slower than on \(cores); leave --threads and SALIENT_THREADS out to use \(cores)")
         }
     }

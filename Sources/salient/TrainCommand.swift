@@ -16,7 +16,8 @@ struct TrainCommand: ParsableCommand {
 
             Writes DIR/last.safetensors after every epoch (atomically; DIR/best.safetensors too with --knn-data), \
             DIR/log.jsonl, and with --preview DIR/preview.png. `salient extract` reads the checkpoints. \
-            One run at a time uses DIR (it is locked); a fresh run into a DIR holding an earlier one needs --overwrite. \
+            One run at a time uses DIR (it is locked); a fresh run into a DIR holding an earlier one \
+            needs --overwrite. \
             Ctrl-C or SIGTERM stops at the end of the step with a checkpoint of it (exit 130 or 143). \
             --resume continues a run exactly: same options, data, --threads and --conv (only --epochs and --save-every \
             may change); what differs is named.
@@ -53,13 +54,17 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("hard-negatives"), help: "Hard negatives per sample (preset).") var hardNegatives: Int?
     @Option(
         name: .customLong("hard-negative-mode"),
-        help:
-            "per-sample (each sample masks its own key view) | shared (the official code: the batch's first H masked images, shared by every query)."
-    )
+        help: """
+            per-sample (each sample masks its own key view) | shared (the official code: the batch's first \
+            H masked images, shared by every query).
+            """)
     var hardNegativeMode: HardNegativeMode?
     @Option(
         help: ArgumentHelp(
-            "Saliency maps: the key encoder's own (self), network-free (classical), or an imported encoder's (a safetensors file).",
+            """
+            Saliency maps: the key encoder's own (self), network-free (classical), or an imported encoder's \
+            (a safetensors file).
+            """,
             valueName: "self|classical|CHECKPOINT"))
     var saliency: SaliencySource?
     @Option(name: .customLong("saliency-warmup"), help: "Epochs of classical saliency before the encoder's own.")
@@ -81,9 +86,10 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("skip-bad"), help: "Skip unreadable images (their count is reported).") var skipBad = false
     @Option(
         name: .customLong("peer-timeout"),
-        help:
-            "Under mpirun: seconds a rank waits for the others in a collective before it ends the job (a rank that died, a network that dropped)."
-    )
+        help: """
+            Under mpirun: seconds a rank waits for the others in a collective before it ends the job (a rank \
+            that died, a network that dropped).
+            """)
     var peerTimeout: Double = 60
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -147,8 +153,8 @@ struct TrainCommand: ParsableCommand {
             saliencyEncoder = try EncoderCheckpoint.loadEncoder(path: path, trainable: false)
             if saliencyEncoder!.config.inChannels != config.inChannels {
                 throw ValidationError(
-                    "--saliency \(path): encoder takes \(saliencyEncoder!.config.inChannels) channels, the data has \(config.inChannels)"
-                )
+                    "--saliency \(path): encoder takes \(saliencyEncoder!.config.inChannels) channels, "
+                        + "the data has \(config.inChannels)")
             }
         }
         let trainer = try Trainer(
@@ -174,13 +180,14 @@ struct TrainCommand: ParsableCommand {
             note("       \(config.recipeSummary)")
             if config.masking != .none {
                 note(
-                    "       saliency \(config.saliency) (grid \(g)x\(g)), hard negatives \(config.hardNegativeMode.rawValue)"
-                )
+                    "       saliency \(config.saliency) (grid \(g)x\(g)), "
+                        + "hard negatives \(config.hardNegativeMode.rawValue)")
             }
             note(
                 "       \(Threads.count) thread(s)"
                     + (comm.isDistributed
-                        ? " in each of \(comm.size) ranks, \(config.batch / comm.size) images of each batch of \(config.batch) per rank"
+                        ? " in each of \(comm.size) ranks, "
+                            + "\(config.batch / comm.size) images of each batch of \(config.batch) per rank"
                         : ""))
             if let n = config.batchNormSplitNote { note("       note: \(n)") }
         }
@@ -193,9 +200,9 @@ struct TrainCommand: ParsableCommand {
             let sig = Interrupts.received
             if comm.isRoot {
                 note(
-                    "interrupted by \(sig > 0 ? Interrupts.name(sig) : "another rank's signal") at epoch \(trainer.epoch + 1), "
-                        + "step \(trainer.globalStep): \(trainer.lastCheckpoint) holds this step; continue with the same command and --resume"
-                )
+                    "interrupted by \(sig > 0 ? Interrupts.name(sig) : "another rank's signal") "
+                        + "at epoch \(trainer.epoch + 1), step \(trainer.globalStep): "
+                        + "\(trainer.lastCheckpoint) holds this step; continue with the same command and --resume")
             }
             return 128 + (sig > 0 ? sig : 15)
         }

@@ -603,8 +603,8 @@ public func salientArmChecks() -> Int {
     let ran = (seen[0] > 0 ? 1 : 0) + (seen[1] > 0 ? 1 : 0)
     seen.deallocate()
     note(
-        "salient kernels on aarch64 (Embedded Swift, qemu-user): OpenMP \(Threads.hasOpenMP ? "on" : "OFF"), threads \(Threads.count), \(ran) threads ran a 2-way parallelFor"
-    )
+        "salient kernels on aarch64 (Embedded Swift, qemu-user): OpenMP \(Threads.hasOpenMP ? "on" : "OFF"), "
+            + "threads \(Threads.count), \(ran) threads ran a 2-way parallelFor")
     if !Threads.hasOpenMP || ran != 2 {
         note("FAIL the parallel-for did not run on 2 OpenMP threads")
         failures += 1

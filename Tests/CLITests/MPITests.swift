@@ -64,7 +64,8 @@ final class MPITests: XCTestCase {
     /// learning rate of 1e-4 (at 0.06 the first steps are chaotic: one process on 1 vs 2 threads differs
     /// by 20% in its gradients after four steps); the SGD momentum buffers (the summed gradients) within
     /// 2% of one process's, tensor by tensor; all weights together within 1e-6, the key encoder's (with
-    /// its running statistics) within 1e-5; the MoCo queue within 1e-4. A missing batch-norm synchronisation, gradient sum or scale moves gradients by 10% to 100%.
+    /// its running statistics) within 1e-5; the MoCo queue within 1e-4. A missing batch-norm synchronisation,
+    /// gradient sum or scale moves gradients by 10% to 100%.
     func testTwoRanksComputeWhatOneProcessComputes() throws {
         let dir = try makeTempDir(self, "mpi")
         let data = try writeIDX(dir: dir, name: "train", n: 128, side: 16, seed: 4)

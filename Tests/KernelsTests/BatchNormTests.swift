@@ -200,7 +200,8 @@ final class BatchNormTests: XCTestCase {
     /// Running statistics checked by hand: r = (1-m)*r + m*stat, variance unbiased (P/(P-1)).
     func testRunningStatsUpdateByHand() {
         let sh = BatchNormShape(pixels: 4, channels: 2)
-        // Channel 0: 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3); channel 1: 100, 100, 100, 104 (mean 101, unbiased 4).
+        // Channel 0: 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3);
+        // channel 1: 100, 100, 100, 104 (mean 101, unbiased 4).
         let x: [Float] = [1, 100, 2, 100, 3, 100, 6, 104]
         let p = Params(gamma: [1, 2], beta: [0, 1], rm: [0.5, -1], rv: [2, 3])
         let f = forward(sh, x, p, relu: false, naive: false, momentum: 0.25)

@@ -95,7 +95,8 @@ final class FusedBatchNormTests: XCTestCase {
                 XCTAssertNotEqual(a.buffers, b.buffers, "the epilogue's statistics are rounded differently: \(what)")
                 XCTAssertLessThanOrEqual(toleranceRatio(a.features, b.features, atol: 1e-4, rtol: 1e-3), 1, what)
                 XCTAssertLessThanOrEqual(toleranceRatio(a.buffers, b.buffers, atol: 1e-5, rtol: 1e-4), 1, what)
-                XCTAssertLessThanOrEqual(toleranceRatio(a.grads, b.grads, atol: 1e-3, rtol: 1e-2), 1, what)  // through 20 batch norms of 4-16 pixels a channel
+                // through 20 batch norms of 4-16 pixels a channel
+                XCTAssertLessThanOrEqual(toleranceRatio(a.grads, b.grads, atol: 1e-3, rtol: 1e-2), 1, what)
             }
         }
     }
