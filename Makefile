@@ -8,7 +8,7 @@ APT_PKGS   := libomp-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libopenmpi-de
 DATA_PKGS  := dataset-fashion-mnist
 FMNIST     := /usr/share/datasets/fashion-mnist
 
-.PHONY: all build setup setup-data test bench demo clean test-arm test-mpi fuzz dist
+.PHONY: all build setup setup-data test lint bench demo clean test-arm test-mpi fuzz dist
 
 all: build
 
@@ -32,6 +32,14 @@ test: setup-data
 	@mkdir -p .build; set -o pipefail; $(SWIFT) test $(RELEASE) --skip-build 2>&1 | tee .build/test.log; status=$$?; \
 	awk '/Executed [0-9]+ tests?, with [0-9]+ failures?/ { n = $$2; f = $$5 } \
 	     END { if (n != "") print "tests: " n - f " passed, " f " failed" }' .build/test.log; exit $$status
+
+# The Swift layout of .swift-format (swift format's pretty-printer; every rule is off) and no Swift line
+# over 120 characters (counted as characters: awk in the C locale, less the UTF-8 continuation bytes).
+lint:
+	$(SWIFT) format lint --strict -r Sources Tests Benchmarks Package.swift
+	@git ls-files -z '*.swift' | LC_ALL=C xargs -0 awk '{ n = length($$0) - gsub(/[\200-\277]/, "&") } \
+	    n > 120 { print FILENAME ":" FNR ": " n " characters, over 120"; bad = 1 } END { exit bad }' || \
+	    { echo "lint: Swift lines over 120 characters" >&2; exit 1; }
 
 bench: build
 	$(BIN) bench kernels

@@ -39,24 +39,27 @@ if let omp {
 // start and says so, rather than dying on an illegal instruction, if it was built for more.
 func hostHasAVX512() -> Bool {
     guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+        let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+    else { return false }
     let have = Set(flags.split(separator: " ").map(String.init))
     return ["avx512f", "avx512vl", "avx512bw", "avx512dq"].allSatisfy(have.contains)
 }
 #if arch(x86_64)
-let avx512: Bool = {
-    switch ProcessInfo.processInfo.environment["SALIENT_SIMD"] {
-    case "avx2": return false
-    case "avx512": return true
-    default: return hostHasAVX512()
-    }
-}()
-// The x86 code-generation flags, for the C target as they are and for Swift's clang importer behind -Xcc.
-let x86Flags = ["-mavx2", "-mfma"] + (avx512 ? ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"] : [])
-let simdFlags: [SwiftSetting] = [.unsafeFlags(x86Flags.flatMap { ["-Xcc", $0] } + (avx512 ? ["-DSALIENT_AVX512"] : []))]
+    let avx512: Bool = {
+        switch ProcessInfo.processInfo.environment["SALIENT_SIMD"] {
+        case "avx2": return false
+        case "avx512": return true
+        default: return hostHasAVX512()
+        }
+    }()
+    // The x86 code-generation flags, for the C target as they are and for Swift's clang importer behind -Xcc.
+    let x86Flags = ["-mavx2", "-mfma"] + (avx512 ? ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"] : [])
+    let simdFlags: [SwiftSetting] = [
+        .unsafeFlags(x86Flags.flatMap { ["-Xcc", $0] } + (avx512 ? ["-DSALIENT_AVX512"] : []))
+    ]
 #else
-let avx512 = false
-let simdFlags: [SwiftSetting] = []
+    let avx512 = false
+    let simdFlags: [SwiftSetting] = []
 #endif
 // Kernel configuration lives in a few global variables (wideTiles, the Winograd limits) that tests
 // set between runs and hot loops read; Swift's dynamic exclusivity checks on them cost ~1% of a
@@ -64,8 +67,8 @@ let simdFlags: [SwiftSetting] = []
 let swiftFlags = simdFlags + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
 #if arch(x86_64)
-// The C target's vector code (transpose.c) at the Swift kernels' width.
-parallelC.append(.unsafeFlags(x86Flags))
+    // The C target's vector code (transpose.c) at the Swift kernels' width.
+    parallelC.append(.unsafeFlags(x86Flags))
 #endif
 
 let package = Package(
@@ -73,29 +76,39 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [.executable(name: "salient", targets: ["salient"])],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
         .target(name: "CParallel", cSettings: parallelC, linkerSettings: parallelL),
-        .target(name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
-                linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg"), .linkedLibrary("z")]),
+        .target(
+            name: "CImage", cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg"), .linkedLibrary("z")]),
         // Open MPI, loaded at run time (dlopen) only when the binary is started by mpirun.
         .target(name: "CMPI", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Kernels", dependencies: ["CParallel"], exclude: ["README.md"], swiftSettings: swiftFlags),
         .target(name: "Network", dependencies: ["Kernels"], swiftSettings: swiftFlags),
         .target(name: "Cluster", dependencies: ["CMPI", "Kernels", "Network"], swiftSettings: swiftFlags),
         .target(name: "Data", dependencies: ["Kernels", "CImage"], exclude: ["README.md"], swiftSettings: swiftFlags),
-        .target(name: "Contrastive", dependencies: ["Network", "Data", "Kernels", "Cluster"], swiftSettings: swiftFlags),
-        .executableTarget(name: "salient", dependencies: [
-            "Contrastive", "Network", "Data", "Kernels", "Cluster",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], swiftSettings: swiftFlags),
-        .target(name: "TestSupport", dependencies: ["Kernels", "Network"], path: "Tests/TestSupport",
-                swiftSettings: swiftFlags),
+        .target(
+            name: "Contrastive", dependencies: ["Network", "Data", "Kernels", "Cluster"], swiftSettings: swiftFlags),
+        .executableTarget(
+            name: "salient",
+            dependencies: [
+                "Contrastive", "Network", "Data", "Kernels", "Cluster",
+                .product(name: "ArgumentParser", package: "swift-argument-parser")
+            ], swiftSettings: swiftFlags),
+        .target(
+            name: "TestSupport", dependencies: ["Kernels", "Network"], path: "Tests/TestSupport",
+            swiftSettings: swiftFlags),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: swiftFlags),
-        .testTarget(name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: swiftFlags),
+        .testTarget(
+            name: "NetworkTests", dependencies: ["Network", "Kernels", "Data", "TestSupport"], swiftSettings: swiftFlags
+        ),
         .testTarget(name: "DataTests", dependencies: ["Data", "Kernels", "TestSupport"], swiftSettings: swiftFlags),
-        .testTarget(name: "ContrastiveTests", dependencies: ["Contrastive", "Network", "Data", "Kernels", "Cluster", "TestSupport"], swiftSettings: swiftFlags),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: swiftFlags),
+        .testTarget(
+            name: "ContrastiveTests",
+            dependencies: ["Contrastive", "Network", "Data", "Kernels", "Cluster", "TestSupport"],
+            swiftSettings: swiftFlags),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Network"], swiftSettings: swiftFlags)
     ]
 )

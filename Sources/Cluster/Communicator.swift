@@ -49,7 +49,9 @@ public final class Communicator: @unchecked Sendable {
     func check(_ rc: Int32, _ what: @autoclosure () -> String) {
         if rc == 0 { return }
         if rc == Int32(SAL_MPI_TIMEOUT) {
-            fail("no answer from the other ranks within the timeout during \(what()): a rank died or the network dropped; ending the job")
+            fail(
+                "no answer from the other ranks within the timeout during \(what()): "
+                    + "a rank died or the network dropped; ending the job")
         }
         fail("MPI failed during \(what())")
     }
@@ -65,8 +67,10 @@ public final class Communicator: @unchecked Sendable {
 
     /// recv[r * count ..< (r + 1) * count] = rank r's `send`; `recv` holds size * count floats and
     /// must not overlap `send`.
-    public func allGather(_ send: UnsafePointer<Float>, count: Int, into recv: UnsafeMutablePointer<Float>,
-                          _ what: @autoclosure () -> String) {
+    public func allGather(
+        _ send: UnsafePointer<Float>, count: Int, into recv: UnsafeMutablePointer<Float>,
+        _ what: @autoclosure () -> String
+    ) {
         if !isDistributed {
             if UnsafePointer(recv) != send { recv.update(from: send, count: count) }
             return
@@ -79,7 +83,9 @@ public final class Communicator: @unchecked Sendable {
         if !isDistributed { return [bytes] }
         var all = [UInt8](repeating: 0, count: bytes.count * size)
         bytes.withUnsafeBytes { s in
-            all.withUnsafeMutableBytes { r in check(sal_mpi_allgather_bytes(s.baseAddress!, bytes.count, r.baseAddress!), what()) }
+            all.withUnsafeMutableBytes { r in
+                check(sal_mpi_allgather_bytes(s.baseAddress!, bytes.count, r.baseAddress!), what())
+            }
         }
         return (0..<size).map { Array(all[($0 * bytes.count)..<(($0 + 1) * bytes.count)]) }
     }
@@ -115,11 +121,15 @@ public final class Communicator: @unchecked Sendable {
 
     func sync(_ mode: BNStatisticsSync.Mode) -> BNStatisticsSync? {
         guard isDistributed else { return nil }
-        return BNStatisticsSync(mode: mode, processes: size, sum: { p, n in
-            Communicator.current.check(sal_mpi_allreduce_f64(p, n), "the batch-norm statistics")
-        }, gather: { send, n, recv in
-            Communicator.current.check(sal_mpi_allgather_bytes(send, 8 * n, recv), "the batch-norm running statistics")
-        })
+        return BNStatisticsSync(
+            mode: mode, processes: size,
+            sum: { p, n in
+                Communicator.current.check(sal_mpi_allreduce_f64(p, n), "the batch-norm statistics")
+            },
+            gather: { send, n, recv in
+                Communicator.current.check(
+                    sal_mpi_allgather_bytes(send, 8 * n, recv), "the batch-norm running statistics")
+            })
     }
 
     /// Checks that every rank runs the same binary with the same settings: `fingerprint` (settings,
@@ -137,8 +147,10 @@ public final class Communicator: @unchecked Sendable {
         let all = allGather(digest, "the start-up check")
         let differing = all.indices.filter { all[$0] != all[0] }
         if !differing.isEmpty {
-            fail("\(what) differ between ranks (rank 0 and rank(s) \(differing.map(String.init).joined(separator: ", "))): "
-                 + "start every rank with the same binary, options and data")
+            fail(
+                "\(what) differ between ranks "
+                    + "(rank 0 and rank(s) \(differing.map(String.init).joined(separator: ", "))): "
+                    + "start every rank with the same binary, options and data")
         }
     }
 }

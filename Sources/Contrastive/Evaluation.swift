@@ -31,9 +31,10 @@ public struct EvaluationError: Error, CustomStringConvertible, LocalizedError {
 public func checkFinite(_ x: [Float], dim: Int, source: String) throws {
     guard let i = x.firstIndex(where: { !$0.isFinite }) else { return }
     let bad = x.count - x.filter(\.isFinite).count
-    throw EvaluationError("\(source): not finite: row \(i / max(dim, 1)), column \(i % max(dim, 1)) is \(describeNonFinite(x[i]))"
-                          + (bad > 1 ? " (\(bad) values of \(x.count) are NaN or infinite)" : "")
-                          + "; features must be finite numbers")
+    throw EvaluationError(
+        "\(source): not finite: row \(i / max(dim, 1)), column \(i % max(dim, 1)) is \(describeNonFinite(x[i]))"
+            + (bad > 1 ? " (\(bad) values of \(x.count) are NaN or infinite)" : "")
+            + "; features must be finite numbers")
 }
 
 // MARK: - Labels
@@ -47,7 +48,9 @@ public struct DenseLabels: Sendable {
     public var classes: Int { original.count }
 
     /// Throws for a negative label (naming `trainSource` / `testSource`).
-    public init(train: [Int64], test: [Int64], trainSource: String = "train labels", testSource: String = "test labels") throws {
+    public init(train: [Int64], test: [Int64], trainSource: String = "train labels", testSource: String = "test labels")
+        throws
+    {
         for (labels, source) in [(train, trainSource), (test, testSource)] {
             if let bad = labels.first(where: { $0 < 0 }) {
                 throw EvaluationError("\(source): label \(bad) is negative; labels must be >= 0")
@@ -75,7 +78,9 @@ public func topAccuracy(scores: UnsafePointer<Float>, labels: [Int32], classes: 
         let s = row[label]
         // Rank of the true label: classes scoring higher, or equal with a lower index.
         var rank = s.isNaN ? classes : 0
-        for c in 0..<classes where c != label && (row[c].isNaN || row[c] > s || (row[c] == s && c < label)) { rank += 1 }
+        for c in 0..<classes where c != label && (row[c].isNaN || row[c] > s || (row[c] == s && c < label)) {
+            rank += 1
+        }
         if rank == 0 { hit1 += 1 }
         if rank < 5 { hit5 += 1 }
     }
@@ -89,12 +94,16 @@ let knnBlockRows = 256
 
 /// Weighted kNN class scores [M][C] (the summed exp(sim / t) votes of each test row's k nearest train rows).
 /// Rows need not be normalised: this normalises copies. k is clamped to N.
-public func knnScores(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], dim: Int, classes: Int,
-                      k: Int = 200, t: Float = 0.1) -> [Float] {
+public func knnScores(
+    trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], dim: Int, classes: Int,
+    k: Int = 200, t: Float = 0.1
+) -> [Float] {
     let n = trainLabels.count, m = testFeatures.count / max(dim, 1)
     precondition(dim > 0 && classes > 0 && k > 0 && t > 0, "knn: dim, classes, k and t must be positive")
-    precondition(trainFeatures.count == n * dim && testFeatures.count == m * dim, "knn: feature counts do not match dim")
-    precondition(trainLabels.allSatisfy { $0 >= 0 && Int($0) < classes }, "knn: train label out of range 0..<\(classes)")
+    precondition(
+        trainFeatures.count == n * dim && testFeatures.count == m * dim, "knn: feature counts do not match dim")
+    precondition(
+        trainLabels.allSatisfy { $0 >= 0 && Int($0) < classes }, "knn: train label out of range 0..<\(classes)")
     var scores = [Float](repeating: 0, count: m * classes)
     if n == 0 || m == 0 { return scores }
     let kk = min(k, n)
@@ -118,8 +127,9 @@ public func knnScores(trainFeatures: [Float], trainLabels: [Int32], testFeatures
                     var r0 = 0
                     while r0 < m {
                         let rows = min(block, m - r0)
-                        linearForward(LinearShape(batch: rows, inFeatures: dim, outFeatures: n),
-                                      input: te.baseAddress! + r0 * dim, weight: tr.baseAddress!, bias: nil, output: sim)
+                        linearForward(
+                            LinearShape(batch: rows, inFeatures: dim, outFeatures: n),
+                            input: te.baseAddress! + r0 * dim, weight: tr.baseAddress!, bias: nil, output: sim)
                         parallelFor(rows) { lo, hi, _ in
                             // Per-thread heaps of the k best (similarity, train index) so far.
                             var hs = [Float](repeating: 0, count: kk), hix = [Int32](repeating: 0, count: kk)
@@ -189,14 +199,17 @@ extension UnsafeMutablePointer {
 
 /// Weighted kNN accuracy (percent): InstDisc / MoCo-demo voting over the k nearest train rows by cosine
 /// similarity, weights exp(sim / t). Test labels must lie in 0..<classes. Throws for non-finite features.
-public func knnClassify(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
-                        dim: Int, classes: Int, k: Int = 200, t: Float = 0.1) throws -> (top1: Double, top5: Double) {
+public func knnClassify(
+    trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
+    dim: Int, classes: Int, k: Int = 200, t: Float = 0.1
+) throws -> (top1: Double, top5: Double) {
     precondition(testLabels.count * dim == testFeatures.count, "knn: test labels do not match test rows")
     precondition(testLabels.allSatisfy { $0 >= 0 && Int($0) < classes }, "knn: test label out of range 0..<\(classes)")
     try checkFinite(trainFeatures, dim: dim, source: "train features")
     try checkFinite(testFeatures, dim: dim, source: "test features")
-    let scores = knnScores(trainFeatures: trainFeatures, trainLabels: trainLabels, testFeatures: testFeatures,
-                           dim: dim, classes: classes, k: k, t: t)
+    let scores = knnScores(
+        trainFeatures: trainFeatures, trainLabels: trainLabels, testFeatures: testFeatures,
+        dim: dim, classes: classes, k: k, t: t)
     return scores.withUnsafeBufferPointer { topAccuracy(scores: $0.baseAddress!, labels: testLabels, classes: classes) }
 }
 
@@ -232,8 +245,10 @@ public struct LinearProbeResult: Sendable {
     /// Mean training loss of the last epoch of the final fit.
     public var trainLoss: Float
 
-    public init(top1: Double, top5: Double, weightDecay: Float, validationTop1: [Double], epochs: Int,
-                learningRate: Float, trainLoss: Float) {
+    public init(
+        top1: Double, top5: Double, weightDecay: Float, validationTop1: [Double], epochs: Int,
+        learningRate: Float, trainLoss: Float
+    ) {
         self.top1 = top1; self.top5 = top5; self.weightDecay = weightDecay; self.validationTop1 = validationTop1
         self.epochs = epochs; self.learningRate = learningRate; self.trainLoss = trainLoss
     }
@@ -242,14 +257,20 @@ public struct LinearProbeResult: Sendable {
 /// Multinomial logistic regression on frozen features: standardise with train statistics, choose the weight
 /// decay on a held-out part of train, retrain on all of train, score on test. Deterministic for a seed.
 /// Throws for non-finite features and for a fit whose loss or weights stop being finite.
-public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
-                        dim: Int, classes: Int, seed: UInt64 = 0, config: LinearProbeConfig = .init(),
-                        progress: ((String) -> Void)? = nil) throws -> LinearProbeResult {
+public func linearProbe(
+    trainFeatures: [Float], trainLabels: [Int32], testFeatures: [Float], testLabels: [Int32],
+    dim: Int, classes: Int, seed: UInt64 = 0, config: LinearProbeConfig = .init(),
+    progress: ((String) -> Void)? = nil
+) throws -> LinearProbeResult {
     let n = trainLabels.count, m = testLabels.count
     precondition(dim > 0 && classes > 0 && n > 0, "linear probe: needs train rows, dim and classes")
-    precondition(trainFeatures.count == n * dim && testFeatures.count == m * dim, "linear probe: feature counts do not match dim")
-    precondition(trainLabels.allSatisfy { $0 >= 0 && Int($0) < classes } && testLabels.allSatisfy { $0 >= 0 && Int($0) < classes },
-                 "linear probe: label out of range 0..<\(classes)")
+    precondition(
+        trainFeatures.count == n * dim && testFeatures.count == m * dim, "linear probe: feature counts do not match dim"
+    )
+    precondition(
+        trainLabels.allSatisfy { $0 >= 0 && Int($0) < classes }
+            && testLabels.allSatisfy { $0 >= 0 && Int($0) < classes },
+        "linear probe: label out of range 0..<\(classes)")
     precondition(!config.weightDecays.isEmpty && config.epochs > 0 && config.batch > 0, "linear probe: bad config")
     try checkFinite(trainFeatures, dim: dim, source: "train features")
     try checkFinite(testFeatures, dim: dim, source: "test features")
@@ -271,19 +292,22 @@ public func linearProbe(trainFeatures: [Float], trainLabels: [Int32], testFeatur
         let xf = gatherRows(xs, fitIdx, dim), yf = fitIdx.map { trainLabels[$0] }
         var best = -1.0
         for wd in config.weightDecays {
-            let model = try trainSoftmaxRegression(x: xf, y: yf, dim: dim, classes: classes, weightDecay: wd, lr: lr,
-                                                   config: config, seed: seed)
+            let model = try trainSoftmaxRegression(
+                x: xf, y: yf, dim: dim, classes: classes, weightDecay: wd, lr: lr,
+                config: config, seed: seed)
             let acc = model.accuracy(xv, yv).top1
             validation.append(acc)
             progress?(String(format: "weight decay %g: validation top-1 %.2f", Double(wd), acc))
             if acc > best { best = acc; chosen = wd }
         }
     }
-    let model = try trainSoftmaxRegression(x: xs, y: trainLabels, dim: dim, classes: classes, weightDecay: chosen, lr: lr,
-                                           config: config, seed: seed)
+    let model = try trainSoftmaxRegression(
+        x: xs, y: trainLabels, dim: dim, classes: classes, weightDecay: chosen, lr: lr,
+        config: config, seed: seed)
     let acc = model.accuracy(xt, testLabels)
-    return LinearProbeResult(top1: acc.top1, top5: acc.top5, weightDecay: chosen, validationTop1: validation,
-                             epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
+    return LinearProbeResult(
+        top1: acc.top1, top5: acc.top5, weightDecay: chosen, validationTop1: validation,
+        epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
 }
 
 /// Per-feature standardisation with the mean and std of a set of rows (Double sums).
@@ -322,7 +346,9 @@ func gatherRows(_ x: [Float], _ idx: [Int], _ dim: Int) -> [Float] {
     var out = [Float](repeating: 0, count: idx.count * dim)
     x.withUnsafeBufferPointer { src in
         out.withUnsafeMutableBufferPointer { dst in
-            for (i, r) in idx.enumerated() { (dst.baseAddress! + i * dim).update(from: src.baseAddress! + r * dim, count: dim) }
+            for (i, r) in idx.enumerated() {
+                (dst.baseAddress! + i * dim).update(from: src.baseAddress! + r * dim, count: dim)
+            }
         }
     }
     return out
@@ -346,8 +372,9 @@ func largestEigenvalue(_ x: [Float], rows: Int, dim: Int, seed: UInt64, iteratio
             linearForward(sh, input: x, weight: vp.baseAddress!, bias: vp.baseAddress! + dim, output: &xv)
         }
         acc.withUnsafeMutableBufferPointer { ap in
-            linearBackward(sh, input: x, weight: v, gradOutput: xv, gradInput: nil, gradWeight: ap.baseAddress!,
-                           gradBias: ap.baseAddress! + dim, accumulate: false)
+            linearBackward(
+                sh, input: x, weight: v, gradOutput: xv, gradInput: nil, gradWeight: ap.baseAddress!,
+                gradBias: ap.baseAddress! + dim, accumulate: false)
         }
         var dot: Float = 0
         for j in 0..<d1 { acc[j] /= Float(n); dot += acc[j] * v[j] }
@@ -366,7 +393,9 @@ struct SoftmaxModel {
     func logits(_ x: [Float]) -> [Float] {
         let rows = x.count / dim
         var out = [Float](repeating: 0, count: rows * classes)
-        linearForward(LinearShape(batch: rows, inFeatures: dim, outFeatures: classes), input: x, weight: weight, bias: bias, output: &out)
+        linearForward(
+            LinearShape(batch: rows, inFeatures: dim, outFeatures: classes), input: x, weight: weight, bias: bias,
+            output: &out)
         return out
     }
 
@@ -379,17 +408,23 @@ struct SoftmaxModel {
 /// Mini-batch SGD (momentum, cosine learning rate from `lr` to 0) on mean cross-entropy + wd/2 |W|^2
 /// (no decay on the bias), from zero weights; the epoch order comes from the seed. Throws when an
 /// epoch's loss or the weights stop being finite (the learning rate is too high for the features).
-func trainSoftmaxRegression(x: [Float], y: [Int32], dim: Int, classes: Int, weightDecay: Float, lr: Float,
-                            config: LinearProbeConfig, seed: UInt64) throws -> SoftmaxModel {
-    try trainSoftmaxRegression(epochFeatures: { _ in x }, y: y, dim: dim, classes: classes, weightDecay: weightDecay,
-                               lr: lr, config: config, seed: seed)
+func trainSoftmaxRegression(
+    x: [Float], y: [Int32], dim: Int, classes: Int, weightDecay: Float, lr: Float,
+    config: LinearProbeConfig, seed: UInt64
+) throws -> SoftmaxModel {
+    try trainSoftmaxRegression(
+        epochFeatures: { _ in x }, y: y, dim: dim, classes: classes, weightDecay: weightDecay,
+        lr: lr, config: config, seed: seed)
 }
 
 /// As above, with the rows of each epoch from `epochFeatures(epoch)` (N x dim, same row order as `y`):
 /// new random views of the same images every epoch for the augmented probe.
-func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], dim: Int, classes: Int,
-                            weightDecay: Float, lr: Float, config: LinearProbeConfig, seed: UInt64) throws
-    -> SoftmaxModel {
+func trainSoftmaxRegression(
+    epochFeatures: (Int) throws -> [Float], y: [Int32], dim: Int, classes: Int,
+    weightDecay: Float, lr: Float, config: LinearProbeConfig, seed: UInt64
+) throws
+    -> SoftmaxModel
+{
     let n = y.count, wCount = classes * dim
     let batch = min(config.batch, n)
     let stepsPerEpoch = (n + batch - 1) / batch, total = stepsPerEpoch * config.epochs
@@ -425,22 +460,27 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
                                     let sh = LinearShape(batch: rows, inFeatures: dim, outFeatures: classes)
                                     linearForward(sh, input: XB, weight: P, bias: P + wCount, output: PR)
                                     let loss = yb.withUnsafeBufferPointer { lb in
-                                        let l = softmaxCrossEntropyForward(rows: rows, classes: classes, logits: PR,
-                                                                           labels: lb.baseAddress!, probs: PR)
-                                        softmaxCrossEntropyBackward(rows: rows, classes: classes, probs: PR,
-                                                                    labels: lb.baseAddress!, scale: 1 / Float(rows),
-                                                                    gradLogits: PR)
+                                        let l = softmaxCrossEntropyForward(
+                                            rows: rows, classes: classes, logits: PR,
+                                            labels: lb.baseAddress!, probs: PR)
+                                        softmaxCrossEntropyBackward(
+                                            rows: rows, classes: classes, probs: PR,
+                                            labels: lb.baseAddress!, scale: 1 / Float(rows),
+                                            gradLogits: PR)
                                         return l
                                     }
                                     epochLoss += Double(loss) * Double(rows)
-                                    linearBackward(sh, input: XB, weight: P, gradOutput: PR, gradInput: nil,
-                                                   gradWeight: G, gradBias: G + wCount, accumulate: false)
+                                    linearBackward(
+                                        sh, input: XB, weight: P, gradOutput: PR, gradInput: nil,
+                                        gradWeight: G, gradBias: G + wCount, accumulate: false)
                                     let rate = lr * Float(0.5 * (1 + cos(Double.pi * Double(step) / Double(total))))
-                                    sgdStep(count: wCount, params: P, grads: G, momentumBuffer: M, lr: rate,
-                                            momentum: config.momentum, weightDecay: weightDecay)
-                                    sgdStep(count: classes, params: P + wCount, grads: G + wCount,
-                                            momentumBuffer: M + wCount, lr: rate, momentum: config.momentum,
-                                            weightDecay: 0)
+                                    sgdStep(
+                                        count: wCount, params: P, grads: G, momentumBuffer: M, lr: rate,
+                                        momentum: config.momentum, weightDecay: weightDecay)
+                                    sgdStep(
+                                        count: classes, params: P + wCount, grads: G + wCount,
+                                        momentumBuffer: M + wCount, lr: rate, momentum: config.momentum,
+                                        weightDecay: 0)
                                     step += 1
                                     start += rows
                                 }
@@ -452,13 +492,16 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
         }
         lastLoss = epochLoss / Double(n)
         if !lastLoss.isFinite || !params.allSatisfy(\.isFinite) {
-            throw EvaluationError(String(format: "the linear probe diverged: train loss %@ in epoch %d of %d at learning rate %g "
-                                         + "(weight decay %g); give a lower --lr", "\(Float(lastLoss))", epoch + 1,
-                                         config.epochs, Double(lr), Double(weightDecay)))
+            throw EvaluationError(
+                String(
+                    format: "the linear probe diverged: train loss %@ in epoch %d of %d at learning rate %g "
+                        + "(weight decay %g); give a lower --lr", "\(Float(lastLoss))", epoch + 1,
+                    config.epochs, Double(lr), Double(weightDecay)))
         }
     }
-    return SoftmaxModel(weight: Array(params[0..<wCount]), bias: Array(params[wCount...]), dim: dim, classes: classes,
-                        lastLoss: Float(lastLoss))
+    return SoftmaxModel(
+        weight: Array(params[0..<wCount]), bias: Array(params[wCount...]), dim: dim, classes: classes,
+        lastLoss: Float(lastLoss))
 }
 
 /// The paper's linear evaluation (MoCo's main_lincls, on frozen features): every epoch the probe sees
@@ -467,12 +510,15 @@ func trainSoftmaxRegression(epochFeatures: (Int) throws -> [Float], y: [Int32], 
 /// the statistics of epoch 0's; the weight decay is `config.weightDecays[0]` (no held-out choice: each
 /// candidate would cost a pass over the images per epoch); the learning rate as `linearProbe`'s. Throws as
 /// `linearProbe` does, and for an epoch's features that are not finite.
-public func augmentedLinearProbe(epochFeatures: (Int) throws -> [Float], trainLabels: [Int32], testFeatures: [Float],
-                                 testLabels: [Int32], dim: Int, classes: Int, seed: UInt64 = 0,
-                                 config: LinearProbeConfig = .init()) throws -> LinearProbeResult {
+public func augmentedLinearProbe(
+    epochFeatures: (Int) throws -> [Float], trainLabels: [Int32], testFeatures: [Float],
+    testLabels: [Int32], dim: Int, classes: Int, seed: UInt64 = 0,
+    config: LinearProbeConfig = .init()
+) throws -> LinearProbeResult {
     let n = trainLabels.count
-    precondition(dim > 0 && classes > 0 && n > 0 && !config.weightDecays.isEmpty && config.epochs > 0,
-                 "linear probe: bad input")
+    precondition(
+        dim > 0 && classes > 0 && n > 0 && !config.weightDecays.isEmpty && config.epochs > 0,
+        "linear probe: bad input")
     try checkFinite(testFeatures, dim: dim, source: "test features")
     func epoch(_ e: Int) throws -> [Float] {
         let x = try epochFeatures(e)
@@ -483,12 +529,14 @@ public func augmentedLinearProbe(epochFeatures: (Int) throws -> [Float], trainLa
     let s = FeatureStandardizer(first, rows: n, dim: dim)
     let x0 = s.apply(first)
     let lr = config.learningRate ?? min(1, 20 / largestEigenvalue(x0, rows: n, dim: dim, seed: seed))
-    let model = try trainSoftmaxRegression(epochFeatures: { e in e == 0 ? x0 : s.apply(try epoch(e)) },
-                                           y: trainLabels, dim: dim, classes: classes,
-                                           weightDecay: config.weightDecays[0], lr: lr, config: config, seed: seed)
+    let model = try trainSoftmaxRegression(
+        epochFeatures: { e in e == 0 ? x0 : s.apply(try epoch(e)) },
+        y: trainLabels, dim: dim, classes: classes,
+        weightDecay: config.weightDecays[0], lr: lr, config: config, seed: seed)
     let acc = model.accuracy(s.apply(testFeatures), testLabels)
-    return LinearProbeResult(top1: acc.top1, top5: acc.top5, weightDecay: config.weightDecays[0], validationTop1: [],
-                             epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
+    return LinearProbeResult(
+        top1: acc.top1, top5: acc.top5, weightDecay: config.weightDecays[0], validationTop1: [],
+        epochs: config.epochs, learningRate: lr, trainLoss: model.lastLoss)
 }
 
 // MARK: - Raw pixels
@@ -502,7 +550,9 @@ public func rawPixelFeatures(dataset: ImageDataset, preprocess: Preprocess) thro
     let h = preprocess.resize ?? first.height, w = preprocess.resize ?? first.width
     let c = preprocess.mean.count
     guard c == 1 || c == 3, preprocess.std.count == c else {
-        throw DataError(.invalidArgument, path: dataset.source, "mean/std need 1 or 3 values, got \(preprocess.mean.count)/\(preprocess.std.count)")
+        throw DataError(
+            .invalidArgument, path: dataset.source,
+            "mean/std need 1 or 3 values, got \(preprocess.mean.count)/\(preprocess.std.count)")
     }
     let per = h * w * c
     var out = [Float](repeating: 0, count: n * per)
@@ -512,8 +562,9 @@ public func rawPixelFeatures(dataset: ImageDataset, preprocess: Preprocess) thro
         let base = p.baseAddress!
         parallelFor(n) { lo, hi, _ in
             for i in lo..<hi {
-                do { try preprocess.fill(dataset, index: i, channels: c, height: h, width: w, into: base + i * per) }
-                catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
+                do {
+                    try preprocess.fill(dataset, index: i, channels: c, height: h, width: w, into: base + i * per)
+                } catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
             }
         }
     }
@@ -534,17 +585,22 @@ public struct EvaluationReport: Encodable, Sendable {
     public var train: Int, test: Int, dim: Int, classes: Int
     public var seconds: Double
 
-    public init(method: String, top1: Double, top5: Double, train: Int, test: Int, dim: Int, classes: Int,
-                seconds: Double) {
+    public init(
+        method: String, top1: Double, top5: Double, train: Int, test: Int, dim: Int, classes: Int,
+        seconds: Double
+    ) {
         self.method = method; self.top1 = top1; self.top5 = top5
         self.train = train; self.test = test; self.dim = dim; self.classes = classes; self.seconds = seconds
     }
 
     /// A linear probe's report; Float settings keep their shortest decimal form (5e-4 prints as 0.0005).
-    public init(method: String, probe r: LinearProbeResult, train: Int, test: Int, dim: Int, classes: Int,
-                seconds: Double) {
-        self.init(method: method, top1: r.top1, top5: r.top5, train: train, test: test, dim: dim, classes: classes,
-                  seconds: seconds)
+    public init(
+        method: String, probe r: LinearProbeResult, train: Int, test: Int, dim: Int, classes: Int,
+        seconds: Double
+    ) {
+        self.init(
+            method: method, top1: r.top1, top5: r.top5, train: train, test: test, dim: dim, classes: classes,
+            seconds: seconds)
         weightDecay = Self.decimal(r.weightDecay); lr = Self.decimal(r.learningRate)
         trainLoss = Double(r.trainLoss); epochs = r.epochs
         validationTop1 = r.validationTop1.isEmpty ? nil : r.validationTop1
@@ -558,8 +614,9 @@ public struct EvaluationReport: Encodable, Sendable {
         let e = JSONEncoder()
         e.keyEncodingStrategy = .convertToSnakeCase
         e.outputFormatting = [.sortedKeys]
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
-                                                                nan: "nan")
+        e.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf",
+            nan: "nan")
         // Every member is a number, string or array of numbers: encoding cannot fail.
         return String(decoding: try! e.encode(self), as: UTF8.self)
     }

@@ -82,8 +82,11 @@ public func datasetFingerprint(_ ds: ImageDataset, sample: Int = 256) throws -> 
     let prefix = ds.source.hasSuffix("/") ? ds.source : ds.source + "/"
     for i in 0..<ds.count {
         let name = ds.name(at: i)
-        h.add(name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count))
-              : name.hasPrefix(ds.source) ? String(name.dropFirst(ds.source.count)) : (name as NSString).lastPathComponent)
+        h.add(
+            name.hasPrefix(prefix)
+                ? String(name.dropFirst(prefix.count))
+                : name.hasPrefix(ds.source)
+                    ? String(name.dropFirst(ds.source.count)) : (name as NSString).lastPathComponent)
     }
     let n = min(sample, ds.count)
     for j in 0..<n {
@@ -104,8 +107,10 @@ public struct FeatureCache {
     /// The key of the features of `dataset` (opened with `limit`) under `encoder` and `preprocess`:
     /// `encoderIdentity` (where the encoder came from), the encoder's weights, the dataset's files
     /// as they are now, and the preprocessing.
-    public static func key(encoderIdentity: String, encoder: Encoder, dataset: ImageDataset, limit: Int?,
-                           preprocess p: Preprocess, split: String) -> String {
+    public static func key(
+        encoderIdentity: String, encoder: Encoder, dataset: ImageDataset, limit: Int?,
+        preprocess p: Preprocess, split: String
+    ) -> String {
         """
         salient features v2
         encoder \(encoderIdentity) weights \(encoderDigest(encoder))
@@ -127,7 +132,8 @@ public struct FeatureCache {
     public func features(for key: String, rows: Int, dim: Int) -> [Float]? {
         let s = stem(key)
         guard let saved = try? String(contentsOfFile: s + ".key", encoding: .utf8), saved == key,
-              let x = try? NPYArray.read(path: s + ".npy"), x.shape == [rows, dim], let v = x.floats else { return nil }
+            let x = try? NPYArray.read(path: s + ".npy"), x.shape == [rows, dim], let v = x.floats
+        else { return nil }
         return v
     }
 
@@ -138,7 +144,9 @@ public struct FeatureCache {
         let s = stem(key)
         try? FileManager.default.removeItem(atPath: s + ".key")
         try NPYArray(floats: features, shape: [features.count / dim, dim]).write(path: s + ".npy")
-        if let labels { try NPYArray(int64s: labels.map { Int64($0) }, shape: [labels.count]).write(path: s + ".labels.npy") }
+        if let labels {
+            try NPYArray(int64s: labels.map { Int64($0) }, shape: [labels.count]).write(path: s + ".labels.npy")
+        }
         try key.write(toFile: s + ".key", atomically: true, encoding: .utf8)
     }
 }

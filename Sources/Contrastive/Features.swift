@@ -22,8 +22,9 @@ public struct Preprocess: Sendable, Equatable {
 
     /// ImageNet statistics for 3 channels, 0.5 / 0.5 for 1 channel.
     public static func defaults(channels: Int, resize: Int? = nil) -> Preprocess {
-        channels == 1 ? Preprocess(resize: resize, mean: [0.5], std: [0.5])
-                      : Preprocess(resize: resize, mean: imagenetMean, std: imagenetStd)
+        channels == 1
+            ? Preprocess(resize: resize, mean: [0.5], std: [0.5])
+            : Preprocess(resize: resize, mean: imagenetMean, std: imagenetStd)
     }
 
     public init(resize: Int?, mean: [Float], std: [Float]) {
@@ -31,15 +32,19 @@ public struct Preprocess: Sendable, Equatable {
     }
 
     /// Writes image `index` of `dataset` as [H][W][C] at `out`, converting channels to `channels`.
-    public func fill(_ dataset: ImageDataset, index: Int, channels: Int, height: Int, width: Int,
-                     into out: UnsafeMutablePointer<Float>) throws {
+    public func fill(
+        _ dataset: ImageDataset, index: Int, channels: Int, height: Int, width: Int,
+        into out: UnsafeMutablePointer<Float>
+    ) throws {
         var img = try dataset.image(at: index)
         if img.channels != channels { img = img.converted(toChannels: channels) }
         if let r = resize, img.width != r || img.height != r { img = img.resized(width: r, height: r) }
         if let s = centerCrop, img.width > s || img.height > s { img = img.centerCropped(side: s) }
         guard img.width == width, img.height == height else {
-            throw DataError(.invalidArgument, path: dataset.name(at: index),
-                            "image is \(img.width)x\(img.height), expected \(width)x\(height) like the first image; pass --resize N")
+            throw DataError(
+                .invalidArgument, path: dataset.name(at: index),
+                "image is \(img.width)x\(img.height), expected \(width)x\(height) like the first image; pass --resize N"
+            )
         }
         let c = channels
         img.pixels.withUnsafeBufferPointer { src in
@@ -56,7 +61,9 @@ public struct FeatureAugmentation: Sendable {
     public var config: AugmentConfig
     public var seed: UInt64
     public var pass: Int
-    public init(config: AugmentConfig, seed: UInt64, pass: Int) { self.config = config; self.seed = seed; self.pass = pass }
+    public init(config: AugmentConfig, seed: UInt64, pass: Int) {
+        self.config = config; self.seed = seed; self.pass = pass
+    }
 
     /// The paper's linear-evaluation views at `size` px: RandomResizedCrop (scale 0.08-1, torchvision's
     /// default) and a horizontal flip, normalised by `preprocess`'s mean and std.
@@ -75,9 +82,11 @@ public struct FeatureAugmentation: Sendable {
 /// Features of every image of `dataset`, in dataset order: N x featureDim, row-major.
 /// `progress(done, total)` is called after each batch. With `augmentation`, each image is a random view
 /// of `augmentation.config.size` px instead of `preprocess`'s resize (high-pass still applies).
-public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
-                            augmentation: FeatureAugmentation? = nil, range: Range<Int>? = nil,
-                            progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
+public func extractFeatures(
+    encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
+    augmentation: FeatureAugmentation? = nil, range: Range<Int>? = nil,
+    progress: ((Int, Int) -> Void)? = nil
+) throws -> [Float] {
     guard dataset.count > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
     let rows = range ?? 0..<dataset.count
     let n = rows.count, base = rows.lowerBound
@@ -89,14 +98,17 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
     if let a = augmentation { h = a.config.size; w = a.config.size }
     let c = encoder.config.inChannels
     guard preprocess.mean.count == c, preprocess.std.count == c else {
-        throw DataError(.invalidArgument, path: dataset.source,
-                        "mean/std have \(preprocess.mean.count) values, the encoder takes \(c) channels")
+        throw DataError(
+            .invalidArgument, path: dataset.source,
+            "mean/std have \(preprocess.mean.count) values, the encoder takes \(c) channels")
     }
     let b = min(batch, n)
     let pass = ResNetPass(layout: encoder.backbone, batch: b, height: h, width: w, keepActivations: false)
     let filterIn = preprocess.highPass ? UnsafeMutablePointer<Float>.allocate(capacity: b * h * w * c) : nil
-    let filterScratch = preprocess.highPass
-        ? UnsafeMutablePointer<Float>.allocate(capacity: filterScratchCount(n: b, height: h, width: w, channels: c)) : nil
+    let filterScratch =
+        preprocess.highPass
+        ? UnsafeMutablePointer<Float>.allocate(capacity: filterScratchCount(n: b, height: h, width: w, channels: c))
+        : nil
     defer { filterIn?.deallocate(); filterScratch?.deallocate() }
     let D = encoder.config.featureDim
     var features = [Float](repeating: 0, count: n * D)
@@ -117,8 +129,9 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
                         var rng = SplitMix64(seed: SplitMix64.derive(a.seed, UInt64(a.pass), UInt64(base + start + i)))
                         augment(img, config: a.config, rng: &rng, into: input + i * per)
                     } else {
-                        try preprocess.fill(dataset, index: base + start + i, channels: c, height: h, width: w,
-                                            into: input + i * per)
+                        try preprocess.fill(
+                            dataset, index: base + start + i, channels: c, height: h, width: w,
+                            into: input + i * per)
                     }
                 } catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
             }
@@ -142,21 +155,28 @@ public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int,
 /// Features of every image of `dataset` computed by all ranks together: rank r extracts the r-th of
 /// `comm.size` equal parts (the last one shorter), and every rank receives all N x featureDim rows in
 /// dataset order, the same values as one process computes.
-public func extractFeatures(encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
-                            comm: Communicator, progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
+public func extractFeatures(
+    encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
+    comm: Communicator, progress: ((Int, Int) -> Void)? = nil
+) throws -> [Float] {
     guard comm.isDistributed else {
-        return try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
-                                   progress: progress)
+        return try extractFeatures(
+            encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
+            progress: progress)
     }
     let n = dataset.count, D = encoder.config.featureDim
     let share = (n + comm.size - 1) / comm.size
     let lo = min(n, comm.rank * share), hi = min(n, lo + share)
-    var mine = try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
-                                   range: lo..<hi) { done, _ in progress?(min(n, done * comm.size), n) }
+    var mine = try extractFeatures(
+        encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
+        range: lo..<hi
+    ) { done, _ in progress?(min(n, done * comm.size), n) }
     mine += [Float](repeating: 0, count: (share - (hi - lo)) * D)
     var all = [Float](repeating: 0, count: comm.size * share * D)
     mine.withUnsafeBufferPointer { m in
-        all.withUnsafeMutableBufferPointer { comm.allGather(m.baseAddress!, count: share * D, into: $0.baseAddress!, "gathering features") }
+        all.withUnsafeMutableBufferPointer {
+            comm.allGather(m.baseAddress!, count: share * D, into: $0.baseAddress!, "gathering features")
+        }
     }
     return Array(all[0..<(n * D)])
 }

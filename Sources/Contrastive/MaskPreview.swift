@@ -16,16 +16,19 @@ import Data
 ///   stretched instead: 0.5 + x / (5 * rms), rms over the sample's unmasked view, used for its whole row so noise
 ///   levels compare across tiles. One-channel views become gray RGB.
 /// Returns an RGB `Image` (tiles enlarged `scale` times, 2 px white padding), to write with `writePNG(path:image:)`.
-public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Float>?, query: UnsafePointer<Float>,
-                        hardNegative: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
-                        grid: Int, count: Int, mean: [Float], std: [Float], highPass: Bool,
-                        fgStd: Float = MaskConfig().fgStd, scale: Int = 3) -> Image {
+public func maskPreview(
+    views: UnsafePointer<Float>, saliency: UnsafePointer<Float>?, query: UnsafePointer<Float>,
+    hardNegative: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
+    grid: Int, count: Int, mean: [Float], std: [Float], highPass: Bool,
+    fgStd: Float = MaskConfig().fgStd, scale: Int = 3
+) -> Image {
     precondition(count >= 1 && batch >= 1 && channels >= 1 && !mean.isEmpty && !std.isEmpty)
     let n = min(count, batch), plane = height * width * channels, cells = grid * grid
     var tiles = [Image]()
     for b in 0..<n {
-        let tile = PreviewTile(height: height, width: width, channels: channels, mean: mean, std: std,
-                               rms: highPass ? PreviewTile.rms(views + b * plane, count: plane) : nil)
+        let tile = PreviewTile(
+            height: height, width: width, channels: channels, mean: mean, std: std,
+            rms: highPass ? PreviewTile.rms(views + b * plane, count: plane) : nil)
         func display(_ src: UnsafePointer<Float>) -> [Float] { tile.pixels(src + b * plane) }
         let base = display(views)
         var heat = base
@@ -34,7 +37,9 @@ public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Flo
             var lo = map[0], hi = map[0]
             for i in 0..<cells { lo = min(lo, map[i]); hi = max(hi, map[i]) }
             var flags = [UInt8](repeating: 0, count: cells)
-            flags.withUnsafeMutableBufferPointer { _ = foregroundCells(map, cells: cells, fgStd: fgStd, flags: $0.baseAddress!) }
+            flags.withUnsafeMutableBufferPointer {
+                _ = foregroundCells(map, cells: cells, fgStd: fgStd, flags: $0.baseAddress!)
+            }
             for gi in 0..<grid {
                 let rows = gridBand(gi, size: height, grid: grid)
                 for gj in 0..<grid {
@@ -44,7 +49,8 @@ public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Flo
                     let fg = flags[gi * grid + gj] != 0
                     for y in rows {
                         for x in cols {
-                            let edge = y == rows.lowerBound || y == rows.upperBound - 1
+                            let edge =
+                                y == rows.lowerBound || y == rows.upperBound - 1
                                 || x == cols.lowerBound || x == cols.upperBound - 1
                             for k in 0..<3 {
                                 let i = (y * width + x) * 3 + k
@@ -65,8 +71,10 @@ public func maskPreview(views: UnsafePointer<Float>, saliency: UnsafePointer<Flo
 
 /// Renders, for the first `count` samples of a batch, one row of two tiles: [first view | second view]
 /// (the preview of a run without masking). Views are [B][H][W][C], normalised; display as in `maskPreview`.
-public func viewPairPreview(first: UnsafePointer<Float>, second: UnsafePointer<Float>, batch: Int, height: Int,
-                            width: Int, channels: Int, count: Int, mean: [Float], std: [Float], scale: Int = 3) -> Image {
+public func viewPairPreview(
+    first: UnsafePointer<Float>, second: UnsafePointer<Float>, batch: Int, height: Int,
+    width: Int, channels: Int, count: Int, mean: [Float], std: [Float], scale: Int = 3
+) -> Image {
     precondition(count >= 1 && batch >= 1 && channels >= 1 && !mean.isEmpty && !std.isEmpty)
     let plane = height * width * channels
     let tile = PreviewTile(height: height, width: width, channels: channels, mean: mean, std: std, rms: nil)

@@ -111,8 +111,10 @@ public struct MaskRecord: Sendable, Equatable {
     public var maskedFraction: Float
     /// Bit i set when cell i is in the spatial union (cells beyond 64 are not represented; G <= 8 fits).
     public var cellBits: UInt64
-    public init(maskedCells: Int = 0, fgCells: Int = 0, kind: MaskKind = .spatial, ratio: Float = 0,
-                maskedFraction: Float = 0, cellBits: UInt64 = 0) {
+    public init(
+        maskedCells: Int = 0, fgCells: Int = 0, kind: MaskKind = .spatial, ratio: Float = 0,
+        maskedFraction: Float = 0, cellBits: UInt64 = 0
+    ) {
         self.maskedCells = maskedCells; self.fgCells = fgCells; self.kind = kind
         self.ratio = ratio; self.maskedFraction = maskedFraction; self.cellBits = cellBits
     }
@@ -123,8 +125,10 @@ public struct MaskRecord: Sendable, Equatable {
 /// Marks `k` cells chosen uniformly without replacement from the pool {i : flags[i] == value} (all cells when
 /// `flags` is nil) of `poolSize` cells, by selection sampling (Knuth's Algorithm S: no scratch). Only sets ones.
 @inline(__always)
-func selectCells(flags: UnsafePointer<UInt8>?, value: UInt8, poolSize: Int, count k: Int, cells: Int,
-                 rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) {
+func selectCells(
+    flags: UnsafePointer<UInt8>?, value: UInt8, poolSize: Int, count k: Int, cells: Int,
+    rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>
+) {
     var needed = min(k, poolSize), remaining = poolSize
     var i = 0
     while needed > 0 && i < cells {
@@ -160,8 +164,10 @@ func hardNegativeCellCount(r: Float, fgCount: Int, cells: Int, cap: Float = .inf
 
 /// Query cells for a drawn r (zeroes `mask` first). `fgFlags` nil is allowed in .random mode only.
 @inline(__always)
-func selectQueryCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, mode: MaskMode, r: Float,
-                      config: MaskConfig, rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
+func selectQueryCells(
+    fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, mode: MaskMode, r: Float,
+    config: MaskConfig, rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>
+) -> Int {
     for i in 0..<cells { mask[i] = 0 }
     switch mode {
     case .none:
@@ -173,16 +179,19 @@ func selectQueryCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, 
     case .saliency:
         let (nFG, nBG) = queryCellCounts(r: r, fgCount: fgCount, cells: cells, fgCap: config.fgCap)
         selectCells(flags: fgFlags!, value: 1, poolSize: fgCount, count: nFG, cells: cells, rng: &rng, mask: mask)
-        selectCells(flags: fgFlags!, value: 0, poolSize: cells - fgCount, count: nBG, cells: cells, rng: &rng,
-                    mask: mask)
+        selectCells(
+            flags: fgFlags!, value: 0, poolSize: cells - fgCount, count: nBG, cells: cells, rng: &rng,
+            mask: mask)
         return nFG + nBG
     }
 }
 
 /// Hard-negative cells for a drawn r (zeroes `mask` first).
 @inline(__always)
-func selectHardNegativeCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, mode: MaskMode, r: Float,
-                             cap: Float = .infinity, rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
+func selectHardNegativeCells(
+    fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells: Int, mode: MaskMode, r: Float,
+    cap: Float = .infinity, rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>
+) -> Int {
     for i in 0..<cells { mask[i] = 0 }
     let n = hardNegativeCellCount(r: r, fgCount: fgCount, cells: cells, cap: cap)
     switch mode {
@@ -202,30 +211,36 @@ func selectHardNegativeCells(fgFlags: UnsafePointer<UInt8>?, fgCount: Int, cells
 /// remainder. Mode .random: int(r*cells) cells uniformly at random, flags ignored. Mode .none: nothing (no draw).
 /// Writes 0/1 into `mask` [cells] and returns the number of masked cells.
 @discardableResult
-public func sampleQueryCells(fgFlags: UnsafePointer<UInt8>, cells: Int, mode: MaskMode, config: MaskConfig,
-                             rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
+public func sampleQueryCells(
+    fgFlags: UnsafePointer<UInt8>, cells: Int, mode: MaskMode, config: MaskConfig,
+    rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>
+) -> Int {
     precondition(cells > 0)
     if mode == .none { for i in 0..<cells { mask[i] = 0 }; return 0 }
     let r = rng.uniform(config.posRatio.lowerBound, config.posRatio.upperBound)
     var fgCount = 0
     for i in 0..<cells where fgFlags[i] != 0 { fgCount += 1 }
-    return selectQueryCells(fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode, r: r, config: config,
-                            rng: &rng, mask: mask)
+    return selectQueryCells(
+        fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode, r: r, config: config,
+        rng: &rng, mask: mask)
 }
 
 /// Hard-negative ("neg") cells of one view, PAPER.md. Draws r = rng.uniform(negRatio) first; masks
 /// round(r * FG_ratio * cells) foreground cells only, uniformly. Mode .random: the same count (FG_ratio still from
 /// `fgFlags`) anywhere. Mode .none: nothing. Writes 0/1 into `mask` [cells] and returns the count.
 @discardableResult
-public func sampleHardNegativeCells(fgFlags: UnsafePointer<UInt8>, cells: Int, mode: MaskMode, config: MaskConfig,
-                                    rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>) -> Int {
+public func sampleHardNegativeCells(
+    fgFlags: UnsafePointer<UInt8>, cells: Int, mode: MaskMode, config: MaskConfig,
+    rng: inout SplitMix64, mask: UnsafeMutablePointer<UInt8>
+) -> Int {
     precondition(cells > 0)
     if mode == .none { for i in 0..<cells { mask[i] = 0 }; return 0 }
     let r = rng.uniform(config.negRatio.lowerBound, config.negRatio.upperBound)
     var fgCount = 0
     for i in 0..<cells where fgFlags[i] != 0 { fgCount += 1 }
-    return selectHardNegativeCells(fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode, r: r,
-                                   rng: &rng, mask: mask)
+    return selectHardNegativeCells(
+        fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode, r: r,
+        rng: &rng, mask: mask)
 }
 
 // MARK: - Fills
@@ -261,9 +276,11 @@ func fillNoise(_ p: UnsafeMutablePointer<Float>, count n: Int, stride: Int, sigm
 /// Fills the pixel rectangle rows x cols of one view, in every channel (`channel` < 0) or one channel.
 /// Returns the number of values replaced.
 @inline(__always)
-func fillRect(_ img: UnsafeMutablePointer<Float>, blurred: UnsafePointer<Float>?, means: UnsafePointer<Float>,
-              rows: Range<Int>, cols: Range<Int>, width: Int, channels: Int, channel: Int, fill: MaskFill,
-              sigma: Float, rng: inout SplitMix64) -> Int {
+func fillRect(
+    _ img: UnsafeMutablePointer<Float>, blurred: UnsafePointer<Float>?, means: UnsafePointer<Float>,
+    rows: Range<Int>, cols: Range<Int>, width: Int, channels: Int, channel: Int, fill: MaskFill,
+    sigma: Float, rng: inout SplitMix64
+) -> Int {
     if rows.isEmpty || cols.isEmpty { return 0 }
     let perRow = channel < 0 ? cols.count * channels : cols.count
     let stride = channel < 0 ? 1 : channels
@@ -289,7 +306,9 @@ func fillRect(_ img: UnsafeMutablePointer<Float>, blurred: UnsafePointer<Float>?
 }
 
 @inline(__always)
-func overlap(_ a: Range<Int>, _ b: Range<Int>) -> Int { max(0, min(a.upperBound, b.upperBound) - max(a.lowerBound, b.lowerBound)) }
+func overlap(_ a: Range<Int>, _ b: Range<Int>) -> Int {
+    max(0, min(a.upperBound, b.upperBound) - max(a.lowerBound, b.lowerBound))
+}
 
 // MARK: - Batch masking
 
@@ -312,11 +331,13 @@ func overlap(_ a: Range<Int>, _ b: Range<Int>) -> Int { max(0, min(a.upperBound,
 /// - `cellMasks` [B][G*G] (optional) receives each sample's spatial union of masked cells (0/1); `records` [B]
 ///   (optional) receives a `MaskRecord` per sample.
 /// Parallel over samples (`parallelFor`); no heap allocation.
-public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointer<Float>?,
-                       saliency: UnsafePointer<Float>?, batch: Int, height: Int, width: Int, channels: Int,
-                       grid: Int, role: MaskRole, mode: MaskMode, fill: MaskFill, config: MaskConfig,
-                       seed: UInt64, step: Int, cellMasks: UnsafeMutablePointer<UInt8>?,
-                       records: UnsafeMutablePointer<MaskRecord>?, firstIndex: Int = 0) {
+public func applyMasks(
+    views: UnsafeMutablePointer<Float>, blurred: UnsafePointer<Float>?,
+    saliency: UnsafePointer<Float>?, batch: Int, height: Int, width: Int, channels: Int,
+    grid: Int, role: MaskRole, mode: MaskMode, fill: MaskFill, config: MaskConfig,
+    seed: UInt64, step: Int, cellMasks: UnsafeMutablePointer<UInt8>?,
+    records: UnsafeMutablePointer<MaskRecord>?, firstIndex: Int = 0
+) {
     precondition(batch >= 0 && height > 0 && width > 0 && channels > 0 && grid > 0)
     let cells = grid * grid, plane = height * width * channels
     if mode == .none {
@@ -336,8 +357,10 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                 let flags = bytes.baseAddress!, mask = flags + cells, union = flags + 2 * cells
                 let means = meanBuf.baseAddress!
                 for b in b0..<b1 {
-                    var rng = SplitMix64(seed: SplitMix64.derive(seed, UInt64(truncatingIfNeeded: step),
-                                                                 UInt64(firstIndex + b), tag))
+                    var rng = SplitMix64(
+                        seed: SplitMix64.derive(
+                            seed, UInt64(truncatingIfNeeded: step),
+                            UInt64(firstIndex + b), tag))
                     let img = views + b * plane
                     let blur: UnsafePointer<Float>? = blurred.map { $0 + b * plane }
 
@@ -354,8 +377,11 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                     // Kind, then r.
                     var kind = MaskKind.spatial
                     if fill == .hp {
-                        if rng.uniform() < config.focalProb { kind = .focal }
-                        else if rng.uniform() >= config.spatialProb { kind = .channel }
+                        if rng.uniform() < config.focalProb {
+                            kind = .focal
+                        } else if rng.uniform() >= config.spatialProb {
+                            kind = .channel
+                        }
                     }
                     let r = rng.uniform(ratio.lowerBound, ratio.upperBound)
 
@@ -376,22 +402,27 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                         let top = rng.int(below: height - wh + 1), left = rng.int(below: width - ww + 1)
                         let rows = top..<(top + wh), cols = left..<(left + ww)
                         if keep {
-                            replaced += fillRect(img, blurred: blur, means: means, rows: 0..<top, cols: 0..<width,
-                                                 width: width, channels: channels, channel: -1, fill: .hp,
-                                                 sigma: sigma, rng: &rng)
-                            replaced += fillRect(img, blurred: blur, means: means, rows: rows, cols: 0..<left,
-                                                 width: width, channels: channels, channel: -1, fill: .hp,
-                                                 sigma: sigma, rng: &rng)
-                            replaced += fillRect(img, blurred: blur, means: means, rows: rows,
-                                                 cols: (left + ww)..<width, width: width, channels: channels,
-                                                 channel: -1, fill: .hp, sigma: sigma, rng: &rng)
-                            replaced += fillRect(img, blurred: blur, means: means, rows: (top + wh)..<height,
-                                                 cols: 0..<width, width: width, channels: channels, channel: -1,
-                                                 fill: .hp, sigma: sigma, rng: &rng)
+                            replaced += fillRect(
+                                img, blurred: blur, means: means, rows: 0..<top, cols: 0..<width,
+                                width: width, channels: channels, channel: -1, fill: .hp,
+                                sigma: sigma, rng: &rng)
+                            replaced += fillRect(
+                                img, blurred: blur, means: means, rows: rows, cols: 0..<left,
+                                width: width, channels: channels, channel: -1, fill: .hp,
+                                sigma: sigma, rng: &rng)
+                            replaced += fillRect(
+                                img, blurred: blur, means: means, rows: rows,
+                                cols: (left + ww)..<width, width: width, channels: channels,
+                                channel: -1, fill: .hp, sigma: sigma, rng: &rng)
+                            replaced += fillRect(
+                                img, blurred: blur, means: means, rows: (top + wh)..<height,
+                                cols: 0..<width, width: width, channels: channels, channel: -1,
+                                fill: .hp, sigma: sigma, rng: &rng)
                         } else {
-                            replaced += fillRect(img, blurred: blur, means: means, rows: rows, cols: cols,
-                                                 width: width, channels: channels, channel: -1, fill: .hp,
-                                                 sigma: sigma, rng: &rng)
+                            replaced += fillRect(
+                                img, blurred: blur, means: means, rows: rows, cols: cols,
+                                width: width, channels: channels, channel: -1, fill: .hp,
+                                sigma: sigma, rng: &rng)
                         }
                         for gi in 0..<grid {
                             let cr = gridBand(gi, size: height, grid: grid)
@@ -407,22 +438,25 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                         let passes = kind == .spatial ? 1 : channels
                         for pass in 0..<passes {
                             if role == .query {
-                                _ = selectQueryCells(fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode,
-                                                     r: r, config: config, rng: &rng, mask: mask)
+                                _ = selectQueryCells(
+                                    fgFlags: fgFlags, fgCount: fgCount, cells: cells, mode: mode,
+                                    r: r, config: config, rng: &rng, mask: mask)
                             } else {
-                                _ = selectHardNegativeCells(fgFlags: fgFlags, fgCount: fgCount, cells: cells,
-                                                            mode: mode, r: r, cap: fill == .hp ? config.fgCap : .infinity,
-                                                            rng: &rng, mask: mask)
+                                _ = selectHardNegativeCells(
+                                    fgFlags: fgFlags, fgCount: fgCount, cells: cells,
+                                    mode: mode, r: r, cap: fill == .hp ? config.fgCap : .infinity,
+                                    rng: &rng, mask: mask)
                             }
                             let channel = kind == .spatial ? -1 : pass
                             for gi in 0..<grid {
                                 let cr = gridBand(gi, size: height, grid: grid)
                                 for gj in 0..<grid where mask[gi * grid + gj] != 0 {
                                     union[gi * grid + gj] = 1
-                                    replaced += fillRect(img, blurred: blur, means: means, rows: cr,
-                                                         cols: gridBand(gj, size: width, grid: grid), width: width,
-                                                         channels: channels, channel: channel, fill: fill,
-                                                         sigma: sigma, rng: &rng)
+                                    replaced += fillRect(
+                                        img, blurred: blur, means: means, rows: cr,
+                                        cols: gridBand(gj, size: width, grid: grid), width: width,
+                                        channels: channels, channel: channel, fill: fill,
+                                        sigma: sigma, rng: &rng)
                                 }
                             }
                         }
@@ -435,8 +469,9 @@ public func applyMasks(views: UnsafeMutablePointer<Float>, blurred: UnsafePointe
                         if i < 64 { bits |= 1 << UInt64(i) }
                     }
                     if let cm = cellMasks { for i in 0..<cells { cm[b * cells + i] = union[i] } }
-                    records?[b] = MaskRecord(maskedCells: unionCount, fgCells: fgCount, kind: kind, ratio: r,
-                                             maskedFraction: Float(replaced) / Float(plane), cellBits: bits)
+                    records?[b] = MaskRecord(
+                        maskedCells: unionCount, fgCells: fgCount, kind: kind, ratio: r,
+                        maskedFraction: Float(replaced) / Float(plane), cellBits: bits)
                 }
             }
         }

@@ -80,17 +80,22 @@ public final class InfoNCE {
         scratch = .allocate(capacity: batch * max(queueLength, 1))
     }
 
-    deinit { logits.deallocate(); probs.deallocate(); labels.deallocate(); gradQuery.deallocate(); scratch.deallocate() }
+    deinit {
+        logits.deallocate(); probs.deallocate(); labels.deallocate(); gradQuery.deallocate(); scratch.deallocate()
+    }
 
     public var allocatedBytes: Int { 4 * (2 * batch * columns + batch + batch * dim + batch * max(queueLength, 1)) }
 
     /// q, k [B][D]; queue [K][D]; hard [B][H][D] (may be nil when H = 0). All rows normalised.
-    public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, queue: UnsafePointer<Float>,
-                        hard: UnsafePointer<Float>?) -> ObjectiveResult {
+    public func forward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, queue: UnsafePointer<Float>,
+        hard: UnsafePointer<Float>?
+    ) -> ObjectiveResult {
         let B = batch, D = dim, K = queueLength, H = hardNegatives, C = columns
         let invT = 1 / temperature
         // q . queue^T for all rows at once, then assemble.
-        linearForward(LinearShape(batch: B, inFeatures: D, outFeatures: K), input: q, weight: queue, bias: nil, output: scratch)
+        linearForward(
+            LinearShape(batch: B, inFeatures: D, outFeatures: K), input: q, weight: queue, bias: nil, output: scratch)
         parallelFor(B) { lo, hi, _ in
             for b in lo..<hi {
                 let row = self.logits + b * C, qb = q + b * D
@@ -120,8 +125,9 @@ public final class InfoNCE {
         softmaxCrossEntropyBackward(rows: B, classes: C, probs: probs, labels: labels, scale: scale, gradLogits: logits)
         // Queue columns: dq = dL[:, 1...K] @ queue.
         for b in 0..<B { (scratch + b * K).update(from: logits + b * C + 1, count: K) }
-        linearBackward(LinearShape(batch: B, inFeatures: D, outFeatures: K), input: gradQuery, weight: queue,
-                       gradOutput: scratch, gradInput: gradQuery, gradWeight: nil, gradBias: nil, accumulate: false)
+        linearBackward(
+            LinearShape(batch: B, inFeatures: D, outFeatures: K), input: gradQuery, weight: queue,
+            gradOutput: scratch, gradInput: gradQuery, gradWeight: nil, gradBias: nil, accumulate: false)
         parallelFor(B) { lo, hi, _ in
             for b in lo..<hi {
                 let g = self.gradQuery + b * D, row = self.logits + b * C
@@ -138,13 +144,13 @@ public final class InfoNCE {
 public final class NTXent {
     public let batch: Int, dim: Int, hardNegatives: Int
     public var temperature: Float, alpha: Float
-    let sim: UnsafeMutablePointer<Float>        // [2B][2B + H] logits (self column set to -inf)
+    let sim: UnsafeMutablePointer<Float>  // [2B][2B + H] logits (self column set to -inf)
     let probs: UnsafeMutablePointer<Float>
     let labels: UnsafeMutablePointer<Int32>
     /// d loss / d z [2B][D] after backward.
     public let gradZ: UnsafeMutablePointer<Float>
-    let gsim: UnsafeMutablePointer<Float>       // [2B][2B]
-    let zt: UnsafeMutablePointer<Float>         // [D][2B]
+    let gsim: UnsafeMutablePointer<Float>  // [2B][2B]
+    let zt: UnsafeMutablePointer<Float>  // [D][2B]
 
     public var columns: Int { 2 * batch + hardNegatives }
 
@@ -160,7 +166,10 @@ public final class NTXent {
         zt = .allocate(capacity: n * dim)
     }
 
-    deinit { sim.deallocate(); probs.deallocate(); labels.deallocate(); gradZ.deallocate(); gsim.deallocate(); zt.deallocate() }
+    deinit {
+        sim.deallocate(); probs.deallocate(); labels.deallocate(); gradZ.deallocate(); gsim.deallocate();
+        zt.deallocate()
+    }
 
     public var allocatedBytes: Int { 4 * (2 * 2 * batch * columns + 2 * batch + 4 * batch * dim + 4 * batch * batch) }
 
@@ -168,7 +177,8 @@ public final class NTXent {
     public func forward(z: UnsafePointer<Float>, hard: UnsafePointer<Float>?) -> ObjectiveResult {
         let n = 2 * batch, D = dim, H = hardNegatives, C = columns
         let invT = 1 / temperature
-        linearForward(LinearShape(batch: n, inFeatures: D, outFeatures: n), input: z, weight: z, bias: nil, output: gsim)
+        linearForward(
+            LinearShape(batch: n, inFeatures: D, outFeatures: n), input: z, weight: z, bias: nil, output: gsim)
         parallelFor(n) { lo, hi, _ in
             for i in lo..<hi {
                 let row = self.sim + i * C
@@ -198,12 +208,15 @@ public final class NTXent {
         // S = z z^T: dz = (G + G^T) z, with G the [n][n] part of dlogits (self column has p = 0).
         for i in 0..<n { for j in 0..<n { gsim[i * n + j] = sim[i * C + j] + sim[j * C + i] } }
         for i in 0..<n { gsim[i * n + i] = 0 }
-        linearForward(LinearShape(batch: n, inFeatures: n, outFeatures: D), input: gsim, weight: transposeView(z, n, D),
-                      bias: nil, output: gradZ)
+        linearForward(
+            LinearShape(batch: n, inFeatures: n, outFeatures: D), input: gsim, weight: transposeView(z, n, D),
+            bias: nil, output: gradZ)
         if H > 0 {
             parallelFor(batch) { lo, hi, _ in
                 for i in lo..<hi {
-                    for h in 0..<H { axpy(self.sim[i * C + n + h] * self.alpha, hard! + (i * H + h) * D, self.gradZ + i * D, D) }
+                    for h in 0..<H {
+                        axpy(self.sim[i * C + n + h] * self.alpha, hard! + (i * H + h) * D, self.gradZ + i * D, D)
+                    }
                 }
             }
         }

@@ -44,7 +44,9 @@ extension TrainConfig {
         var s = "\(arch.rawValue) (\(stem.rawValue) stem, width \(width)), \(resolution) px, \(method.rawValue)"
         s += method == .moco ? " (queue \(queue), m \(mocoMomentum), T \(temperature))" : " (T \(temperature))"
         if masking != .none {
-            s += ", \(masking.rawValue) masking (\(fill.rawValue) fill, \(hardNegatives) hard negative(s), alpha \(alpha))"
+            s +=
+                ", \(masking.rawValue) masking (\(fill.rawValue) fill, "
+                + "\(hardNegatives) hard negative(s), alpha \(alpha))"
         }
         return s + ", batch \(batch), lr \(lr), wd \(weightDecay), \(epochs) epochs"
     }

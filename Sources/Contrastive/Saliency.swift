@@ -20,8 +20,10 @@ public func gridBand(_ i: Int, size: Int, grid: Int) -> Range<Int> {
 /// Saliency from an encoder's last feature map: the channel sum of `map` [B][h][w][D] (the official code's
 /// `np.sum(vis, axis=3)`), average-pooled to G x G cells (`gridBand` over h and w; for h == G each cell is one
 /// position). Output [B][G*G]. Parallel over views; allocates nothing.
-public func saliencyFromFeatures(_ map: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
-                                 grid: Int, output: UnsafeMutablePointer<Float>) {
+public func saliencyFromFeatures(
+    _ map: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
+    grid: Int, output: UnsafeMutablePointer<Float>
+) {
     precondition(batch >= 0 && height > 0 && width > 0 && channels > 0 && grid > 0)
     let plane = height * width * channels, cells = grid * grid
     parallelFor(batch) { b0, b1, _ in
@@ -65,8 +67,10 @@ func channelSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
 /// surround low; a view whose "object" covers more than half of it inverts (a known limit of global contrast).
 /// Works on plain normalised views (use these, not high-pass ones, when you have both). Output [B][G*G];
 /// parallel over views; allocates nothing on the heap.
-public func classicalSaliency(_ images: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
-                              grid: Int, output: UnsafeMutablePointer<Float>) {
+public func classicalSaliency(
+    _ images: UnsafePointer<Float>, batch: Int, height: Int, width: Int, channels: Int,
+    grid: Int, output: UnsafeMutablePointer<Float>
+) {
     precondition(batch >= 0 && height > 0 && width > 0 && channels > 0 && grid > 0)
     let plane = height * width * channels, cells = grid * grid, pixels = height * width
     parallelFor(batch) { b0, b1, _ in
@@ -104,8 +108,10 @@ public func classicalSaliency(_ images: UnsafePointer<Float>, batch: Int, height
 /// Writes flags[i] = 1 (foreground) or 0 and returns the number of foreground cells; FG_ratio = count / cells.
 /// A constant map is all foreground.
 @discardableResult
-public func foregroundCells(_ map: UnsafePointer<Float>, cells: Int, fgStd: Float,
-                            flags: UnsafeMutablePointer<UInt8>) -> Int {
+public func foregroundCells(
+    _ map: UnsafePointer<Float>, cells: Int, fgStd: Float,
+    flags: UnsafeMutablePointer<UInt8>
+) -> Int {
     precondition(cells > 0)
     var sum: Double = 0, lo = map[0], hi = map[0]
     for i in 0..<cells { sum += Double(map[i]); lo = min(lo, map[i]); hi = max(hi, map[i]) }

@@ -32,7 +32,9 @@ public enum SaliencySource: Codable, Equatable, Sendable, CustomStringConvertibl
         }
     }
 
-    public init(from decoder: any Swift.Decoder) throws { self.init(try decoder.singleValueContainer().decode(String.self)) }
+    public init(from decoder: any Swift.Decoder) throws {
+        self.init(try decoder.singleValueContainer().decode(String.self))
+    }
 
     public func encode(to encoder: any Swift.Encoder) throws {
         var c = encoder.singleValueContainer()
@@ -114,8 +116,10 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if batch % ranks != 0 {
             p.append("--batch \(batch) does not split over \(ranks) ranks: give a multiple of \(ranks)")
         } else if (method == .moco || masking != .none) && effectiveBNSplits % ranks != 0 {
-            p.append("the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) do not split over \(ranks) ranks: "
-                     + "give --bn-splits a multiple of \(ranks) that divides --batch")
+            p.append(
+                "the key encoder's \(effectiveBNSplits) batch-norm groups (--bn-splits) "
+                    + "do not split over \(ranks) ranks: "
+                    + "give --bn-splits a multiple of \(ranks) that divides --batch")
         } else if effectiveBNSplits / ranks > bnMaxGroups {
             p.append("--bn-splits \(bnSplits) gives each of \(ranks) ranks more than \(bnMaxGroups) batch-norm groups")
         }
@@ -138,7 +142,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if !(mocoMomentum >= 0 && mocoMomentum < 1) { p.append("--moco-m must be in [0, 1), got \(mocoMomentum)") }
         if !(temperature > 0 && temperature <= 10) { p.append("--temperature must be in (0, 10], got \(temperature)") }
         if !(alpha >= 0 && alpha <= 100) { p.append("--alpha must be in [0, 100], got \(alpha)") }
-        if hardNegatives < 0 || hardNegatives > 16 { p.append("--hard-negatives must be between 0 and 16, got \(hardNegatives)") }
+        if hardNegatives < 0 || hardNegatives > 16 {
+            p.append("--hard-negatives must be between 0 and 16, got \(hardNegatives)")
+        }
         if hardNegativeMode == .shared && hardNegatives > batch {
             p.append("--hard-negatives \(hardNegatives) shared needs a batch of at least as many images (\(batch))")
         }

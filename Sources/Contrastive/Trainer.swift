@@ -29,8 +29,9 @@ public struct TrainError: Error, CustomStringConvertible, LocalizedError {
 
 /// What a run reports as it goes (the CLI prints these; tests collect them).
 public protocol TrainObserver: AnyObject {
-    func progress(epoch: Int, epochs: Int, step: Int, stepsPerEpoch: Int, loss: Float, accuracy: Float,
-                  imagesPerSecond: Double, eta: Double)
+    func progress(
+        epoch: Int, epochs: Int, step: Int, stepsPerEpoch: Int, loss: Float, accuracy: Float,
+        imagesPerSecond: Double, eta: Double)
     func epochEnded(epoch: Int, loss: Float, accuracy: Float, knnTop1: Double?, seconds: Double)
     func message(_ s: String)
 }
@@ -44,7 +45,9 @@ public struct KNNMonitor {
     /// Throws, naming the dataset, when either has no labels.
     public init(bank: ImageDataset, test: ImageDataset) throws {
         guard test.labels != nil else {
-            throw TrainError("\(test.source): no labels for kNN monitoring (use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
+            throw TrainError(
+                "\(test.source): no labels for kNN monitoring "
+                    + "(use a folder with one subfolder per class, or an IDX file with its labels file beside it)")
         }
         guard bank.labels != nil else {
             throw TrainError("\(bank.source): the kNN memory bank comes from the training images, which have no labels")
@@ -100,8 +103,10 @@ public final class Trainer {
     /// preview); every rank trains on its shard of each global batch.
     public let comm: Communicator
 
-    public init(config: TrainConfig, dataset: ImageDataset, out: String, saliencyEncoder: Encoder? = nil,
-                comm: Communicator = .single) throws {
+    public init(
+        config: TrainConfig, dataset: ImageDataset, out: String, saliencyEncoder: Encoder? = nil,
+        comm: Communicator = .single
+    ) throws {
         let problems = config.problems(ranks: comm.size) + [config.batchNormSplitProblem].compactMap { $0 }
         if !problems.isEmpty { throw TrainError(problems.joined(separator: "\n")) }
         self.comm = comm
@@ -150,18 +155,23 @@ public final class Trainer {
     /// writes, before any training.
     public func prepareOutput(resuming: Bool) throws {
         let fm = FileManager.default
-        do { try fm.createDirectory(atPath: out, withIntermediateDirectories: true) }
-        catch { throw TrainError("\(out): cannot create the output folder (\(error.localizedDescription))") }
+        do { try fm.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
+            throw TrainError("\(out): cannot create the output folder (\(error.localizedDescription))")
+        }
         try lockOutput()
         let removed = removeStaleTemporaries()
         if !removed.isEmpty {
-            observer?.message("removed \(removed.count) temporary file(s) of an interrupted write: \(removed.joined(separator: ", "))")
+            observer?.message(
+                "removed \(removed.count) temporary file(s) of an interrupted write: \(removed.joined(separator: ", "))"
+            )
         }
         if !resuming {
             let previous = runFiles.filter { fm.fileExists(atPath: $0) }
             if !previous.isEmpty && !overwrite {
-                throw TrainError("\(out) holds an earlier run (\(previous.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))): "
-                                 + "continue it with --resume, or replace it with --overwrite")
+                throw TrainError(
+                    "\(out) holds an earlier run "
+                        + "(\(previous.map { ($0 as NSString).lastPathComponent }.joined(separator: ", "))): "
+                        + "continue it with --resume, or replace it with --overwrite")
             }
         }
         let probe = out + "/.write-test-\(getpid())"
@@ -174,8 +184,10 @@ public final class Trainer {
             let free = Double(st.f_bavail) * Double(st.f_frsize)
             let need = Double(checkpointSpaceNeeded(resuming: resuming))
             if free < need {
-                throw TrainError(String(format: "%@: only %.1f MB free, the run needs about %.1f MB for its checkpoints",
-                                        out, free / 1e6, need / 1e6))
+                throw TrainError(
+                    String(
+                        format: "%@: only %.1f MB free, the run needs about %.1f MB for its checkpoints",
+                        out, free / 1e6, need / 1e6))
             }
         }
         if !resuming && overwrite { for f in runFiles { try? fm.removeItem(atPath: f) } }
@@ -198,16 +210,20 @@ public final class Trainer {
     /// throws naming the run that holds it.
     func lockOutput() throws {
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw TrainError("\(lockPath): cannot open the folder's lock file (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else {
+            throw TrainError("\(lockPath): cannot open the folder's lock file (\(String(cString: strerror(errno))))")
+        }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let why = errno
             close(fd)
             guard why == EWOULDBLOCK else {
                 throw TrainError("\(lockPath): cannot lock the output folder (\(String(cString: strerror(why))))")
             }
-            let holder = ((try? String(contentsOfFile: lockPath, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-            throw TrainError("\(out) is in use by another salient run (\(holder.isEmpty ? "its pid is not recorded" : holder)): "
-                             + "wait for it to end, or choose another --out")
+            let holder = ((try? String(contentsOfFile: lockPath, encoding: .utf8)) ?? "").trimmingCharacters(
+                in: .whitespacesAndNewlines)
+            throw TrainError(
+                "\(out) is in use by another salient run (\(holder.isEmpty ? "its pid is not recorded" : holder)): "
+                    + "wait for it to end, or choose another --out")
         }
         let text = "pid \(getpid()), started \(ISO8601DateFormatter().string(from: Date()))\n"
         _ = ftruncate(fd, 0)
@@ -227,7 +243,8 @@ public final class Trainer {
         for name in names {
             let marker = name.hasPrefix(".write-test-") ? ".write-test-" : ".tmp-"
             guard let r = name.range(of: marker, options: .backwards), let pid = Int32(name[r.upperBound...]),
-                  pid > 0, pid != getpid(), !processIsAlive(pid) else { continue }
+                pid > 0, pid != getpid(), !processIsAlive(pid)
+            else { continue }
             if (try? FileManager.default.removeItem(atPath: out + "/" + name)) != nil { removed.append(name) }
         }
         return removed.sorted()
@@ -237,30 +254,38 @@ public final class Trainer {
 
     /// What a resumed run must match besides the settings: the data, and what changes the bits.
     var runIdentity: [String: String] {
-        ["data": dataset.source, "data_images": String(dataset.count), "data_fingerprint": dataFingerprint,
-         "steps_per_epoch": String(stepsPerEpoch), "threads": String(Threads.count),
-         "conv": Conv2DShape.winogradEnabled ? "winograd" : "direct", "simd": simdBuildName]
+        [
+            "data": dataset.source, "data_images": String(dataset.count), "data_fingerprint": dataFingerprint,
+            "steps_per_epoch": String(stepsPerEpoch), "threads": String(Threads.count),
+            "conv": Conv2DShape.winogradEnabled ? "winograd" : "direct", "simd": simdBuildName
+        ]
     }
 
     public func saveCheckpoint(path: String, epochCompleted: Int) throws {
         guard comm.isRoot else { return }
-        var file = SafeTensorsFile(metadata: EncoderCheckpoint.metadata(step.query.config).merging([
-            "format": "salient-trainer-1", "method": config.method.rawValue, "epoch": String(epochCompleted),
-            "step": String(globalStep), "config": config.json(), "resolution": String(config.resolution),
-            "input": highPassInput ? "highpass" : "plain",
-        ]) { _, b in b }.merging(runIdentity) { _, b in b })
+        var file = SafeTensorsFile(
+            metadata: EncoderCheckpoint.metadata(step.query.config).merging([
+                "format": "salient-trainer-1", "method": config.method.rawValue, "epoch": String(epochCompleted),
+                "step": String(globalStep), "config": config.json(), "resolution": String(config.resolution),
+                "input": highPassInput ? "highpass" : "plain"
+            ]) { _, b in b }.merging(runIdentity) { _, b in b })
         step.query.store.export(into: &file, prefix: "encoder_q.")
         if let k = step.key { k.store.export(into: &file, prefix: "encoder_k.") }
         for s in step.query.store.slots where s.kind == .parameter {
             file["optimizer.momentum." + s.name] = .init(
-                floats: Array(UnsafeBufferPointer(start: step.query.store.momentum + s.offset, count: s.count)), shape: s.shape)
+                floats: Array(UnsafeBufferPointer(start: step.query.store.momentum + s.offset, count: s.count)),
+                shape: s.shape)
         }
         if let q = step.queue {
-            file["queue"] = .init(floats: Array(UnsafeBufferPointer(start: q.keys, count: q.length * q.dim)), shape: [q.length, q.dim])
+            file["queue"] = .init(
+                floats: Array(UnsafeBufferPointer(start: q.keys, count: q.length * q.dim)), shape: [q.length, q.dim])
             file["queue_ptr"] = .init(int64s: [Int64(q.pointer)], shape: [1])
         }
-        file["trainer.state"] = .init(int64s: [Int64(globalStep), Int64(epochCompleted), Int64(loaderState.epoch),
-                                               Int64(loaderState.position), Int64(bitPattern: loaderState.seed)], shape: [5])
+        file["trainer.state"] = .init(
+            int64s: [
+                Int64(globalStep), Int64(epochCompleted), Int64(loaderState.epoch),
+                Int64(loaderState.position), Int64(bitPattern: loaderState.seed)
+            ], shape: [5])
         file["trainer.best_knn"] = .init(floats: [Float(bestKNN)], shape: [1])
         try file.write(path: path)
         if path == lastCheckpoint { lastSaved = (epochCompleted, globalStep) }
@@ -278,14 +303,16 @@ public final class Trainer {
             throw fail("not a salient trainer checkpoint (encoder-only files cannot be resumed)")
         }
         let saved: TrainConfig
-        do { saved = try TrainConfig.from(json: cfgJSON) }
-        catch { throw fail("its config metadata cannot be read (\(error)): not a checkpoint this salient can resume") }
+        do { saved = try TrainConfig.from(json: cfgJSON) } catch {
+            throw fail("its config metadata cannot be read (\(error)): not a checkpoint this salient can resume")
+        }
         var mine = config, theirs = saved
         mine.epochs = 0; theirs.epochs = 0; mine.saveEvery = 0; theirs.saveEvery = 0
         let differences = theirs.differences(to: mine)
         guard differences.isEmpty else {
-            throw fail("was written with other settings: \(differences.joined(separator: "; ")). "
-                       + "Resume with the checkpoint's values (only --epochs and --save-every may change)")
+            throw fail(
+                "was written with other settings: \(differences.joined(separator: "; ")). "
+                    + "Resume with the checkpoint's values (only --epochs and --save-every may change)")
         }
         try checkRunIdentity(m, path: path)
 
@@ -295,9 +322,11 @@ public final class Trainer {
         guard st.count == 5 else { throw fail("trainer.state has \(st.count) values, expected 5") }
         let (gs, ep, loaderEpoch, position) = (st[0], st[1], st[2], st[3])
         guard gs >= 0, ep >= 0, position >= 0, position < spe, loaderEpoch == ep,
-              gs == ep * Int64(spe) + position else {
-            throw fail("trainer.state \(st) (step, epoch, loader epoch, loader position, seed) is not a position in "
-                       + "a run of \(spe) steps per epoch")
+            gs == ep * Int64(spe) + position
+        else {
+            throw fail(
+                "trainer.state \(st) (step, epoch, loader epoch, loader position, seed) is not a position in "
+                    + "a run of \(spe) steps per epoch")
         }
         guard UInt64(bitPattern: st[4]) == config.seed else {
             throw fail("trainer.state seed \(UInt64(bitPattern: st[4])) is not the run's --seed \(config.seed)")
@@ -326,7 +355,9 @@ public final class Trainer {
         try step.query.store.load(from: file, prefix: "encoder_q.", path: path) { _ in true }
         if let k = step.key { try k.store.load(from: file, prefix: "encoder_k.", path: path) { _ in true } }
         for (s, v) in momenta {
-            v.withUnsafeBufferPointer { (step.query.store.momentum + s.offset).update(from: $0.baseAddress!, count: s.count) }
+            v.withUnsafeBufferPointer {
+                (step.query.store.momentum + s.offset).update(from: $0.baseAddress!, count: s.count)
+            }
         }
         if let q = step.queue, let (keys, ptr) = queueState { q.restore(keys: keys, pointer: ptr) }
         globalStep = Int(gs); epoch = Int(ep)
@@ -341,24 +372,29 @@ public final class Trainer {
         let here = runIdentity
         let data = m["data"] ?? "its data"
         if let n = m["data_images"], n != here["data_images"] {
-            throw TrainError("--data: \(path) was trained on \(data) (\(n) images); this run's --data \(dataset.source) "
-                             + "has \(dataset.count) images. Resume with the same data")
+            throw TrainError(
+                "--data: \(path) was trained on \(data) (\(n) images); this run's --data \(dataset.source) "
+                    + "has \(dataset.count) images. Resume with the same data")
         }
         if let f = m["data_fingerprint"], f != here["data_fingerprint"] {
-            throw TrainError("--data: \(dataset.source) does not hold the images \(path) was trained on (\(data)): "
-                             + "the image names, labels or pixels differ. Resume with the same data")
+            throw TrainError(
+                "--data: \(dataset.source) does not hold the images \(path) was trained on (\(data)): "
+                    + "the image names, labels or pixels differ. Resume with the same data")
         }
         if let t = m["threads"], t != here["threads"] {
-            throw TrainError("--threads: \(path) was written by a run on \(t) thread(s), this one has \(Threads.count). "
-                             + "A run continues bit-exactly only on its own thread count: resume with --threads \(t)")
+            throw TrainError(
+                "--threads: \(path) was written by a run on \(t) thread(s), this one has \(Threads.count). "
+                    + "A run continues bit-exactly only on its own thread count: resume with --threads \(t)")
         }
         if let c = m["conv"], c != here["conv"] {
-            throw TrainError("--conv: \(path) was written by a run with --conv \(c), this one has --conv \(here["conv"]!). "
-                             + "Resume with --conv \(c)")
+            throw TrainError(
+                "--conv: \(path) was written by a run with --conv \(c), this one has --conv \(here["conv"]!). "
+                    + "Resume with --conv \(c)")
         }
         if let s = m["simd"], s != here["simd"] {
-            observer?.message("note: \(path) was written by a \(s) build, this is \(simdBuildName): the run continues, "
-                              + "but not bit-exactly as it would have on the first build")
+            observer?.message(
+                "note: \(path) was written by a \(s) build, this is \(simdBuildName): the run continues, "
+                    + "but not bit-exactly as it would have on the first build")
         }
     }
 
@@ -383,10 +419,11 @@ public final class Trainer {
             observer?.message("nothing to train: checkpoint at \(lastCheckpoint) (epoch \(epoch))")
             return .completed
         }
-        let loader = try BatchLoader(dataset: dataset, config: augmentConfig, batchSize: config.batch, views: 2,
-                                     threads: max(1, min(2, Threads.count)), seed: config.seed, shuffle: true, dropLast: true,
-                                     prefetch: 2, state: loaderState,
-                                     shard: LoaderShard(rank: comm.rank, ranks: comm.size))
+        let loader = try BatchLoader(
+            dataset: dataset, config: augmentConfig, batchSize: config.batch, views: 2,
+            threads: max(1, min(2, Threads.count)), seed: config.seed, shuffle: true, dropLast: true,
+            prefetch: 2, state: loaderState,
+            shard: LoaderShard(rank: comm.rank, ranks: comm.size))
         precondition(loader.stepsPerEpoch == stepsPerEpoch, "the loader's epoch differs from the trainer's")
         let runStart = Date()
         var imagesDone = 0
@@ -408,9 +445,13 @@ public final class Trainer {
             let r = step.step(views: batch.views, epoch: epoch, step: globalStep, lr: lr)
             if writePreview && globalStep == 0 && comm.isRoot { try writeTrainingPreview(batch) }
             if !r.loss.isFinite || r.loss > limit {
-                throw TrainError(String(format: "loss became %@ at epoch %d, step %d (lr %.4g): stopped. The last good checkpoint is %@. %@",
-                                        r.loss.isFinite ? String(format: "%.3g", r.loss) : "\(r.loss)", epoch + 1, globalStep,
-                                        Double(lr), lastGoodCheckpoint, divergenceAdvice(atStep: globalStep)))
+                throw TrainError(
+                    String(
+                        format:
+                            "loss became %@ at epoch %d, step %d (lr %.4g): stopped. "
+                            + "The last good checkpoint is %@. %@",
+                        r.loss.isFinite ? String(format: "%.3g", r.loss) : "\(r.loss)", epoch + 1, globalStep,
+                        Double(lr), lastGoodCheckpoint, divergenceAdvice(atStep: globalStep)))
             }
             globalStep += 1
             imagesDone += config.batch
@@ -423,20 +464,26 @@ public final class Trainer {
             let eta = Double(remainingSteps * config.batch) / max(ips, 1e-9)
             if now.timeIntervalSince(lastPrint) > 0.5 || posInEpoch + 1 == stepsPerEpoch {
                 lastPrint = now
-                observer?.progress(epoch: epoch + 1, epochs: config.epochs, step: posInEpoch + 1, stepsPerEpoch: stepsPerEpoch,
-                                   loss: r.loss, accuracy: r.accuracy, imagesPerSecond: ips, eta: eta)
+                observer?.progress(
+                    epoch: epoch + 1, epochs: config.epochs, step: posInEpoch + 1, stepsPerEpoch: stepsPerEpoch,
+                    loss: r.loss, accuracy: r.accuracy, imagesPerSecond: ips, eta: eta)
             }
             if globalStep % 10 == 0 {
-                log(["type": "step", "epoch": epoch + 1, "step": globalStep, "loss": Double(r.loss), "acc": Double(r.accuracy),
-                     "lr": Double(lr), "img_per_s": ips])
+                log([
+                    "type": "step", "epoch": epoch + 1, "step": globalStep, "loss": Double(r.loss),
+                    "acc": Double(r.accuracy),
+                    "lr": Double(lr), "img_per_s": ips
+                ])
             }
             let endOfEpoch = posInEpoch + 1 == stepsPerEpoch
             if endOfEpoch {
                 epoch += 1
                 var top1: Double? = nil
                 if let knn {
-                    do { top1 = try evaluateKNN(knn) }
-                    catch { throw TrainError("\(error). Stopped after epoch \(epoch); the last good checkpoint is \(lastGoodCheckpoint)") }
+                    do { top1 = try evaluateKNN(knn) } catch {
+                        throw TrainError(
+                            "\(error). Stopped after epoch \(epoch); the last good checkpoint is \(lastGoodCheckpoint)")
+                    }
                 }
                 let seconds = now.timeIntervalSince(epochStart)
                 try saveCheckpoint(path: lastCheckpoint, epochCompleted: epoch)
@@ -444,10 +491,14 @@ public final class Trainer {
                     bestKNN = t
                     try saveCheckpoint(path: bestCheckpoint, epochCompleted: epoch)
                 }
-                let ml = Float(epochLoss / Double(max(epochSteps, 1))), ma = Float(epochAcc / Double(max(epochSteps, 1)))
-                var rec: [String: Any] = ["type": "epoch", "epoch": epoch, "step": globalStep, "loss": Double(ml),
-                                          "acc": Double(ma), "seconds": seconds, "img_per_s": Double(epochSteps * config.batch) / max(seconds, 1e-9),
-                                          "peak_rss_mb": peakResidentMB()]
+                let ml = Float(epochLoss / Double(max(epochSteps, 1))),
+                    ma = Float(epochAcc / Double(max(epochSteps, 1)))
+                var rec: [String: Any] = [
+                    "type": "epoch", "epoch": epoch, "step": globalStep, "loss": Double(ml),
+                    "acc": Double(ma), "seconds": seconds,
+                    "img_per_s": Double(epochSteps * config.batch) / max(seconds, 1e-9),
+                    "peak_rss_mb": peakResidentMB()
+                ]
                 if let t = top1 { rec["knn_top1"] = t }
                 log(rec)
                 observer?.epochEnded(epoch: epoch, loss: ml, accuracy: ma, knnTop1: top1, seconds: seconds)
@@ -477,8 +528,10 @@ public final class Trainer {
     /// What to change after a diverged step.
     func divergenceAdvice(atStep s: Int) -> String {
         if config.temperature < 0.05 {
-            return String(format: "--temperature %g is very low: the logits are similarities divided by it, so the loss and its "
-                          + "gradients grow as 1/T; use a temperature of 0.05-0.5 (the presets use 0.2 and 0.5)", Double(config.temperature))
+            return String(
+                format: "--temperature %g is very low: the logits are similarities divided by it, so the loss and its "
+                    + "gradients grow as 1/T; use a temperature of 0.05-0.5 (the presets use 0.2 and 0.5)",
+                Double(config.temperature))
         }
         if s < 10 && config.warmupEpochs == 0 {
             return "Try a lower --lr, or a --warmup of an epoch or more"
@@ -497,8 +550,9 @@ public final class Trainer {
         try checkFinite(testF, dim: dim, source: "kNN monitor: the encoder's features of \(m.test.source)")
         let bl = m.bank.labels!, tl = m.test.labels!
         let classes = Int(max(bl.max() ?? 0, tl.max() ?? 0)) + 1
-        let r = try knnClassify(trainFeatures: bankF, trainLabels: bl, testFeatures: testF, testLabels: tl,
-                                dim: dim, classes: classes, k: m.k, t: m.t)
+        let r = try knnClassify(
+            trainFeatures: bankF, trainLabels: bl, testFeatures: testF, testLabels: tl,
+            dim: dim, classes: classes, k: m.k, t: m.t)
         return r.top1
     }
 
@@ -512,15 +566,18 @@ public final class Trainer {
             share(s.params, s.parameterCount); share(s.buffers, s.bufferCount); share(s.counters, s.counterCount)
             if i == 0 { share(s.momentum, s.parameterCount) }
         }
-        var scalars: [Int64] = [Int64(globalStep), Int64(epoch), Int64(loaderState.epoch), Int64(loaderState.position),
-                                Int64(bitPattern: loaderState.seed), Int64(bitPattern: bestKNN.bitPattern)]
+        var scalars: [Int64] = [
+            Int64(globalStep), Int64(epoch), Int64(loaderState.epoch), Int64(loaderState.position),
+            Int64(bitPattern: loaderState.seed), Int64(bitPattern: bestKNN.bitPattern)
+        ]
         if let q = step.queue {
             share(q.keys, q.length * q.dim)
             scalars.append(Int64(q.pointer))
         }
         scalars.withUnsafeMutableBufferPointer { share($0.baseAddress!, $0.count) }
         globalStep = Int(scalars[0]); epoch = Int(scalars[1])
-        loaderState = LoaderState(epoch: Int(scalars[2]), position: Int(scalars[3]), seed: UInt64(bitPattern: scalars[4]))
+        loaderState = LoaderState(
+            epoch: Int(scalars[2]), position: Int(scalars[3]), seed: UInt64(bitPattern: scalars[4]))
         bestKNN = Double(bitPattern: UInt64(bitPattern: scalars[5]))
         if let q = step.queue { q.restore(pointer: Int(scalars[6])) }
     }
@@ -548,7 +605,8 @@ public final class Trainer {
 
     /// Appends one JSON line.
     func log(_ record: [String: Any]) {
-        guard let h = logHandle, var d = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
+        guard let h = logHandle, var d = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
+        else { return }
         d.append(0x0A)
         h.write(d)
     }
@@ -560,11 +618,13 @@ public final class Trainer {
         let n = min(8, config.batch)
         var views = batch.views
         if highPassInput {
-            views[0] = highPassFilter(views[0], n: config.batch, height: config.resolution, width: config.resolution,
-                                      channels: config.inChannels)
+            views[0] = highPassFilter(
+                views[0], n: config.batch, height: config.resolution, width: config.resolution,
+                channels: config.inChannels)
         }
-        let img = renderTrainingPreview(step: step, views: views, count: n,
-                                        mean: augmentConfig.mean, std: augmentConfig.std, highPass: highPassInput)
+        let img = renderTrainingPreview(
+            step: step, views: views, count: n,
+            mean: augmentConfig.mean, std: augmentConfig.std, highPass: highPassInput)
         try writePNG(path: path, image: img)
         observer?.message("wrote \(path)")
     }
@@ -579,22 +639,26 @@ public func peakResidentMB() -> Double {
 
 /// The first `count` samples of the step that just ran: original query view, its saliency, the
 /// masked query and the masked hard negative, one row each; without masking, the query and key views.
-public func renderTrainingPreview(step: TrainingStep, views: [[Float]], count: Int, mean: [Float], std: [Float],
-                                  highPass: Bool) -> Image {
+public func renderTrainingPreview(
+    step: TrainingStep, views: [[Float]], count: Int, mean: [Float], std: [Float],
+    highPass: Bool
+) -> Image {
     let c = step.config
     if c.masking == .none {
         return views[0].withUnsafeBufferPointer { q in
             views[1].withUnsafeBufferPointer { k in
-                viewPairPreview(first: q.baseAddress!, second: k.baseAddress!, batch: c.batch, height: c.resolution,
-                                width: c.resolution, channels: c.inChannels, count: count, mean: mean, std: std)
+                viewPairPreview(
+                    first: q.baseAddress!, second: k.baseAddress!, batch: c.batch, height: c.resolution,
+                    width: c.resolution, channels: c.inChannels, count: count, mean: mean, std: std)
             }
         }
     }
     return views[0].withUnsafeBufferPointer { v in
-        maskPreview(views: v.baseAddress!, saliency: c.masking == .saliency ? step.lastQuerySaliency : nil,
-                    query: step.lastQueryViews, hardNegative: step.lastHardViews, batch: c.batch,
-                    height: c.resolution, width: c.resolution, channels: c.inChannels, grid: step.gridSize,
-                    count: count, mean: mean, std: std, highPass: highPass)
+        maskPreview(
+            views: v.baseAddress!, saliency: c.masking == .saliency ? step.lastQuerySaliency : nil,
+            query: step.lastQueryViews, hardNegative: step.lastHardViews, batch: c.batch,
+            height: c.resolution, width: c.resolution, channels: c.inChannels, grid: step.gridSize,
+            count: count, mean: mean, std: std, highPass: highPass)
     }
 }
 
@@ -610,7 +674,7 @@ extension TrainConfig {
         "mocoMomentum": "--moco-m", "temperature": "--temperature", "masking": "--masking", "fill": "--fill",
         "alpha": "--alpha", "hardNegatives": "--hard-negatives", "hardNegativeMode": "--hard-negative-mode",
         "saliency": "--saliency", "saliencyWarmup": "--saliency-warmup", "seed": "--seed", "bnSplits": "--bn-splits",
-        "headDim": "head dimension", "limit": "--limit", "saveEvery": "--save-every",
+        "headDim": "head dimension", "limit": "--limit", "saveEvery": "--save-every"
     ]
 
     /// "--OPTION THEIRS there, MINE here" for every setting that differs between `self` (there) and `other` (here).
@@ -630,14 +694,18 @@ extension TrainConfig {
 
     /// Groups of one image have no spread to normalise by: refused.
     public var batchNormSplitProblem: String? {
-        batchNormGroupSize >= 2 ? nil
-            : "--bn-splits \(bnSplits) with --batch \(batch) gives batch-norm groups of 1 image, whose statistics are degenerate: "
-              + "use --bn-splits \(batch / 2) or fewer"
+        batchNormGroupSize >= 2
+            ? nil
+            : "--bn-splits \(bnSplits) with --batch \(batch) gives batch-norm groups of 1 image, "
+                + "whose statistics are degenerate: "
+                + "use --bn-splits \(batch / 2) or fewer"
     }
 
     /// A note when --bn-splits does not divide the batch and fewer groups are used.
     public var batchNormSplitNote: String? {
-        effectiveBNSplits == bnSplits ? nil
-            : "--bn-splits \(bnSplits) does not divide --batch \(batch): the key encoder uses \(effectiveBNSplits) groups of \(batchNormGroupSize)"
+        effectiveBNSplits == bnSplits
+            ? nil
+            : "--bn-splits \(bnSplits) does not divide --batch \(batch): "
+                + "the key encoder uses \(effectiveBNSplits) groups of \(batchNormGroupSize)"
     }
 }

@@ -36,7 +36,9 @@ public struct StepProfile: Sendable {
     public var keyForward = 0.0, saliency = 0.0, masking = 0.0, hardNegatives = 0.0
     public var queryForward = 0.0, loss = 0.0, backward = 0.0, optimizer = 0.0, steps = 0
     public init() {}
-    public var total: Double { keyForward + saliency + masking + hardNegatives + queryForward + loss + backward + optimizer }
+    public var total: Double {
+        keyForward + saliency + masking + hardNegatives + queryForward + loss + backward + optimizer
+    }
 }
 
 public final class TrainingStep {
@@ -58,22 +60,22 @@ public final class TrainingStep {
     public var profile = StepProfile()
 
     // Passes.
-    let qPass: ResNetPass              // with activations, batch B (MoCo) or 2B (SimCLR)
-    let nPass: ResNetPass              // no-grad, batch B: keys, saliency, hard negatives
-    let sPass: ResNetPass?             // imported saliency encoder
+    let qPass: ResNetPass  // with activations, batch B (MoCo) or 2B (SimCLR)
+    let nPass: ResNetPass  // no-grad, batch B: keys, saliency, hard negatives
+    let sPass: ResNetPass?  // imported saliency encoder
     let qHead: MLPHeadPass
     let nHead: MLPHeadPass
     // Buffers.
-    let queryView: UnsafeMutablePointer<Float>     // [B][R][R][C] (SimCLR: [2B], the two views)
-    let keyView: UnsafeMutablePointer<Float>       // [L] this rank's key-side views
-    let keyAll: UnsafeMutablePointer<Float>        // [B] every rank's key-side views (= keyView with one rank)
+    let queryView: UnsafeMutablePointer<Float>  // [B][R][R][C] (SimCLR: [2B], the two views)
+    let keyView: UnsafeMutablePointer<Float>  // [L] this rank's key-side views
+    let keyAll: UnsafeMutablePointer<Float>  // [B] every rank's key-side views (= keyView with one rank)
     let hardView: UnsafeMutablePointer<Float>
     let blurred: UnsafeMutablePointer<Float>
     let filterScratch: UnsafeMutablePointer<Float>
     let qSaliency: UnsafeMutablePointer<Float>, kSaliency: UnsafeMutablePointer<Float>
     let qz: UnsafeMutablePointer<Float>, qNorms: UnsafeMutablePointer<Float>, gradZ: UnsafeMutablePointer<Float>
     let kz: UnsafeMutablePointer<Float>, kNorms: UnsafeMutablePointer<Float>
-    let tz: UnsafeMutablePointer<Float>            // [B][H][D]
+    let tz: UnsafeMutablePointer<Float>  // [B][H][D]
     let hz: UnsafeMutablePointer<Float>, hNorms: UnsafeMutablePointer<Float>
     /// Shuffle-BN: the permutation of the last no-grad forward, a [B][max(D, G*G)] staging area and
     /// this rank's [L][max(D, G*G)] share before it is gathered.
@@ -97,8 +99,10 @@ public final class TrainingStep {
     /// `comm`: the ranks of a data-parallel run (B must split into whole shards and whole shuffle-BN
     /// groups per rank: see `TrainConfig.problems(ranks:)`).
     /// `gradientBucketBytes`: the gradient sums' bucket size (0: one sum after backward, no overlap).
-    public init(config: TrainConfig, saliencyEncoder: Encoder? = nil, comm: Communicator = .single,
-                gradientBucketBytes: Int = GradientBuckets.defaultBucketBytes) {
+    public init(
+        config: TrainConfig, saliencyEncoder: Encoder? = nil, comm: Communicator = .single,
+        gradientBucketBytes: Int = GradientBuckets.defaultBucketBytes
+    ) {
         self.config = config
         self.comm = comm
         let rc = config.resnet
@@ -114,9 +118,11 @@ public final class TrainingStep {
         sgd = FusedSGD(store: query.store)
         sgd.momentum = config.sgdMomentum; sgd.weightDecay = config.weightDecay
         let params = query.store.parameterCount
-        buckets = comm.isDistributed
-            ? GradientBuckets(comm: comm, parameters: params,
-                              bucketBytes: gradientBucketBytes > 0 ? gradientBucketBytes : 4 * params + 4) : nil
+        buckets =
+            comm.isDistributed
+            ? GradientBuckets(
+                comm: comm, parameters: params,
+                bucketBytes: gradientBucketBytes > 0 ? gradientBucketBytes : 4 * params + 4) : nil
         sgd.exchange = buckets
         let isMoco = config.method == .moco
         viewCount = 2
@@ -136,9 +142,10 @@ public final class TrainingStep {
         qPass.statisticsSync = comm.statisticsSync
         // The no-grad forwards (keys, saliency, hard negatives) all run between the query pass's
         // backward and its next forward: they borrow its idle buffers and share its workspace.
-        nPass = ResNetPass(layout: query.backbone, batch: L, height: R, width: R, keepActivations: false,
-                           borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
-                           workspace: qPass.workspace)
+        nPass = ResNetPass(
+            layout: query.backbone, batch: L, height: R, width: R, keepActivations: false,
+            borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
+            workspace: qPass.workspace)
         nPass.statisticsSync = comm.groupStatisticsSync
         let workspace = qPass.workspace
         sPass = saliencyEncoder.map {
@@ -146,7 +153,8 @@ public final class TrainingStep {
         }
         qHead = MLPHeadPass(layout: query.head!, batch: qBatch)
         nHead = MLPHeadPass(layout: (key ?? query).head!, batch: L)
-        var bytes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
+        var bytes =
+            qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
             + qHead.allocatedBytes + nHead.allocatedBytes
         var owned: [UnsafeMutableRawPointer] = []
         func alloc<T>(_ n: Int, _ t: T.Type) -> UnsafeMutablePointer<T> {
@@ -176,29 +184,34 @@ public final class TrainingStep {
         queryCells.initialize(repeating: 0, count: L * grid * grid)
         hardCells.initialize(repeating: 0, count: B * grid * grid)
         if isMoco {
-            infoNCE = InfoNCE(batch: L, dim: D, queueLength: config.queue, hardNegatives: masking == .none ? 0 : H,
-                              temperature: config.temperature, alpha: config.alpha)
+            infoNCE = InfoNCE(
+                batch: L, dim: D, queueLength: config.queue, hardNegatives: masking == .none ? 0 : H,
+                temperature: config.temperature, alpha: config.alpha)
             ntXent = nil
             bytes += infoNCE!.allocatedBytes
         } else {
-            ntXent = NTXent(batch: B, dim: D, hardNegatives: masking == .none ? 0 : H,
-                            temperature: config.temperature, alpha: config.alpha)
+            ntXent = NTXent(
+                batch: B, dim: D, hardNegatives: masking == .none ? 0 : H,
+                temperature: config.temperature, alpha: config.alpha)
             infoNCE = nil
             bytes += ntXent!.allocatedBytes
         }
         self.owned = owned
-        let parameterBytes = 8 * (query.store.parameterCount) + 4 * sgd.scratchCount + (buckets?.allocatedBytes ?? 0)
+        let parameterBytes =
+            8 * (query.store.parameterCount) + 4 * sgd.scratchCount + (buckets?.allocatedBytes ?? 0)
             + (key.map { 4 * $0.store.parameterCount } ?? 0) + (queue.map { 4 * $0.length * $0.dim } ?? 0)
         allocatedBytes = bytes + parameterBytes
         let ws = qPass.workspace.packCount * 4 + qPass.workspace.scratchBytes
         let passes = qPass.allocatedBytes + nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)
         memoryBreakdown = [
-            ("parameters, momentum, key encoder, queue, SGD scratch" + (distributed ? ", gradient buckets" : ""),
-             parameterBytes),
+            (
+                "parameters, momentum, key encoder, queue, SGD scratch" + (distributed ? ", gradient buckets" : ""),
+                parameterBytes
+            ),
             ("training pass: arena of activations and gradients", qPass.allocatedBytes - ws),
             ("no-grad pass: own buffers (the rest borrowed)", nPass.allocatedBytes + (sPass?.allocatedBytes ?? 0)),
             ("convolution workspace: weight panels, scratch", ws),
-            ("views, masks, heads, objective", bytes - passes),
+            ("views, masks, heads, objective", bytes - passes)
         ]
     }
 
@@ -212,8 +225,9 @@ public final class TrainingStep {
     /// classical or own saliency.
     public func step(views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
         let img = res * res * channels
-        precondition(views.count >= 2 && views[0].count == local * img && views[1].count == local * img,
-                     "batch shape mismatch")
+        precondition(
+            views.count >= 2 && views[0].count == local * img && views[1].count == local * img,
+            "batch shape mismatch")
         let r: StepResult
         switch config.method {
         case .moco: r = mocoStep(views, epoch: epoch, step: step, lr: lr)
@@ -249,8 +263,9 @@ public final class TrainingStep {
     func plainSaliency(of view: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
         if let s = saliencyEncoder, let sp = sPass {
             sp.forward(input: view, store: s.store, mode: .eval)
-            saliencyFromFeatures(sp.lastFeatureMap, batch: local, height: sp.mapHeight, width: sp.mapWidth,
-                                 channels: s.config.featureDim, grid: grid, output: out)
+            saliencyFromFeatures(
+                sp.lastFeatureMap, batch: local, height: sp.mapHeight, width: sp.mapWidth,
+                channels: s.config.featureDim, grid: grid, output: out)
         } else {
             classicalSaliency(view, batch: local, height: res, width: res, channels: channels, grid: grid, output: out)
         }
@@ -259,10 +274,12 @@ public final class TrainingStep {
     /// Saliency of this rank's training views [L] from `encoder`'s last feature map, from a forward of
     /// its own that leaves the running batch-norm statistics untouched.
     func ownSaliency(of view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>) {
-        nPass.forward(input: view, store: encoder.store,
-                      mode: .batchStatistics(splits: localSplits(config.effectiveBNSplits)))
-        saliencyFromFeatures(nPass.lastFeatureMap, batch: local, height: nPass.mapHeight, width: nPass.mapWidth,
-                             channels: encoder.config.featureDim, grid: grid, output: out)
+        nPass.forward(
+            input: view, store: encoder.store,
+            mode: .batchStatistics(splits: localSplits(config.effectiveBNSplits)))
+        saliencyFromFeatures(
+            nPass.lastFeatureMap, batch: local, height: nPass.mapHeight, width: nPass.mapWidth,
+            channels: encoder.config.featureDim, grid: grid, output: out)
     }
 
     /// Rows [L][width] that `body` writes for this rank's samples, gathered from every rank into `out`
@@ -299,17 +316,20 @@ public final class TrainingStep {
     /// normalisation group with the same neighbours as its query. `lastFeatureMap` of nPass holds this
     /// rank's share in shuffled order: `unshuffled` puts per-sample results derived from it back. Only
     /// the key forward (`updateStatistics`) moves the encoder's running batch-norm statistics.
-    func embed(_ view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>,
-               norms: UnsafeMutablePointer<Float>, step: Int, tag: UInt64, updateStatistics: Bool,
-               splits: Int? = nil) {
+    func embed(
+        _ view: UnsafeMutablePointer<Float>, encoder: Encoder, out: UnsafeMutablePointer<Float>,
+        norms: UnsafeMutablePointer<Float>, step: Int, tag: UInt64, updateStatistics: Bool,
+        splits: Int? = nil
+    ) {
         let B = batch, D = config.headDim, img = res * res * channels
         var rng = SplitMix64(seed: SplitMix64.derive(config.seed, UInt64(step), tag))
         for i in 0..<B { permutation[i] = i }
         for i in stride(from: B - 1, to: 0, by: -1) { permutation.swapAt(i, rng.int(below: i + 1)) }
         for i in 0..<local { (nPass.input + i * img).update(from: view + permutation[first + i] * img, count: img) }
         let s = localSplits(splits ?? config.effectiveBNSplits)
-        nPass.forward(input: nPass.input, store: encoder.store,
-                      mode: updateStatistics ? .train(splits: s) : .batchStatistics(splits: s))
+        nPass.forward(
+            input: nPass.input, store: encoder.store,
+            mode: updateStatistics ? .train(splits: s) : .batchStatistics(splits: s))
         nHead.forward(features: nPass.features, store: encoder.store)
         l2NormalizeForward(rows: local, dim: D, input: nHead.output, output: shuffledLocal, norms: norms)
         unshuffled(width: D, into: out)
@@ -321,26 +341,33 @@ public final class TrainingStep {
     /// embedded with the key's batch-norm groups. Shared (the official code): the batch masked once
     /// and its first H images embedded one by one (batch-norm statistics of each image alone, as a
     /// batch of one), every query then facing the same H hard negatives.
-    func hardNegatives(from source: UnsafeMutablePointer<Float>, saliency sal: UnsafeMutablePointer<Float>,
-                       encoder: Encoder, step: Int) {
+    func hardNegatives(
+        from source: UnsafeMutablePointer<Float>, saliency sal: UnsafeMutablePointer<Float>,
+        encoder: Encoder, step: Int
+    ) {
         let B = batch, H = hardNegativeCount, D = config.headDim, img = res * res * channels
         if H == 0 { return }
         if fill == .blur {
-            timed(\.masking) { strongBlur(source, blurred, scratch: filterScratch, n: B, height: res, width: res, channels: channels) }
+            timed(\.masking) {
+                strongBlur(source, blurred, scratch: filterScratch, n: B, height: res, width: res, channels: channels)
+            }
         }
         let shared = config.hardNegativeMode == .shared
         for h in 0..<(shared ? 1 : H) {
             timed(\.masking) {
                 hardView.update(from: source, count: B * img)
-                applyMasks(views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
-                           saliency: maskSaliency(sal), batch: B, height: res, width: res, channels: channels, grid: grid, role: .hardNegative,
-                           mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step * H + h,
-                           cellMasks: h == 0 ? hardCells : nil, records: nil)
+                applyMasks(
+                    views: hardView, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
+                    saliency: maskSaliency(sal), batch: B, height: res, width: res, channels: channels, grid: grid,
+                    role: .hardNegative,
+                    mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step * H + h,
+                    cellMasks: h == 0 ? hardCells : nil, records: nil)
             }
             timed(\.hardNegatives) {
-                embed(hardView, encoder: encoder, out: hz, norms: hNorms, step: step,
-                      tag: RandomStream.hardNegativeShuffle.rawValue + UInt64(h), updateStatistics: false,
-                      splits: shared ? B : nil)
+                embed(
+                    hardView, encoder: encoder, out: hz, norms: hNorms, step: step,
+                    tag: RandomStream.hardNegativeShuffle.rawValue + UInt64(h), updateStatistics: false,
+                    splits: shared ? B : nil)
                 if shared {
                     for b in 0..<B { (tz + b * H * D).update(from: hz, count: H * D) }
                 } else {
@@ -356,10 +383,12 @@ public final class TrainingStep {
             if fill == .blur {
                 strongBlur(view, blurred, scratch: filterScratch, n: local, height: res, width: res, channels: channels)
             }
-            applyMasks(views: view, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
-                       saliency: maskSaliency(sal), batch: local, height: res, width: res, channels: channels, grid: grid, role: .query,
-                       mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step,
-                       cellMasks: queryCells, records: nil, firstIndex: first)
+            applyMasks(
+                views: view, blurred: fill == .blur ? UnsafePointer(blurred) : nil,
+                saliency: maskSaliency(sal), batch: local, height: res, width: res, channels: channels, grid: grid,
+                role: .query,
+                mode: masking, fill: fill, config: maskConfig, seed: config.seed, step: step,
+                cellMasks: queryCells, records: nil, firstIndex: first)
         }
     }
 
@@ -371,8 +400,10 @@ public final class TrainingStep {
 
     /// Saliency of both views: the query's [L] into qSaliency, the key side's for every sample [B] into
     /// kSaliency. Plain-view saliency runs before the hp filter (`plain`), the encoder's own after it.
-    func saliencies(query: UnsafeMutablePointer<Float>, key: UnsafeMutablePointer<Float>, encoder: Encoder,
-                    plain: Bool, keyAlreadyEmbedded: Bool = false) {
+    func saliencies(
+        query: UnsafeMutablePointer<Float>, key: UnsafeMutablePointer<Float>, encoder: Encoder,
+        plain: Bool, keyAlreadyEmbedded: Bool = false
+    ) {
         timed(\.saliency) {
             if plain {
                 gathered(width: grid * grid, into: kSaliency) { plainSaliency(of: key, out: $0) }
@@ -380,9 +411,10 @@ public final class TrainingStep {
             } else {
                 if keyAlreadyEmbedded {
                     // The key embedding forward just ran on this rank's share of the shuffled key views.
-                    saliencyFromFeatures(nPass.lastFeatureMap, batch: local, height: nPass.mapHeight,
-                                         width: nPass.mapWidth, channels: encoder.config.featureDim, grid: grid,
-                                         output: shuffledLocal)
+                    saliencyFromFeatures(
+                        nPass.lastFeatureMap, batch: local, height: nPass.mapHeight,
+                        width: nPass.mapWidth, channels: encoder.config.featureDim, grid: grid,
+                        output: shuffledLocal)
                     unshuffled(width: grid * grid, into: kSaliency)
                 } else {
                     gathered(width: grid * grid, into: kSaliency) { ownSaliency(of: key, encoder: encoder, out: $0) }
@@ -407,20 +439,24 @@ public final class TrainingStep {
         views[1].withUnsafeBufferPointer { keyView.update(from: $0.baseAddress!, count: L * img) }
         // Key encoder follows the query encoder (parameters only; its BN statistics are its own).
         timed(\.optimizer) {
-            momentumUpdate(count: key.store.parameterCount, target: key.store.params, source: query.store.params,
-                           m: config.mocoMomentum)
+            momentumUpdate(
+                count: key.store.parameterCount, target: key.store.params, source: query.store.params,
+                m: config.mocoMomentum)
         }
         let selfSaliency = masking == .saliency && !plainSaliency(epoch: epoch)
         if masking == .saliency && !selfSaliency {
             saliencies(query: queryView, key: keyView, encoder: key, plain: true)
         }
         if highPassViews {
-            timed(\.masking) { highPassInPlace(queryView, count: L); highPassInPlace(keyView, count: L) }
+            timed(\.masking) {
+                highPassInPlace(queryView, count: L); highPassInPlace(keyView, count: L)
+            }
         }
         let keys = keySideAll(keyView)
         timed(\.keyForward) {
-            embed(keys, encoder: key, out: kz, norms: kNorms, step: step, tag: RandomStream.keyShuffle.rawValue,
-                  updateStatistics: true)
+            embed(
+                keys, encoder: key, out: kz, norms: kNorms, step: step, tag: RandomStream.keyShuffle.rawValue,
+                updateStatistics: true)
         }
         if masking != .none {
             if selfSaliency {
@@ -462,8 +498,9 @@ public final class TrainingStep {
     func backwardAndUpdate(rows: Int, gradEmbedding: UnsafePointer<Float>, lr: Float) {
         sgd.lr = lr
         timed(\.backward) {
-            l2NormalizeBackward(rows: rows, dim: config.headDim, output: qz, norms: qNorms, gradOutput: gradEmbedding,
-                                gradInput: gradZ, accumulate: false)
+            l2NormalizeBackward(
+                rows: rows, dim: config.headDim, output: qz, norms: qNorms, gradOutput: gradEmbedding,
+                gradInput: gradZ, accumulate: false)
             qHead.backward(gradOutput: gradZ, store: query.store, update: sgd)
             qPass.backward(gradFeatures: qHead.gradFeatures, store: query.store, update: sgd)
         }
@@ -519,7 +556,9 @@ public final class TrainingStep {
 
     /// The views of the last step after masking (query side), for previews: [B][R][R][C].
     public var lastQueryViews: UnsafePointer<Float> { UnsafePointer(queryView) }
-    public var lastKeyViews: UnsafePointer<Float> { UnsafePointer(config.method == .moco ? keyView : queryView + local * res * res * channels) }
+    public var lastKeyViews: UnsafePointer<Float> {
+        UnsafePointer(config.method == .moco ? keyView : queryView + local * res * res * channels)
+    }
     public var lastHardViews: UnsafePointer<Float> { UnsafePointer(hardView) }
     public var lastQuerySaliency: UnsafePointer<Float> { UnsafePointer(qSaliency) }
     /// The last step's hard-negative embeddings [B][H][D] (normalised), as the objective read them.

@@ -80,8 +80,10 @@ public struct CropBox: Equatable, Sendable {
 /// torchvision `RandomResizedCrop.get_params`: up to 10 tries of area fraction ~ U(scale) and
 /// log-uniform aspect ratio w/h; the first window that fits is placed uniformly; otherwise the
 /// central crop with the ratio clamped into range.
-public func randomResizedCropBox(height: Int, width: Int, scale: ClosedRange<Float>, ratio: ClosedRange<Float>,
-                                 rng: inout SplitMix64) -> CropBox {
+public func randomResizedCropBox(
+    height: Int, width: Int, scale: ClosedRange<Float>, ratio: ClosedRange<Float>,
+    rng: inout SplitMix64
+) -> CropBox {
     let area = Float(height * width)
     let logLo = log(ratio.lowerBound), logHi = log(ratio.upperBound)
     for _ in 0..<10 {
@@ -146,8 +148,11 @@ public func adjustBrightness(_ p: UnsafeMutablePointer<Float>, count: Int, facto
 /// Blend with the mean of the grayscale image.
 public func adjustContrast(_ p: UnsafeMutablePointer<Float>, pixels n: Int, channels c: Int, factor: Float) {
     var sum: Float = 0
-    if c == 3 { for i in 0..<n { sum += luma(p[3 * i], p[3 * i + 1], p[3 * i + 2]) } }
-    else { for i in 0..<n { sum += p[i] } }
+    if c == 3 {
+        for i in 0..<n { sum += luma(p[3 * i], p[3 * i + 1], p[3 * i + 2]) }
+    } else {
+        for i in 0..<n { sum += p[i] }
+    }
     let m = sum / Float(n)
     for i in 0..<(n * c) { p[i] = clamp01(factor * p[i] + (1 - factor) * m) }
 }
@@ -219,18 +224,23 @@ public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64) 
 
 /// As `augment(_:config:rng:)`, writing size*size*channels floats to `out`; returns what was drawn.
 @discardableResult
-public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64,
-                    into out: UnsafeMutablePointer<Float>) -> AugmentRecord {
+public func augment(
+    _ img: Image, config: AugmentConfig, rng: inout SplitMix64,
+    into out: UnsafeMutablePointer<Float>
+) -> AugmentRecord {
     let s = config.size, c = img.channels, n = s * s
     var rec = AugmentRecord()
-    rec.crop = config.randomCrop
-        ? randomResizedCropBox(height: img.height, width: img.width, scale: config.cropScale,
-                               ratio: config.cropRatio, rng: &rng)
+    rec.crop =
+        config.randomCrop
+        ? randomResizedCropBox(
+            height: img.height, width: img.width, scale: config.cropScale,
+            ratio: config.cropRatio, rng: &rng)
         : CropBox(top: 0, left: 0, height: img.height, width: img.width)
     img.pixels.withUnsafeBufferPointer { src in
-        resampleBilinear(src.baseAddress!, height: img.height, width: img.width, channels: c,
-                         top: rec.crop.top, left: rec.crop.left, cropHeight: rec.crop.height,
-                         cropWidth: rec.crop.width, outHeight: s, outWidth: s, out: out)
+        resampleBilinear(
+            src.baseAddress!, height: img.height, width: img.width, channels: c,
+            top: rec.crop.top, left: rec.crop.left, cropHeight: rec.crop.height,
+            cropWidth: rec.crop.width, outHeight: s, outWidth: s, out: out)
     }
     if config.jitterProbability > 0 && rng.uniform() < config.jitterProbability {
         let j = JitterDraw.random(config, rng: &rng)
@@ -257,8 +267,9 @@ public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64,
         tmp = [Float](repeating: 0, count: n * c)
         copy.withUnsafeBufferPointer { cp in
             tmp.withUnsafeMutableBufferPointer { tp in
-                gaussianBlurImage(cp.baseAddress!, out, tmp: tp.baseAddress!, height: s, width: s, channels: c,
-                                  kernel: kernel)
+                gaussianBlurImage(
+                    cp.baseAddress!, out, tmp: tp.baseAddress!, height: s, width: s, channels: c,
+                    kernel: kernel)
             }
         }
     }
@@ -287,8 +298,9 @@ public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64,
         copy.withUnsafeBufferPointer { cp in
             tmp.withUnsafeMutableBufferPointer { tp in
                 blurred.withUnsafeMutableBufferPointer { bp in
-                    gaussianBlurImage(cp.baseAddress!, bp.baseAddress!, tmp: tp.baseAddress!, height: s, width: s,
-                                      channels: c, kernel: kernel)
+                    gaussianBlurImage(
+                        cp.baseAddress!, bp.baseAddress!, tmp: tp.baseAddress!, height: s, width: s,
+                        channels: c, kernel: kernel)
                 }
             }
         }
@@ -298,9 +310,9 @@ public func augment(_ img: Image, config: AugmentConfig, rng: inout SplitMix64,
 }
 
 #if canImport(Glibc)
-import Foundation
-import Kernels
-import Glibc
+    import Foundation
+    import Kernels
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif

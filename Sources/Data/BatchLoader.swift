@@ -50,26 +50,30 @@ public final class BatchLoader {
     public let stepsPerEpoch: Int
     public let config: AugmentConfig
     let core: LoaderCore
-    var nextBatch: Int    // global batch number of the next batch `next()` returns
+    var nextBatch: Int  // global batch number of the next batch `next()` returns
 
     /// - Parameters:
     ///   - threads: background worker threads (at least 1).
     ///   - state: where to resume (its seed wins over `seed`); nil starts at epoch 0, step 0.
     ///   - shard: the part of each global batch of `batchSize` this loader returns (the same images,
     ///     with the same views, as those positions of a whole batch).
-    public init(dataset: ImageDataset, config: AugmentConfig, batchSize: Int, views: Int = 2, threads: Int = 2,
-                seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = true, prefetch: Int = 2,
-                state: LoaderState? = nil, shard: LoaderShard = .whole) throws {
+    public init(
+        dataset: ImageDataset, config: AugmentConfig, batchSize: Int, views: Int = 2, threads: Int = 2,
+        seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = true, prefetch: Int = 2,
+        state: LoaderState? = nil, shard: LoaderShard = .whole
+    ) throws {
         guard batchSize >= 1, views >= 1, threads >= 1, prefetch >= 1 else {
             throw DataError(.invalidArgument, path: "", "batchSize, views, threads and prefetch must be at least 1")
         }
         guard shard.ranks >= 1, shard.rank >= 0, shard.rank < shard.ranks, batchSize % shard.ranks == 0 else {
-            throw DataError(.invalidArgument, path: "", "a batch of \(batchSize) does not split into \(shard.ranks) shards")
+            throw DataError(
+                .invalidArgument, path: "", "a batch of \(batchSize) does not split into \(shard.ranks) shards")
         }
         let steps = dropLast ? dataset.count / batchSize : (dataset.count + batchSize - 1) / batchSize
         guard steps >= 1 else {
-            throw DataError(.invalidArgument, path: dataset.source,
-                            "\(dataset.count) images are fewer than one batch of \(batchSize)")
+            throw DataError(
+                .invalidArgument, path: dataset.source,
+                "\(dataset.count) images are fewer than one batch of \(batchSize)")
         }
         let st = state ?? LoaderState(seed: seed)
         guard st.epoch >= 0, st.position >= 0, st.position <= steps else {
@@ -81,9 +85,10 @@ public final class BatchLoader {
         self.config = config
         nextBatch = st.epoch * steps + st.position
         let local = batchSize / shard.ranks
-        core = LoaderCore(dataset: dataset, config: config, batchSize: local, globalBatch: batchSize,
-                          offset: shard.rank * local, views: views, seed: st.seed, shuffle: shuffle, steps: steps,
-                          prefetch: prefetch, firstBatch: nextBatch)
+        core = LoaderCore(
+            dataset: dataset, config: config, batchSize: local, globalBatch: batchSize,
+            offset: shard.rank * local, views: views, seed: st.seed, shuffle: shuffle, steps: steps,
+            prefetch: prefetch, firstBatch: nextBatch)
         for t in 0..<threads {
             let c = core
             let th = Thread { c.work() }
@@ -111,7 +116,7 @@ public final class BatchLoader {
 /// The state shared by the loader and its workers, guarded by `cond`.
 final class LoaderCore: @unchecked Sendable {
     struct Slot {
-        var batch = -1            // global batch number held, -1 none
+        var batch = -1  // global batch number held, -1 none
         var size = 0
         var done = 0
         var indices: [Int] = []
@@ -127,14 +132,16 @@ final class LoaderCore: @unchecked Sendable {
     let viewFloats: Int
     let cond = NSCondition()
     var slots: [Slot]
-    var nextItem: Int            // global item number (batch * batchSize + j) to hand out
-    var consumed: Int            // global batch number of the next batch to take
+    var nextItem: Int  // global item number (batch * batchSize + j) to hand out
+    var consumed: Int  // global batch number of the next batch to take
     var stopped = false
     var failure: Error? = nil
     var perms: [Int: [Int]] = [:]
 
-    init(dataset: ImageDataset, config: AugmentConfig, batchSize: Int, globalBatch: Int, offset: Int, views: Int,
-         seed: UInt64, shuffle: Bool, steps: Int, prefetch: Int, firstBatch: Int) {
+    init(
+        dataset: ImageDataset, config: AugmentConfig, batchSize: Int, globalBatch: Int, offset: Int, views: Int,
+        seed: UInt64, shuffle: Bool, steps: Int, prefetch: Int, firstBatch: Int
+    ) {
         self.dataset = dataset
         self.config = config
         self.batchSize = batchSize
@@ -147,10 +154,12 @@ final class LoaderCore: @unchecked Sendable {
         self.prefetch = prefetch
         viewFloats = config.size * config.size * dataset.channels
         slots = (0..<prefetch).map { _ in
-            Slot(views: (0..<views).map { _ in
-                let p = UnsafeMutablePointer<Float>.allocate(capacity: batchSize * config.size * config.size * dataset.channels)
-                return p
-            })
+            Slot(
+                views: (0..<views).map { _ in
+                    let p = UnsafeMutablePointer<Float>.allocate(
+                        capacity: batchSize * config.size * config.size * dataset.channels)
+                    return p
+                })
         }
         nextItem = firstBatch * batchSize
         consumed = firstBatch
@@ -231,17 +240,21 @@ final class LoaderCore: @unchecked Sendable {
         consumed = g + 1
         cond.broadcast()
         cond.unlock()
-        return Batch(views: out, indices: s.indices, labels: labels, epoch: g / steps, step: g % steps,
-                     height: config.size, width: config.size, channels: dataset.channels)
+        return Batch(
+            views: out, indices: s.indices, labels: labels, epoch: g / steps, step: g % steps,
+            height: config.size, width: config.size, channels: dataset.channels)
     }
 }
 
 /// Loader throughput in images per second (each image giving `views` augmented views) over
 /// `batches` batches after one warm-up batch.
-public func benchmarkLoader(dataset: ImageDataset, config: AugmentConfig, batchSize: Int = 256, views: Int = 2,
-                            threads: Int = 2, batches: Int = 20, seed: UInt64 = 0) throws -> Double {
-    let loader = try BatchLoader(dataset: dataset, config: config, batchSize: min(batchSize, dataset.count),
-                                 views: views, threads: threads, seed: seed, prefetch: 2)
+public func benchmarkLoader(
+    dataset: ImageDataset, config: AugmentConfig, batchSize: Int = 256, views: Int = 2,
+    threads: Int = 2, batches: Int = 20, seed: UInt64 = 0
+) throws -> Double {
+    let loader = try BatchLoader(
+        dataset: dataset, config: config, batchSize: min(batchSize, dataset.count),
+        views: views, threads: threads, seed: seed, prefetch: 2)
     _ = try loader.next()
     let t0 = DispatchTime.now().uptimeNanoseconds
     var n = 0
@@ -285,12 +298,14 @@ public func benchmarkDecode(files: [[UInt8]], config: AugmentConfig, rounds: Int
         }
         let img = p.floatImage(channels: p.channels)
         var rng = SplitMix64(seed: seed)
-        let box = randomResizedCropBox(height: img.height, width: img.width, scale: config.cropScale,
-                                       ratio: config.cropRatio, rng: &rng)
+        let box = randomResizedCropBox(
+            height: img.height, width: img.width, scale: config.cropScale,
+            ratio: config.cropRatio, rng: &rng)
         img.pixels.withUnsafeBufferPointer { src in
-            resampleBilinear(src.baseAddress!, height: img.height, width: img.width, channels: img.channels,
-                             top: box.top, left: box.left, cropHeight: box.height, cropWidth: box.width,
-                             outHeight: config.size, outWidth: config.size, out: out)
+            resampleBilinear(
+                src.baseAddress!, height: img.height, width: img.width, channels: img.channels,
+                top: box.top, left: box.left, cropHeight: box.height, cropWidth: box.width,
+                outHeight: config.size, outWidth: config.size, out: out)
         }
         return (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9, reduction)
     }
@@ -304,5 +319,6 @@ public func benchmarkDecode(files: [[UInt8]], config: AugmentConfig, rounds: Int
         }
     }
     let n = Double(files.count * rounds)
-    return DecodeBenchmark(images: files.count, fullSeconds: full / n, scaledSeconds: scaled / n, reductions: reductions)
+    return DecodeBenchmark(
+        images: files.count, fullSeconds: full / n, scaledSeconds: scaled / n, reductions: reductions)
 }

@@ -1,9 +1,9 @@
 import Kernels
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A set of images, held in memory as 8-bit samples when they fit in the memory budget, otherwise
@@ -47,8 +47,10 @@ public struct ImageDataset: Sendable {
         return try store.image(i, channels: channels)
     }
 
-    init(channels: Int, labels: [Int32]?, classNames: [String], labelSource: LabelSource?, source: String,
-         skipped: [DataError], warnings: [DataError] = [], decodeTarget: DecodeTarget = .full, store: ImageStore) {
+    init(
+        channels: Int, labels: [Int32]?, classNames: [String], labelSource: LabelSource?, source: String,
+        skipped: [DataError], warnings: [DataError] = [], decodeTarget: DecodeTarget = .full, store: ImageStore
+    ) {
         self.channels = channels
         self.labels = labels
         self.classNames = classNames
@@ -76,21 +78,26 @@ public struct ImageDataset: Sendable {
         let missing = used.map { classNames[Int($0)] }.filter { index[$0] == nil }
         if !missing.isEmpty {
             func list(_ names: [String]) -> String {
-                names.prefix(10).map(displayPath).joined(separator: ", ") + (names.count > 10 ? ", ... (\(names.count) in all)" : "")
+                names.prefix(10).map(displayPath).joined(separator: ", ")
+                    + (names.count > 10 ? ", ... (\(names.count) in all)" : "")
             }
-            throw DataError(.classMismatch, path: source,
-                            "class\(missing.count == 1 ? "" : "es") \(list(missing)) not found among the classes of "
-                            + "\(displayPath(train.source)) (\(list(train.classNames))): labels are matched by class name")
+            throw DataError(
+                .classMismatch, path: source,
+                "class\(missing.count == 1 ? "" : "es") \(list(missing)) not found among the classes of "
+                    + "\(displayPath(train.source)) (\(list(train.classNames))): labels are matched by class name")
         }
         let map = classNames.map { index[$0] ?? -1 }
-        return ImageDataset(channels: channels, labels: labels.map { map[Int($0)] }, classNames: train.classNames,
-                            labelSource: own, source: source, skipped: skipped, warnings: warnings,
-                            decodeTarget: decodeTarget, store: store)
+        return ImageDataset(
+            channels: channels, labels: labels.map { map[Int($0)] }, classNames: train.classNames,
+            labelSource: own, source: source, skipped: skipped, warnings: warnings,
+            decodeTarget: decodeTarget, store: store)
     }
 
     /// A dataset of smooth random images (gradients plus blobs), for benchmarks and tests.
-    public static func synthetic(count: Int, width: Int, height: Int, channels: Int, classes: Int = 10,
-                                 seed: UInt64 = 0) -> ImageDataset {
+    public static func synthetic(
+        count: Int, width: Int, height: Int, channels: Int, classes: Int = 10,
+        seed: UInt64 = 0
+    ) -> ImageDataset {
         var rng = SplitMix64(seed: seed)
         var bytes = [UInt8](repeating: 0, count: count * width * height * channels)
         var labels = [Int32]()
@@ -111,10 +118,12 @@ public struct ImageDataset: Sendable {
                 }
             }
         }
-        let store = ImageStore(kind: .uniform(bytes: bytes, width: width, height: height, channels: channels),
-                               count: count, names: [], source: "synthetic")
-        return ImageDataset(channels: channels, labels: labels, classNames: (0..<classes).map(String.init),
-                            labelSource: .numbers, source: "synthetic", skipped: [], store: store)
+        let store = ImageStore(
+            kind: .uniform(bytes: bytes, width: width, height: height, channels: channels),
+            count: count, names: [], source: "synthetic")
+        return ImageDataset(
+            channels: channels, labels: labels, classNames: (0..<classes).map(String.init),
+            labelSource: .numbers, source: "synthetic", skipped: [], store: store)
     }
 }
 
@@ -154,7 +163,10 @@ final class ImageStore: @unchecked Sendable {
     deinit { if case .idxFile(let fd, _, _, _, _) = kind { close(fd) } }
 
     var inMemory: Bool {
-        switch kind { case .uniform, .packed: return true; default: return false }
+        switch kind {
+        case .uniform, .packed: return true;
+        default: return false
+        }
     }
 
     func name(_ i: Int) -> String { names.isEmpty ? "\(source)#\(i)" : names[i] }
@@ -166,8 +178,9 @@ final class ImageStore: @unchecked Sendable {
             return floatImage(bytes[(i * n)..<(i * n + n)], width: w, height: h, from: c, to: channels)
         case .packed(let bytes, let offsets, let sizes):
             let (w, h) = sizes[i]
-            return floatImage(bytes[offsets[i]..<(offsets[i] + w * h * channels)], width: w, height: h,
-                              from: channels, to: channels)
+            return floatImage(
+                bytes[offsets[i]..<(offsets[i] + w * h * channels)], width: w, height: h,
+                from: channels, to: channels)
         case .files(let paths, let maxPixels, let target):
             return try decodeFile8(paths[i], target: target, maxPixels: maxPixels).pixels.floatImage(channels: channels)
         case .idxFile(let fd, let header, let w, let h, let c):
@@ -211,35 +224,45 @@ public enum DatasetLoader {
     /// Images are held in memory when their 8-bit size fits `memoryBudget`, otherwise read and
     /// decoded again on each access. JPEG warnings that leave the pixels as encoded are listed in
     /// `warnings` and, with `reportWarnings`, summarised on stderr.
-    public static func open(path: String, limit: Int? = nil, skipBad: Bool = false, channels: Int? = nil,
-                            memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels, decode: DecodeTarget = .full,
-                            reportWarnings: Bool = true) throws -> ImageDataset {
+    public static func open(
+        path: String, limit: Int? = nil, skipBad: Bool = false, channels: Int? = nil,
+        memoryBudget: Int? = nil, maxPixels: Int = defaultMaxPixels, decode: DecodeTarget = .full,
+        reportWarnings: Bool = true
+    ) throws -> ImageDataset {
         if let channels, channels != 1 && channels != 3 {
             throw DataError(.invalidArgument, path: path, "channels must be 1 or 3 (got \(channels))")
         }
-        if let limit, limit < 1 { throw DataError(.invalidArgument, path: path, "limit must be at least 1 (got \(limit))") }
+        if let limit, limit < 1 {
+            throw DataError(.invalidArgument, path: path, "limit must be at least 1 (got \(limit))")
+        }
         let budget = memoryBudget ?? defaultMemoryBudget
         var st = stat()
         if stat(path, &st) != 0 {
             let err = errno
             var lst = stat()
-            if err == ENOENT && lstat(path, &lst) != 0 { throw DataError(.notFound, path: path, "no such file or folder") }
+            if err == ENOENT && lstat(path, &lst) != 0 {
+                throw DataError(.notFound, path: path, "no such file or folder")
+            }
             throw DataError(.unreadable, path: path, unreadableReason(path, errno: err))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            let ds = try openFolder(path, limit: limit, skipBad: skipBad, channels: channels, budget: budget,
-                                    maxPixels: maxPixels, target: decode)
+            let ds = try openFolder(
+                path, limit: limit, skipBad: skipBad, channels: channels, budget: budget,
+                maxPixels: maxPixels, target: decode)
             if reportWarnings { printWarnings(ds) }
             return ds
         }
         if (st.st_mode & S_IFMT) != S_IFREG {
-            throw DataError(.unreadable, path: path, "not a regular file (\(fileTypeName(st.st_mode))): give a folder, an image file or an IDX file")
+            throw DataError(
+                .unreadable, path: path,
+                "not a regular file (\(fileTypeName(st.st_mode))): give a folder, an image file or an IDX file")
         }
         let head = try readHead(path, 8)
         if hasPNGSignature(head) || hasJPEGSignature(head) {
-            let ds = try openFiles([path], root: (path as NSString).deletingLastPathComponent, classNames: [],
-                                   limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels,
-                                   target: decode)
+            let ds = try openFiles(
+                [path], root: (path as NSString).deletingLastPathComponent, classNames: [],
+                limit: limit, skipBad: skipBad, channels: channels, budget: budget, maxPixels: maxPixels,
+                target: decode)
             if reportWarnings { printWarnings(ds) }
             return ds
         }
@@ -284,13 +307,17 @@ public enum DatasetLoader {
         var onPath = Set<FileID>()
         func walk(_ dir: String, _ rel: String, _ id: FileID) {
             guard let d = opendir(dir) else {
-                scan.problems.append(DataError(.unreadable, path: dir,
-                                               "cannot read folder: \(String(cString: strerror(errno)))"))
+                scan.problems.append(
+                    DataError(
+                        .unreadable, path: dir,
+                        "cannot read folder: \(String(cString: strerror(errno)))"))
                 return
             }
             var names = [String]()
             while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                let name = withUnsafeBytes(of: e.pointee.d_name) {
+                    String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+                }
                 if name != "." && name != ".." { names.append(name) }
             }
             closedir(d)
@@ -310,7 +337,8 @@ public enum DatasetLoader {
                     if isImageName(name) { scan.files.append(r) }
                 default:
                     if isImageName(name) {
-                        scan.problems.append(DataError(.unreadable, path: full, "not a regular file (\(fileTypeName(st.st_mode)))"))
+                        scan.problems.append(
+                            DataError(.unreadable, path: full, "not a regular file (\(fileTypeName(st.st_mode)))"))
                     }
                 }
             }
@@ -326,21 +354,28 @@ public enum DatasetLoader {
         return scan
     }
 
-    static func openFolder(_ root: String, limit: Int?, skipBad: Bool, channels: Int?, budget: Int,
-                           maxPixels: Int, target: DecodeTarget) throws -> ImageDataset {
+    static func openFolder(
+        _ root: String, limit: Int?, skipBad: Bool, channels: Int?, budget: Int,
+        maxPixels: Int, target: DecodeTarget
+    ) throws -> ImageDataset {
         let scan = scanFolder(root)
         if let first = scan.problems.first, !skipBad { throw first }
         let rel = scan.files
         if rel.isEmpty {
-            throw DataError(.emptyDataset, path: root, "no PNG or JPEG files found in this folder (searched recursively)"
-                            + (scan.problems.isEmpty ? "" : "; \(scan.problems.count) unreadable entr\(scan.problems.count == 1 ? "y" : "ies") skipped"))
+            throw DataError(
+                .emptyDataset, path: root,
+                "no PNG or JPEG files found in this folder (searched recursively)"
+                    + (scan.problems.isEmpty
+                        ? ""
+                        : "; \(scan.problems.count) unreadable entr\(scan.problems.count == 1 ? "y" : "ies") skipped"))
         }
         // Classes: the first-level folders holding images, all of them, whatever `limit` keeps.
         let labeled = rel.allSatisfy { $0.contains("/") }
         let classNames = labeled ? Array(Set(rel.map { String($0.prefix { $0 != "/" }) })).sorted() : []
-        return try openFiles(rel.map { root + "/" + $0 }, root: root, classNames: classNames, limit: limit, skipBad: skipBad,
-                             skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels,
-                             target: target)
+        return try openFiles(
+            rel.map { root + "/" + $0 }, root: root, classNames: classNames, limit: limit, skipBad: skipBad,
+            skipped: scan.problems, channels: channels, budget: budget, maxPixels: maxPixels,
+            target: target)
     }
 
     /// Thread-safe result slots for the parallel decode.
@@ -351,9 +386,11 @@ public enum DatasetLoader {
 
     /// Decodes `paths` (every one once, in parallel chunks) until `limit` good images are found.
     /// `classNames` non-empty: each path's first component below `root` is its class.
-    static func openFiles(_ paths: [String], root: String, classNames: [String], limit: Int?, skipBad: Bool,
-                          skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int,
-                          target: DecodeTarget) throws -> ImageDataset {
+    static func openFiles(
+        _ paths: [String], root: String, classNames: [String], limit: Int?, skipBad: Bool,
+        skipped: [DataError] = [], channels: Int?, budget: Int, maxPixels: Int,
+        target: DecodeTarget
+    ) throws -> ImageDataset {
         var good: [(path: String, w: Int, h: Int, c: Int, bytes: [UInt8]?)] = []
         var skipped = skipped
         var warnings = [DataError]()
@@ -374,9 +411,9 @@ public enum DatasetLoader {
                     var d = try decodeFile8(paths[base + k], target: target, maxPixels: maxPixels)
                     if !holding { d.pixels.bytes = [] }
                     res.items[k] = .success(d)
+                } catch let e as DataError { res.items[k] = .failure(e) } catch {
+                    res.items[k] = .failure(DataError(.corrupt, path: paths[base + k], "\(error)"))
                 }
-                catch let e as DataError { res.items[k] = .failure(e) }
-                catch { res.items[k] = .failure(DataError(.corrupt, path: paths[base + k], "\(error)")) }
             }
             for k in 0..<(end - start) where good.count < want {
                 switch res.items[k]! {
@@ -397,7 +434,8 @@ public enum DatasetLoader {
             start = end
         }
         if good.isEmpty {
-            throw DataError(.emptyDataset, path: root, "no readable PNG or JPEG files (\(skipped.count) skipped as bad)")
+            throw DataError(
+                .emptyDataset, path: root, "no readable PNG or JPEG files (\(skipped.count) skipped as bad)")
         }
         let outC = channels ?? (good.contains { $0.c == 3 } ? 3 : 1)
         var labels: [Int32]? = nil
@@ -415,14 +453,17 @@ public enum DatasetLoader {
                 sizes.append((g.w, g.h))
                 bytes += convertChannels8(g.bytes!, pixels: g.w * g.h, from: g.c, to: outC)
             }
-            store = ImageStore(kind: .packed(bytes: bytes, offsets: offsets, sizes: sizes), count: good.count,
-                               names: good.map(\.path), source: root)
+            store = ImageStore(
+                kind: .packed(bytes: bytes, offsets: offsets, sizes: sizes), count: good.count,
+                names: good.map(\.path), source: root)
         } else {
-            store = ImageStore(kind: .files(paths: good.map(\.path), maxPixels: maxPixels, target: target), count: good.count,
-                               names: good.map(\.path), source: root)
+            store = ImageStore(
+                kind: .files(paths: good.map(\.path), maxPixels: maxPixels, target: target), count: good.count,
+                names: good.map(\.path), source: root)
         }
-        return ImageDataset(channels: outC, labels: labels, classNames: classNames, labelSource: .classFolders,
-                            source: root, skipped: skipped, warnings: warnings, decodeTarget: target, store: store)
+        return ImageDataset(
+            channels: outC, labels: labels, classNames: classNames, labelSource: .classFolders,
+            source: root, skipped: skipped, warnings: warnings, decodeTarget: target, store: store)
     }
 
     /// Writes a summary of `dataset.warnings` to stderr: up to 5 files, then a count.
@@ -431,7 +472,9 @@ public enum DatasetLoader {
         guard !w.isEmpty else { return }
         var text = ""
         for e in w.prefix(5) { text += "warning: \(e) (decoded; the pixels are as encoded)\n" }
-        if w.count > 5 { text += "warning: \(w.count - 5) more file(s) of \(displayPath(dataset.source)) with JPEG warnings\n" }
+        if w.count > 5 {
+            text += "warning: \(w.count - 5) more file(s) of \(displayPath(dataset.source)) with JPEG warnings\n"
+        }
         FileHandle.standardError.write(Foundation.Data(text.utf8))
     }
 
@@ -451,8 +494,10 @@ public enum DatasetLoader {
         return nil
     }
 
-    static let fashionNames = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                               "Sneaker", "Bag", "Ankle boot"]
+    static let fashionNames = [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+        "Sneaker", "Bag", "Ankle boot"
+    ]
 
     static func openIDX(_ path: String, gz: Bool, limit: Int?, channels: Int?, budget: Int) throws -> ImageDataset {
         var labels: [Int32]? = nil
@@ -470,42 +515,51 @@ public enum DatasetLoader {
                 throw DataError(.badIDX, path: path, "IDX images must be N x rows x cols")
             }
             var dims = [Int]()
-            for d in 0..<nd { let o = 4 + 4 * d; dims.append(Int(head[o]) << 24 | Int(head[o + 1]) << 16 | Int(head[o + 2]) << 8 | Int(head[o + 3])) }
+            for d in 0..<nd {
+                let o = 4 + 4 * d;
+                dims.append(Int(head[o]) << 24 | Int(head[o + 1]) << 16 | Int(head[o + 2]) << 8 | Int(head[o + 3]))
+            }
             let expected = 4 + 4 * nd + dims.reduce(1, *)
             if expected != size {
-                throw DataError(size < expected ? .truncated : .badIDX, path: path,
-                                "IDX header says \(expected) bytes but the file has \(size)")
+                throw DataError(
+                    size < expected ? .truncated : .badIDX, path: path,
+                    "IDX header says \(expected) bytes but the file has \(size)")
             }
             (h, w, c) = (dims[1], dims[2], nd == 4 ? dims[3] : 1)
             total = dims[0]
             count = min(dims[0], limit ?? Int.max)
             let fd = Glibc_open(path)
             if fd < 0 { throw DataError(.unreadable, path: path, "cannot open file for reading") }
-            store = ImageStore(kind: .idxFile(fd: fd, headerBytes: 4 + 4 * nd, width: w, height: h, channels: c),
-                               count: count, names: [], source: path)
+            store = ImageStore(
+                kind: .idxFile(fd: fd, headerBytes: 4 + 4 * nd, width: w, height: h, channels: c),
+                count: count, names: [], source: path)
         } else {
             let idx = try parseIDXImages(try readMaybeGzipped(path), name: path)
             (h, w, c) = (idx.height, idx.width, idx.channels)
             total = idx.count
             count = min(idx.count, limit ?? Int.max)
             let n = count * w * h * c
-            store = ImageStore(kind: .uniform(bytes: n == idx.bytes.count ? idx.bytes : Array(idx.bytes[0..<n]),
-                                              width: w, height: h, channels: c),
-                               count: count, names: [], source: path)
+            store = ImageStore(
+                kind: .uniform(
+                    bytes: n == idx.bytes.count ? idx.bytes : Array(idx.bytes[0..<n]),
+                    width: w, height: h, channels: c),
+                count: count, names: [], source: path)
         }
         if count == 0 { throw DataError(.emptyDataset, path: path, "IDX file holds no images") }
         var classNames = [String]()
         if let l = labels {
             if l.count != total {
-                throw DataError(.badIDX, path: labelsPath(forImages: path) ?? path,
-                                "\(l.count) labels for \(total) images in \(path)")
+                throw DataError(
+                    .badIDX, path: labelsPath(forImages: path) ?? path,
+                    "\(l.count) labels for \(total) images in \(path)")
             }
             labels = Array(l[0..<count])
             let k = Int(l.max() ?? 0) + 1
             classNames = path.lowercased().contains("fashion") && k <= 10 ? fashionNames : (0..<k).map(String.init)
         }
-        return ImageDataset(channels: channels ?? c, labels: labels, classNames: classNames, labelSource: .numbers,
-                            source: path, skipped: [], store: store)
+        return ImageDataset(
+            channels: channels ?? c, labels: labels, classNames: classNames, labelSource: .numbers,
+            source: path, skipped: [], store: store)
     }
 }
 

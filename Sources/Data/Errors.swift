@@ -1,7 +1,7 @@
 import Kernels
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Every failure the Data module reports: what went wrong and the file it concerns, so that a user
@@ -9,7 +9,7 @@ import Glibc
 public struct DataError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Kind: String, Sendable {
         case notPNG, notJPEG, corrupt, truncated, tooLarge, unsupported, unreadable, badIDX, emptyDataset, notFound,
-             writeFailed, invalidArgument, streamFailed, classMismatch
+            writeFailed, invalidArgument, streamFailed, classMismatch
     }
     public let kind: Kind
     /// The file (or folder) concerned, as it is on disk; empty when there is none.
@@ -64,8 +64,9 @@ func fileTypeName(_ mode: mode_t) -> String {
 func unreadableReason(_ path: String, errno err: Int32) -> String {
     var st = stat()
     if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
-        return err == ELOOP ? "symbolic link loop (too many levels of symbolic links)"
-                            : "broken symbolic link (its target does not exist)"
+        return err == ELOOP
+            ? "symbolic link loop (too many levels of symbolic links)"
+            : "broken symbolic link (its target does not exist)"
     }
     return String(cString: strerror(err))
 }

@@ -9,7 +9,9 @@ import Kernels
 public func gaussianKernel1D(size k: Int, sigma: Float) -> [Float] {
     precondition(k >= 1 && k % 2 == 1 && sigma > 0)
     let half = Float(k - 1) / 2
-    var w = (0..<k).map { i -> Float in let x = (Float(i) - half) / sigma; return exp(-0.5 * x * x) }
+    var w = (0..<k).map { i -> Float in
+        let x = (Float(i) - half) / sigma; return exp(-0.5 * x * x)
+    }
     let s = w.reduce(0, +)
     for i in 0..<k { w[i] /= s }
     return w
@@ -48,9 +50,11 @@ public func strongBlurSpec(resolution: Int) -> (kernel: Int, sigma: Float) {
 /// Separable Gaussian blur of one HWC image with reflect padding, as torchvision's `gaussian_blur`
 /// (a 2-D kernel that is the outer product of `kernel` with itself). `tmp` holds H*W*C floats;
 /// `out` may not alias `src`.
-public func gaussianBlurImage(_ src: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                              tmp: UnsafeMutablePointer<Float>, height h: Int, width w: Int, channels c: Int,
-                              kernel: [Float]) {
+public func gaussianBlurImage(
+    _ src: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+    tmp: UnsafeMutablePointer<Float>, height h: Int, width w: Int, channels c: Int,
+    kernel: [Float]
+) {
     let k = kernel.count, r = k / 2
     let rowLen = w * c
     kernel.withUnsafeBufferPointer { kb in
@@ -66,7 +70,7 @@ public func gaussianBlurImage(_ src: UnsafePointer<Float>, _ out: UnsafeMutableP
             }
         }
         // Horizontal pass into out: interior columns as shifted row sums, borders through reflect.
-        let lo = min(r, w), hi = max(lo, w - r)    // interior columns [lo, hi)
+        let lo = min(r, w), hi = max(lo, w - r)  // interior columns [lo, hi)
         for y in 0..<h {
             let s = tmp + y * rowLen
             let o = out + y * rowLen
@@ -96,39 +100,48 @@ public func filterScratchCount(n: Int, height: Int, width: Int, channels: Int) -
 
 /// Gaussian blur of N NHWC images (parallel over images through `parallelFor`). `scratch` holds
 /// `filterScratchCount` floats; nothing is allocated except the 1-D kernel.
-public func gaussianBlurBatch(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                              scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int,
-                              channels: Int, kernelSize: Int, sigma: Float) {
+public func gaussianBlurBatch(
+    _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int,
+    channels: Int, kernelSize: Int, sigma: Float
+) {
     let kernel = gaussianKernel1D(size: kernelSize, sigma: sigma)
     let plane = height * width * channels
     parallelFor(n) { b, e, _ in
         for i in b..<e {
-            gaussianBlurImage(x + i * plane, out + i * plane, tmp: scratch + i * plane,
-                              height: height, width: width, channels: channels, kernel: kernel)
+            gaussianBlurImage(
+                x + i * plane, out + i * plane, tmp: scratch + i * plane,
+                height: height, width: width, channels: channels, kernel: kernel)
         }
     }
 }
 
 /// High-pass filter x - GaussianBlur(x) of N NHWC images (the `hp` fill), kernel and sigma from
 /// `highPassFilterSpec(resolution: height)` unless given. `out` may not alias `x`.
-public func highPassFilter(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                           scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int, channels: Int,
-                           kernelSize: Int? = nil, sigma: Float? = nil) {
+public func highPassFilter(
+    _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int, channels: Int,
+    kernelSize: Int? = nil, sigma: Float? = nil
+) {
     let spec = highPassFilterSpec(resolution: height)
-    gaussianBlurBatch(x, out, scratch: scratch, n: n, height: height, width: width, channels: channels,
-                      kernelSize: kernelSize ?? spec.kernel, sigma: sigma ?? spec.sigma)
+    gaussianBlurBatch(
+        x, out, scratch: scratch, n: n, height: height, width: width, channels: channels,
+        kernelSize: kernelSize ?? spec.kernel, sigma: sigma ?? spec.sigma)
     let total = n * height * width * channels
     for i in 0..<total { out[i] = x[i] - out[i] }
 }
 
 /// Strong blur of N NHWC images (the `blur` fill), kernel and sigma from
 /// `strongBlurSpec(resolution: height)` unless given. `out` may not alias `x`.
-public func strongBlur(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                       scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int, channels: Int,
-                       kernelSize: Int? = nil, sigma: Float? = nil) {
+public func strongBlur(
+    _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutablePointer<Float>, n: Int, height: Int, width: Int, channels: Int,
+    kernelSize: Int? = nil, sigma: Float? = nil
+) {
     let spec = strongBlurSpec(resolution: height)
-    gaussianBlurBatch(x, out, scratch: scratch, n: n, height: height, width: width, channels: channels,
-                      kernelSize: kernelSize ?? spec.kernel, sigma: sigma ?? spec.sigma)
+    gaussianBlurBatch(
+        x, out, scratch: scratch, n: n, height: height, width: width, channels: channels,
+        kernelSize: kernelSize ?? spec.kernel, sigma: sigma ?? spec.sigma)
 }
 
 /// Array conveniences (they allocate): high-pass / strong blur of N NHWC images.
@@ -141,15 +154,17 @@ public func strongBlur(_ x: [Float], n: Int, height: Int, width: Int, channels: 
 }
 
 /// Gaussian blur of one HWC image held in an array (allocates).
-public func gaussianBlur(_ x: [Float], height: Int, width: Int, channels: Int, kernelSize: Int, sigma: Float) -> [Float] {
+public func gaussianBlur(_ x: [Float], height: Int, width: Int, channels: Int, kernelSize: Int, sigma: Float) -> [Float]
+{
     var out = [Float](repeating: 0, count: x.count)
     var tmp = [Float](repeating: 0, count: x.count)
     let kernel = gaussianKernel1D(size: kernelSize, sigma: sigma)
     x.withUnsafeBufferPointer { xp in
         out.withUnsafeMutableBufferPointer { op in
             tmp.withUnsafeMutableBufferPointer { tp in
-                gaussianBlurImage(xp.baseAddress!, op.baseAddress!, tmp: tp.baseAddress!, height: height,
-                                  width: width, channels: channels, kernel: kernel)
+                gaussianBlurImage(
+                    xp.baseAddress!, op.baseAddress!, tmp: tp.baseAddress!, height: height,
+                    width: width, channels: channels, kernel: kernel)
             }
         }
     }
@@ -164,11 +179,13 @@ func applyFilter(_ x: [Float], n: Int, height: Int, width: Int, channels: Int, h
         out.withUnsafeMutableBufferPointer { op in
             scratch.withUnsafeMutableBufferPointer { sp in
                 if highPass {
-                    highPassFilter(xp.baseAddress!, op.baseAddress!, scratch: sp.baseAddress!, n: n,
-                                   height: height, width: width, channels: channels)
+                    highPassFilter(
+                        xp.baseAddress!, op.baseAddress!, scratch: sp.baseAddress!, n: n,
+                        height: height, width: width, channels: channels)
                 } else {
-                    strongBlur(xp.baseAddress!, op.baseAddress!, scratch: sp.baseAddress!, n: n,
-                               height: height, width: width, channels: channels)
+                    strongBlur(
+                        xp.baseAddress!, op.baseAddress!, scratch: sp.baseAddress!, n: n,
+                        height: height, width: width, channels: channels)
                 }
             }
         }
@@ -177,7 +194,7 @@ func applyFilter(_ x: [Float], n: Int, height: Int, width: Int, channels: Int, h
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif

@@ -44,18 +44,25 @@ func mutate(_ input: [UInt8], rng: inout SplitMix64) -> [UInt8] {
     for _ in 0..<rounds {
         if b.isEmpty { b = [UInt8(truncatingIfNeeded: rng.next())]; continue }
         switch rng.int(below: 8) {
-        case 0: let i = rng.int(below: b.count); b[i] ^= UInt8(1 << rng.int(below: 8))           // bit flip
-        case 1: let i = rng.int(below: b.count); b[i] = UInt8(truncatingIfNeeded: rng.next())   // random byte
-        case 2: b = Array(b.prefix(rng.int(below: b.count)))                                    // truncate
-        case 3: let i = rng.int(below: b.count)                                                 // insert
-            b.insert(contentsOf: (0..<(1 + rng.int(below: 8))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: i)
-        case 4: let i = rng.int(below: b.count), n = min(b.count - i, 1 + rng.int(below: 16))   // delete
+        case 0: let i = rng.int(below: b.count); b[i] ^= UInt8(1 << rng.int(below: 8))  // bit flip
+        case 1: let i = rng.int(below: b.count); b[i] = UInt8(truncatingIfNeeded: rng.next())  // random byte
+        case 2: b = Array(b.prefix(rng.int(below: b.count)))  // truncate
+        case 3:
+            let i = rng.int(below: b.count)  // insert
+            b.insert(
+                contentsOf: (0..<(1 + rng.int(below: 8))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: i)
+        case 4:
+            let i = rng.int(below: b.count), n = min(b.count - i, 1 + rng.int(below: 16))  // delete
             b.removeSubrange(i..<(i + n))
-        case 5: let i = rng.int(below: b.count), n = min(b.count - i, 1 + rng.int(below: 32))   // duplicate
+        case 5:
+            let i = rng.int(below: b.count), n = min(b.count - i, 1 + rng.int(below: 32))  // duplicate
             b.insert(contentsOf: Array(b[i..<(i + n)]), at: rng.int(below: b.count))
-        case 6: let i = rng.int(below: b.count)                                                 // interesting values
-            let v: [UInt8] = [[0, 0, 0, 0], [0xFF, 0xFF, 0xFF, 0xFF], [0x7F, 0xFF, 0xFF, 0xFF], [0, 0, 1, 0],
-                              [0x80, 0, 0, 0]][rng.int(below: 5)]
+        case 6:
+            let i = rng.int(below: b.count)  // interesting values
+            let v: [UInt8] = [
+                [0, 0, 0, 0], [0xFF, 0xFF, 0xFF, 0xFF], [0x7F, 0xFF, 0xFF, 0xFF], [0, 0, 1, 0],
+                [0x80, 0, 0, 0]
+            ][rng.int(below: 5)]
             for k in 0..<4 where i + k < b.count { b[i + k] = v[k] }
         default: let i = rng.int(below: b.count); b[i] = [0, 1, 0x7F, 0x80, 0xFF][rng.int(below: 5)]
         }
@@ -75,7 +82,8 @@ func jpegFuzzSeeds() -> [[UInt8]] {
     let variants: [(Int, [UInt8], JPEGEncoding, Int)] = [
         (3, rgb, [], 1), (3, rgb, .progressive, 1), (3, rgb, .arithmetic, 1), (3, rgb, [.progressive, .arithmetic], 1),
         (3, rgb, .restartMarkers, 1), (3, rgb, .fullChroma, 6), (1, gray, [], 1), (1, gray, .progressive, 3),
-        (4, cmyk, [], 1), (4, cmyk, .ycck, 1)]
+        (4, cmyk, [], 1), (4, cmyk, .ycck, 1)
+    ]
     return variants.compactMap { c, px, enc, o in
         try? encodeJPEG(width: w, height: h, channels: c, pixels: px, quality: 75, encoding: enc, orientation: o)
     }
@@ -93,7 +101,9 @@ public func fuzzParsers(iterations: Int, seed: UInt64, extraSeeds: [[UInt8]] = [
     var seeds: [(bytes: [UInt8], parser: FuzzParser)] = []
     let rgb = (0..<(7 * 5 * 3)).map { UInt8(truncatingIfNeeded: $0 &* 37) }
     if let p = try? encodePNG(width: 7, height: 5, channels: 3, pixels: rgb) { seeds.append((p, .png)) }
-    if let p = try? encodePNG(width: 3, height: 9, channels: 1, pixels: Array(rgb.prefix(27))) { seeds.append((p, .png)) }
+    if let p = try? encodePNG(width: 3, height: 9, channels: 1, pixels: Array(rgb.prefix(27))) {
+        seeds.append((p, .png))
+    }
     let idx = makeIDX(dims: [3, 4, 5], data: Array(rgb.prefix(60)))
     seeds.append((idx, .idx))
     seeds.append((makeIDX(dims: [6], data: [1, 2, 3, 4, 5, 6]), .idx))
@@ -115,21 +125,27 @@ public func fuzzParsers(iterations: Int, seed: UInt64, extraSeeds: [[UInt8]] = [
         do {
             switch parser {
             case .png:
-                let img = try decodePNG(input, channels: [nil, 1, 3][rng.int(below: 3)], maxPixels: 1 << 20, name: "fuzz")
-                let ok = img.pixels.count == img.width * img.height * img.channels
+                let img = try decodePNG(
+                    input, channels: [nil, 1, 3][rng.int(below: 3)], maxPixels: 1 << 20, name: "fuzz")
+                let ok =
+                    img.pixels.count == img.width * img.height * img.channels
                     && img.pixels.allSatisfy { $0 >= 0 && $0 <= 1 }
                 if !ok { r.invalid += 1 }
             case .jpeg:
-                let target = DecodeTarget(minSide: rng.int(below: 12), minArea: rng.int(below: 100),
-                                          maxReduction: [1, 2, 4, 8][rng.int(below: 4)])
+                let target = DecodeTarget(
+                    minSide: rng.int(below: 12), minArea: rng.int(below: 100),
+                    maxReduction: [1, 2, 4, 8][rng.int(below: 4)])
                 let d = try decodeJPEG8(input, target: target, maxPixels: 1 << 20, name: "fuzz")
                 let p = d.pixels
-                let ok = p.width > 0 && p.height > 0 && (p.channels == 1 || p.channels == 3)
+                let ok =
+                    p.width > 0 && p.height > 0 && (p.channels == 1 || p.channels == 3)
                     && p.bytes.count == p.width * p.height * p.channels && d.reduction <= target.maxReduction
                 if !ok { r.invalid += 1 }
             case .idx:
                 var bytes = input
-                if bytes.count >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b { bytes = try gunzip(bytes, maxOutput: 1 << 24, name: "fuzz") }
+                if bytes.count >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
+                    bytes = try gunzip(bytes, maxOutput: 1 << 24, name: "fuzz")
+                }
                 if bytes.count >= 4 && bytes[3] == 1 {
                     let l = try parseIDXLabels(bytes, name: "fuzz")
                     if l.count != bytes.count - 8 { r.invalid += 1 }

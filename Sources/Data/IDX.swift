@@ -56,14 +56,22 @@ public struct IDXHeader: Equatable, Sendable {
 /// Parses and checks an IDX header against the data length: the file must hold exactly
 /// header + product(dims) bytes (a truncated file or a header that disagrees with the length throws).
 public func parseIDXHeader(_ bytes: [UInt8], name: String = "") throws -> IDXHeader {
-    guard bytes.count >= 4 else { throw DataError(.truncated, path: name, "IDX file too short for its header (\(bytes.count) bytes)") }
-    guard bytes[0] == 0, bytes[1] == 0 else { throw DataError(.badIDX, path: name, "not an IDX file (bad magic number)") }
+    guard bytes.count >= 4 else {
+        throw DataError(.truncated, path: name, "IDX file too short for its header (\(bytes.count) bytes)")
+    }
+    guard bytes[0] == 0, bytes[1] == 0 else {
+        throw DataError(.badIDX, path: name, "not an IDX file (bad magic number)")
+    }
     guard bytes[2] == 0x08 else {
-        throw DataError(.badIDX, path: name, "IDX element type 0x\(String(bytes[2], radix: 16)) not supported (only unsigned bytes, 0x08)")
+        throw DataError(
+            .badIDX, path: name,
+            "IDX element type 0x\(String(bytes[2], radix: 16)) not supported (only unsigned bytes, 0x08)")
     }
     let nd = Int(bytes[3])
     guard (1...4).contains(nd) else { throw DataError(.badIDX, path: name, "IDX with \(nd) dimensions not supported") }
-    guard bytes.count >= 4 + 4 * nd else { throw DataError(.truncated, path: name, "IDX file too short for its header") }
+    guard bytes.count >= 4 + 4 * nd else {
+        throw DataError(.truncated, path: name, "IDX file too short for its header")
+    }
     var dims = [Int]()
     var total = 1
     for d in 0..<nd {
@@ -71,18 +79,24 @@ public func parseIDXHeader(_ bytes: [UInt8], name: String = "") throws -> IDXHea
         let v = Int(bytes[o]) << 24 | Int(bytes[o + 1]) << 16 | Int(bytes[o + 2]) << 8 | Int(bytes[o + 3])
         dims.append(v)
         let (p, overflow) = total.multipliedReportingOverflow(by: v)
-        guard !overflow, p <= Int(Int32.max) * 16 else { throw DataError(.badIDX, path: name, "IDX dimensions \(dims) are absurd") }
+        guard !overflow, p <= Int(Int32.max) * 16 else {
+            throw DataError(.badIDX, path: name, "IDX dimensions \(dims) are absurd")
+        }
         total = p
     }
     let h = IDXHeader(dims: dims)
     let expected = h.headerBytes + total
     if bytes.count < expected {
-        throw DataError(.truncated, path: name,
-                        "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes but the file has \(bytes.count) (truncated)")
+        throw DataError(
+            .truncated, path: name,
+            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes "
+                + "but the file has \(bytes.count) (truncated)")
     }
     if bytes.count > expected {
-        throw DataError(.badIDX, path: name,
-                        "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes but the file has \(bytes.count)")
+        throw DataError(
+            .badIDX, path: name,
+            "IDX header says \(dims.map(String.init).joined(separator: "x")) = \(expected) bytes "
+                + "but the file has \(bytes.count)")
     }
     return h
 }
@@ -101,14 +115,17 @@ public func parseIDXImages(_ bytes: [UInt8], name: String = "") throws -> IDXIma
         throw DataError(.badIDX, path: name, "IDX images must be N x rows x cols (found dimensions \(d))")
     }
     guard d[1] > 0, d[2] > 0 else { throw DataError(.badIDX, path: name, "IDX images of size \(d[1])x\(d[2])") }
-    return IDXImages(count: d[0], height: d[1], width: d[2], channels: d.count == 4 ? d[3] : 1,
-                     bytes: Array(bytes[h.headerBytes...]))
+    return IDXImages(
+        count: d[0], height: d[1], width: d[2], channels: d.count == 4 ? d[3] : 1,
+        bytes: Array(bytes[h.headerBytes...]))
 }
 
 /// Parses IDX labels: a 1-D unsigned-byte array.
 public func parseIDXLabels(_ bytes: [UInt8], name: String = "") throws -> [Int32] {
     let h = try parseIDXHeader(bytes, name: name)
-    guard h.dims.count == 1 else { throw DataError(.badIDX, path: name, "IDX labels must be 1-D (found dimensions \(h.dims))") }
+    guard h.dims.count == 1 else {
+        throw DataError(.badIDX, path: name, "IDX labels must be 1-D (found dimensions \(h.dims))")
+    }
     return bytes[h.headerBytes...].map { Int32($0) }
 }
 

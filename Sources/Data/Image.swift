@@ -40,8 +40,9 @@ public struct Image: Equatable, Sendable {
         var out = [Float](repeating: 0, count: ch * cw * channels)
         for y in 0..<ch {
             let src = ((top + y) * width + left) * channels
-            out.replaceSubrange((y * cw * channels)..<((y + 1) * cw * channels),
-                                with: pixels[src..<(src + cw * channels)])
+            out.replaceSubrange(
+                (y * cw * channels)..<((y + 1) * cw * channels),
+                with: pixels[src..<(src + cw * channels)])
         }
         return Image(width: cw, height: ch, channels: channels, pixels: out)
     }
@@ -52,9 +53,10 @@ public struct Image: Equatable, Sendable {
         var out = [Float](repeating: 0, count: outWidth * outHeight * channels)
         pixels.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                resampleBilinear(src.baseAddress!, height: height, width: width, channels: channels,
-                                 top: 0, left: 0, cropHeight: height, cropWidth: width,
-                                 outHeight: outHeight, outWidth: outWidth, out: dst.baseAddress!)
+                resampleBilinear(
+                    src.baseAddress!, height: height, width: width, channels: channels,
+                    top: 0, left: 0, cropHeight: height, cropWidth: width,
+                    outHeight: outHeight, outWidth: outWidth, out: dst.baseAddress!)
             }
         }
         return Image(width: outWidth, height: outHeight, channels: channels, pixels: out)
@@ -83,7 +85,7 @@ func convertChannels8(_ src: [UInt8], pixels n: Int, from: Int, to: Int) -> [UIn
 struct ResampleAxis {
     var start: [Int32]
     var count: [Int32]
-    var weights: [Float]   // outSize * ksize
+    var weights: [Float]  // outSize * ksize
     var ksize: Int
 
     /// PIL `precompute_coeffs` with the triangle (bilinear) filter over the input span
@@ -101,7 +103,7 @@ struct ResampleAxis {
         let ss = 1.0 / filterscale
         for xx in 0..<outSize {
             let center = Double(in0) + (Double(xx) + 0.5) * scale
-            var xmin = Int(center - support + 0.5)        // truncation toward zero, as C's (int)
+            var xmin = Int(center - support + 0.5)  // truncation toward zero, as C's (int)
             if xmin < 0 { xmin = 0 }
             var xmax = Int(center + support + 0.5)
             if xmax > inSize { xmax = inSize }
@@ -126,9 +128,11 @@ struct ResampleAxis {
 
 /// Resizes the crop rows [top, top+cropHeight) x columns [left, left+cropWidth) of an HWC image to
 /// outHeight x outWidth (antialiased bilinear, separable: horizontal pass then vertical).
-public func resampleBilinear(_ src: UnsafePointer<Float>, height: Int, width: Int, channels c: Int,
-                             top: Int, left: Int, cropHeight: Int, cropWidth: Int,
-                             outHeight: Int, outWidth: Int, out: UnsafeMutablePointer<Float>) {
+public func resampleBilinear(
+    _ src: UnsafePointer<Float>, height: Int, width: Int, channels c: Int,
+    top: Int, left: Int, cropHeight: Int, cropWidth: Int,
+    outHeight: Int, outWidth: Int, out: UnsafeMutablePointer<Float>
+) {
     // Coordinates are relative to the crop: torchvision's resized_crop crops, then resizes.
     let ax = ResampleAxis(inSize: cropWidth, in0: 0, inLength: cropWidth, outSize: outWidth)
     let ay = ResampleAxis(inSize: cropHeight, in0: 0, inLength: cropHeight, outSize: outHeight)

@@ -44,7 +44,8 @@ public struct DecodeTarget: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        maxReduction == 1 ? "full size" : "sides >= \(minSide) px, area >= \(minArea) px, reduction <= 1/\(maxReduction)"
+        maxReduction == 1
+            ? "full size" : "sides >= \(minSide) px, area >= \(minArea) px, reduction <= 1/\(maxReduction)"
     }
 }
 
@@ -84,31 +85,37 @@ public func jpegInfo(_ bytes: [UInt8], name: String = "") throws -> JPEGInfo {
     let code = bytes.withUnsafeBufferPointer { b in sal_jpeg_info(b.baseAddress, b.count, &info, &err, err.count) }
     if code != 0 { throw DataError(dataErrorKind(code), path: name, cMessage(err)) }
     let swap = info.orientation >= 5
-    return JPEGInfo(width: Int(swap ? info.height : info.width), height: Int(swap ? info.width : info.height),
-                    channels: info.components == 1 ? 1 : 3, colorSpace: JPEGColorSpace(rawValue: Int(info.color_space)) ?? .unknown,
-                    progressive: info.progressive != 0, arithmetic: info.arithmetic != 0, orientation: Int(info.orientation))
+    return JPEGInfo(
+        width: Int(swap ? info.height : info.width), height: Int(swap ? info.width : info.height),
+        channels: info.components == 1 ? 1 : 3, colorSpace: JPEGColorSpace(rawValue: Int(info.color_space)) ?? .unknown,
+        progressive: info.progressive != 0, arithmetic: info.arithmetic != 0, orientation: Int(info.orientation))
 }
 
 /// Decodes a JPEG to 8 bits: the pixels, the DCT reduction used (1, 2, 4, 8) and libjpeg's first
 /// warning that left the pixels as encoded (nil when none).
 func decodeJPEG8(_ bytes: [UInt8], target: DecodeTarget, maxPixels: Int, name: String) throws
-    -> (pixels: Pixels8, reduction: Int, warning: String?) {
+    -> (pixels: Pixels8, reduction: Int, warning: String?)
+{
     var w: UInt32 = 0, h: UInt32 = 0
     var c: Int32 = 0, denom: Int32 = 1
     var out: UnsafeMutablePointer<UInt8>? = nil
     var err = [CChar](repeating: 0, count: 256), warn = [CChar](repeating: 0, count: 256)
     let code = bytes.withUnsafeBufferPointer { b in
-        sal_jpeg_decode(b.baseAddress, b.count, UInt32(clamping: target.minSide), UInt64(target.minArea),
-                        Int32(target.maxReduction), UInt64(max(1, maxPixels)), &out, &w, &h, &c, &denom,
-                        &warn, warn.count, &err, err.count)
+        sal_jpeg_decode(
+            b.baseAddress, b.count, UInt32(clamping: target.minSide), UInt64(target.minArea),
+            Int32(target.maxReduction), UInt64(max(1, maxPixels)), &out, &w, &h, &c, &denom,
+            &warn, warn.count, &err, err.count)
     }
     if code != 0 { throw DataError(dataErrorKind(code), path: name, cMessage(err)) }
     guard let out else { throw DataError(.corrupt, path: name, "decoder returned no pixels") }
     defer { sal_free(out) }
     let n = Int(w) * Int(h) * Int(c)
     let warning = cMessage(warn)
-    return (Pixels8(width: Int(w), height: Int(h), channels: Int(c), bytes: Array(UnsafeBufferPointer(start: out, count: n))),
-            Int(denom), warning.isEmpty ? nil : warning)
+    return (
+        Pixels8(
+            width: Int(w), height: Int(h), channels: Int(c), bytes: Array(UnsafeBufferPointer(start: out, count: n))),
+        Int(denom), warning.isEmpty ? nil : warning
+    )
 }
 
 /// Decodes a JPEG held in memory through libjpeg-turbo: baseline, progressive and arithmetic-coded,
@@ -119,8 +126,10 @@ func decodeJPEG8(_ bytes: [UInt8], target: DecodeTarget, maxPixels: Int, name: S
 /// before allocating), throws a `DataError` with `name` as the path; so do the libjpeg warnings that
 /// mean pixels were made up. Warnings that leave the pixels as encoded (extra bytes between markers)
 /// are ignored here; datasets report them (`ImageDataset.warnings`).
-public func decodeJPEG(_ bytes: [UInt8], target: DecodeTarget = .full, maxPixels: Int = defaultMaxPixels,
-                       name: String = "") throws -> Image {
+public func decodeJPEG(
+    _ bytes: [UInt8], target: DecodeTarget = .full, maxPixels: Int = defaultMaxPixels,
+    name: String = ""
+) throws -> Image {
     let d = try decodeJPEG8(bytes, target: target, maxPixels: maxPixels, name: name)
     return d.pixels.floatImage(channels: d.pixels.channels)
 }
@@ -133,7 +142,8 @@ public func readJPEG(path: String, target: DecodeTarget = .full, maxPixels: Int 
 /// Decodes a PNG or a JPEG (told apart by their signatures) to 8 bits, with the JPEG's harmless
 /// warning. PNGs are decoded whole and quantised to 8 bits (16-bit samples rounded).
 func decodeImage8(_ bytes: [UInt8], target: DecodeTarget, maxPixels: Int, name: String) throws
-    -> (pixels: Pixels8, warning: String?) {
+    -> (pixels: Pixels8, warning: String?)
+{
     if hasJPEGSignature(bytes) {
         let d = try decodeJPEG8(bytes, target: target, maxPixels: maxPixels, name: name)
         return (d.pixels, d.warning)
@@ -145,7 +155,9 @@ func decodeImage8(_ bytes: [UInt8], target: DecodeTarget, maxPixels: Int, name: 
         }
     }
     let img = try decodePNG(bytes, channels: nil, maxPixels: maxPixels, name: name)
-    return (Pixels8(width: img.width, height: img.height, channels: img.channels, bytes: img.pixels.map(quantize8)), nil)
+    return (
+        Pixels8(width: img.width, height: img.height, channels: img.channels, bytes: img.pixels.map(quantize8)), nil
+    )
 }
 
 /// Reads and decodes a PNG or JPEG file (by content) to Float32 values in [0, 1]: `decodePNG` or
@@ -185,10 +197,14 @@ public struct JPEGEncoding: OptionSet, Sendable {
 
 /// Encodes 8-bit HWC gray (1), RGB (3) or Adobe-inverted CMYK (4) pixels as JPEG bytes at `quality`;
 /// an `orientation` 2-8 is written as an EXIF APP1 marker. For tests and the fuzzer's seeds.
-public func encodeJPEG(width: Int, height: Int, channels: Int, pixels: [UInt8], quality: Int = 90,
-                       encoding: JPEGEncoding = [], orientation: Int = 1) throws -> [UInt8] {
-    try encodeImage("encodeJPEG", width: width, height: height, channels: channels, pixels: pixels) { p, out, size, err in
-        sal_jpeg_encode(p, UInt32(width), UInt32(height), Int32(channels), Int32(quality), encoding.rawValue,
-                        Int32(orientation), &out, &size, err, 256)
+public func encodeJPEG(
+    width: Int, height: Int, channels: Int, pixels: [UInt8], quality: Int = 90,
+    encoding: JPEGEncoding = [], orientation: Int = 1
+) throws -> [UInt8] {
+    try encodeImage("encodeJPEG", width: width, height: height, channels: channels, pixels: pixels) {
+        p, out, size, err in
+        sal_jpeg_encode(
+            p, UInt32(width), UInt32(height), Int32(channels), Int32(quality), encoding.rawValue,
+            Int32(orientation), &out, &size, err, 256)
     }
 }

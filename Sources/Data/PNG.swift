@@ -42,8 +42,10 @@ public func pngInfo(_ bytes: [UInt8], name: String = "") throws -> (width: Int, 
 /// - Values are sample / (2^depth - 1), so 16-bit images keep their precision.
 /// Errors (bad signature, truncation, CRC or zlib errors, a size above `maxPixels`) are thrown as
 /// `DataError` with `name` as the path; libpng's longjmp never leaves the C target.
-public func decodePNG(_ bytes: [UInt8], channels: Int? = nil, maxPixels: Int = defaultMaxPixels,
-                      name: String = "") throws -> Image {
+public func decodePNG(
+    _ bytes: [UInt8], channels: Int? = nil, maxPixels: Int = defaultMaxPixels,
+    name: String = ""
+) throws -> Image {
     var w: UInt32 = 0, h: UInt32 = 0
     var c: Int32 = 0
     var out: UnsafeMutablePointer<Float>? = nil
@@ -56,8 +58,9 @@ public func decodePNG(_ bytes: [UInt8], channels: Int? = nil, maxPixels: Int = d
     guard let out else { throw DataError(.corrupt, path: name, "decoder returned no pixels") }
     defer { sal_free(out) }
     let n = Int(w) * Int(h) * Int(c)
-    return Image(width: Int(w), height: Int(h), channels: Int(c),
-                 pixels: Array(UnsafeBufferPointer(start: out, count: n)))
+    return Image(
+        width: Int(w), height: Int(h), channels: Int(c),
+        pixels: Array(UnsafeBufferPointer(start: out, count: n)))
 }
 
 /// Reads and decodes a PNG file; errors name `path`.
@@ -67,24 +70,32 @@ public func readPNG(path: String, channels: Int? = nil, maxPixels: Int = default
 
 /// Encodes 8-bit HWC pixels (channels 1, 3 or 4) as PNG bytes.
 public func encodePNG(width: Int, height: Int, channels: Int, pixels: [UInt8]) throws -> [UInt8] {
-    try encodeImage("encodePNG", width: width, height: height, channels: channels, pixels: pixels) { p, out, size, err in
+    try encodeImage("encodePNG", width: width, height: height, channels: channels, pixels: pixels) {
+        p, out, size, err in
         sal_png_encode(p, UInt32(width), UInt32(height), Int32(channels), &out, &size, err, 256)
     }
 }
 
 /// Checks that `pixels` holds width x height x channels (1, 3 or 4) bytes, then runs a CImage encoder
 /// (`encode(pixels, &out, &size, err)`, err 256 bytes) and returns the bytes it made.
-func encodeImage(_ name: String, width: Int, height: Int, channels: Int, pixels: [UInt8],
-                 _ encode: (UnsafePointer<UInt8>?, inout UnsafeMutablePointer<UInt8>?, inout Int, UnsafeMutablePointer<CChar>) -> Int32)
-    throws -> [UInt8] {
+func encodeImage(
+    _ name: String, width: Int, height: Int, channels: Int, pixels: [UInt8],
+    _ encode: (UnsafePointer<UInt8>?, inout UnsafeMutablePointer<UInt8>?, inout Int, UnsafeMutablePointer<CChar>) ->
+        Int32
+)
+    throws -> [UInt8]
+{
     guard width > 0, height > 0, [1, 3, 4].contains(channels), pixels.count == width * height * channels else {
-        throw DataError(.invalidArgument, path: "",
-                        "\(name): \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
+        throw DataError(
+            .invalidArgument, path: "",
+            "\(name): \(width)x\(height)x\(channels) does not match \(pixels.count) bytes")
     }
     var out: UnsafeMutablePointer<UInt8>? = nil
     var size = 0
     var err = [CChar](repeating: 0, count: 256)
-    let code = pixels.withUnsafeBufferPointer { p in err.withUnsafeMutableBufferPointer { e in encode(p.baseAddress, &out, &size, e.baseAddress!) } }
+    let code = pixels.withUnsafeBufferPointer { p in
+        err.withUnsafeMutableBufferPointer { e in encode(p.baseAddress, &out, &size, e.baseAddress!) }
+    }
     if code != 0 { throw DataError(.writeFailed, path: "", cMessage(err)) }
     guard let out else { throw DataError(.writeFailed, path: "", "encoder returned no data") }
     defer { sal_free(out) }
@@ -104,8 +115,9 @@ public func writePNG(path: String, width: Int, height: Int, channels: Int, pixel
 
 /// Writes a float image (values clamped to [0, 1]) as an 8-bit PNG.
 public func writePNG(path: String, image: Image) throws {
-    try writePNG(path: path, width: image.width, height: image.height, channels: image.channels,
-                 pixels: image.pixels.map { quantize8($0) })
+    try writePNG(
+        path: path, width: image.width, height: image.height, channels: image.channels,
+        pixels: image.pixels.map { quantize8($0) })
 }
 
 @inline(__always) func quantize8(_ v: Float) -> UInt8 {

@@ -27,8 +27,10 @@ public func gridImage(tiles: [Image], columns: Int, padding: Int = 2, scale: Int
 /// A preview of what training sees: `count` images chosen with `seed`, each shown as its original
 /// (resized to the view size) followed by `views` augmented views (normalisation undone; a
 /// high-pass view is shown around mid-gray). Groups are laid out about square.
-public func makePreview(dataset: ImageDataset, config: AugmentConfig, count: Int = 16, views: Int = 3,
-                        seed: UInt64 = 0, scale: Int? = nil) throws -> Image {
+public func makePreview(
+    dataset: ImageDataset, config: AugmentConfig, count: Int = 16, views: Int = 3,
+    seed: UInt64 = 0, scale: Int? = nil
+) throws -> Image {
     precondition(count >= 1 && views >= 1)
     var pick = SplitMix64(seed: SplitMix64.derive(seed, RandomStream.previewPick.rawValue))
     var order = Array(0..<dataset.count)

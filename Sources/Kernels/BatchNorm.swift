@@ -39,7 +39,9 @@ let bnBlock = 256
 /// Most batch-norm groups (independent sub-batches, the key encoder's split batch norm) one call of
 /// the training forward takes; more are run a call per group.
 public let bnMaxGroups = 16
-@inline(__always) func bnPerThreadBytes(_ c: Int) -> Int { align64(2 * bnPadded(c) * 4) + align64(2 * c * 8 * bnMaxGroups) }
+@inline(__always) func bnPerThreadBytes(_ c: Int) -> Int {
+    align64(2 * bnPadded(c) * 4) + align64(2 * c * 8 * bnMaxGroups)
+}
 @inline(__always) func bnSharedBytes(_ c: Int) -> Int { 3 * align64(bnPadded(c) * 4 * bnMaxGroups) }
 
 /// Bytes of scratch the training forward and the backward need with `threads` threads
@@ -54,13 +56,18 @@ public func batchNormScratchBytes(_ sh: BatchNormShape, threads: Int) -> Int {
 /// Shared arrays of the scratch (three arrays of bnMaxGroups x padded C floats), then the per-thread area.
 @inline(__always)
 func bnScratch(_ c: Int, _ scratch: UnsafeMutableRawPointer)
-    -> (a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>,
-        perThread: UnsafeMutableRawPointer) {
+    -> (
+        a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>,
+        perThread: UnsafeMutableRawPointer
+    )
+{
     let s = align64(bnPadded(c) * 4 * bnMaxGroups)
-    return (scratch.bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
-            (scratch + s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
-            (scratch + 2 * s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
-            scratch + 3 * s)
+    return (
+        scratch.bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
+        (scratch + s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
+        (scratch + 2 * s).bindMemory(to: Float.self, capacity: bnPadded(c) * bnMaxGroups),
+        scratch + 3 * s
+    )
 }
 
 /// The two per-channel terms (u, v) whose sums of u and u*v a statistic pass needs, at pixel row p
@@ -108,8 +115,10 @@ struct BNGradTerms: BNColumnTerms {
 /// Leaves the Double sums of thread t, group g at perThread + t*bnPerThreadBytes + align64(2*Cp*4) + g*2*C
 /// doubles: [sum u][sum u*v].
 @inline(__always)
-func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
-                                    groups: Int = 1, _ f: T) {
+func bnColumnSums<T: BNColumnTerms>(
+    pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
+    groups: Int = 1, _ f: T
+) {
     let cp = bnPadded(C), stride = bnPerThreadBytes(C), gp = P / groups
     parallelFor(threads) { tlo, thi, _ in
         for th in tlo..<thi {
@@ -142,8 +151,10 @@ func bnColumnSums<T: BNColumnTerms>(pixels P: Int, channels C: Int, threads: Int
 
 /// s1[c..] += u, s2[c..] += u * v for one vector of channels of pixel row q (bnColumnSums).
 @inline(__always)
-func bnSumChunk<T: BNColumnTerms, V: FloatVector>(_ f: T, _ q: Int, _ c: Int, _ n: Int, _ g: Int,
-                                                  _ s1: UnsafeMutablePointer<Float>, _ s2: UnsafeMutablePointer<Float>, _: V.Type) {
+func bnSumChunk<T: BNColumnTerms, V: FloatVector>(
+    _ f: T, _ q: Int, _ c: Int, _ n: Int, _ g: Int,
+    _ s1: UnsafeMutablePointer<Float>, _ s2: UnsafeMutablePointer<Float>, _: V.Type
+) {
     let (u, v): (V, V) = f.terms(q, c, n, g)
     gstore(gload(s1 + c) + u, s1 + c)
     var a: V = gload(s2 + c)
@@ -153,7 +164,9 @@ func bnSumChunk<T: BNColumnTerms, V: FloatVector>(_ f: T, _ q: Int, _ c: Int, _ 
 
 /// Reduces the per-thread Double sums of channel c (of group g).
 @inline(__always)
-func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer, group g: Int = 0) -> (Double, Double) {
+func bnReduced(_ c: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer, group g: Int = 0) -> (
+    Double, Double
+) {
     var a = 0.0, b = 0.0
     let off = align64(2 * bnPadded(C) * 4) + g * 2 * C * 8
     for th in 0..<threads {
@@ -207,8 +220,11 @@ func bnReduceTileSums(_ t: BNTileSums, channels C: Int, groups: Int, into perThr
 
 /// Another batch norm's input and its rows, whose output bnApply adds as the residual (never written).
 public struct BNAddend {
-    public var x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
-    public init(x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>) {
+    public var x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+        shift: UnsafePointer<Float>
+    public init(
+        x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
+    ) {
         self.x = x; self.mean = mean; self.scale = scale; self.shift = shift
     }
 }
@@ -218,9 +234,11 @@ public struct BNAddend {
 /// each with its own mean and scale (groupStride floats apart). With `addend`, the residual is the other
 /// batch norm's output, computed here with this arithmetic (the bits of writing it first).
 @inline(__always)
-func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanBase: UnsafePointer<Float>,
-             scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil,
-             addend: BNAddend? = nil, relu: Bool, y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
+func bnApply(
+    pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanBase: UnsafePointer<Float>,
+    scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil,
+    addend: BNAddend? = nil, relu: Bool, y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0
+) {
     let gp = P / groups
     parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
         for p in lo..<hi {
@@ -228,28 +246,40 @@ func bnApply(pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanB
             let mean = meanBase + g * groupStride, scale = scaleBase + g * groupStride
             let xr = x + p * C, yr = y + p * C
             let rr = residual.map { $0 + p * C }
-            let ad = addend.map { a in BNAddend(x: a.x + p * C, mean: a.mean + g * groupStride, scale: a.scale + g * groupStride,
-                                                shift: a.shift) }
+            let ad = addend.map { a in
+                BNAddend(
+                    x: a.x + p * C, mean: a.mean + g * groupStride, scale: a.scale + g * groupStride,
+                    shift: a.shift)
+            }
             var c = 0
             while wideTiles && c + RVec.scalarCount <= C {
                 bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, RVec.scalarCount, RVec.self)
                 c += RVec.scalarCount
             }
-            while c < C { bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, min(fvecWidth, C - c), FVec.self); c += fvecWidth }
+            while c < C {
+                bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, min(fvecWidth, C - c), FVec.self);
+                c += fvecWidth
+            }
         }
     }
 }
 
 /// One vector of channels of one pixel row of bnApply (`residual` and `addend` at that row).
 @inline(__always)
-func bnApplyChunk<V: FloatVector>(_ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>, _ scale: UnsafePointer<Float>,
-                           _ shift: UnsafePointer<Float>, _ residual: UnsafePointer<Float>?, _ addend: BNAddend?, _ relu: Bool,
-                           _ y: UnsafeMutablePointer<Float>, _ c: Int, _ n: Int, _: V.Type) {
-    var v: V = bnAffine(centred: gloadN(x + c, n) - gloadN(mean + c, n), scale: gloadN(scale + c, n), shift: gloadN(shift + c, n))
+func bnApplyChunk<V: FloatVector>(
+    _ x: UnsafePointer<Float>, _ mean: UnsafePointer<Float>, _ scale: UnsafePointer<Float>,
+    _ shift: UnsafePointer<Float>, _ residual: UnsafePointer<Float>?, _ addend: BNAddend?, _ relu: Bool,
+    _ y: UnsafeMutablePointer<Float>, _ c: Int, _ n: Int, _: V.Type
+) {
+    var v: V = bnAffine(
+        centred: gloadN(x + c, n) - gloadN(mean + c, n), scale: gloadN(scale + c, n), shift: gloadN(shift + c, n))
     if let residual { v = v + gloadN(residual + c, n) }
     if let a = addend {
-        v = v + bnAffine(centred: gloadN(a.x + c, n) - gloadN(a.mean + c, n), scale: gloadN(a.scale + c, n),
-                         shift: gloadN(a.shift + c, n))
+        v =
+            v
+            + bnAffine(
+                centred: gloadN(a.x + c, n) - gloadN(a.mean + c, n), scale: gloadN(a.scale + c, n),
+                shift: gloadN(a.shift + c, n))
     }
     if relu { v = v.relu() }
     gstoreN(v, y + c, n)
@@ -259,18 +289,23 @@ func bnApplyChunk<V: FloatVector>(_ x: UnsafePointer<Float>, _ mean: UnsafePoint
 /// batchNormInferenceAffine; `groups` rows each, groupStride floats apart): a downsampling block's end,
 /// whose main-path output is never written. The bits of writing BN'(addend.x) and passing it to the
 /// training or inference forward as the residual.
-public func batchNormApplySum(_ sh: BatchNormShape, input x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
-                              scale: UnsafePointer<Float>, beta: UnsafePointer<Float>, addend: BNAddend,
-                              output y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0) {
+public func batchNormApplySum(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
+    scale: UnsafePointer<Float>, beta: UnsafePointer<Float>, addend: BNAddend,
+    output y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0
+) {
     precondition(groups >= 1 && sh.pixels % groups == 0, "batch-norm groups must divide the pixels")
-    bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, addend: addend, relu: true,
-            y: y, groups: groups, groupStride: groupStride)
+    bnApply(
+        pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, addend: addend,
+        relu: true,
+        y: y, groups: groups, groupStride: groupStride)
 }
 
 // MARK: - Forward
 
-/// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional fused ReLU;
-/// saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch: r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
+/// Training mode: batch statistics (biased variance to normalise), y = gamma*(x-mean)*invstd + beta, optional
+/// fused ReLU; saves mean and invstd (1/sqrt(var+eps)) per channel; running stats updated as PyTorch:
+/// r = (1-m)*r + m*stat with the UNBIASED variance (P/(P-1)).
 /// y[P][C] from x[P][C]; `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. y may alias x.
 /// `residual` [P][C] (a residual block's shortcut; may alias y) is added before the ReLU.
 /// `groups` (<= bnMaxGroups, dividing P): the P pixels are that many independent batches (split batch
@@ -279,20 +314,24 @@ public func batchNormApplySum(_ sh: BatchNormShape, input x: UnsafePointer<Float
 /// bits), in two parallel regions instead of two per group.
 /// With `tileSums` (the convolution's epilogue summed x per tile) the statistics come from those,
 /// and x is read once, to normalise it.
-public func batchNormForwardTraining(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                     beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
-                                     runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
-                                     residual: UnsafePointer<Float>? = nil,
-                                     output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
-                                     saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
-                                     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
-                                     sync: BNStatisticsSync? = nil) {
+public func batchNormForwardTraining(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
+    runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+    residual: UnsafePointer<Float>? = nil,
+    output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
+    saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
+    scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
+    sync: BNStatisticsSync? = nil
+) {
     let (_, mean, scale, _) = bnScratch(sh.channels, scratch)
-    batchNormTrainingStatistics(sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
-                                momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
-                                mean: mean, scale: scale, scratch: scratch, tileSums: tileSums, sync: sync)
-    bnApply(pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
-            relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
+    batchNormTrainingStatistics(
+        sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
+        momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
+        mean: mean, scale: scale, scratch: scratch, tileSums: tileSums, sync: sync)
+    bnApply(
+        pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
+        relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
 }
 
 /// Batch norm over several processes (data-parallel training), in one of two modes:
@@ -309,8 +348,10 @@ public struct BNStatisticsSync: Sendable {
     public var processes: Int
     public var sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void
     public var gather: @convention(c) (UnsafePointer<Double>, Int, UnsafeMutablePointer<Double>) -> Void
-    public init(mode: Mode, processes: Int, sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void,
-                gather: @convention(c) (UnsafePointer<Double>, Int, UnsafeMutablePointer<Double>) -> Void) {
+    public init(
+        mode: Mode, processes: Int, sum: @convention(c) (UnsafeMutablePointer<Double>, Int) -> Void,
+        gather: @convention(c) (UnsafePointer<Double>, Int, UnsafeMutablePointer<Double>) -> Void
+    ) {
         self.mode = mode; self.processes = processes; self.sum = sum; self.gather = gather
     }
 }
@@ -322,13 +363,15 @@ public struct BNStatisticsSync: Sendable {
 /// training forward computes it. `mean` and `scale` may lie in `scratch` only where
 /// batchNormForwardTraining puts them (its own use). With `tileSums` x is not read: the statistics
 /// come from the convolution's per-tile sums of it (BNTileSums).
-public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                        runningMean: UnsafeMutablePointer<Float>, runningVar: UnsafeMutablePointer<Float>,
-                                        momentum: Float, eps: Float, saveMean: UnsafeMutablePointer<Float>,
-                                        saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
-                                        mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
-                                        scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
-                                        sync: BNStatisticsSync? = nil) {
+public func batchNormTrainingStatistics(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    runningMean: UnsafeMutablePointer<Float>, runningVar: UnsafeMutablePointer<Float>,
+    momentum: Float, eps: Float, saveMean: UnsafeMutablePointer<Float>,
+    saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
+    mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
+    sync: BNStatisticsSync? = nil
+) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(groups >= 1 && groups <= bnMaxGroups && P % groups == 0, "batch-norm groups must divide the pixels")
@@ -340,7 +383,8 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
     // their sums (the same in all of them), or the group's first pixel.
     for g in 0..<groups {
         for c in 0..<cp {
-            shift[g * cp + c] = c >= C ? 0 : tileSums.map { $0.shift[c] } ?? (shared != nil ? runningMean[c] : x[g * gp * C + c])
+            shift[g * cp + c] =
+                c >= C ? 0 : tileSums.map { $0.shift[c] } ?? (shared != nil ? runningMean[c] : x[g * gp * C + c])
         }
     }
     var threads = 1
@@ -350,8 +394,9 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
         bnReduceTileSums(t, channels: C, groups: groups, into: work)
     } else {
         threads = bnThreads(gp)
-        bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
-                     BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
+        bnColumnSums(
+            pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
+            BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     }
     // Pixels behind each group's statistics (all processes' when they share their sums).
     let count = gp * (shared?.processes ?? 1)
@@ -359,53 +404,60 @@ public func batchNormTrainingStatistics(_ sh: BatchNormShape, input x: UnsafePoi
     // Shared sums [C][2]; with split groups, each group's running-statistics update [groups][C][2] and
     // every process's after them.
     let sharedCount = shared == nil ? 0 : 2 * C, updates = split == nil ? 0 : 2 * C * groups
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: sharedCount + updates * (1 + (split?.processes ?? 0))) { buf in
-    let sums = buf.baseAddress!, mine = sums + sharedCount, all = mine + updates
-    if let shared {
-        for c in 0..<C { (sums[2 * c], sums[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
-        shared.sum(sums, 2 * C)
-    }
-    for g in 0..<groups {
-        for c in 0..<cp {
-            let i = g * cp + c
-            if c >= C { mean[i] = 0; scale[i] = 0; continue }
-            let (s1, s2) = shared != nil ? (sums[2 * c], sums[2 * c + 1])
-                : bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
-            let d = s1 / Double(count)
-            let v = max(s2 / Double(count) - d * d, 0)
-            let mu = Double(shift[i]) + d
-            let inv = 1 / (v + Double(eps)).squareRoot()
-            mean[i] = Float(mu)
-            saveMean[c] = Float(mu)
-            saveInvStd[c] = Float(inv)
-            scale[i] = Float(Double(gamma[c]) * inv)
-            if split != nil {
-                mine[(g * C + c) * 2] = mu; mine[(g * C + c) * 2 + 1] = v * unbias
-            } else if m != 0 {
-                runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
-                runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
-            }
-        }
-    }
-    if let split, m != 0 {
-        split.gather(mine, updates, all)
-        for g in 0..<(groups * split.processes) {
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: sharedCount + updates * (1 + (split?.processes ?? 0))) {
+        buf in
+        let sums = buf.baseAddress!, mine = sums + sharedCount, all = mine + updates
+        if let shared {
             for c in 0..<C {
-                runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * all[(g * C + c) * 2])
-                runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * all[(g * C + c) * 2 + 1])
+                (sums[2 * c], sums[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work)
+            }
+            shared.sum(sums, 2 * C)
+        }
+        for g in 0..<groups {
+            for c in 0..<cp {
+                let i = g * cp + c
+                if c >= C { mean[i] = 0; scale[i] = 0; continue }
+                let (s1, s2) =
+                    shared != nil
+                    ? (sums[2 * c], sums[2 * c + 1])
+                    : bnReduced(c, channels: C, threads: threads, perThread: work, group: g)
+                let d = s1 / Double(count)
+                let v = max(s2 / Double(count) - d * d, 0)
+                let mu = Double(shift[i]) + d
+                let inv = 1 / (v + Double(eps)).squareRoot()
+                mean[i] = Float(mu)
+                saveMean[c] = Float(mu)
+                saveInvStd[c] = Float(inv)
+                scale[i] = Float(Double(gamma[c]) * inv)
+                if split != nil {
+                    mine[(g * C + c) * 2] = mu; mine[(g * C + c) * 2 + 1] = v * unbias
+                } else if m != 0 {
+                    runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu)
+                    runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * v * unbias)
+                }
             }
         }
-    }
+        if let split, m != 0 {
+            split.gather(mine, updates, all)
+            for g in 0..<(groups * split.processes) {
+                for c in 0..<C {
+                    runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * all[(g * C + c) * 2])
+                    runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * all[(g * C + c) * 2 + 1])
+                }
+            }
+        }
     }
 }
 
 /// Re-applies a training-mode forward from its saved statistics: y = gamma*(x-mean)*invstd + beta,
 /// optionally ReLU'd. Training passes call it in backward to rebuild activations they did not keep.
 /// `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes.
-public func batchNormApplySaved(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                beta: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
-                                saveInvStd: UnsafePointer<Float>, relu: Bool, output y: UnsafeMutablePointer<Float>,
-                                scratch: UnsafeMutableRawPointer) {
+public func batchNormApplySaved(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
+    saveInvStd: UnsafePointer<Float>, relu: Bool, output y: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutableRawPointer
+) {
     let C = sh.channels
     let (_, _, scale, _) = bnScratch(C, scratch)
     bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: scale)
@@ -416,27 +468,33 @@ public func batchNormApplySaved(_ sh: BatchNormShape, input x: UnsafePointer<Flo
 /// statistics: one place for it, since the backward's ReLU mask and the Winograd input affine
 /// (batchNormSavedAffine) must round as the rebuilt output does. C floats, then zeros up to `padTo`.
 @inline(__always)
-func bnSavedScale(channels C: Int, gamma: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>,
-                  into scale: UnsafeMutablePointer<Float>, padTo: Int = 0) {
+func bnSavedScale(
+    channels C: Int, gamma: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>,
+    into scale: UnsafeMutablePointer<Float>, padTo: Int = 0
+) {
     for c in 0..<C { scale[c] = gamma[c] * saveInvStd[c] }
     for c in C..<max(C, padTo) { scale[c] = 0 }
 }
 
 /// The saved-statistics normalisation as one mean row and one scale row (bnPadded(C) floats each, zero
 /// past C) for a consumer that applies it itself (ConvInputAffine): the bits of batchNormApplySaved.
-public func batchNormSavedAffine(channels C: Int, gamma: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
-                                 saveInvStd: UnsafePointer<Float>, mean: UnsafeMutablePointer<Float>,
-                                 scale: UnsafeMutablePointer<Float>) {
+public func batchNormSavedAffine(
+    channels C: Int, gamma: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
+    saveInvStd: UnsafePointer<Float>, mean: UnsafeMutablePointer<Float>,
+    scale: UnsafeMutablePointer<Float>
+) {
     let cp = bnPadded(C)
     for c in 0..<cp { mean[c] = c < C ? saveMean[c] : 0 }
     bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: scale, padTo: cp)
 }
 
 /// Eval mode with running statistics. y may alias x; `residual` as in the training forward.
-public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                      beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
-                                      runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
-                                      residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>) {
+public func batchNormForwardInference(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+    runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
+    residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>
+) {
     let P = sh.pixels, C = sh.channels
     // Blocks of pixels; per block and channel vector the scale is computed once, then applied to the block.
     let block = max(1, min(64, elementwiseGrain / max(C, 1)))
@@ -464,16 +522,20 @@ public func batchNormForwardInference(_ sh: BatchNormShape, input x: UnsafePoint
 
 /// gamma / sqrt(runningVar + eps) of channels c..<c+n, as the inference forward computes it.
 @inline(__always)
-func bnInferenceScale(_ gamma: UnsafePointer<Float>, _ runningVar: UnsafePointer<Float>, _ c: Int, _ n: Int, eps e: FVec) -> FVec {
+func bnInferenceScale(
+    _ gamma: UnsafePointer<Float>, _ runningVar: UnsafePointer<Float>, _ c: Int, _ n: Int, eps e: FVec
+) -> FVec {
     vloadN(gamma + c, n) * (FVec(repeating: 1) / (vloadN(runningVar + c, n) + e).squareRoot())
 }
 
 /// The eval-mode normalisation as one mean row and one scale row (bnPadded(C) floats each, zero past
 /// C) for a consumer that applies it itself (ConvInputAffine): the same bits as
 /// batchNormForwardInference.
-public func batchNormInferenceAffine(channels C: Int, gamma: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
-                                     runningVar: UnsafePointer<Float>, eps: Float,
-                                     mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>) {
+public func batchNormInferenceAffine(
+    channels C: Int, gamma: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+    runningVar: UnsafePointer<Float>, eps: Float,
+    mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>
+) {
     let e = FVec(repeating: eps)
     for c in 0..<bnPadded(C) { mean[c] = c < C ? runningMean[c] : 0; scale[c] = 0 }
     var c = 0
@@ -491,13 +553,15 @@ public func batchNormInferenceAffine(channels C: Int, gamma: UnsafePointer<Float
 /// (the same mask, and y need never be written). Without relu, output and beta are ignored (may be nil).
 /// dx overwritten unless accumulate (then added); dGamma/dBeta always overwritten.
 /// `scratch` of batchNormScratchBytes(sh, threads: Threads.count) bytes. dx may alias dy when not accumulating.
-public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
-                              gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                              beta: UnsafePointer<Float>? = nil,
-                              saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
-                              gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
-                              gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
-                              sync: BNStatisticsSync? = nil) {
+public func batchNormBackward(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
+    gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>? = nil,
+    saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
+    gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
+    gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+    sync: BNStatisticsSync? = nil
+) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
     precondition(!relu || y != nil || beta != nil, "fused ReLU backward needs the forward output or beta")
@@ -508,28 +572,31 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
     // The rebuilt output's scale, batchNormApplySaved's, in k1's second row (free: backward has one group).
     let maskScale = k1 + cp
     if relu && y == nil { bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: maskScale) }
-    let terms = BNGradTerms(dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
-                            maskScale: UnsafePointer(maskScale), beta: beta)
+    let terms = BNGradTerms(
+        dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
+        maskScale: UnsafePointer(maskScale), beta: beta)
     bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
     // With processes sharing their sums, dx needs the sums over all of them; the parameter gradients
     // stay this process's own (the gradient sum over processes adds them up).
     let count = P * (sync?.processes ?? 1)
     withUnsafeTemporaryAllocation(of: Double.self, capacity: sync == nil ? 0 : 2 * C) { shared in
-    if let sync {
-        for c in 0..<C { (shared[2 * c], shared[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work) }
-        sync.sum(shared.baseAddress!, 2 * C)
-    }
-    for c in 0..<cp {
-        if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
-        let (sg, sgd) = bnReduced(c, channels: C, threads: threads, perThread: work)
-        let (tg, tgd) = sync != nil ? (shared[2 * c], shared[2 * c + 1]) : (sg, sgd)
-        let inv = Double(saveInvStd[c]), g = Double(gamma[c])
-        gradBeta[c] = Float(sg)
-        gradGamma[c] = Float(sgd * inv)
-        k1[c] = Float(g * inv)
-        k2[c] = Float(-g * inv * inv * inv * tgd / Double(count))
-        k3[c] = Float(-g * inv * tg / Double(count))
-    }
+        if let sync {
+            for c in 0..<C {
+                (shared[2 * c], shared[2 * c + 1]) = bnReduced(c, channels: C, threads: threads, perThread: work)
+            }
+            sync.sum(shared.baseAddress!, 2 * C)
+        }
+        for c in 0..<cp {
+            if c >= C { k1[c] = 0; k2[c] = 0; k3[c] = 0; continue }
+            let (sg, sgd) = bnReduced(c, channels: C, threads: threads, perThread: work)
+            let (tg, tgd) = sync != nil ? (shared[2 * c], shared[2 * c + 1]) : (sg, sgd)
+            let inv = Double(saveInvStd[c]), g = Double(gamma[c])
+            gradBeta[c] = Float(sg)
+            gradGamma[c] = Float(sgd * inv)
+            k1[c] = Float(g * inv)
+            k2[c] = Float(-g * inv * inv * inv * tgd / Double(count))
+            k3[c] = Float(-g * inv * tg / Double(count))
+        }
     }
     parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
         for p in lo..<hi {
@@ -548,9 +615,11 @@ public func batchNormBackward(_ sh: BatchNormShape, input x: UnsafePointer<Float
 
 /// dx[c..] (=/+=) k3 + k1 g + k2 (x - mean) for one vector of channels of pixel row p (backward).
 @inline(__always)
-func bnBackwardChunk<V: FloatVector>(_ terms: BNGradTerms, _ p: Int, _ c: Int, _ n: Int, _ k1: UnsafePointer<Float>,
-                              _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
-                              _ accumulate: Bool, _: V.Type) {
+func bnBackwardChunk<V: FloatVector>(
+    _ terms: BNGradTerms, _ p: Int, _ c: Int, _ n: Int, _ k1: UnsafePointer<Float>,
+    _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ accumulate: Bool, _: V.Type
+) {
     let (g, xm): (V, V) = terms.terms(p, c, n, 0)
     var v: V = gload(k3 + c)
     v.addProduct(gload(k1 + c), g)
@@ -561,12 +630,14 @@ func bnBackwardChunk<V: FloatVector>(_ terms: BNGradTerms, _ p: Int, _ c: Int, _
 
 // MARK: - Naive references (Double accumulation, two passes)
 
-public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                          beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
-                                          runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
-                                          residual: UnsafePointer<Float>? = nil,
-                                          output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
-                                          saveInvStd: UnsafeMutablePointer<Float>) {
+public func batchNormForwardTrainingNaive(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>, runningMean: UnsafeMutablePointer<Float>,
+    runningVar: UnsafeMutablePointer<Float>, momentum: Float, eps: Float, relu: Bool,
+    residual: UnsafePointer<Float>? = nil,
+    output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
+    saveInvStd: UnsafeMutablePointer<Float>
+) {
     let P = sh.pixels, C = sh.channels
     for c in 0..<C {
         var s = 0.0
@@ -591,25 +662,31 @@ public func batchNormForwardTrainingNaive(_ sh: BatchNormShape, input x: UnsafeP
     }
 }
 
-public func batchNormForwardInferenceNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                           beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
-                                           runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
-                                           residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>) {
+public func batchNormForwardInferenceNaive(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    beta: UnsafePointer<Float>, runningMean: UnsafePointer<Float>,
+    runningVar: UnsafePointer<Float>, eps: Float, relu: Bool,
+    residual: UnsafePointer<Float>? = nil, output y: UnsafeMutablePointer<Float>
+) {
     let P = sh.pixels, C = sh.channels
-    for p in 0..<P { for c in 0..<C {
-        let inv = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
-        var o = Double(gamma[c]) * (Double(x[p * C + c]) - Double(runningMean[c])) * inv + Double(beta[c])
-        if let residual { o += Double(residual[p * C + c]) }
-        if relu && o < 0 { o = 0 }
-        y[p * C + c] = Float(o)
-    } }
+    for p in 0..<P {
+        for c in 0..<C {
+            let inv = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
+            var o = Double(gamma[c]) * (Double(x[p * C + c]) - Double(runningMean[c])) * inv + Double(beta[c])
+            if let residual { o += Double(residual[p * C + c]) }
+            if relu && o < 0 { o = 0 }
+            y[p * C + c] = Float(o)
+        }
+    }
 }
 
-public func batchNormBackwardNaive(_ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
-                                   gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-                                   saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
-                                   gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
-                                   gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool) {
+public func batchNormBackwardNaive(
+    _ sh: BatchNormShape, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>?,
+    gradOutput dy: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+    saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
+    gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
+    gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
     let P = sh.pixels, C = sh.channels
     for c in 0..<C {
         let mu = Double(saveMean[c]), inv = Double(saveInvStd[c]), g = Double(gamma[c])

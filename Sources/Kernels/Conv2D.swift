@@ -38,15 +38,19 @@ public struct Conv2DShape: Equatable, Sendable {
 
     /// Floats of a forward weight panel (conv2dPackForward).
     public var packedForwardCount: Int {
-        max(ceilDiv(k, convColBlock) * taps * c * convColBlock,
+        max(
+            ceilDiv(k, convColBlock) * taps * c * convColBlock,
             isWinogradShape ? (wgFusedWeights ? wgKernelPanelCount : wgPackedCount) : 0,
             isWinogradStride2Shape ? ws2PackedForwardCount : 0)
     }
     /// Floats of a backward-data weight panel (conv2dPackBackwardData).
     public var packedBackwardDataCount: Int {
-        max(ceilDiv(c, convColBlock) * taps * k * convColBlock,
-            isWinogradShape ? (transposedWinograd.wgFusedWeights ? transposedWinograd.wgKernelPanelCount
-                                                                 : transposedWinograd.wgPackedCount) : 0)
+        max(
+            ceilDiv(c, convColBlock) * taps * k * convColBlock,
+            isWinogradShape
+                ? (transposedWinograd.wgFusedWeights
+                    ? transposedWinograd.wgKernelPanelCount
+                    : transposedWinograd.wgPackedCount) : 0)
     }
 
     /// Bytes of scratch the three fast kernels need with `threads` threads (any of them).
@@ -56,12 +60,14 @@ public struct Conv2DShape: Equatable, Sendable {
         let gather = t * gatherBytesPerThread(taps: taps)
         let order = n * h * w * 4
         let bwdW = t * bwdWeightLayout.perThread
-        let direct = max(align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
-                         t * gatheredRowsBytesPerThread)
+        let direct = max(
+            align64(zero) + align64(order) + align64(max(gather, bwdW)) + 256,
+            t * gatheredRowsBytesPerThread)
         if isWinogradStride2Shape { return max(direct, ws2ScratchBytes(threads: t)) }
         guard isWinogradShape else { return direct }
-        return max(direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
-                   wgBackwardWeightScratchBytes(threads: t))
+        return max(
+            direct, wgScratchBytes(threads: t), transposedWinograd.wgScratchBytes(threads: t),
+            wgBackwardWeightScratchBytes(threads: t))
     }
 }
 
@@ -80,8 +86,10 @@ let convPixelBlock = 128
 // MARK: - Weight packing
 
 /// OIHW [K][C][R][S] -> forward panels [K/16][tap][C][16], zero-padded in K.
-public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
-                              packed out: UnsafeMutablePointer<Float>) {
+public func conv2dPackForward(
+    _ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+    packed out: UnsafeMutablePointer<Float>
+) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: false, packed: out); return }
     if sh.usesWinogradStride2 { ws2PackWeights(sh, weights: w, packed: out); return }
     let kb = ceilDiv(sh.k, convColBlock), taps = sh.taps, C = sh.c
@@ -102,8 +110,10 @@ public func conv2dPackForward(_ sh: Conv2DShape, weights w: UnsafePointer<Float>
 }
 
 /// OIHW [K][C][R][S] -> backward-data panels [C/16][tap][K][16], zero-padded in C.
-public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<Float>,
-                                   packed out: UnsafeMutablePointer<Float>) {
+public func conv2dPackBackwardData(
+    _ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+    packed out: UnsafeMutablePointer<Float>
+) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: true, packed: out); return }
     let cb = ceilDiv(sh.c, convColBlock), taps = sh.taps, C = sh.c, K = sh.k
     parallelForDynamic(cb) { lo, hi, _ in
@@ -130,10 +140,12 @@ public func conv2dPackBackwardData(_ sh: Conv2DShape, weights w: UnsafePointer<F
 /// image). Kept out of line so that the 12 accumulators live in registers for the whole loop (nested
 /// in the tap loop they spill).
 @inline(never)
-func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
-                 _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
-                 _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool,
-                 segments: Int, segmentStride: Int) {
+func convTapLoop(
+    _ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
+    _ a2: UnsafePointer<Float>, _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>,
+    _ a5: UnsafePointer<Float>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool,
+    segments: Int, segmentStride: Int
+) {
     var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
     var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
     if !fresh {
@@ -164,22 +176,28 @@ func convTapLoop(_ acc: UnsafeMutablePointer<Float>, _ a0: UnsafePointer<Float>,
 /// acc[6][16] = sum over live taps, d < depth of rows[tap][i][d] * panel[tap][d][0..<16];
 /// stores (or adds into) `nRows` rows of `nCols` columns at out[i]. `acc` is 96 floats of scratch.
 @inline(__always)
-func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int32>, nLive: Int,
-              depth: Int, panel: UnsafePointer<Float>, out: UnsafePointer<UnsafeMutablePointer<Float>>,
-              nRows: Int, nCols: Int, accumulate: Bool, acc: UnsafeMutablePointer<Float>) {
+func convTile(
+    rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int32>, nLive: Int,
+    depth: Int, panel: UnsafePointer<Float>, out: UnsafePointer<UnsafeMutablePointer<Float>>,
+    nRows: Int, nCols: Int, accumulate: Bool, acc: UnsafeMutablePointer<Float>
+) {
     // The first live tap starts the sums (callers skip tiles with no live tap).
     assert(nLive > 0)
     for li in 0..<nLive {
         let t = Int(live[li])
         let rp = rows + t * convTileRows
-        convTapLoop(acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: li == 0,
-                    segments: 1, segmentStride: 0)
+        convTapLoop(
+            acc, rp[0], rp[1], rp[2], rp[3], rp[4], rp[5], panel + t * depth * convColBlock, depth, fresh: li == 0,
+            segments: 1, segmentStride: 0)
     }
     for i in 0..<nRows {
         let o = out[i], a = acc + i * convColBlock
         if nCols == convColBlock {
-            if accumulate { vstore(vload(o) + vload(a), o); vstore(vload(o + 8) + vload(a + 8), o + 8) }
-            else { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
+            if accumulate {
+                vstore(vload(o) + vload(a), o); vstore(vload(o + 8) + vload(a + 8), o + 8)
+            } else {
+                vstore(vload(a), o); vstore(vload(a + 8), o + 8)
+            }
         } else {
             for j in 0..<nCols { o[j] = accumulate ? o[j] + a[j] : a[j] }
         }
@@ -189,17 +207,20 @@ func convTile(rows: UnsafePointer<UnsafePointer<Float>>, live: UnsafePointer<Int
 /// gatherGemm's scratch per thread: row pointers and output indices of a group of tiles, their live
 /// taps, and the accumulators of two tiles (the wide path runs tiles in pairs).
 @inline(__always) func gatherBytesPerThread(taps: Int) -> Int {
-    convGroupTiles * convTileRows * (taps * 8 + 8) + align64(convGroupTiles * taps * 4) + 2 * convTileRows * convColBlock * 4 + 64
+    convGroupTiles * convTileRows * (taps * 8 + 8) + align64(convGroupTiles * taps * 4) + 2 * convTileRows
+        * convColBlock * 4 + 64
 }
 
 /// Shared driver of forward and backward-data: `pixels` output rows, visited in tiles of 6;
 /// `fill(tile, rows, outIndex)` writes the gathered row pointer of each (tap, row) and the output
 /// pixel index of each row, and returns how many rows the tile has.
 @inline(__always)
-func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePointer<Float>,
-                out: UnsafeMutablePointer<Float>, accumulate: Bool, zeroRow: UnsafePointer<Float>,
-                scratch: UnsafeMutableRawPointer,
-                fill: (Int, UnsafeMutablePointer<UnsafePointer<Float>>, UnsafeMutablePointer<Int>) -> Int) {
+func gatherGemm(
+    pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePointer<Float>,
+    out: UnsafeMutablePointer<Float>, accumulate: Bool, zeroRow: UnsafePointer<Float>,
+    scratch: UnsafeMutableRawPointer,
+    fill: (Int, UnsafeMutablePointer<UnsafePointer<Float>>, UnsafeMutablePointer<Int>) -> Int
+) {
     let tiles = ceilDiv(pixels, convTileRows)
     let groups = ceilDiv(tiles, convGroupTiles)
     let colBlocks = ceilDiv(cols, convColBlock)
@@ -255,12 +276,13 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
                     let n2 = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: (ti + 1) * 8, as: Int.self) }
                     let nl2 = withUnsafeBytes(of: &nLiveOf) { $0.load(fromByteOffset: (ti + 1) * 8, as: Int.self) }
                     if nl2 > 0 {
-                        convTilePair(rowsA: UnsafePointer(rows + ti * convTileRows * taps),
-                                     rowsB: UnsafePointer(rows + (ti + 1) * convTileRows * taps),
-                                     liveA: live + ti * taps, nLiveA: nl, liveB: live + (ti + 1) * taps, nLiveB: nl2,
-                                     depth: depth, panel: pan, cols: cols, col0: cb * convColBlock, nCols: nCols,
-                                     out: out, idxA: outIdx + ti * convTileRows, nA: n,
-                                     idxB: outIdx + (ti + 1) * convTileRows, nB: n2, accumulate: accumulate, acc: acc)
+                        convTilePair(
+                            rowsA: UnsafePointer(rows + ti * convTileRows * taps),
+                            rowsB: UnsafePointer(rows + (ti + 1) * convTileRows * taps),
+                            liveA: live + ti * taps, nLiveA: nl, liveB: live + (ti + 1) * taps, nLiveB: nl2,
+                            depth: depth, panel: pan, cols: cols, col0: cb * convColBlock, nCols: nCols,
+                            out: out, idxA: outIdx + ti * convTileRows, nA: n,
+                            idxB: outIdx + (ti + 1) * convTileRows, nB: n2, accumulate: accumulate, acc: acc)
                         ti += 1
                         continue
                     }
@@ -273,10 +295,11 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
                         // Every tap falls outside: the rows are zero (or unchanged when accumulating).
                         if !accumulate { for i in 0..<n { for j in 0..<nCols { o[i][j] = 0 } } }
                     } else {
-                        convTile(rows: UnsafePointer(rows + ti * convTileRows * taps), live: live + ti * taps,
-                                 nLive: nl, depth: depth, panel: pan,
-                                 out: UnsafePointer(o.baseAddress!), nRows: n, nCols: nCols, accumulate: accumulate,
-                                 acc: acc)
+                        convTile(
+                            rows: UnsafePointer(rows + ti * convTileRows * taps), live: live + ti * taps,
+                            nLive: nl, depth: depth, panel: pan,
+                            out: UnsafePointer(o.baseAddress!), nRows: n, nCols: nCols, accumulate: accumulate,
+                            acc: acc)
                     }
                 }
             }
@@ -287,7 +310,8 @@ func gatherGemm(pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePoin
 /// Lays out scratch: zero row, pixel order, per-thread area.
 @inline(__always)
 func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
-    -> (zero: UnsafeMutablePointer<Float>, order: UnsafeMutablePointer<Int32>, perThread: UnsafeMutableRawPointer) {
+    -> (zero: UnsafeMutablePointer<Float>, order: UnsafeMutablePointer<Int32>, perThread: UnsafeMutableRawPointer)
+{
     let zn = max(sh.c, sh.k, convColBlock)
     let z = scratch.bindMemory(to: Float.self, capacity: zn)
     z.initialize(repeating: 0, count: zn)
@@ -302,15 +326,18 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 /// input is its normalised, ReLU'd x (ConvInputAffine), which is never written.
 /// With `outputSums` (Winograd shapes only) the output transform also leaves per-tile column sums for the
 /// batch norm after it (ConvOutputSums).
-public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
-                          output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer,
-                          inputAffine: ConvInputAffine? = nil, outputSums: ConvOutputSums? = nil) {
+public func conv2dForward(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer,
+    inputAffine: ConvInputAffine? = nil, outputSums: ConvOutputSums? = nil
+) {
     precondition(sh.isValid, "invalid convolution shape")
     precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
     precondition(outputSums == nil || sh.usesWinograd, "output sums need a Winograd shape")
     if sh.usesWinograd {
-        wgForward(sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch, affine: inputAffine,
-                  sums: outputSums)
+        wgForward(
+            sh, input: x, packed: packed, output: y, accumulate: false, scratch: scratch, affine: inputAffine,
+            sums: outputSums)
         return
     }
     if sh.usesWinogradStride2 { ws2Forward(sh, input: x, packed: packed, output: y, scratch: scratch); return }
@@ -320,8 +347,10 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
     let st = sh.stride, pad = sh.pad, taps = sh.taps
     let pixels = sh.n * OH * OW
     let z = UnsafePointer(zero)
-    gatherGemm(pixels: pixels, taps: taps, depth: C, cols: sh.k, panel: packed, out: y,
-               accumulate: false, zeroRow: z, scratch: work) { tile, rows, outIdx in
+    gatherGemm(
+        pixels: pixels, taps: taps, depth: C, cols: sh.k, panel: packed, out: y,
+        accumulate: false, zeroRow: z, scratch: work
+    ) { tile, rows, outIdx in
         let p0 = tile * convTileRows
         let n = min(convTileRows, pixels - p0)
         for i in 0..<convTileRows {
@@ -350,8 +379,10 @@ public func conv2dForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, pack
 /// test per tap. Per tap the depth would be C (1 or 3): the 12 accumulators' loads and stores would
 /// outweigh the multiply-adds. (Copying each tile's fields into rows first, with a division and a
 /// bounds test per pixel and tap, ran the CIFAR stem at ~17% of peak.)
-func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
-                         output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+func gatheredRowsForward(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
+) {
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
     let st = sh.stride, pad = sh.pad, depth = sh.taps * C
     let PW = sh.paddedImageWidth, PH = sh.paddedImageHeight, rowFloats = PW * C
@@ -379,8 +410,10 @@ func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packe
             for tile in tLo..<tHi {
                 let p0 = tile * convTileRows, n = min(convTileRows, imagePixels - p0)
                 // Each row of the tile: its pixel's field in the padded image (the last pixel repeated).
-                var field = (UnsafePointer(img), UnsafePointer(img), UnsafePointer(img), UnsafePointer(img),
-                             UnsafePointer(img), UnsafePointer(img))
+                var field = (
+                    UnsafePointer(img), UnsafePointer(img), UnsafePointer(img), UnsafePointer(img),
+                    UnsafePointer(img), UnsafePointer(img)
+                )
                 withUnsafeMutableBytes(of: &field) { raw in
                     let f = raw.bindMemory(to: UnsafePointer<Float>.self)
                     var h = oh, w = ow
@@ -390,13 +423,17 @@ func gatheredRowsForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packe
                     }
                 }
                 for cb in 0..<kb {
-                    convTapLoop(acc, field.0, field.1, field.2, field.3, field.4, field.5, packed + cb * depth * convColBlock,
-                                S * C, fresh: true, segments: R, segmentStride: rowFloats)
+                    convTapLoop(
+                        acc, field.0, field.1, field.2, field.3, field.4, field.5, packed + cb * depth * convColBlock,
+                        S * C, fresh: true, segments: R, segmentStride: rowFloats)
                     let k0 = cb * convColBlock, nCols = min(convColBlock, K - k0)
                     for i in 0..<n {
                         let o = y + (b * imagePixels + p0 + i) * K + k0, a = acc + i * convColBlock
-                        if nCols == convColBlock { vstore(vload(a), o); vstore(vload(a + 8), o + 8) }
-                        else { for j in 0..<nCols { o[j] = a[j] } }
+                        if nCols == convColBlock {
+                            vstore(vload(a), o); vstore(vload(a + 8), o + 8)
+                        } else {
+                            for j in 0..<nCols { o[j] = a[j] }
+                        }
                     }
                 }
                 ow += n
@@ -420,12 +457,15 @@ extension Conv2DShape {
 // MARK: - Backward data
 
 /// dx[N][H][W][C] (= or +=) conv-transpose(dy[N][OH][OW][K], W). `packed` from conv2dPackBackwardData.
-public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, packed: UnsafePointer<Float>,
-                               gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool = false,
-                               scratch: UnsafeMutableRawPointer) {
+public func conv2dBackwardData(
+    _ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+    scratch: UnsafeMutableRawPointer
+) {
     precondition(sh.isValid, "invalid convolution shape")
     if sh.usesWinograd {
-        wgForward(sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate, scratch: scratch)
+        wgForward(
+            sh.transposedWinograd, input: dy, packed: packed, output: dx, accumulate: accumulate, scratch: scratch)
         return
     }
     let (zero, order, work) = convScratch(sh, scratch)
@@ -435,16 +475,24 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
     // Visit input pixels grouped by stride phase so a tile shares its live taps.
     if st > 1 {
         var i = 0
-        for ph in 0..<st { for pw in 0..<st {
-            for b in 0..<sh.n { for ih in Swift.stride(from: ph, to: H, by: st) {
-                for iw in Swift.stride(from: pw, to: W, by: st) { order[i] = Int32((b * H + ih) * W + iw); i += 1 }
-            } }
-        } }
+        for ph in 0..<st {
+            for pw in 0..<st {
+                for b in 0..<sh.n {
+                    for ih in Swift.stride(from: ph, to: H, by: st) {
+                        for iw in Swift.stride(from: pw, to: W, by: st) {
+                            order[i] = Int32((b * H + ih) * W + iw); i += 1
+                        }
+                    }
+                }
+            }
+        }
     }
     let z = UnsafePointer(zero)
     let ord = UnsafePointer(order)
-    gatherGemm(pixels: pixels, taps: taps, depth: K, cols: sh.c, panel: packed, out: dx,
-               accumulate: accumulate, zeroRow: z, scratch: work) { tile, rows, outIdx in
+    gatherGemm(
+        pixels: pixels, taps: taps, depth: K, cols: sh.c, panel: packed, out: dx,
+        accumulate: accumulate, zeroRow: z, scratch: work
+    ) { tile, rows, outIdx in
         let p0 = tile * convTileRows
         let n = min(convTileRows, pixels - p0)
         for i in 0..<convTileRows {
@@ -476,14 +524,17 @@ public func conv2dBackwardData(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<F
 /// register tile (6 channels x 16 output channels) reads two contiguous streams. Read in place, both
 /// operands are rows a power of two apart (stride 2: 2*C floats), which map onto one or two L1 sets.
 /// With `inputAffine` (Winograd shapes only), the input is its normalised, ReLU'd x (ConvInputAffine).
-public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                                 gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
-                                 scratch: UnsafeMutableRawPointer, inputAffine: ConvInputAffine? = nil) {
+public func conv2dBackwardWeight(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+    scratch: UnsafeMutableRawPointer, inputAffine: ConvInputAffine? = nil
+) {
     precondition(sh.isValid, "invalid convolution shape")
     precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
     if sh.usesWinograd {
-        wgBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch,
-                         affine: inputAffine)
+        wgBackwardWeight(
+            sh, input: x, gradOutput: dy, gradWeight: dw, accumulate: accumulate, scratch: scratch,
+            affine: inputAffine)
         return
     }
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, S = sh.s
@@ -498,7 +549,8 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
             let base = work + th * L.perThread
             let part = base.bindMemory(to: Float.self, capacity: L.partFloats)
             let dyP = (base + L.partFloats * 4).bindMemory(to: Float.self, capacity: convPixelBlock * Kp)
-            let xP = (base + (L.partFloats + convPixelBlock * Kp) * 4).bindMemory(to: Float.self, capacity: cTiles * L.xTileStride)
+            let xP = (base + (L.partFloats + convPixelBlock * Kp) * 4).bindMemory(
+                to: Float.self, capacity: cTiles * L.xTileStride)
             part.initialize(repeating: 0, count: L.partFloats)
             let pBegin = pixels * th / threads, pEnd = pixels * (th + 1) / threads
             var pb = pBegin
@@ -550,8 +602,9 @@ public func conv2dBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float
                         while ct < cTiles {
                             let acc = part + (g * Cp + ct * convTileRows) * Kp + kb * convColBlock
                             if wideTiles && ct + 1 < cTiles {
-                                wideWeightTilePacked(xA: xP + ct * L.xTileStride, xB: xP + (ct + 1) * L.xTileStride,
-                                                     np: np, dy: panel, acc: acc, Kp: Kp)
+                                wideWeightTilePacked(
+                                    xA: xP + ct * L.xTileStride, xB: xP + (ct + 1) * L.xTileStride,
+                                    np: np, dy: panel, acc: acc, Kp: Kp)
                                 ct += 2
                             } else {
                                 bwdWeightTile(x: xP + ct * L.xTileStride, np: np, dy: panel, acc: acc, Kp: Kp)
@@ -592,8 +645,12 @@ extension Conv2DShape {
     /// Per-thread scratch of the direct backward-weights: the partial dW [group][channels padded to 6]
     /// [K padded to 16], then one pixel block of packed dY and of packed gathered inputs. A group is one
     /// tap of C channels, or, with few input channels (a stem), all taps as taps * C channels.
-    var bwdWeightLayout: (groups: Int, kBlocks: Int, kPadded: Int, cTiles: Int, cPadded: Int, partFloats: Int,
-                          xTileStride: Int, perThread: Int) {
+    var bwdWeightLayout:
+        (
+            groups: Int, kBlocks: Int, kPadded: Int, cTiles: Int, cPadded: Int, partFloats: Int,
+            xTileStride: Int, perThread: Int
+        )
+    {
         let groups = usesGatheredRows ? 1 : taps
         let kb = ceilDiv(k, convColBlock), ct = ceilDiv(taps / groups * c, convTileRows)
         let kp = kb * convColBlock, cp = ct * convTileRows
@@ -607,8 +664,10 @@ extension Conv2DShape {
 /// zeros for a pixel outside the image (nil). Whole vectors while 8 channels remain: the 2 extra
 /// floats land in the next pixel's slot, written after it, or in the gap of 8 floats after a tile.
 @inline(__always)
-func packSixChannelTiles(_ src: UnsafePointer<Float>?, channels C: Int, into dst: UnsafeMutablePointer<Float>,
-                         tileStride: Int) {
+func packSixChannelTiles(
+    _ src: UnsafePointer<Float>?, channels C: Int, into dst: UnsafeMutablePointer<Float>,
+    tileStride: Int
+) {
     let cTiles = ceilDiv(C, convTileRows)
     var ct = 0
     if let src {
@@ -628,7 +687,9 @@ func packSixChannelTiles(_ src: UnsafePointer<Float>?, channels C: Int, into dst
 /// acc[6][16] (rows Kp apart) += sum over np pixels of x[j][0..<6] (outer) dy[j][0..<16]: one
 /// 6 (input channels) x 16 (output channels) tile of dW for one tap, from packed operands.
 @inline(never)
-func bwdWeightTile(x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, acc a0: UnsafeMutablePointer<Float>, Kp: Int) {
+func bwdWeightTile(
+    x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, acc a0: UnsafeMutablePointer<Float>, Kp: Int
+) {
     var c00 = vload(a0), c01 = vload(a0 + 8)
     var c10 = vload(a0 + Kp), c11 = vload(a0 + Kp + 8)
     var c20 = vload(a0 + 2 * Kp), c21 = vload(a0 + 2 * Kp + 8)
@@ -655,8 +716,10 @@ func bwdWeightTile(x: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>, a
 /// in place: x rows `xStride` floats apart (channels c0..<c0+6 of each), 16 columns of dy rows
 /// `dyStride` apart (Winograd backward-weights: panels of its points' V and Y).
 @inline(__always)
-func bwdWeightTileStrided(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
-                          dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+func bwdWeightTileStrided(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
+    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int
+) {
     // Channels past C repeat the last one (never stored): no read past a row.
     let i1 = min(c0 + 1, C - 1), i2 = min(c0 + 2, C - 1), i3 = min(c0 + 3, C - 1)
     let i4 = min(c0 + 4, C - 1), i5 = min(c0 + 5, C - 1)
@@ -691,44 +754,85 @@ func bwdWeightTileStrided(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: In
 
 // MARK: - Naive references (the tests hold the fast kernels against these)
 
-public func conv2dForwardNaive(_ sh: Conv2DShape, input x: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
-                               output y: UnsafeMutablePointer<Float>) {
+public func conv2dForwardNaive(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>
+) {
     let OH = sh.oh, OW = sh.ow
-    for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW { for k in 0..<sh.k {
-        var acc: Double = 0
-        for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
-            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
-            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
-            acc += Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]) * Double(w[((k * sh.c + c) * sh.r + r) * sh.s + s])
-        } } }
-        y[((b * OH + oh) * OW + ow) * sh.k + k] = Float(acc)
-    } } } }
+    for b in 0..<sh.n {
+        for oh in 0..<OH {
+            for ow in 0..<OW {
+                for k in 0..<sh.k {
+                    var acc: Double = 0
+                    for c in 0..<sh.c {
+                        for r in 0..<sh.r {
+                            for s in 0..<sh.s {
+                                let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+                                if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+                                acc +=
+                                    Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
+                                    * Double(w[((k * sh.c + c) * sh.r + r) * sh.s + s])
+                            }
+                        }
+                    }
+                    y[((b * OH + oh) * OW + ow) * sh.k + k] = Float(acc)
+                }
+            }
+        }
+    }
 }
 
-public func conv2dBackwardDataNaive(_ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
-                                    gradInput dx: UnsafeMutablePointer<Float>) {
+public func conv2dBackwardDataNaive(
+    _ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>
+) {
     let OH = sh.oh, OW = sh.ow
     dx.initialize(repeating: 0, count: sh.inputCount)
-    for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW { for k in 0..<sh.k {
-        let g = dy[((b * OH + oh) * OW + ow) * sh.k + k]
-        for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
-            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
-            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
-            dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c] += g * w[((k * sh.c + c) * sh.r + r) * sh.s + s]
-        } } }
-    } } } }
+    for b in 0..<sh.n {
+        for oh in 0..<OH {
+            for ow in 0..<OW {
+                for k in 0..<sh.k {
+                    let g = dy[((b * OH + oh) * OW + ow) * sh.k + k]
+                    for c in 0..<sh.c {
+                        for r in 0..<sh.r {
+                            for s in 0..<sh.s {
+                                let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+                                if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+                                dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c] +=
+                                    g * w[((k * sh.c + c) * sh.r + r) * sh.s + s]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-public func conv2dBackwardWeightNaive(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                                      gradWeight dw: UnsafeMutablePointer<Float>) {
+public func conv2dBackwardWeightNaive(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradWeight dw: UnsafeMutablePointer<Float>
+) {
     let OH = sh.oh, OW = sh.ow
-    for k in 0..<sh.k { for c in 0..<sh.c { for r in 0..<sh.r { for s in 0..<sh.s {
-        var acc: Double = 0
-        for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW {
-            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
-            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
-            acc += Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]) * Double(dy[((b * OH + oh) * OW + ow) * sh.k + k])
-        } } }
-        dw[((k * sh.c + c) * sh.r + r) * sh.s + s] = Float(acc)
-    } } } }
+    for k in 0..<sh.k {
+        for c in 0..<sh.c {
+            for r in 0..<sh.r {
+                for s in 0..<sh.s {
+                    var acc: Double = 0
+                    for b in 0..<sh.n {
+                        for oh in 0..<OH {
+                            for ow in 0..<OW {
+                                let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+                                if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+                                acc +=
+                                    Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
+                                    * Double(dy[((b * OH + oh) * OW + ow) * sh.k + k])
+                            }
+                        }
+                    }
+                    dw[((k * sh.c + c) * sh.r + r) * sh.s + s] = Float(acc)
+                }
+            }
+        }
+    }
 }

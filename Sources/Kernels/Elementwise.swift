@@ -49,8 +49,10 @@ public func reluForward(count: Int, input x: UnsafePointer<Float>, output y: Uns
 }
 
 /// dx[i] (= or +=) dy[i] where y[i] > 0, else 0. `y` is the forward output.
-public func reluBackward(count: Int, output y: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                         gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+public func reluBackward(
+    count: Int, output y: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
     parallelRange(count) { lo, hi in
         var i = lo
         if accumulate {
@@ -73,8 +75,10 @@ public func reluBackward(count: Int, output y: UnsafePointer<Float>, gradOutput 
 // MARK: - Residual add
 
 /// y = a + b, then max(., 0) when `relu`. y may alias a or b.
-public func addForward(count: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, relu: Bool,
-                       output y: UnsafeMutablePointer<Float>) {
+public func addForward(
+    count: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, relu: Bool,
+    output y: UnsafeMutablePointer<Float>
+) {
     parallelRange(count) { lo, hi in
         var i = lo
         if relu {
@@ -114,16 +118,20 @@ public func reluForwardNaive(count: Int, input x: UnsafePointer<Float>, output y
     for i in 0..<count { y[i] = x[i] > 0 ? x[i] : 0 }
 }
 
-public func reluBackwardNaive(count: Int, output y: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                              gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+public func reluBackwardNaive(
+    count: Int, output y: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
     for i in 0..<count {
         let g: Float = y[i] > 0 ? dy[i] : 0
         dx[i] = accumulate ? dx[i] + g : g
     }
 }
 
-public func addForwardNaive(count: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, relu: Bool,
-                            output y: UnsafeMutablePointer<Float>) {
+public func addForwardNaive(
+    count: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, relu: Bool,
+    output y: UnsafeMutablePointer<Float>
+) {
     for i in 0..<count {
         let v = a[i] + b[i]
         y[i] = relu && v < 0 ? 0 : v

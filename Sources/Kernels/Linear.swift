@@ -33,10 +33,12 @@ let linRowBlock = 48, linColBlock = 64
 
 /// One 3 (rows of x) x 4 (rows of W) tile of dot products of length n; stores `nr` x `nc` of it.
 @inline(__always)
-func linearDotTile(_ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>, _ x2: UnsafePointer<Float>,
-                   _ w0: UnsafePointer<Float>, _ w1: UnsafePointer<Float>, _ w2: UnsafePointer<Float>,
-                   _ w3: UnsafePointer<Float>, n: Int, y: UnsafeMutablePointer<Float>, ldy: Int, nr: Int, nc: Int,
-                   bias: UnsafePointer<Float>?) {
+func linearDotTile(
+    _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>, _ x2: UnsafePointer<Float>,
+    _ w0: UnsafePointer<Float>, _ w1: UnsafePointer<Float>, _ w2: UnsafePointer<Float>,
+    _ w3: UnsafePointer<Float>, n: Int, y: UnsafeMutablePointer<Float>, ldy: Int, nr: Int, nc: Int,
+    bias: UnsafePointer<Float>?
+) {
     var c00 = FVec(), c01 = FVec(), c02 = FVec(), c03 = FVec()
     var c10 = FVec(), c11 = FVec(), c12 = FVec(), c13 = FVec()
     var c20 = FVec(), c21 = FVec(), c22 = FVec(), c23 = FVec()
@@ -67,8 +69,10 @@ func linearDotTile(_ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>, _ x2:
 }
 
 /// y[B][O] = x[B][I] * W[O][I]^T (+ b[O]).
-public func linearForward(_ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                          bias b: UnsafePointer<Float>?, output y: UnsafeMutablePointer<Float>) {
+public func linearForward(
+    _ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    bias b: UnsafePointer<Float>?, output y: UnsafeMutablePointer<Float>
+) {
     let B = sh.batch, I = sh.inFeatures, O = sh.outFeatures
     if B <= 0 || O <= 0 { return }
     let rb = ceilDiv(B, linRowBlock), cb = ceilDiv(O, linColBlock)
@@ -83,9 +87,10 @@ public func linearForward(_ sh: LinearShape, input x: UnsafePointer<Float>, weig
                 var o = o0
                 while o < o1 {
                     let nc = min(linCols, o1 - o)
-                    linearDotTile(x0, x1, x2, w + o * I, w + min(o + 1, o1 - 1) * I, w + min(o + 2, o1 - 1) * I,
-                                  w + min(o + 3, o1 - 1) * I, n: I, y: y + r * O + o, ldy: O, nr: nr, nc: nc,
-                                  bias: b.map { $0 + o })
+                    linearDotTile(
+                        x0, x1, x2, w + o * I, w + min(o + 1, o1 - 1) * I, w + min(o + 2, o1 - 1) * I,
+                        w + min(o + 3, o1 - 1) * I, n: I, y: y + r * O + o, ldy: O, nr: nr, nc: nc,
+                        bias: b.map { $0 + o })
                     o += linCols
                 }
                 r += linRows
@@ -102,10 +107,12 @@ let gemmTileRows = 6, gemmTileCols = 16
 /// out[i][0..<16] (= or +=) sum over k < depth of a_i[k * aStep] * bp[k * bStep + 0..<16], i < 6;
 /// stores `nRows` rows of `nCols` columns (out rows `ldo` apart). Rows past nRows may repeat a valid row.
 @inline(__always)
-func gemmTile6x16(_ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
-                  _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>, _ a5: UnsafePointer<Float>, aStep: Int,
-                  b bp: UnsafePointer<Float>, bStep: Int, depth: Int,
-                  out: UnsafeMutablePointer<Float>, ldo: Int, nRows: Int, nCols: Int, add: Bool) {
+func gemmTile6x16(
+    _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
+    _ a3: UnsafePointer<Float>, _ a4: UnsafePointer<Float>, _ a5: UnsafePointer<Float>, aStep: Int,
+    b bp: UnsafePointer<Float>, bStep: Int, depth: Int,
+    out: UnsafeMutablePointer<Float>, ldo: Int, nRows: Int, nCols: Int, add: Bool
+) {
     var c00 = FVec(), c01 = FVec(), c10 = FVec(), c11 = FVec(), c20 = FVec(), c21 = FVec()
     var c30 = FVec(), c31 = FVec(), c40 = FVec(), c41 = FVec(), c50 = FVec(), c51 = FVec()
     var b = bp
@@ -138,8 +145,11 @@ func gemmTile6x16(_ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: 
         if i >= nRows { return }
         let o = out + i * ldo
         if nCols == gemmTileCols {
-            if add { vstore(vload(o) + v0, o); vstore(vload(o + 8) + v1, o + 8) }
-            else { vstore(v0, o); vstore(v1, o + 8) }
+            if add {
+                vstore(vload(o) + v0, o); vstore(vload(o + 8) + v1, o + 8)
+            } else {
+                vstore(v0, o); vstore(v1, o + 8)
+            }
         } else {
             let n0 = min(nCols, 8), n1 = nCols - n0
             vstoreN(add ? vloadN(o, n0) + v0 : v0, o, n0)
@@ -155,10 +165,12 @@ func gemmTile6x16(_ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: 
 
 /// Any of gradInput / gradWeight / gradBias may be nil (not computed). Overwrites unless accumulate.
 /// dx[B][I] = dy[B][O] * W[O][I]; dW[O][I] = dy^T * x; db[O] = sum over rows of dy.
-public func linearBackward(_ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                           gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>?,
-                           gradWeight dw: UnsafeMutablePointer<Float>?, gradBias db: UnsafeMutablePointer<Float>?,
-                           accumulate: Bool) {
+public func linearBackward(
+    _ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>?,
+    gradWeight dw: UnsafeMutablePointer<Float>?, gradBias db: UnsafeMutablePointer<Float>?,
+    accumulate: Bool
+) {
     let B = sh.batch, I = sh.inFeatures, O = sh.outFeatures
     let colBlocks = ceilDiv(I, gemmTileCols)
     let depthBlock = linearDepthBlock(I)
@@ -175,11 +187,14 @@ public func linearBackward(_ sh: LinearShape, input x: UnsafePointer<Float>, wei
                         let c0 = cbk * gemmTileCols, nCols = min(gemmTileCols, I - c0)
                         for t in lo..<hi {
                             let r0 = t * gemmTileRows, nRows = min(gemmTileRows, B - r0)
-                            @inline(__always) func row(_ i: Int) -> UnsafePointer<Float> { dy + (r0 + min(i, nRows - 1)) * O + o0 }
-                            gemmTile6x16(row(0), row(1), row(2), row(3), row(4), row(5), aStep: 1,
-                                         b: w + o0 * I + c0, bStep: I, depth: depth,
-                                         out: dx + r0 * I + c0, ldo: I, nRows: nRows, nCols: nCols,
-                                         add: accumulate || o0 > 0)
+                            @inline(__always) func row(_ i: Int) -> UnsafePointer<Float> {
+                                dy + (r0 + min(i, nRows - 1)) * O + o0
+                            }
+                            gemmTile6x16(
+                                row(0), row(1), row(2), row(3), row(4), row(5), aStep: 1,
+                                b: w + o0 * I + c0, bStep: I, depth: depth,
+                                out: dx + r0 * I + c0, ldo: I, nRows: nRows, nCols: nCols,
+                                add: accumulate || o0 > 0)
                         }
                     }
                     o0 += depth
@@ -200,13 +215,16 @@ public func linearBackward(_ sh: LinearShape, input x: UnsafePointer<Float>, wei
                     // the column blocks; the x block stays in L2.
                     for t in lo..<hi {
                         let k0 = t * gemmTileRows, nRows = min(gemmTileRows, O - k0)
-                        @inline(__always) func col(_ i: Int) -> UnsafePointer<Float> { dy + b0 * O + k0 + min(i, nRows - 1) }
+                        @inline(__always) func col(_ i: Int) -> UnsafePointer<Float> {
+                            dy + b0 * O + k0 + min(i, nRows - 1)
+                        }
                         for cbk in 0..<colBlocks {
                             let c0 = cbk * gemmTileCols, nCols = min(gemmTileCols, I - c0)
-                            gemmTile6x16(col(0), col(1), col(2), col(3), col(4), col(5), aStep: O,
-                                         b: x + b0 * I + c0, bStep: I, depth: depth,
-                                         out: dw + k0 * I + c0, ldo: I, nRows: nRows, nCols: nCols,
-                                         add: accumulate || b0 > 0)
+                            gemmTile6x16(
+                                col(0), col(1), col(2), col(3), col(4), col(5), aStep: O,
+                                b: x + b0 * I + c0, bStep: I, depth: depth,
+                                out: dw + k0 * I + c0, ldo: I, nRows: nRows, nCols: nCols,
+                                add: accumulate || b0 > 0)
                         }
                     }
                     b0 += depth
@@ -230,34 +248,44 @@ public func linearBackward(_ sh: LinearShape, input x: UnsafePointer<Float>, wei
 
 // MARK: - Naive references (Double accumulation)
 
-public func linearForwardNaive(_ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                               bias b: UnsafePointer<Float>?, output y: UnsafeMutablePointer<Float>) {
+public func linearForwardNaive(
+    _ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    bias b: UnsafePointer<Float>?, output y: UnsafeMutablePointer<Float>
+) {
     let I = sh.inFeatures, O = sh.outFeatures
-    for r in 0..<sh.batch { for o in 0..<O {
-        var s = Double(b?[o] ?? 0)
-        for i in 0..<I { s += Double(x[r * I + i]) * Double(w[o * I + i]) }
-        y[r * O + o] = Float(s)
-    } }
+    for r in 0..<sh.batch {
+        for o in 0..<O {
+            var s = Double(b?[o] ?? 0)
+            for i in 0..<I { s += Double(x[r * I + i]) * Double(w[o * I + i]) }
+            y[r * O + o] = Float(s)
+        }
+    }
 }
 
-public func linearBackwardNaive(_ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                                gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>?,
-                                gradWeight dw: UnsafeMutablePointer<Float>?, gradBias db: UnsafeMutablePointer<Float>?,
-                                accumulate: Bool) {
+public func linearBackwardNaive(
+    _ sh: LinearShape, input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>?,
+    gradWeight dw: UnsafeMutablePointer<Float>?, gradBias db: UnsafeMutablePointer<Float>?,
+    accumulate: Bool
+) {
     let B = sh.batch, I = sh.inFeatures, O = sh.outFeatures
     if let dx {
-        for r in 0..<B { for i in 0..<I {
-            var s = accumulate ? Double(dx[r * I + i]) : 0
-            for o in 0..<O { s += Double(dy[r * O + o]) * Double(w[o * I + i]) }
-            dx[r * I + i] = Float(s)
-        } }
+        for r in 0..<B {
+            for i in 0..<I {
+                var s = accumulate ? Double(dx[r * I + i]) : 0
+                for o in 0..<O { s += Double(dy[r * O + o]) * Double(w[o * I + i]) }
+                dx[r * I + i] = Float(s)
+            }
+        }
     }
     if let dw {
-        for o in 0..<O { for i in 0..<I {
-            var s = accumulate ? Double(dw[o * I + i]) : 0
-            for r in 0..<B { s += Double(dy[r * O + o]) * Double(x[r * I + i]) }
-            dw[o * I + i] = Float(s)
-        } }
+        for o in 0..<O {
+            for i in 0..<I {
+                var s = accumulate ? Double(dw[o * I + i]) : 0
+                for r in 0..<B { s += Double(dy[r * O + o]) * Double(x[r * I + i]) }
+                dw[o * I + i] = Float(s)
+            }
+        }
     }
     if let db {
         for o in 0..<O {

@@ -11,11 +11,11 @@
 /// e^x per lane, relative error ~1e-7 (Cephes expf); 0 below -87.3, clamped at 88.37 above.
 @inline(__always)
 public func expVec(_ x: FVec) -> FVec {
-    let magic = FVec(repeating: 12582912)                      // 1.5 * 2^23: adds round to an integer
+    let magic = FVec(repeating: 12582912)  // 1.5 * 2^23: adds round to an integer
     let lo = FVec(repeating: -87.33), hi = FVec(repeating: 88.37)
     let xc = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
     let k = xc * FVec(repeating: 1.44269504088896341) + magic
-    let n = k - magic                                         // round(x / ln 2)
+    let n = k - magic  // round(x / ln 2)
     var r = xc
     r.addProduct(n, FVec(repeating: -0.693359375))
     r.addProduct(n, FVec(repeating: 2.12194440e-4))
@@ -27,7 +27,7 @@ public func expVec(_ x: FVec) -> FVec {
     p = p * r + FVec(repeating: 5.0000001201e-1)
     var e = r + FVec(repeating: 1)
     e.addProduct(p, r * r)
-    let ni = unsafeBitCast(k, to: SIMD8<Int32>.self) &- 0x4B40_0000   // the integer n
+    let ni = unsafeBitCast(k, to: SIMD8<Int32>.self) &- 0x4B40_0000  // the integer n
     let pow2 = unsafeBitCast((ni &+ 127) &<< 23, to: FVec.self)
     return (e * pow2).replacing(with: 0, where: x .< lo)
 }
@@ -40,7 +40,7 @@ public func expFloat(_ x: Float) -> Float { expVec(FVec(repeating: x))[0] }
 public func logDouble(_ v: Double) -> Double {
     if !(v > 0) { return v == 0 ? -.infinity : .nan }
     if v == .infinity { return v }
-    var m = v.significand                   // [1, 2)
+    var m = v.significand  // [1, 2)
     var e = Double(v.exponent)
     if m > 1.4142135623730951 { m *= 0.5; e += 1 }
     let s = (m - 1) / (m + 1), s2 = s * s
@@ -112,11 +112,14 @@ func softmaxRow(_ l: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>, cla
     return Double(m) + logDouble(total) - Double(target)
 }
 
-/// Mean softmax cross-entropy over rows; writes softmax probabilities; returns the mean loss. Numerically stable (max-subtracted, log-sum-exp). Labels are class indices.
+/// Mean softmax cross-entropy over rows; writes softmax probabilities; returns the mean loss. Numerically stable
+/// (max-subtracted, log-sum-exp). Labels are class indices.
 /// probs[rows][classes] may alias logits. Rows are split over at most 64 threads, each summing its rows'
 /// losses in Double into a slot on the stack (no allocation); the slots are added in order.
-public func softmaxCrossEntropyForward(rows: Int, classes: Int, logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>,
-                                       probs: UnsafeMutablePointer<Float>) -> Float {
+public func softmaxCrossEntropyForward(
+    rows: Int, classes: Int, logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>,
+    probs: UnsafeMutablePointer<Float>
+) -> Float {
     if rows <= 0 { return 0 }
     precondition(classes > 0, "softmax over zero classes")
     let parts = max(1, min(Threads.count, 64, rows * classes / 4096 + 1, rows))
@@ -127,7 +130,8 @@ public func softmaxCrossEntropyForward(rows: Int, classes: Int, logits: UnsafePo
             for t in lo..<hi {
                 var sum = 0.0
                 for r in (rows * t / parts)..<(rows * (t + 1) / parts) {
-                    sum += softmaxRow(logits + r * classes, probs + r * classes, classes: classes, label: Int(labels[r]))
+                    sum += softmaxRow(
+                        logits + r * classes, probs + r * classes, classes: classes, label: Int(labels[r]))
                 }
                 slot[t] = sum
             }
@@ -142,8 +146,10 @@ public func softmaxCrossEntropyForward(rows: Int, classes: Int, logits: UnsafePo
 
 /// dlogits = (probs - onehot) * scale  (scale is usually 1/rows; callers fold a temperature in).
 /// gradLogits may alias probs.
-public func softmaxCrossEntropyBackward(rows: Int, classes: Int, probs: UnsafePointer<Float>, labels: UnsafePointer<Int32>,
-                                        scale: Float, gradLogits: UnsafeMutablePointer<Float>) {
+public func softmaxCrossEntropyBackward(
+    rows: Int, classes: Int, probs: UnsafePointer<Float>, labels: UnsafePointer<Int32>,
+    scale: Float, gradLogits: UnsafeMutablePointer<Float>
+) {
     let s = FVec(repeating: scale)
     parallelRange(rows, grain: max(1, elementwiseGrain / max(classes, 1))) { lo, hi in
         for r in lo..<hi {
@@ -164,8 +170,10 @@ public func softmaxCrossEntropyBackward(rows: Int, classes: Int, probs: UnsafePo
 
 // MARK: - Naive references (Double)
 
-public func softmaxCrossEntropyForwardNaive(rows: Int, classes: Int, logits: UnsafePointer<Float>,
-                                            labels: UnsafePointer<Int32>, probs: UnsafeMutablePointer<Float>) -> Float {
+public func softmaxCrossEntropyForwardNaive(
+    rows: Int, classes: Int, logits: UnsafePointer<Float>,
+    labels: UnsafePointer<Int32>, probs: UnsafeMutablePointer<Float>
+) -> Float {
     var total = 0.0
     for r in 0..<rows {
         let l = logits + r * classes
@@ -179,11 +187,15 @@ public func softmaxCrossEntropyForwardNaive(rows: Int, classes: Int, logits: Uns
     return Float(total / Double(rows))
 }
 
-public func softmaxCrossEntropyBackwardNaive(rows: Int, classes: Int, probs: UnsafePointer<Float>,
-                                             labels: UnsafePointer<Int32>, scale: Float,
-                                             gradLogits: UnsafeMutablePointer<Float>) {
-    for r in 0..<rows { for k in 0..<classes {
-        let i = r * classes + k
-        gradLogits[i] = (probs[i] - (k == Int(labels[r]) ? 1 : 0)) * scale
-    } }
+public func softmaxCrossEntropyBackwardNaive(
+    rows: Int, classes: Int, probs: UnsafePointer<Float>,
+    labels: UnsafePointer<Int32>, scale: Float,
+    gradLogits: UnsafeMutablePointer<Float>
+) {
+    for r in 0..<rows {
+        for k in 0..<classes {
+            let i = r * classes + k
+            gradLogits[i] = (probs[i] - (k == Int(labels[r]) ? 1 : 0)) * scale
+        }
+    }
 }

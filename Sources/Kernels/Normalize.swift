@@ -27,8 +27,10 @@ func dotProduct(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) 
 
 /// Row-wise y = x / max(||x||, eps) (eps 1e-12, as torch.nn.functional.normalize); norms saved for backward.
 /// y may alias x.
-public func l2NormalizeForward(rows: Int, dim: Int, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
-                               norms: UnsafeMutablePointer<Float>) {
+public func l2NormalizeForward(
+    rows: Int, dim: Int, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
+    norms: UnsafeMutablePointer<Float>
+) {
     parallelRange(rows, grain: max(1, elementwiseGrain / max(dim, 1))) { lo, hi in
         for r in lo..<hi {
             let xr = x + r * dim, yr = y + r * dim
@@ -46,9 +48,11 @@ public func l2NormalizeForward(rows: Int, dim: Int, input x: UnsafePointer<Float
 }
 
 /// dx (= or +=) the gradient through y = x / max(||x||, eps), from the forward output and norms.
-public func l2NormalizeBackward(rows: Int, dim: Int, output y: UnsafePointer<Float>, norms: UnsafePointer<Float>,
-                                gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
-                                accumulate: Bool) {
+public func l2NormalizeBackward(
+    rows: Int, dim: Int, output y: UnsafePointer<Float>, norms: UnsafePointer<Float>,
+    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
+    accumulate: Bool
+) {
     parallelRange(rows, grain: max(1, elementwiseGrain / max(dim, 1))) { lo, hi in
         for r in lo..<hi {
             let yr = y + r * dim, gr = dy + r * dim, xr = dx + r * dim
@@ -72,8 +76,10 @@ public func l2NormalizeBackward(rows: Int, dim: Int, output y: UnsafePointer<Flo
 
 // MARK: - Naive references (Double)
 
-public func l2NormalizeForwardNaive(rows: Int, dim: Int, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
-                                    norms: UnsafeMutablePointer<Float>) {
+public func l2NormalizeForwardNaive(
+    rows: Int, dim: Int, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
+    norms: UnsafeMutablePointer<Float>
+) {
     for r in 0..<rows {
         var s = 0.0
         for k in 0..<dim { s += Double(x[r * dim + k]) * Double(x[r * dim + k]) }
@@ -84,16 +90,20 @@ public func l2NormalizeForwardNaive(rows: Int, dim: Int, input x: UnsafePointer<
     }
 }
 
-public func l2NormalizeBackwardNaive(rows: Int, dim: Int, output y: UnsafePointer<Float>, norms: UnsafePointer<Float>,
-                                     gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
-                                     accumulate: Bool) {
+public func l2NormalizeBackwardNaive(
+    rows: Int, dim: Int, output y: UnsafePointer<Float>, norms: UnsafePointer<Float>,
+    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
+    accumulate: Bool
+) {
     for r in 0..<rows {
         let n = Double(norms[r])
         var p = 0.0
         for k in 0..<dim { p += Double(y[r * dim + k]) * Double(dy[r * dim + k]) }
         for k in 0..<dim {
             let i = r * dim + k
-            let v = n > Double(l2NormalizeEps) ? (Double(dy[i]) - Double(y[i]) * p) / n : Double(dy[i]) / Double(l2NormalizeEps)
+            let v =
+                n > Double(l2NormalizeEps)
+                ? (Double(dy[i]) - Double(y[i]) * p) / n : Double(dy[i]) / Double(l2NormalizeEps)
             dx[i] = accumulate ? dx[i] + Float(v) : Float(v)
         }
     }

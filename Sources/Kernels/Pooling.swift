@@ -30,8 +30,10 @@ typealias IVec = SIMD8<Int32>
 // MARK: - Max pooling
 
 /// y[N][OH][OW][C] = max over the window of x[N][H][W][C]; argmax[N][OH][OW][C] = ih*W + iw of the maximum.
-public func maxPoolForward(_ sh: MaxPoolShape, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
-                           argmax: UnsafeMutablePointer<Int32>) {
+public func maxPoolForward(
+    _ sh: MaxPoolShape, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
+    argmax: UnsafeMutablePointer<Int32>
+) {
     precondition(sh.isValid, "invalid max-pool shape")
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.kernel, st = sh.stride, pad = sh.pad
     let pixels = sh.n * OH * OW
@@ -75,8 +77,10 @@ public func maxPoolForward(_ sh: MaxPoolShape, input x: UnsafePointer<Float>, ou
 }
 
 /// dx[N][H][W][C] = sum of dy over the outputs whose argmax is that input (overwritten).
-public func maxPoolBackward(_ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
-                            gradInput dx: UnsafeMutablePointer<Float>) {
+public func maxPoolBackward(
+    _ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
+    gradInput dx: UnsafeMutablePointer<Float>
+) {
     precondition(sh.isValid, "invalid max-pool shape")
     let C = sh.c, hw = sh.h * sh.w, ohw = sh.oh * sh.ow
     // Items are (image, block of channels): each owns its slice of dx, so the scatter needs no atomics.
@@ -97,8 +101,10 @@ public func maxPoolBackward(_ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Flo
 // MARK: - Global average pooling
 
 /// y[N][C] = mean over the hw pixels of x[N][hw][C].
-public func globalAvgPoolForward(n: Int, pixels hw: Int, channels c: Int, input x: UnsafePointer<Float>,
-                                 output y: UnsafeMutablePointer<Float>) {
+public func globalAvgPoolForward(
+    n: Int, pixels hw: Int, channels c: Int, input x: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>
+) {
     let C = c, scale = FVec(repeating: 1 / Float(hw))
     parallelForDynamic(n, chunksPerThread: 4) { lo, hi, _ in
         for b in lo..<hi {
@@ -122,8 +128,10 @@ public func globalAvgPoolForward(n: Int, pixels hw: Int, channels c: Int, input 
 }
 
 /// dx[N][hw][C] (= or +=) dy[N][C] / hw.
-public func globalAvgPoolBackward(n: Int, pixels hw: Int, channels c: Int, gradOutput dy: UnsafePointer<Float>,
-                                  gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+public func globalAvgPoolBackward(
+    n: Int, pixels hw: Int, channels c: Int, gradOutput dy: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
     let C = c, inv = 1 / Float(hw)
     parallelRange(n * hw, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
         for q in lo..<hi {
@@ -142,46 +150,72 @@ public func globalAvgPoolBackward(n: Int, pixels hw: Int, channels c: Int, gradO
 
 // MARK: - Naive references
 
-public func maxPoolForwardNaive(_ sh: MaxPoolShape, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
-                                argmax: UnsafeMutablePointer<Int32>) {
+public func maxPoolForwardNaive(
+    _ sh: MaxPoolShape, input x: UnsafePointer<Float>, output y: UnsafeMutablePointer<Float>,
+    argmax: UnsafeMutablePointer<Int32>
+) {
     let OH = sh.oh, OW = sh.ow
-    for b in 0..<sh.n { for oh in 0..<OH { for ow in 0..<OW { for c in 0..<sh.c {
-        var m = -Float.infinity, at = -1
-        for r in 0..<sh.kernel { for s in 0..<sh.kernel {
-            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
-            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
-            let v = x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]
-            if at < 0 || v > m || v.isNaN { m = v; at = ih * sh.w + iw }
-        } }
-        let o = ((b * OH + oh) * OW + ow) * sh.c + c
-        y[o] = m; argmax[o] = Int32(at)
-    } } } }
+    for b in 0..<sh.n {
+        for oh in 0..<OH {
+            for ow in 0..<OW {
+                for c in 0..<sh.c {
+                    var m = -Float.infinity, at = -1
+                    for r in 0..<sh.kernel {
+                        for s in 0..<sh.kernel {
+                            let ih = oh * sh.stride - sh.pad + r, iw = ow * sh.stride - sh.pad + s
+                            if ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w { continue }
+                            let v = x[((b * sh.h + ih) * sh.w + iw) * sh.c + c]
+                            if at < 0 || v > m || v.isNaN { m = v; at = ih * sh.w + iw }
+                        }
+                    }
+                    let o = ((b * OH + oh) * OW + ow) * sh.c + c
+                    y[o] = m; argmax[o] = Int32(at)
+                }
+            }
+        }
+    }
 }
 
-public func maxPoolBackwardNaive(_ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
-                                 gradInput dx: UnsafeMutablePointer<Float>) {
+public func maxPoolBackwardNaive(
+    _ sh: MaxPoolShape, gradOutput dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
+    gradInput dx: UnsafeMutablePointer<Float>
+) {
     let hw = sh.h * sh.w, ohw = sh.oh * sh.ow
     dx.initialize(repeating: 0, count: sh.inputCount)
-    for b in 0..<sh.n { for q in 0..<ohw { for c in 0..<sh.c {
-        let o = (b * ohw + q) * sh.c + c
-        dx[(b * hw + Int(argmax[o])) * sh.c + c] += dy[o]
-    } } }
+    for b in 0..<sh.n {
+        for q in 0..<ohw {
+            for c in 0..<sh.c {
+                let o = (b * ohw + q) * sh.c + c
+                dx[(b * hw + Int(argmax[o])) * sh.c + c] += dy[o]
+            }
+        }
+    }
 }
 
-public func globalAvgPoolForwardNaive(n: Int, pixels hw: Int, channels c: Int, input x: UnsafePointer<Float>,
-                                      output y: UnsafeMutablePointer<Float>) {
-    for b in 0..<n { for ch in 0..<c {
-        var s = 0.0
-        for p in 0..<hw { s += Double(x[(b * hw + p) * c + ch]) }
-        y[b * c + ch] = Float(s / Double(hw))
-    } }
+public func globalAvgPoolForwardNaive(
+    n: Int, pixels hw: Int, channels c: Int, input x: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>
+) {
+    for b in 0..<n {
+        for ch in 0..<c {
+            var s = 0.0
+            for p in 0..<hw { s += Double(x[(b * hw + p) * c + ch]) }
+            y[b * c + ch] = Float(s / Double(hw))
+        }
+    }
 }
 
-public func globalAvgPoolBackwardNaive(n: Int, pixels hw: Int, channels c: Int, gradOutput dy: UnsafePointer<Float>,
-                                       gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    for b in 0..<n { for p in 0..<hw { for ch in 0..<c {
-        let v = dy[b * c + ch] / Float(hw)
-        let i = (b * hw + p) * c + ch
-        dx[i] = accumulate ? dx[i] + v : v
-    } } }
+public func globalAvgPoolBackwardNaive(
+    n: Int, pixels hw: Int, channels c: Int, gradOutput dy: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
+    for b in 0..<n {
+        for p in 0..<hw {
+            for ch in 0..<c {
+                let v = dy[b * c + ch] / Float(hw)
+                let i = (b * hw + p) * c + ch
+                dx[i] = accumulate ? dx[i] + v : v
+            }
+        }
+    }
 }

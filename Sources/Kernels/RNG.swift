@@ -25,7 +25,7 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     /// Uniform integer in [0, n).
     public mutating func int(below n: Int) -> Int {
         precondition(n > 0)
-        return Int(next() % UInt64(n))   // modulo bias < n / 2^64: negligible here
+        return Int(next() % UInt64(n))  // modulo bias < n / 2^64: negligible here
     }
 
     /// A standard normal draw (Marsaglia's polar method: needs only log and sqrt).

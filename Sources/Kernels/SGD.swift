@@ -5,8 +5,10 @@
 
 /// PyTorch torch.optim.SGD (no dampening, no nesterov): g' = g + wd*p; buf = momentum*buf + g'; p -= lr*buf.
 /// With buf starting at zero the first step gives buf = g', as PyTorch's first step does.
-public func sgdStep(count: Int, params p: UnsafeMutablePointer<Float>, grads g: UnsafePointer<Float>,
-                    momentumBuffer buf: UnsafeMutablePointer<Float>, lr: Float, momentum: Float, weightDecay: Float) {
+public func sgdStep(
+    count: Int, params p: UnsafeMutablePointer<Float>, grads g: UnsafePointer<Float>,
+    momentumBuffer buf: UnsafeMutablePointer<Float>, lr: Float, momentum: Float, weightDecay: Float
+) {
     let wd = FVec(repeating: weightDecay), mo = FVec(repeating: momentum), nlr = FVec(repeating: -lr)
     parallelRange(count) { lo, hi in
         var i = lo
@@ -21,7 +23,7 @@ public func sgdStep(count: Int, params p: UnsafeMutablePointer<Float>, grads g: 
             vstore(np, p + i)
             i += fvecWidth
         }
-        while i < hi {   // the vector loop's fused operations, so any split gives the same bits
+        while i < hi {  // the vector loop's fused operations, so any split gives the same bits
             let d = g[i].addingProduct(weightDecay, p[i]).addingProduct(momentum, buf[i])
             buf[i] = d
             p[i] = p[i].addingProduct(-lr, d)
@@ -31,7 +33,8 @@ public func sgdStep(count: Int, params p: UnsafeMutablePointer<Float>, grads g: 
 }
 
 /// t = m*t + (1-m)*s (MoCo key encoder).
-public func momentumUpdate(count: Int, target t: UnsafeMutablePointer<Float>, source s: UnsafePointer<Float>, m: Float) {
+public func momentumUpdate(count: Int, target t: UnsafeMutablePointer<Float>, source s: UnsafePointer<Float>, m: Float)
+{
     let mv = FVec(repeating: m), om = FVec(repeating: 1 - m)
     parallelRange(count) { lo, hi in
         var i = lo
@@ -47,8 +50,10 @@ public func momentumUpdate(count: Int, target t: UnsafeMutablePointer<Float>, so
 
 // MARK: - Naive references
 
-public func sgdStepNaive(count: Int, params p: UnsafeMutablePointer<Float>, grads g: UnsafePointer<Float>,
-                         momentumBuffer buf: UnsafeMutablePointer<Float>, lr: Float, momentum: Float, weightDecay: Float) {
+public func sgdStepNaive(
+    count: Int, params p: UnsafeMutablePointer<Float>, grads g: UnsafePointer<Float>,
+    momentumBuffer buf: UnsafeMutablePointer<Float>, lr: Float, momentum: Float, weightDecay: Float
+) {
     for i in 0..<count {
         let gi = Double(g[i]) + Double(weightDecay) * Double(p[i])
         let b = Double(momentum) * Double(buf[i]) + gi
@@ -57,6 +62,8 @@ public func sgdStepNaive(count: Int, params p: UnsafeMutablePointer<Float>, grad
     }
 }
 
-public func momentumUpdateNaive(count: Int, target t: UnsafeMutablePointer<Float>, source s: UnsafePointer<Float>, m: Float) {
+public func momentumUpdateNaive(
+    count: Int, target t: UnsafeMutablePointer<Float>, source s: UnsafePointer<Float>, m: Float
+) {
     for i in 0..<count { t[i] = Float(Double(m) * Double(t[i]) + (1 - Double(m)) * Double(s[i])) }
 }

@@ -13,19 +13,19 @@ public let fvecWidth = FVec.scalarCount
 public typealias RVec = SIMD16<Float>
 
 #if SALIENT_AVX512
-/// The widest FMA register of the build (the FMA-peak loop uses it).
-public typealias PeakVec = SIMD16<Float>
-/// What the binary's kernels were built for (Package.swift chooses from the building machine).
-public let simdBuildName = "AVX-512"
-let wideTilesDefault = true
+    /// The widest FMA register of the build (the FMA-peak loop uses it).
+    public typealias PeakVec = SIMD16<Float>
+    /// What the binary's kernels were built for (Package.swift chooses from the building machine).
+    public let simdBuildName = "AVX-512"
+    let wideTilesDefault = true
 #elseif arch(x86_64)
-public typealias PeakVec = FVec
-public let simdBuildName = "AVX2+FMA"
-let wideTilesDefault = false
+    public typealias PeakVec = FVec
+    public let simdBuildName = "AVX2+FMA"
+    let wideTilesDefault = false
 #else
-public typealias PeakVec = FVec
-public let simdBuildName = "NEON"
-let wideTilesDefault = false
+    public typealias PeakVec = FVec
+    public let simdBuildName = "NEON"
+    let wideTilesDefault = false
 #endif
 
 /// The float vectors the generic kernels run on (FVec, RVec). Comparisons go through these

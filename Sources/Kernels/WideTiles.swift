@@ -25,8 +25,10 @@ var gemmRowUnit: Int { wideTiles ? wideTileRows : convTileRows }
 /// out's rows are consecutive (convColBlock floats each). Rows past n repeat the last one and are not
 /// stored. Out of line so that the 12 accumulators stay in registers.
 @inline(never)
-func wideRowsTile(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, stride s: Int, rows n: Int,
-                  _ panel: UnsafePointer<Float>, _ depth: Int) {
+func wideRowsTile(
+    _ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, stride s: Int, rows n: Int,
+    _ panel: UnsafePointer<Float>, _ depth: Int
+) {
     var c0 = RVec(), c1 = RVec(), c2 = RVec(), c3 = RVec(), c4 = RVec(), c5 = RVec()
     var c6 = RVec(), c7 = RVec(), c8 = RVec(), c9 = RVec(), c10 = RVec(), c11 = RVec()
     @inline(__always) func row(_ i: Int) -> UnsafePointer<Float> { a + min(i, n - 1) * s }
@@ -55,8 +57,10 @@ func wideRowsTile(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
 /// of the same 12 rows, 24 accumulators, so each broadcast feeds two FMAs (one-thread GEMM 1.12-1.2x
 /// over two wideRowsTile calls on Zen 5). Rows of `a` at four pointers and one or two strides past them.
 @inline(never)
-func wideRowsTilePair(_ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
-                      stride s: Int, _ panel: UnsafePointer<Float>, _ panel2: UnsafePointer<Float>, _ depth: Int) {
+func wideRowsTilePair(
+    _ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
+    stride s: Int, _ panel: UnsafePointer<Float>, _ panel2: UnsafePointer<Float>, _ depth: Int
+) {
     var c0 = RVec(), c1 = RVec(), c2 = RVec(), c3 = RVec(), c4 = RVec(), c5 = RVec()
     var c6 = RVec(), c7 = RVec(), c8 = RVec(), c9 = RVec(), c10 = RVec(), c11 = RVec()
     var e0 = RVec(), e1 = RVec(), e2 = RVec(), e3 = RVec(), e4 = RVec(), e5 = RVec()
@@ -92,28 +96,35 @@ func wideRowsTilePair(_ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutableP
 /// wideMultiplyRows of two output blocks (panel into out, panel2 into out2) over the same rows:
 /// whole 12-row tiles in pairs, the rest one block at a time.
 @inline(__always)
-func wideMultiplyRowsPair(_ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
-                          count: Int, stride: Int, panel: UnsafePointer<Float>, panel2: UnsafePointer<Float>, depth: Int) {
+func wideMultiplyRowsPair(
+    _ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
+    count: Int, stride: Int, panel: UnsafePointer<Float>, panel2: UnsafePointer<Float>, depth: Int
+) {
     let whole = count / wideTileRows * wideTileRows
     var r0 = 0
     while r0 < whole {
-        wideRowsTilePair(out + r0 * convColBlock, out2 + r0 * convColBlock, a + r0 * stride, stride: stride, panel, panel2,
-                         depth)
+        wideRowsTilePair(
+            out + r0 * convColBlock, out2 + r0 * convColBlock, a + r0 * stride, stride: stride, panel, panel2,
+            depth)
         r0 += wideTileRows
     }
     if whole < count {
-        wideMultiplyRows(out + whole * convColBlock, a + whole * stride, count: count - whole, stride: stride, panel: panel,
-                         depth: depth)
-        wideMultiplyRows(out2 + whole * convColBlock, a + whole * stride, count: count - whole, stride: stride, panel: panel2,
-                         depth: depth)
+        wideMultiplyRows(
+            out + whole * convColBlock, a + whole * stride, count: count - whole, stride: stride, panel: panel,
+            depth: depth)
+        wideMultiplyRows(
+            out2 + whole * convColBlock, a + whole * stride, count: count - whole, stride: stride, panel: panel2,
+            depth: depth)
     }
 }
 
 /// wideRowsTile for n <= 8 rows: 8 chains still cover the FMA latency of two 16-lane FMA pipes,
 /// at two thirds of the 12-row tile's time.
 @inline(never)
-func wideRowsTile8(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, stride s: Int, rows n: Int,
-                   _ panel: UnsafePointer<Float>, _ depth: Int) {
+func wideRowsTile8(
+    _ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, stride s: Int, rows n: Int,
+    _ panel: UnsafePointer<Float>, _ depth: Int
+) {
     var c0 = RVec(), c1 = RVec(), c2 = RVec(), c3 = RVec(), c4 = RVec(), c5 = RVec(), c6 = RVec(), c7 = RVec()
     @inline(__always) func row(_ i: Int) -> UnsafePointer<Float> { a + min(i, n - 1) * s }
     let r0 = a, r1 = row(1), r2 = row(2), r3 = row(3), r4 = row(4), r5 = row(5), r6 = row(6), r7 = row(7)
@@ -136,8 +147,10 @@ func wideRowsTile8(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>
 /// out[r][16] = a[r][0..<depth] x panel[depth][16] for all `count` rows (`stride` floats apart), in
 /// wide tiles: 12 rows at a time, the rest in one tile of 8 or 12.
 @inline(__always)
-func wideMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
-                      panel: UnsafePointer<Float>, depth: Int) {
+func wideMultiplyRows(
+    _ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
+    panel: UnsafePointer<Float>, depth: Int
+) {
     var r0 = 0
     while r0 < count {
         let n = min(wideTileRows, count - r0)
@@ -155,8 +168,10 @@ func wideMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Flo
 /// one: their accumulators load, sum and store exactly what the last channel's do, so the duplicate
 /// stores write the same values and need no test.
 @inline(never)
-func wideWeightTile(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
-                    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+func wideWeightTile(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: Int,
+    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int
+) {
     if c0 + wideTileRows <= C {
         wideWeightTileWhole(x: x + c0, xStride: xStride, np: np, dy: dy, dyStride: dyStride, acc: acc + c0 * Kp, Kp: Kp)
         return
@@ -189,8 +204,10 @@ func wideWeightTile(x: UnsafePointer<Float>, xStride: Int, np: Int, c0: Int, C: 
 /// wideWeightTile of 12 whole channels from x's first: constant offsets, so the loop keeps its
 /// pointers in registers (with clamped channel indices it spilled them).
 @inline(never)
-func wideWeightTileWhole(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>, dyStride: Int,
-                         acc a: UnsafeMutablePointer<Float>, Kp: Int) {
+func wideWeightTileWhole(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>, dyStride: Int,
+    acc a: UnsafeMutablePointer<Float>, Kp: Int
+) {
     var c0 = rload(a), c1 = rload(a + Kp), c2 = rload(a + 2 * Kp), c3 = rload(a + 3 * Kp)
     var c4 = rload(a + 4 * Kp), c5 = rload(a + 5 * Kp), c6 = rload(a + 6 * Kp), c7 = rload(a + 7 * Kp)
     var c8 = rload(a + 8 * Kp), c9 = rload(a + 9 * Kp), c10 = rload(a + 10 * Kp), c11 = rload(a + 11 * Kp)
@@ -212,9 +229,11 @@ func wideWeightTileWhole(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: Uns
 
 /// wideWeightTileWhole for two output blocks: acc and acc2 (each 12 rows `Kp` apart) from dy and dy2.
 @inline(never)
-func wideWeightTileWholePair(x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>,
-                             dy2: UnsafePointer<Float>, dyStride: Int, acc a: UnsafeMutablePointer<Float>,
-                             acc2 e: UnsafeMutablePointer<Float>, Kp: Int) {
+func wideWeightTileWholePair(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, dy: UnsafePointer<Float>,
+    dy2: UnsafePointer<Float>, dyStride: Int, acc a: UnsafeMutablePointer<Float>,
+    acc2 e: UnsafeMutablePointer<Float>, Kp: Int
+) {
     var c0 = rload(a), c1 = rload(a + Kp), c2 = rload(a + 2 * Kp), c3 = rload(a + 3 * Kp)
     var c4 = rload(a + 4 * Kp), c5 = rload(a + 5 * Kp), c6 = rload(a + 6 * Kp), c7 = rload(a + 7 * Kp)
     var c8 = rload(a + 8 * Kp), c9 = rload(a + 9 * Kp), c10 = rload(a + 10 * Kp), c11 = rload(a + 11 * Kp)
@@ -249,13 +268,16 @@ func wideWeightTileWholePair(x: UnsafePointer<Float>, xStride: Int, np: Int, dy:
 /// weightTilesStrided of two output blocks (dy into acc, dy2 into acc2) with wide tiles: whole 12-channel
 /// tiles in pairs, the rest one block at a time.
 @inline(__always)
-func weightTilesStridedPair(x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int, dy: UnsafePointer<Float>,
-                            dy2: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>,
-                            acc2: UnsafeMutablePointer<Float>, Kp: Int) {
+func weightTilesStridedPair(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int, dy: UnsafePointer<Float>,
+    dy2: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>,
+    acc2: UnsafeMutablePointer<Float>, Kp: Int
+) {
     var c0 = 0
     while c0 + wideTileRows <= C {
-        wideWeightTileWholePair(x: x + c0, xStride: xStride, np: np, dy: dy, dy2: dy2, dyStride: dyStride,
-                                acc: acc + c0 * Kp, acc2: acc2 + c0 * Kp, Kp: Kp)
+        wideWeightTileWholePair(
+            x: x + c0, xStride: xStride, np: np, dy: dy, dy2: dy2, dyStride: dyStride,
+            acc: acc + c0 * Kp, acc2: acc2 + c0 * Kp, Kp: Kp)
         c0 += wideTileRows
     }
     if c0 < C {
@@ -267,8 +289,10 @@ func weightTilesStridedPair(x: UnsafePointer<Float>, xStride: Int, np: Int, C: I
 /// All `C` channel rows of one weight-gradient panel: acc[c][0..<16] += sum over np rows of
 /// x[j][c] dy[j][0..<16], in wide tiles of 12 channels or the 6-row tiles of bwdWeightTileStrided.
 @inline(__always)
-func weightTilesStrided(x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int,
-                        dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int) {
+func weightTilesStrided(
+    x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int,
+    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int
+) {
     if wideTiles {
         var c0 = 0
         while c0 < C {
@@ -278,16 +302,19 @@ func weightTilesStrided(x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int,
         return
     }
     for ct in 0..<ceilDiv(C, convTileRows) {
-        bwdWeightTileStrided(x: x, xStride: xStride, np: np, c0: ct * convTileRows, C: C, dy: dy,
-                             dyStride: dyStride, acc: acc, Kp: Kp)
+        bwdWeightTileStrided(
+            x: x, xStride: xStride, np: np, c0: ct * convTileRows, C: C, dy: dy,
+            dyStride: dyStride, acc: acc, Kp: Kp)
     }
 }
 
 /// Two 6-channel tiles of the direct backward-weights at once: acc rows 0..<12 (`Kp` floats apart)
 /// += sum over np pixels of (xA[j][0..<6], xB[j][0..<6]) (outer) dy[j][0..<16], x packed [j][6].
 @inline(never)
-func wideWeightTilePacked(xA: UnsafePointer<Float>, xB: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>,
-                          acc a: UnsafeMutablePointer<Float>, Kp: Int) {
+func wideWeightTilePacked(
+    xA: UnsafePointer<Float>, xB: UnsafePointer<Float>, np: Int, dy: UnsafePointer<Float>,
+    acc a: UnsafeMutablePointer<Float>, Kp: Int
+) {
     var c0 = rload(a), c1 = rload(a + Kp), c2 = rload(a + 2 * Kp), c3 = rload(a + 3 * Kp)
     var c4 = rload(a + 4 * Kp), c5 = rload(a + 5 * Kp), c6 = rload(a + 6 * Kp), c7 = rload(a + 7 * Kp)
     var c8 = rload(a + 8 * Kp), c9 = rload(a + 9 * Kp), c10 = rload(a + 10 * Kp), c11 = rload(a + 11 * Kp)
@@ -309,8 +336,10 @@ func wideWeightTilePacked(xA: UnsafePointer<Float>, xB: UnsafePointer<Float>, np
 
 /// acc[12][16] (=, `fresh`, or +=) rows pA[0..<6], pB[0..<6] (depth floats each) x panel [depth][16].
 @inline(never)
-func wideTapLoop(_ acc: UnsafeMutablePointer<Float>, _ pA: UnsafePointer<UnsafePointer<Float>>,
-                 _ pB: UnsafePointer<UnsafePointer<Float>>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool) {
+func wideTapLoop(
+    _ acc: UnsafeMutablePointer<Float>, _ pA: UnsafePointer<UnsafePointer<Float>>,
+    _ pB: UnsafePointer<UnsafePointer<Float>>, _ panel: UnsafePointer<Float>, _ depth: Int, fresh: Bool
+) {
     let w = convColBlock
     var c0 = RVec(), c1 = RVec(), c2 = RVec(), c3 = RVec(), c4 = RVec(), c5 = RVec()
     var c6 = RVec(), c7 = RVec(), c8 = RVec(), c9 = RVec(), c10 = RVec(), c11 = RVec()
@@ -341,19 +370,22 @@ func wideTapLoop(_ acc: UnsafeMutablePointer<Float>, _ pA: UnsafePointer<UnsafeP
 /// (sorted lists), then tile A's nA rows and tile B's nB rows stored (or added) at out[idx * cols +
 /// col0]. `acc` is 192 floats of scratch.
 @inline(__always)
-func convTilePair(rowsA: UnsafePointer<UnsafePointer<Float>>, rowsB: UnsafePointer<UnsafePointer<Float>>,
-                  liveA: UnsafePointer<Int32>, nLiveA: Int, liveB: UnsafePointer<Int32>, nLiveB: Int,
-                  depth: Int, panel: UnsafePointer<Float>, cols: Int, col0: Int, nCols: Int,
-                  out: UnsafeMutablePointer<Float>, idxA: UnsafePointer<Int>, nA: Int, idxB: UnsafePointer<Int>, nB: Int,
-                  accumulate: Bool, acc: UnsafeMutablePointer<Float>) {
+func convTilePair(
+    rowsA: UnsafePointer<UnsafePointer<Float>>, rowsB: UnsafePointer<UnsafePointer<Float>>,
+    liveA: UnsafePointer<Int32>, nLiveA: Int, liveB: UnsafePointer<Int32>, nLiveB: Int,
+    depth: Int, panel: UnsafePointer<Float>, cols: Int, col0: Int, nCols: Int,
+    out: UnsafeMutablePointer<Float>, idxA: UnsafePointer<Int>, nA: Int, idxB: UnsafePointer<Int>, nB: Int,
+    accumulate: Bool, acc: UnsafeMutablePointer<Float>
+) {
     var ia = 0, ib = 0, first = true
     while ia < nLiveA || ib < nLiveB {
         let ta = ia < nLiveA ? Int(liveA[ia]) : Int.max, tb = ib < nLiveB ? Int(liveB[ib]) : Int.max
         let t = min(ta, tb)
         if ta == t { ia += 1 }
         if tb == t { ib += 1 }
-        wideTapLoop(acc, rowsA + t * convTileRows, rowsB + t * convTileRows, panel + t * depth * convColBlock, depth,
-                    fresh: first)
+        wideTapLoop(
+            acc, rowsA + t * convTileRows, rowsB + t * convTileRows, panel + t * depth * convColBlock, depth,
+            fresh: first)
         first = false
     }
     for i in 0..<(nA + nB) {

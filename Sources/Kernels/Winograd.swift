@@ -77,8 +77,9 @@ extension Conv2DShape {
     /// forward and backward-data +21-28%, one or two threads).
     public var wgFusedByOutputBlock: Bool {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth
-        return wgFusedWeights && (wgIn * wgFusedBlockRows * cp + wgIn * cp * convColBlock + cp * 9 * convColBlock) * 4
-            > Conv2DShape.wgBlockOuterBytes
+        return wgFusedWeights
+            && (wgIn * wgFusedBlockRows * cp + wgIn * cp * convColBlock + cp * 9 * convColBlock) * 4
+                > Conv2DShape.wgBlockOuterBytes
     }
 
     /// Rows of V per point in a fused forward's largest block of tiles (up to wgFusedTiles, whole
@@ -155,22 +156,26 @@ func wgTileOrigin(_ tile: Int, _ th: Int, _ tw: Int) -> (b: Int, ty: Int, tx: In
 func wgBT<V: SIMD>(_ d0: V, _ d1: V, _ d2: V, _ d3: V, _ d4: V, _ d5: V) -> (V, V, V, V, V, V) where V.Scalar == Float {
     let four = V(repeating: 4), five = V(repeating: 5), two = V(repeating: 2)
     let a = d4 - d2, b = d1 - d3
-    return (four * d0 - five * d2 + d4,
-            d3 + d4 - four * (d1 + d2),
-            d4 - d3 + four * (d1 - d2),
-            a - two * b,
-            a + two * b,
-            four * d1 - five * d3 + d5)
+    return (
+        four * d0 - five * d2 + d4,
+        d3 + d4 - four * (d1 + d2),
+        d4 - d3 + four * (d1 - d2),
+        a - two * b,
+        a + two * b,
+        four * d1 - five * d3 + d5
+    )
 }
 
 /// A^T applied to a column of 6: the output transform's 1-D step (6 -> 4).
 @inline(__always)
 func wgAT<V: SIMD>(_ m0: V, _ m1: V, _ m2: V, _ m3: V, _ m4: V, _ m5: V) -> (V, V, V, V) where V.Scalar == Float {
     let s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4
-    return (m0 + s12 + s34,
-            d12 + V(repeating: 2) * d34,
-            s12 + V(repeating: 4) * s34,
-            d12 + V(repeating: 8) * d34 + m5)
+    return (
+        m0 + s12 + s34,
+        d12 + V(repeating: 2) * d34,
+        s12 + V(repeating: 4) * s34,
+        d12 + V(repeating: 8) * d34 + m5
+    )
 }
 
 /// A applied to a column of 4: the adjoint of wgAT (4 -> 6), for backward-weights.
@@ -184,8 +189,10 @@ func wgA<V: SIMD>(_ z0: V, _ z1: V, _ z2: V, _ z3: V) -> (V, V, V, V, V, V) wher
 /// G applied to a column of 3 (3 -> 6): the weight transform's 1-D step.
 @inline(__always)
 func wgG<V: SIMD>(_ g0: V, _ g1: V, _ g2: V) -> (V, V, V, V, V, V) where V.Scalar == Float {
-    (wgGRow(0, g0, g1, g2), wgGRow(1, g0, g1, g2), wgGRow(2, g0, g1, g2),
-     wgGRow(3, g0, g1, g2), wgGRow(4, g0, g1, g2), wgGRow(5, g0, g1, g2))
+    (
+        wgGRow(0, g0, g1, g2), wgGRow(1, g0, g1, g2), wgGRow(2, g0, g1, g2),
+        wgGRow(3, g0, g1, g2), wgGRow(4, g0, g1, g2), wgGRow(5, g0, g1, g2)
+    )
 }
 
 /// Row i of G applied to a column of 3 (one output of wgG).
@@ -206,9 +213,11 @@ func wgGRow<V: SIMD>(_ i: Int, _ g0: V, _ g1: V, _ g2: V) -> V where V.Scalar ==
 func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec) -> (FVec, FVec, FVec) {
     let s12 = u1 + u2, d12 = u1 - u2, s34 = u3 + u4, d34 = u3 - u4
     let sixth = FVec(repeating: 1.0 / 6)
-    return (FVec(repeating: 0.25) * u0 - sixth * s12 + FVec(repeating: 1.0 / 24) * s34,
-            sixth * (FVec(repeating: 0.5) * d34 - d12),
-            sixth * (s34 - s12) + u5)
+    return (
+        FVec(repeating: 0.25) * u0 - sixth * s12 + FVec(repeating: 1.0 / 24) * s34,
+        sixth * (FVec(repeating: 0.5) * d34 - d12),
+        sixth * (s34 - s12) + u5
+    )
 }
 
 // MARK: - Tiles
@@ -216,11 +225,14 @@ func wgGT(_ u0: FVec, _ u1: FVec, _ u2: FVec, _ u3: FVec, _ u4: FVec, _ u5: FVec
 /// The 6x6 input pixels of `tile` (n, ty, tx order; one pixel of padding): a pointer to each pixel's
 /// C channels, or to `zero` (C zeros) outside the image, so the transform loads without branches.
 @inline(__always)
-func wgTilePointers(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int, zero: UnsafeMutablePointer<Float>,
-                    into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
+func wgTilePointers(
+    _ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int, zero: UnsafeMutablePointer<Float>,
+    into src: UnsafeMutablePointer<UnsafePointer<Float>>
+) {
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
-    wgWindowPointers(x, image: b, row: ty * wgOut - 1, column: tx * wgOut - 1, edge: wgIn, H: H, W: W, C: C,
-                     zero: zero, into: src)
+    wgWindowPointers(
+        x, image: b, row: ty * wgOut - 1, column: tx * wgOut - 1, edge: wgIn, H: H, W: W, C: C,
+        zero: zero, into: src)
 }
 
 /// Tiles ahead of the one being transformed whose pixels the transforms ask the cache for: a tile's
@@ -230,8 +242,10 @@ let wgPrefetchDistance = 2
 /// Asks the cache for rows r0..<r0+rows, columns c0..<c1 of image b (C channels per pixel, clipped
 /// to the H x W image), one request per cache line.
 @inline(__always)
-func wgPrefetchWindow(_ x: UnsafePointer<Float>, image b: Int, row r0: Int, rows: Int, columns c0: Int, _ c1: Int,
-                      H: Int, W: Int, C: Int) {
+func wgPrefetchWindow(
+    _ x: UnsafePointer<Float>, image b: Int, row r0: Int, rows: Int, columns c0: Int, _ c1: Int,
+    H: Int, W: Int, C: Int
+) {
     let lo = max(c0, 0), hi = min(c1, W)
     if lo >= hi { return }
     let bytes = (hi - lo) * C * MemoryLayout<Float>.stride
@@ -247,15 +261,18 @@ func wgPrefetchWindow(_ x: UnsafePointer<Float>, image b: Int, row r0: Int, rows
 @inline(__always)
 func wgPrefetchTile(_ x: UnsafePointer<Float>, tile: Int, H: Int, W: Int, C: Int) {
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(H, wgOut), ceilDiv(W, wgOut))
-    wgPrefetchWindow(x, image: b, row: ty * wgOut - 1, rows: wgIn, columns: tx * wgOut + (tx == 0 ? -1 : 1),
-                     tx * wgOut + wgIn - 1, H: H, W: W, C: C)
+    wgPrefetchWindow(
+        x, image: b, row: ty * wgOut - 1, rows: wgIn, columns: tx * wgOut + (tx == 0 ? -1 : 1),
+        tx * wgOut + wgIn - 1, H: H, W: W, C: C)
 }
 
 /// src[i * edge + j] = the pixel (row + i, column + j) of image b (its C channels), or `zero` outside
 /// the image: the input window of one tile (6x6 for F(4x4, 3x3), 9x9 for the stride-2 forward).
 @inline(__always)
-func wgWindowPointers(_ x: UnsafePointer<Float>, image b: Int, row ih0: Int, column iw0: Int, edge: Int, H: Int, W: Int,
-                      C: Int, zero: UnsafeMutablePointer<Float>, into src: UnsafeMutablePointer<UnsafePointer<Float>>) {
+func wgWindowPointers(
+    _ x: UnsafePointer<Float>, image b: Int, row ih0: Int, column iw0: Int, edge: Int, H: Int, W: Int,
+    C: Int, zero: UnsafeMutablePointer<Float>, into src: UnsafeMutablePointer<UnsafePointer<Float>>
+) {
     let z = UnsafePointer(zero)
     for i in 0..<edge {
         let ih = ih0 + i
@@ -272,23 +289,28 @@ func wgWindowPointers(_ x: UnsafePointer<Float>, image b: Int, row ih0: Int, col
 /// rows per register tile; the last tile repeats the last row, so `out` needs room up to the next
 /// multiple of 6 rows.
 @inline(__always)
-func wgMultiplyRows(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
-                    panel: UnsafePointer<Float>, depth: Int) {
+func wgMultiplyRows(
+    _ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int, stride: Int,
+    panel: UnsafePointer<Float>, depth: Int
+) {
     if wideTiles { wideMultiplyRows(out, a, count: count, stride: stride, panel: panel, depth: depth); return }
     let last = a + (count - 1) * stride
     var r0 = 0
     while r0 < count {
         func row(_ i: Int) -> UnsafePointer<Float> { r0 + i < count ? a + (r0 + i) * stride : last }
-        convTapLoop(out + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, depth, fresh: true,
-                    segments: 1, segmentStride: 0)
+        convTapLoop(
+            out + r0 * convColBlock, row(0), row(1), row(2), row(3), row(4), row(5), panel, depth, fresh: true,
+            segments: 1, segmentStride: 0)
         r0 += convTileRows
     }
 }
 
 /// Stores (or adds) the first `cols` of a row of 4 outputs, `K` floats apart, `lanes` channels each.
 @inline(__always)
-func wgStoreRow<V: SIMD>(_ r: (V, V, V, V), _ o: UnsafeMutablePointer<Float>, K: Int, cols: Int, lanes: Int,
-                         accumulate: Bool) where V.Scalar == Float {
+func wgStoreRow<V: SIMD>(
+    _ r: (V, V, V, V), _ o: UnsafeMutablePointer<Float>, K: Int, cols: Int, lanes: Int,
+    accumulate: Bool
+) where V.Scalar == Float {
     wgStore(r.0, o, lanes, accumulate)
     if cols > 1 { wgStore(r.1, o + K, lanes, accumulate) }
     if cols > 2 { wgStore(r.2, o + 2 * K, lanes, accumulate) }
@@ -311,19 +333,25 @@ struct WGChannelBlocks {
 /// out[(i - firstRow) * 6 + j][c] (point stride `pointStride`) = (B^T d B)[i][j] over the tile's
 /// channels, for point rows firstRow..<firstRow+rowCount (channel c at wgChannelOffset). `temp`: 36 vectors.
 @inline(__always)
-func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                 out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
-                 blocks: WGChannelBlocks? = nil) {
+func wgInputTile(
+    _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
+    out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
+    blocks: WGChannelBlocks? = nil
+) {
     var c0 = 0
     let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
     while wideTiles && c0 + RVec.scalarCount <= C {
         let n = RVec.scalarCount
-        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gloadN(src[k] + c0, n) }
+        wgInputLane(TW, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
+            gloadN(src[k] + c0, n)
+        }
         c0 += n
     }
     while c0 < C {
         let cn = min(fvecWidth, C - c0)
-        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in gloadN(src[k] + c0, cn) }
+        wgInputLane(T, out + wgChannelOffset(c0, blocks), pointStride, firstRow, rowCount) { k in
+            gloadN(src[k] + c0, cn)
+        }
         c0 += fvecWidth
     }
 }
@@ -332,32 +360,38 @@ func wgInputTile(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: 
 /// pixels that point at `zero`), with this tile's group's mean and scale rows: bnAffine, as bnApply,
 /// so d has the bits of a written batch-norm output.
 @inline(__always)
-func wgInputTileAffine(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
-                       out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
-                       mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                       zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil) {
+func wgInputTileAffine(
+    _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int, temp T: UnsafeMutablePointer<FVec>,
+    out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int, rowCount: Int,
+    mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+    zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil
+) {
     var c0 = 0
     let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
     while wideTiles && c0 + RVec.scalarCount <= C {
-        wgInputLaneAffine(src, c0: c0, n: RVec.scalarCount, temp: TW, out: out + wgChannelOffset(c0, blocks),
-                          pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
-                          shift: shift, zero: zero)
+        wgInputLaneAffine(
+            src, c0: c0, n: RVec.scalarCount, temp: TW, out: out + wgChannelOffset(c0, blocks),
+            pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
+            shift: shift, zero: zero)
         c0 += RVec.scalarCount
     }
     while c0 < C {
-        wgInputLaneAffine(src, c0: c0, n: min(fvecWidth, C - c0), temp: T, out: out + wgChannelOffset(c0, blocks),
-                          pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
-                          shift: shift, zero: zero)
+        wgInputLaneAffine(
+            src, c0: c0, n: min(fvecWidth, C - c0), temp: T, out: out + wgChannelOffset(c0, blocks),
+            pointStride: pointStride, firstRow: firstRow, rowCount: rowCount, mean: mean, scale: scale,
+            shift: shift, zero: zero)
         c0 += fvecWidth
     }
 }
 
 /// wgInputTileAffine's lanes c0..<c0+n (one vector of V; mean and scale padded to whole vectors).
 @inline(__always)
-func wgInputLaneAffine<V: FloatVector>(_ src: UnsafeMutablePointer<UnsafePointer<Float>>, c0: Int, n: Int,
-                                       temp T: UnsafeMutablePointer<V>, out: UnsafeMutablePointer<Float>, pointStride: Int,
-                                       firstRow: Int, rowCount: Int, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                                       shift: UnsafePointer<Float>, zero: UnsafePointer<Float>) {
+func wgInputLaneAffine<V: FloatVector>(
+    _ src: UnsafeMutablePointer<UnsafePointer<Float>>, c0: Int, n: Int,
+    temp T: UnsafeMutablePointer<V>, out: UnsafeMutablePointer<Float>, pointStride: Int,
+    firstRow: Int, rowCount: Int, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+    shift: UnsafePointer<Float>, zero: UnsafePointer<Float>
+) {
     let mu: V = gload(mean + c0), sc: V = gload(scale + c0), sh: V = gloadN(shift + c0, n)
     wgInputLane(T, out, pointStride, firstRow, rowCount) { k in
         src[k] == zero ? V() : bnAffine(centred: gloadN(src[k] + c0, n) - mu, scale: sc, shift: sh).relu()
@@ -367,8 +401,10 @@ func wgInputLaneAffine<V: FloatVector>(_ src: UnsafeMutablePointer<UnsafePointer
 /// The two passes of B^T d B for one vector of channels, d[k] = ld(k) (k = 6 i + j), into out[point]
 /// for point rows firstRow..<firstRow+rowCount.
 @inline(__always)
-func wgInputLane<V: SIMD>(_ T: UnsafeMutablePointer<V>, _ out: UnsafeMutablePointer<Float>, _ pointStride: Int,
-                          _ firstRow: Int, _ rowCount: Int, _ ld: (Int) -> V) where V.Scalar == Float {
+func wgInputLane<V: SIMD>(
+    _ T: UnsafeMutablePointer<V>, _ out: UnsafeMutablePointer<Float>, _ pointStride: Int,
+    _ firstRow: Int, _ rowCount: Int, _ ld: (Int) -> V
+) where V.Scalar == Float {
     for j in 0..<wgIn {
         let r = wgBT(ld(j), ld(6 + j), ld(12 + j), ld(18 + j), ld(24 + j), ld(30 + j))
         T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
@@ -389,8 +425,10 @@ func wgInputLane<V: SIMD>(_ T: UnsafeMutablePointer<V>, _ out: UnsafeMutablePoin
 public struct ConvInputAffine {
     public var mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>
     public var groupStride: Int, imagesPerGroup: Int
-    public init(mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                groupStride: Int, imagesPerGroup: Int) {
+    public init(
+        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+        groupStride: Int, imagesPerGroup: Int
+    ) {
         precondition(imagesPerGroup > 0, "an input affine needs at least one image per group")
         self.mean = mean; self.scale = scale; self.shift = shift
         self.groupStride = groupStride; self.imagesPerGroup = imagesPerGroup
@@ -399,13 +437,16 @@ public struct ConvInputAffine {
     /// The transform of `tile` (th x tw tiles per image) with its image's group's rows
     /// (wgInputTileAffine; `src` from wgTilePointers with `zero`).
     @inline(__always)
-    func inputTile(_ tile: Int, tilesPerImage: Int, _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int,
-                   temp T: UnsafeMutablePointer<FVec>, out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int,
-                   rowCount: Int, zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil) {
+    func inputTile(
+        _ tile: Int, tilesPerImage: Int, _ src: UnsafeMutablePointer<UnsafePointer<Float>>, channels C: Int,
+        temp T: UnsafeMutablePointer<FVec>, out: UnsafeMutablePointer<Float>, pointStride: Int, firstRow: Int,
+        rowCount: Int, zero: UnsafePointer<Float>, blocks: WGChannelBlocks? = nil
+    ) {
         let g = tile / tilesPerImage / imagesPerGroup
-        wgInputTileAffine(src, channels: C, temp: T, out: out, pointStride: pointStride, firstRow: firstRow,
-                          rowCount: rowCount, mean: mean + g * groupStride, scale: scale + g * groupStride, shift: shift,
-                          zero: zero, blocks: blocks)
+        wgInputTileAffine(
+            src, channels: C, temp: T, out: out, pointStride: pointStride, firstRow: firstRow,
+            rowCount: rowCount, mean: mean + g * groupStride, scale: scale + g * groupStride, shift: shift,
+            zero: zero, blocks: blocks)
     }
 }
 
@@ -415,8 +456,10 @@ public struct ConvInputAffine {
 /// backward-data kernel, w'[c][k][r][s] = w[k][c][2-r][2-s], i.e. U' [36][C/16][K][16] per point).
 /// Shapes whose transform is fused into the forward (wgFusedWeights) get the untransformed kernels
 /// in the same panel order instead, [K/16][C][9 taps][16], which the forward transforms row by row.
-func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
-                   packed out: UnsafeMutablePointer<Float>) {
+func wgPackWeights(
+    _ sh: Conv2DShape, weights w: UnsafePointer<Float>, transposed: Bool,
+    packed out: UnsafeMutablePointer<Float>
+) {
     // The packed kernel maps `inC` channels to `outC` channels.
     let inC = transposed ? sh.k : sh.c, outC = transposed ? sh.c : sh.k
     let packedShape = transposed ? sh.transposedWinograd : sh, fused = packedShape.wgFusedWeights
@@ -427,15 +470,18 @@ func wgPackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, transpose
             for item in lo..<hi {
                 let b = item / cChunks, c0 = (item % cChunks) * wgPackChannels, c1 = min(c0 + wgPackChannels, inC)
                 if fused {
-                    wgGatherKernelChunk(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
-                                        into: out + (b * inC + c0) * 9 * convColBlock)
+                    wgGatherKernelChunk(
+                        w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
+                        into: out + (b * inC + c0) * 9 * convColBlock)
                 } else {
-                    wgGatherKernelChunk(w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
-                                        into: buf.baseAddress!)
+                    wgGatherKernelChunk(
+                        w, inC: inC, outC: outC, transposed: transposed, block: b, c0: c0, c1: c1,
+                        into: buf.baseAddress!)
                     for i in 0..<wgIn {
-                        wgTransformKernelRow(buf.baseAddress!, channels: c1 - c0, row: i,
-                                             out: out + b * inC * convColBlock + i * wgIn * pointStride + c0 * convColBlock,
-                                             pointStride: pointStride)
+                        wgTransformKernelRow(
+                            buf.baseAddress!, channels: c1 - c0, row: i,
+                            out: out + b * inC * convColBlock + i * wgIn * pointStride + c0 * convColBlock,
+                            pointStride: pointStride)
                     }
                 }
             }
@@ -457,16 +503,19 @@ let wgTransformScratch = wgPackChannels * 9 * convColBlock
 /// channel after channel). Forward weights of a whole block of 16 output channels are 16 rows of
 /// (c1 - c0) * 9 consecutive floats in OIHW, so the gather is one transpose (sal_transpose16).
 @inline(__always)
-func wgGatherKernelChunk(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
-                         into g: UnsafeMutablePointer<Float>) {
+func wgGatherKernelChunk(
+    _ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, c0: Int, c1: Int,
+    into g: UnsafeMutablePointer<Float>
+) {
     let o0 = b * convColBlock
     if !transposed && o0 + convColBlock <= outC {
         sal_transpose16(w + (o0 * inC + c0) * 9, inC * 9, (c1 - c0) * 9, g)
         return
     }
     for ci in c0..<c1 {
-        wgGatherKernels(w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci,
-                        into: g + (ci - c0) * 9 * convColBlock)
+        wgGatherKernels(
+            w, inC: inC, outC: outC, transposed: transposed, block: b, channel: ci,
+            into: g + (ci - c0) * 9 * convColBlock)
     }
 }
 
@@ -474,8 +523,10 @@ func wgGatherKernelChunk(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transpo
 /// taps in row-major order; OIHW [outC][inC][3][3], or when `transposed` the original [inC][outC][3][3]
 /// read flipped (backward-data).
 @inline(__always)
-func wgGatherKernels(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, channel ci: Int,
-                     into g: UnsafeMutablePointer<Float>) {
+func wgGatherKernels(
+    _ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed: Bool, block b: Int, channel ci: Int,
+    into g: UnsafeMutablePointer<Float>
+) {
     let o0 = b * convColBlock, on = min(convColBlock, outC - o0)
     if on < convColBlock { g.initialize(repeating: 0, count: 9 * convColBlock) }
     if transposed {
@@ -493,12 +544,15 @@ func wgGatherKernels(_ w: UnsafePointer<Float>, inC: Int, outC: Int, transposed:
 /// [C][9][16]: out[j * pointStride + ci * 16 + lane] = (G g G^T)[row][j]. Packing (one channel at a
 /// time) and the fused forward both transform through it, so the two give the same bits.
 @inline(__always)
-func wgTransformKernelRow(_ panel: UnsafePointer<Float>, channels C: Int, row i: Int, out: UnsafeMutablePointer<Float>,
-                          pointStride: Int) {
+func wgTransformKernelRow(
+    _ panel: UnsafePointer<Float>, channels C: Int, row i: Int, out: UnsafeMutablePointer<Float>,
+    pointStride: Int
+) {
     @inline(__always) func lanes<V: SIMD>(_ g: UnsafePointer<Float>, _ base: UnsafeMutablePointer<Float>, _: V.Type)
-        where V.Scalar == Float {
+    where V.Scalar == Float {
         @inline(__always) func tap(_ t: Int) -> V { gload(g + t * convColBlock) }
-        let r = wgG(wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)), wgGRow(i, tap(2), tap(5), tap(8)))
+        let r = wgG(
+            wgGRow(i, tap(0), tap(3), tap(6)), wgGRow(i, tap(1), tap(4), tap(7)), wgGRow(i, tap(2), tap(5), tap(8)))
         gstore(r.0, base); gstore(r.1, base + pointStride); gstore(r.2, base + 2 * pointStride)
         gstore(r.3, base + 3 * pointStride); gstore(r.4, base + 4 * pointStride); gstore(r.5, base + 5 * pointStride)
     }
@@ -533,9 +587,11 @@ public struct ConvOutputSums {
 /// y (= or +=) conv3x3(x) for a Winograd shape; `packed` from wgPackWeights of this shape.
 /// With fused weights `packed` holds the untransformed kernels [K/16][C][9][16].
 /// With `affine`, the input is x' of ConvInputAffine, not x.
-func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
-               output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
-               affine: ConvInputAffine? = nil, sums: ConvOutputSums? = nil) {
+func wgForward(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+    affine: ConvInputAffine? = nil, sums: ConvOutputSums? = nil
+) {
     precondition(sums == nil || !accumulate, "output sums need a written (not accumulated) output")
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let sumStride = ConvOutputSums.stride(sh)
@@ -565,13 +621,17 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let zero = (base + plan.offZero).bindMemory(to: Float.self, capacity: cp)
         zero.initialize(repeating: 0, count: cp)
         for ti in lo..<hi {
-            if t0 + ti + wgPrefetchDistance < tiles { wgPrefetchTile(x, tile: t0 + ti + wgPrefetchDistance, H: H, W: W, C: C) }
+            if t0 + ti + wgPrefetchDistance < tiles {
+                wgPrefetchTile(x, tile: t0 + ti + wgPrefetchDistance, H: H, W: W, C: C)
+            }
             wgTilePointers(x, tile: t0 + ti, H: H, W: W, C: C, zero: zero, into: src)
             if let a = affine {
-                a.inputTile(t0 + ti, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
-                            firstRow: 0, rowCount: wgIn, zero: UnsafePointer(zero))
+                a.inputTile(
+                    t0 + ti, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV,
+                    firstRow: 0, rowCount: wgIn, zero: UnsafePointer(zero))
             } else {
-                wgInputTile(src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
+                wgInputTile(
+                    src, channels: C, temp: T, out: V + ti * cs, pointStride: pointV, firstRow: 0, rowCount: wgIn)
             }
         }
     }
@@ -586,14 +646,16 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
         let (t0, nt) = tileRange(blk)
         // 2. 36 GEMMs: M[point][kb][tile][16] = V[point][tile][:] x U[point][kb][:][16].
         func gemm(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>) {
-            wgMultiplyRows(M + pt * pointM + (b - kbLo) * tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
-                           stride: cs, panel: panel, depth: C)
+            wgMultiplyRows(
+                M + pt * pointM + (b - kbLo) * tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt,
+                stride: cs, panel: panel, depth: C)
         }
         /// Blocks b and b + 1 at once (wide tiles: both in each register tile).
         func gemmPair(_ pt: Int, _ b: Int, _ panel: UnsafePointer<Float>, _ panel2: UnsafePointer<Float>) {
             let o = M + pt * pointM + (b - kbLo) * tbMax * convColBlock
-            wideMultiplyRowsPair(o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt, stride: cs,
-                                 panel: panel, panel2: panel2, depth: C)
+            wideMultiplyRowsPair(
+                o, o + tbMax * convColBlock, UnsafePointer(V + pt * pointV), count: nt, stride: cs,
+                panel: panel, panel2: panel2, depth: C)
         }
         if fused {
             // One row of 6 points at a time, so this row's V (6 x tiles x C) stays in L2 while each
@@ -609,8 +671,11 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
             func rowOfPair(_ i: Int, _ b: Int) {
                 let Ub2 = Ub + wgIn * rowStride
                 wgTransformKernelRow(u + b * C * 9 * convColBlock, channels: C, row: i, out: Ub, pointStride: rowStride)
-                wgTransformKernelRow(u + (b + 1) * C * 9 * convColBlock, channels: C, row: i, out: Ub2, pointStride: rowStride)
-                for j in 0..<wgIn { gemmPair(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride), UnsafePointer(Ub2 + j * rowStride)) }
+                wgTransformKernelRow(
+                    u + (b + 1) * C * 9 * convColBlock, channels: C, row: i, out: Ub2, pointStride: rowStride)
+                for j in 0..<wgIn {
+                    gemmPair(i * wgIn + j, b, UnsafePointer(Ub + j * rowStride), UnsafePointer(Ub2 + j * rowStride))
+                }
             }
             /// Row i of the blocks from b on: in pairs with wide tiles.
             func rowOfBlocks(_ i: Int, _ lo: Int, _ hi: Int) {
@@ -627,7 +692,7 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 while b < kbHi {
                     let panel = u + pt * pointStride + b * C * convColBlock
                     if wideTiles && b + 1 < kbHi {
-                        gemmPair(pt, b, panel, panel + C * convColBlock)   // the next block's panel C * 16 floats on
+                        gemmPair(pt, b, panel, panel + C * convColBlock)  // the next block's panel C * 16 floats on
                         b += 2
                     } else {
                         gemm(pt, b, panel)
@@ -645,18 +710,24 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
                 let k0 = bi * convColBlock, kn = min(convColBlock, K - k0)
                 let mt = M + (bi - kbLo) * tbMax * convColBlock + ti * convColBlock
                 let o = y + ((b * H + oh0) * W + ow0) * K + k0
-                let st = sums.map { (sums: $0.sums + (t0 + ti) * 2 * sumStride + k0, shift: $0.shift + k0, stride: sumStride) }
+                let st = sums.map {
+                    (sums: $0.sums + (t0 + ti) * 2 * sumStride + k0, shift: $0.shift + k0, stride: sumStride)
+                }
                 if wideTiles && kn == convColBlock {
-                    wgOutputTile(mt, pointM: pointM, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self), o,
-                                 rowStride: W * K, K: K, rows: rows, cols: cols, lanes: convColBlock, accumulate: accumulate,
-                                 sums: st)
+                    wgOutputTile(
+                        mt, pointM: pointM, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self), o,
+                        rowStride: W * K, K: K, rows: rows, cols: cols, lanes: convColBlock, accumulate: accumulate,
+                        sums: st)
                     continue
                 }
                 for h in 0..<2 where h * fvecWidth < kn {
-                    let sh = st.map { (sums: $0.sums + h * fvecWidth, shift: $0.shift + h * fvecWidth, stride: $0.stride) }
-                    wgOutputTile(mt + h * fvecWidth, pointM: pointM, T, o + h * fvecWidth, rowStride: W * K, K: K,
-                                 rows: rows, cols: cols, lanes: min(fvecWidth, kn - h * fvecWidth), accumulate: accumulate,
-                                 sums: sh)
+                    let sh = st.map {
+                        (sums: $0.sums + h * fvecWidth, shift: $0.shift + h * fvecWidth, stride: $0.stride)
+                    }
+                    wgOutputTile(
+                        mt + h * fvecWidth, pointM: pointM, T, o + h * fvecWidth, rowStride: W * K, K: K,
+                        rows: rows, cols: cols, lanes: min(fvecWidth, kn - h * fvecWidth), accumulate: accumulate,
+                        sums: sh)
                 }
             }
         }
@@ -694,15 +765,18 @@ func wgForward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsaf
 /// for the first rows x cols outputs (rows `rowStride` floats apart, columns K), `lanes` channels,
 /// from the tile's 36 points `pointM` floats apart; `T`: 24 vectors of scratch.
 @inline(__always)
-func wgOutputTile<V: SIMD>(_ m: UnsafePointer<Float>, pointM: Int, _ T: UnsafeMutablePointer<V>,
-                           _ o: UnsafeMutablePointer<Float>, rowStride: Int, K: Int, rows: Int, cols: Int, lanes: Int,
-                           accumulate: Bool,
-                           sums: (sums: UnsafeMutablePointer<Float>, shift: UnsafePointer<Float>, stride: Int)? = nil)
-    where V.Scalar == Float {
+func wgOutputTile<V: SIMD>(
+    _ m: UnsafePointer<Float>, pointM: Int, _ T: UnsafeMutablePointer<V>,
+    _ o: UnsafeMutablePointer<Float>, rowStride: Int, K: Int, rows: Int, cols: Int, lanes: Int,
+    accumulate: Bool,
+    sums: (sums: UnsafeMutablePointer<Float>, shift: UnsafePointer<Float>, stride: Int)? = nil
+)
+where V.Scalar == Float {
     for j in 0..<wgIn {
         let mj = m + j * pointM
-        let r = wgAT(gload(mj) as V, gload(mj + 6 * pointM), gload(mj + 12 * pointM),
-                     gload(mj + 18 * pointM), gload(mj + 24 * pointM), gload(mj + 30 * pointM))
+        let r = wgAT(
+            gload(mj) as V, gload(mj + 6 * pointM), gload(mj + 12 * pointM),
+            gload(mj + 18 * pointM), gload(mj + 24 * pointM), gload(mj + 30 * pointM))
         T[0 * 6 + j] = r.0; T[1 * 6 + j] = r.1; T[2 * 6 + j] = r.2; T[3 * 6 + j] = r.3
     }
     // With ConvOutputSums: Σ d and Σ d² of d = y - shift over the tile's pixels, row by row.
@@ -736,8 +810,10 @@ func wgStore<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, _ n: Int, _ accu
 // MARK: - Backward weights
 
 /// The G row coefficients: dW[r][s] = sum over i, j of G[i][r] G[j][s] dU[i][j].
-let wgGRows: [(Float, Float, Float)] = [(0.25, 0, 0), (-1.0 / 6, -1.0 / 6, -1.0 / 6), (-1.0 / 6, 1.0 / 6, -1.0 / 6),
-                                        (1.0 / 24, 1.0 / 12, 1.0 / 6), (1.0 / 24, -1.0 / 12, 1.0 / 6), (0, 0, 1)]
+let wgGRows: [(Float, Float, Float)] = [
+    (0.25, 0, 0), (-1.0 / 6, -1.0 / 6, -1.0 / 6), (-1.0 / 6, 1.0 / 6, -1.0 / 6),
+    (1.0 / 24, 1.0 / 12, 1.0 / 6), (1.0 / 24, -1.0 / 12, 1.0 / 6), (0, 0, 1)
+]
 
 extension Conv2DShape {
     /// Backward-weights plan: rows of the 6x6 point grid per pass (dU of one pass within ~8 MB, so
@@ -789,9 +865,11 @@ extension Conv2DShape {
         // block's partial sums [C][16] (all tiles: one item's dU [36][cBlock][16]).
         let cBlock = cp <= wgBackwardCBlockWhole ? cp : wgBackwardCBlock
         let cPadded = ceilDiv(c, cBlock) * cBlock
-        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cPadded, yCount = pts * tb * kp
-        var p = WGBackwardWeightPlan(rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
-                                     zeroCount: max(cp, kp), cBlock: cBlock)
+        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cPadded,
+            yCount = pts * tb * kp
+        var p = WGBackwardWeightPlan(
+            rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
+            zeroCount: max(cp, kp), cBlock: cBlock)
         p.allTiles = allTiles
         p.ownSumThreads = ownSums ? t : 0
         p.rowGroups = groups
@@ -871,9 +949,11 @@ struct WGBackwardWeightPlan {
 
 /// dW (= or +=) the gradient of a Winograd-shape convolution's weights.
 /// With `affine`, the input is x' of ConvInputAffine, not x.
-func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
-                      gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
-                      affine: ConvInputAffine? = nil) {
+func wgBackwardWeight(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
+    affine: ConvInputAffine? = nil
+) {
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
@@ -888,24 +968,30 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
     @inline(__always) func mine(_ thread: Int) -> UnsafeMutableRawPointer { perThreadBase + thread * perThread }
     /// V = B^T x B and Y = A dy A^T of `tile` (row ti of its block), point rows row0..<row0+rowsPerPass,
     /// with `thread`'s temporaries.
-    func transformTile(_ tile: Int, _ ti: Int, _ row0: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
-                       thread: Int) {
+    func transformTile(
+        _ tile: Int, _ ti: Int, _ row0: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
+        thread: Int
+    ) {
         let T = mine(thread).bindMemory(to: FVec.self, capacity: wgPoints)
         let src = (mine(thread) + plan.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: wgPoints)
-        let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount), z = UnsafePointer(zero)
+        let zero = (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount),
+            z = UnsafePointer(zero)
         if tile + wgPrefetchDistance < tiles {
             let ahead = tile + wgPrefetchDistance
             wgPrefetchTile(x, tile: ahead, H: H, W: W, C: C)
             let (b, ty, tx) = wgTileOrigin(ahead, th, tw)
-            wgPrefetchWindow(dy, image: b, row: ty * wgOut, rows: wgOut, columns: tx * wgOut, tx * wgOut + wgOut, H: H, W: W, C: K)
+            wgPrefetchWindow(
+                dy, image: b, row: ty * wgOut, rows: wgOut, columns: tx * wgOut, tx * wgOut + wgOut, H: H, W: W, C: K)
         }
         wgTilePointers(x, tile: tile, H: H, W: W, C: C, zero: zero, into: src)
         if let affine {
-            affine.inputTile(tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV,
-                             firstRow: row0, rowCount: plan.rowsPerPass, zero: z, blocks: vBlocks)
+            affine.inputTile(
+                tile, tilesPerImage: th * tw, src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV,
+                firstRow: row0, rowCount: plan.rowsPerPass, zero: z, blocks: vBlocks)
         } else {
-            wgInputTile(src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV, firstRow: row0,
-                        rowCount: plan.rowsPerPass, blocks: vBlocks)
+            wgInputTile(
+                src, channels: C, temp: T, out: V + ti * cBlk, pointStride: pointV, firstRow: row0,
+                rowCount: plan.rowsPerPass, blocks: vBlocks)
         }
         // dy's 4x4 tile (zero past the image).
         let (b, ty, tx) = wgTileOrigin(tile, th, tw)
@@ -917,14 +1003,15 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         }
         /// Output channels k0..<k0 + W.scalarCount (within one block of 16) of Y's points.
         @inline(__always) func lane<W: SIMD>(_ k0: Int, _ T: UnsafeMutablePointer<W>, _ ld: (Int) -> W)
-            where W.Scalar == Float {
+        where W.Scalar == Float {
             for j in 0..<wgOut {
                 let r = wgA(ld(j), ld(4 + j), ld(8 + j), ld(12 + j))
                 T[j] = r.0; T[6 + j] = r.1; T[12 + j] = r.2; T[18 + j] = r.3; T[24 + j] = r.4; T[30 + j] = r.5
             }
             for i in row0..<(row0 + plan.rowsPerPass) {
                 let r = wgA(T[i * 6], T[i * 6 + 1], T[i * 6 + 2], T[i * 6 + 3])
-                let p = Y + ((i - row0) * 6) * pointY + (k0 / convColBlock) * tb * convColBlock + ti * convColBlock
+                let p =
+                    Y + ((i - row0) * 6) * pointY + (k0 / convColBlock) * tb * convColBlock + ti * convColBlock
                     + k0 % convColBlock
                 gstore(r.0, p); gstore(r.1, p + pointY); gstore(r.2, p + 2 * pointY)
                 gstore(r.3, p + 3 * pointY); gstore(r.4, p + 4 * pointY); gstore(r.5, p + 5 * pointY)
@@ -937,19 +1024,23 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
         }
         while k0 < kp {
             let kn = max(0, min(fvecWidth, K - k0))
-            lane(k0, T) { q in kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn)) }
+            lane(k0, T) { q in kn == fvecWidth ? vload(src[q] + k0) : (kn == 0 ? FVec() : vloadPartial(src[q] + k0, kn))
+            }
             k0 += fvecWidth
         }
     }
     func zeroRow(_ thread: Int) {
-        (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount).initialize(repeating: 0, count: zeroCount)
+        (mine(thread) + plan.offZero).bindMemory(to: Float.self, capacity: zeroCount).initialize(
+            repeating: 0, count: zeroCount)
     }
     /// u[point pt][c][k0..<k0+16] += V[pt]^T Y[pt] over a block of nt tiles. A block after the first
     /// sums from zero into `thread`'s partial sums, then joins u: float rounding grows with the
     /// length of a sum, and this keeps it to one block.
     /// (`pair`: output channels k0..<k0+32, two blocks at once with wide tiles.)
-    func sumBlock(_ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
-                    u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, pair: Bool = false) {
+    func sumBlock(
+        _ pt: Int, _ k0: Int, _ nt: Int, V: UnsafeMutablePointer<Float>, Y: UnsafeMutablePointer<Float>,
+        u dUBase: UnsafeMutablePointer<Float>, first: Bool, thread: Int, pair: Bool = false
+    ) {
         let w = pair ? 2 * convColBlock : convColBlock
         let part = (mine(thread) + plan.offPart).bindMemory(to: Float.self, capacity: C * w)
         let u = dUBase + pt * pointU + k0
@@ -960,10 +1051,12 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             let panel = UnsafePointer(V + pt * pointV + cb * tb * cBlk)
             let acc = first ? u + cLo * kp : part + cLo * w, Kp = first ? kp : w
             if pair {
-                weightTilesStridedPair(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dy2: dyPanel + tb * convColBlock,
-                                       dyStride: convColBlock, acc: acc, acc2: acc + convColBlock, Kp: Kp)
+                weightTilesStridedPair(
+                    x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dy2: dyPanel + tb * convColBlock,
+                    dyStride: convColBlock, acc: acc, acc2: acc + convColBlock, Kp: Kp)
             } else {
-                weightTilesStrided(x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dyStride: convColBlock, acc: acc, Kp: Kp)
+                weightTilesStrided(
+                    x: panel, xStride: cBlk, np: nt, C: cn, dy: dyPanel, dyStride: convColBlock, acc: acc, Kp: Kp)
             }
         }
         if !first {
@@ -993,8 +1086,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
                     }
                 }
                 for c in 0..<C {
-                    wgFoldPoints(UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: rows,
-                                 into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: acc)
+                    wgFoldPoints(
+                        UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: rows,
+                        into: dw + (k0 * C + c) * 9, outputs: kn, outputStride: C * 9, accumulate: acc)
                 }
             }
         }
@@ -1006,7 +1100,8 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             zeroRow(thread)
             for ti in lo..<hi { transformTile(ti, ti, 0, V: V, Y: Y, thread: thread) }
         }
-        wgBackwardWeightAllTiles(sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
+        wgBackwardWeightAllTiles(
+            sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
         return
     }
     /// u (pts points of dU, zeroed first) = V^T Y over tiles lo..<hi and point rows from row0, in blocks
@@ -1022,7 +1117,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: slot) }
             for pt in 0..<pts {
                 for b in stride(from: 0, to: kb, by: kStep) {
-                    sumBlock(pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot, pair: b + 1 < kb && kStep == 2)
+                    sumBlock(
+                        pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot,
+                        pair: b + 1 < kb && kStep == 2)
                 }
             }
             t0 += nt
@@ -1066,8 +1163,9 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
             parallelForDynamic(pts * kUnits, chunksPerThread: 8) { lo, hi, thread in
                 for item in lo..<hi {
                     let b = (item % kUnits) * kStep
-                    sumBlock(item / kUnits, b * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0, thread: thread,
-                             pair: b + 1 < kb && kStep == 2)
+                    sumBlock(
+                        item / kUnits, b * convColBlock, nt, V: V, Y: Y, u: dU, first: t0 == 0, thread: thread,
+                        pair: b + 1 < kb && kStep == 2)
                 }
             }
             t0 += nt
@@ -1080,9 +1178,11 @@ func wgBackwardWeight(_ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutp
 /// each item takes wgBackwardCBlock input channels x 16 output channels, sums its 36 points over all
 /// tiles into a per-thread dU [36][cBlock][16], and folds them into its part of dW. Every dW element
 /// belongs to one item, so the result does not depend on the schedule.
-func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: UnsafeMutablePointer<Float>,
-                              Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
-                              dw: UnsafeMutablePointer<Float>, accumulate: Bool) {
+func wgBackwardWeightAllTiles(
+    _ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: UnsafeMutablePointer<Float>,
+    Y: UnsafeMutablePointer<Float>, perThreadBase: UnsafeMutableRawPointer,
+    dw: UnsafeMutablePointer<Float>, accumulate: Bool
+) {
     let C = sh.c, K = sh.k, tiles = plan.tb, cBlk = plan.cBlock
     let kb = ceilDiv(K, convColBlock)
     let cBlocks = ceilDiv(C, cBlk)
@@ -1104,12 +1204,14 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                 let panel = UnsafePointer(V + pt * pointV + cb * tiles * cBlk)
                 let dyPanel = UnsafePointer(Y + pt * pointY + k0 * tiles)
                 if pair {
-                    weightTilesStridedPair(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel,
-                                           dy2: dyPanel + tiles * convColBlock, dyStride: convColBlock, acc: dU + pt * pointU,
-                                           acc2: dU2 + pt * pointU, Kp: convColBlock)
+                    weightTilesStridedPair(
+                        x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel,
+                        dy2: dyPanel + tiles * convColBlock, dyStride: convColBlock, acc: dU + pt * pointU,
+                        acc2: dU2 + pt * pointU, Kp: convColBlock)
                 } else {
-                    weightTilesStrided(x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel, dyStride: convColBlock,
-                                       acc: dU + pt * pointU, Kp: convColBlock)
+                    weightTilesStrided(
+                        x: panel, xStride: cBlk, np: tiles, C: cn, dy: dyPanel, dyStride: convColBlock,
+                        acc: dU + pt * pointU, Kp: convColBlock)
                 }
             }
             for half in 0..<(pair ? 2 : 1) {
@@ -1118,8 +1220,9 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
                     let kk = kb0 + h * fvecWidth, kn = min(fvecWidth, K - kk)
                     if kn <= 0 { continue }
                     for c in 0..<cn {
-                        wgFoldPoints(UnsafePointer(blockU + c * convColBlock + h * fvecWidth), pointU: pointU, rows: 0..<wgIn,
-                                     into: dw + (kk * C + cLo + c) * 9, outputs: kn, outputStride: C * 9, accumulate: accumulate)
+                        wgFoldPoints(
+                            UnsafePointer(blockU + c * convColBlock + h * fvecWidth), pointU: pointU, rows: 0..<wgIn,
+                            into: dw + (kk * C + cLo + c) * 9, outputs: kn, outputStride: C * 9, accumulate: accumulate)
                     }
                 }
             }
@@ -1131,15 +1234,18 @@ func wgBackwardWeightAllTiles(_ sh: Conv2DShape, plan: WGBackwardWeightPlan, V: 
 /// of point rows `rows` (dU[i][j] at u + ((i - rows.lowerBound) * 6 + j) * pointU, one vector of
 /// output channels each). Output channel l's 3x3 kernel is written at into + l * outputStride.
 @inline(__always)
-func wgFoldPoints(_ u: UnsafePointer<Float>, pointU: Int, rows: Range<Int>, into o: UnsafeMutablePointer<Float>,
-                  outputs: Int, outputStride: Int, accumulate: Bool) {
+func wgFoldPoints(
+    _ u: UnsafePointer<Float>, pointU: Int, rows: Range<Int>, into o: UnsafeMutablePointer<Float>,
+    outputs: Int, outputStride: Int, accumulate: Bool
+) {
     var acc = (FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec(), FVec())
     withUnsafeMutableBytes(of: &acc) { raw in
         let a = raw.bindMemory(to: FVec.self)
         for i in rows {
             let ui = u + ((i - rows.lowerBound) * 6) * pointU
-            let h = wgGT(vload(ui), vload(ui + pointU), vload(ui + 2 * pointU), vload(ui + 3 * pointU),
-                         vload(ui + 4 * pointU), vload(ui + 5 * pointU))
+            let h = wgGT(
+                vload(ui), vload(ui + pointU), vload(ui + 2 * pointU), vload(ui + 3 * pointU),
+                vload(ui + 4 * pointU), vload(ui + 5 * pointU))
             let g = wgGRows[i]
             for r in 0..<3 {
                 let gr = r == 0 ? g.0 : (r == 1 ? g.1 : g.2)

@@ -100,22 +100,26 @@ struct WS2Layout {
 func ws2BT<V: SIMD>(_ x: (V, V, V, V, V, V, V, V, V)) -> (V, V, V, V, V, V, V, V, V) where V.Scalar == Float {
     let o0 = x.0, o1 = x.2, o2 = x.4, o3 = x.6, o4 = x.8
     let two = V(repeating: 2), three = V(repeating: 3)
-    return (two * (o0 - o2) + (o3 - o1),
-            o3 - o2 - two * o1,
-            two * o1 - three * o2 + o3,
-            o3 - o1,
-            two * (o1 - o3) + (o4 - o2),
-            x.1, x.3, x.5, x.7)
+    return (
+        two * (o0 - o2) + (o3 - o1),
+        o3 - o2 - two * o1,
+        two * o1 - three * o2 + o3,
+        o3 - o1,
+        two * (o1 - o3) + (o4 - o2),
+        x.1, x.3, x.5, x.7
+    )
 }
 
 /// The 1-D output transform of 9 points: 4 outputs, A^T of the odd points plus the even points.
 @inline(__always)
 func ws2AT<V: SIMD>(_ m: (V, V, V, V, V, V, V, V, V)) -> (V, V, V, V) where V.Scalar == Float {
     let s12 = m.1 + m.2, d12 = m.1 - m.2
-    return (m.0 + s12 + m.3 + m.5,
-            d12 + V(repeating: 2) * m.3 + m.6,
-            s12 + V(repeating: 4) * m.3 + m.7,
-            d12 + V(repeating: 8) * m.3 + m.4 + m.8)
+    return (
+        m.0 + s12 + m.3 + m.5,
+        d12 + V(repeating: 2) * m.3 + m.6,
+        s12 + V(repeating: 4) * m.3 + m.7,
+        d12 + V(repeating: 8) * m.3 + m.4 + m.8
+    )
 }
 
 /// The 1-D kernel transform of 3 taps into the 6 classes: G (g0, g2) for the odd points, g1 for the even.
@@ -134,12 +138,15 @@ func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed o
             for item in lo..<hi {
                 let b0 = item / C, ci = item % C
                 if fused {
-                    wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci,
-                                    into: out + (b0 * C + ci) * 9 * convColBlock)
+                    wgGatherKernels(
+                        w, inC: C, outC: K, transposed: false, block: b0, channel: ci,
+                        into: out + (b0 * C + ci) * 9 * convColBlock)
                 } else {
-                    wgGatherKernels(w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: buf.baseAddress!)
-                    ws2TransformKernel(UnsafePointer(buf.baseAddress!), into: out + (b0 * C + ci) * convColBlock,
-                                       classStride: cs)
+                    wgGatherKernels(
+                        w, inC: C, outC: K, transposed: false, block: b0, channel: ci, into: buf.baseAddress!)
+                    ws2TransformKernel(
+                        UnsafePointer(buf.baseAddress!), into: out + (b0 * C + ci) * convColBlock,
+                        classStride: cs)
                 }
             }
         }
@@ -182,25 +189,33 @@ func ws2PointTable(_ first: UnsafeMutablePointer<Int>, tiles nt: Int, outputBloc
 
 /// Input transform of `tile` (row ti of its block) into V[class rows][cp].
 @inline(__always)
-func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti: Int, V: UnsafeMutablePointer<Float>,
-                  first: UnsafePointer<Int>, src: UnsafeMutablePointer<UnsafePointer<Float>>,
-                  temp T: UnsafeMutablePointer<FVec>, zero: UnsafeMutablePointer<Float>) {
+func ws2InputTile(
+    _ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti: Int, V: UnsafeMutablePointer<Float>,
+    first: UnsafePointer<Int>, src: UnsafeMutablePointer<UnsafePointer<Float>>,
+    temp T: UnsafeMutablePointer<FVec>, zero: UnsafeMutablePointer<Float>
+) {
     let C = sh.c, cp = ceilDiv(C, fvecWidth) * fvecWidth
     let tilesH = ceilDiv(sh.oh, wgOut), tilesW = ceilDiv(sh.ow, wgOut)
     if tile + wgPrefetchDistance < sh.n * tilesH * tilesW {
         // The window of the tile ahead past the one before it: its last 8 columns (all 9 in a row's first).
         let (b, ty, tx) = wgTileOrigin(tile + wgPrefetchDistance, tilesH, tilesW)
-        wgPrefetchWindow(x, image: b, row: ty * 2 * wgOut - 1, rows: ws2In, columns: tx * 2 * wgOut - (tx == 0 ? 1 : 0),
-                         tx * 2 * wgOut + ws2In - 1, H: sh.h, W: sh.w, C: C)
+        wgPrefetchWindow(
+            x, image: b, row: ty * 2 * wgOut - 1, rows: ws2In, columns: tx * 2 * wgOut - (tx == 0 ? 1 : 0),
+            tx * 2 * wgOut + ws2In - 1, H: sh.h, W: sh.w, C: C)
     }
     let (b, ty, tx) = wgTileOrigin(tile, tilesH, tilesW)
-    wgWindowPointers(x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
-                     H: sh.h, W: sh.w, C: C, zero: zero, into: src)
+    wgWindowPointers(
+        x, image: b, row: ty * 2 * wgOut - 1, column: tx * 2 * wgOut - 1, edge: ws2In,
+        H: sh.h, W: sh.w, C: C, zero: zero, into: src)
     /// One vector of channels from c0: the two passes of the 9-point transform.
-    @inline(__always) func lane<W: SIMD>(_ c0: Int, _ T: UnsafeMutablePointer<W>, _ ld: (Int) -> W) where W.Scalar == Float {
+    @inline(__always) func lane<W: SIMD>(_ c0: Int, _ T: UnsafeMutablePointer<W>, _ ld: (Int) -> W)
+    where W.Scalar == Float {
         for j in 0..<ws2In {
-            let r = ws2BT((ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
-                           ld(63 + j), ld(72 + j)))
+            let r = ws2BT(
+                (
+                    ld(j), ld(9 + j), ld(18 + j), ld(27 + j), ld(36 + j), ld(45 + j), ld(54 + j),
+                    ld(63 + j), ld(72 + j)
+                ))
             T[j] = r.0; T[9 + j] = r.1; T[18 + j] = r.2; T[27 + j] = r.3; T[36 + j] = r.4
             T[45 + j] = r.5; T[54 + j] = r.6; T[63 + j] = r.7; T[72 + j] = r.8
         }
@@ -229,8 +244,10 @@ func ws2InputTile(_ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti:
 /// Output transform of `tile` for output block bi: y[tile] = A M A^T, 8 output channels at a time,
 /// point p's row of M at M + row(p) * 16.
 @inline(__always)
-func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafePointer<Float>,
-                   output y: UnsafeMutablePointer<Float>, temp T: UnsafeMutablePointer<FVec>, row: (Int) -> Int) {
+func ws2OutputTile(
+    _ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, temp T: UnsafeMutablePointer<FVec>, row: (Int) -> Int
+) {
     let K = sh.k, OH = sh.oh, OW = sh.ow
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(OH, wgOut), ceilDiv(OW, wgOut))
     let oh0 = ty * wgOut, ow0 = tx * wgOut
@@ -240,15 +257,19 @@ func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafeP
     @inline(__always) func lane<W: SIMD>(_ h: Int, _ hn: Int, _ T: UnsafeMutablePointer<W>) where W.Scalar == Float {
         @inline(__always) func m(_ p: Int) -> W { gload(M + row(p) * convColBlock + h) }
         for bp in 0..<ws2In {
-            let r = ws2AT((m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
-                           m(63 + bp), m(72 + bp)))
+            let r = ws2AT(
+                (
+                    m(bp), m(9 + bp), m(18 + bp), m(27 + bp), m(36 + bp), m(45 + bp), m(54 + bp),
+                    m(63 + bp), m(72 + bp)
+                ))
             T[bp] = r.0; T[9 + bp] = r.1; T[18 + bp] = r.2; T[27 + bp] = r.3
         }
         for i in 0..<rowsOut {
             let t = T + i * 9
             let r = ws2AT((t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
-            wgStoreRow(r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h, K: K, cols: colsOut, lanes: hn,
-                       accumulate: false)
+            wgStoreRow(
+                r, y + ((b * OH + oh0 + i) * OW + ow0) * K + k0 + h, K: K, cols: colsOut, lanes: hn,
+                accumulate: false)
         }
     }
     if wideTiles && kn == convColBlock {
@@ -261,8 +282,10 @@ func ws2OutputTile(_ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafeP
 }
 
 /// y = conv3x3 stride 2 pad 1 (x) for a stride-2 Winograd shape; `packed` from ws2PackWeights.
-func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
-                output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+func ws2Forward(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
+) {
     if sh.ws2FusedWeights { ws2ForwardFused(sh, input: x, kernels: u, output: y, scratch: scratch); return }
     let C = sh.c, K = sh.k
     let tiles = sh.ws2Tiles
@@ -283,7 +306,9 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
             let t0 = blk * tb, nt = min(tb, tiles - t0)
             if nt != tableTiles { tableTiles = nt; ws2PointTable(first, tiles: nt, outputBlocks: kb) }
             // 1. Input transform: V[class rows][c].
-            for ti in 0..<nt { ws2InputTile(sh, x, tile: t0 + ti, ti, V: V, first: first, src: src, temp: T, zero: zero) }
+            for ti in 0..<nt {
+                ws2InputTile(sh, x, tile: t0 + ti, ti, V: V, first: first, src: src, temp: T, zero: zero)
+            }
             // 2. One GEMM per class: M[class][kb][class rows][16] = V[class rows][:] x U[class][kb][:][16].
             for q in 0..<ws2Classes {
                 let rows = nt * ws2Mult(q), r0q = ws2ClassRow(q, nt)
@@ -292,8 +317,9 @@ func ws2Forward(_ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: Unsa
                     let o = M + (r0q * kb + bi * rows) * convColBlock, panel = u + q * cs + bi * C * convColBlock
                     if wideTiles && bi + 1 < kb {
                         // Two output blocks per register tile.
-                        wideMultiplyRowsPair(o, o + rows * convColBlock, UnsafePointer(V + r0q * cp), count: rows, stride: cp,
-                                             panel: panel, panel2: panel + C * convColBlock, depth: C)
+                        wideMultiplyRowsPair(
+                            o, o + rows * convColBlock, UnsafePointer(V + r0q * cp), count: rows, stride: cp,
+                            panel: panel, panel2: panel + C * convColBlock, depth: C)
                         bi += 2
                     } else {
                         wgMultiplyRows(o, UnsafePointer(V + r0q * cp), count: rows, stride: cp, panel: panel, depth: C)
@@ -324,8 +350,9 @@ extension Conv2DShape {
     var ws2FusedLayout: WS2Layout {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, tb = ws2FusedBlockTiles
         let offM = align64(ws2Classes * c * convColBlock * 4)
-        return WS2Layout(offThreads: align64(81 * tb * cp * 4), offM: offM,
-                         offT: offM + align64((81 * tb + convTileRows) * convColBlock * 4), cp: cp)
+        return WS2Layout(
+            offThreads: align64(81 * tb * cp * 4), offM: offM,
+            offT: offM + align64((81 * tb + convTileRows) * convColBlock * 4), cp: cp)
     }
     /// Scratch bytes of the stride-2 forward on `threads` threads.
     func ws2ScratchBytes(threads t: Int) -> Int {
@@ -339,13 +366,17 @@ extension Conv2DShape {
 /// output block of 16 channels, transforms its kernels into the thread's U (the packing's expressions),
 /// runs the 36 class GEMMs into its M and transforms M into its 16 channels of y. Every output
 /// belongs to one item, whose GEMMs sum as the packed forward's: the same bits.
-func ws2ForwardFused(_ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: UnsafePointer<Float>,
-                     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer) {
+func ws2ForwardFused(
+    _ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: UnsafePointer<Float>,
+    output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
+) {
     let C = sh.c, tiles = sh.ws2Tiles, kb = ceilDiv(sh.k, convColBlock), cp = ceilDiv(C, fvecWidth) * fvecWidth
     let tb = sh.ws2FusedBlockTiles, L = sh.ws2FusedLayout
     let V = scratch.bindMemory(to: Float.self, capacity: 81 * tb * cp)
     let classStride = C * convColBlock
-    @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer { scratch + L.offThreads + thread * L.perThread }
+    @inline(__always) func area(_ thread: Int) -> UnsafeMutableRawPointer {
+        scratch + L.offThreads + thread * L.perThread
+    }
     var t0 = 0
     while t0 < tiles {
         let nt = min(tb, tiles - t0)
@@ -356,9 +387,10 @@ func ws2ForwardFused(_ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: 
             zero.initialize(repeating: 0, count: cp)
             ws2PointTable(first, tiles: nt, outputBlocks: 1)
             for ti in lo..<hi {
-                ws2InputTile(sh, x, tile: t0 + ti, ti, V: V, first: first,
-                             src: (base + L.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: 81),
-                             temp: (base + L.offT).bindMemory(to: FVec.self, capacity: 81), zero: zero)
+                ws2InputTile(
+                    sh, x, tile: t0 + ti, ti, V: V, first: first,
+                    src: (base + L.offSrc).bindMemory(to: UnsafePointer<Float>.self, capacity: 81),
+                    temp: (base + L.offT).bindMemory(to: FVec.self, capacity: 81), zero: zero)
             }
         }
         parallelForDynamic(kb, chunk: 1) { lo, hi, thread in
@@ -371,12 +403,14 @@ func ws2ForwardFused(_ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: 
             for bi in lo..<hi {
                 let panel = kernels + bi * C * 9 * convColBlock
                 for ci in 0..<C {
-                    ws2TransformKernel(panel + ci * 9 * convColBlock, into: U + ci * convColBlock, classStride: classStride)
+                    ws2TransformKernel(
+                        panel + ci * 9 * convColBlock, into: U + ci * convColBlock, classStride: classStride)
                 }
                 for q in 0..<ws2Classes {
                     let r0q = ws2ClassRow(q, nt)
-                    wgMultiplyRows(M + r0q * convColBlock, UnsafePointer(V + r0q * cp), count: nt * ws2Mult(q), stride: cp,
-                                   panel: U + q * classStride, depth: C)
+                    wgMultiplyRows(
+                        M + r0q * convColBlock, UnsafePointer(V + r0q * cp), count: nt * ws2Mult(q), stride: cp,
+                        panel: U + q * classStride, depth: C)
                 }
                 for ti in 0..<nt {
                     ws2OutputTile(sh, tile: t0 + ti, outputBlock: bi, M: M, output: y, temp: T) { p in

@@ -59,7 +59,9 @@ public struct ArenaPlan {
         for i in items.indices {
             for j in items.indices where j > i {
                 let a = items[i], b = items[j]
-                if a.first <= b.last && b.first <= a.last && a.offset < b.offset + b.floats && b.offset < a.offset + a.floats {
+                if a.first <= b.last && b.first <= a.last && a.offset < b.offset + b.floats
+                    && b.offset < a.offset + a.floats
+                {
                     return true
                 }
             }

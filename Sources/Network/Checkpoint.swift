@@ -23,7 +23,8 @@ extension ParameterStore {
             case .counter:
                 file[prefix + name] = .init(int64s: [counters[s.offset]], shape: s.shape)
             default:
-                file[prefix + name] = .init(floats: Array(UnsafeBufferPointer(start: pointer(s), count: s.count)), shape: s.shape)
+                file[prefix + name] = .init(
+                    floats: Array(UnsafeBufferPointer(start: pointer(s), count: s.count)), shape: s.shape)
             }
         }
     }
@@ -32,8 +33,10 @@ extension ParameterStore {
     /// this store lacks are ignored when `ignoring(name)` says so, reported otherwise.
     /// Throws with the first mismatches (missing, wrong shape, wrong dtype, NaN or infinite values,
     /// unexpected) listed; the store is unchanged then.
-    public func load(from file: SafeTensorsFile, prefix: String = "", path: String,
-                     ignoring: (String) -> Bool = { _ in false }) throws {
+    public func load(
+        from file: SafeTensorsFile, prefix: String = "", path: String,
+        ignoring: (String) -> Bool = { _ in false }
+    ) throws {
         var problems: [String] = []
         var pending: [(TensorSlot, [Float]?, [Int64]?)] = []
         for s in slots {
@@ -82,11 +85,14 @@ extension ParameterStore {
 public func nonFiniteProblem(_ v: [Float], name: String) -> String? {
     guard let i = v.firstIndex(where: { !$0.isFinite }) else { return nil }
     let count = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
-    return "\(name) holds \(count) NaN or infinite value(s) of \(v.count) (first at index \(i): \(describeNonFinite(v[i])))"
+    return "\(name) holds \(count) NaN or infinite value(s) of \(v.count) "
+        + "(first at index \(i): \(describeNonFinite(v[i])))"
 }
 
 /// "NaN", "+infinity" or "-infinity" (Swift prints "nan" and "inf"); other values as Swift prints them.
-public func describeNonFinite(_ v: Float) -> String { v.isNaN ? "NaN" : v == .infinity ? "+infinity" : v == -.infinity ? "-infinity" : "\(v)" }
+public func describeNonFinite(_ v: Float) -> String {
+    v.isNaN ? "NaN" : v == .infinity ? "+infinity" : v == -.infinity ? "-infinity" : "\(v)"
+}
 
 public enum EncoderCheckpoint {
     /// Prefixes under which an encoder's backbone may be stored, tried in order.
@@ -100,32 +106,52 @@ public enum EncoderCheckpoint {
     /// Architecture from metadata when present, else from tensor shapes.
     public static func inferConfig(_ file: SafeTensorsFile, path: String) throws -> ResNetConfig {
         guard let prefix = backbonePrefix(file), let c1 = file[prefix + "conv1.weight"], c1.shape.count == 4 else {
-            throw CheckpointError(path: path, reason: "no ResNet backbone found (no conv1.weight / layer1.0.conv1.weight under any of the prefixes \(knownPrefixes.filter { !$0.isEmpty }) or bare)")
+            throw CheckpointError(
+                path: path,
+                reason:
+                    "no ResNet backbone found (no conv1.weight / layer1.0.conv1.weight under any of the prefixes "
+                    + "\(knownPrefixes.filter { !$0.isEmpty }) or bare)")
         }
         let m = file.metadata
         let stem: ResNetStem = ResNetStem(rawValue: m["stem"] ?? "") ?? (c1.shape[2] == 7 ? .imagenet : .cifar)
         let arch: ResNetArch
-        if let a = m["arch"], let parsed = ResNetArch(rawValue: a) { arch = parsed }
-        else if file[prefix + "layer1.0.conv3.weight"] != nil { arch = .resnet50 }
-        else if file[prefix + "layer3.5.conv1.weight"] != nil { arch = .resnet34 }
-        else { arch = .resnet18 }
+        if let a = m["arch"], let parsed = ResNetArch(rawValue: a) {
+            arch = parsed
+        } else if file[prefix + "layer1.0.conv3.weight"] != nil {
+            arch = .resnet50
+        } else if file[prefix + "layer3.5.conv1.weight"] != nil {
+            arch = .resnet34
+        } else {
+            arch = .resnet18
+        }
         let stemChannels = c1.shape[0], inChannels = c1.shape[1]
         guard inChannels == 1 || inChannels == 3 else {
-            throw CheckpointError(path: path, reason: "\(prefix)conv1.weight takes \(inChannels) input channels; salient reads 1 (gray) or 3 (RGB)")
+            throw CheckpointError(
+                path: path,
+                reason: "\(prefix)conv1.weight takes \(inChannels) input channels; salient reads 1 (gray) or 3 (RGB)")
         }
         let width: Double
         if let text = m["width"] {
             guard let w = Double(text), w > 0, w <= 8 else {
-                throw CheckpointError(path: path, reason: "metadata width '\(text)' is not a width multiplier in (0, 8]")
+                throw CheckpointError(
+                    path: path, reason: "metadata width '\(text)' is not a width multiplier in (0, 8]")
             }
             let config = ResNetConfig(arch: arch, stem: stem, inChannels: inChannels, width: w)
             guard config.stageWidths[0] == stemChannels else {
-                throw CheckpointError(path: path, reason: "metadata width \(text) gives \(config.stageWidths[0]) stem channels, but \(prefix)conv1.weight has \(stemChannels)")
+                throw CheckpointError(
+                    path: path,
+                    reason:
+                        "metadata width \(text) gives \(config.stageWidths[0]) stem channels, "
+                        + "but \(prefix)conv1.weight has \(stemChannels)")
             }
             width = w
         } else {
             guard stemChannels >= 1 && stemChannels <= 512 else {
-                throw CheckpointError(path: path, reason: "\(prefix)conv1.weight has \(stemChannels) output channels; a width multiplier in (0, 8] gives 1-512")
+                throw CheckpointError(
+                    path: path,
+                    reason:
+                        "\(prefix)conv1.weight has \(stemChannels) output channels; "
+                        + "a width multiplier in (0, 8] gives 1-512")
             }
             width = Double(stemChannels) / 64
         }
@@ -135,8 +161,10 @@ public enum EncoderCheckpoint {
     /// Reads a backbone (and its MoCo head when `headDim` is given and present) into a new Encoder.
     /// `config` overrides what the file says; a mismatch is reported with the first differences.
     /// `trainable: false` allocates no gradient or optimizer blocks (extraction, evaluation).
-    public static func loadEncoder(path: String, config: ResNetConfig? = nil, headDim: Int? = nil,
-                                   trainable: Bool = true) throws -> Encoder {
+    public static func loadEncoder(
+        path: String, config: ResNetConfig? = nil, headDim: Int? = nil,
+        trainable: Bool = true
+    ) throws -> Encoder {
         let file = try SafeTensorsFile.read(path: path)
         let cfg = try config ?? inferConfig(file, path: path)
         guard let prefix = backbonePrefix(file) else {
@@ -164,6 +192,9 @@ public enum EncoderCheckpoint {
     }
 
     public static func metadata(_ c: ResNetConfig) -> [String: String] {
-        ["arch": c.arch.rawValue, "stem": c.stem.rawValue, "width": String(c.width), "in_channels": String(c.inChannels)]
+        [
+            "arch": c.arch.rawValue, "stem": c.stem.rawValue, "width": String(c.width),
+            "in_channels": String(c.inChannels)
+        ]
     }
 }

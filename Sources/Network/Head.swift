@@ -29,7 +29,7 @@ public struct MLPHeadLayout: Sendable {
 public final class MLPHeadPass {
     public let layout: MLPHeadLayout
     public let batch: Int
-    let hidden: UnsafeMutablePointer<Float>      // after ReLU
+    let hidden: UnsafeMutablePointer<Float>  // after ReLU
     public let output: UnsafeMutablePointer<Float>  // [batch][outDim]
     let gradHidden: UnsafeMutablePointer<Float>
     /// d(loss)/d(features) after backward.
@@ -51,11 +51,13 @@ public final class MLPHeadPass {
     public func forward(features: UnsafePointer<Float>, store: ParameterStore) {
         input = features
         let l = layout
-        linearForward(LinearShape(batch: batch, inFeatures: l.inDim, outFeatures: l.hidden), input: features,
-                      weight: store.params + l.w0, bias: store.params + l.b0, output: hidden)
+        linearForward(
+            LinearShape(batch: batch, inFeatures: l.inDim, outFeatures: l.hidden), input: features,
+            weight: store.params + l.w0, bias: store.params + l.b0, output: hidden)
         reluForward(count: batch * l.hidden, input: hidden, output: hidden)
-        linearForward(LinearShape(batch: batch, inFeatures: l.hidden, outFeatures: l.outDim), input: hidden,
-                      weight: store.params + l.w2, bias: store.params + l.b2, output: output)
+        linearForward(
+            LinearShape(batch: batch, inFeatures: l.hidden, outFeatures: l.outDim), input: hidden,
+            weight: store.params + l.w2, bias: store.params + l.b2, output: output)
     }
 
     /// Writes the head's parameter gradients (or, with `update`, applies them) and `gradFeatures`.
@@ -64,21 +66,27 @@ public final class MLPHeadPass {
         let l = layout
         // One linear layer's backward; with `update`, its weight and bias are stepped at once (their
         // last read, computing gradInput, is inside linearBackward).
-        func linear(_ inDim: Int, _ outDim: Int, input x: UnsafePointer<Float>, weight w: Int, bias b: Int,
-                    gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>) {
-            linearBackward(LinearShape(batch: batch, inFeatures: inDim, outFeatures: outDim), input: x,
-                           weight: store.params + w, gradOutput: dy, gradInput: dx,
-                           gradWeight: update?.first ?? store.grads + w, gradBias: update?.second ?? store.grads + b,
-                           accumulate: false)
+        func linear(
+            _ inDim: Int, _ outDim: Int, input x: UnsafePointer<Float>, weight w: Int, bias b: Int,
+            gradOutput dy: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>
+        ) {
+            linearBackward(
+                LinearShape(batch: batch, inFeatures: inDim, outFeatures: outDim), input: x,
+                weight: store.params + w, gradOutput: dy, gradInput: dx,
+                gradWeight: update?.first ?? store.grads + w, gradBias: update?.second ?? store.grads + b,
+                accumulate: false)
             if let update {
                 update.apply(store, offset: w, count: outDim * inDim, grad: update.first)
                 update.apply(store, offset: b, count: outDim, grad: update.second)
             }
         }
-        linear(l.hidden, l.outDim, input: hidden, weight: l.w2, bias: l.b2, gradOutput: gradOutput, gradInput: gradHidden)
-        reluBackward(count: batch * l.hidden, output: hidden, gradOutput: gradHidden, gradInput: gradHidden,
-                     accumulate: false)
-        linear(l.inDim, l.hidden, input: input, weight: l.w0, bias: l.b0, gradOutput: gradHidden, gradInput: gradFeatures)
+        linear(
+            l.hidden, l.outDim, input: hidden, weight: l.w2, bias: l.b2, gradOutput: gradOutput, gradInput: gradHidden)
+        reluBackward(
+            count: batch * l.hidden, output: hidden, gradOutput: gradHidden, gradInput: gradHidden,
+            accumulate: false)
+        linear(
+            l.inDim, l.hidden, input: input, weight: l.w0, bias: l.b0, gradOutput: gradHidden, gradInput: gradFeatures)
     }
 }
 
@@ -91,14 +99,19 @@ public final class Encoder {
     public let head: MLPHeadLayout?
 
     /// `gradients: false`: a trainable store without a gradient block (trained with FusedSGD).
-    public init(config: ResNetConfig, headDim: Int? = nil, prefix: String = "", trainable: Bool = true,
-                gradients: Bool = true) {
+    public init(
+        config: ResNetConfig, headDim: Int? = nil, prefix: String = "", trainable: Bool = true,
+        gradients: Bool = true
+    ) {
         self.config = config
         store = ParameterStore()
         backbone = ResNetLayout(config, store: store, prefix: prefix)
         let st = store
-        head = headDim.map { MLPHeadLayout(inDim: config.featureDim, hidden: config.featureDim, outDim: $0,
-                                           store: st, prefix: prefix) }
+        head = headDim.map {
+            MLPHeadLayout(
+                inDim: config.featureDim, hidden: config.featureDim, outDim: $0,
+                store: st, prefix: prefix)
+        }
         store.seal(trainable: trainable, gradients: gradients)
     }
 

@@ -31,13 +31,17 @@ public struct NPYArray: Equatable {
     /// float32 array, C order; `shape` defaults to 1-D.
     public init(floats: [Float], shape: [Int]? = nil) {
         let sh = shape ?? [floats.count]
-        precondition(sh.allSatisfy { $0 >= 0 } && sh.reduce(1, *) == floats.count, "shape \(sh) does not hold \(floats.count) values")
+        precondition(
+            sh.allSatisfy { $0 >= 0 } && sh.reduce(1, *) == floats.count,
+            "shape \(sh) does not hold \(floats.count) values")
         self.shape = sh; storage = .float32(floats)
     }
     /// int64 array, C order; `shape` defaults to 1-D.
     public init(int64s: [Int64], shape: [Int]? = nil) {
         let sh = shape ?? [int64s.count]
-        precondition(sh.allSatisfy { $0 >= 0 } && sh.reduce(1, *) == int64s.count, "shape \(sh) does not hold \(int64s.count) values")
+        precondition(
+            sh.allSatisfy { $0 >= 0 } && sh.reduce(1, *) == int64s.count,
+            "shape \(sh) does not hold \(int64s.count) values")
         self.shape = sh; storage = .int64(int64s)
     }
 
@@ -72,14 +76,18 @@ public struct NPYArray: Equatable {
         header += [UInt8](repeating: 0x20, count: padded - total)
         header.append(0x0A)
         precondition(header.count <= 0xFFFF, "npy header too long for format 1.0")
-        var out: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0,
-                            UInt8(header.count & 0xFF), UInt8(header.count >> 8)]
+        var out: [UInt8] = [
+            0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0,
+            UInt8(header.count & 0xFF), UInt8(header.count >> 8)
+        ]
         out += header
         switch storage {
         case .float32(let v):
             var d = [UInt8](repeating: 0, count: v.count * 4)
             d.withUnsafeMutableBytes { raw in
-                for (i, x) in v.enumerated() { raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self) }
+                for (i, x) in v.enumerated() {
+                    raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+                }
             }
             out += d
         case .int64(let v):
@@ -125,7 +133,10 @@ public struct NPYArray: Equatable {
         guard headerStart + headerLen <= b.count else {
             throw fail("header length \(headerLen) is larger than the file (\(b.count) bytes)")
         }
-        guard let header = String(bytes: b[headerStart..<(headerStart + headerLen)], encoding: major == 3 ? .utf8 : .isoLatin1) else {
+        guard
+            let header = String(
+                bytes: b[headerStart..<(headerStart + headerLen)], encoding: major == 3 ? .utf8 : .isoLatin1)
+        else {
             throw fail("header is not text")
         }
         guard let descr = dictValue(header, "descr") else { throw fail("header has no 'descr': \(header)") }
@@ -158,16 +169,38 @@ public struct NPYArray: Equatable {
         let have = b.count - dataStart
         guard !overflow else { throw fail("shape \(shapeText) is too large") }
         guard have == want else {
-            throw fail(have < want ? "truncated data: shape \(shape) x \(unquoted) needs \(want) bytes, file has \(have)"
-                                   : "\(have - want) unexpected bytes after the data of shape \(shape) x \(unquoted)")
+            throw fail(
+                have < want
+                    ? "truncated data: shape \(shape) x \(unquoted) needs \(want) bytes, file has \(have)"
+                    : "\(have - want) unexpected bytes after the data of shape \(shape) x \(unquoted)")
         }
         var array: NPYArray = b.withUnsafeBytes { raw in
             let p = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
             switch unquoted {
-            case "<f4": return NPYArray(floats: (0..<n).map { Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }, shape: shape)
-            case "<f8": return NPYArray(floats: (0..<n).map { Float(Double(bitPattern: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self)))) }, shape: shape)
-            case "<i4": return NPYArray(int64s: (0..<n).map { Int64(Int32(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self))) }, shape: shape)
-            default: return NPYArray(int64s: (0..<n).map { Int64(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }, shape: shape)
+            case "<f4":
+                return NPYArray(
+                    floats: (0..<n).map {
+                        Float(
+                            bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+                    }, shape: shape)
+            case "<f8":
+                return NPYArray(
+                    floats: (0..<n).map {
+                        Float(
+                            Double(
+                                bitPattern: UInt64(
+                                    littleEndian: p.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self))))
+                    }, shape: shape)
+            case "<i4":
+                return NPYArray(
+                    int64s: (0..<n).map {
+                        Int64(Int32(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)))
+                    }, shape: shape)
+            default:
+                return NPYArray(
+                    int64s: (0..<n).map {
+                        Int64(littleEndian: p.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self))
+                    }, shape: shape)
             }
         }
         array.storedDType = unquoted

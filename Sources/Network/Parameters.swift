@@ -172,8 +172,9 @@ public final class FusedSGD {
 
     /// The SGD step itself, on `count` parameters at `offset`.
     public func step(_ store: ParameterStore, offset: Int, count: Int, grad: UnsafePointer<Float>) {
-        sgdStep(count: count, params: store.params + offset, grads: grad, momentumBuffer: store.momentum + offset,
-                lr: lr, momentum: momentum, weightDecay: weightDecay)
+        sgdStep(
+            count: count, params: store.params + offset, grads: grad, momentumBuffer: store.momentum + offset,
+            lr: lr, momentum: momentum, weightDecay: weightDecay)
     }
 }
 

@@ -6,7 +6,10 @@ import Kernels
 public enum ResNetArch: String, Codable, CaseIterable, Sendable {
     case resnet18, resnet34, resnet50
     public var blockCounts: [Int] {
-        switch self { case .resnet18: [2, 2, 2, 2]; case .resnet34, .resnet50: [3, 4, 6, 3] }
+        switch self {
+        case .resnet18: [2, 2, 2, 2];
+        case .resnet34, .resnet50: [3, 4, 6, 3]
+        }
     }
     public var bottleneck: Bool { self == .resnet50 }
     public var expansion: Int { bottleneck ? 4 : 1 }
@@ -75,9 +78,12 @@ public struct ResNetLayout: Sendable {
     /// Declares every backbone tensor (torchvision names, prefixed) in `store`.
     public init(_ config: ResNetConfig, store: ParameterStore, prefix: String = "") {
         self.config = config
-        func unit(_ conv: String, _ bn: String, _ cin: Int, _ cout: Int, _ k: Int, _ st: Int, _ pad: Int, _ relu: Bool) -> ConvBN {
-            var u = ConvBN(convName: prefix + conv, bnName: prefix + bn, cin: cin, cout: cout, kernel: k,
-                           stride: st, pad: pad, relu: relu)
+        func unit(_ conv: String, _ bn: String, _ cin: Int, _ cout: Int, _ k: Int, _ st: Int, _ pad: Int, _ relu: Bool)
+            -> ConvBN
+        {
+            var u = ConvBN(
+                convName: prefix + conv, bnName: prefix + bn, cin: cin, cout: cout, kernel: k,
+                stride: st, pad: pad, relu: relu)
             u.weight = store.declare(u.convName + ".weight", [cout, cin, k, k], .parameter)
             u.gamma = store.declare(u.bnName + ".weight", [cout], .parameter)
             u.beta = store.declare(u.bnName + ".bias", [cout], .parameter)
@@ -87,7 +93,8 @@ public struct ResNetLayout: Sendable {
             return u
         }
         let w = config.stageWidths
-        stem = config.stem == .imagenet
+        stem =
+            config.stem == .imagenet
             ? unit("conv1", "bn1", config.inChannels, w[0], 7, 2, 3, true)
             : unit("conv1", "bn1", config.inChannels, w[0], 3, 1, 1, true)
         var blocks: [ResidualBlock] = []
@@ -100,12 +107,16 @@ public struct ResNetLayout: Sendable {
                 let p = "layer\(li + 1).\(b)."
                 var convs: [ConvBN]
                 if config.arch.bottleneck {
-                    convs = [unit(p + "conv1", p + "bn1", inplanes, planes, 1, 1, 0, true),
-                             unit(p + "conv2", p + "bn2", planes, planes, 3, st, 1, true),
-                             unit(p + "conv3", p + "bn3", planes, planes * e, 1, 1, 0, false)]
+                    convs = [
+                        unit(p + "conv1", p + "bn1", inplanes, planes, 1, 1, 0, true),
+                        unit(p + "conv2", p + "bn2", planes, planes, 3, st, 1, true),
+                        unit(p + "conv3", p + "bn3", planes, planes * e, 1, 1, 0, false)
+                    ]
                 } else {
-                    convs = [unit(p + "conv1", p + "bn1", inplanes, planes, 3, st, 1, true),
-                             unit(p + "conv2", p + "bn2", planes, planes, 3, 1, 1, false)]
+                    convs = [
+                        unit(p + "conv1", p + "bn1", inplanes, planes, 3, st, 1, true),
+                        unit(p + "conv2", p + "bn2", planes, planes, 3, 1, 1, false)
+                    ]
                 }
                 var down: ConvBN? = nil
                 if st != 1 || inplanes != planes * e {
@@ -141,4 +152,3 @@ public func initializeResNet(_ layout: ResNetLayout, store: ParameterStore, rng:
         store.counters[u.counter] = 0
     }
 }
-

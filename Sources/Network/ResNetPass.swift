@@ -39,9 +39,11 @@ public final class ConvWorkspace {
     public private(set) var sumsCount = 16
 
     public init() {
-        pack = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(to: Float.self, capacity: 16)
+        pack = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(
+            to: Float.self, capacity: 16)
         scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
-        sums = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(to: Float.self, capacity: 16)
+        sums = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(
+            to: Float.self, capacity: 16)
     }
 
     /// Grows to at least `packFloats`, `scratchBytes` and `sumsFloats`; returns the bytes added.
@@ -60,7 +62,8 @@ public final class ConvWorkspace {
     private static func grow(_ p: inout UnsafeMutablePointer<Float>, _ count: inout Int, to floats: Int) -> Int {
         if floats <= count { return 0 }
         p.deallocate()
-        p = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64).bindMemory(to: Float.self, capacity: floats)
+        p = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64).bindMemory(
+            to: Float.self, capacity: floats)
         defer { count = floats }
         return (floats - count) * 4
     }
@@ -193,9 +196,11 @@ public final class ResNetPass {
     /// for its recycled activations instead of new allocations. `workspace`: weight panels and
     /// scratch shared with passes that never run at the same time as this one. `sharedArena: false`
     /// gives every buffer of a training pass its own memory (tests compare the two plans).
-    public init(layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
-                threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
-                borrowedCount: Int = 0, workspace: ConvWorkspace? = nil, sharedArena: Bool = true) {
+    public init(
+        layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
+        threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
+        borrowedCount: Int = 0, workspace: ConvWorkspace? = nil, sharedArena: Bool = true
+    ) {
         precondition(batch > 0 && height > 0 && width > 0)
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
@@ -216,8 +221,9 @@ public final class ResNetPass {
             // Per-tile sums, then the shift (K floats).
             if sh.usesWinograd { maxSums = max(maxSums, ConvOutputSums.count(sh) + ConvOutputSums.stride(sh)) }
             maxPackF = max(maxPackF, sh.packedForwardCount); maxPackB = max(maxPackB, sh.packedBackwardDataCount)
-            maxScratch = max(maxScratch, sh.scratchBytes(threads: t),
-                             batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
+            maxScratch = max(
+                maxScratch, sh.scratchBytes(threads: t),
+                batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
         }
         let stemShape = layout.stem.shape(n: batch, h: h, w: w)
         note(stemShape)
@@ -232,7 +238,9 @@ public final class ResNetPass {
         for b in layout.blocks {
             var shapes: [Conv2DShape] = []
             var bh = h, bw = w
-            for u in b.convs { let s = u.shape(n: batch, h: bh, w: bw); note(s); shapes.append(s); bh = s.oh; bw = s.ow }
+            for u in b.convs {
+                let s = u.shape(n: batch, h: bh, w: bw); note(s); shapes.append(s); bh = s.oh; bw = s.ow
+            }
             let ds = b.downsample.map { $0.shape(n: batch, h: h, w: w) }
             if let ds { note(ds) }
             blockShapes.append((shapes, ds))
@@ -261,9 +269,11 @@ public final class ResNetPass {
             plan.step(stemConv, stemOut)
             let poolOut = poolShape.map { plan.add($0.outputCount) }
             if let poolOut { plan.step(stemOut, poolOut) }
-            struct Ids { var conv: [Int] = [], out: [Int] = [], rebuilt: [Int?] = [], gradConv: [Int] = []
-                         var gradOut: [Int?] = [], downConv: Int? = nil, downGrad: Int? = nil
-                         var input = 0, gradIn = 0 }
+            struct Ids {
+                var conv: [Int] = [], out: [Int] = [], rebuilt: [Int?] = [], gradConv: [Int] = []
+                var gradOut: [Int?] = [], downConv: Int? = nil, downGrad: Int? = nil
+                var input = 0, gradIn = 0
+            }
             var ids: [Ids] = []
             var cur = poolOut ?? stemOut
             for (bi, b) in layout.blocks.enumerated() {
@@ -285,14 +295,14 @@ public final class ResNetPass {
                 cur = x
                 ids.append(k)
             }
-            plan.step(cur)                                   // global average pool
+            plan.step(cur)  // global average pool
             var gOut = plan.add(blockShapes.last!.0.last!.outputCount)
-            plan.step(gOut)                                  // its backward
+            plan.step(gOut)  // its backward
             for bi in layout.blocks.indices.reversed() {
                 let (shapes, ds) = blockShapes[bi]
                 var k = ids[bi]
                 let n = shapes.count
-                plan.step(k.out[n - 1], gOut)                // ReLU backward of the block output
+                plan.step(k.out[n - 1], gOut)  // ReLU backward of the block output
                 k.rebuilt = (0..<n).map { _ in nil }
                 k.gradOut = (0..<n).map { _ in nil }
                 k.gradConv = Array(repeating: 0, count: n)
@@ -304,10 +314,11 @@ public final class ResNetPass {
                 var dIn = gOut
                 for i in (0..<n).reversed() {
                     k.gradConv[i] = plan.add(shapes[i].outputCount)
-                    plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])           // batch norm backward
+                    plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])  // batch norm backward
                     let target = plan.add(i > 0 ? shapes[i - 1].outputCount : shapes[0].inputCount)
                     if i > 0 { k.gradOut[i - 1] = target } else { k.gradIn = target }
-                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)  // conv backward
+                    // conv backward
+                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)
                     dIn = target
                 }
                 if let ds {
@@ -337,8 +348,9 @@ public final class ResNetPass {
             func maybe(_ id: Int?) -> Ptr? { id.map { base + plan.items[$0].offset } }
 
             let (sm, si) = stats(layout.stem)
-            stem = Node(unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
-                        mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
+            stem = Node(
+                unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
+                mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
             stemConvRebuilt = at(stemConvAgain)
             if let ps = poolShape, let poolOut, let poolArgmax { pool = (ps, at(poolOut), poolArgmax) }
             for (bi, b) in layout.blocks.enumerated() {
@@ -347,17 +359,22 @@ public final class ResNetPass {
                 var nodes: [Node] = []
                 for (i, u) in b.convs.enumerated() {
                     let (m, v) = stats(u)
-                    nodes.append(Node(unit: u, shape: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
-                                      conv: at(k.conv[i]), out: at(k.out[i]), mean: m, invStd: v,
-                                      recompute: maybe(k.rebuilt[i]), gradConv: at(k.gradConv[i]), gradOut: maybe(k.gradOut[i])))
+                    nodes.append(
+                        Node(
+                            unit: u, shape: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
+                            conv: at(k.conv[i]), out: at(k.out[i]), mean: m, invStd: v,
+                            recompute: maybe(k.rebuilt[i]), gradConv: at(k.gradConv[i]), gradOut: maybe(k.gradOut[i])))
                 }
                 let down = b.downsample.map { u -> Node in
                     let (m, v) = stats(u)
-                    return Node(unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
-                                mean: m, invStd: v, gradConv: maybe(k.downGrad))
+                    return Node(
+                        unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
+                        mean: m, invStd: v, gradConv: maybe(k.downGrad))
                 }
-                blocks.append(Block(convs: nodes, down: down, input: at(k.input), out: at(k.out.last!),
-                                    gradOut: at(k.gradOut.last!!), gradIn: at(k.gradIn)))
+                blocks.append(
+                    Block(
+                        convs: nodes, down: down, input: at(k.input), out: at(k.out.last!),
+                        gradOut: at(k.gradOut.last!!), gradIn: at(k.gradIn)))
             }
         } else {
             // Five recycled buffers of the largest activation, borrowed when someone lends them.
@@ -366,7 +383,8 @@ public final class ResNetPass {
             let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
             func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, out: Int, outPtr: Ptr? = nil) -> Node {
                 let (m, v) = stats(u)
-                return Node(unit: u, shape: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
+                return Node(
+                    unit: u, shape: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
             }
             stem = node(layout.stem, stemShape, inputBuffer, out: poolShape == nil ? X : T2)
             var cur = stem.out
@@ -425,7 +443,9 @@ public final class ResNetPass {
         if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.shape.inputCount) }
         convBN(stem, store, mode)
         fusedMidCount = 0
-        if let pool { timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) } }
+        if let pool {
+            timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
+        }
         for b in blocks {
             // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
             // the main path's when the shortcut is the input, else the downsample's, which adds the
@@ -437,9 +457,10 @@ public final class ResNetPass {
                 let fuse = i < last && Self.appliesInNext(n.unit, next: b.convs[i + 1].shape)
                 let statsOnly = fuse || (i == last && b.down != nil && Self.fusesBatchNorms)
                 let convOut = statsOnly ? mainConvOut(n) : n.conv
-                convBN(n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
-                       input: affine == nil ? n.input : affineInput, inputAffine: affine, convOutput: convOut,
-                       statisticsOnly: statsOnly)
+                convBN(
+                    n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
+                    input: affine == nil ? n.input : affineInput, inputAffine: affine, convOutput: convOut,
+                    statisticsOnly: statsOnly)
                 affine = fuse ? midAffine(n, store, mode) : nil
                 if fuse { fusedMidCount += 1 }
                 affineInput = convOut
@@ -450,15 +471,18 @@ public final class ResNetPass {
                     // shortcut's, which adds the two: the main path's output is never written.
                     convBN(d, store, mode, statisticsOnly: true, rowSet: 1)
                     let m = b.convs[last]
-                    timedOp(.bnForward) { applySum(main: m, mainConv: mainConvOut(m), down: d, store, mode, output: b.out) }
+                    timedOp(.bnForward) {
+                        applySum(main: m, mainConv: mainConvOut(m), down: d, store, mode, output: b.out)
+                    }
                 } else {
                     convBN(d, store, mode, residual: b.out, output: b.out)
                 }
             }
         }
         timedOp(.elementwise) {
-            globalAvgPoolForward(n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
-                                 input: blocks.last!.out, output: features)
+            globalAvgPoolForward(
+                n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
+                input: blocks.last!.out, output: features)
         }
     }
 
@@ -470,9 +494,11 @@ public final class ResNetPass {
     /// loaded) into `convOutput` (the node's conv buffer by default), then batch norm into `output`
     /// (the node's own by default; with `residual`, added before the ReLU: a block's end), or with
     /// `statisticsOnly` only its statistics (rows set `rowSet`; see affineRows).
-    func convBN(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil,
-                input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false,
-                rowSet: Int = 0) {
+    func convBN(
+        _ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil,
+        input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false,
+        rowSet: Int = 0
+    ) {
         let u = n.unit
         let y = convOutput ?? n.conv
         timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
@@ -485,13 +511,17 @@ public final class ResNetPass {
             shift.update(from: store.buffers + u.runningMean, count: u.cout)
             sums = ConvOutputSums(sums: workspace.sums, shift: shift)
         }
-        timedOp(n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd") {
-            conv2dForward(n.shape, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
-                          inputAffine: inputAffine, outputSums: sums)
+        timedOp(
+            n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd"
+        ) {
+            conv2dForward(
+                n.shape, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
+                inputAffine: inputAffine, outputSums: sums)
         }
         timedOp(.bnForward) {
-            bnForward(n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
-                      rowSet: rowSet, sums: sums)
+            bnForward(
+                n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
+                rowSet: rowSet, sums: sums)
         }
     }
 
@@ -505,22 +535,27 @@ public final class ResNetPass {
 
     /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
     /// running ones updated, each group's mean and scale rows left in rows set `rowSet`).
-    func bnForward(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?,
-                   rowSet: Int = 0, sums: ConvOutputSums? = nil) {
+    func bnForward(
+        _ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, conv: Ptr, residual: Ptr?, output: Ptr?,
+        rowSet: Int = 0, sums: ConvOutputSums? = nil
+    ) {
         let u = n.unit, C = u.cout
         let relu = u.relu || residual != nil
         switch mode {
         case .eval:
             guard let output else { return }  // affineRows reads the running statistics itself
-            batchNormForwardInference(BatchNormShape(pixels: n.bnPixels, channels: C), input: conv,
-                                      gamma: store.params + u.gamma, beta: store.params + u.beta,
-                                      runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
-                                      eps: 1e-5, relu: relu, residual: residual, output: output)
+            batchNormForwardInference(
+                BatchNormShape(pixels: n.bnPixels, channels: C), input: conv,
+                gamma: store.params + u.gamma, beta: store.params + u.beta,
+                runningMean: store.buffers + u.runningMean, runningVar: store.buffers + u.runningVar,
+                eps: 1e-5, relu: relu, residual: residual, output: output)
         case .train(let splits), .batchStatistics(let splits):
             let s = max(1, min(splits, batch))
             let momentum: Float = mode == .train(splits: splits) ? 0.1 : 0  // 0: running statistics untouched
             let sync = momentum != 0 ? statisticsSync : nil
-            precondition(sync?.mode != .splitGroups || s <= bnMaxGroups, "split groups over processes: at most \(bnMaxGroups) per process")
+            precondition(
+                sync?.mode != .splitGroups || s <= bnMaxGroups,
+                "split groups over processes: at most \(bnMaxGroups) per process")
             precondition(batch % s == 0, "batch \(batch) not divisible into \(s) batch-norm splits")
             // Up to bnMaxGroups splits in one call (two parallel regions for all of them).
             let px = n.bnPixels / s, cp = bnPadded(C)
@@ -533,20 +568,23 @@ public final class ResNetPass {
                 // This call's groups' tiles of the epilogue's sums (whole images per group).
                 let tileSums = sums.map { o -> BNTileSums in
                     let tpg = n.shape.wgTiles / s, stride = ConvOutputSums.stride(n.shape)
-                    return BNTileSums(sums: o.sums + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: o.shift)
+                    return BNTileSums(
+                        sums: o.sums + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: o.shift)
                 }
                 if let output {
-                    batchNormForwardTraining(sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
-                                             runningMean: rm, runningVar: rv, momentum: momentum, eps: 1e-5, relu: relu,
-                                             residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
-                                             saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
-                                             tileSums: tileSums, sync: sync)
+                    batchNormForwardTraining(
+                        sh, input: conv + i * px * C, gamma: gamma, beta: store.params + u.beta,
+                        runningMean: rm, runningVar: rv, momentum: momentum, eps: 1e-5, relu: relu,
+                        residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
+                        saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
+                        tileSums: tileSums, sync: sync)
                 } else {
-                    batchNormTrainingStatistics(sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
-                                                momentum: momentum, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
-                                                mean: affineMean + rowSet * affineRowCount + i * cp,
-                                                scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
-                                                tileSums: tileSums, sync: sync)
+                    batchNormTrainingStatistics(
+                        sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
+                        momentum: momentum, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
+                        mean: affineMean + rowSet * affineRowCount + i * cp,
+                        scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
+                        tileSums: tileSums, sync: sync)
                 }
                 i += g
             }
@@ -558,13 +596,15 @@ public final class ResNetPass {
     /// (training: one row per group) or whose running statistics apply (eval: written here, one row),
     /// and the number of groups.
     func affineRows(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, set: Int)
-        -> (mean: Ptr, scale: Ptr, groups: Int) {
+        -> (mean: Ptr, scale: Ptr, groups: Int)
+    {
         let u = n.unit
         let mean = affineMean + set * affineRowCount, scale = affineScale + set * affineRowCount
         switch mode {
         case .eval:
-            batchNormInferenceAffine(channels: u.cout, gamma: store.params + u.gamma, runningMean: store.buffers + u.runningMean,
-                                     runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: mean, scale: scale)
+            batchNormInferenceAffine(
+                channels: u.cout, gamma: store.params + u.gamma, runningMean: store.buffers + u.runningMean,
+                runningVar: store.buffers + u.runningVar, eps: 1e-5, mean: mean, scale: scale)
             return (mean, scale, 1)
         case .train(let splits), .batchStatistics(let splits):
             return (mean, scale, max(1, min(splits, batch)))
@@ -574,18 +614,22 @@ public final class ResNetPass {
     /// The affine of a mid-block batch norm (+ ReLU), rows set 0, for the next convolution to apply to its input.
     func midAffine(_ n: Node, _ store: ParameterStore, _ mode: BatchNormMode) -> ConvInputAffine {
         let r = affineRows(n, store, mode, set: 0)
-        return ConvInputAffine(mean: r.mean, scale: r.scale, shift: store.params + n.unit.beta, groupStride: bnPadded(n.unit.cout),
-                               imagesPerGroup: batch / r.groups)
+        return ConvInputAffine(
+            mean: r.mean, scale: r.scale, shift: store.params + n.unit.beta, groupStride: bnPadded(n.unit.cout),
+            imagesPerGroup: batch / r.groups)
     }
 
     /// relu(BN(main) + BN(down)) into `output`: a downsampling block's end from the two batch norms'
     /// rows (sets 0 and 1).
-    func applySum(main m: Node, mainConv: Ptr, down d: Node, _ store: ParameterStore, _ mode: BatchNormMode, output: Ptr) {
+    func applySum(
+        main m: Node, mainConv: Ptr, down d: Node, _ store: ParameterStore, _ mode: BatchNormMode, output: Ptr
+    ) {
         let a = affineRows(m, store, mode, set: 0), b = affineRows(d, store, mode, set: 1)
-        batchNormApplySum(BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: d.conv, mean: b.mean, scale: b.scale,
-                          beta: store.params + d.unit.beta,
-                          addend: BNAddend(x: mainConv, mean: a.mean, scale: a.scale, shift: store.params + m.unit.beta),
-                          output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout))
+        batchNormApplySum(
+            BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: d.conv, mean: b.mean, scale: b.scale,
+            beta: store.params + d.unit.beta,
+            addend: BNAddend(x: mainConv, mean: a.mean, scale: a.scale, shift: store.params + m.unit.beta),
+            output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout))
     }
 
     // MARK: Backward
@@ -600,23 +644,27 @@ public final class ResNetPass {
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
         let D = layout.config.featureDim
         timedOp(.elementwise) {
-            globalAvgPoolBackward(n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
-                                  gradInput: blocks.last!.gradOut!, accumulate: false)
+            globalAvgPoolBackward(
+                n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
+                gradInput: blocks.last!.gradOut!, accumulate: false)
         }
         for b in blocks.reversed() {
             let gOut = b.gradOut!, gIn = b.gradIn!
             // d(block output), masked by its ReLU in place.
             let count = b.convs.last!.shape.outputCount
-            timedOp(.elementwise) { reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false) }
+            timedOp(.elementwise) {
+                reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false)
+            }
             // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs),
             // where the plan has room for them; the others are never written (below).
             for n in b.convs {
                 guard let r = n.recompute else { continue }
                 timedOp(.bnBackward) {
-                let u = n.unit
-                batchNormApplySaved(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                                    gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
-                                    saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
+                    let u = n.unit
+                    batchNormApplySaved(
+                        BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                        gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
+                        saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
                 }
             }
             // Node i: BN backward reads d(out) and writes gradConv; conv backward reads it and writes
@@ -634,60 +682,77 @@ public final class ResNetPass {
                     let m = b.convs[i - 1]
                     if let r = m.recompute { input = r } else { input = m.conv; affine = savedAffine(m, store) }
                 }
-                bnBackward(n, store, output: n.recompute ?? (i == last ? n.out : nil), gradOut: dIn, gradIn: n.gradConv!,
-                           update: update)
-                convBackward(n, store, input: input, inputAffine: affine, gradConv: n.gradConv!, gradInput: target,
-                             accumulate: false, needInput: true, update: update)
+                bnBackward(
+                    n, store, output: n.recompute ?? (i == last ? n.out : nil), gradOut: dIn, gradIn: n.gradConv!,
+                    update: update)
+                convBackward(
+                    n, store, input: input, inputAffine: affine, gradConv: n.gradConv!, gradInput: target,
+                    accumulate: false, needInput: true, update: update)
                 dIn = UnsafePointer(target)
             }
             // Now gIn = d(block input) from the main path; gOut = d(block output) after ReLU (the shortcut's).
             if let d = b.down {
                 bnBackward(d, store, output: d.out, gradOut: gOut, gradIn: d.gradConv!, update: update)
-                convBackward(d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true,
-                             update: update)
+                convBackward(
+                    d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true,
+                    update: update)
             } else {
-                timedOp(.elementwise) { addForward(count: b.convs[0].shape.inputCount, gIn, gOut, relu: false, output: gIn) }
+                timedOp(.elementwise) {
+                    addForward(count: b.convs[0].shape.inputCount, gIn, gOut, relu: false, output: gIn)
+                }
             }
         }
         // Stem: d(stem output), through the pool's backward when there is one.
         let stemGrad = stem.gradOut!
         if let pool {
-            timedOp(.elementwise) { maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad) }
+            timedOp(.elementwise) {
+                maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad)
+            }
         }
         var stemNode = stem
         stemNode.conv = stemConvRebuilt!
-        timedOp(.pack) { conv2dPackForward(stem.shape, weights: store.params + stem.unit.weight, packed: workspace.pack) }
+        timedOp(.pack) {
+            conv2dPackForward(stem.shape, weights: store.params + stem.unit.weight, packed: workspace.pack)
+        }
         timedOp(.convDirect, shape: stem.shape, "fwd") {
-            conv2dForward(stem.shape, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
+            conv2dForward(
+                stem.shape, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
         }
         bnBackward(stemNode, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!, update: update)
-        convBackward(stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false, needInput: false,
-                     update: update)
+        convBackward(
+            stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false,
+            needInput: false,
+            update: update)
     }
 
     /// The affine that rebuilds a mid-block output from its kept conv output, as batchNormApplySaved
     /// does (mean and gamma * invstd rows of whole vectors), for the next convolution's backward-weights.
     func savedAffine(_ n: Node, _ store: ParameterStore) -> ConvInputAffine {
         let u = n.unit
-        batchNormSavedAffine(channels: u.cout, gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd,
-                             mean: affineMean, scale: affineScale)
-        return ConvInputAffine(mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: 0,
-                               imagesPerGroup: batch)
+        batchNormSavedAffine(
+            channels: u.cout, gamma: store.params + u.gamma, saveMean: n.mean, saveInvStd: n.invStd,
+            mean: affineMean, scale: affineScale)
+        return ConvInputAffine(
+            mean: affineMean, scale: affineScale, shift: store.params + u.beta, groupStride: 0,
+            imagesPerGroup: batch)
     }
 
     /// `output`: the node's BN output, read for its ReLU mask when it has one (nil: the mask comes from
     /// the conv output and the saved statistics).
-    func bnBackward(_ n: Node, _ store: ParameterStore, output: Ptr?, gradOut: UnsafePointer<Float>, gradIn: Ptr,
-                    update: FusedSGD?) {
+    func bnBackward(
+        _ n: Node, _ store: ParameterStore, output: Ptr?, gradOut: UnsafePointer<Float>, gradIn: Ptr,
+        update: FusedSGD?
+    ) {
         let u = n.unit
         timedOp(.bnBackward) {
-            batchNormBackward(BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                              output: u.relu ? output.map { UnsafePointer($0) } : nil, gradOutput: gradOut,
-                              gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
-                              saveInvStd: n.invStd, relu: u.relu,
-                              gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
-                              gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch,
-                              sync: statisticsSync?.mode == .sharedBatch ? statisticsSync : nil)
+            batchNormBackward(
+                BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                output: u.relu ? output.map { UnsafePointer($0) } : nil, gradOutput: gradOut,
+                gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
+                saveInvStd: n.invStd, relu: u.relu,
+                gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
+                gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch,
+                sync: statisticsSync?.mode == .sharedBatch ? statisticsSync : nil)
         }
         if let update {
             timedOp(.optimizer) {
@@ -699,26 +764,35 @@ public final class ResNetPass {
 
 
     /// `inputAffine`: the input is the normalised `input` (a mid-block output never written).
-    func convBackward(_ n: Node, _ store: ParameterStore, input: Ptr, inputAffine: ConvInputAffine? = nil, gradConv: Ptr,
-                      gradInput: Ptr?, accumulate: Bool, needInput: Bool, update: FusedSGD?) {
+    func convBackward(
+        _ n: Node, _ store: ParameterStore, input: Ptr, inputAffine: ConvInputAffine? = nil, gradConv: Ptr,
+        gradInput: Ptr?, accumulate: Bool, needInput: Bool, update: FusedSGD?
+    ) {
         let wg = n.shape.usesWinograd
-        precondition(inputAffine == nil || wg,
-                     "this pass was planned with mid-block batch norms inside Winograd transforms; Winograd is now off")
+        precondition(
+            inputAffine == nil || wg,
+            "this pass was planned with mid-block batch norms inside Winograd transforms; Winograd is now off")
         let gradWeight = update?.first ?? store.grads + n.unit.weight
         timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.shape, "bwd-w") {
-            conv2dBackwardWeight(n.shape, input: input, gradOutput: gradConv, gradWeight: gradWeight,
-                                 accumulate: false, scratch: scratch, inputAffine: inputAffine)
+            conv2dBackwardWeight(
+                n.shape, input: input, gradOutput: gradConv, gradWeight: gradWeight,
+                accumulate: false, scratch: scratch, inputAffine: inputAffine)
         }
         if let gradInput, needInput {
-            timedOp(.pack) { conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack) }
+            timedOp(.pack) {
+                conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack)
+            }
             timedOp(wg ? .bwdDataWinograd : .bwdDataDirect, shape: n.shape, "bwd-d") {
-                conv2dBackwardData(n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
-                                   accumulate: accumulate, scratch: scratch)
+                conv2dBackwardData(
+                    n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
+                    accumulate: accumulate, scratch: scratch)
             }
         }
         // The weights' last read (their backward-data panel) is done: update them.
         if let update {
-            timedOp(.optimizer) { update.apply(store, offset: n.unit.weight, count: n.shape.weightCount, grad: gradWeight) }
+            timedOp(.optimizer) {
+                update.apply(store, offset: n.unit.weight, count: n.shape.weightCount, grad: gradWeight)
+            }
         }
     }
 }

@@ -12,9 +12,9 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// An unreadable, malformed or unwritable tensor file (safetensors or .npy); the message names the file.
@@ -49,8 +49,9 @@ public struct SafeTensorsFile {
 
         /// Raw constructor; `data.count` must be product(shape) * dtype.size.
         public init(dtype: DType, shape: [Int], data: [UInt8]) {
-            precondition(shape.allSatisfy { $0 >= 0 } && data.count == shape.reduce(1, *) * dtype.size,
-                         "tensor data does not match dtype x shape")
+            precondition(
+                shape.allSatisfy { $0 >= 0 } && data.count == shape.reduce(1, *) * dtype.size,
+                "tensor data does not match dtype x shape")
             self.dtype = dtype; self.shape = shape; self.data = data
         }
         /// F32 tensor; `shape` defaults to 1-D.
@@ -59,7 +60,9 @@ public struct SafeTensorsFile {
             precondition(sh.reduce(1, *) == floats.count, "shape \(sh) does not hold \(floats.count) values")
             var d = [UInt8](repeating: 0, count: floats.count * 4)
             d.withUnsafeMutableBytes { raw in
-                for (i, v) in floats.enumerated() { raw.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self) }
+                for (i, v) in floats.enumerated() {
+                    raw.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+                }
             }
             self.init(dtype: .F32, shape: sh, data: d)
         }
@@ -69,7 +72,9 @@ public struct SafeTensorsFile {
             precondition(sh.reduce(1, *) == int64s.count, "shape \(sh) does not hold \(int64s.count) values")
             var d = [UInt8](repeating: 0, count: int64s.count * 8)
             d.withUnsafeMutableBytes { raw in
-                for (i, v) in int64s.enumerated() { raw.storeBytes(of: v.littleEndian, toByteOffset: i * 8, as: Int64.self) }
+                for (i, v) in int64s.enumerated() {
+                    raw.storeBytes(of: v.littleEndian, toByteOffset: i * 8, as: Int64.self)
+                }
             }
             self.init(dtype: .I64, shape: sh, data: d)
         }
@@ -82,10 +87,29 @@ public struct SafeTensorsFile {
             let n = count
             return data.withUnsafeBytes { raw -> [Float]? in
                 switch dtype {
-                case .F32: return (0..<n).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
-                case .F64: return (0..<n).map { Float(Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self)))) }
-                case .F16: return (0..<n).map { halfToFloat(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
-                case .BF16: return (0..<n).map { Float(bitPattern: UInt32(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) << 16) }
+                case .F32:
+                    return (0..<n).map {
+                        Float(
+                            bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))
+                        )
+                    }
+                case .F64:
+                    return (0..<n).map {
+                        Float(
+                            Double(
+                                bitPattern: UInt64(
+                                    littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self))))
+                    }
+                case .F16:
+                    return (0..<n).map {
+                        halfToFloat(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))
+                    }
+                case .BF16:
+                    return (0..<n).map {
+                        Float(
+                            bitPattern: UInt32(
+                                UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) << 16)
+                    }
                 default: return nil
                 }
             }
@@ -95,9 +119,18 @@ public struct SafeTensorsFile {
             let n = count
             return data.withUnsafeBytes { raw -> [Int64]? in
                 switch dtype {
-                case .I64: return (0..<n).map { Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
-                case .I32: return (0..<n).map { Int64(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self))) }
-                case .I16: return (0..<n).map { Int64(Int16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: Int16.self))) }
+                case .I64:
+                    return (0..<n).map {
+                        Int64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self))
+                    }
+                case .I32:
+                    return (0..<n).map {
+                        Int64(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)))
+                    }
+                case .I16:
+                    return (0..<n).map {
+                        Int64(Int16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: Int16.self)))
+                    }
                 case .I8: return (0..<n).map { Int64(Int8(bitPattern: raw[$0])) }
                 case .U8, .BOOL: return (0..<n).map { Int64(raw[$0]) }
                 default: return nil
@@ -133,17 +166,22 @@ public struct SafeTensorsFile {
 
     /// The tensor called `name`, or an error naming the file.
     public func tensor(_ name: String) throws -> Tensor {
-        guard let t = tensors[name] else { throw TensorFileError(path: path ?? "<memory>", reason: "no tensor named '\(name)'") }
+        guard let t = tensors[name] else {
+            throw TensorFileError(path: path ?? "<memory>", reason: "no tensor named '\(name)'")
+        }
         return t
     }
     /// Float values of `name` (F32/F64/F16/BF16), optionally checking the shape; errors name the file.
     public func floats(_ name: String, shape: [Int]? = nil) throws -> [Float] {
         let t = try tensor(name)
         if let shape, shape != t.shape {
-            throw TensorFileError(path: path ?? "<memory>", reason: "tensor '\(name)' has shape \(t.shape), expected \(shape)")
+            throw TensorFileError(
+                path: path ?? "<memory>", reason: "tensor '\(name)' has shape \(t.shape), expected \(shape)")
         }
         guard let f = t.floats else {
-            throw TensorFileError(path: path ?? "<memory>", reason: "tensor '\(name)' has dtype \(t.dtype.rawValue), expected a float type")
+            throw TensorFileError(
+                path: path ?? "<memory>",
+                reason: "tensor '\(name)' has dtype \(t.dtype.rawValue), expected a float type")
         }
         return f
     }
@@ -151,7 +189,9 @@ public struct SafeTensorsFile {
     public func int64s(_ name: String) throws -> [Int64] {
         let t = try tensor(name)
         guard let v = t.int64s else {
-            throw TensorFileError(path: path ?? "<memory>", reason: "tensor '\(name)' has dtype \(t.dtype.rawValue), expected an integer type")
+            throw TensorFileError(
+                path: path ?? "<memory>",
+                reason: "tensor '\(name)' has dtype \(t.dtype.rawValue), expected an integer type")
         }
         return v
     }
@@ -201,11 +241,13 @@ public struct SafeTensorsFile {
             guard let e = value as? [String: Any] else { throw fail("entry '\(name)' is not an object") }
             guard let ds = e["dtype"] as? String else { throw fail("tensor '\(name)' has no dtype") }
             guard let dtype = DType(rawValue: ds) else { throw fail("tensor '\(name)' has unknown dtype '\(ds)'") }
-            guard let shapeAny = e["shape"] as? [Any], let shape = intArray(shapeAny), shape.allSatisfy({ $0 >= 0 }) else {
+            guard let shapeAny = e["shape"] as? [Any], let shape = intArray(shapeAny), shape.allSatisfy({ $0 >= 0 })
+            else {
                 throw fail("tensor '\(name)' has no valid shape")
             }
             guard let offAny = e["data_offsets"] as? [Any], let off = intArray(offAny), off.count == 2,
-                  off[0] >= 0, off[1] >= off[0] else {
+                off[0] >= 0, off[1] >= off[0]
+            else {
                 throw fail("tensor '\(name)' has invalid data_offsets")
             }
             var elements = 1
@@ -216,10 +258,14 @@ public struct SafeTensorsFile {
             }
             let (want, o) = elements.multipliedReportingOverflow(by: dtype.size)
             guard !o, off[1] - off[0] == want else {
-                throw fail("tensor '\(name)' data_offsets \(off) span \(off[1] - off[0]) bytes, but \(ds) x \(shape) needs \(want)")
+                throw fail(
+                    "tensor '\(name)' data_offsets \(off) span \(off[1] - off[0]) bytes, "
+                        + "but \(ds) x \(shape) needs \(want)")
             }
             guard off[1] <= dataCount else {
-                throw fail("tensor '\(name)' data_offsets \(off) run past the end of the data (\(dataCount) bytes): truncated file or offsets out of range")
+                throw fail(
+                    "tensor '\(name)' data_offsets \(off) run past the end of the data (\(dataCount) bytes): "
+                        + "truncated file or offsets out of range")
             }
             entries.append((name, off[0], off[1], dtype, shape))
         }
@@ -248,7 +294,8 @@ public struct SafeTensorsFile {
         var first = true
         if !metadata.isEmpty {
             json += "\"__metadata__\":{"
-            json += metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }.joined(separator: ",")
+            json += metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }.joined(
+                separator: ",")
             json += "}"
             first = false
         }
@@ -258,7 +305,9 @@ public struct SafeTensorsFile {
             if !first { json += "," }
             first = false
             let shape = t.shape.map(String.init).joined(separator: ",")
-            json += "\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.data.count)]}"
+            json +=
+                "\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],"
+                + "\"data_offsets\":[\(offset),\(offset + t.data.count)]}"
             offset += t.data.count
         }
         json += "}"

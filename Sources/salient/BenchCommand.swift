@@ -42,7 +42,9 @@ func measurePeak() -> Double {
 struct BenchRecord {
     var fields: [(String, String)]
     mutating func add(_ k: String, _ v: Int) { fields.append((k, String(v))) }
-    mutating func add(_ k: String, _ v: Double) { fields.append((k, String(format: v.magnitude >= 1 ? "%.2f" : "%.6g", v))) }
+    mutating func add(_ k: String, _ v: Double) {
+        fields.append((k, String(format: v.magnitude >= 1 ? "%.2f" : "%.6g", v)))
+    }
     mutating func add(_ k: String, _ v: String) { fields.append((k, "\"\(v)\"")) }
     var json: String { "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}" }
 }
@@ -50,12 +52,19 @@ struct BenchRecord {
 struct BenchKernels: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels",
-        abstract: "FMA peak, then 3x3 convolutions on ResNet-18's CIFAR shapes (GFLOP/s, % of peak), batch norm and pooling (GB/s).")
+        abstract: """
+            FMA peak, then 3x3 convolutions on ResNet-18's CIFAR shapes (GFLOP/s, % of peak), \
+            batch norm and pooling (GB/s).
+            """)
 
     @OptionGroup var threadOptions: ThreadOptions
     @Flag(help: "One JSON object per line.") var json = false
     @Option(help: "Batch size.") var batch = 64
-    @Option(help: "Comma-separated (C, H=W) shapes, e.g. 64x32,128x16; a suffix s2 (64x32s2) times the stride-2 convolution C -> 2C of a stage's first block.")
+    @Option(
+        help: """
+            Comma-separated (C, H=W) shapes, e.g. 64x32,128x16; a suffix s2 (64x32s2) times the stride-2 \
+            convolution C -> 2C of a stage's first block.
+            """)
     var shapes = "64x32,128x16,256x8,512x4"
 
     func validate() throws {
@@ -66,7 +75,9 @@ struct BenchKernels: ParsableCommand {
     func parseShapes() throws -> [(c: Int, hw: Int, stride: Int)] {
         try shapes.split(separator: ",").map { part in
             let stride = part.hasSuffix("s2") ? 2 : 1
-            let f = part.dropLast(stride == 2 ? 2 : 0).split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+            let f = part.dropLast(stride == 2 ? 2 : 0).split(separator: "x", omittingEmptySubsequences: false).map {
+                Int($0)
+            }
             guard f.count == 2, let c = f[0], let hw = f[1], c > 0, hw >= stride, c <= 4096, hw <= 1024 else {
                 throw ValidationError("--shapes: expected CxHW like 64x32 (or 64x32s2 for stride 2), got '\(part)'")
             }
@@ -90,10 +101,12 @@ struct BenchKernels: ParsableCommand {
             let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1)
             for (op, t) in try benchConv(sh) {
                 var rec = BenchRecord(fields: [])
-                rec.add("op", stride == 1 ? op : op + "_s2"); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
+                rec.add("op", stride == 1 ? op : op + "_s2"); rec.add("C", c); rec.add("HW", hw);
+                rec.add("batch", batch)
                 rec.add("threads", threads); rec.add("gflops", sh.flops / t * 1e-9)
                 rec.add("pct_peak", sh.flops / t * 1e-9 / peak * 100)
-                rec.add("conv", sh.usesWinograd || (op == "conv3x3_fwd" && sh.usesWinogradStride2) ? "winograd" : "direct")
+                rec.add(
+                    "conv", sh.usesWinograd || (op == "conv3x3_fwd" && sh.usesWinogradStride2) ? "winograd" : "direct")
                 emit(rec, peak: peak)
                 rows.append(rec)
             }
@@ -114,15 +127,22 @@ struct BenchKernels: ParsableCommand {
         let d = Dictionary(r.fields, uniquingKeysWith: { a, _ in a })
         let op = d["op"]!.replacingOccurrences(of: "\"", with: "")
         if op == "peak_fma" {
-            print("FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains of "
-                  + "\(d["lanes"]!) lanes per thread, \(simdBuildName) build)")
-            print("3x3 convolutions: \(ThreadOptions.algorithm)" + (Conv2DShape.winogradEnabled
-                ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; Winograd F(4x4,3x3) does 1/4 of the multiplies)"
-                : "") + "; each time includes packing/transforming the weights")
+            print(
+                "FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains of "
+                    + "\(d["lanes"]!) lanes per thread, \(simdBuildName) build)")
+            print(
+                "3x3 convolutions: \(ThreadOptions.algorithm)"
+                    + (Conv2DShape.winogradEnabled
+                        ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; "
+                            + "Winograd F(4x4,3x3) does 1/4 of the multiplies)"
+                        : "") + "; each time includes packing/transforming the weights")
             print(row(["op", "C", "HW", "batch", "GFLOP/s", "GB/s", "% peak"]))
         } else {
-            print(row([op, d["C"] ?? "", d["HW"] ?? "", d["batch"] ?? "", d["gflops"] ?? "-", d["gbps"] ?? "-",
-                       d["pct_peak"] ?? "-"]))
+            print(
+                row([
+                    op, d["C"] ?? "", d["HW"] ?? "", d["batch"] ?? "", d["gflops"] ?? "-", d["gbps"] ?? "-",
+                    d["pct_peak"] ?? "-"
+                ]))
         }
         fflush(nil)
     }
@@ -165,19 +185,35 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
     var out: [(String, Double)] = []
     // Forward and backward-data include the weight packing (Winograd: the weight transform), as in
     // a training step, where weights change every step.
-    out.append(("conv3x3_fwd", medianSeconds {
-        conv2dPackForward(sh, weights: w, packed: &pf)
-        conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch) }))
-    out.append(("conv3x3_bwd_data", medianSeconds {
-        conv2dPackBackwardData(sh, weights: w, packed: &pb)
-        conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch) }))
-    out.append(("conv3x3_bwd_weight", medianSeconds {
-        conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch) }))
+    out.append(
+        (
+            "conv3x3_fwd",
+            medianSeconds {
+                conv2dPackForward(sh, weights: w, packed: &pf)
+                conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
+            }
+        ))
+    out.append(
+        (
+            "conv3x3_bwd_data",
+            medianSeconds {
+                conv2dPackBackwardData(sh, weights: w, packed: &pb)
+                conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+            }
+        ))
+    out.append(
+        (
+            "conv3x3_bwd_weight",
+            medianSeconds {
+                conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+            }
+        ))
     return out
 }
 
 /// Compares 64 random elements of each result with a direct double-precision sum.
-func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws {
+func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws
+{
     let OH = sh.oh, OW = sh.ow
     func xAt(_ b: Int, _ ih: Int, _ iw: Int, _ c: Int) -> Double {
         ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w ? 0 : Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
@@ -193,25 +229,39 @@ func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [F
         let k = Int.random(in: 0..<sh.k), c = Int.random(in: 0..<sh.c)
         let r = Int.random(in: 0..<sh.r), s = Int.random(in: 0..<sh.s)
         var acc = 0.0
-        for cc in 0..<sh.c { for rr in 0..<sh.r { for ss in 0..<sh.s {
-            acc += xAt(b, oh * sh.stride - sh.pad + rr, ow * sh.stride - sh.pad + ss, cc) * wAt(k, cc, rr, ss)
-        } } }
+        for cc in 0..<sh.c {
+            for rr in 0..<sh.r {
+                for ss in 0..<sh.s {
+                    acc += xAt(b, oh * sh.stride - sh.pad + rr, ow * sh.stride - sh.pad + ss, cc) * wAt(k, cc, rr, ss)
+                }
+            }
+        }
         try check("forward", y[((b * OH + oh) * OW + ow) * sh.k + k], acc, Double(sh.c * sh.taps) * 0.1)
         // backward-data at input pixel (b, ih, iw), channel c
         let ih = Int.random(in: 0..<sh.h), iw = Int.random(in: 0..<sh.w)
         acc = 0
-        for kk in 0..<sh.k { for rr in 0..<sh.r { for ss in 0..<sh.s {
-            let ohn = ih + sh.pad - rr, own = iw + sh.pad - ss
-            if ohn < 0 || own < 0 || ohn % sh.stride != 0 || own % sh.stride != 0 { continue }
-            let o1 = ohn / sh.stride, o2 = own / sh.stride
-            if o1 >= OH || o2 >= OW { continue }
-            acc += Double(dy[((b * OH + o1) * OW + o2) * sh.k + kk]) * wAt(kk, c, rr, ss)
-        } } }
+        for kk in 0..<sh.k {
+            for rr in 0..<sh.r {
+                for ss in 0..<sh.s {
+                    let ohn = ih + sh.pad - rr, own = iw + sh.pad - ss
+                    if ohn < 0 || own < 0 || ohn % sh.stride != 0 || own % sh.stride != 0 { continue }
+                    let o1 = ohn / sh.stride, o2 = own / sh.stride
+                    if o1 >= OH || o2 >= OW { continue }
+                    acc += Double(dy[((b * OH + o1) * OW + o2) * sh.k + kk]) * wAt(kk, c, rr, ss)
+                }
+            }
+        }
         try check("backward-data", dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c], acc, Double(sh.k * sh.taps) * 0.1)
         acc = 0
-        for bb in 0..<sh.n { for o1 in 0..<OH { for o2 in 0..<OW {
-            acc += xAt(bb, o1 * sh.stride - sh.pad + r, o2 * sh.stride - sh.pad + s, c) * Double(dy[((bb * OH + o1) * OW + o2) * sh.k + k])
-        } } }
+        for bb in 0..<sh.n {
+            for o1 in 0..<OH {
+                for o2 in 0..<OW {
+                    acc +=
+                        xAt(bb, o1 * sh.stride - sh.pad + r, o2 * sh.stride - sh.pad + s, c)
+                        * Double(dy[((bb * OH + o1) * OW + o2) * sh.k + k])
+                }
+            }
+        }
         try check("backward-weight", dw[((k * sh.c + c) * sh.r + r) * sh.s + s], acc, Double(sh.n * OH * OW))
     }
 }
@@ -229,31 +279,57 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
     var rm = [Float](repeating: 0, count: c), rv = [Float](repeating: 1, count: c)
     var mean = rm, inv = rm, dg = rm, db = rm
     let sh = BatchNormShape(pixels: P, channels: c)
-    let scratch = UnsafeMutableRawPointer.allocate(byteCount: batchNormScratchBytes(sh, threads: Threads.count), alignment: 64)
+    let scratch = UnsafeMutableRawPointer.allocate(
+        byteCount: batchNormScratchBytes(sh, threads: Threads.count), alignment: 64)
     defer { scratch.deallocate() }
-    batchNormForwardTraining(sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-                             eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+    batchNormForwardTraining(
+        sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
+        eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
     // Check: per-channel mean of the normalised output (before ReLU) is ~0 -> check a few channels.
     for ch in 0..<min(c, 4) {
         var s = 0.0
         for p in 0..<P { s += Double((x[p * c + ch] - mean[ch]) * inv[ch]) }
-        if abs(s / Double(P)) > 1e-3 { throw BenchError(description: "batch norm statistics are wrong (channel \(ch))") }
+        if abs(s / Double(P)) > 1e-3 {
+            throw BenchError(description: "batch norm statistics are wrong (channel \(ch))")
+        }
     }
     let bytes = Double(n * 4)
     var out: [(String, Double, Double)] = []
-    out.append(("bn_relu_fwd_train", 3 * bytes, medianSeconds {
-        batchNormForwardTraining(sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-                                 eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch) }))
-    out.append(("bn_relu_bwd", 6 * bytes, medianSeconds {
-        batchNormBackward(sh, input: x, output: y, gradOutput: dy, gamma: gamma, saveMean: mean, saveInvStd: inv, relu: true,
-                          gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch) }))
+    out.append(
+        (
+            "bn_relu_fwd_train", 3 * bytes,
+            medianSeconds {
+                batchNormForwardTraining(
+                    sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
+                    eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+            }
+        ))
+    out.append(
+        (
+            "bn_relu_bwd", 6 * bytes,
+            medianSeconds {
+                batchNormBackward(
+                    sh, input: x, output: y, gradOutput: dy, gamma: gamma, saveMean: mean, saveInvStd: inv, relu: true,
+                    gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch)
+            }
+        ))
     let ps = MaxPoolShape(n: batch, c: c, h: hw, w: hw)
     var py = [Float](repeating: 0, count: ps.outputCount)
     var am = [Int32](repeating: 0, count: ps.outputCount)
-    out.append(("maxpool3x3s2_fwd", bytes + Double(ps.outputCount * 8), medianSeconds {
-        maxPoolForward(ps, input: x, output: &py, argmax: &am) }))
+    out.append(
+        (
+            "maxpool3x3s2_fwd", bytes + Double(ps.outputCount * 8),
+            medianSeconds {
+                maxPoolForward(ps, input: x, output: &py, argmax: &am)
+            }
+        ))
     var gy = [Float](repeating: 0, count: batch * c)
-    out.append(("avgpool_fwd", bytes, medianSeconds {
-        globalAvgPoolForward(n: batch, pixels: hw * hw, channels: c, input: x, output: &gy) }))
+    out.append(
+        (
+            "avgpool_fwd", bytes,
+            medianSeconds {
+                globalAvgPoolForward(n: batch, pixels: hw * hw, channels: c, input: x, output: &gy)
+            }
+        ))
     return out
 }

@@ -14,7 +14,9 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "Output .safetensors file.") var out: String
 
     func validate() throws {
-        guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must end in .safetensors, got '\(out)'") }
+        guard out.hasSuffix(".safetensors") else {
+            throw ValidationError("--out must end in .safetensors, got '\(out)'")
+        }
     }
 
     func run() throws {
@@ -22,8 +24,11 @@ struct ExportCommand: ParsableCommand {
             throw ValidationError("--out \(out) is the --checkpoint itself: write the encoder to another file")
         }
         if FileManager.default.fileExists(atPath: out),
-           let existing = try? SafeTensorsFile.read(path: out), existing.metadata["format"] == "salient-trainer-1" {
-            throw ValidationError("--out \(out) is a trainer checkpoint (it resumes a run); an encoder-only file would replace it: write it elsewhere")
+            let existing = try? SafeTensorsFile.read(path: out), existing.metadata["format"] == "salient-trainer-1"
+        {
+            throw ValidationError(
+                "--out \(out) is a trainer checkpoint (it resumes a run); "
+                    + "an encoder-only file would replace it: write it elsewhere")
         }
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = try EncoderCheckpoint.inferConfig(file, path: checkpoint)

@@ -10,7 +10,11 @@ struct ExtractCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "extract",
         abstract: "Pooled backbone features of a dataset as a float32 .npy (N x D), labels beside it.",
-        discussion: "Reads a salient or PyTorch (torchvision-named) safetensors checkpoint. Writes FEATURES.npy and, when the data has labels, FEATURES.labels.npy (int64). Nothing is written on failure. Under mpirun the ranks share the images and rank 0 writes the one file, the same as one process writes.")
+        discussion: """
+            Reads a salient or PyTorch (torchvision-named) safetensors checkpoint. Writes FEATURES.npy and, \
+            when the data has labels, FEATURES.labels.npy (int64). Nothing is written on failure. Under \
+            mpirun the ranks share the images and rank 0 writes the one file, the same as one process writes.
+            """)
 
     @Option(help: "Encoder checkpoint (.safetensors): encoder-only or a trainer checkpoint.") var checkpoint: String
     @Option(help: "A folder of PNGs (class subfolders give labels) or an IDX images file.") var data: String
@@ -45,22 +49,29 @@ struct ExtractCommand: ParsableCommand {
         let file = try SafeTensorsFile.read(path: checkpoint)
         let config = model.apply(to: try EncoderCheckpoint.inferConfig(file, path: checkpoint))
         let encoder = try EncoderCheckpoint.loadEncoder(path: checkpoint, config: config, trainable: false)
-        let dataset = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: config.inChannels,
-                                             decode: prep.resize.map { DecodeTarget.resize($0) } ?? .full)
+        let dataset = try DatasetLoader.open(
+            path: data, limit: limit, skipBad: skipBad, channels: config.inChannels,
+            decode: prep.resize.map { DecodeTarget.resize($0) } ?? .full)
         let pre = try prep.preprocess(channels: config.inChannels, checkpointInput: file.metadata["input"])
-        comm.requireSame("\(Salient.configuration.version)\n\(config)\n\(pre)\n\(dataset.count) \(dataset.source)",
-                         "the binary, checkpoint, options or data")
+        comm.requireSame(
+            "\(Salient.configuration.version)\n\(config)\n\(pre)\n\(dataset.count) \(dataset.source)",
+            "the binary, checkpoint, options or data")
         if comm.isRoot {
-            note("extract: \(dataset.count) images from \(data), \(config), \(pre.highPass ? "high-pass" : "plain") input, "
-                 + "\(Threads.count) thread(s)" + (comm.isDistributed ? " in each of \(comm.size) ranks" : ""))
+            note(
+                "extract: \(dataset.count) images from \(data), \(config), "
+                    + "\(pre.highPass ? "high-pass" : "plain") input, "
+                    + "\(Threads.count) thread(s)" + (comm.isDistributed ? " in each of \(comm.size) ranks" : ""))
         }
         let t0 = Date()
-        let features = try extractFeatures(encoder: encoder, dataset: dataset, batch: batch, preprocess: pre,
-                                           comm: comm) { done, total in
+        let features = try extractFeatures(
+            encoder: encoder, dataset: dataset, batch: batch, preprocess: pre,
+            comm: comm
+        ) { done, total in
             guard comm.isRoot else { return }
             let dt = Date().timeIntervalSince(t0)
-            progressNote(String(format: "  %d/%d images  %.0f img/s", done, total, Double(done) / max(dt, 1e-9)),
-                         done: done == total)
+            progressNote(
+                String(format: "  %d/%d images  %.0f img/s", done, total, Double(done) / max(dt, 1e-9)),
+                done: done == total)
         }
         guard comm.isRoot else { return }
         let D = config.featureDim
@@ -75,9 +86,11 @@ struct ExtractCommand: ParsableCommand {
             throw error
         }
         let dt = Date().timeIntervalSince(t0)
-        print("wrote \(out): \(dataset.count) x \(D) float32" + (dataset.labels != nil ? "; labels in \(labelsOut)" : ""))
-        print(String(format: "%.1f images/s on %d thread(s)", Double(dataset.count) / dt, Threads.count)
-              + (comm.isDistributed ? " in each of \(comm.size) ranks" : ""))
+        print(
+            "wrote \(out): \(dataset.count) x \(D) float32" + (dataset.labels != nil ? "; labels in \(labelsOut)" : ""))
+        print(
+            String(format: "%.1f images/s on %d thread(s)", Double(dataset.count) / dt, Threads.count)
+                + (comm.isDistributed ? " in each of \(comm.size) ranks" : ""))
         if !dataset.skipped.isEmpty { print("skipped \(dataset.skipped.count) unreadable file(s)") }
     }
 }

@@ -6,7 +6,10 @@ import Data
 struct FuzzCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fuzz",
-        abstract: "Fuzz the PNG / JPEG / gzip / IDX parsers with seeded mutations; fails on a crash or an inconsistent result.",
+        abstract: """
+            Fuzz the PNG / JPEG / gzip / IDX parsers with seeded mutations; fails on a crash or an \
+            inconsistent result.
+            """,
         shouldDisplay: false)
 
     @Option var iterations = 1_000_000

@@ -2,9 +2,9 @@
 // (it writes a checkpoint there and exits 130 or 143); the same signal again ends the process at
 // once (the handler is reset to the default on its first delivery).
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The signal received (0: none). Written by the handler, read between training steps.
@@ -16,9 +16,9 @@ enum Interrupts {
         for sig in [SIGINT, SIGTERM] {
             var action = sigaction()
             #if canImport(Glibc)
-            action.__sigaction_handler.sa_handler = interruptHandler
+                action.__sigaction_handler.sa_handler = interruptHandler
             #else
-            action.__sigaction_u.__sa_handler = interruptHandler
+                action.__sigaction_u.__sa_handler = interruptHandler
             #endif
             sigemptyset(&action.sa_mask)
             action.sa_flags = SA_RESTART | Int32(bitPattern: UInt32(SA_RESETHAND))
@@ -35,6 +35,7 @@ enum Interrupts {
 /// Records the signal and says (with write(2), which a handler may call) that the run is stopping.
 private func interruptHandler(_ sig: Int32) {
     receivedSignal = sig
-    let text: StaticString = "\nsalient: stopping at the end of this step to write a checkpoint (interrupt again to quit at once)\n"
+    let text: StaticString =
+        "\nsalient: stopping at the end of this step to write a checkpoint (interrupt again to quit at once)\n"
     _ = write(2, text.utf8Start, text.utf8CodeUnitCount)
 }

@@ -11,7 +11,8 @@ struct ModelOptions: ParsableArguments {
 
     func validate() throws {
         if let a = arch, ResNetArch(rawValue: a) == nil {
-            throw ValidationError("--arch must be one of \(ResNetArch.allCases.map(\.rawValue).joined(separator: ", ")), got '\(a)'")
+            throw ValidationError(
+                "--arch must be one of \(ResNetArch.allCases.map(\.rawValue).joined(separator: ", ")), got '\(a)'")
         }
         if let s = stem, ResNetStem(rawValue: s) == nil {
             throw ValidationError("--stem must be cifar or imagenet, got '\(s)'")
@@ -31,9 +32,15 @@ struct ModelOptions: ParsableArguments {
 /// --resize / --mean / --std.
 struct PreprocessOptions: ParsableArguments {
     @Option(help: "Resize every image to N x N first (needed when sizes differ).") var resize: Int?
-    @Option(help: "Per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's; 0.5 for 1 channel).") var mean: String?
+    @Option(help: "Per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's; 0.5 for 1 channel).") var mean:
+        String?
     @Option(help: "Per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's; 0.5 for 1 channel).") var std: String?
-    @Option(name: .customLong("input"), help: "auto | plain | highpass: high-pass filter the images, as hp-fill training did (auto: as the checkpoint says).")
+    @Option(
+        name: .customLong("input"),
+        help: """
+            auto | plain | highpass: high-pass filter the images, as hp-fill training did (auto: as the \
+            checkpoint says).
+            """)
     var inputFilter = "auto"
 
     func validate() throws {
@@ -42,7 +49,9 @@ struct PreprocessOptions: ParsableArguments {
         }
         if let r = resize, r < 1 || r > 4096 { throw ValidationError("--resize must be between 1 and 4096, got \(r)") }
         _ = try parse(mean, "--mean"); _ = try parse(std, "--std")
-        if let s = try parse(std, "--std"), s.contains(where: { $0 <= 0 }) { throw ValidationError("--std values must be > 0") }
+        if let s = try parse(std, "--std"), s.contains(where: { $0 <= 0 }) {
+            throw ValidationError("--std values must be > 0")
+        }
     }
 
     func parse(_ s: String?, _ name: String) throws -> [Float]? {
@@ -75,8 +84,7 @@ func note(_ s: String, terminator: String = "\n") {
 /// A progress line rewritten in place on a terminal; on a pipe or file only the last one (`done`)
 /// is written, so logs get one line instead of a run of carriage returns.
 func progressNote(_ s: String, done: Bool) {
-    if isatty(2) != 0 { note("\r\u{1B}[K" + s, terminator: done ? "\n" : "") }
-    else if done { note(s) }
+    if isatty(2) != 0 { note("\r\u{1B}[K" + s, terminator: done ? "\n" : "") } else if done { note(s) }
 }
 
 /// Where the labels of a features file live: FEATURES.npy -> FEATURES.labels.npy.

@@ -9,7 +9,8 @@ struct PreviewCommand: ParsableCommand {
         commandName: "preview",
         abstract: "Write a PNG grid of images and their augmented training views.")
 
-    @Option(help: "A folder of PNG and JPEG images (class subfolders give labels) or an IDX *-images-idx3-ubyte[.gz] file.")
+    @Option(
+        help: "A folder of PNG and JPEG images (class subfolders give labels) or an IDX *-images-idx3-ubyte[.gz] file.")
     var data: String
 
     @Option(help: "Output PNG file.")
@@ -46,7 +47,9 @@ struct PreviewCommand: ParsableCommand {
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
         if let channels, channels != 1 && channels != 3 { throw ValidationError("--channels must be 1 or 3") }
         if !out.lowercased().hasSuffix(".png") { throw ValidationError("--out must name a .png file (got \(out))") }
-        if !FileManager.default.fileExists(atPath: data) { throw ValidationError("--data \(data): no such file or folder") }
+        if !FileManager.default.fileExists(atPath: data) {
+            throw ValidationError("--data \(data): no such file or folder")
+        }
         let dir = (out as NSString).deletingLastPathComponent
         if !dir.isEmpty && !FileManager.default.fileExists(atPath: dir) {
             throw ValidationError("--out \(out): folder \(dir) does not exist")
@@ -57,11 +60,14 @@ struct PreviewCommand: ParsableCommand {
         var config = AugmentConfig.mocoV2(size: size)
         config.highPass = highPass
         // JPEGs decoded as small as the views allow (DCT scaling); the originals are shown at the view size.
-        let ds = try DatasetLoader.open(path: data, limit: limit, skipBad: skipBad, channels: channels,
-                                        decode: .views(config))
+        let ds = try DatasetLoader.open(
+            path: data, limit: limit, skipBad: skipBad, channels: channels,
+            decode: .views(config))
         let grid = try makePreview(dataset: ds, config: config, count: min(n, ds.count), views: views, seed: seed)
         try writePNG(path: out, image: grid)
-        print("preview: \(min(n, ds.count)) of \(ds.count) images from \(data), \(views) views each at \(size) px -> \(out) (\(grid.width)x\(grid.height))")
+        print(
+            "preview: \(min(n, ds.count)) of \(ds.count) images from \(data), \(views) views each at \(size) px "
+                + "-> \(out) (\(grid.width)x\(grid.height))")
         if skipBad { print("skipped \(ds.skipped.count) bad file(s)") }
         for e in ds.skipped.prefix(20) { print("  skipped \(e)") }
     }

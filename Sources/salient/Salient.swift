@@ -8,7 +8,10 @@ struct Salient: ParsableCommand {
         commandName: "salient",
         abstract: "Contrastive self-supervised ResNet training on CPUs, with saliency-guided masking.",
         version: "0.1.0 (\(simdBuildName))",
-        subcommands: [TrainCommand.self, ExtractCommand.self, EvalCommand.self, ExportCommand.self, PreviewCommand.self, BenchCommand.self, FuzzCommand.self])
+        subcommands: [
+            TrainCommand.self, ExtractCommand.self, EvalCommand.self, ExportCommand.self, PreviewCommand.self,
+            BenchCommand.self, FuzzCommand.self
+        ])
 }
 
 /// The convolution algorithm for 3x3 stride-1 layers.
@@ -28,7 +31,9 @@ enum EnvironmentSettings {
     static func apply() throws {
         if let text = value("SALIENT_THREADS") {
             guard let n = Int(text.trimmingCharacters(in: .whitespaces)), Threads.allowedCounts.contains(n) else {
-                throw ValidationError("SALIENT_THREADS must be a whole number of threads between 1 and \(Threads.maximumCount), got '\(text)'")
+                throw ValidationError(
+                    "SALIENT_THREADS must be a whole number of threads between 1 and \(Threads.maximumCount), "
+                        + "got '\(text)'")
             }
             Threads.count = n
         } else {
@@ -49,7 +54,12 @@ struct ThreadOptions: ParsableArguments {
     @Option(name: .long, help: "Worker threads, 1-\(Threads.maximumCount) (default: SALIENT_THREADS or all cores).")
     var threads: Int?
 
-    @Option(name: .long, help: "3x3 stride-1 convolutions: winograd (F(4x4,3x3), the default) or direct (default: SALIENT_CONV or winograd).")
+    @Option(
+        name: .long,
+        help: """
+            3x3 stride-1 convolutions: winograd (F(4x4,3x3), the default) or direct (default: SALIENT_CONV \
+            or winograd).
+            """)
     var conv: ConvAlgorithm?
 
     func validate() throws {
@@ -66,8 +76,10 @@ struct ThreadOptions: ParsableArguments {
         ResNetPass.fusesBatchNorms = ProcessInfo.processInfo.environment["SALIENT_FUSE_BN"] != "0"
         let cores = Threads.processors
         if Threads.count > cores {
-            note("note: \(Threads.count) threads on \(cores) core(s): every parallel loop is split \(Threads.count) ways "
-                 + "and runs slower than on \(cores); leave --threads and SALIENT_THREADS out to use \(cores)")
+            note(
+                "note: \(Threads.count) threads on \(cores) core(s): "
+                    + "every parallel loop is split \(Threads.count) ways "
+                    + "and runs slower than on \(cores); leave --threads and SALIENT_THREADS out to use \(cores)")
         }
     }
 

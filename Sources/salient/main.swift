@@ -1,14 +1,15 @@
 import ArgumentParser
 import Kernels
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // An AVX-512 build (the default where the building machine has it) on a CPU without it: say so
 // before any kernel runs into an illegal instruction.
 if !Threads.cpuSupportsBuild {
-    note("salient: this binary was built for \(simdBuildName), which this CPU lacks; rebuild it here, "
-         + "or build a portable one with SALIENT_SIMD=avx2 make build")
+    note(
+        "salient: this binary was built for \(simdBuildName), which this CPU lacks; rebuild it here, "
+            + "or build a portable one with SALIENT_SIMD=avx2 make build")
     exit(1)
 }
 

@@ -34,7 +34,7 @@ func worstRatio(_ a: Buf, _ b: Buf, atol: Float, rtol: Float) -> Float {
     var worst: Float = 0
     for i in 0..<a.count {
         let d = a.p[i] - b.p[i]
-        if atol == 0 && rtol == 0 {          // exact
+        if atol == 0 && rtol == 0 {  // exact
             if !(a.p[i] == b.p[i]) { return .infinity }
             continue
         }
@@ -75,9 +75,11 @@ func expectAll(_ kernel: String, _ shape: String, _ parts: [(Buf, Buf, Float, Fl
     let ok = w <= 1
     checks += 1
     if !ok { failures += 1 }
-    withC(kernel) { k in withC(shape) { s in
-        salient_arm_report(k, s, Int32(Threads.count), Double(w), ok ? 1 : 0)
-    } }
+    withC(kernel) { k in
+        withC(shape) { s in
+            salient_arm_report(k, s, Int32(Threads.count), Double(w), ok ? 1 : 0)
+        }
+    }
 }
 
 /// Exact comparison (kernels that only select or add values): err/tol is 0 or infinite.
@@ -116,7 +118,7 @@ let convShapes: [Conv2DShape] = [
     // the forward, output channels split over threads, backward-weights in two passes).
     Conv2DShape(n: 1, c: 8, h: 1, w: 1, k: 8, r: 3, s: 3, stride: 1, pad: 1),
     Conv2DShape(n: 2, c: 17, h: 5, w: 7, k: 33, r: 3, s: 3, stride: 1, pad: 1),
-    Conv2DShape(n: 1, c: 256, h: 4, w: 3, k: 256, r: 3, s: 3, stride: 1, pad: 1),
+    Conv2DShape(n: 1, c: 256, h: 4, w: 3, k: 256, r: 3, s: 3, stride: 1, pad: 1)
 ]
 
 func describe(_ sh: Conv2DShape) -> String {
@@ -188,7 +190,7 @@ let bnShapes: [BatchNormShape] = [
     BatchNormShape(pixels: 3 * 7 * 7, channels: 33),
     BatchNormShape(pixels: 2 * 1 * 1, channels: 8),
     BatchNormShape(pixels: 600, channels: 64),
-    BatchNormShape(pixels: 1100, channels: 5),
+    BatchNormShape(pixels: 1100, channels: 5)
 ]
 
 /// Both vector widths, as checkConv (wide: 16 channels per vector while whole).
@@ -204,7 +206,7 @@ func checkBatchNormShapes(tiles: String) {
     for (i, sh) in bnShapes.enumerated() {
         var rng = RNG(seed: UInt64(10 + i))
         let C = sh.channels
-        let x = Buf(random: sh.count, &rng, 99, 101)         // mean far from zero
+        let x = Buf(random: sh.count, &rng, 99, 101)  // mean far from zero
         let xi = Buf(random: sh.count, &rng, -3, 3)
         let dy = Buf(random: sh.count, &rng), base = Buf(random: sh.count, &rng)
         let gamma = Buf(random: C, &rng, 0.5, 1.5), beta = Buf(random: C, &rng, -0.5, 0.5)
@@ -215,35 +217,45 @@ func checkBatchNormShapes(tiles: String) {
             let tag = relu ? " +relu" : ""
             let y = Buf(sh.count), mean = Buf(C), inv = Buf(C), frm = rm.copy(), frv = rv.copy()
             let yN = Buf(sh.count), meanN = Buf(C), invN = Buf(C), nrm = rm.copy(), nrv = rv.copy()
-            batchNormForwardTraining(sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: frm.p, runningVar: frv.p,
-                                     momentum: 0.1, eps: 1e-5, relu: relu, output: y.p, saveMean: mean.p,
-                                     saveInvStd: inv.p, scratch: sc)
-            batchNormForwardTrainingNaive(sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: nrm.p,
-                                          runningVar: nrv.p, momentum: 0.1, eps: 1e-5, relu: relu, output: yN.p,
-                                          saveMean: meanN.p, saveInvStd: invN.p)
-            expectAll("batchnorm forward-train" + tag, d + " (y mean invstd running)",
-                      [(y, yN, 2e-4, 1e-4), (mean, meanN, 0, 1e-6), (inv, invN, 0, 2e-4),
-                       (frm, nrm, 0, 1e-6), (frv, nrv, 1e-6, 1e-4)])
+            batchNormForwardTraining(
+                sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: frm.p, runningVar: frv.p,
+                momentum: 0.1, eps: 1e-5, relu: relu, output: y.p, saveMean: mean.p,
+                saveInvStd: inv.p, scratch: sc)
+            batchNormForwardTrainingNaive(
+                sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: nrm.p,
+                runningVar: nrv.p, momentum: 0.1, eps: 1e-5, relu: relu, output: yN.p,
+                saveMean: meanN.p, saveInvStd: invN.p)
+            expectAll(
+                "batchnorm forward-train" + tag, d + " (y mean invstd running)",
+                [
+                    (y, yN, 2e-4, 1e-4), (mean, meanN, 0, 1e-6), (inv, invN, 0, 2e-4),
+                    (frm, nrm, 0, 1e-6), (frv, nrv, 1e-6, 1e-4)
+                ])
 
             let yi = Buf(sh.count), yiN = Buf(sh.count)
-            batchNormForwardInference(sh, input: xi.c, gamma: gamma.c, beta: beta.c, runningMean: rm.c,
-                                      runningVar: rv.c, eps: 1e-5, relu: relu, output: yi.p)
-            batchNormForwardInferenceNaive(sh, input: xi.c, gamma: gamma.c, beta: beta.c, runningMean: rm.c,
-                                           runningVar: rv.c, eps: 1e-5, relu: relu, output: yiN.p)
+            batchNormForwardInference(
+                sh, input: xi.c, gamma: gamma.c, beta: beta.c, runningMean: rm.c,
+                runningVar: rv.c, eps: 1e-5, relu: relu, output: yi.p)
+            batchNormForwardInferenceNaive(
+                sh, input: xi.c, gamma: gamma.c, beta: beta.c, runningMean: rm.c,
+                runningVar: rv.c, eps: 1e-5, relu: relu, output: yiN.p)
             expectAll("batchnorm forward-eval" + tag, d, [(yi, yiN, 1e-5, 1e-5)])
 
             for acc in [false, true] {
                 let dx = acc ? base.copy() : Buf(sh.count), dxN = acc ? base.copy() : Buf(sh.count)
                 let dg = Buf(C), db = Buf(C), dgN = Buf(C), dbN = Buf(C)
                 let yArg: UnsafePointer<Float>? = relu ? y.c : nil
-                batchNormBackward(sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
-                                  saveInvStd: inv.c, relu: relu, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
-                                  accumulate: acc, scratch: sc)
-                batchNormBackwardNaive(sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
-                                       saveInvStd: inv.c, relu: relu, gradInput: dxN.p, gradGamma: dgN.p,
-                                       gradBeta: dbN.p, accumulate: acc)
-                expectAll("batchnorm backward" + tag + (acc ? " +=" : ""), d + " (dx dgamma dbeta)",
-                          [(dx, dxN, 1e-4, 1e-3), (dg, dgN, 1e-4, 1e-3), (db, dbN, 1e-4, 1e-4)])
+                batchNormBackward(
+                    sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
+                    saveInvStd: inv.c, relu: relu, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
+                    accumulate: acc, scratch: sc)
+                batchNormBackwardNaive(
+                    sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
+                    saveInvStd: inv.c, relu: relu, gradInput: dxN.p, gradGamma: dgN.p,
+                    gradBeta: dbN.p, accumulate: acc)
+                expectAll(
+                    "batchnorm backward" + tag + (acc ? " +=" : ""), d + " (dx dgamma dbeta)",
+                    [(dx, dxN, 1e-4, 1e-3), (dg, dgN, 1e-4, 1e-3), (db, dbN, 1e-4, 1e-4)])
                 for b in [dx, dxN, dg, db, dgN, dbN] { b.free() }
             }
             for b in [y, mean, inv, frm, frv, yN, meanN, invN, nrm, nrv, yi, yiN] { b.free() }
@@ -264,22 +276,27 @@ func checkFusedBatchNorm() {
     let bs = BatchNormShape(pixels: sh.inputCount / sh.c, channels: sh.c)
     let C = sh.c, groups = 2
     var rng = RNG(seed: 77)
-    let x = Buf(random: sh.inputCount, &rng), w = Buf(random: sh.weightCount, &rng), dy = Buf(random: sh.outputCount, &rng)
+    let x = Buf(random: sh.inputCount, &rng), w = Buf(random: sh.weightCount, &rng),
+        dy = Buf(random: sh.outputCount, &rng)
     let x2 = Buf(random: sh.inputCount, &rng), dyb = Buf(random: sh.inputCount, &rng)
     let gamma = Buf(random: C, &rng, 0.5, 1.5), beta = Buf(random: C, &rng, -0.5, 0.5)
     let gamma2 = Buf(random: C, &rng, 0.5, 1.5), beta2 = Buf(random: C, &rng, -0.5, 0.5)
     let rm = Buf(C, 0), rv = Buf(C, 1), rm2 = Buf(C, 0), rv2 = Buf(C, 1)
     let mean = Buf(C), inv = Buf(C), mean2 = Buf(C), inv2 = Buf(C)
     let cp = bnPadded(C)
-    let rowsM = Buf(groups * cp, 0), rowsS = Buf(groups * cp, 0), rowsM2 = Buf(groups * cp, 0), rowsS2 = Buf(groups * cp, 0)
+    let rowsM = Buf(groups * cp, 0), rowsS = Buf(groups * cp, 0), rowsM2 = Buf(groups * cp, 0),
+        rowsS2 = Buf(groups * cp, 0)
     let sc = scratch(max(sh.scratchBytes(threads: Threads.count), batchNormScratchBytes(bs, threads: Threads.count)))
     // Statistics and the written output of the same batch norm (two groups).
-    batchNormTrainingStatistics(bs, input: x.c, gamma: gamma.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1, eps: 1e-5,
-                                saveMean: mean.p, saveInvStd: inv.p, groups: groups, mean: rowsM.p, scale: rowsS.p, scratch: sc)
+    batchNormTrainingStatistics(
+        bs, input: x.c, gamma: gamma.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1, eps: 1e-5,
+        saveMean: mean.p, saveInvStd: inv.p, groups: groups, mean: rowsM.p, scale: rowsS.p, scratch: sc)
     let xn = Buf(sh.inputCount)
-    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
-                             eps: 1e-5, relu: true, output: xn.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups, scratch: sc)
-    let affine = ConvInputAffine(mean: rowsM.c, scale: rowsS.c, shift: beta.c, groupStride: cp, imagesPerGroup: sh.n / groups)
+    batchNormForwardTraining(
+        bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+        eps: 1e-5, relu: true, output: xn.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups, scratch: sc)
+    let affine = ConvInputAffine(
+        mean: rowsM.c, scale: rowsS.c, shift: beta.c, groupStride: cp, imagesPerGroup: sh.n / groups)
     let pf = Buf(sh.packedForwardCount)
     conv2dPackForward(sh, weights: w.c, packed: pf.p)
     let y = Buf(sh.outputCount), yF = Buf(sh.outputCount), dw = Buf(sh.weightCount), dwF = Buf(sh.weightCount)
@@ -291,35 +308,44 @@ func checkFusedBatchNorm() {
     expectExact("winograd input affine (forward, backward-weights)", d, [(yF, y), (dwF, dw)])
     // Backward with the ReLU mask from x, beta and the saved statistics (one group).
     let y1 = Buf(sh.inputCount)
-    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
-                             eps: 1e-5, relu: true, output: y1.p, saveMean: mean.p, saveInvStd: inv.p, scratch: sc)
+    batchNormForwardTraining(
+        bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+        eps: 1e-5, relu: true, output: y1.p, saveMean: mean.p, saveInvStd: inv.p, scratch: sc)
     var outs: [Buf] = []
     for given in [true, false] {
         let dx = Buf(sh.inputCount), dg = Buf(C), db = Buf(C)
-        batchNormBackward(bs, input: x.c, output: given ? y1.c : nil, gradOutput: dyb.c, gamma: gamma.c, beta: beta.c,
-                          saveMean: mean.c, saveInvStd: inv.c, relu: true, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
-                          accumulate: false, scratch: sc)
+        batchNormBackward(
+            bs, input: x.c, output: given ? y1.c : nil, gradOutput: dyb.c, gamma: gamma.c, beta: beta.c,
+            saveMean: mean.c, saveInvStd: inv.c, relu: true, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
+            accumulate: false, scratch: sc)
         outs += [dx, dg, db]
     }
-    expectExact("batchnorm backward, mask from saved statistics", "P\(bs.pixels) C\(C)",
-                [(outs[3], outs[0]), (outs[4], outs[1]), (outs[5], outs[2])])
+    expectExact(
+        "batchnorm backward, mask from saved statistics", "P\(bs.pixels) C\(C)",
+        [(outs[3], outs[0]), (outs[4], outs[1]), (outs[5], outs[2])])
     // relu(BN(x2) + BN(x)) in one pass against BN(x) written, then added as the residual.
-    batchNormTrainingStatistics(bs, input: x2.c, gamma: gamma2.c, runningMean: rm2.p, runningVar: rv2.p, momentum: 0.1,
-                                eps: 1e-5, saveMean: mean2.p, saveInvStd: inv2.p, groups: groups, mean: rowsM2.p,
-                                scale: rowsS2.p, scratch: sc)
+    batchNormTrainingStatistics(
+        bs, input: x2.c, gamma: gamma2.c, runningMean: rm2.p, runningVar: rv2.p, momentum: 0.1,
+        eps: 1e-5, saveMean: mean2.p, saveInvStd: inv2.p, groups: groups, mean: rowsM2.p,
+        scale: rowsS2.p, scratch: sc)
     let main = Buf(sh.inputCount), sum = Buf(sh.inputCount), fused = Buf(sh.inputCount)
-    batchNormForwardTraining(bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
-                             eps: 1e-5, relu: false, output: main.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups,
-                             scratch: sc)
-    batchNormForwardTraining(bs, input: x2.c, gamma: gamma2.c, beta: beta2.c, runningMean: rm2.p, runningVar: rv2.p,
-                             momentum: 0.1, eps: 1e-5, relu: true, residual: main.c, output: sum.p, saveMean: mean2.p,
-                             saveInvStd: inv2.p, groups: groups, scratch: sc)
-    batchNormApplySum(bs, input: x2.c, mean: rowsM2.c, scale: rowsS2.c, beta: beta2.c,
-                      addend: BNAddend(x: x.c, mean: rowsM.c, scale: rowsS.c, shift: beta.c), output: fused.p, groups: groups,
-                      groupStride: cp)
+    batchNormForwardTraining(
+        bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
+        eps: 1e-5, relu: false, output: main.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups,
+        scratch: sc)
+    batchNormForwardTraining(
+        bs, input: x2.c, gamma: gamma2.c, beta: beta2.c, runningMean: rm2.p, runningVar: rv2.p,
+        momentum: 0.1, eps: 1e-5, relu: true, residual: main.c, output: sum.p, saveMean: mean2.p,
+        saveInvStd: inv2.p, groups: groups, scratch: sc)
+    batchNormApplySum(
+        bs, input: x2.c, mean: rowsM2.c, scale: rowsS2.c, beta: beta2.c,
+        addend: BNAddend(x: x.c, mean: rowsM.c, scale: rowsS.c, shift: beta.c), output: fused.p, groups: groups,
+        groupStride: cp)
     expectExact("batchnorm sum of two (downsampling block end)", "P\(bs.pixels) C\(C) 2 groups", [(fused, sum)])
-    for b in [x, w, dy, x2, dyb, gamma, beta, gamma2, beta2, rm, rv, rm2, rv2, mean, inv, mean2, inv2, rowsM, rowsS, rowsM2,
-              rowsS2, xn, pf, y, yF, dw, dwF, y1, main, sum, fused] + outs { b.free() }
+    for b in [
+        x, w, dy, x2, dyb, gamma, beta, gamma2, beta2, rm, rv, rm2, rv2, mean, inv, mean2, inv2, rowsM, rowsS, rowsM2,
+        rowsS2, xn, pf, y, yF, dw, dwF, y1, main, sum, fused
+    ] + outs { b.free() }
     sc.deallocate()
 }
 
@@ -333,7 +359,7 @@ let poolShapes: [MaxPoolShape] = [
     MaxPoolShape(n: 3, c: 16, h: 7, w: 5),
     MaxPoolShape(n: 1, c: 8, h: 6, w: 6, kernel: 2, stride: 2, pad: 0),
     MaxPoolShape(n: 2, c: 9, h: 4, w: 5, kernel: 3, stride: 1, pad: 1),
-    MaxPoolShape(n: 1, c: 64, h: 9, w: 9),
+    MaxPoolShape(n: 1, c: 64, h: 9, w: 9)
 ]
 
 let avgShapes: [(n: Int, hw: Int, c: Int)] = [(1, 1, 1), (2, 9, 3), (1, 49, 13), (3, 16, 33), (5, 7, 64)]
@@ -372,9 +398,11 @@ func checkPooling() {
         expectAll("global avgpool forward", d, [(y, yN, 1e-6, 1e-6)])
         for acc in [false, true] {
             let dx = acc ? base.copy() : Buf(count), dxN = acc ? base.copy() : Buf(count)
-            globalAvgPoolBackward(n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy.c, gradInput: dx.p, accumulate: acc)
-            globalAvgPoolBackwardNaive(n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy.c, gradInput: dxN.p,
-                                       accumulate: acc)
+            globalAvgPoolBackward(
+                n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy.c, gradInput: dx.p, accumulate: acc)
+            globalAvgPoolBackwardNaive(
+                n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy.c, gradInput: dxN.p,
+                accumulate: acc)
             expectAll("global avgpool backward" + (acc ? " +=" : ""), d, [(dx, dxN, 1e-6, 1e-6)])
             dx.free(); dxN.free()
         }
@@ -395,7 +423,7 @@ let linearShapes: [LinearShape] = [
     LinearShape(batch: 50, inFeatures: 100, outFeatures: 70),
     LinearShape(batch: 6, inFeatures: 200, outFeatures: 3),
     LinearShape(batch: 9, inFeatures: 8, outFeatures: 4200),
-    LinearShape(batch: 300, inFeatures: 256, outFeatures: 10),
+    LinearShape(batch: 300, inFeatures: 256, outFeatures: 10)
 ]
 
 func checkLinear() {
@@ -417,12 +445,15 @@ func checkLinear() {
             let dx = acc ? bx.copy() : Buf(sh.inputCount), dxN = acc ? bx.copy() : Buf(sh.inputCount)
             let dw = acc ? bw.copy() : Buf(sh.weightCount), dwN = acc ? bw.copy() : Buf(sh.weightCount)
             let db = acc ? bb.copy() : Buf(sh.outFeatures), dbN = acc ? bb.copy() : Buf(sh.outFeatures)
-            linearBackward(sh, input: x.c, weight: w.c, gradOutput: dy.c, gradInput: dx.p, gradWeight: dw.p,
-                           gradBias: db.p, accumulate: acc)
-            linearBackwardNaive(sh, input: x.c, weight: w.c, gradOutput: dy.c, gradInput: dxN.p, gradWeight: dwN.p,
-                                gradBias: dbN.p, accumulate: acc)
-            expectAll("linear backward" + (acc ? " +=" : ""), d + " (dx dW db)",
-                      [(dx, dxN, 1e-4, 1e-4), (dw, dwN, 1e-4, 1e-4), (db, dbN, 1e-4, 1e-4)])
+            linearBackward(
+                sh, input: x.c, weight: w.c, gradOutput: dy.c, gradInput: dx.p, gradWeight: dw.p,
+                gradBias: db.p, accumulate: acc)
+            linearBackwardNaive(
+                sh, input: x.c, weight: w.c, gradOutput: dy.c, gradInput: dxN.p, gradWeight: dwN.p,
+                gradBias: dbN.p, accumulate: acc)
+            expectAll(
+                "linear backward" + (acc ? " +=" : ""), d + " (dx dW db)",
+                [(dx, dxN, 1e-4, 1e-4), (dw, dwN, 1e-4, 1e-4), (db, dbN, 1e-4, 1e-4)])
             for q in [dx, dxN, dw, dwN, db, dbN] { q.free() }
         }
         for q in [x, w, b, dy, bx, bw, bb] { q.free() }
@@ -475,7 +506,7 @@ func checkNormalize() {
         var rng = RNG(seed: UInt64(i + 1))
         let n = s.rows * s.dim
         let x = Buf(random: n, &rng), dy = Buf(random: n, &rng), base = Buf(random: n, &rng)
-        if s.rows > 1 { for j in 0..<s.dim { x.p[s.dim + j] = 0 } }   // an all-zero row (eps path)
+        if s.rows > 1 { for j in 0..<s.dim { x.p[s.dim + j] = 0 } }  // an all-zero row (eps path)
         let y = Buf(n), yN = Buf(n), nr = Buf(s.rows), nrN = Buf(s.rows)
         l2NormalizeForward(rows: s.rows, dim: s.dim, input: x.c, output: y.p, norms: nr.p)
         l2NormalizeForwardNaive(rows: s.rows, dim: s.dim, input: x.c, output: yN.p, norms: nrN.p)
@@ -483,10 +514,12 @@ func checkNormalize() {
         expectAll("l2norm forward", d + " (y norms)", [(y, yN, 1e-6, 1e-5), (nr, nrN, 1e-7, 1e-5)])
         for acc in [false, true] {
             let dx = acc ? base.copy() : Buf(n), dxN = acc ? base.copy() : Buf(n)
-            l2NormalizeBackward(rows: s.rows, dim: s.dim, output: yN.c, norms: nrN.c, gradOutput: dy.c,
-                                gradInput: dx.p, accumulate: acc)
-            l2NormalizeBackwardNaive(rows: s.rows, dim: s.dim, output: yN.c, norms: nrN.c, gradOutput: dy.c,
-                                     gradInput: dxN.p, accumulate: acc)
+            l2NormalizeBackward(
+                rows: s.rows, dim: s.dim, output: yN.c, norms: nrN.c, gradOutput: dy.c,
+                gradInput: dx.p, accumulate: acc)
+            l2NormalizeBackwardNaive(
+                rows: s.rows, dim: s.dim, output: yN.c, norms: nrN.c, gradOutput: dy.c,
+                gradInput: dxN.p, accumulate: acc)
             expectAll("l2norm backward" + (acc ? " +=" : ""), d, [(dx, dxN, 1e-5, 1e-4)])
             dx.free(); dxN.free()
         }
@@ -507,17 +540,22 @@ func checkLoss() {
         for r in 0..<s.rows { lab[r] = Int32(rng.next() % UInt64(s.classes)) }
         let p = Buf(n), pN = Buf(n)
         let loss = Buf(1), lossN = Buf(1)
-        loss.p[0] = softmaxCrossEntropyForward(rows: s.rows, classes: s.classes, logits: logits.c, labels: lab, probs: p.p)
-        lossN.p[0] = softmaxCrossEntropyForwardNaive(rows: s.rows, classes: s.classes, logits: logits.c, labels: lab,
-                                                     probs: pN.p)
+        loss.p[0] = softmaxCrossEntropyForward(
+            rows: s.rows, classes: s.classes, logits: logits.c, labels: lab, probs: p.p)
+        lossN.p[0] = softmaxCrossEntropyForwardNaive(
+            rows: s.rows, classes: s.classes, logits: logits.c, labels: lab,
+            probs: pN.p)
         let d = "rows\(s.rows) classes\(s.classes)"
         let lt = lossN.p[0] < 0 ? -lossN.p[0] : lossN.p[0]
-        expectAll("softmax-xent forward", d + " (loss probs)", [(loss, lossN, 1e-5 * max(1, lt), 0), (p, pN, 1e-7, 1e-5)])
+        expectAll(
+            "softmax-xent forward", d + " (loss probs)", [(loss, lossN, 1e-5 * max(1, lt), 0), (p, pN, 1e-7, 1e-5)])
         let g = Buf(n), gN = Buf(n)
-        softmaxCrossEntropyBackward(rows: s.rows, classes: s.classes, probs: pN.c, labels: lab, scale: 1 / Float(s.rows),
-                                    gradLogits: g.p)
-        softmaxCrossEntropyBackwardNaive(rows: s.rows, classes: s.classes, probs: pN.c, labels: lab,
-                                         scale: 1 / Float(s.rows), gradLogits: gN.p)
+        softmaxCrossEntropyBackward(
+            rows: s.rows, classes: s.classes, probs: pN.c, labels: lab, scale: 1 / Float(s.rows),
+            gradLogits: g.p)
+        softmaxCrossEntropyBackwardNaive(
+            rows: s.rows, classes: s.classes, probs: pN.c, labels: lab,
+            scale: 1 / Float(s.rows), gradLogits: gN.p)
         expectAll("softmax-xent backward", d, [(g, gN, 1e-7, 1e-6)])
         for q in [logits, p, pN, loss, lossN, g, gN] { q.free() }
         lab.deallocate()
@@ -533,13 +571,16 @@ func checkSGD() {
         let pN = p.copy(), bufN = buf.copy()
         for _ in 0..<3 {
             let g = Buf(random: n, &rng)
-            sgdStep(count: n, params: p.p, grads: g.c, momentumBuffer: buf.p, lr: 0.05, momentum: 0.9, weightDecay: 1e-3)
-            sgdStepNaive(count: n, params: pN.p, grads: g.c, momentumBuffer: bufN.p, lr: 0.05, momentum: 0.9,
-                         weightDecay: 1e-3)
+            sgdStep(
+                count: n, params: p.p, grads: g.c, momentumBuffer: buf.p, lr: 0.05, momentum: 0.9, weightDecay: 1e-3)
+            sgdStepNaive(
+                count: n, params: pN.p, grads: g.c, momentumBuffer: bufN.p, lr: 0.05, momentum: 0.9,
+                weightDecay: 1e-3)
             g.free()
         }
-        expectAll("sgd step x3 (m 0.9, wd 1e-3)", "count \(n) (params momentum-buffer)",
-                  [(p, pN, 1e-6, 1e-6), (buf, bufN, 1e-6, 1e-6)])
+        expectAll(
+            "sgd step x3 (m 0.9, wd 1e-3)", "count \(n) (params momentum-buffer)",
+            [(p, pN, 1e-6, 1e-6), (buf, bufN, 1e-6, 1e-6)])
         let s = Buf(random: n, &rng), t = Buf(random: n, &rng)
         let tN = t.copy()
         momentumUpdate(count: n, target: t.p, source: s.c, m: 0.999)
@@ -561,7 +602,9 @@ public func salientArmChecks() -> Int {
     parallelFor(2) { lo, hi, t in if t < 2 { seen[t] = hi - lo } }
     let ran = (seen[0] > 0 ? 1 : 0) + (seen[1] > 0 ? 1 : 0)
     seen.deallocate()
-    note("salient kernels on aarch64 (Embedded Swift, qemu-user): OpenMP \(Threads.hasOpenMP ? "on" : "OFF"), threads \(Threads.count), \(ran) threads ran a 2-way parallelFor")
+    note(
+        "salient kernels on aarch64 (Embedded Swift, qemu-user): OpenMP \(Threads.hasOpenMP ? "on" : "OFF"), "
+            + "threads \(Threads.count), \(ran) threads ran a 2-way parallelFor")
     if !Threads.hasOpenMP || ran != 2 {
         note("FAIL the parallel-for did not run on 2 OpenMP threads")
         failures += 1

@@ -3,7 +3,7 @@
 import XCTest
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 let salientPackageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -69,20 +69,26 @@ final class SalientProcess {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             group.wait()
-            XCTFail("salient \(process.arguments!.joined(separator: " ")) did not finish within \(timeout) s", file: file, line: line)
+            XCTFail(
+                "salient \(process.arguments!.joined(separator: " ")) did not finish within \(timeout) s", file: file,
+                line: line)
             return SalientRun(status: -1, stdout: box.text(true), stderr: box.text(false), signalled: true)
         }
         process.waitUntilExit()
         group.wait()
-        return SalientRun(status: process.terminationStatus, stdout: box.text(true), stderr: box.text(false),
-                          signalled: process.terminationReason == .uncaughtSignal)
+        return SalientRun(
+            status: process.terminationStatus, stdout: box.text(true), stderr: box.text(false),
+            signalled: process.terminationReason == .uncaughtSignal)
     }
 }
 
 /// Runs the binary with `args`, killing it after `timeout` seconds (a failure).
-func runSalient(_ args: [String], timeout: TimeInterval = 120, environment: [String: String?] = [:],
-                launcher: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> SalientRun {
-    try SalientProcess(args, environment: environment, launcher: launcher).wait(timeout: timeout, file: file, line: line)
+func runSalient(
+    _ args: [String], timeout: TimeInterval = 120, environment: [String: String?] = [:],
+    launcher: [String] = [], file: StaticString = #filePath, line: UInt = #line
+) throws -> SalientRun {
+    try SalientProcess(args, environment: environment, launcher: launcher).wait(
+        timeout: timeout, file: file, line: line)
 }
 
 /// Polls `condition` every 20 ms for up to `timeout` seconds; true once it holds.
@@ -123,11 +129,13 @@ func writeIDX(dir: String, name: String, n: Int, side: Int = 8, seed: UInt64, la
     for i in 0..<n {
         let c = i % 2
         labelBytes.append(UInt8(c))
-        for y in 0..<side { for x in 0..<side {
-            s = s &* 6364136223846793005 &+ 1442695040888963407
-            let base = c == 0 ? (x < side / 2 ? 200 : 40) : (y < side / 2 ? 200 : 40)
-            pixels.append(UInt8(clamping: base + Int(s >> 58)))
-        } }
+        for y in 0..<side {
+            for x in 0..<side {
+                s = s &* 6364136223846793005 &+ 1442695040888963407
+                let base = c == 0 ? (x < side / 2 ? 200 : 40) : (y < side / 2 ? 200 : 40)
+                pixels.append(UInt8(clamping: base + Int(s >> 58)))
+            }
+        }
     }
     func be(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)] }
     let images = dir + "/\(name)-images-idx3-ubyte"
@@ -139,10 +147,13 @@ func writeIDX(dir: String, name: String, n: Int, side: Int = 8, seed: UInt64, la
 }
 
 /// Exit status 1..127 (a thrown error or a validation failure), never a signal, with every text in stderr.
-func assertFailsCleanly(_ r: SalientRun, mentioning texts: [String], _ what: String = "",
-                        file: StaticString = #filePath, line: UInt = #line) {
-    XCTAssertTrue(r.failedCleanly, "\(what): status \(r.status)\(r.signalled ? " (signal)" : "")\n\(r.stderr)",
-                  file: file, line: line)
+func assertFailsCleanly(
+    _ r: SalientRun, mentioning texts: [String], _ what: String = "",
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    XCTAssertTrue(
+        r.failedCleanly, "\(what): status \(r.status)\(r.signalled ? " (signal)" : "")\n\(r.stderr)",
+        file: file, line: line)
     for t in texts {
         XCTAssertTrue(r.stderr.contains(t), "\(what): stderr lacks '\(t)':\n\(r.stderr)", file: file, line: line)
     }

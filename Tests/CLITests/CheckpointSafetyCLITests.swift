@@ -17,16 +17,19 @@ final class CheckpointSafetyCLITests: XCTestCase {
 
     /// Rewrites DIR/last.safetensors with `change` applied, then resumes it: a clean failure naming
     /// the checkpoint and every text of `mentioning`.
-    func assertResumeRefused(_ run: (dir: String, data: String, out: String), mentioning texts: [String],
-                             _ change: (inout SafeTensorsFile) -> Void, file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertResumeRefused(
+        _ run: (dir: String, data: String, out: String), mentioning texts: [String],
+        _ change: (inout SafeTensorsFile) -> Void, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let path = run.out + "/last.safetensors"
         let original = try SafeTensorsFile.read(path: path)
         var f = original
         change(&f)
         try f.write(path: path)
         defer { try? original.write(path: path) }
-        let r = try runSalient(tinyTrainArgs(data: run.data, out: run.out, epochs: 2) + ["--method", "moco", "--queue", "16", "--resume"],
-                               timeout: 60)
+        let r = try runSalient(
+            tinyTrainArgs(data: run.data, out: run.out, epochs: 2) + ["--method", "moco", "--queue", "16", "--resume"],
+            timeout: 60)
         assertFailsCleanly(r, mentioning: [path] + texts, "resume of a crafted checkpoint", file: file, line: line)
     }
 
@@ -43,10 +46,12 @@ final class CheckpointSafetyCLITests: XCTestCase {
         }
         try assertResumeRefused(run, mentioning: ["trainer.state"]) { f in
             var s = f["trainer.state"]!.int64s!
-            s[3] = 999          // position past the end of the epoch
+            s[3] = 999  // position past the end of the epoch
             f["trainer.state"] = .init(int64s: s, shape: [5])
         }
-        try assertResumeRefused(run, mentioning: ["trainer.best_knn"]) { f in f["trainer.best_knn"] = .init(floats: [], shape: [0]) }
+        try assertResumeRefused(run, mentioning: ["trainer.best_knn"]) { f in
+            f["trainer.best_knn"] = .init(floats: [], shape: [0])
+        }
         try assertResumeRefused(run, mentioning: ["encoder_q.conv1.weight", "NaN"]) { f in
             let t = f["encoder_q.conv1.weight"]!
             f["encoder_q.conv1.weight"] = .init(floats: t.floats!.map { _ in .nan }, shape: t.shape)
@@ -63,7 +68,8 @@ final class CheckpointSafetyCLITests: XCTestCase {
             f.metadata[key] = value
             let crafted = run.dir + "/crafted.safetensors"
             try f.write(path: crafted)
-            let r = try runSalient(["extract", "--checkpoint", crafted, "--data", run.data, "--out", run.dir + "/f.npy"], timeout: 60)
+            let r = try runSalient(
+                ["extract", "--checkpoint", crafted, "--data", run.data, "--out", run.dir + "/f.npy"], timeout: 60)
             assertFailsCleanly(r, mentioning: [crafted, "width"], "\(key) \(value)")
         }
     }

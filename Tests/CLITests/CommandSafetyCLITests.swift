@@ -17,14 +17,17 @@ final class CommandSafetyCLITests: XCTestCase {
     func testSalientThreadsIsValidatedLikeTheOption() throws {
         let f = try features()
         for value in ["100000", "abc", "0", "-3", "2x"] {
-            let r = try runSalient(["eval", "knn", "--features", f, "--test-features", f], timeout: 60,
-                                   environment: ["SALIENT_THREADS": value])
+            let r = try runSalient(
+                ["eval", "knn", "--features", f, "--test-features", f], timeout: 60,
+                environment: ["SALIENT_THREADS": value])
             assertFailsCleanly(r, mentioning: ["SALIENT_THREADS", "'\(value)'"], "SALIENT_THREADS=\(value)")
             XCTAssertFalse(r.stdout.contains("top-1"), r.stdout)
         }
-        let ok = try runSalient(["eval", "knn", "--features", f, "--test-features", f], environment: ["SALIENT_THREADS": "1"])
+        let ok = try runSalient(
+            ["eval", "knn", "--features", f, "--test-features", f], environment: ["SALIENT_THREADS": "1"])
         XCTAssertEqual(ok.status, 0, ok.stderr)
-        let conv = try runSalient(["eval", "knn", "--features", f, "--test-features", f], environment: ["SALIENT_CONV": "fast"])
+        let conv = try runSalient(
+            ["eval", "knn", "--features", f, "--test-features", f], environment: ["SALIENT_CONV": "fast"])
         assertFailsCleanly(conv, mentioning: ["SALIENT_CONV", "'fast'"], "SALIENT_CONV=fast")
     }
 
@@ -33,7 +36,8 @@ final class CommandSafetyCLITests: XCTestCase {
         let r = try runSalient(["eval", "knn", "--features", f, "--test-features", f, "--threads", "1000"], timeout: 60)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("1000 threads") && r.stderr.contains("core"), r.stderr)
-        let over = try runSalient(["eval", "knn", "--features", f, "--test-features", f, "--threads", "5000"], timeout: 60)
+        let over = try runSalient(
+            ["eval", "knn", "--features", f, "--test-features", f, "--threads", "5000"], timeout: 60)
         assertFailsCleanly(over, mentioning: ["--threads must be between 1 and"], "--threads 5000")
     }
 

@@ -18,7 +18,9 @@ final class EvalCLITests: XCTestCase {
     }
 
     /// Writes N x D features of `classes` clusters (class c near the unit vector e_c) and labels beside them.
-    func writeFeatures(_ dir: URL, _ name: String, rows: Int, dim: Int, classes: Int, seed: UInt64, labels: Bool = true) throws -> String {
+    func writeFeatures(_ dir: URL, _ name: String, rows: Int, dim: Int, classes: Int, seed: UInt64, labels: Bool = true)
+        throws -> String
+    {
         var state = seed
         func noise() -> Float {
             state = state &* 6364136223846793005 &+ 1442695040888963407
@@ -32,11 +34,15 @@ final class EvalCLITests: XCTestCase {
         }
         let path = dir.appendingPathComponent(name + ".npy").path
         try NPYArray(floats: x, shape: [rows, dim]).write(path: path)
-        if labels { try NPYArray(int64s: y, shape: [rows]).write(path: dir.appendingPathComponent(name + ".labels.npy").path) }
+        if labels {
+            try NPYArray(int64s: y, shape: [rows]).write(path: dir.appendingPathComponent(name + ".labels.npy").path)
+        }
         return path
     }
 
-    func assertFails(_ args: [String], mentioning text: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertFails(_ args: [String], mentioning text: String, file: StaticString = #filePath, line: UInt = #line)
+        throws
+    {
         let r = try salient(args, timeout: 30)
         assertFailsCleanly(r, mentioning: [text], "\(args)", file: file, line: line)
         XCTAssertFalse(r.stdout.contains("top-1"), file: file, line: line)
@@ -46,24 +52,37 @@ final class EvalCLITests: XCTestCase {
         let dir = try tempDir()
         let tr = try writeFeatures(dir, "train", rows: 20, dim: 4, classes: 2, seed: 1)
         let te = try writeFeatures(dir, "test", rows: 10, dim: 4, classes: 2, seed: 2)
-        try assertFails(["eval", "knn", "--checkpoint", "x.safetensors", "--features", tr, "--test-features", te],
-                        mentioning: "exactly one feature source")
+        try assertFails(
+            ["eval", "knn", "--checkpoint", "x.safetensors", "--features", tr, "--test-features", te],
+            mentioning: "exactly one feature source")
         try assertFails(["eval", "linear", "--random-init", "--train", tr], mentioning: "missing --test")
         try assertFails(["eval", "knn"], mentioning: "give a feature source")
         try assertFails(["eval", "knn", "--features", tr], mentioning: "--test-features")
-        try assertFails(["eval", "knn", "--features", tr, "--test-features", te, "--train", tr], mentioning: "--train applies to images")
-        try assertFails(["eval", "knn", "--features", tr, "--test-features", te, "--k", "0"], mentioning: "--k must be >= 1")
+        try assertFails(
+            ["eval", "knn", "--features", tr, "--test-features", te, "--train", tr],
+            mentioning: "--train applies to images")
+        try assertFails(
+            ["eval", "knn", "--features", tr, "--test-features", te, "--k", "0"], mentioning: "--k must be >= 1")
         try assertFails(["eval", "knn", "--features", tr, "--test-features", te, "--t", "0"], mentioning: "--t must be")
-        try assertFails(["eval", "linear", "--features", tr, "--test-features", te, "--weight-decays", "a,b"], mentioning: "--weight-decays")
-        try assertFails(["eval", "knn", "--raw-pixels", "--width", "0.5", "--train", tr, "--test", te], mentioning: "--width does not apply")
-        try assertFails(["eval", "knn", "--features", dir.appendingPathComponent("nope.npy").path, "--test-features", te],
-                        mentioning: "no such features file")
+        try assertFails(
+            ["eval", "linear", "--features", tr, "--test-features", te, "--weight-decays", "a,b"],
+            mentioning: "--weight-decays")
+        try assertFails(
+            ["eval", "knn", "--raw-pixels", "--width", "0.5", "--train", tr, "--test", te],
+            mentioning: "--width does not apply")
+        try assertFails(
+            ["eval", "knn", "--features", dir.appendingPathComponent("nope.npy").path, "--test-features", te],
+            mentioning: "no such features file")
         let unlabeled = try writeFeatures(dir, "bare", rows: 10, dim: 4, classes: 2, seed: 3, labels: false)
         try assertFails(["eval", "knn", "--features", tr, "--test-features", unlabeled], mentioning: "labels not found")
         let wide = try writeFeatures(dir, "wide", rows: 10, dim: 5, classes: 2, seed: 4)
-        try assertFails(["eval", "knn", "--features", tr, "--test-features", wide], mentioning: "4 columns, test features 5")
-        try assertFails(["eval", "knn", "--checkpoint", dir.appendingPathComponent("missing.safetensors").path,
-                         "--train", tr, "--test", te], mentioning: "missing.safetensors")
+        try assertFails(
+            ["eval", "knn", "--features", tr, "--test-features", wide], mentioning: "4 columns, test features 5")
+        try assertFails(
+            [
+                "eval", "knn", "--checkpoint", dir.appendingPathComponent("missing.safetensors").path,
+                "--train", tr, "--test", te
+            ], mentioning: "missing.safetensors")
     }
 
     func testKNNAndLinearOnSavedFeatures() throws {
@@ -91,8 +110,11 @@ final class EvalCLITests: XCTestCase {
         try writeIDX(dir: dir.path, name: "train", n: 40, seed: 1)
         try writeIDX(dir: dir.path, name: "t10k", n: 20, seed: 2)
         let cache = dir.appendingPathComponent("cache").path
-        let args = ["eval", "knn", "--random-init", "--width", "0.125", "--train", dir.appendingPathComponent("train-images-idx3-ubyte").path,
-                    "--test", dir.appendingPathComponent("t10k-images-idx3-ubyte").path, "--k", "5", "--cache", cache]
+        let args = [
+            "eval", "knn", "--random-init", "--width", "0.125", "--train",
+            dir.appendingPathComponent("train-images-idx3-ubyte").path,
+            "--test", dir.appendingPathComponent("t10k-images-idx3-ubyte").path, "--k", "5", "--cache", cache
+        ]
         let a = try salient(args)
         XCTAssertEqual(a.status, 0, a.stderr)
         XCTAssertTrue(a.stdout.hasPrefix("top-1: "), a.stdout)

@@ -9,8 +9,10 @@ final class EvalSafetyCLITests: XCTestCase {
     let fixtures = salientPackageRoot.appendingPathComponent("fixtures").path
 
     /// rows x dim float32 features (`value(row, column)`) and int64 labels beside them.
-    func writeFeatures(_ path: String, rows: Int, dim: Int, labels: [Int64]? = nil,
-                       value: (Int, Int) -> Float) throws {
+    func writeFeatures(
+        _ path: String, rows: Int, dim: Int, labels: [Int64]? = nil,
+        value: (Int, Int) -> Float
+    ) throws {
         var x = [Float]()
         for r in 0..<rows { for j in 0..<dim { x.append(value(r, j)) } }
         try NPYArray(floats: x, shape: [rows, dim]).write(path: path)
@@ -43,7 +45,9 @@ final class EvalSafetyCLITests: XCTestCase {
         let dir = try makeTempDir(self, "eval-lr")
         let f = dir + "/f.npy"
         try writeFeatures(f, rows: 40, dim: 4, value: separable)
-        let r = try runSalient(["eval", "linear", "--features", f, "--test-features", f, "--lr", "1e30", "--epochs", "3"])
+        let r = try runSalient([
+            "eval", "linear", "--features", f, "--test-features", f, "--lr", "1e30", "--epochs", "3"
+        ])
         assertFailsCleanly(r, mentioning: ["diverged", "--lr"], "eval linear --lr 1e30")
         XCTAssertFalse(r.stdout.contains("top-1"), r.stdout)
         // The same features at the default learning rate score.
@@ -95,11 +99,15 @@ final class EvalSafetyCLITests: XCTestCase {
         let test = try writeIDX(dir: dir, name: "t10k", n: 8, seed: 2)
         let model = try modifiedModel(dir, "m.safetensors") { _ in }
         let cache = dir + "/cache"
-        let args = ["eval", "knn", "--checkpoint", model, "--train", train, "--test", test, "--k", "3", "--cache", cache]
+        let args = [
+            "eval", "knn", "--checkpoint", model, "--train", train, "--test", test, "--k", "3", "--cache", cache
+        ]
         let a = try runSalient(args)
         XCTAssertEqual(a.status, 0, a.stderr)
         let b = try runSalient(args)
-        XCTAssertTrue(b.stderr.contains("train features from the cache") && b.stderr.contains("test features from the cache"), b.stderr)
+        XCTAssertTrue(
+            b.stderr.contains("train features from the cache") && b.stderr.contains("test features from the cache"),
+            b.stderr)
         // New train images of the same size, written over the old file, its modification time restored.
         let fm = FileManager.default
         let mtime = try fm.attributesOfItem(atPath: train)[.modificationDate] as! Date
@@ -128,8 +136,9 @@ final class EvalSafetyCLITests: XCTestCase {
             (j == r % 10 ? 1 : 0) + 0.01 * Float((r + j) % 3)
         }
         for method in ["knn", "linear"] {
-            let r = try runSalient(["eval", method, "--features", f, "--test-features", f, "--json"]
-                                   + (method == "linear" ? ["--epochs", "5"] : ["--k", "1"]))
+            let r = try runSalient(
+                ["eval", method, "--features", f, "--test-features", f, "--json"]
+                    + (method == "linear" ? ["--epochs", "5"] : ["--k", "1"]))
             XCTAssertEqual(r.status, 0, r.stderr)
             let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
             XCTAssertEqual(obj?["classes"] as? Int, 10, r.stdout)
@@ -144,7 +153,8 @@ final class EvalSafetyCLITests: XCTestCase {
         var header = Array("{'descr': '<i4', 'fortran_order': False, 'shape': (8, 4), }".utf8)
         while (10 + header.count + 1) % 64 != 0 { header.append(0x20) }
         header.append(0x0A)
-        let bytes: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, UInt8(header.count), 0] + header
+        let bytes: [UInt8] =
+            [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, UInt8(header.count), 0] + header
             + [UInt8](repeating: 1, count: 8 * 4 * 4)
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         try NPYArray(int64s: (0..<8).map { Int64($0 % 2) }, shape: [8]).write(path: dir + "/ints.labels.npy")

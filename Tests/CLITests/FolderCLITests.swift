@@ -2,7 +2,7 @@
 import XCTest
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 final class FolderCLITests: XCTestCase {
@@ -29,15 +29,23 @@ final class FolderCLITests: XCTestCase {
     /// train's middle class, which shifted `cat` onto `bee` when labels were matched by position.
     func testEvalMatchesTestClassesByName() throws {
         let t = try tempDir()
-        try makeFolder(t + "/train", ["ant": ["rgb8.png", "palette1.png"], "bee": ["rgb16.png", "palette2.png"],
-                                      "cat": ["palette4.png", "palette8.png"]])
+        try makeFolder(
+            t + "/train",
+            [
+                "ant": ["rgb8.png", "palette1.png"], "bee": ["rgb16.png", "palette2.png"],
+                "cat": ["palette4.png", "palette8.png"]
+            ])
         try makeFolder(t + "/test", ["ant": ["rgb8.png"], "cat": ["palette8.png"]])
-        let r = try runSalient(["eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test"])
+        let r = try runSalient([
+            "eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("top-1: 100.00"), r.stdout + r.stderr)
 
         try makeFolder(t + "/test2", ["ant": ["rgb8.png"], "dog": ["palette8.png"]])
-        let bad = try runSalient(["eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test2"])
+        let bad = try runSalient([
+            "eval", "knn", "--raw-pixels", "--k", "1", "--train", t + "/train", "--test", t + "/test2"
+        ])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("dog"), bad.stderr)
     }
@@ -55,7 +63,8 @@ final class FolderCLITests: XCTestCase {
         let r = try runSalient(["preview", "--data", t + "/data", "--out", out, "--n", "2"], launcher: launcher)
         XCTAssertNotEqual(r.status, 0, r.stdout)
         XCTAssertTrue(r.stderr.contains(t + "/data/bee"), r.stderr)
-        let s = try runSalient(["preview", "--data", t + "/data", "--out", out, "--n", "2", "--skip-bad"], launcher: launcher)
+        let s = try runSalient(
+            ["preview", "--data", t + "/data", "--out", out, "--n", "2", "--skip-bad"], launcher: launcher)
         XCTAssertEqual(s.status, 0, s.stderr)
         XCTAssertTrue(s.stdout.contains("2 of 2 images"), s.stdout)
         XCTAssertTrue(s.stdout.contains("skipped 1") && s.stdout.contains(t + "/data/bee"), s.stdout)

@@ -16,8 +16,10 @@ final class MPITests: XCTestCase {
     }
 
     /// What every mpirun here needs: root allowed, one thread per rank.
-    let mpiEnvironment: [String: String?] = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                                             "SALIENT_THREADS": "1"]
+    let mpiEnvironment: [String: String?] = [
+        "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "SALIENT_THREADS": "1"
+    ]
 
     /// mpirun starting `ranks` copies of the binary (the launcher of SalientProcess).
     func mpiLauncher(_ ranks: Int) throws -> [String] {
@@ -62,15 +64,20 @@ final class MPITests: XCTestCase {
     /// learning rate of 1e-4 (at 0.06 the first steps are chaotic: one process on 1 vs 2 threads differs
     /// by 20% in its gradients after four steps); the SGD momentum buffers (the summed gradients) within
     /// 2% of one process's, tensor by tensor; all weights together within 1e-6, the key encoder's (with
-    /// its running statistics) within 1e-5; the MoCo queue within 1e-4. A missing batch-norm synchronisation, gradient sum or scale moves gradients by 10% to 100%.
+    /// its running statistics) within 1e-5; the MoCo queue within 1e-4. A missing batch-norm synchronisation,
+    /// gradient sum or scale moves gradients by 10% to 100%.
     func testTwoRanksComputeWhatOneProcessComputes() throws {
         let dir = try makeTempDir(self, "mpi")
         let data = try writeIDX(dir: dir, name: "train", n: 128, side: 16, seed: 4)
-        let common = ["train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "64", "--epochs", "1",
-                      "--lr", "1e-4", "--masking", "saliency", "--saliency-warmup", "0", "--hard-negatives", "1",
-                      "--seed", "3"]
-        for (name, method) in [("moco", ["--method", "moco", "--fill", "mean", "--queue", "256"]),
-                               ("simclr", ["--method", "simclr", "--fill", "hp"])] {
+        let common = [
+            "train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "64", "--epochs", "1",
+            "--lr", "1e-4", "--masking", "saliency", "--saliency-warmup", "0", "--hard-negatives", "1",
+            "--seed", "3"
+        ]
+        for (name, method) in [
+            ("moco", ["--method", "moco", "--fill", "mean", "--queue", "256"]),
+            ("simclr", ["--method", "simclr", "--fill", "hp"])
+        ] {
             let one = dir + "/\(name)-1", two = dir + "/\(name)-2"
             let a = try runSalient(common + method + ["--out", one, "--threads", "1"], timeout: 300)
             XCTAssertEqual(a.status, 0, a.stderr)
@@ -86,10 +93,12 @@ final class MPITests: XCTestCase {
             XCTAssertLessThan(weights.last!.0, 1e-6, "\(name): the weights differ by \(weights.last!.0)")
             // The key encoder: its running statistics advance by every rank's shuffle-BN groups in order.
             let key = try differences(fa, fb, prefix: "encoder_k.")
-            if name == "moco" { XCTAssertLessThan(key.last!.0, 1e-5, "moco: the key encoder differs by \(key.last!.0)") }
+            if name == "moco" {
+                XCTAssertLessThan(key.last!.0, 1e-5, "moco: the key encoder differs by \(key.last!.0)")
+            }
             if name == "moco" {
                 let q = try differences(fa, fb, prefix: "queue")
-                XCTAssertEqual(q.count, 2)   // the queue, and "all"
+                XCTAssertEqual(q.count, 2)  // the queue, and "all"
                 XCTAssertLessThan(q[0].0, 1e-4, "moco: the queues differ by \(q[0].0)")
                 XCTAssertEqual(fa["queue_ptr"]?.int64s, fb["queue_ptr"]?.int64s)
             }
@@ -102,15 +111,18 @@ final class MPITests: XCTestCase {
     func testTwoRanksResumeExactly() throws {
         let dir = try makeTempDir(self, "mpi-resume")
         let data = try writeIDX(dir: dir, name: "train", n: 1024, side: 16, seed: 7)
-        let common = ["train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--method", "moco",
-                      "--masking", "saliency", "--queue", "128", "--seed", "2", "--epochs", "2"]
+        let common = [
+            "train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--method", "moco",
+            "--masking", "saliency", "--queue", "128", "--seed", "2", "--epochs", "2"
+        ]
         XCTAssertEqual(try runRanks(2, common + ["--out", dir + "/straight"]).status, 0)
         let p = try startRanks(2, common + ["--out", dir + "/resumed"])
         // Interrupt once the run has logged its tenth step.
         let log = dir + "/resumed/log.jsonl"
-        XCTAssertTrue(waitUntil(timeout: 120) {
-            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"step\"")
-        }, "the run never logged a step")
+        XCTAssertTrue(
+            waitUntil(timeout: 120) {
+                ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"step\"")
+            }, "the run never logged a step")
         // The ranks are mpirun's children on this machine; the last one started gets the signal.
         let children = (try? String(contentsOfFile: "/proc/\(p.pid)/task/\(p.pid)/children", encoding: .utf8)) ?? ""
         let ranks = children.split(separator: " ").compactMap { Int32($0) }
@@ -133,7 +145,8 @@ final class MPITests: XCTestCase {
     func testTwoRanksExtractTheSameFeatures() throws {
         let dir = try makeTempDir(self, "mpi-extract")
         let data = try writeIDX(dir: dir, name: "train", n: 77, side: 16, seed: 5)
-        let model = salientPackageRoot.appendingPathComponent("fixtures/models/resnet18_cifar_w0125_1ch.safetensors").path
+        let model = salientPackageRoot.appendingPathComponent("fixtures/models/resnet18_cifar_w0125_1ch.safetensors")
+            .path
         let a = try runSalient(["extract", "--checkpoint", model, "--data", data, "--out", dir + "/one.npy"])
         XCTAssertEqual(a.status, 0, a.stderr)
         let b = try runRanks(2, ["extract", "--checkpoint", model, "--data", data, "--out", dir + "/two.npy"])
@@ -149,11 +162,14 @@ final class MPITests: XCTestCase {
     func testRanksWithDifferentOptionsRefuse() throws {
         let dir = try makeTempDir(self, "mpi-mismatch")
         let data = try writeIDX(dir: dir, name: "train", n: 64, side: 16, seed: 6)
-        let common = ["train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--epochs", "1",
-                      "--out", dir + "/run"]
+        let common = [
+            "train", "--data", data, "--width", "0.125", "--res", "16", "--batch", "32", "--epochs", "1",
+            "--out", dir + "/run"
+        ]
         // mpirun's MPMD form: rank 0 and rank 1 run different command lines.
-        let r = try runSalient(common + ["--lr", "0.1", ":", "-np", "1", salientBinary.path] + common + ["--lr", "0.2"],
-                               environment: mpiEnvironment, launcher: [try mpirun(), "--oversubscribe", "-np", "1"])
+        let r = try runSalient(
+            common + ["--lr", "0.1", ":", "-np", "1", salientBinary.path] + common + ["--lr", "0.2"],
+            environment: mpiEnvironment, launcher: [try mpirun(), "--oversubscribe", "-np", "1"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("differ between ranks"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/log.jsonl"), "a mismatched job trained")

@@ -12,8 +12,9 @@ final class MarkdownLinkTests: XCTestCase {
     func testRelativeLinksPointAtFilesThatExist() throws {
         let root = salientPackageRoot.standardizedFileURL
         let files = markdownFiles(under: root)
-        XCTAssertTrue(files.contains { $0.lastPathComponent == "README.md" && $0.deletingLastPathComponent().path == root.path },
-                      "README.md not found under \(root.path)")
+        XCTAssertTrue(
+            files.contains { $0.lastPathComponent == "README.md" && $0.deletingLastPathComponent().path == root.path },
+            "README.md not found under \(root.path)")
         var checked = 0
         var broken: [String] = []
         var headingCache: [String: Set<String>] = [:]
@@ -76,7 +77,8 @@ final class MarkdownLinkTests: XCTestCase {
         XCTAssertNotNil(check("docs/NO_SUCH_FILE.md", from: readme, root: root, anchors: none))
         XCTAssertNotNil(check("../shared/PAPER.md", from: readme, root: root, anchors: none))
         XCTAssertNotNil(check("docs/ARCHITECTURE.md#no-such-heading", from: readme, root: root, anchors: none))
-        let links = markdownLinks("""
+        let links = markdownLinks(
+            """
             See [a](a.md) and ![b](img/b.png "title").
             `[not](code.md)` and
 
@@ -88,8 +90,9 @@ final class MarkdownLinkTests: XCTestCase {
             """)
         XCTAssertEqual(links.map(\.target), ["a.md", "img/b.png", "d e.md", "c.md"])
         XCTAssertEqual(links.map(\.line), [1, 1, 7, 8])
-        XCTAssertEqual(headingAnchors("# Two words\n## `code` and (parens)\n```\n# not\n```\n## Two words\n"),
-                       ["two-words", "code-and-parens", "two-words-1"])
+        XCTAssertEqual(
+            headingAnchors("# Two words\n## `code` and (parens)\n```\n# not\n```\n## Two words\n"),
+            ["two-words", "code-and-parens", "two-words-1"])
     }
 
     // MARK: - Files, links, headings
@@ -97,8 +100,11 @@ final class MarkdownLinkTests: XCTestCase {
     /// Every *.md under `root`, outside hidden folders and build outputs, sorted.
     func markdownFiles(under root: URL) -> [URL] {
         let fm = FileManager.default
-        guard let walker = fm.enumerator(at: root, includingPropertiesForKeys: [.isDirectoryKey],
-                                         options: [.skipsHiddenFiles]) else { return [] }
+        guard
+            let walker = fm.enumerator(
+                at: root, includingPropertiesForKeys: [.isDirectoryKey],
+                options: [.skipsHiddenFiles])
+        else { return [] }
         var found: [URL] = []
         for case let url as URL in walker {
             let isDir = (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) ?? false
@@ -199,8 +205,11 @@ final class MarkdownLinkTests: XCTestCase {
             if let closing = title.range(of: #"\s+#+$"#, options: .regularExpression) { title.removeSubrange(closing) }
             var slug = ""
             for ch in title.lowercased() {
-                if ch.isLetter || ch.isNumber || ch == "-" || ch == "_" { slug.append(ch) }
-                else if ch == " " { slug.append("-") }
+                if ch.isLetter || ch.isNumber || ch == "-" || ch == "_" {
+                    slug.append(ch)
+                } else if ch == " " {
+                    slug.append("-")
+                }
             }
             let n = counts[slug, default: 0]
             counts[slug] = n + 1

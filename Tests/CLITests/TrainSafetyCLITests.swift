@@ -5,13 +5,15 @@ import XCTest
 import Foundation
 import Network
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A training run small enough for a test: 8x8 gray images, a ResNet-18 at width 1/16, batch 8.
 func tinyTrainArgs(data: String, out: String, epochs: Int) -> [String] {
-    ["train", "--data", data, "--out", out, "--res", "8", "--width", "0.0625", "--batch", "8", "--bn-splits", "2",
-     "--epochs", String(epochs), "--lr", "0.01"]
+    [
+        "train", "--data", data, "--out", out, "--res", "8", "--width", "0.0625", "--batch", "8", "--bn-splits", "2",
+        "--epochs", String(epochs), "--lr", "0.01"
+    ]
 }
 
 /// The records of DIR/log.jsonl, each line parsed (a torn line fails the test).
@@ -47,7 +49,8 @@ final class TrainSafetyCLITests: XCTestCase {
         // The same images under another name are the same data.
         let copy = dir + "/copy-images-idx3-ubyte"
         try FileManager.default.copyItem(atPath: data, toPath: copy)
-        try FileManager.default.copyItem(atPath: dir + "/train-labels-idx1-ubyte", toPath: dir + "/copy-labels-idx1-ubyte")
+        try FileManager.default.copyItem(
+            atPath: dir + "/train-labels-idx1-ubyte", toPath: dir + "/copy-labels-idx1-ubyte")
         let c = try runSalient(tinyTrainArgs(data: copy, out: out, epochs: 2) + ["--resume"], timeout: 120)
         XCTAssertEqual(c.status, 0, c.stderr)
     }

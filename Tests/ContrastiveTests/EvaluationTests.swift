@@ -7,7 +7,9 @@ import Network
 
 final class EvaluationTests: XCTestCase {
     /// `classes` Gaussian clusters in `dim` dimensions around random centres: rows x dim features and labels.
-    func clusters(rows: Int, dim: Int, classes: Int, spread: Float, seed: UInt64, centres seedCentres: UInt64 = 99) -> ([Float], [Int32]) {
+    func clusters(rows: Int, dim: Int, classes: Int, spread: Float, seed: UInt64, centres seedCentres: UInt64 = 99) -> (
+        [Float], [Int32]
+    ) {
         var c = SplitMix64(seed: seedCentres)
         let centres = (0..<(classes * dim)).map { _ in c.normal() }
         var rng = SplitMix64(seed: seed)
@@ -23,12 +25,14 @@ final class EvaluationTests: XCTestCase {
     func testKNNSeparatedClustersIsPerfect() throws {
         let (xtr, ytr) = clusters(rows: 500, dim: 16, classes: 5, spread: 0.05, seed: 1)
         let (xte, yte) = clusters(rows: 300, dim: 16, classes: 5, spread: 0.05, seed: 2)
-        let r = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 16, classes: 5, k: 20)
+        let r = try knnClassify(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 16, classes: 5, k: 20)
         XCTAssertEqual(r.top1, 100)
         XCTAssertEqual(r.top5, 100)
         // More test rows than one similarity block, and k above N (clamped).
         let (big, ybig) = clusters(rows: 700, dim: 16, classes: 5, spread: 0.05, seed: 3)
-        let r2 = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: big, testLabels: ybig, dim: 16, classes: 5, k: 1000)
+        let r2 = try knnClassify(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: big, testLabels: ybig, dim: 16, classes: 5, k: 1000)
         XCTAssertEqual(r2.top1, 100)
     }
 
@@ -39,11 +43,12 @@ final class EvaluationTests: XCTestCase {
     /// k = 5, t = 0.1: class 0 gets 2 e^9.85 = 37,900, class 1 gets 3 e^7.66 = 6,370 -> class 0.
     func testKNNWeightedVoteDependsOnKAndT() throws {
         func unit(_ deg: Double) -> [Float] { [Float(cos(deg * .pi / 180)), Float(sin(deg * .pi / 180))] }
-        let train = unit(10) + unit(-10) + unit(40) + unit(-40) + unit(40).map { $0 * 3 }   // scale is normalised away
+        let train = unit(10) + unit(-10) + unit(40) + unit(-40) + unit(40).map { $0 * 3 }  // scale is normalised away
         let labels: [Int32] = [0, 0, 1, 1, 1]
         let test = [Float(2), 0]
         func predicted(k: Int, t: Float) -> Int {
-            let s = knnScores(trainFeatures: train, trainLabels: labels, testFeatures: test, dim: 2, classes: 2, k: k, t: t)
+            let s = knnScores(
+                trainFeatures: train, trainLabels: labels, testFeatures: test, dim: 2, classes: 2, k: k, t: t)
             return s[1] > s[0] ? 1 : 0
         }
         XCTAssertEqual(predicted(k: 2, t: 1), 0)
@@ -51,11 +56,14 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(predicted(k: 5, t: 0.1), 0)
         let s = knnScores(trainFeatures: train, trainLabels: labels, testFeatures: test, dim: 2, classes: 2, k: 5, t: 1)
         // Scores are relative to the best neighbour (e^((sim - best) / t)): the ratio is the hand-computed one.
-        let ratio = Double(s[1] / s[0]), expected = 3 * exp(cos(40 * Double.pi / 180)) / (2 * exp(cos(10 * Double.pi / 180)))
+        let ratio = Double(s[1] / s[0]),
+            expected = 3 * exp(cos(40 * Double.pi / 180)) / (2 * exp(cos(10 * Double.pi / 180)))
         XCTAssertEqual(ratio, expected, accuracy: 1e-4)
-        let acc = try knnClassify(trainFeatures: train, trainLabels: labels, testFeatures: test, testLabels: [1], dim: 2, classes: 2, k: 5, t: 1)
+        let acc = try knnClassify(
+            trainFeatures: train, trainLabels: labels, testFeatures: test, testLabels: [1], dim: 2, classes: 2, k: 5,
+            t: 1)
         XCTAssertEqual(acc.top1, 100)
-        XCTAssertEqual(acc.top5, 100)   // fewer than 5 classes: every label is in the top 5
+        XCTAssertEqual(acc.top5, 100)  // fewer than 5 classes: every label is in the top 5
     }
 
     func testKNNMatchesBruteForceReference() {
@@ -81,9 +89,11 @@ final class EvaluationTests: XCTestCase {
 
     func testTopAccuracyRanking() {
         // Row 0: label 2 is the best; row 1: label 0 is 6th of 6 -> only top-5 misses; ties rank the lower class first.
-        let scores: [Float] = [0, 1, 5, 2, 3, 4,
-                               0, 1, 2, 3, 4, 5,
-                               1, 1, 0, 0, 0, 0]
+        let scores: [Float] = [
+            0, 1, 5, 2, 3, 4,
+            0, 1, 2, 3, 4, 5,
+            1, 1, 0, 0, 0, 0
+        ]
         let r = topAccuracy(scores: scores, labels: [2, 0, 1], classes: 6)
         XCTAssertEqual(r.top1, 100.0 / 3, accuracy: 1e-9)
         XCTAssertEqual(r.top5, 200.0 / 3, accuracy: 1e-9)
@@ -97,7 +107,7 @@ final class EvaluationTests: XCTestCase {
         func data(_ n: Int) -> ([Float], [Int32]) {
             var x = [Float](), y = [Int32]()
             for _ in 0..<n {
-                let row = (0..<dim).map { _ in rng.normal() * 3 + 1 }   // not standardised on purpose
+                let row = (0..<dim).map { _ in rng.normal() * 3 + 1 }  // not standardised on purpose
                 x += row
                 var best = 0, bestV = -Float.infinity
                 for c in 0..<classes {
@@ -110,7 +120,9 @@ final class EvaluationTests: XCTestCase {
             return (x, y)
         }
         let (xtr, ytr) = data(2000), (xte, yte) = data(500)
-        let r = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        let r = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes,
+            seed: 1)
         XCTAssertGreaterThan(r.top1, 95)
         XCTAssertEqual(r.validationTop1.count, 4)
         XCTAssertTrue(LinearProbeConfig().weightDecays.contains(r.weightDecay))
@@ -120,13 +132,18 @@ final class EvaluationTests: XCTestCase {
     func testLinearProbeOnNoiseIsNearChance() throws {
         var rng = SplitMix64(seed: 8)
         let dim = 32, classes = 10
-        let xtr = (0..<(3000 * dim)).map { _ in rng.normal() }, ytr = (0..<3000).map { _ in Int32(rng.int(below: classes)) }
-        let xte = (0..<(2000 * dim)).map { _ in rng.normal() }, yte = (0..<2000).map { _ in Int32(rng.int(below: classes)) }
-        let r = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes, seed: 1)
+        let xtr = (0..<(3000 * dim)).map { _ in rng.normal() },
+            ytr = (0..<3000).map { _ in Int32(rng.int(below: classes)) }
+        let xte = (0..<(2000 * dim)).map { _ in rng.normal() },
+            yte = (0..<2000).map { _ in Int32(rng.int(below: classes)) }
+        let r = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes,
+            seed: 1)
         // Chance is 10% (top-5: 50%); 2000 test rows give a standard error of ~0.7 points.
         XCTAssertEqual(r.top1, 10, accuracy: 3)
         XCTAssertEqual(r.top5, 50, accuracy: 5)
-        let k = try knnClassify(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes)
+        let k = try knnClassify(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: dim, classes: classes)
         XCTAssertEqual(k.top1, 10, accuracy: 3)
     }
 
@@ -135,8 +152,12 @@ final class EvaluationTests: XCTestCase {
         let (xte, yte) = clusters(rows: 200, dim: 10, classes: 3, spread: 2, seed: 10)
         var config = LinearProbeConfig()
         config.epochs = 5
-        let a = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
-        let b = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let a = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3,
+            config: config)
+        let b = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3,
+            config: config)
         XCTAssertEqual(a.top1, b.top1)
         XCTAssertEqual(a.top5, b.top5)
         XCTAssertEqual(a.trainLoss, b.trainLoss)
@@ -145,13 +166,17 @@ final class EvaluationTests: XCTestCase {
         // Whatever the thread count.
         let saved = Threads.count
         Threads.count = 1
-        let c = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let c = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3,
+            config: config)
         Threads.count = saved
         XCTAssertEqual(a.trainLoss, c.trainLoss)
         XCTAssertEqual(a.top1, c.top1)
         // A single weight decay: no hold-out.
         config.weightDecays = [1e-3]
-        let d = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3, config: config)
+        let d = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 3,
+            config: config)
         XCTAssertEqual(d.weightDecay, 1e-3)
         XCTAssertTrue(d.validationTop1.isEmpty)
     }
@@ -163,7 +188,8 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(f.count, 5 * 4 * 6 * 3)
         let img = try ds.image(at: 3)
         for i in 0..<(4 * 6 * 3) { XCTAssertEqual(f[3 * 72 + i], (img.pixels[i] - 0.5) / 0.25, accuracy: 1e-6) }
-        let resized = try rawPixelFeatures(dataset: ds, preprocess: Preprocess(resize: 8, mean: [0, 0, 0], std: [1, 1, 1]))
+        let resized = try rawPixelFeatures(
+            dataset: ds, preprocess: Preprocess(resize: 8, mean: [0, 0, 0], std: [1, 1, 1]))
         XCTAssertEqual(resized.count, 5 * 8 * 8 * 3)
     }
 }
@@ -178,18 +204,21 @@ extension EvaluationTests {
         config.epochs = 6; config.weightDecays = [1e-4]
         var asked = [Int]()
         var rng = SplitMix64(seed: 5)
-        let r = try augmentedLinearProbe(epochFeatures: { e in
-            asked.append(e)
-            return xtr.map { $0 + rng.normal() * 0.3 }
-        }, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 2, config: config)
+        let r = try augmentedLinearProbe(
+            epochFeatures: { e in
+                asked.append(e)
+                return xtr.map { $0 + rng.normal() * 0.3 }
+            }, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10, classes: 3, seed: 2, config: config)
         XCTAssertEqual(asked, Array(0..<6))
         XCTAssertEqual(r.weightDecay, 1e-4)
-        let plain = try linearProbe(trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10,
-                                classes: 3, seed: 2, config: config)
-        XCTAssertGreaterThan(plain.top1, 75)   // overlapping clusters: chance is 33%
+        let plain = try linearProbe(
+            trainFeatures: xtr, trainLabels: ytr, testFeatures: xte, testLabels: yte, dim: 10,
+            classes: 3, seed: 2, config: config)
+        XCTAssertGreaterThan(plain.top1, 75)  // overlapping clusters: chance is 33%
         XCTAssertEqual(r.top1, plain.top1, accuracy: 3)
-        let same = try augmentedLinearProbe(epochFeatures: { _ in xtr }, trainLabels: ytr, testFeatures: xte, testLabels: yte,
-                                        dim: 10, classes: 3, seed: 2, config: config)
+        let same = try augmentedLinearProbe(
+            epochFeatures: { _ in xtr }, trainLabels: ytr, testFeatures: xte, testLabels: yte,
+            dim: 10, classes: 3, seed: 2, config: config)
         XCTAssertEqual(same.top1, plain.top1)
         XCTAssertEqual(same.trainLoss, plain.trainLoss)
     }
@@ -204,8 +233,9 @@ extension EvaluationTests {
         let cfg = FeatureAugmentation.linearEvaluation(size: 32, preprocess: pre)
         XCTAssertEqual(cfg.cropScale, 0.08...1)
         func pass(_ p: Int) throws -> [Float] {
-            try extractFeatures(encoder: e, dataset: ds, batch: 4, preprocess: pre,
-                                augmentation: FeatureAugmentation(config: cfg, seed: 9, pass: p))
+            try extractFeatures(
+                encoder: e, dataset: ds, batch: 4, preprocess: pre,
+                augmentation: FeatureAugmentation(config: cfg, seed: 9, pass: p))
         }
         XCTAssertEqual(try pass(0), try pass(0))
         XCTAssertNotEqual(try pass(0), try pass(1))
@@ -223,9 +253,11 @@ extension EvaluationTests {
 /// Non-finite input, a diverged probe and sparse labels: errors or renumbering, never a fake score.
 final class EvaluationSafetyTests: XCTestCase {
     func testNaNScoresAreNeverAHit() {
-        let scores: [Float] = [.nan, .nan, .nan,
-                               1, .nan, 0,
-                               2, 1, 0]
+        let scores: [Float] = [
+            .nan, .nan, .nan,
+            1, .nan, 0,
+            2, 1, 0
+        ]
         let r = topAccuracy(scores: scores, labels: [0, 0, 0], classes: 3)
         // Row 0: its label scores NaN; row 1: another class scores NaN (ranked above); row 2: a hit.
         XCTAssertEqual(r.top1, 100.0 / 3, accuracy: 1e-9)
@@ -236,17 +268,26 @@ final class EvaluationSafetyTests: XCTestCase {
         let good: [Float] = [1, 0, 0, 1, 1, 0.1, 0.1, 1], labels: [Int32] = [0, 1, 0, 1]
         var bad = good
         bad[5] = .infinity
-        XCTAssertThrowsError(try knnClassify(trainFeatures: good, trainLabels: labels, testFeatures: bad, testLabels: labels,
-                                             dim: 2, classes: 2)) { e in
+        XCTAssertThrowsError(
+            try knnClassify(
+                trainFeatures: good, trainLabels: labels, testFeatures: bad, testLabels: labels,
+                dim: 2, classes: 2)
+        ) { e in
             XCTAssertTrue("\(e)".contains("test features") && "\(e)".contains("row 2, column 1 is +infinity"), "\(e)")
         }
         let nan = [Float](repeating: .nan, count: 8)
-        XCTAssertThrowsError(try linearProbe(trainFeatures: nan, trainLabels: labels, testFeatures: good, testLabels: labels,
-                                             dim: 2, classes: 2)) { e in
+        XCTAssertThrowsError(
+            try linearProbe(
+                trainFeatures: nan, trainLabels: labels, testFeatures: good, testLabels: labels,
+                dim: 2, classes: 2)
+        ) { e in
             XCTAssertTrue("\(e)".contains("train features") && "\(e)".contains("NaN"), "\(e)")
         }
-        XCTAssertThrowsError(try augmentedLinearProbe(epochFeatures: { $0 == 1 ? nan : good }, trainLabels: labels,
-                                                      testFeatures: good, testLabels: labels, dim: 2, classes: 2)) { e in
+        XCTAssertThrowsError(
+            try augmentedLinearProbe(
+                epochFeatures: { $0 == 1 ? nan : good }, trainLabels: labels,
+                testFeatures: good, testLabels: labels, dim: 2, classes: 2)
+        ) { e in
             XCTAssertTrue("\(e)".contains("epoch 2"), "\(e)")
         }
     }
@@ -256,12 +297,16 @@ final class EvaluationSafetyTests: XCTestCase {
         let x = (0..<(200 * 4)).map { _ in rng.normal() }, y = (0..<200).map { Int32($0 % 3) }
         var config = LinearProbeConfig()
         config.epochs = 3; config.learningRate = 1e30
-        XCTAssertThrowsError(try linearProbe(trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4,
-                                             classes: 3, config: config)) { e in
+        XCTAssertThrowsError(
+            try linearProbe(
+                trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4,
+                classes: 3, config: config)
+        ) { e in
             XCTAssertTrue("\(e)".contains("diverged") && "\(e)".contains("--lr"), "\(e)")
         }
         config.learningRate = nil
-        let r = try linearProbe(trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4, classes: 3, config: config)
+        let r = try linearProbe(
+            trainFeatures: x, trainLabels: y, testFeatures: x, testLabels: y, dim: 4, classes: 3, config: config)
         XCTAssertTrue(r.trainLoss.isFinite)
     }
 
@@ -285,13 +330,15 @@ final class FeatureCacheTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         func writeImages(seed: UInt8) throws {
             for i in 0..<3 {
-                try writePNG(path: dir + "/\(i).png", width: 4, height: 4, channels: 1,
-                             pixels: (0..<16).map { UInt8(truncatingIfNeeded: $0 * 7 + i + Int(seed)) })
+                try writePNG(
+                    path: dir + "/\(i).png", width: 4, height: 4, channels: 1,
+                    pixels: (0..<16).map { UInt8(truncatingIfNeeded: $0 * 7 + i + Int(seed)) })
             }
         }
         try writeImages(seed: 0)
         let ds = try DatasetLoader.open(path: dir)
-        let e = Encoder(config: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 1, width: 0.0625), trainable: false)
+        let e = Encoder(
+            config: ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 1, width: 0.0625), trainable: false)
         e.initialize(seed: 1)
         let pre = Preprocess.defaults(channels: 1, resize: 8)
         func key(_ d: ImageDataset = ds, _ p: Preprocess = pre) -> String {
@@ -330,10 +377,13 @@ final class EvaluationReportTests: XCTestCase {
     /// The --json line: snake-case keys in sorted order, Float settings in their shortest decimal form,
     /// absent fields left out, a non-finite loss as a string rather than invalid JSON.
     func testReportJSON() throws {
-        let probe = LinearProbeResult(top1: 86.17, top5: 99.5, weightDecay: 5e-4, validationTop1: [85, 86.5],
-                                      epochs: 30, learningRate: 0.1, trainLoss: .nan)
-        let text = EvaluationReport(method: "linear", probe: probe, train: 60000, test: 10000, dim: 128,
-                                    classes: 10, seconds: 12.5).json()
+        let probe = LinearProbeResult(
+            top1: 86.17, top5: 99.5, weightDecay: 5e-4, validationTop1: [85, 86.5],
+            epochs: 30, learningRate: 0.1, trainLoss: .nan)
+        let text = EvaluationReport(
+            method: "linear", probe: probe, train: 60000, test: 10000, dim: 128,
+            classes: 10, seconds: 12.5
+        ).json()
         XCTAssertFalse(text.contains("\n"))
         XCTAssertTrue(text.contains("\"weight_decay\":0.0005"), text)
         XCTAssertTrue(text.contains("\"train_loss\":\"nan\""), text)
@@ -347,7 +397,8 @@ final class EvaluationReportTests: XCTestCase {
             .filter { obj[String($0)] != nil }
         XCTAssertEqual(keys.map(String.init), keys.map(String.init).sorted())
 
-        var knn = EvaluationReport(method: "knn", top1: 80, top5: 99, train: 10, test: 5, dim: 4, classes: 2, seconds: 1)
+        var knn = EvaluationReport(
+            method: "knn", top1: 80, top5: 99, train: 10, test: 5, dim: 4, classes: 2, seconds: 1)
         knn.k = 10; knn.t = EvaluationReport.decimal(0.1)
         let o2 = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(knn.json().utf8)) as? [String: Any])
         XCTAssertEqual(o2["t"] as? Double, 0.1); XCTAssertEqual(o2["k"] as? Int, 10)

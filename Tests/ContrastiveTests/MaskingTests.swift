@@ -9,8 +9,10 @@ final class MaskingTests: XCTestCase {
     enum Rule { case query, negative }
 
     /// One draw of a cell rule; r is the rule's first draw, read from a copy of the generator.
-    func draw(_ rule: Rule, flags: [UInt8], mode: MaskMode = .saliency, config: MaskConfig = MaskConfig(),
-              rng: inout SplitMix64) -> (mask: [UInt8], r: Float, n: Int) {
+    func draw(
+        _ rule: Rule, flags: [UInt8], mode: MaskMode = .saliency, config: MaskConfig = MaskConfig(),
+        rng: inout SplitMix64
+    ) -> (mask: [UInt8], r: Float, n: Int) {
         var copy = rng
         let range = rule == .query ? config.posRatio : config.negRatio
         let r = copy.uniform(range.lowerBound, range.upperBound)
@@ -18,8 +20,12 @@ final class MaskingTests: XCTestCase {
         let n = flags.withUnsafeBufferPointer { f in
             mask.withUnsafeMutableBufferPointer { m in
                 rule == .query
-                    ? sampleQueryCells(fgFlags: f.baseAddress!, cells: flags.count, mode: mode, config: config, rng: &rng, mask: m.baseAddress!)
-                    : sampleHardNegativeCells(fgFlags: f.baseAddress!, cells: flags.count, mode: mode, config: config, rng: &rng, mask: m.baseAddress!)
+                    ? sampleQueryCells(
+                        fgFlags: f.baseAddress!, cells: flags.count, mode: mode, config: config, rng: &rng,
+                        mask: m.baseAddress!)
+                    : sampleHardNegativeCells(
+                        fgFlags: f.baseAddress!, cells: flags.count, mode: mode, config: config, rng: &rng,
+                        mask: m.baseAddress!)
             }
         }
         return (mask, r, n)
@@ -35,9 +41,11 @@ final class MaskingTests: XCTestCase {
 
     struct Run { var views: [Float]; var cellMasks: [UInt8]; var records: [MaskRecord] }
 
-    func run(_ views: [Float], blurred: [Float]? = nil, saliency: [Float]?, batch: Int, height: Int, width: Int,
-             channels: Int, grid: Int, role: MaskRole, mode: MaskMode = .saliency, fill: MaskFill,
-             config: MaskConfig = MaskConfig(), seed: UInt64 = 42, step: Int = 0) -> Run {
+    func run(
+        _ views: [Float], blurred: [Float]? = nil, saliency: [Float]?, batch: Int, height: Int, width: Int,
+        channels: Int, grid: Int, role: MaskRole, mode: MaskMode = .saliency, fill: MaskFill,
+        config: MaskConfig = MaskConfig(), seed: UInt64 = 42, step: Int = 0
+    ) -> Run {
         var v = views
         var cm = [UInt8](repeating: 9, count: batch * grid * grid)
         var rec = [MaskRecord](repeating: MaskRecord(maskedCells: -1), count: batch)
@@ -50,10 +58,11 @@ final class MaskingTests: XCTestCase {
                 v.withUnsafeMutableBufferPointer { vp in
                     cm.withUnsafeMutableBufferPointer { cp in
                         rec.withUnsafeMutableBufferPointer { rp in
-                            applyMasks(views: vp.baseAddress!, blurred: bp, saliency: sp, batch: batch, height: height,
-                                       width: width, channels: channels, grid: grid, role: role, mode: mode, fill: fill,
-                                       config: config, seed: seed, step: step, cellMasks: cp.baseAddress!,
-                                       records: rp.baseAddress!)
+                            applyMasks(
+                                views: vp.baseAddress!, blurred: bp, saliency: sp, batch: batch, height: height,
+                                width: width, channels: channels, grid: grid, role: role, mode: mode, fill: fill,
+                                config: config, seed: seed, step: step, cellMasks: cp.baseAddress!,
+                                records: rp.baseAddress!)
                         }
                     }
                 }
@@ -73,7 +82,9 @@ final class MaskingTests: XCTestCase {
         let m = Array(map)
         var f = [UInt8](repeating: 0, count: m.count)
         m.withUnsafeBufferPointer { mp in
-            f.withUnsafeMutableBufferPointer { _ = foregroundCells(mp.baseAddress!, cells: m.count, fgStd: fgStd, flags: $0.baseAddress!) }
+            f.withUnsafeMutableBufferPointer {
+                _ = foregroundCells(mp.baseAddress!, cells: m.count, fgStd: fgStd, flags: $0.baseAddress!)
+            }
         }
         return f
     }
@@ -116,8 +127,8 @@ final class MaskingTests: XCTestCase {
         }
         let mean = fr.reduce(0, +) / Double(fr.count)
         let sd = (fr.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(fr.count)).squareRoot()
-        XCTAssertEqual(mean, 0.15 - 0.5 / 400, accuracy: 0.002)       // E[floor(400 r)] / 400
-        XCTAssertEqual(sd, 0.2 / 12.0.squareRoot(), accuracy: 0.002)    // U(0.05, 0.25)
+        XCTAssertEqual(mean, 0.15 - 0.5 / 400, accuracy: 0.002)  // E[floor(400 r)] / 400
+        XCTAssertEqual(sd, 0.2 / 12.0.squareRoot(), accuracy: 0.002)  // U(0.05, 0.25)
         XCTAssertGreaterThanOrEqual(fr.min()!, 0.05)
         XCTAssertLessThanOrEqual(fr.max()!, 0.25)
         XCTAssertLessThan(fr.min()!, 0.052)
@@ -219,10 +230,11 @@ final class MaskingTests: XCTestCase {
 
     func testEachSampleGetsItsOwnHardNegative() {
         let B = 16, H = 32, W = 32, C = 3, G = 4
-        let map: [Float] = [0, 0, 5, 5, 0, 5, 5, 5, 0, 5, 5, 5, 0, 0, 5, 0]   // 9 fg cells
+        let map: [Float] = [0, 0, 5, 5, 0, 5, 5, 5, 0, 5, 5, 5, 0, 0, 5, 0]  // 9 fg cells
         let sal = (0..<B).flatMap { _ in map }
-        let out = run([Float](repeating: 0, count: B * H * W * C), saliency: sal, batch: B, height: H, width: W,
-                      channels: C, grid: G, role: .hardNegative, fill: .hp, config: spatialOnly)
+        let out = run(
+            [Float](repeating: 0, count: B * H * W * C), saliency: sal, batch: B, height: H, width: W,
+            channels: C, grid: G, role: .hardNegative, fill: .hp, config: spatialOnly)
         let plane = H * W * C
         var distinctMasks = Set<[UInt8]>()
         for b in 0..<B {
@@ -232,8 +244,9 @@ final class MaskingTests: XCTestCase {
             XCTAssertEqual(out.records[b].fgCells, 9)
             XCTAssertEqual(out.records[b].maskedCells, Int((out.records[b].ratio * 9 / 16 * 16).rounded()))
             for b2 in 0..<b {
-                XCTAssertNotEqual(Array(out.views[(b * plane)..<((b + 1) * plane)]),
-                                  Array(out.views[(b2 * plane)..<((b2 + 1) * plane)]), "samples \(b2) and \(b) share a hard negative")
+                XCTAssertNotEqual(
+                    Array(out.views[(b * plane)..<((b + 1) * plane)]),
+                    Array(out.views[(b2 * plane)..<((b2 + 1) * plane)]), "samples \(b2) and \(b) share a hard negative")
             }
         }
         XCTAssertGreaterThan(distinctMasks.count, 5)
@@ -244,8 +257,9 @@ final class MaskingTests: XCTestCase {
         var cfg = spatialOnly
         cfg.posRatio = 0.25...0.25
         var trng = TestRNG(seed: 6)
-        let out = run([Float](repeating: 0, count: B * H * W * C), saliency: trng.array(B * 16), batch: B, height: H,
-                      width: W, channels: C, grid: G, role: .query, fill: .hp, config: cfg)
+        let out = run(
+            [Float](repeating: 0, count: B * H * W * C), saliency: trng.array(B * 16), batch: B, height: H,
+            width: W, channels: C, grid: G, role: .query, fill: .hp, config: cfg)
         var blocks = Set<[Float]>(), channelBlocks = Set<[Float]>(), n = 0
         for b in 0..<B {
             XCTAssertEqual(out.records[b].maskedCells, 4)
@@ -281,27 +295,33 @@ final class MaskingTests: XCTestCase {
             for fill in MaskFill.allCases {
                 let blurred = trng.array(views.count)
                 Threads.count = 1
-                let a = run(views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
-                            role: role, fill: fill, step: 3)
+                let a = run(
+                    views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
+                    role: role, fill: fill, step: 3)
                 Threads.count = 2
-                let b = run(views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
-                            role: role, fill: fill, step: 3)
+                let b = run(
+                    views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
+                    role: role, fill: fill, step: 3)
                 XCTAssertEqual(a.views, b.views)
                 XCTAssertEqual(a.cellMasks, b.cellMasks)
                 XCTAssertEqual(a.records, b.records)
                 XCTAssertNotEqual(a.views, views)
-                let c = run(views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
-                            role: role, fill: fill, step: 4)
+                let c = run(
+                    views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
+                    role: role, fill: fill, step: 4)
                 XCTAssertNotEqual(a.views, c.views)
                 XCTAssertNotEqual(a.cellMasks, c.cellMasks)
-                let d = run(views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
-                            role: role, fill: fill, seed: 43, step: 3)
+                let d = run(
+                    views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
+                    role: role, fill: fill, seed: 43, step: 3)
                 XCTAssertNotEqual(a.views, d.views)
             }
         }
         // Query and hard negative draw from different streams.
-        let q = run(views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .query, fill: .mean)
-        let n = run(views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .hardNegative, fill: .mean)
+        let q = run(
+            views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .query, fill: .mean)
+        let n = run(
+            views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .hardNegative, fill: .mean)
         XCTAssertNotEqual(q.records.map(\.ratio), n.records.map(\.ratio))
     }
 
@@ -312,8 +332,9 @@ final class MaskingTests: XCTestCase {
         let views = trng.array(B * H * W * C), blurred = trng.array(B * H * W * C, 5, 6), sal = trng.array(B * 16)
         let band = bandOf(H, G)
         for role in [MaskRole.query, .hardNegative] {
-            let out = run(views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
-                          role: role, fill: .blur)
+            let out = run(
+                views, blurred: blurred, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G,
+                role: role, fill: .blur)
             var anyMasked = false
             for b in 0..<B {
                 let cm = Array(out.cellMasks[(b * 16)..<((b + 1) * 16)])
@@ -354,8 +375,9 @@ final class MaskingTests: XCTestCase {
         var trng = TestRNG(seed: 9)
         var views = trng.array(B * H * W * C)
         for i in 0..<views.count { views[i] += Float(i % C) + Float(i / (H * W * C)) * 0.1 }  // distinct means
-        let out = run(views, saliency: trng.array(B * 16), batch: B, height: H, width: W, channels: C, grid: G,
-                      role: .hardNegative, fill: .mean)
+        let out = run(
+            views, saliency: trng.array(B * 16), batch: B, height: H, width: W, channels: C, grid: G,
+            role: .hardNegative, fill: .mean)
         let plane = H * W * C
         var masked = 0
         for b in 0..<B {
@@ -366,8 +388,11 @@ final class MaskingTests: XCTestCase {
                     let m = out.cellMasks[b * 16 + (y / 8) * 4 + x / 8] == 1
                     for c in 0..<C {
                         let i = b * plane + (y * W + x) * C + c
-                        if m { XCTAssertEqual(Double(out.views[i]), mean[c] / Double(H * W), accuracy: 1e-5); masked += 1 }
-                        else { XCTAssertEqual(out.views[i], views[i]) }
+                        if m {
+                            XCTAssertEqual(Double(out.views[i]), mean[c] / Double(H * W), accuracy: 1e-5); masked += 1
+                        } else {
+                            XCTAssertEqual(out.views[i], views[i])
+                        }
                     }
                 }
             }
@@ -381,8 +406,9 @@ final class MaskingTests: XCTestCase {
         var trng = TestRNG(seed: 10)
         let sal = trng.array(B * 16)
         for (role, sigma) in [(MaskRole.query, 0.18), (.hardNegative, 0.14)] {
-            let out = run([Float](repeating: 100, count: B * plane), saliency: sal, batch: B, height: H, width: W,
-                          channels: C, grid: G, role: role, fill: .hp, config: spatialOnly)
+            let out = run(
+                [Float](repeating: 100, count: B * plane), saliency: sal, batch: B, height: H, width: W,
+                channels: C, grid: G, role: role, fill: .hp, config: spatialOnly)
             var s = 0.0, ss = 0.0, n = 0
             for b in 0..<B {
                 var replaced = 0
@@ -391,8 +417,11 @@ final class MaskingTests: XCTestCase {
                         let m = out.cellMasks[b * 16 + (y / 8) * 4 + x / 8] == 1
                         for c in 0..<C {
                             let v = out.views[b * plane + (y * W + x) * C + c]
-                            if m { XCTAssertNotEqual(v, 100); s += Double(v); ss += Double(v * v); n += 1; replaced += 1 }
-                            else { XCTAssertEqual(v, 100) }
+                            if m {
+                                XCTAssertNotEqual(v, 100); s += Double(v); ss += Double(v * v); n += 1; replaced += 1
+                            } else {
+                                XCTAssertEqual(v, 100)
+                            }
                         }
                     }
                 }
@@ -413,8 +442,9 @@ final class MaskingTests: XCTestCase {
         var trng = TestRNG(seed: 12)
         let sal = trng.array(B * 16)
         for role in [MaskRole.query, .hardNegative] {
-            let out = run([Float](repeating: 100, count: B * plane), saliency: sal, batch: B, height: H, width: W,
-                          channels: C, grid: G, role: role, fill: .hp)
+            let out = run(
+                [Float](repeating: 100, count: B * plane), saliency: sal, batch: B, height: H, width: W,
+                channels: C, grid: G, role: role, fill: .hp)
             var counts = [0, 0, 0], differingChannels = 0
             for b in 0..<B {
                 let rec = out.records[b]
@@ -423,14 +453,19 @@ final class MaskingTests: XCTestCase {
                 let touched = v.filter { $0 != 100 }.count
                 // Masked cells per channel.
                 var perChannel = [Set<Int>](repeating: [], count: C)
-                for p in 0..<(H * W) { for c in 0..<C where v[b * plane + p * C + c] != 100 {
-                    perChannel[c].insert((p / W / 2) * 4 + (p % W) / 2) } }
+                for p in 0..<(H * W) {
+                    for c in 0..<C where v[b * plane + p * C + c] != 100 {
+                        perChannel[c].insert((p / W / 2) * 4 + (p % W) / 2)
+                    }
+                }
                 switch rec.kind {
                 case .focal:
                     XCTAssertEqual(touched, role == .query ? (64 - 49) * C : 25 * C)
                     // The touched pixels form (the complement of) one square window, the same in every channel.
                     var rows = Set<Int>(), cols = Set<Int>()
-                    for p in 0..<(H * W) where (v[b * plane + p * C] != 100) != (role == .query) { rows.insert(p / W); cols.insert(p % W) }
+                    for p in 0..<(H * W) where (v[b * plane + p * C] != 100) != (role == .query) {
+                        rows.insert(p / W); cols.insert(p % W)
+                    }
                     XCTAssertEqual(rows.count, role == .query ? 7 : 5)
                     XCTAssertEqual(cols.count, role == .query ? 7 : 5)
                     XCTAssertEqual(perChannel[0], perChannel[1])
@@ -439,8 +474,10 @@ final class MaskingTests: XCTestCase {
                     XCTAssertEqual(touched, perChannel[0].count * 4 * C)
                     XCTAssertEqual(perChannel[0].count, rec.maskedCells)
                 case .channel:
-                    let expect = role == .query ? Int(rec.ratio * 16)
-                                                : Int((rec.ratio * Float(rec.fgCells) / 16 * 16).rounded())
+                    let expect =
+                        role == .query
+                        ? Int(rec.ratio * 16)
+                        : Int((rec.ratio * Float(rec.fgCells) / 16 * 16).rounded())
                     for c in 0..<C { XCTAssertEqual(perChannel[c].count, expect) }
                     XCTAssertEqual(touched, expect * 4 * C)
                     XCTAssertEqual(rec.maskedCells, perChannel[0].union(perChannel[1]).union(perChannel[2]).count)
@@ -459,16 +496,18 @@ final class MaskingTests: XCTestCase {
         let B = 8, H = 16, W = 16, C = 3, G = 4
         var trng = TestRNG(seed: 13)
         let views = trng.array(B * H * W * C)
-        let none = run(views, saliency: nil, batch: B, height: H, width: W, channels: C, grid: G, role: .query,
-                       mode: .none, fill: .hp)
+        let none = run(
+            views, saliency: nil, batch: B, height: H, width: W, channels: C, grid: G, role: .query,
+            mode: .none, fill: .hp)
         XCTAssertEqual(none.views, views)
         XCTAssertTrue(none.cellMasks.allSatisfy { $0 == 0 })
         XCTAssertTrue(none.records.allSatisfy { $0 == MaskRecord() })
         let blurred = trng.array(views.count, 3, 4)
-        let r = run(views, blurred: blurred, saliency: nil, batch: B, height: H, width: W, channels: C, grid: G,
-                    role: .hardNegative, mode: .random, fill: .blur)
+        let r = run(
+            views, blurred: blurred, saliency: nil, batch: B, height: H, width: W, channels: C, grid: G,
+            role: .hardNegative, mode: .random, fill: .blur)
         for b in 0..<B {
-            XCTAssertEqual(r.records[b].fgCells, 12)     // round(0.7257 * 16)
+            XCTAssertEqual(r.records[b].fgCells, 12)  // round(0.7257 * 16)
             XCTAssertEqual(r.records[b].maskedCells, Int((r.records[b].ratio * 12 / 16 * 16).rounded()))
         }
     }
@@ -477,15 +516,19 @@ final class MaskingTests: XCTestCase {
         let B = 3, H = 16, W = 16, C = 3, G = 4
         var trng = TestRNG(seed: 14)
         let views = trng.array(B * H * W * C), sal = trng.array(B * 16)
-        let q = run(views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .query, fill: .hp).views
-        let n = run(views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .hardNegative, fill: .hp).views
+        let q = run(views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .query, fill: .hp)
+            .views
+        let n = run(
+            views, saliency: sal, batch: B, height: H, width: W, channels: C, grid: G, role: .hardNegative, fill: .hp
+        ).views
         let img = views.withUnsafeBufferPointer { v in
             sal.withUnsafeBufferPointer { s in
                 q.withUnsafeBufferPointer { qp in
                     n.withUnsafeBufferPointer { np in
-                        maskPreview(views: v.baseAddress!, saliency: s.baseAddress!, query: qp.baseAddress!,
-                                    hardNegative: np.baseAddress!, batch: B, height: H, width: W, channels: C, grid: G,
-                                    count: 2, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], highPass: true, scale: 2)
+                        maskPreview(
+                            views: v.baseAddress!, saliency: s.baseAddress!, query: qp.baseAddress!,
+                            hardNegative: np.baseAddress!, batch: B, height: H, width: W, channels: C, grid: G,
+                            count: 2, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], highPass: true, scale: 2)
                     }
                 }
             }
@@ -509,8 +552,9 @@ final class MaskingTests: XCTestCase {
         let a = trng.array(B * H * W * C), b = trng.array(B * H * W * C)
         let img = a.withUnsafeBufferPointer { ap in
             b.withUnsafeBufferPointer { bp in
-                viewPairPreview(first: ap.baseAddress!, second: bp.baseAddress!, batch: B, height: H, width: W,
-                                channels: C, count: 2, mean: [0.5], std: [0.25], scale: 1)
+                viewPairPreview(
+                    first: ap.baseAddress!, second: bp.baseAddress!, batch: B, height: H, width: W,
+                    channels: C, count: 2, mean: [0.5], std: [0.25], scale: 1)
             }
         }
         XCTAssertEqual(img.width, 2 * W + 3 * 2)

@@ -11,7 +11,8 @@ import TestSupport
 
 final class MethodTests: XCTestCase {
     func config(_ method: ContrastiveMethod, fill: MaskFill = .hp, saliency: SaliencySource = .own, warmup: Int = 0)
-        -> TrainConfig {
+        -> TrainConfig
+    {
         var c = TrainConfig()
         c.method = method
         c.width = 0.125; c.inChannels = 1; c.resolution = 16; c.batch = 8; c.queue = 32
@@ -37,7 +38,9 @@ final class MethodTests: XCTestCase {
     }
 
     func array(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
-    func counters(_ s: ParameterStore) -> [Int64] { Array(UnsafeBufferPointer(start: s.counters, count: s.counterCount)) }
+    func counters(_ s: ParameterStore) -> [Int64] {
+        Array(UnsafeBufferPointer(start: s.counters, count: s.counterCount))
+    }
     func buffers(_ s: ParameterStore) -> [Float] { array(s.buffers, s.bufferCount) }
 
     /// The hp fill's hard negative masks at most fgCap of the cells (the official hp code's cap); the
@@ -54,10 +57,11 @@ final class MethodTests: XCTestCase {
             sal.withUnsafeBufferPointer { s in
                 v.withUnsafeBufferPointer { blurred in
                     x.withUnsafeMutableBufferPointer { xp in
-                        applyMasks(views: xp.baseAddress!, blurred: blurred.baseAddress!, saliency: s.baseAddress!,
-                                   batch: B, height: R, width: R, channels: 1, grid: G, role: .hardNegative,
-                                   mode: .saliency, fill: fill, config: cfg, seed: 1, step: 0, cellMasks: nil,
-                                   records: &rec)
+                        applyMasks(
+                            views: xp.baseAddress!, blurred: blurred.baseAddress!, saliency: s.baseAddress!,
+                            batch: B, height: R, width: R, channels: 1, grid: G, role: .hardNegative,
+                            mode: .saliency, fill: fill, config: cfg, seed: 1, step: 0, cellMasks: nil,
+                            records: &rec)
                     }
                 }
             }
@@ -77,8 +81,9 @@ final class MethodTests: XCTestCase {
         _ = step.step(views: views(c), epoch: 0, step: 0, lr: 0.05)
         XCTAssertEqual(counters(step.query.store), [Int64](repeating: 1, count: step.query.store.counterCount))
         // The training forward alone, on the views the step trained on (masked queries, then keys).
-        let pass = ResNetPass(layout: fresh.backbone, batch: 2 * c.batch, height: c.resolution, width: c.resolution,
-                              keepActivations: true)
+        let pass = ResNetPass(
+            layout: fresh.backbone, batch: 2 * c.batch, height: c.resolution, width: c.resolution,
+            keepActivations: true)
         pass.forward(input: step.lastQueryViews, store: fresh.store, mode: .train(splits: 1))
         XCTAssertTrue(buffers(step.query.store) == buffers(fresh.store), "running statistics moved by another forward")
     }
@@ -225,8 +230,10 @@ final class PresetTests: XCTestCase {
 
     /// The saliency source is saved as the one string it was given ("self", "classical" or a path).
     func testSaliencySourceIsSavedAsItsString() throws {
-        for (source, text) in [(SaliencySource.own, "self"), (.classical, "classical"),
-                               (.encoder(path: "enc.safetensors"), "enc.safetensors")] {
+        for (source, text) in [
+            (SaliencySource.own, "self"), (.classical, "classical"),
+            (.encoder(path: "enc.safetensors"), "enc.safetensors")
+        ] {
             var c = TrainConfig()
             c.saliency = source
             XCTAssertTrue(c.json().contains("\"saliency\":\"\(text)\""), c.json())

@@ -19,7 +19,9 @@ final class ObjectiveTests: XCTestCase {
         // Contrastive accuracy: rows whose positive beats every queue key, from PyTorch's logits.
         let logits = try g.floats("infonce.logits")
         var correct = 0
-        for b in 0..<3 { let row = Array(logits[(b * 10)..<(b * 10 + 9)]); if row.firstIndex(of: row.max()!) == 0 { correct += 1 } }
+        for b in 0..<3 {
+            let row = Array(logits[(b * 10)..<(b * 10 + 9)]); if row.firstIndex(of: row.max()!) == 0 { correct += 1 }
+        }
         XCTAssertEqual(r.accuracy, Float(correct) / 3, accuracy: 1e-6)
     }
 
@@ -43,7 +45,10 @@ final class ObjectiveTests: XCTestCase {
         var rng = TestRNG(seed: 4)
         func normalized(_ rows: Int) -> [Float] {
             var v = rng.array(rows * D)
-            for r in 0..<rows { let n = (0..<D).map { v[r * D + $0] * v[r * D + $0] }.reduce(0, +).squareRoot(); for j in 0..<D { v[r * D + j] /= n } }
+            for r in 0..<rows {
+                let n = (0..<D).map { v[r * D + $0] * v[r * D + $0] }.reduce(0, +).squareRoot();
+                for j in 0..<D { v[r * D + j] /= n }
+            }
             return v
         }
         var z = normalized(2 * B)

@@ -7,7 +7,9 @@ final class SaliencyTests: XCTestCase {
     func flags(_ map: [Float], fgStd: Float = 0.6) -> (flags: [UInt8], count: Int) {
         var f = [UInt8](repeating: 9, count: map.count)
         let n = map.withUnsafeBufferPointer { m in
-            f.withUnsafeMutableBufferPointer { foregroundCells(m.baseAddress!, cells: map.count, fgStd: fgStd, flags: $0.baseAddress!) }
+            f.withUnsafeMutableBufferPointer {
+                foregroundCells(m.baseAddress!, cells: map.count, fgStd: fgStd, flags: $0.baseAddress!)
+            }
         }
         return (f, n)
     }
@@ -34,10 +36,12 @@ final class SaliencyTests: XCTestCase {
 
     func testForegroundCornerCellsStayInPlace() {
         // Bottom-left hot, bottom-right cold in an otherwise warm bottom row; row-sorting swaps them.
-        var map: [Float] = [1, 1, 1, 1,
-                            1, 1, 1, 1,
-                            1, 1, 1, 1,
-                            9, 8, 8, 0]
+        var map: [Float] = [
+            1, 1, 1, 1,
+            1, 1, 1, 1,
+            1, 1, 1, 1,
+            9, 8, 8, 0
+        ]
         var (f, n) = flags(map)
         // mean 37/16 = 2.3125, std sqrt(221/16 - 2.3125^2) = 2.9094; threshold 2.3125 - 1.7457 = 0.5668.
         XCTAssertEqual(n, 15)
@@ -46,7 +50,7 @@ final class SaliencyTests: XCTestCase {
         XCTAssertEqual(rowSortedFlags(map, side: 4)[12], 0, "the row-sorted copy puts the cold cell at (3, 0)")
         // A single hot cell in the bottom-right corner of a 7x7 map whose rows decrease left to right.
         map = (0..<49).map { i in Float(6 - i % 7) * 0.1 }
-        map[48] = 2     // mean 0.3408, std 0.3090, threshold 0.1554
+        map[48] = 2  // mean 0.3408, std 0.3090, threshold 0.1554
         (f, n) = flags(map)
         let v = map.map(Double.init)
         let mean = v.reduce(0, +) / 49
@@ -55,7 +59,7 @@ final class SaliencyTests: XCTestCase {
         XCTAssertEqual(n, f.filter { $0 == 1 }.count)
         XCTAssertEqual(f[48], 1)
         XCTAssertEqual(f[42], 1)  // (6, 0) holds 0.6: above the threshold
-        XCTAssertEqual(f[6], 0)   // (0, 6) holds 0.0: below
+        XCTAssertEqual(f[6], 0)  // (0, 6) holds 0.0: below
         XCTAssertNotEqual(rowSortedFlags(map, side: 7), f)
     }
 
@@ -83,7 +87,8 @@ final class SaliencyTests: XCTestCase {
         var out = [Float](repeating: .nan, count: b * g * g)
         map.withUnsafeBufferPointer { m in
             out.withUnsafeMutableBufferPointer {
-                saliencyFromFeatures(m.baseAddress!, batch: b, height: h, width: w, channels: d, grid: g, output: $0.baseAddress!)
+                saliencyFromFeatures(
+                    m.baseAddress!, batch: b, height: h, width: w, channels: d, grid: g, output: $0.baseAddress!)
             }
         }
         return out
@@ -100,7 +105,9 @@ final class SaliencyTests: XCTestCase {
     func testSaliencyFromFeaturesPooling() {
         // 8x8 -> 4x4: each cell the mean of a 2x2 block of channel sums. D = 10 (SIMD body + tail).
         var map = [Float](repeating: 0, count: 8 * 8 * 10)
-        for y in 0..<8 { for x in 0..<8 { for d in 0..<10 { map[(y * 8 + x) * 10 + d] = Float(y * 8 + x) * (d == 9 ? 2 : 0.1) } } }
+        for y in 0..<8 {
+            for x in 0..<8 { for d in 0..<10 { map[(y * 8 + x) * 10 + d] = Float(y * 8 + x) * (d == 9 ? 2 : 0.1) } }
+        }
         // channel sum = (8y + x) * (0.9 + 2) = 2.9 (8y + x); the block mean of 8y + x is 8(2i) + 2j + 4.5.
         let s = saliency(map, b: 1, h: 8, w: 8, d: 10, g: 4)
         for i in 0..<4 {
@@ -117,7 +124,9 @@ final class SaliencyTests: XCTestCase {
             for i in 0..<3 {
                 for j in 0..<3 {
                     var acc: Float = 0
-                    for y in bands[i] { for x in bands[j] { for d in 0..<5 { acc += m[((b * 7 + y) * 7 + x) * 5 + d] } } }
+                    for y in bands[i] {
+                        for x in bands[j] { for d in 0..<5 { acc += m[((b * 7 + y) * 7 + x) * 5 + d] } }
+                    }
                     XCTAssertEqual(s2[b * 9 + i * 3 + j], acc / Float(bands[i].count * bands[j].count), accuracy: 1e-5)
                 }
             }
@@ -135,11 +144,14 @@ final class SaliencyTests: XCTestCase {
         var imgs = [Float](repeating: 0, count: 2 * h * w * c)
         for i in 0..<imgs.count { imgs[i] = -0.5 + rng.uniform(-0.05, 0.05) }
         for y in 8..<16 { for x in 16..<24 { for ch in 0..<c { imgs[(y * w + x) * c + ch] = 1.5 } } }
-        for y in 16..<28 { for x in 0..<12 { for ch in 0..<c { imgs[((h + y) * w + x) * c + ch] = 1.2 + 0.1 * Float(ch) } } }
+        for y in 16..<28 {
+            for x in 0..<12 { for ch in 0..<c { imgs[((h + y) * w + x) * c + ch] = 1.2 + 0.1 * Float(ch) } }
+        }
         var out = [Float](repeating: 0, count: 32)
         imgs.withUnsafeBufferPointer { p in
             out.withUnsafeMutableBufferPointer {
-                classicalSaliency(p.baseAddress!, batch: 2, height: h, width: w, channels: c, grid: 4, output: $0.baseAddress!)
+                classicalSaliency(
+                    p.baseAddress!, batch: 2, height: h, width: w, channels: c, grid: 4, output: $0.baseAddress!)
             }
         }
         let obj = out[1 * 4 + 2]

@@ -37,7 +37,7 @@ final class TrainerTests: XCTestCase {
         let a = try Trainer(config: c, dataset: data, out: dirA)
         try a.run()
         let b1 = try Trainer(config: c, dataset: data, out: dirB)
-        b1.stopAfterSteps = 6          // epoch 2 of 4 steps each: killed in its middle
+        b1.stopAfterSteps = 6  // epoch 2 of 4 steps each: killed in its middle
         try b1.run()
         XCTAssertEqual(b1.epoch, 1)
         let b2 = try Trainer(config: c, dataset: data, out: dirB)
@@ -46,12 +46,15 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(b2.globalStep, a.globalStep)
         XCTAssertEqual(params(b2), params(a), "weights differ after resuming")
         let qa = a.step.query.store, qb = b2.step.query.store
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: qb.momentum, count: qb.parameterCount)),
-                       Array(UnsafeBufferPointer(start: qa.momentum, count: qa.parameterCount)))
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: qb.buffers, count: qb.bufferCount)),
-                       Array(UnsafeBufferPointer(start: qa.buffers, count: qa.bufferCount)))
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: b2.step.queue!.keys, count: 64 * 128)),
-                       Array(UnsafeBufferPointer(start: a.step.queue!.keys, count: 64 * 128)))
+        XCTAssertEqual(
+            Array(UnsafeBufferPointer(start: qb.momentum, count: qb.parameterCount)),
+            Array(UnsafeBufferPointer(start: qa.momentum, count: qa.parameterCount)))
+        XCTAssertEqual(
+            Array(UnsafeBufferPointer(start: qb.buffers, count: qb.bufferCount)),
+            Array(UnsafeBufferPointer(start: qa.buffers, count: qa.bufferCount)))
+        XCTAssertEqual(
+            Array(UnsafeBufferPointer(start: b2.step.queue!.keys, count: 64 * 128)),
+            Array(UnsafeBufferPointer(start: a.step.queue!.keys, count: 64 * 128)))
         // And the weights did change from initialisation (the comparison is not vacuous).
         let fresh = try Trainer(config: c, dataset: data, out: tempDir("fresh"))
         XCTAssertNotEqual(params(fresh), params(a))
@@ -59,9 +62,13 @@ final class TrainerTests: XCTestCase {
 
     final class Collect: TrainObserver {
         var losses: [Float] = []
-        func progress(epoch: Int, epochs: Int, step: Int, stepsPerEpoch: Int, loss: Float, accuracy: Float,
-                      imagesPerSecond: Double, eta: Double) {}
-        func epochEnded(epoch: Int, loss: Float, accuracy: Float, knnTop1: Double?, seconds: Double) { losses.append(loss) }
+        func progress(
+            epoch: Int, epochs: Int, step: Int, stepsPerEpoch: Int, loss: Float, accuracy: Float,
+            imagesPerSecond: Double, eta: Double
+        ) {}
+        func epochEnded(epoch: Int, loss: Float, accuracy: Float, knnTop1: Double?, seconds: Double) {
+            losses.append(loss)
+        }
         func message(_ s: String) {}
     }
 
@@ -148,7 +155,7 @@ final class TrainerTests: XCTestCase {
         let dir = tempDir("diverge")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let t = try Trainer(config: tinyConfig(), dataset: data, out: dir)
-        t.maxLoss = 0.5     // any real InfoNCE loss is larger: treated as exploding
+        t.maxLoss = 0.5  // any real InfoNCE loss is larger: treated as exploding
         XCTAssertThrowsError(try t.run()) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("last good checkpoint") && s.contains(dir + "/last.safetensors"), s)
@@ -202,7 +209,8 @@ func makeShapesDataset(count: Int, size: Int, dir: String) throws -> ImageDatase
                 }
             }
         }
-        try writePNG(path: dir + "/" + String(format: "%04d.png", i), width: size, height: size, channels: 3, pixels: px)
+        try writePNG(
+            path: dir + "/" + String(format: "%04d.png", i), width: size, height: size, channels: 3, pixels: px)
     }
     return try DatasetLoader.open(path: dir)
 }
@@ -227,7 +235,9 @@ extension TrainerTests {
         let dir = tempDir("stopped")
         let a = try Trainer(config: c, dataset: data, out: dir)
         var asked = 0
-        a.stopRequested = { asked += 1; return asked > 6 }      // after 6 steps: step 3 of epoch 2
+        a.stopRequested = {
+            asked += 1; return asked > 6
+        }  // after 6 steps: step 3 of epoch 2
         XCTAssertEqual(try a.run(), .interrupted)
         let saved = try SafeTensorsFile.read(path: a.lastCheckpoint)
         XCTAssertEqual(saved.metadata["step"], "6")
@@ -243,18 +253,23 @@ extension TrainerTests {
         let c = tinyConfig()
         var one = c
         one.epochs = 1
-        try Trainer(config: one, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir).run()
-        let fewer = try Trainer(config: c, dataset: .synthetic(count: 16, width: 20, height: 20, channels: 3, seed: 1), out: dir)
+        try Trainer(config: one, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir)
+            .run()
+        let fewer = try Trainer(
+            config: c, dataset: .synthetic(count: 16, width: 20, height: 20, channels: 3, seed: 1), out: dir)
         XCTAssertThrowsError(try fewer.run(resumeFrom: fewer.lastCheckpoint)) { e in
-            XCTAssertTrue("\(e)".hasPrefix("--data") && "\(e)".contains("64 images") && "\(e)".contains("16 images"), "\(e)")
+            XCTAssertTrue(
+                "\(e)".hasPrefix("--data") && "\(e)".contains("64 images") && "\(e)".contains("16 images"), "\(e)")
         }
-        let other = try Trainer(config: c, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 2), out: dir)
+        let other = try Trainer(
+            config: c, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 2), out: dir)
         XCTAssertThrowsError(try other.run(resumeFrom: other.lastCheckpoint)) { e in
             XCTAssertTrue("\(e)".hasPrefix("--data") && "\(e)".contains("does not hold the images"), "\(e)")
         }
         var batch = c
         batch.batch = 8; batch.bnSplits = 4
-        let b = try Trainer(config: batch, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir)
+        let b = try Trainer(
+            config: batch, dataset: .synthetic(count: 64, width: 20, height: 20, channels: 3, seed: 1), out: dir)
         XCTAssertThrowsError(try b.run(resumeFrom: b.lastCheckpoint)) { e in
             XCTAssertTrue("\(e)".contains("--batch 16 there, 8 here"), "\(e)")
         }
@@ -287,7 +302,7 @@ extension TrainerTests {
         }
         try refused("trainer.state") { f in
             var s = f["trainer.state"]!.int64s!
-            s[1] = 7                  // an epoch that does not fit the step
+            s[1] = 7  // an epoch that does not fit the step
             f["trainer.state"] = .init(int64s: s, shape: [5])
         }
         try refused("trainer.best_knn") { $0["trainer.best_knn"] = .init(floats: [.nan], shape: [1]) }
@@ -318,8 +333,9 @@ extension TrainerTests {
         }
         XCTAssertEqual(try first.run(), .completed)
         XCTAssertFalse(secondRan, "a second run trained in a folder in use")
-        XCTAssertTrue("\(refusal.map { "\($0)" } ?? "")".contains("in use by another salient run (pid \(getpid())"),
-                      "\(String(describing: refusal))")
+        XCTAssertTrue(
+            "\(refusal.map { "\($0)" } ?? "")".contains("in use by another salient run (pid \(getpid())"),
+            "\(String(describing: refusal))")
         let checkpoint = try Data(contentsOf: URL(fileURLWithPath: first.lastCheckpoint))
         let fresh = try Trainer(config: c, dataset: data, out: dir)
         XCTAssertThrowsError(try fresh.run()) { e in XCTAssertTrue("\(e)".contains("--overwrite"), "\(e)") }
@@ -338,7 +354,9 @@ extension TrainerTests {
         let fresh = t.checkpointSpaceNeeded(resuming: false)
         try t.run()
         XCTAssertEqual(t.checkpointSpaceNeeded(resuming: true) * 2, fresh)
-        XCTAssertGreaterThan(t.checkpointSpaceNeeded(resuming: true), try FileManager.default.attributesOfItem(atPath: t.lastCheckpoint)[.size] as! Int)
+        XCTAssertGreaterThan(
+            t.checkpointSpaceNeeded(resuming: true),
+            try FileManager.default.attributesOfItem(atPath: t.lastCheckpoint)[.size] as! Int)
     }
 
     /// Non-finite features in the kNN monitor are an error naming the data, not a 100% score.
@@ -361,12 +379,15 @@ extension TrainerTests {
     func testBatchNormGroupsOfOneAreRefused() {
         var c = tinyConfig()
         c.bnSplits = 16
-        XCTAssertThrowsError(try Trainer(config: c, dataset: .synthetic(count: 32, width: 16, height: 16, channels: 3), out: "x")) { e in
+        XCTAssertThrowsError(
+            try Trainer(config: c, dataset: .synthetic(count: 32, width: 16, height: 16, channels: 3), out: "x")
+        ) { e in
             XCTAssertTrue("\(e)".contains("groups of 1 image"), "\(e)")
         }
         c.bnSplits = 5
         XCTAssertNil(c.batchNormSplitProblem)
-        XCTAssertEqual(c.batchNormSplitNote, "--bn-splits 5 does not divide --batch 16: the key encoder uses 4 groups of 4")
+        XCTAssertEqual(
+            c.batchNormSplitNote, "--bn-splits 5 does not divide --batch 16: the key encoder uses 4 groups of 4")
     }
 
     /// A loss that a low temperature makes large is not a divergence; a real blow-up at a low

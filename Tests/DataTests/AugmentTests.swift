@@ -33,8 +33,9 @@ final class AugmentTests: XCTestCase {
             var out = [Float](repeating: 0, count: size * size * 3)
             img.pixels.withUnsafeBufferPointer { s in
                 out.withUnsafeMutableBufferPointer { o in
-                    resampleBilinear(s.baseAddress!, height: 12, width: 16, channels: 3, top: top, left: left,
-                                     cropHeight: h, cropWidth: w, outHeight: size, outWidth: size, out: o.baseAddress!)
+                    resampleBilinear(
+                        s.baseAddress!, height: 12, width: 16, channels: 3, top: top, left: left,
+                        cropHeight: h, cropWidth: w, outHeight: size, outWidth: size, out: o.baseAddress!)
                 }
             }
             XCTAssertLessThan(maxAbsDiff(out, try ref(name)).diff, 2e-5, name)
@@ -58,7 +59,7 @@ final class AugmentTests: XCTestCase {
             ("saturation_1.35", { adjustSaturation($0, pixels: n, channels: 3, factor: 1.35) }),
             ("hue_0.08", { adjustHue($0, pixels: n, channels: 3, factor: 0.08) }),
             ("hue_-0.1", { adjustHue($0, pixels: n, channels: 3, factor: -0.1) }),
-            ("grayscale", { toGrayscale($0, pixels: n, channels: 3) }),
+            ("grayscale", { toGrayscale($0, pixels: n, channels: 3) })
         ]
         for (name, op) in cases {
             XCTAssertLessThan(maxAbsDiff(withBuffer(img, op), try ref(name)).diff, 2e-5, name)
@@ -170,7 +171,7 @@ final class AugmentTests: XCTestCase {
         XCTAssertEqual(highPassFilterSpec(resolution: 32).kernel, 3)
         XCTAssertEqual(highPassFilterSpec(resolution: 32).sigma, 5 * 32 / 224, accuracy: 1e-6)
         XCTAssertEqual(strongBlurSpec(resolution: 32).kernel, 5)
-        XCTAssertEqual(strongBlurSpec(resolution: 112).kernel, 17)   // 15.5 -> 16 -> odd 17
+        XCTAssertEqual(strongBlurSpec(resolution: 112).kernel, 17)  // 15.5 -> 16 -> odd 17
         XCTAssertEqual(strongBlurSpec(resolution: 8).kernel, 3)
         XCTAssertEqual(AugmentConfig.mocoV2(size: 224).blurKernel, 23)
         XCTAssertEqual(AugmentConfig.mocoV2(size: 32).blurKernel, 3)

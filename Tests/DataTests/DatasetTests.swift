@@ -39,8 +39,9 @@ final class DatasetTests: XCTestCase {
         for i in 0..<mem.count { XCTAssertEqual(try disk.image(at: i), try mem.image(at: i)) }
         // 16-bit images are quantised to 8 bits in both modes.
         let types = fixturesPath() + "/png/types/gray16.png"
-        XCTAssertEqual(try DatasetLoader.open(path: types).image(at: 0),
-                       try DatasetLoader.open(path: types, memoryBudget: 0).image(at: 0))
+        XCTAssertEqual(
+            try DatasetLoader.open(path: types).image(at: 0),
+            try DatasetLoader.open(path: types, memoryBudget: 0).image(at: 0))
     }
 
     func testFlatFolderHasNoLabels() throws {
@@ -65,7 +66,9 @@ final class DatasetTests: XCTestCase {
             XCTAssertEqual((e as? DataError)?.kind, .emptyDataset)
             XCTAssertTrue("\(e)".contains(t), "\(e)")
         }
-        XCTAssertThrowsError(try DatasetLoader.open(path: t + "/nope")) { XCTAssertEqual(($0 as? DataError)?.kind, .notFound) }
+        XCTAssertThrowsError(try DatasetLoader.open(path: t + "/nope")) {
+            XCTAssertEqual(($0 as? DataError)?.kind, .notFound)
+        }
         XCTAssertThrowsError(try DatasetLoader.open(path: t + "/a/notes.txt")) { e in
             XCTAssertTrue("\(e)".contains("notes.txt"), "\(e)")
         }
@@ -100,8 +103,9 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(ds.count, 2)
         XCTAssertEqual(ds.skipped.count, 6)
         XCTAssertTrue(ds.skipped.contains { $0.path.hasSuffix("m_link.png") && $0.kind == .unreadable })
-        XCTAssertEqual(Set(ds.skipped.map { ($0.path as NSString).lastPathComponent }),
-                       Set(bad.map { "m_" + $0 } + ["m_link.png"]))
+        XCTAssertEqual(
+            Set(ds.skipped.map { ($0.path as NSString).lastPathComponent }),
+            Set(bad.map { "m_" + $0 } + ["m_link.png"]))
         XCTAssertThrowsError(try DatasetLoader.open(path: t + "/cls/m_link.png")) { e in
             XCTAssertTrue("\(e)".contains("m_link.png"), "\(e)")
         }

@@ -4,7 +4,7 @@ import Kernels
 import Data
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Image folders as users lay them out: symbolic links, unreadable folders, special files, odd names,
@@ -100,7 +100,9 @@ final class FolderTests: XCTestCase {
     /// Runs `body` on a thread and fails when it does not finish within `seconds` (a blocked open).
     func finishes(within seconds: Double, unblock: () -> Void, _ body: @escaping @Sendable () -> Void) -> Bool {
         let done = DispatchSemaphore(value: 0)
-        Thread { body(); done.signal() }.start()
+        Thread {
+            body(); done.signal()
+        }.start()
         if done.wait(timeout: .now() + seconds) == .success { return true }
         unblock()
         _ = done.wait(timeout: .now() + 10)
@@ -114,10 +116,13 @@ final class FolderTests: XCTestCase {
         XCTAssertEqual(mkfifo(t + "/data/ant/x.png", 0o644), 0)
         for path in [t + "/pipe", t + "/data"] {
             let box = ErrorBox()
-            let ok = finishes(within: 5, unblock: {
-                let fd = open(path.hasSuffix("data") ? t + "/data/ant/x.png" : path, O_WRONLY | O_NONBLOCK)
-                if fd >= 0 { close(fd) }
-            }) {
+            let ok = finishes(
+                within: 5,
+                unblock: {
+                    let fd = open(path.hasSuffix("data") ? t + "/data/ant/x.png" : path, O_WRONLY | O_NONBLOCK)
+                    if fd >= 0 { close(fd) }
+                }
+            ) {
                 do { _ = try DatasetLoader.open(path: path) } catch { box.set("\(error)") }
             }
             XCTAssertTrue(ok, "opening \(path) blocked")
@@ -126,12 +131,16 @@ final class FolderTests: XCTestCase {
             XCTAssertTrue(s.contains(path.hasSuffix("data") ? "x.png" : "pipe"), s)
         }
         let count = ErrorBox()
-        XCTAssertTrue(finishes(within: 5, unblock: {
-            let fd = open(t + "/data/ant/x.png", O_WRONLY | O_NONBLOCK)
-            if fd >= 0 { close(fd) }
-        }) {
-            count.set((try? DatasetLoader.open(path: t + "/data", skipBad: true)).map { "\($0.count)" } ?? "error")
-        }, "opening with skipBad blocked")
+        XCTAssertTrue(
+            finishes(
+                within: 5,
+                unblock: {
+                    let fd = open(t + "/data/ant/x.png", O_WRONLY | O_NONBLOCK)
+                    if fd >= 0 { close(fd) }
+                }
+            ) {
+                count.set((try? DatasetLoader.open(path: t + "/data", skipBad: true)).map { "\($0.count)" } ?? "error")
+            }, "opening with skipBad blocked")
         XCTAssertEqual(count.get(), "1")
     }
 

@@ -42,7 +42,9 @@ final class IDXTests: XCTestCase {
         return t
     }
 
-    func assertFails(_ path: String, _ kind: DataError.Kind, budget: Int? = nil, file: StaticString = #filePath, line: UInt = #line) {
+    func assertFails(
+        _ path: String, _ kind: DataError.Kind, budget: Int? = nil, file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertThrowsError(try DatasetLoader.open(path: path, memoryBudget: budget), file: file, line: line) { e in
             XCTAssertEqual((e as? DataError)?.kind, kind, "\(e)", file: file, line: line)
             XCTAssertTrue("\(e)".contains((path as NSString).lastPathComponent), "\(e)", file: file, line: line)
@@ -64,7 +66,7 @@ final class IDXTests: XCTestCase {
         assertFails(t + "/long-images-idx3-ubyte", .badIDX)
         assertFails(t + "/long-images-idx3-ubyte", .badIDX, budget: 0)
         // Header claiming a huge count.
-        var huge = good; huge[6] = 0x10   // 4102 images claimed
+        var huge = good; huge[6] = 0x10  // 4102 images claimed
         try Foundation.Data(huge).write(to: URL(fileURLWithPath: t + "/huge-images-idx3-ubyte"))
         assertFails(t + "/huge-images-idx3-ubyte", .truncated)
         // Truncated gzip.
@@ -73,10 +75,13 @@ final class IDXTests: XCTestCase {
         assertFails(t + "/tgz-images-idx3-ubyte.gz", .truncated)
         // Labels that do not match the images.
         try Foundation.Data(good).write(to: URL(fileURLWithPath: t + "/lab-images-idx3-ubyte"))
-        try Foundation.Data(makeIDX(dims: [4], data: [1, 2, 3, 4])).write(to: URL(fileURLWithPath: t + "/lab-labels-idx1-ubyte"))
+        try Foundation.Data(makeIDX(dims: [4], data: [1, 2, 3, 4])).write(
+            to: URL(fileURLWithPath: t + "/lab-labels-idx1-ubyte"))
         assertFails(t + "/lab-images-idx3-ubyte", .badIDX)
         // Parsers directly.
-        XCTAssertThrowsError(try parseIDXImages([0, 0, 0x0D, 3], name: "f")) { XCTAssertEqual(($0 as? DataError)?.kind, .badIDX) }
+        XCTAssertThrowsError(try parseIDXImages([0, 0, 0x0D, 3], name: "f")) {
+            XCTAssertEqual(($0 as? DataError)?.kind, .badIDX)
+        }
         XCTAssertThrowsError(try parseIDXLabels(good, name: "f")) { XCTAssertEqual(($0 as? DataError)?.kind, .badIDX) }
         XCTAssertEqual(try parseIDXLabels(makeIDX(dims: [3], data: [7, 8, 9])), [7, 8, 9])
     }
@@ -115,8 +120,9 @@ final class IDXTests: XCTestCase {
         let mean = img.pixels.reduce(0, +) / Float(img.pixels.count)
         XCTAssertGreaterThan(mean, 0.05)
         XCTAssertLessThan(mean, 0.8)
-        XCTAssertEqual(img.pixels[0], 0)   // black background in the corner
-        let train = try DatasetLoader.open(path: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", limit: 100)
+        XCTAssertEqual(img.pixels[0], 0)  // black background in the corner
+        let train = try DatasetLoader.open(
+            path: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", limit: 100)
         XCTAssertEqual(train.count, 100)
         XCTAssertEqual(train.labels?.count, 100)
     }

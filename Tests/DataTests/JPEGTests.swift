@@ -12,7 +12,11 @@ final class JPEGTests: XCTestCase {
     /// Pillow's pixels of fixture `name` (golden.txt: name width height channels).
     func golden(_ name: String) throws -> (width: Int, height: Int, channels: Int, bytes: [UInt8]) {
         let list = try String(contentsOfFile: dir + "golden.txt", encoding: .utf8)
-        guard let line = list.split(separator: "\n").first(where: { $0.split(separator: " ").first.map(String.init) == name }) else {
+        guard
+            let line = list.split(separator: "\n").first(where: {
+                $0.split(separator: " ").first.map(String.init) == name
+            })
+        else {
             throw DataError(.notFound, path: dir + "golden.txt", "no golden entry \(name)")
         }
         let f = line.split(separator: " ").dropFirst().map { Int($0)! }
@@ -31,14 +35,17 @@ final class JPEGTests: XCTestCase {
         let mine = bytes8(img)
         guard mine.count == g.bytes.count else { return XCTFail("\(name): size differs", file: file, line: line) }
         let diffs = zip(mine, g.bytes).filter { $0 != $1 }.count
-        XCTAssertEqual(diffs, 0, "\(name): \(diffs) of \(mine.count) samples differ from Pillow's", file: file, line: line)
+        XCTAssertEqual(
+            diffs, 0, "\(name): \(diffs) of \(mine.count) samples differ from Pillow's", file: file, line: line)
     }
 
     /// Baseline 4:2:0 / 4:2:2 / 4:4:4, progressive, restart markers, arithmetic coding, gray (baseline
     /// and progressive), CMYK and YCCK: the same bytes as Pillow's convert("RGB") (or "L").
     func testEveryColourTypeMatchesPillow() throws {
-        let types = ["ycbcr420", "ycbcr422", "ycbcr444", "progressive", "restart", "arithmetic", "gray",
-                     "gray_progressive", "cmyk", "ycck"]
+        let types = [
+            "ycbcr420", "ycbcr422", "ycbcr444", "progressive", "restart", "arithmetic", "gray",
+            "gray_progressive", "cmyk", "ycck"
+        ]
         for t in types { try assertMatchesGolden(try readJPEG(path: dir + "types/\(t).jpg"), "types_" + t) }
         let info = try jpegInfo(try readFileBytes(dir + "types/ycck.jpg"))
         XCTAssertEqual(info.colorSpace, .ycck)
@@ -73,11 +80,11 @@ final class JPEGTests: XCTestCase {
     /// The reduction chosen is the largest that keeps the target: each side >= minSide and the area
     /// >= minArea, computed on libjpeg's rounded-up scaled sizes.
     func testTargetPicksTheLargestSufficientReduction() throws {
-        let bytes = try readFileBytes(dir + "scaled.jpg")   // 120 x 88
+        let bytes = try readFileBytes(dir + "scaled.jpg")  // 120 x 88
         func width(_ t: DecodeTarget) throws -> Int { try decodeJPEG(bytes, target: t).width }
-        XCTAssertEqual(try width(.resize(11)), 15)          // 1/8: 15 x 11
-        XCTAssertEqual(try width(.resize(12)), 30)          // 1/4: 30 x 22
-        XCTAssertEqual(try width(.resize(45)), 120)         // 1/2 would be 60 x 44
+        XCTAssertEqual(try width(.resize(11)), 15)  // 1/8: 15 x 11
+        XCTAssertEqual(try width(.resize(12)), 30)  // 1/4: 30 x 22
+        XCTAssertEqual(try width(.resize(45)), 120)  // 1/2 would be 60 x 44
         XCTAssertEqual(try width(DecodeTarget(minSide: 1, minArea: 661)), 60)
         XCTAssertEqual(try width(DecodeTarget(minSide: 1, minArea: 660)), 30)
         XCTAssertEqual(try width(DecodeTarget(minSide: 1, minArea: 1, maxReduction: 4)), 30)
@@ -93,7 +100,7 @@ final class JPEGTests: XCTestCase {
     /// A DCT-scaled decode resampled to the view size stays close to the full decode resampled to it:
     /// on the photo-like fixture, at every reduction that keeps the output at least the view size.
     func testDCTScaledDecodeIsCloseToFullDecodePlusResample() throws {
-        let bytes = try readFileBytes(dir + "scaled.jpg")   // 120 x 88
+        let bytes = try readFileBytes(dir + "scaled.jpg")  // 120 x 88
         let full = try decodeJPEG(bytes)
         for (s, out) in [(2, 40), (2, 24), (4, 20), (8, 10)] {
             let scaled = try decodeJPEG(bytes, target: DecodeTarget(minSide: 0, minArea: 0, maxReduction: s))
@@ -105,8 +112,10 @@ final class JPEGTests: XCTestCase {
         }
     }
 
-    func expectError(_ name: String, _ kind: DataError.Kind, mentioning text: String,
-                     file: StaticString = #filePath, line: UInt = #line) {
+    func expectError(
+        _ name: String, _ kind: DataError.Kind, mentioning text: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         let path = dir + "bad/" + name
         XCTAssertThrowsError(try readJPEG(path: path), file: file, line: line) { e in
             guard let d = e as? DataError else { return XCTFail("not a DataError: \(e)", file: file, line: line) }
@@ -125,11 +134,13 @@ final class JPEGTests: XCTestCase {
         expectError("precision12.jpg", .unsupported, mentioning: "12-bit")
         expectError("lossless.jpg", .unsupported, mentioning: "SOF type 0xc3")
         XCTAssertThrowsError(try decodeJPEG([], name: "empty")) { XCTAssertEqual(($0 as? DataError)?.kind, .truncated) }
-        XCTAssertThrowsError(try decodeJPEG([0xFF, 0xD8], name: "soi")) { XCTAssertEqual(($0 as? DataError)?.kind, .truncated) }
+        XCTAssertThrowsError(try decodeJPEG([0xFF, 0xD8], name: "soi")) {
+            XCTAssertEqual(($0 as? DataError)?.kind, .truncated)
+        }
     }
 
     func testMaxPixelsCheckedOnTheHeader() throws {
-        let bytes = try readFileBytes(dir + "types/ycbcr420.jpg")   // 30 x 22
+        let bytes = try readFileBytes(dir + "types/ycbcr420.jpg")  // 30 x 22
         XCTAssertNoThrow(try decodeJPEG(bytes, maxPixels: 660))
         XCTAssertThrowsError(try decodeJPEG(bytes, maxPixels: 659, name: "x.jpg")) { e in
             XCTAssertEqual((e as? DataError)?.kind, .tooLarge)
@@ -179,7 +190,8 @@ final class JPEGTests: XCTestCase {
         XCTAssertEqual(mem.channels, 3)
         for i in 0..<5 {
             XCTAssertEqual(try mem.image(at: i), try disk.image(at: i), mem.name(at: i))
-            XCTAssertEqual(try mem.image(at: i), try readImage(path: mem.name(at: i)).converted(toChannels: 3), mem.name(at: i))
+            XCTAssertEqual(
+                try mem.image(at: i), try readImage(path: mem.name(at: i)).converted(toChannels: 3), mem.name(at: i))
         }
         XCTAssertEqual(try mem.image(at: 3).width, 12, "EXIF orientation 6 applied")
 

@@ -4,15 +4,18 @@ import Kernels
 import TestSupport
 
 final class LoaderTests: XCTestCase {
-    func batches(_ ds: ImageDataset, threads: Int, count: Int, state: LoaderState? = nil, seed: UInt64 = 3) throws -> [Batch] {
-        let l = try BatchLoader(dataset: ds, config: .mocoV2(size: 16), batchSize: 7, views: 2, threads: threads,
-                                seed: seed, state: state)
+    func batches(_ ds: ImageDataset, threads: Int, count: Int, state: LoaderState? = nil, seed: UInt64 = 3) throws
+        -> [Batch]
+    {
+        let l = try BatchLoader(
+            dataset: ds, config: .mocoV2(size: 16), batchSize: 7, views: 2, threads: threads,
+            seed: seed, state: state)
         return try (0..<count).map { _ in try l.next() }
     }
 
     func testSameBatchesOnOneAndTwoThreads() throws {
         let ds = ImageDataset.synthetic(count: 30, width: 20, height: 18, channels: 3, seed: 1)
-        let a = try batches(ds, threads: 1, count: 9)    // 4 steps per epoch: crosses two epoch ends
+        let a = try batches(ds, threads: 1, count: 9)  // 4 steps per epoch: crosses two epoch ends
         let b = try batches(ds, threads: 2, count: 9)
         let c = try batches(ds, threads: 3, count: 9)
         for i in 0..<9 {
@@ -43,15 +46,17 @@ final class LoaderTests: XCTestCase {
         let st = l.state
         XCTAssertEqual(st, LoaderState(epoch: 1, position: 1, seed: 3))
         let data = try JSONEncoder().encode(st)
-        let resumed = try batches(ds, threads: 1, count: 2, state: try JSONDecoder().decode(LoaderState.self, from: data))
+        let resumed = try batches(
+            ds, threads: 1, count: 2, state: try JSONDecoder().decode(LoaderState.self, from: data))
         XCTAssertEqual(resumed[0].views, all[5].views)
         XCTAssertEqual(resumed[1].indices, all[6].indices)
     }
 
     func testPartialLastBatchAndErrors() throws {
         let ds = ImageDataset.synthetic(count: 10, width: 8, height: 8, channels: 3)
-        let l = try BatchLoader(dataset: ds, config: .evaluation(size: 8), batchSize: 4, threads: 2, shuffle: false,
-                                dropLast: false)
+        let l = try BatchLoader(
+            dataset: ds, config: .evaluation(size: 8), batchSize: 4, threads: 2, shuffle: false,
+            dropLast: false)
         XCTAssertEqual(l.stepsPerEpoch, 3)
         XCTAssertEqual(try l.next().indices, [0, 1, 2, 3])
         _ = try l.next()
@@ -80,8 +85,9 @@ final class LoaderTests: XCTestCase {
     /// below the measured rate and far above a training step's (~15-100 images/s at 32 px).
     func testLoaderThroughput() throws {
         let ds = ImageDataset.synthetic(count: 2048, width: 32, height: 32, channels: 3, seed: 1)
-        let ips = try benchmarkLoader(dataset: ds, config: .mocoV2(size: 32), batchSize: 256, views: 2, threads: 2,
-                                      batches: 6)
+        let ips = try benchmarkLoader(
+            dataset: ds, config: .mocoV2(size: 32), batchSize: 256, views: 2, threads: 2,
+            batches: 6)
         print("loader throughput: \(Int(ips)) images/s (two augmented 32x32 views each, 2 threads)")
         XCTAssertGreaterThan(ips, 300)
     }

@@ -22,7 +22,7 @@ final class PNGTests: XCTestCase {
                     out.append(Float(fixtureSample(x, y, 0, depth)) / maxv)
                 case "rgb", "rgba":
                     for c in 0..<3 { out.append(Float(fixtureSample(x, y, c, depth)) / maxv) }
-                default:   // palette
+                default:  // palette
                     let i = fixtureSample(x, y, 0, depth)
                     out += [Float(i * 17 % 256) / 255, Float(i * 67 % 256) / 255, Float(i * 131 % 256) / 255]
                 }
@@ -32,8 +32,10 @@ final class PNGTests: XCTestCase {
     }
 
     func testEveryColourTypeAndBitDepth() throws {
-        let cases: [(String, [Int])] = [("gray", [1, 2, 4, 8, 16]), ("rgb", [8, 16]), ("palette", [1, 2, 4, 8]),
-                                        ("grayalpha", [8, 16]), ("rgba", [8, 16])]
+        let cases: [(String, [Int])] = [
+            ("gray", [1, 2, 4, 8, 16]), ("rgb", [8, 16]), ("palette", [1, 2, 4, 8]),
+            ("grayalpha", [8, 16]), ("rgba", [8, 16])
+        ]
         var checked = 0
         for (kind, depths) in cases {
             for d in depths {
@@ -73,7 +75,8 @@ final class PNGTests: XCTestCase {
         let luma = try readPNG(path: dir + "rgba16.png", channels: 1)
         let rgb = expected(kind: "rgb", depth: 16, width: 5, height: 4).1
         for i in 0..<20 {
-            XCTAssertEqual(luma.pixels[i], 0.299 * rgb[3 * i] + 0.587 * rgb[3 * i + 1] + 0.114 * rgb[3 * i + 2], accuracy: 1e-6)
+            XCTAssertEqual(
+                luma.pixels[i], 0.299 * rgb[3 * i] + 0.587 * rgb[3 * i + 1] + 0.114 * rgb[3 * i + 2], accuracy: 1e-6)
         }
         XCTAssertEqual(try readPNG(path: dir + "palette4.png", channels: 1).channels, 1)
     }
@@ -95,7 +98,9 @@ final class PNGTests: XCTestCase {
                 for ch in 0..<keep { XCTAssertEqual(img.pixels[i * keep + ch], Float(px[i * c + ch]) / 255) }
             }
         }
-        XCTAssertThrowsError(try writePNG(path: tmp + "/no/such/dir/x.png", width: 1, height: 1, channels: 1, pixels: [0])) {
+        XCTAssertThrowsError(
+            try writePNG(path: tmp + "/no/such/dir/x.png", width: 1, height: 1, channels: 1, pixels: [0])
+        ) {
             XCTAssertTrue("\($0)".contains("no/such/dir/x.png"), "\($0)")
         }
         XCTAssertThrowsError(try writePNG(path: tmp + "/bad.png", width: 2, height: 2, channels: 3, pixels: [0]))
@@ -118,7 +123,9 @@ final class PNGTests: XCTestCase {
         expectError("huge_header.png", .tooLarge)
         expectError("missing.png", .notFound)
         XCTAssertThrowsError(try decodePNG([], name: "empty")) { XCTAssertEqual(($0 as? DataError)?.kind, .notPNG) }
-        XCTAssertThrowsError(try decodePNG([137, 80, 78, 71], name: "short")) { XCTAssertEqual(($0 as? DataError)?.kind, .truncated) }
+        XCTAssertThrowsError(try decodePNG([137, 80, 78, 71], name: "short")) {
+            XCTAssertEqual(($0 as? DataError)?.kind, .truncated)
+        }
     }
 
     func testMaxPixelsCheckedBeforeDecoding() throws {

@@ -12,7 +12,7 @@ final class BatchNormTests: XCTestCase {
         BatchNormShape(pixels: 3 * 7 * 7, channels: 33),
         BatchNormShape(pixels: 2 * 1 * 1, channels: 8),
         BatchNormShape(pixels: 600, channels: 64),
-        BatchNormShape(pixels: 1100, channels: 5),
+        BatchNormShape(pixels: 1100, channels: 5)
     ]
 
     struct Params { var gamma: [Float]; var beta: [Float]; var rm: [Float]; var rv: [Float] }
@@ -23,44 +23,53 @@ final class BatchNormTests: XCTestCase {
 
     struct Fwd { var y: [Float]; var mean: [Float]; var inv: [Float]; var rm: [Float]; var rv: [Float] }
 
-    func forward(_ sh: BatchNormShape, _ x: [Float], _ p: Params, relu: Bool, naive: Bool, momentum: Float = 0.1) -> Fwd {
+    func forward(_ sh: BatchNormShape, _ x: [Float], _ p: Params, relu: Bool, naive: Bool, momentum: Float = 0.1) -> Fwd
+    {
         let C = sh.channels
-        var f = Fwd(y: [Float](repeating: .nan, count: sh.count), mean: [Float](repeating: .nan, count: C),
-                    inv: [Float](repeating: .nan, count: C), rm: p.rm, rv: p.rv)
+        var f = Fwd(
+            y: [Float](repeating: .nan, count: sh.count), mean: [Float](repeating: .nan, count: C),
+            inv: [Float](repeating: .nan, count: C), rm: p.rm, rv: p.rv)
         if naive {
-            batchNormForwardTrainingNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
-                                          momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
-                                          saveInvStd: &f.inv)
+            batchNormForwardTrainingNaive(
+                sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
+                momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
+                saveInvStd: &f.inv)
         } else {
             let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
             defer { scratch.deallocate() }
-            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
-                                     momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
-                                     saveInvStd: &f.inv, scratch: scratch)
+            batchNormForwardTraining(
+                sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
+                momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
+                saveInvStd: &f.inv, scratch: scratch)
         }
         return f
     }
 
     struct Bwd { var dx: [Float]; var dg: [Float]; var db: [Float] }
 
-    func backward(_ sh: BatchNormShape, _ x: [Float], _ f: Fwd, _ dy: [Float], _ p: Params, relu: Bool,
-                  accumulateOnto: [Float]? = nil, naive: Bool) -> Bwd {
+    func backward(
+        _ sh: BatchNormShape, _ x: [Float], _ f: Fwd, _ dy: [Float], _ p: Params, relu: Bool,
+        accumulateOnto: [Float]? = nil, naive: Bool
+    ) -> Bwd {
         let C = sh.channels
-        var b = Bwd(dx: accumulateOnto ?? [Float](repeating: .nan, count: sh.count),
-                    dg: [Float](repeating: .nan, count: C), db: [Float](repeating: .nan, count: C))
+        var b = Bwd(
+            dx: accumulateOnto ?? [Float](repeating: .nan, count: sh.count),
+            dg: [Float](repeating: .nan, count: C), db: [Float](repeating: .nan, count: C))
         let acc = accumulateOnto != nil
         f.y.withUnsafeBufferPointer { yp in
             let yArg: UnsafePointer<Float>? = relu ? yp.baseAddress! : nil
             if naive {
-                batchNormBackwardNaive(sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
-                                       saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
-                                       accumulate: acc)
+                batchNormBackwardNaive(
+                    sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
+                    saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
+                    accumulate: acc)
             } else {
                 let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
                 defer { scratch.deallocate() }
-                batchNormBackward(sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
-                                  saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
-                                  accumulate: acc, scratch: scratch)
+                batchNormBackward(
+                    sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
+                    saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
+                    accumulate: acc, scratch: scratch)
             }
         }
         return b
@@ -72,8 +81,11 @@ final class BatchNormTests: XCTestCase {
     func testWideAndNarrowVectorsGiveTheSameBits() {
         let saved = wideTiles
         defer { wideTiles = saved }
-        let shapes = Self.shapes + [BatchNormShape(pixels: 300, channels: 40), BatchNormShape(pixels: 310, channels: 72),
-                                    BatchNormShape(pixels: 90, channels: 20)]
+        let shapes =
+            Self.shapes + [
+                BatchNormShape(pixels: 300, channels: 40), BatchNormShape(pixels: 310, channels: 72),
+                BatchNormShape(pixels: 90, channels: 20)
+            ]
         forEachThreadCount { threads in
             for (i, sh) in shapes.enumerated() {
                 var rng = TestRNG(seed: UInt64(700 + i))
@@ -81,9 +93,11 @@ final class BatchNormTests: XCTestCase {
                 let p = params(sh.channels, &rng)
                 for relu in [false, true] {
                     wideTiles = false
-                    let fN = forward(sh, x, p, relu: relu, naive: false), bN = backward(sh, x, fN, dy, p, relu: relu, naive: false)
+                    let fN = forward(sh, x, p, relu: relu, naive: false),
+                        bN = backward(sh, x, fN, dy, p, relu: relu, naive: false)
                     wideTiles = true
-                    let fW = forward(sh, x, p, relu: relu, naive: false), bW = backward(sh, x, fW, dy, p, relu: relu, naive: false)
+                    let fW = forward(sh, x, p, relu: relu, naive: false),
+                        bW = backward(sh, x, fW, dy, p, relu: relu, naive: false)
                     let tag = "\(sh) relu \(relu) threads \(threads)"
                     XCTAssertEqual(fW.y, fN.y, "y \(tag)")
                     XCTAssertEqual(fW.mean, fN.mean, "mean \(tag)")
@@ -110,7 +124,8 @@ final class BatchNormTests: XCTestCase {
                     XCTAssertLessThanOrEqual(toleranceRatio(f.mean, n.mean, atol: 0, rtol: 1e-6), 1, "mean \(tag)")
                     XCTAssertLessThanOrEqual(toleranceRatio(f.inv, n.inv, atol: 0, rtol: 2e-4), 1, "invstd \(tag)")
                     XCTAssertLessThanOrEqual(toleranceRatio(f.rm, n.rm, atol: 0, rtol: 1e-6), 1, "running mean \(tag)")
-                    XCTAssertLessThanOrEqual(toleranceRatio(f.rv, n.rv, atol: 1e-6, rtol: 1e-4), 1, "running var \(tag)")
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(f.rv, n.rv, atol: 1e-6, rtol: 1e-4), 1, "running var \(tag)")
                     if relu { XCTAssertEqual(f.y.min(), 0, "relu output \(tag)") }
                 }
             }
@@ -130,9 +145,11 @@ final class BatchNormTests: XCTestCase {
                     var y = [Float](repeating: .nan, count: sh.count)
                     let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
                     defer { scratch.deallocate() }
-                    batchNormApplySaved(sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
-                                        relu: relu, output: &y, scratch: scratch)
-                    XCTAssertLessThanOrEqual(toleranceRatio(y, f.y, atol: 1e-6, rtol: 1e-6), 1, "\(sh) relu \(relu) threads \(threads)")
+                    batchNormApplySaved(
+                        sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
+                        relu: relu, output: &y, scratch: scratch)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(y, f.y, atol: 1e-6, rtol: 1e-6), 1, "\(sh) relu \(relu) threads \(threads)")
                 }
             }
         }
@@ -151,16 +168,19 @@ final class BatchNormTests: XCTestCase {
                 let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
                 defer { scratch.deallocate() }
                 var y = [Float](repeating: .nan, count: sh.count)
-                batchNormApplySaved(sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
-                                    relu: true, output: &y, scratch: scratch)
+                batchNormApplySaved(
+                    sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
+                    relu: true, output: &y, scratch: scratch)
                 func run(output: [Float]?, beta: [Float]) -> Bwd {
-                    var b = Bwd(dx: [Float](repeating: .nan, count: sh.count), dg: [Float](repeating: .nan, count: sh.channels),
-                                db: [Float](repeating: .nan, count: sh.channels))
+                    var b = Bwd(
+                        dx: [Float](repeating: .nan, count: sh.count), dg: [Float](repeating: .nan, count: sh.channels),
+                        db: [Float](repeating: .nan, count: sh.channels))
                     (output ?? []).withUnsafeBufferPointer { op in
-                        batchNormBackward(sh, input: x, output: output == nil ? nil : op.baseAddress!, gradOutput: dy,
-                                          gamma: p.gamma, beta: beta, saveMean: f.mean, saveInvStd: f.inv, relu: true,
-                                          gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db, accumulate: false,
-                                          scratch: scratch)
+                        batchNormBackward(
+                            sh, input: x, output: output == nil ? nil : op.baseAddress!, gradOutput: dy,
+                            gamma: p.gamma, beta: beta, saveMean: f.mean, saveInvStd: f.inv, relu: true,
+                            gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db, accumulate: false,
+                            scratch: scratch)
                     }
                     return b
                 }
@@ -180,7 +200,8 @@ final class BatchNormTests: XCTestCase {
     /// Running statistics checked by hand: r = (1-m)*r + m*stat, variance unbiased (P/(P-1)).
     func testRunningStatsUpdateByHand() {
         let sh = BatchNormShape(pixels: 4, channels: 2)
-        // Channel 0: 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3); channel 1: 100, 100, 100, 104 (mean 101, unbiased 4).
+        // Channel 0: 1, 2, 3, 6 (mean 3, biased var 3.5, unbiased 14/3);
+        // channel 1: 100, 100, 100, 104 (mean 101, unbiased 4).
         let x: [Float] = [1, 100, 2, 100, 3, 100, 6, 104]
         let p = Params(gamma: [1, 2], beta: [0, 1], rm: [0.5, -1], rv: [2, 3])
         let f = forward(sh, x, p, relu: false, naive: false, momentum: 0.25)
@@ -215,32 +236,38 @@ final class BatchNormTests: XCTestCase {
                     defer { scratch.deallocate() }
                     y.withUnsafeMutableBufferPointer { yb in
                         r.withUnsafeBufferPointer { rb in
-                            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
-                                                     runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: true,
-                                                     residual: inPlace ? UnsafePointer(yb.baseAddress!) : rb.baseAddress!,
-                                                     output: yb.baseAddress!, saveMean: &mean, saveInvStd: &inv,
-                                                     scratch: scratch)
+                            batchNormForwardTraining(
+                                sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
+                                runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: true,
+                                residual: inPlace ? UnsafePointer(yb.baseAddress!) : rb.baseAddress!,
+                                output: yb.baseAddress!, saveMean: &mean, saveInvStd: &inv,
+                                scratch: scratch)
                         }
                     }
-                    batchNormForwardTrainingNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rmn,
-                                                  runningVar: &rvn, momentum: 0.1, eps: 1e-5, relu: true, residual: r,
-                                                  output: &yn, saveMean: &meann, saveInvStd: &invn)
-                    XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1,
-                                             "train \(sh) in place \(inPlace) threads \(threads)")
+                    batchNormForwardTrainingNaive(
+                        sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rmn,
+                        runningVar: &rvn, momentum: 0.1, eps: 1e-5, relu: true, residual: r,
+                        output: &yn, saveMean: &meann, saveInvStd: &invn)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1,
+                        "train \(sh) in place \(inPlace) threads \(threads)")
                     // Eval forward.
                     var z = inPlace ? r : [Float](repeating: .nan, count: sh.count), zn = z
                     z.withUnsafeMutableBufferPointer { zb in
                         r.withUnsafeBufferPointer { rb in
-                            batchNormForwardInference(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
-                                                      runningVar: p.rv, eps: 1e-5, relu: true,
-                                                      residual: inPlace ? UnsafePointer(zb.baseAddress!) : rb.baseAddress!,
-                                                      output: zb.baseAddress!)
+                            batchNormForwardInference(
+                                sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                                runningVar: p.rv, eps: 1e-5, relu: true,
+                                residual: inPlace ? UnsafePointer(zb.baseAddress!) : rb.baseAddress!,
+                                output: zb.baseAddress!)
                         }
                     }
-                    batchNormForwardInferenceNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
-                                                   runningVar: p.rv, eps: 1e-5, relu: true, residual: r, output: &zn)
-                    XCTAssertLessThanOrEqual(toleranceRatio(z, zn, atol: 1e-5, rtol: 1e-5), 1,
-                                             "eval \(sh) in place \(inPlace) threads \(threads)")
+                    batchNormForwardInferenceNaive(
+                        sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                        runningVar: p.rv, eps: 1e-5, relu: true, residual: r, output: &zn)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(z, zn, atol: 1e-5, rtol: 1e-5), 1,
+                        "eval \(sh) in place \(inPlace) threads \(threads)")
                 }
             }
         }
@@ -263,20 +290,22 @@ final class BatchNormTests: XCTestCase {
                     let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
                     defer { scratch.deallocate() }
                     r.withUnsafeBufferPointer { rb in
-                        batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
-                                                 runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: withResidual,
-                                                 residual: withResidual ? rb.baseAddress! : nil, output: &y,
-                                                 saveMean: &mean, saveInvStd: &inv, groups: groups, scratch: scratch)
+                        batchNormForwardTraining(
+                            sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
+                            runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: withResidual,
+                            residual: withResidual ? rb.baseAddress! : nil, output: &y,
+                            saveMean: &mean, saveInvStd: &inv, groups: groups, scratch: scratch)
                         x.withUnsafeBufferPointer { xb in
                             yRef.withUnsafeMutableBufferPointer { yb in
                                 for g in 0..<groups {
                                     let o = g * gp * C
-                                    batchNormForwardTraining(BatchNormShape(pixels: gp, channels: C), input: xb.baseAddress! + o,
-                                                             gamma: p.gamma, beta: p.beta, runningMean: &rmRef,
-                                                             runningVar: &rvRef, momentum: 0.1, eps: 1e-5, relu: withResidual,
-                                                             residual: withResidual ? rb.baseAddress! + o : nil,
-                                                             output: yb.baseAddress! + o, saveMean: &meanRef,
-                                                             saveInvStd: &invRef, scratch: scratch)
+                                    batchNormForwardTraining(
+                                        BatchNormShape(pixels: gp, channels: C), input: xb.baseAddress! + o,
+                                        gamma: p.gamma, beta: p.beta, runningMean: &rmRef,
+                                        runningVar: &rvRef, momentum: 0.1, eps: 1e-5, relu: withResidual,
+                                        residual: withResidual ? rb.baseAddress! + o : nil,
+                                        output: yb.baseAddress! + o, saveMean: &meanRef,
+                                        saveInvStd: &invRef, scratch: scratch)
                                 }
                             }
                         }
@@ -306,11 +335,14 @@ final class BatchNormTests: XCTestCase {
                 let p = params(sh.channels, &rng)
                 for relu in [false, true] {
                     var y = [Float](repeating: .nan, count: sh.count), yn = y
-                    batchNormForwardInference(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
-                                              runningVar: p.rv, eps: 1e-5, relu: relu, output: &y)
-                    batchNormForwardInferenceNaive(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
-                                                   runningVar: p.rv, eps: 1e-5, relu: relu, output: &yn)
-                    XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1, "\(sh) relu \(relu) threads \(threads)")
+                    batchNormForwardInference(
+                        sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                        runningVar: p.rv, eps: 1e-5, relu: relu, output: &y)
+                    batchNormForwardInferenceNaive(
+                        sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: p.rm,
+                        runningVar: p.rv, eps: 1e-5, relu: relu, output: &yn)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(y, yn, atol: 1e-5, rtol: 1e-5), 1, "\(sh) relu \(relu) threads \(threads)")
                     // One element by hand: last pixel, last channel.
                     let c = sh.channels - 1, k = sh.count - 1
                     var e = p.gamma[c] * (x[k] - p.rm[c]) / (p.rv[c] + 1e-5).squareRoot() + p.beta[c]
@@ -361,11 +393,19 @@ final class BatchNormTests: XCTestCase {
                 let xi = sampleIndices(x.count), ci = Array(0..<sh.channels)
                 let p0 = p, x0 = x
                 let nx = numericGradient(&x, indices: xi) { loss($0, p0) }
-                let ng = numericGradient(&p.gamma, indices: ci) { var q = p0; q.gamma = $0; return loss(x0, q) }
-                let nb = numericGradient(&p.beta, indices: ci) { var q = p0; q.beta = $0; return loss(x0, q) }
-                XCTAssertLessThan(gradientError(analytic: xi.map { Double(b.dx[$0]) }, numeric: nx), 1e-2, "dx \(sh) relu \(relu)")
-                XCTAssertLessThan(gradientError(analytic: ci.map { Double(b.dg[$0]) }, numeric: ng), 1e-2, "dgamma \(sh) relu \(relu)")
-                XCTAssertLessThan(gradientError(analytic: ci.map { Double(b.db[$0]) }, numeric: nb), 1e-2, "dbeta \(sh) relu \(relu)")
+                let ng = numericGradient(&p.gamma, indices: ci) {
+                    var q = p0; q.gamma = $0; return loss(x0, q)
+                }
+                let nb = numericGradient(&p.beta, indices: ci) {
+                    var q = p0; q.beta = $0; return loss(x0, q)
+                }
+                XCTAssertLessThan(
+                    gradientError(analytic: xi.map { Double(b.dx[$0]) }, numeric: nx), 1e-2, "dx \(sh) relu \(relu)")
+                XCTAssertLessThan(
+                    gradientError(analytic: ci.map { Double(b.dg[$0]) }, numeric: ng), 1e-2, "dgamma \(sh) relu \(relu)"
+                )
+                XCTAssertLessThan(
+                    gradientError(analytic: ci.map { Double(b.db[$0]) }, numeric: nb), 1e-2, "dbeta \(sh) relu \(relu)")
             }
         }
     }
@@ -391,27 +431,35 @@ final class BatchNormTests: XCTestCase {
                 }
                 let scratch = scratchBuffer(bytes: batchNormScratchBytes(sh, threads: Threads.count))
                 defer { scratch.deallocate() }
-                struct Out { var y: [Float]; var rm: [Float]; var rv: [Float]; var mean: [Float]; var inv: [Float]
-                             var rows: [Float] }
+                struct Out {
+                    var y: [Float]; var rm: [Float]; var rv: [Float]; var mean: [Float]; var inv: [Float]
+                    var rows: [Float]
+                }
                 func run(_ fromSums: Bool) -> Out {
-                    var o = Out(y: [Float](repeating: .nan, count: sh.count), rm: p.rm, rv: p.rv,
-                                mean: [Float](repeating: .nan, count: C), inv: [Float](repeating: .nan, count: C),
-                                rows: [Float](repeating: .nan, count: 2 * groups * bnPadded(C)))
+                    var o = Out(
+                        y: [Float](repeating: .nan, count: sh.count), rm: p.rm, rv: p.rv,
+                        mean: [Float](repeating: .nan, count: C), inv: [Float](repeating: .nan, count: C),
+                        rows: [Float](repeating: .nan, count: 2 * groups * bnPadded(C)))
                     sums.withUnsafeBufferPointer { sb in
                         shift.withUnsafeBufferPointer { hb in
-                            let ts = fromSums ? BNTileSums(sums: sb.baseAddress!, tiles: tiles, stride: stride,
-                                                           shift: hb.baseAddress!) : nil
-                            batchNormForwardTraining(sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &o.rm,
-                                                     runningVar: &o.rv, momentum: 0.1, eps: 1e-5, relu: true, output: &o.y,
-                                                     saveMean: &o.mean, saveInvStd: &o.inv, groups: groups, scratch: scratch,
-                                                     tileSums: ts)
+                            let ts =
+                                fromSums
+                                ? BNTileSums(
+                                    sums: sb.baseAddress!, tiles: tiles, stride: stride,
+                                    shift: hb.baseAddress!) : nil
+                            batchNormForwardTraining(
+                                sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &o.rm,
+                                runningVar: &o.rv, momentum: 0.1, eps: 1e-5, relu: true, output: &o.y,
+                                saveMean: &o.mean, saveInvStd: &o.inv, groups: groups, scratch: scratch,
+                                tileSums: ts)
                             var rm = p.rm, rv = p.rv, m = o.mean, v = o.inv
                             o.rows.withUnsafeMutableBufferPointer { rb in
                                 let n = groups * bnPadded(C)
-                                batchNormTrainingStatistics(sh, input: x, gamma: p.gamma, runningMean: &rm, runningVar: &rv,
-                                                            momentum: 0.1, eps: 1e-5, saveMean: &m, saveInvStd: &v,
-                                                            groups: groups, mean: rb.baseAddress!, scale: rb.baseAddress! + n,
-                                                            scratch: scratch, tileSums: ts)
+                                batchNormTrainingStatistics(
+                                    sh, input: x, gamma: p.gamma, runningMean: &rm, runningVar: &rv,
+                                    momentum: 0.1, eps: 1e-5, saveMean: &m, saveInvStd: &v,
+                                    groups: groups, mean: rb.baseAddress!, scale: rb.baseAddress! + n,
+                                    scratch: scratch, tileSums: ts)
                             }
                         }
                     }

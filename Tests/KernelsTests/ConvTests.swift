@@ -18,7 +18,7 @@ final class ConvTests: XCTestCase {
         // Few channels, no padding, 5 images: a padded image per image, tiles across output rows.
         Conv2DShape(n: 5, c: 3, h: 9, w: 11, k: 20, r: 3, s: 3, stride: 1, pad: 0),
         // The CIFAR stem on one image: its tiles split between items that each pad the image.
-        Conv2DShape(n: 1, c: 3, h: 32, w: 32, k: 64, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 1, c: 3, h: 32, w: 32, k: 64, r: 3, s: 3, stride: 1, pad: 1)
     ]
 
     struct Run { var y: [Float]; var dx: [Float]; var dw: [Float] }
@@ -56,9 +56,12 @@ final class ConvTests: XCTestCase {
                 var rng = TestRNG(seed: UInt64(i + 1))
                 let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
                 let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
-                XCTAssertLessThanOrEqual(toleranceRatio(f.y, n.y, atol: 1e-4, rtol: 1e-4), 1, "forward \(sh) threads \(threads)")
-                XCTAssertLessThanOrEqual(toleranceRatio(f.dx, n.dx, atol: 1e-4, rtol: 1e-4), 1, "backward-data \(sh) threads \(threads)")
-                XCTAssertLessThanOrEqual(toleranceRatio(f.dw, n.dw, atol: 1e-4, rtol: 1e-4), 1, "backward-weight \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(f.y, n.y, atol: 1e-4, rtol: 1e-4), 1, "forward \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(f.dx, n.dx, atol: 1e-4, rtol: 1e-4), 1, "backward-data \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(f.dw, n.dw, atol: 1e-4, rtol: 1e-4), 1, "backward-weight \(sh) threads \(threads)")
             }
         }
         Threads.count = Threads.processors
@@ -77,21 +80,24 @@ final class ConvTests: XCTestCase {
         // 544 tiles: backward-weights with own sums on 2-3 threads runs 2-3 blocks per thread.
         Conv2DShape(n: 2, c: 16, h: 64, w: 68, k: 20, r: 3, s: 3, stride: 1, pad: 1),
         // dU of 1.5 MB: backward-weights in row groups on 2-3 threads (2 blocks of tiles on 2).
-        Conv2DShape(n: 2, c: 72, h: 40, w: 36, k: 136, r: 3, s: 3, stride: 1, pad: 1),
+        Conv2DShape(n: 2, c: 72, h: 40, w: 36, k: 136, r: 3, s: 3, stride: 1, pad: 1)
     ]
 
     /// Winograd against the float64 reference, relative to the output's scale.
     func testWinogradMatchesNaive() {
         XCTAssertTrue(Conv2DShape.winogradEnabled)
-        checkScaledAgainstNaive(Self.winogradShapes, seed: 100, uses: { $0.usesWinograd },
-                                skipOn3Threads: { $0.c * $0.k > 10_000 })
+        checkScaledAgainstNaive(
+            Self.winogradShapes, seed: 100, uses: { $0.usesWinograd },
+            skipOn3Threads: { $0.c * $0.k > 10_000 })
     }
 
     /// Fast forward, backward-data and backward-weights of each shape against the float64 reference on
     /// 1-3 threads, relative to the output's scale: Winograd transforms scale values by up to 8, so a
     /// fixed absolute tolerance would be meaningless on sums of thousands of terms.
-    func checkScaledAgainstNaive(_ shapes: [Conv2DShape], seed: Int, uses: (Conv2DShape) -> Bool,
-                                 skipOn3Threads: (Conv2DShape) -> Bool = { _ in false }) {
+    func checkScaledAgainstNaive(
+        _ shapes: [Conv2DShape], seed: Int, uses: (Conv2DShape) -> Bool,
+        skipOn3Threads: (Conv2DShape) -> Bool = { _ in false }
+    ) {
         for threads in [1, 2, 3] {
             Threads.count = threads
             for (i, sh) in shapes.enumerated() {
@@ -100,10 +106,13 @@ final class ConvTests: XCTestCase {
                 var rng = TestRNG(seed: UInt64(seed + i))
                 let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
                 let f = fast(sh, x, w, dy), n = naive(sh, x, w, dy)
-                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
+                for (a, b, what) in [
+                    (f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")
+                ] {
                     let scale = b.map(abs).max() ?? 1
-                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                                             "\(what) \(sh) threads \(threads)")
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                        "\(what) \(sh) threads \(threads)")
                 }
             }
         }
@@ -119,7 +128,7 @@ final class ConvTests: XCTestCase {
             (Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
             (Conv2DShape(n: 1, c: 136, h: 6, w: 5, k: 520, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
             (Conv2DShape(n: 2, c: 72, h: 20, w: 19, k: 96, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "own sums"]),
-            (Conv2DShape(n: 2, c: 136, h: 9, w: 10, k: 72, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "row groups"]),
+            (Conv2DShape(n: 2, c: 136, h: 9, w: 10, k: 72, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "row groups"])
         ]
         for (i, (sh, methods)) in cases.enumerated() {
             var rng = TestRNG(seed: UInt64(300 + i))
@@ -133,8 +142,9 @@ final class ConvTests: XCTestCase {
                     Threads.count = threads
                     seen.insert(sh.wgBackwardWeightMethod(threads: threads))
                     let got = fast(sh, x, w, dy).dw
-                    XCTAssertLessThanOrEqual(toleranceRatio(got, want, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                                             "\(sh) \(sh.wgBackwardWeightMethod(threads: threads)) threads \(threads)")
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(got, want, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                        "\(sh) \(sh.wgBackwardWeightMethod(threads: threads)) threads \(threads)")
                 }
                 Conv2DShape.wgAllTilesLimitBytes = 20 << 20
             }
@@ -149,8 +159,10 @@ final class ConvTests: XCTestCase {
     /// the same expressions and the GEMMs sum in the same order, so all three give the same bits.
     /// The second shape has 81 tiles: two blocks of the fused forward (64 + 17).
     func testWinogradLargeKernelsPackedAndFused() {
-        for sh in [Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1),
-                   Conv2DShape(n: 1, c: 128, h: 34, w: 33, k: 264, r: 3, s: 3, stride: 1, pad: 1)] {
+        for sh in [
+            Conv2DShape(n: 2, c: 256, h: 4, w: 5, k: 264, r: 3, s: 3, stride: 1, pad: 1),
+            Conv2DShape(n: 1, c: 128, h: 34, w: 33, k: 264, r: 3, s: 3, stride: 1, pad: 1)
+        ] {
             largeKernelsPackedAndFused(sh)
         }
     }
@@ -168,19 +180,24 @@ final class ConvTests: XCTestCase {
                 Conv2DShape.wgBlockOuterBytes = blockOuter ? 0 : 1 << 40
                 XCTAssertEqual(sh.wgFusedWeights, fuse)
                 XCTAssertEqual(sh.wgFusedByOutputBlock, blockOuter)
-                let transposed = Conv2DShape(n: sh.n, c: sh.k, h: sh.oh, w: sh.ow, k: sh.c, r: 3, s: 3, stride: 1, pad: 1)
+                let transposed = Conv2DShape(
+                    n: sh.n, c: sh.k, h: sh.oh, w: sh.ow, k: sh.c, r: 3, s: 3, stride: 1, pad: 1)
                 XCTAssertEqual(transposed.wgFusedByOutputBlock, blockOuter, "backward-data's forward")
                 let f = fast(sh, x, w, dy)
-                for (a, b, what) in [(f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")] {
+                for (a, b, what) in [
+                    (f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")
+                ] {
                     let scale = b.map(abs).max() ?? 1
-                    XCTAssertLessThanOrEqual(toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                                             "\(what) fused \(fuse) block-outer \(blockOuter) threads \(threads)")
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(a, b, atol: 1e-5 * scale, rtol: 1e-4), 1,
+                        "\(what) fused \(fuse) block-outer \(blockOuter) threads \(threads)")
                 }
                 results += [f.y, f.dx]
             }
             for (i, order) in [(2, "fused by output block"), (4, "packed")] {
                 XCTAssertEqual(results[0], results[i], "forward: fused by rows and \(order) differ, threads \(threads)")
-                XCTAssertEqual(results[1], results[i + 1], "backward-data: fused by rows and \(order) differ, threads \(threads)")
+                XCTAssertEqual(
+                    results[1], results[i + 1], "backward-data: fused by rows and \(order) differ, threads \(threads)")
             }
         }
         Conv2DShape.wgFuseLimitBytes = 8 << 20
@@ -196,7 +213,7 @@ final class ConvTests: XCTestCase {
         let cases: [(Conv2DShape, Int)] = [
             (Conv2DShape(n: 4, c: 12, h: 7, w: 9, k: 20, r: 3, s: 3, stride: 1, pad: 1), 2),
             (Conv2DShape(n: 3, c: 64, h: 8, w: 8, k: 16, r: 3, s: 3, stride: 1, pad: 1), 1),
-            (Conv2DShape(n: 2, c: 256, h: 4, w: 4, k: 264, r: 3, s: 3, stride: 1, pad: 1), 2),
+            (Conv2DShape(n: 2, c: 256, h: 4, w: 4, k: 264, r: 3, s: 3, stride: 1, pad: 1), 2)
         ]
         for (ci, (sh, groups)) in cases.enumerated() {
             XCTAssertTrue(sh.usesWinograd)
@@ -204,19 +221,25 @@ final class ConvTests: XCTestCase {
             let C = sh.c, cp = bnPadded(C)
             let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
             var mean = [Float](repeating: 0, count: groups * cp), scale = [Float](repeating: 0, count: groups * cp)
-            for g in 0..<groups { for c in 0..<C {
-                mean[g * cp + c] = rng.uniform(-0.5, 0.5)
-                // Every third channel flips the sign, channel 1 has scale 0: its ReLU'd output is max(shift, 0).
-                scale[g * cp + c] = c == 1 ? 0 : rng.uniform(0.3, 2) * (c % 3 == 0 ? -1 : 1)
-            } }
+            for g in 0..<groups {
+                for c in 0..<C {
+                    mean[g * cp + c] = rng.uniform(-0.5, 0.5)
+                    // Every third channel flips the sign, channel 1 has scale 0: its ReLU'd output is max(shift, 0).
+                    scale[g * cp + c] = c == 1 ? 0 : rng.uniform(0.3, 2) * (c % 3 == 0 ? -1 : 1)
+                }
+            }
             let shift = (0..<C).map { c in c == 1 ? Float(0.25) : rng.uniform(-0.5, 0.5) }
             let perGroup = sh.n / groups, pixels = sh.h * sh.w
             var xn = x
-            for b in 0..<sh.n { for p in 0..<pixels { for c in 0..<C {
-                let g = b / perGroup, i = (b * pixels + p) * C + c
-                let v = shift[c].addingProduct(x[i] - mean[g * cp + c], scale[g * cp + c])
-                xn[i] = v < 0 ? 0 : v
-            } } }
+            for b in 0..<sh.n {
+                for p in 0..<pixels {
+                    for c in 0..<C {
+                        let g = b / perGroup, i = (b * pixels + p) * C + c
+                        let v = shift[c].addingProduct(x[i] - mean[g * cp + c], scale[g * cp + c])
+                        xn[i] = v < 0 ? 0 : v
+                    }
+                }
+            }
             XCTAssertTrue(xn.contains(0) && xn.contains { $0 > 0 })
             forEachThreadCount([1, 2, 3]) { threads in
                 let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: threads))
@@ -225,11 +248,17 @@ final class ConvTests: XCTestCase {
                 conv2dPackForward(sh, weights: w, packed: &pf)
                 var plain = [Float](repeating: .nan, count: sh.outputCount), fused = plain
                 conv2dForward(sh, input: xn, packed: pf, output: &plain, scratch: scratch)
-                mean.withUnsafeBufferPointer { m in scale.withUnsafeBufferPointer { s in shift.withUnsafeBufferPointer { t in
-                    let affine = ConvInputAffine(mean: m.baseAddress!, scale: s.baseAddress!, shift: t.baseAddress!,
-                                                 groupStride: cp, imagesPerGroup: perGroup)
-                    conv2dForward(sh, input: x, packed: pf, output: &fused, scratch: scratch, inputAffine: affine)
-                } } }
+                mean.withUnsafeBufferPointer { m in
+                    scale.withUnsafeBufferPointer { s in
+                        shift.withUnsafeBufferPointer { t in
+                            let affine = ConvInputAffine(
+                                mean: m.baseAddress!, scale: s.baseAddress!, shift: t.baseAddress!,
+                                groupStride: cp, imagesPerGroup: perGroup)
+                            conv2dForward(
+                                sh, input: x, packed: pf, output: &fused, scratch: scratch, inputAffine: affine)
+                        }
+                    }
+                }
                 XCTAssertTrue(plain == fused, "\(sh) groups \(groups) threads \(threads)")
             }
         }
@@ -244,7 +273,7 @@ final class ConvTests: XCTestCase {
         Conv2DShape(n: 3, c: 16, h: 8, w: 8, k: 32, r: 3, s: 3, stride: 2, pad: 1),
         Conv2DShape(n: 2, c: 40, h: 17, w: 10, k: 48, r: 3, s: 3, stride: 2, pad: 1),
         Conv2DShape(n: 2, c: 64, h: 32, w: 32, k: 128, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 1, c: 128, h: 16, w: 16, k: 256, r: 3, s: 3, stride: 2, pad: 1),
+        Conv2DShape(n: 1, c: 128, h: 16, w: 16, k: 256, r: 3, s: 3, stride: 2, pad: 1)
     ]
 
     /// The stride-2 forward against the float64 reference (backward stays on the direct kernels,
@@ -260,7 +289,8 @@ final class ConvTests: XCTestCase {
     /// 75 tiles: two blocks of tiles) gives the packed forward's bits on 1-3 threads, and so matches
     /// the float64 reference.
     func testWinogradStride2FusedEqualsPacked() {
-        let shapes = Self.winogradStride2Shapes + [Conv2DShape(n: 3, c: 24, h: 36, w: 35, k: 40, r: 3, s: 3, stride: 2, pad: 1)]
+        let shapes =
+            Self.winogradStride2Shapes + [Conv2DShape(n: 3, c: 24, h: 36, w: 35, k: 40, r: 3, s: 3, stride: 2, pad: 1)]
         for (i, sh) in shapes.enumerated() {
             var rng = TestRNG(seed: UInt64(400 + i))
             let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
@@ -288,9 +318,12 @@ final class ConvTests: XCTestCase {
     func testWideAndNarrowTilesGiveTheSameBits() {
         let saved = wideTiles
         defer { wideTiles = saved; Threads.count = Threads.processors }
-        let shapes = Self.shapes + Self.winogradShapes + Self.winogradStride2Shapes
-            + [Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 3, s: 3, stride: 2, pad: 1),
-               Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 1, s: 1, stride: 2, pad: 0)]
+        let shapes =
+            Self.shapes + Self.winogradShapes + Self.winogradStride2Shapes
+            + [
+                Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 3, s: 3, stride: 2, pad: 1),
+                Conv2DShape(n: 2, c: 64, h: 8, w: 8, k: 128, r: 1, s: 1, stride: 2, pad: 0)
+            ]
         for threads in [1, 2, 3] {
             Threads.count = threads
             for (i, sh) in shapes.enumerated() {
@@ -324,8 +357,10 @@ final class ConvTests: XCTestCase {
     }
 
     func testAccumulateAddsIntoExistingGradients() {
-        for sh in [Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1),
-                   Conv2DShape(n: 2, c: 9, h: 6, w: 5, k: 17, r: 3, s: 3, stride: 1, pad: 1)] {
+        for sh in [
+            Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1),
+            Conv2DShape(n: 2, c: 9, h: 6, w: 5, k: 17, r: 3, s: 3, stride: 1, pad: 1)
+        ] {
             var rng = TestRNG(seed: 42)
             let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
             let base = fast(sh, x, w, dy)
@@ -344,9 +379,11 @@ final class ConvTests: XCTestCase {
 
     /// Finite differences on L = sum(y * g): dL/dx and dL/dw from the fast backward kernels.
     func testGradientsMatchFiniteDifferences() {
-        for sh in [Conv2DShape(n: 2, c: 3, h: 5, w: 5, k: 4, r: 3, s: 3, stride: 2, pad: 1),
-                   Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1),
-                   Conv2DShape(n: 1, c: 8, h: 5, w: 6, k: 9, r: 3, s: 3, stride: 1, pad: 1)] {
+        for sh in [
+            Conv2DShape(n: 2, c: 3, h: 5, w: 5, k: 4, r: 3, s: 3, stride: 2, pad: 1),
+            Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1),
+            Conv2DShape(n: 1, c: 8, h: 5, w: 6, k: 9, r: 3, s: 3, stride: 1, pad: 1)
+        ] {
             var rng = TestRNG(seed: 7)
             var x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
             let g = rng.array(sh.outputCount)
@@ -398,8 +435,9 @@ final class ConvTests: XCTestCase {
                     conv2dPackForward(sh, weights: w, packed: &pf)
                     sums.withUnsafeMutableBufferPointer { sb in
                         shift.withUnsafeBufferPointer { hb in
-                            conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch,
-                                          outputSums: ConvOutputSums(sums: sb.baseAddress!, shift: hb.baseAddress!))
+                            conv2dForward(
+                                sh, input: x, packed: pf, output: &y, scratch: scratch,
+                                outputSums: ConvOutputSums(sums: sb.baseAddress!, shift: hb.baseAddress!))
                         }
                     }
                     let what = "\(sh) threads \(threads) wide \(wide)"
@@ -417,7 +455,8 @@ final class ConvTests: XCTestCase {
                                 }
                             }
                             XCTAssertEqual(Double(sums[t * 2 * stride + k]), s1, accuracy: 1e-5 * (mag + 1), what)
-                            XCTAssertEqual(Double(sums[t * 2 * stride + stride + k]), s2, accuracy: 1e-5 * (s2 + 1), what)
+                            XCTAssertEqual(
+                                Double(sums[t * 2 * stride + stride + k]), s2, accuracy: 1e-5 * (s2 + 1), what)
                         }
                     }
                 }

@@ -80,7 +80,8 @@ final class ElementwiseTests: XCTestCase {
                 var y = y0, yn = y0
                 scaleAdd(count: n, alpha: -0.37, x: x, y: &y)
                 scaleAddNaive(count: n, alpha: -0.37, x: x, y: &yn)
-                XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-6, rtol: 1e-6), 1, "axpy \(n) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(y, yn, atol: 1e-6, rtol: 1e-6), 1, "axpy \(n) threads \(threads)")
                 XCTAssertEqual(y[n - 1], y0[n - 1] - 0.37 * x[n - 1], accuracy: 1e-6)
             }
         }

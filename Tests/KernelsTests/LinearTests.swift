@@ -15,7 +15,7 @@ final class LinearTests: XCTestCase {
         LinearShape(batch: 50, inFeatures: 100, outFeatures: 70),
         LinearShape(batch: 6, inFeatures: 200, outFeatures: 3),
         LinearShape(batch: 9, inFeatures: 8, outFeatures: 4200),
-        LinearShape(batch: 300, inFeatures: 256, outFeatures: 10),
+        LinearShape(batch: 300, inFeatures: 256, outFeatures: 10)
     ]
 
     func testForwardMatchesNaive() {
@@ -27,7 +27,8 @@ final class LinearTests: XCTestCase {
                     var y = [Float](repeating: .nan, count: sh.outputCount), yn = y
                     linearForward(sh, input: x, weight: w, bias: withBias ? b : nil, output: &y)
                     linearForwardNaive(sh, input: x, weight: w, bias: withBias ? b : nil, output: &yn)
-                    XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-4, rtol: 1e-4), 1, "\(sh) bias \(withBias) threads \(threads)")
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(y, yn, atol: 1e-4, rtol: 1e-4), 1, "\(sh) bias \(withBias) threads \(threads)")
                 }
             }
         }
@@ -43,10 +44,12 @@ final class LinearTests: XCTestCase {
                     var dx = acc ? bx : [Float](repeating: .nan, count: bx.count), dxn = dx
                     var dw = acc ? bw : [Float](repeating: .nan, count: bw.count), dwn = dw
                     var db = acc ? bb : [Float](repeating: .nan, count: bb.count), dbn = db
-                    linearBackward(sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: &dw, gradBias: &db,
-                                   accumulate: acc)
-                    linearBackwardNaive(sh, input: x, weight: w, gradOutput: dy, gradInput: &dxn, gradWeight: &dwn,
-                                        gradBias: &dbn, accumulate: acc)
+                    linearBackward(
+                        sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: &dw, gradBias: &db,
+                        accumulate: acc)
+                    linearBackwardNaive(
+                        sh, input: x, weight: w, gradOutput: dy, gradInput: &dxn, gradWeight: &dwn,
+                        gradBias: &dbn, accumulate: acc)
                     let tag = "\(sh) accumulate \(acc) threads \(threads)"
                     XCTAssertLessThanOrEqual(toleranceRatio(dx, dxn, atol: 1e-4, rtol: 1e-4), 1, "dx \(tag)")
                     XCTAssertLessThanOrEqual(toleranceRatio(dw, dwn, atol: 1e-4, rtol: 1e-4), 1, "dw \(tag)")
@@ -63,19 +66,25 @@ final class LinearTests: XCTestCase {
         let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
         var dxn = [Float](repeating: 0, count: sh.inputCount), dwn = [Float](repeating: 0, count: sh.weightCount)
         var dbn = [Float](repeating: 0, count: sh.outFeatures)
-        linearBackwardNaive(sh, input: x, weight: w, gradOutput: dy, gradInput: &dxn, gradWeight: &dwn, gradBias: &dbn,
-                            accumulate: false)
+        linearBackwardNaive(
+            sh, input: x, weight: w, gradOutput: dy, gradInput: &dxn, gradWeight: &dwn, gradBias: &dbn,
+            accumulate: false)
         var dx = [Float](repeating: .nan, count: sh.inputCount)
-        linearBackward(sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: nil, gradBias: nil, accumulate: false)
+        linearBackward(
+            sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: nil, gradBias: nil, accumulate: false)
         XCTAssertLessThanOrEqual(toleranceRatio(dx, dxn, atol: 1e-5, rtol: 1e-5), 1)
         var dw = [Float](repeating: .nan, count: sh.weightCount), db = [Float](repeating: .nan, count: sh.outFeatures)
-        linearBackward(sh, input: x, weight: w, gradOutput: dy, gradInput: nil, gradWeight: &dw, gradBias: &db, accumulate: false)
+        linearBackward(
+            sh, input: x, weight: w, gradOutput: dy, gradInput: nil, gradWeight: &dw, gradBias: &db, accumulate: false)
         XCTAssertLessThanOrEqual(toleranceRatio(dw, dwn, atol: 1e-5, rtol: 1e-5), 1)
         XCTAssertLessThanOrEqual(toleranceRatio(db, dbn, atol: 1e-5, rtol: 1e-5), 1)
     }
 
     func testGradientsMatchFiniteDifferences() {
-        for sh in [LinearShape(batch: 3, inFeatures: 10, outFeatures: 7), LinearShape(batch: 7, inFeatures: 19, outFeatures: 17)] {
+        for sh in [
+            LinearShape(batch: 3, inFeatures: 10, outFeatures: 7),
+            LinearShape(batch: 7, inFeatures: 19, outFeatures: 17)
+        ] {
             var rng = TestRNG(seed: 5)
             var x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), b = rng.array(sh.outFeatures)
             let g = rng.array(sh.outputCount)
@@ -86,7 +95,9 @@ final class LinearTests: XCTestCase {
             }
             var dx = [Float](repeating: 0, count: x.count), dw = [Float](repeating: 0, count: w.count)
             var db = [Float](repeating: 0, count: b.count)
-            linearBackward(sh, input: x, weight: w, gradOutput: g, gradInput: &dx, gradWeight: &dw, gradBias: &db, accumulate: false)
+            linearBackward(
+                sh, input: x, weight: w, gradOutput: g, gradInput: &dx, gradWeight: &dw, gradBias: &db,
+                accumulate: false)
             let x0 = x, w0 = w, b0 = b
             let xi = sampleIndices(x.count), wi = sampleIndices(w.count), bi = Array(0..<b.count)
             let nx = numericGradient(&x, indices: xi) { loss($0, w0, b0) }

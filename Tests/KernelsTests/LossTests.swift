@@ -23,7 +23,8 @@ final class LossTests: XCTestCase {
         XCTAssertEqual(expFloat(-1000), 0)
         XCTAssertEqual(expFloat(0), 1)
         for v in [1e-300, 1e-5, 0.3, 1, 1.5, 2, 10, 12345.678, 1e300] {
-            XCTAssertEqual(logDouble(v), Foundation.log(v), accuracy: 1e-14 * max(1, abs(Foundation.log(v))), "log \(v)")
+            XCTAssertEqual(
+                logDouble(v), Foundation.log(v), accuracy: 1e-14 * max(1, abs(Foundation.log(v))), "log \(v)")
             XCTAssertEqual(expDouble(log(v)) / v, 1, accuracy: 1e-12, "exp \(v)")
         }
     }
@@ -35,10 +36,13 @@ final class LossTests: XCTestCase {
                 let logits = rng.array(s.rows * s.classes, -5, 5)
                 let lab = labels(s.rows, s.classes, &rng)
                 var p = [Float](repeating: .nan, count: logits.count), pn = p
-                let loss = softmaxCrossEntropyForward(rows: s.rows, classes: s.classes, logits: logits, labels: lab, probs: &p)
-                let lossN = softmaxCrossEntropyForwardNaive(rows: s.rows, classes: s.classes, logits: logits, labels: lab, probs: &pn)
+                let loss = softmaxCrossEntropyForward(
+                    rows: s.rows, classes: s.classes, logits: logits, labels: lab, probs: &p)
+                let lossN = softmaxCrossEntropyForwardNaive(
+                    rows: s.rows, classes: s.classes, logits: logits, labels: lab, probs: &pn)
                 XCTAssertEqual(loss, lossN, accuracy: 1e-5 * max(1, abs(lossN)), "loss \(s) threads \(threads)")
-                XCTAssertLessThanOrEqual(toleranceRatio(p, pn, atol: 1e-7, rtol: 1e-5), 1, "probs \(s) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(p, pn, atol: 1e-7, rtol: 1e-5), 1, "probs \(s) threads \(threads)")
                 // Independent check of the loss with libm.
                 var ref = 0.0
                 for r in 0..<s.rows {
@@ -49,9 +53,12 @@ final class LossTests: XCTestCase {
                 XCTAssertEqual(Double(loss), ref / Double(s.rows), accuracy: 1e-5 * max(1, abs(ref / Double(s.rows))))
                 var g = [Float](repeating: .nan, count: p.count), gn = g
                 let scale = 1 / Float(s.rows) / 0.2
-                softmaxCrossEntropyBackward(rows: s.rows, classes: s.classes, probs: p, labels: lab, scale: scale, gradLogits: &g)
-                softmaxCrossEntropyBackwardNaive(rows: s.rows, classes: s.classes, probs: p, labels: lab, scale: scale, gradLogits: &gn)
-                XCTAssertLessThanOrEqual(toleranceRatio(g, gn, atol: 1e-7, rtol: 1e-6), 1, "grad \(s) threads \(threads)")
+                softmaxCrossEntropyBackward(
+                    rows: s.rows, classes: s.classes, probs: p, labels: lab, scale: scale, gradLogits: &g)
+                softmaxCrossEntropyBackwardNaive(
+                    rows: s.rows, classes: s.classes, probs: p, labels: lab, scale: scale, gradLogits: &gn)
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(g, gn, atol: 1e-7, rtol: 1e-6), 1, "grad \(s) threads \(threads)")
             }
         }
     }
@@ -61,7 +68,7 @@ final class LossTests: XCTestCase {
         let rows = 3, classes = 11
         var rng = TestRNG(seed: 12)
         var logits = rng.array(rows * classes, -1000, 1000)
-        logits[0] = 30000; logits[1] = 29990        // row 0: two huge logits 10 apart
+        logits[0] = 30000; logits[1] = 29990  // row 0: two huge logits 10 apart
         let lab: [Int32] = [1, 4, 10]
         var p = [Float](repeating: .nan, count: logits.count)
         let loss = softmaxCrossEntropyForward(rows: rows, classes: classes, logits: logits, labels: lab, probs: &p)
@@ -77,7 +84,7 @@ final class LossTests: XCTestCase {
             ref += m + Foundation.log(row.map { Foundation.exp($0 - m) }.reduce(0, +)) - row[Int(lab[r])]
         }
         XCTAssertEqual(Double(loss), ref / 3, accuracy: 1e-3)
-        XCTAssertGreaterThan(loss, 100)     // rows 1 and 2 are badly wrong: a loss in the hundreds, not inf
+        XCTAssertGreaterThan(loss, 100)  // rows 1 and 2 are badly wrong: a loss in the hundreds, not inf
     }
 
     /// Finite differences of the mean loss: dlogits = (probs - onehot) / rows.
@@ -88,7 +95,8 @@ final class LossTests: XCTestCase {
         let lab = labels(rows, classes, &rng)
         var p = [Float](repeating: 0, count: logits.count), g = p
         _ = softmaxCrossEntropyForward(rows: rows, classes: classes, logits: logits, labels: lab, probs: &p)
-        softmaxCrossEntropyBackward(rows: rows, classes: classes, probs: p, labels: lab, scale: 1 / Float(rows), gradLogits: &g)
+        softmaxCrossEntropyBackward(
+            rows: rows, classes: classes, probs: p, labels: lab, scale: 1 / Float(rows), gradLogits: &g)
         let idx = Array(0..<logits.count)
         let num = numericGradient(&logits, indices: idx) { l in
             var p = [Float](repeating: 0, count: l.count)

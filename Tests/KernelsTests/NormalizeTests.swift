@@ -18,12 +18,18 @@ final class NormalizeTests: XCTestCase {
                 l2NormalizeForward(rows: s.rows, dim: s.dim, input: x, output: &y, norms: &nrm)
                 l2NormalizeForwardNaive(rows: s.rows, dim: s.dim, input: x, output: &yn, norms: &nrmn)
                 XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-6, rtol: 1e-5), 1, "y \(s) threads \(threads)")
-                XCTAssertLessThanOrEqual(toleranceRatio(nrm, nrmn, atol: 1e-7, rtol: 1e-5), 1, "norms \(s) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(nrm, nrmn, atol: 1e-7, rtol: 1e-5), 1, "norms \(s) threads \(threads)")
                 for acc in [false, true] {
                     var dx = acc ? base : [Float](repeating: .nan, count: x.count), dxn = dx
-                    l2NormalizeBackward(rows: s.rows, dim: s.dim, output: y, norms: nrm, gradOutput: dy, gradInput: &dx, accumulate: acc)
-                    l2NormalizeBackwardNaive(rows: s.rows, dim: s.dim, output: y, norms: nrm, gradOutput: dy, gradInput: &dxn, accumulate: acc)
-                    XCTAssertLessThanOrEqual(toleranceRatio(dx, dxn, atol: 1e-5, rtol: 1e-4), 1, "dx \(s) acc \(acc) threads \(threads)")
+                    l2NormalizeBackward(
+                        rows: s.rows, dim: s.dim, output: y, norms: nrm, gradOutput: dy, gradInput: &dx, accumulate: acc
+                    )
+                    l2NormalizeBackwardNaive(
+                        rows: s.rows, dim: s.dim, output: y, norms: nrm, gradOutput: dy, gradInput: &dxn,
+                        accumulate: acc)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(dx, dxn, atol: 1e-5, rtol: 1e-4), 1, "dx \(s) acc \(acc) threads \(threads)")
                 }
             }
         }

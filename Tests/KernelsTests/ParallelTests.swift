@@ -37,9 +37,13 @@ final class ParallelTests: XCTestCase {
         let saved = Threads.count
         Threads.count = 2
         defer { Threads.count = saved }
-        forEachShape([Conv2DShape(n: 4, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 1, pad: 1),
-                      Conv2DShape(n: 4, c: 24, h: 16, w: 16, k: 40, r: 3, s: 3, stride: 2, pad: 1),
-                      Conv2DShape(n: 4, c: 3, h: 16, w: 16, k: 20, r: 3, s: 3, stride: 1, pad: 1)], seed: 21) { sh, x, w, dy in
+        forEachShape(
+            [
+                Conv2DShape(n: 4, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 1, pad: 1),
+                Conv2DShape(n: 4, c: 24, h: 16, w: 16, k: 40, r: 3, s: 3, stride: 2, pad: 1),
+                Conv2DShape(n: 4, c: 3, h: 16, w: 16, k: 20, r: 3, s: 3, stride: 1, pad: 1)
+            ], seed: 21
+        ) { sh, x, w, dy in
             let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: 2))
             defer { scratch.deallocate() }
             var first: [Float]? = nil
@@ -84,7 +88,9 @@ final class ParallelTests: XCTestCase {
                 let nt = min(4, n)
                 XCTAssertEqual(ranges, (0..<nt).map { t in [n * t / nt, n * (t + 1) / nt, t] }, "n \(n)")
             } else {
-                XCTAssertEqual(Set(ranges.prefix(4).map { $0[2] }).count, min(4, ranges.count), "the first chunks go to idle threads")
+                XCTAssertEqual(
+                    Set(ranges.prefix(4).map { $0[2] }).count, min(4, ranges.count),
+                    "the first chunks go to idle threads")
             }
             XCTAssertTrue(caller, "the model runs every range on the calling thread")
             XCTAssertEqual(r.loops, 1)
@@ -93,8 +99,9 @@ final class ParallelTests: XCTestCase {
             // (at least that long), and the other threads' items (all but one more, when chunks go
             // to whichever thread is free) lie outside the slowest thread's time.
             XCTAssertGreaterThanOrEqual(r.parallel, Double(most) * item, "n \(n) chunk \(chunk)")
-            XCTAssertLessThanOrEqual(r.parallel, r.serial - 0.99 * item * Double(n - most - (chunk == 0 ? 0 : 1)),
-                                     "n \(n) chunk \(chunk)")
+            XCTAssertLessThanOrEqual(
+                r.parallel, r.serial - 0.99 * item * Double(n - most - (chunk == 0 ? 0 : 1)),
+                "n \(n) chunk \(chunk)")
         }
     }
 
@@ -103,9 +110,13 @@ final class ParallelTests: XCTestCase {
     func testSixteenThreadPlansAgreeWithOneThread() {
         let saved = Threads.count
         defer { Threads.count = saved }
-        forEachShape([Conv2DShape(n: 2, c: 64, h: 16, w: 16, k: 64, r: 3, s: 3, stride: 1, pad: 1),
-                      Conv2DShape(n: 4, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
-                      Conv2DShape(n: 2, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 2, pad: 1)], seed: 33) { sh, x, w, dy in
+        forEachShape(
+            [
+                Conv2DShape(n: 2, c: 64, h: 16, w: 16, k: 64, r: 3, s: 3, stride: 1, pad: 1),
+                Conv2DShape(n: 4, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
+                Conv2DShape(n: 2, c: 32, h: 16, w: 16, k: 48, r: 3, s: 3, stride: 2, pad: 1)
+            ], seed: 33
+        ) { sh, x, w, dy in
             func run(threads: Int, model: Bool) -> [Float] {
                 if model { ScheduleModel.begin(threads: threads) } else { Threads.count = threads }
                 let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: threads))
@@ -120,8 +131,10 @@ final class ParallelTests: XCTestCase {
     }
 
     /// Runs `body` on each shape with random input, weights and output gradient.
-    private func forEachShape(_ shapes: [Conv2DShape], seed: UInt64,
-                              _ body: (Conv2DShape, [Float], [Float], [Float]) -> Void) {
+    private func forEachShape(
+        _ shapes: [Conv2DShape], seed: UInt64,
+        _ body: (Conv2DShape, [Float], [Float], [Float]) -> Void
+    ) {
         var rng = TestRNG(seed: seed)
         for sh in shapes {
             body(sh, rng.array(sh.inputCount), rng.array(sh.weightCount), rng.array(sh.outputCount))
@@ -129,7 +142,9 @@ final class ParallelTests: XCTestCase {
     }
 
     /// Forward, backward-data and backward-weights of `sh` (weights packed first), concatenated.
-    private func allPasses(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], scratch: UnsafeMutableRawPointer) -> [Float] {
+    private func allPasses(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], scratch: UnsafeMutableRawPointer)
+        -> [Float]
+    {
         var pf = [Float](repeating: 0, count: sh.packedForwardCount)
         var pb = [Float](repeating: 0, count: sh.packedBackwardDataCount)
         var y = [Float](repeating: 0, count: sh.outputCount)

@@ -13,7 +13,7 @@ final class PoolTests: XCTestCase {
         MaxPoolShape(n: 3, c: 16, h: 7, w: 5),
         MaxPoolShape(n: 1, c: 8, h: 6, w: 6, kernel: 2, stride: 2, pad: 0),
         MaxPoolShape(n: 2, c: 9, h: 4, w: 5, kernel: 3, stride: 1, pad: 1),
-        MaxPoolShape(n: 1, c: 64, h: 9, w: 9),
+        MaxPoolShape(n: 1, c: 64, h: 9, w: 9)
     ]
 
     func testMaxPoolMatchesNaiveWithTies() {
@@ -32,7 +32,8 @@ final class PoolTests: XCTestCase {
                 var dx = [Float](repeating: .nan, count: sh.inputCount), dxn = dx
                 maxPoolBackward(sh, gradOutput: dy, argmax: a, gradInput: &dx)
                 maxPoolBackwardNaive(sh, gradOutput: dy, argmax: an, gradInput: &dxn)
-                XCTAssertLessThanOrEqual(toleranceRatio(dx, dxn, atol: 1e-6, rtol: 1e-6), 1, "backward \(sh) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(dx, dxn, atol: 1e-6, rtol: 1e-6), 1, "backward \(sh) threads \(threads)")
             }
         }
     }
@@ -41,20 +42,24 @@ final class PoolTests: XCTestCase {
     func testMaxPoolByHand() {
         let sh = MaxPoolShape(n: 1, c: 1, h: 3, w: 3)
         XCTAssertEqual(sh.oh, 2); XCTAssertEqual(sh.ow, 2)
-        let x: [Float] = [1, 5, 5,
-                          -2, 0, 4,
-                          3, 3, -9]
+        let x: [Float] = [
+            1, 5, 5,
+            -2, 0, 4,
+            3, 3, -9
+        ]
         var y = [Float](repeating: 0, count: 4), a = [Int32](repeating: 0, count: 4)
         maxPoolForward(sh, input: x, output: &y, argmax: &a)
         XCTAssertEqual(y, [5, 5, 3, 4])
-        XCTAssertEqual(a, [1, 1, 6, 5])       // ties -> first in window order
+        XCTAssertEqual(a, [1, 1, 6, 5])  // ties -> first in window order
         var dx = [Float](repeating: .nan, count: 9)
         maxPoolBackward(sh, gradOutput: [1, 2, 3, 4], argmax: a, gradInput: &dx)
         XCTAssertEqual(dx, [0, 3, 0, 0, 0, 4, 3, 0, 0])
     }
 
     func testMaxPoolGradientMatchesFiniteDifferences() {
-        for sh in [MaxPoolShape(n: 2, c: 3, h: 5, w: 5), MaxPoolShape(n: 1, c: 9, h: 4, w: 3, kernel: 3, stride: 1, pad: 1)] {
+        for sh in [
+            MaxPoolShape(n: 2, c: 3, h: 5, w: 5), MaxPoolShape(n: 1, c: 9, h: 4, w: 3, kernel: 3, stride: 1, pad: 1)
+        ] {
             var x = distinctValues(sh.inputCount, gap: 0.05, seed: 3)
             var rng = TestRNG(seed: 4)
             let g = rng.array(sh.outputCount)
@@ -78,16 +83,22 @@ final class PoolTests: XCTestCase {
         forEachThreadCount { threads in
             for (i, s) in Self.avgShapes.enumerated() {
                 var rng = TestRNG(seed: UInt64(20 + i))
-                let x = rng.array(s.n * s.hw * s.c, 9, 11), dy = rng.array(s.n * s.c), base = rng.array(s.n * s.hw * s.c)
+                let x = rng.array(s.n * s.hw * s.c, 9, 11), dy = rng.array(s.n * s.c),
+                    base = rng.array(s.n * s.hw * s.c)
                 var y = [Float](repeating: .nan, count: s.n * s.c), yn = y
                 globalAvgPoolForward(n: s.n, pixels: s.hw, channels: s.c, input: x, output: &y)
                 globalAvgPoolForwardNaive(n: s.n, pixels: s.hw, channels: s.c, input: x, output: &yn)
-                XCTAssertLessThanOrEqual(toleranceRatio(y, yn, atol: 1e-6, rtol: 1e-6), 1, "forward \(s) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(y, yn, atol: 1e-6, rtol: 1e-6), 1, "forward \(s) threads \(threads)")
                 for acc in [false, true] {
                     var dx = acc ? base : [Float](repeating: .nan, count: base.count), dxn = dx
-                    globalAvgPoolBackward(n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy, gradInput: &dx, accumulate: acc)
-                    globalAvgPoolBackwardNaive(n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy, gradInput: &dxn, accumulate: acc)
-                    XCTAssertLessThanOrEqual(toleranceRatio(dx, dxn, atol: 1e-6, rtol: 1e-6), 1, "backward \(s) acc \(acc) threads \(threads)")
+                    globalAvgPoolBackward(
+                        n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy, gradInput: &dx, accumulate: acc)
+                    globalAvgPoolBackwardNaive(
+                        n: s.n, pixels: s.hw, channels: s.c, gradOutput: dy, gradInput: &dxn, accumulate: acc)
+                    XCTAssertLessThanOrEqual(
+                        toleranceRatio(dx, dxn, atol: 1e-6, rtol: 1e-6), 1,
+                        "backward \(s) acc \(acc) threads \(threads)")
                 }
             }
         }

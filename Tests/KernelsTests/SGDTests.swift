@@ -13,15 +13,20 @@ final class SGDTests: XCTestCase {
                 let lr: Float = 0.05, mom: Float = 0.9, wd: Float = 1e-3
                 for step in 0..<4 {
                     let g = rng.array(n)
-                    sgdStep(count: n, params: &p, grads: g, momentumBuffer: &buf, lr: lr, momentum: mom, weightDecay: wd)
+                    sgdStep(
+                        count: n, params: &p, grads: g, momentumBuffer: &buf, lr: lr, momentum: mom, weightDecay: wd)
                     for i in 0..<n {
                         let gi = Double(g[i]) + Double(wd) * hp[i]
                         hb[i] = step == 0 ? gi : Double(mom) * hb[i] + gi
                         hp[i] -= Double(lr) * hb[i]
                     }
                 }
-                XCTAssertLessThanOrEqual(toleranceRatio(p, hp.map { Float($0) }, atol: 1e-6, rtol: 1e-5), 1, "params \(n) threads \(threads)")
-                XCTAssertLessThanOrEqual(toleranceRatio(buf, hb.map { Float($0) }, atol: 1e-6, rtol: 1e-5), 1, "buffer \(n) threads \(threads)")
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(p, hp.map { Float($0) }, atol: 1e-6, rtol: 1e-5), 1, "params \(n) threads \(threads)"
+                )
+                XCTAssertLessThanOrEqual(
+                    toleranceRatio(buf, hb.map { Float($0) }, atol: 1e-6, rtol: 1e-5), 1,
+                    "buffer \(n) threads \(threads)")
             }
         }
     }

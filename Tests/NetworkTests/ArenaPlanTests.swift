@@ -32,7 +32,7 @@ final class ArenaPlanTests: XCTestCase {
         plan.step(a, b)
         let c = plan.add(100)
         plan.step(c)
-        XCTAssertEqual(plan.place(), 224)   // 100 floats round up to 112; c reuses a's or b's memory
+        XCTAssertEqual(plan.place(), 224)  // 100 floats round up to 112; c reuses a's or b's memory
         XCTAssertEqual(plan.items[c].offset, 0)
         XCTAssertNotEqual(plan.items[a].offset, plan.items[b].offset)
         XCTAssertFalse(plan.hasConflict)
@@ -42,7 +42,7 @@ final class ArenaPlanTests: XCTestCase {
         let configs: [(ResNetConfig, Int, Int)] = [
             (ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125), 4, 16),
             (ResNetConfig(arch: .resnet18, stem: .imagenet, inChannels: 1, width: 0.0625), 2, 64),
-            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.0625), 2, 16),
+            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.0625), 2, 16)
         ]
         for (config, batch, res) in configs {
             var results: [[Float]] = []
@@ -50,13 +50,14 @@ final class ArenaPlanTests: XCTestCase {
             for shared in [false, true] {
                 let enc = Encoder(config: config)
                 enc.initialize(seed: 9)
-                let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: true,
-                                      sharedArena: shared)
+                let pass = ResNetPass(
+                    layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: true,
+                    sharedArena: shared)
                 var rng = TestRNG(seed: 2)
                 let x = rng.array(batch * res * res * config.inChannels)
                 let g = rng.array(batch * config.featureDim)
                 var out: [Float] = []
-                for _ in 0..<2 {   // twice: the second step starts from buffers the first one left dirty
+                for _ in 0..<2 {  // twice: the second step starts from buffers the first one left dirty
                     pass.forward(input: x, store: enc.store, mode: .train(splits: 1))
                     out += Array(UnsafeBufferPointer(start: pass.features, count: batch * config.featureDim))
                     pass.backward(gradFeatures: g, store: enc.store)
@@ -89,13 +90,14 @@ final class ArenaPlanTests: XCTestCase {
             for block in 0..<2 {
                 if stage > 0 && block == 0 { hw /= 2 }
                 let act = 64 * hw * hw * width
-                kept += 3 * act                               // two convolution outputs, the block output
-                if stage > 0 && block == 0 { kept += act }    // the downsample's convolution output
+                kept += 3 * act  // two convolution outputs, the block output
+                if stage > 0 && block == 0 { kept += act }  // the downsample's convolution output
             }
         }
         let largest = 64 * 32 * 32 * 64
         XCTAssertGreaterThanOrEqual(pass.arenaBytes, kept * 4)
-        XCTAssertLessThan(pass.arenaBytes, (kept + largest) * 4,
-                          "arena \(pass.arenaBytes / 1_000_000) MB for \(kept * 4 / 1_000_000) MB of kept activations")
+        XCTAssertLessThan(
+            pass.arenaBytes, (kept + largest) * 4,
+            "arena \(pass.arenaBytes / 1_000_000) MB for \(kept * 4 / 1_000_000) MB of kept activations")
     }
 }

@@ -8,7 +8,9 @@ final class CheckpointTests: XCTestCase {
     /// The tensors salient writes for an encoder are exactly torchvision's state_dict (names, shapes,
     /// dtypes), checked against the PyTorch-written fixtures (which lack or keep `fc`).
     func testSavedBackboneHasTorchvisionNamesAndShapes() throws {
-        for name in ["resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625", "resnet18_cifar_w0125_1ch"] {
+        for name in [
+            "resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625", "resnet18_cifar_w0125_1ch"
+        ] {
             let path = fixturesPath() + "/models/\(name).safetensors"
             let torch = try SafeTensorsFile.read(path: path)
             let enc = try EncoderCheckpoint.loadEncoder(path: path)
@@ -56,11 +58,14 @@ final class CheckpointTests: XCTestCase {
         var v = w.floats!
         v[1] = .infinity
         file["layer2.0.bn1.running_var"] = .init(floats: v, shape: w.shape)
-        let enc = Encoder(config: try EncoderCheckpoint.inferConfig(file, path: "crafted.safetensors"), trainable: false)
+        let enc = Encoder(
+            config: try EncoderCheckpoint.inferConfig(file, path: "crafted.safetensors"), trainable: false)
         let before = enc.store.values("conv1.weight")
         XCTAssertThrowsError(try enc.store.load(from: file, path: "crafted.safetensors") { $0.hasPrefix("fc.") }) { e in
             let s = "\(e)"
-            XCTAssertTrue(s.contains("crafted.safetensors") && s.contains("layer2.0.bn1.running_var") && s.contains("+infinity"), s)
+            XCTAssertTrue(
+                s.contains("crafted.safetensors") && s.contains("layer2.0.bn1.running_var") && s.contains("+infinity"),
+                s)
         }
         XCTAssertEqual(enc.store.values("conv1.weight"), before)
     }
@@ -77,7 +82,8 @@ final class CheckpointTests: XCTestCase {
         file.metadata["width"] = "0.125"
         XCTAssertEqual(try EncoderCheckpoint.inferConfig(file, path: "m").width, 0.125)
         let c1 = file["conv1.weight"]!
-        file["conv1.weight"] = .init(dtype: .F32, shape: [c1.shape[0], 5, 3, 3], data: [UInt8](repeating: 0, count: c1.shape[0] * 5 * 9 * 4))
+        file["conv1.weight"] = .init(
+            dtype: .F32, shape: [c1.shape[0], 5, 3, 3], data: [UInt8](repeating: 0, count: c1.shape[0] * 5 * 9 * 4))
         XCTAssertThrowsError(try EncoderCheckpoint.inferConfig(file, path: "m.safetensors")) { e in
             XCTAssertTrue("\(e)".contains("5 input channels"), "\(e)")
         }

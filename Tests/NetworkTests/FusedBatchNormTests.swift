@@ -12,8 +12,10 @@ import TestSupport
 final class FusedBatchNormTests: XCTestCase {
     struct Outcome: Equatable { var features: [Float]; var buffers: [Float]; var grads: [Float] }
 
-    func run(_ config: ResNetConfig, batch: Int, res: Int, mode: BatchNormMode, train: Bool, fuse: Bool,
-             fusedNodes: Int, epilogue: Bool = true) -> Outcome {
+    func run(
+        _ config: ResNetConfig, batch: Int, res: Int, mode: BatchNormMode, train: Bool, fuse: Bool,
+        fusedNodes: Int, epilogue: Bool = true
+    ) -> Outcome {
         ResNetPass.fusesBatchNorms = fuse
         ResNetPass.statisticsInEpilogue = epilogue
         defer { ResNetPass.fusesBatchNorms = true; ResNetPass.statisticsInEpilogue = true }
@@ -25,9 +27,13 @@ final class FusedBatchNormTests: XCTestCase {
         for s in store.slots where s.name.contains("bn") && s.kind != .counter {
             let p = store.pointer(s)
             for i in 0..<s.count {
-                if s.name.hasSuffix("weight") { p[i] = rng.uniform(0.5, 1.5) * (i % 5 == 0 ? -1 : 1) }
-                else if s.name.hasSuffix("bias") || s.name.hasSuffix("running_mean") { p[i] = rng.uniform(-0.3, 0.3) }
-                else if s.name.hasSuffix("running_var") { p[i] = rng.uniform(0.5, 2) }
+                if s.name.hasSuffix("weight") {
+                    p[i] = rng.uniform(0.5, 1.5) * (i % 5 == 0 ? -1 : 1)
+                } else if s.name.hasSuffix("bias") || s.name.hasSuffix("running_mean") {
+                    p[i] = rng.uniform(-0.3, 0.3)
+                } else if s.name.hasSuffix("running_var") {
+                    p[i] = rng.uniform(0.5, 2)
+                }
             }
         }
         let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: train)
@@ -41,9 +47,10 @@ final class FusedBatchNormTests: XCTestCase {
             pass.backward(gradFeatures: g, store: store)
             grads = Array(UnsafeBufferPointer(start: store.grads, count: store.parameterCount))
         }
-        return Outcome(features: Array(UnsafeBufferPointer(start: pass.features, count: batch * config.featureDim)),
-                       buffers: Array(UnsafeBufferPointer(start: store.buffers, count: store.bufferCount)),
-                       grads: grads)
+        return Outcome(
+            features: Array(UnsafeBufferPointer(start: pass.features, count: batch * config.featureDim)),
+            buffers: Array(UnsafeBufferPointer(start: store.buffers, count: store.bufferCount)),
+            grads: grads)
     }
 
     func testFusedBatchNormsGiveTheSameBits() {
@@ -52,14 +59,16 @@ final class FusedBatchNormTests: XCTestCase {
         // blocks whose 3x3 has stride 1: 16 - 3).
         let nets: [(ResNetConfig, Int, Int, Int)] = [
             (ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125), 4, 16, 8),
-            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.125), 2, 8, 13),
+            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.125), 2, 8, 13)
         ]
         let modes: [(BatchNormMode, Bool)] = [(.train(splits: 1), true), (.train(splits: 2), false), (.eval, false)]
         for (config, batch, res, nodes) in nets {
             for (mode, train) in modes {
                 forEachThreadCount([1, 2]) { threads in
-                    let fused = run(config, batch: batch, res: res, mode: mode, train: train, fuse: true, fusedNodes: nodes)
-                    let plain = run(config, batch: batch, res: res, mode: mode, train: train, fuse: false, fusedNodes: nodes)
+                    let fused = run(
+                        config, batch: batch, res: res, mode: mode, train: train, fuse: true, fusedNodes: nodes)
+                    let plain = run(
+                        config, batch: batch, res: res, mode: mode, train: train, fuse: false, fusedNodes: nodes)
                     XCTAssertTrue(fused == plain, "\(config.arch) \(mode) threads \(threads)")
                     XCTAssertTrue(fused.features.contains { $0 != 0 })
                     if train { XCTAssertTrue(fused.grads.contains { $0 != 0 }) }
@@ -76,15 +85,18 @@ final class FusedBatchNormTests: XCTestCase {
         for splits in [1, 2] {
             forEachThreadCount([1, 2]) { threads in
                 // (Backward follows a forward with one split.)
-                let a = run(config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
-                            fusedNodes: 8)
-                let b = run(config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
-                            fusedNodes: 8, epilogue: false)
+                let a = run(
+                    config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
+                    fusedNodes: 8)
+                let b = run(
+                    config, batch: 4, res: 16, mode: .train(splits: splits), train: splits == 1, fuse: true,
+                    fusedNodes: 8, epilogue: false)
                 let what = "splits \(splits) threads \(threads)"
                 XCTAssertNotEqual(a.buffers, b.buffers, "the epilogue's statistics are rounded differently: \(what)")
                 XCTAssertLessThanOrEqual(toleranceRatio(a.features, b.features, atol: 1e-4, rtol: 1e-3), 1, what)
                 XCTAssertLessThanOrEqual(toleranceRatio(a.buffers, b.buffers, atol: 1e-5, rtol: 1e-4), 1, what)
-                XCTAssertLessThanOrEqual(toleranceRatio(a.grads, b.grads, atol: 1e-3, rtol: 1e-2), 1, what)  // through 20 batch norms of 4-16 pixels a channel
+                // through 20 batch norms of 4-16 pixels a channel
+                XCTAssertLessThanOrEqual(toleranceRatio(a.grads, b.grads, atol: 1e-3, rtol: 1e-2), 1, what)
             }
         }
     }

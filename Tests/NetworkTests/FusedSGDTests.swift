@@ -10,7 +10,7 @@ final class FusedSGDTests: XCTestCase {
         let configs: [(ResNetConfig, Int, Int)] = [
             (ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125), 4, 16),
             (ResNetConfig(arch: .resnet18, stem: .imagenet, inChannels: 1, width: 0.0625), 2, 64),
-            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.0625), 2, 16),
+            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.0625), 2, 16)
         ]
         let lr: Float = 0.05, momentum: Float = 0.9, wd: Float = 1e-4
         for (config, batch, res) in configs {
@@ -25,16 +25,18 @@ final class FusedSGDTests: XCTestCase {
             let x = rng.array(batch * res * res * config.inChannels)
             let g = rng.array(batch * 16)
             for enc in [plain, fused] {
-                let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: true)
+                let pass = ResNetPass(
+                    layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: true)
                 let head = MLPHeadPass(layout: enc.head!, batch: batch)
-                for _ in 0..<3 {   // momentum carries over steps
+                for _ in 0..<3 {  // momentum carries over steps
                     pass.forward(input: x, store: enc.store, mode: .train(splits: 1))
                     head.forward(features: pass.features, store: enc.store)
                     if enc === plain {
                         head.backward(gradOutput: g, store: enc.store)
                         pass.backward(gradFeatures: head.gradFeatures, store: enc.store)
-                        sgdStep(count: enc.store.parameterCount, params: enc.store.params, grads: enc.store.grads,
-                                momentumBuffer: enc.store.momentum, lr: lr, momentum: momentum, weightDecay: wd)
+                        sgdStep(
+                            count: enc.store.parameterCount, params: enc.store.params, grads: enc.store.grads,
+                            momentumBuffer: enc.store.momentum, lr: lr, momentum: momentum, weightDecay: wd)
                     } else {
                         head.backward(gradOutput: g, store: enc.store, update: sgd)
                         pass.backward(gradFeatures: head.gradFeatures, store: enc.store, update: sgd)

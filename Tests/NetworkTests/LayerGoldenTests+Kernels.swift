@@ -28,9 +28,10 @@ final class LayerGoldenPendingTests: XCTestCase {
                 defer { scratch.deallocate() }
                 var y = [Float](repeating: .nan, count: P * C)
                 var mean = [Float](repeating: .nan, count: C), invStd = [Float](repeating: .nan, count: C)
-                batchNormForwardTraining(sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv,
-                                         momentum: momentum, eps: eps, relu: relu, output: &y,
-                                         saveMean: &mean, saveInvStd: &invStd, scratch: scratch)
+                batchNormForwardTraining(
+                    sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv,
+                    momentum: momentum, eps: eps, relu: relu, output: &y,
+                    saveMean: &mean, saveInvStd: &invStd, scratch: scratch)
                 let tag = "\(p) threads \(threads)"
                 assertClose(y, try g.floats("\(p).y"), "\(tag) forward")
                 assertClose(mean, try g.floats("\(p).save_mean"), "\(tag) saved mean")
@@ -42,9 +43,10 @@ final class LayerGoldenPendingTests: XCTestCase {
                 var dgamma = [Float](repeating: .nan, count: C), dbeta = [Float](repeating: .nan, count: C)
                 func backward(accumulate: Bool) {
                     y.withUnsafeBufferPointer { yp in
-                        batchNormBackward(sh, input: x, output: relu ? yp.baseAddress : nil, gradOutput: dy, gamma: gamma,
-                                          saveMean: mean, saveInvStd: invStd, relu: relu, gradInput: &dx,
-                                          gradGamma: &dgamma, gradBeta: &dbeta, accumulate: accumulate, scratch: scratch)
+                        batchNormBackward(
+                            sh, input: x, output: relu ? yp.baseAddress : nil, gradOutput: dy, gamma: gamma,
+                            saveMean: mean, saveInvStd: invStd, relu: relu, gradInput: &dx,
+                            gradGamma: &dgamma, gradBeta: &dbeta, accumulate: accumulate, scratch: scratch)
                     }
                 }
                 backward(accumulate: false)
@@ -62,8 +64,9 @@ final class LayerGoldenPendingTests: XCTestCase {
 
                 let rm0 = try g.floats("\(p).running_mean0"), rv0 = try g.floats("\(p).running_var0")
                 var ye = [Float](repeating: .nan, count: P * C)
-                batchNormForwardInference(sh, input: x, gamma: gamma, beta: beta, runningMean: rm0, runningVar: rv0,
-                                          eps: eps, relu: relu, output: &ye)
+                batchNormForwardInference(
+                    sh, input: x, gamma: gamma, beta: beta, runningMean: rm0, runningVar: rv0,
+                    eps: eps, relu: relu, output: &ye)
                 assertClose(ye, try g.floats("\(p).y_eval"), "\(tag) eval forward")
             }
         }
@@ -83,7 +86,8 @@ final class LayerGoldenPendingTests: XCTestCase {
             maxPoolForward(sh, input: x, output: &y, argmax: &argmax)
             maxPoolBackward(sh, gradOutput: dy, argmax: argmax, gradInput: &dx)
             XCTAssertEqual(y, try g.floats("maxpool.y"), "max pool forward is exact (threads \(threads))")
-            assertClose(dx, try g.floats("maxpool.dx"), atol: 1e-6, rtol: 1e-6, "max pool grad input (threads \(threads))")
+            assertClose(
+                dx, try g.floats("maxpool.dx"), atol: 1e-6, rtol: 1e-6, "max pool grad input (threads \(threads))")
         }
     }
 
@@ -119,16 +123,18 @@ final class LayerGoldenPendingTests: XCTestCase {
             var dx = [Float](repeating: .nan, count: x.count)
             var dw = [Float](repeating: .nan, count: w.count)
             var db = [Float](repeating: .nan, count: b.count)
-            linearBackward(sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: &dw, gradBias: &db,
-                           accumulate: false)
+            linearBackward(
+                sh, input: x, weight: w, gradOutput: dy, gradInput: &dx, gradWeight: &dw, gradBias: &db,
+                accumulate: false)
             let gdx = try g.floats("linear.dx"), gdw = try g.floats("linear.dw"), gdb = try g.floats("linear.db")
             assertClose(dx, gdx, "linear grad input (threads \(threads))")
             assertClose(dw, gdw, "linear grad weight (threads \(threads))")
             assertClose(db, gdb, "linear grad bias (threads \(threads))")
             dw = [Float](repeating: 1, count: w.count)
             db = [Float](repeating: 1, count: b.count)
-            linearBackward(sh, input: x, weight: w, gradOutput: dy, gradInput: nil, gradWeight: &dw, gradBias: &db,
-                           accumulate: true)
+            linearBackward(
+                sh, input: x, weight: w, gradOutput: dy, gradInput: nil, gradWeight: &dw, gradBias: &db,
+                accumulate: true)
             assertClose(dw, gdw.map { $0 + 1 }, "linear grad weight accumulated (threads \(threads))")
             assertClose(db, gdb.map { $0 + 1 }, "linear grad bias accumulated (threads \(threads))")
         }
@@ -148,13 +154,15 @@ final class LayerGoldenPendingTests: XCTestCase {
         var norms = [Float](repeating: .nan, count: rows)
         var dx = [Float](repeating: .nan, count: rows * dim)
         l2NormalizeForward(rows: rows, dim: dim, input: x, output: &y, norms: &norms)
-        l2NormalizeBackward(rows: rows, dim: dim, output: y, norms: norms, gradOutput: dy, gradInput: &dx, accumulate: false)
+        l2NormalizeBackward(
+            rows: rows, dim: dim, output: y, norms: norms, gradOutput: dy, gradInput: &dx, accumulate: false)
         assertClose(y, try g.floats("normalize.y"), "normalize forward")
         assertClose(norms, try g.floats("normalize.norms"), "normalize norms")
         let gdx = try g.floats("normalize.dx")
         assertClose(dx, gdx, "normalize grad input")
         dx = [Float](repeating: -2, count: rows * dim)
-        l2NormalizeBackward(rows: rows, dim: dim, output: y, norms: norms, gradOutput: dy, gradInput: &dx, accumulate: true)
+        l2NormalizeBackward(
+            rows: rows, dim: dim, output: y, norms: norms, gradOutput: dy, gradInput: &dx, accumulate: true)
         assertClose(dx, gdx.map { $0 - 2 }, "normalize grad input accumulated")
     }
 
@@ -165,12 +173,14 @@ final class LayerGoldenPendingTests: XCTestCase {
         let logits = try g.floats("ce.logits")
         let labels = try g.int64s("ce.labels").map { Int32($0) }
         var probs = [Float](repeating: .nan, count: rows * classes)
-        let loss = softmaxCrossEntropyForward(rows: rows, classes: classes, logits: logits, labels: labels, probs: &probs)
+        let loss = softmaxCrossEntropyForward(
+            rows: rows, classes: classes, logits: logits, labels: labels, probs: &probs)
         XCTAssertEqual(loss, try g.floats("ce.loss", shape: [])[0], accuracy: 1e-5, "cross-entropy loss")
         assertClose(probs, try g.floats("ce.probs"), atol: 1e-6, rtol: 1e-5, "softmax probabilities")
         var dl = [Float](repeating: .nan, count: rows * classes)
-        softmaxCrossEntropyBackward(rows: rows, classes: classes, probs: probs, labels: labels, scale: 1 / Float(rows),
-                                    gradLogits: &dl)
+        softmaxCrossEntropyBackward(
+            rows: rows, classes: classes, probs: probs, labels: labels, scale: 1 / Float(rows),
+            gradLogits: &dl)
         assertClose(dl, try g.floats("ce.dlogits"), atol: 1e-6, rtol: 1e-5, "cross-entropy grad logits (mean)")
     }
 
@@ -182,8 +192,9 @@ final class LayerGoldenPendingTests: XCTestCase {
         var buf = [Float](repeating: 0, count: p.count)
         for t in 0..<3 {
             let gt = Array(grads[(t * p.count)..<((t + 1) * p.count)])
-            sgdStep(count: p.count, params: &p, grads: gt, momentumBuffer: &buf,
-                    lr: hyper[0], momentum: hyper[1], weightDecay: hyper[2])
+            sgdStep(
+                count: p.count, params: &p, grads: gt, momentumBuffer: &buf,
+                lr: hyper[0], momentum: hyper[1], weightDecay: hyper[2])
             assertClose(p, try g.floats("sgd.p\(t + 1)"), atol: 1e-6, rtol: 1e-5, "SGD params after step \(t + 1)")
         }
         assertClose(buf, try g.floats("sgd.buf3"), atol: 1e-6, rtol: 1e-5, "SGD momentum buffer after 3 steps")

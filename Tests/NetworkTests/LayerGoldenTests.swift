@@ -10,13 +10,16 @@ func loadLayerGoldens() throws -> SafeTensorsFile {
     try SafeTensorsFile.read(path: fixturesPath() + "/golden/layers.safetensors")
 }
 
-func assertClose(_ a: [Float], _ b: [Float], atol: Float = 1e-4, rtol: Float = 1e-4, _ what: String,
-                 file: StaticString = #filePath, line: UInt = #line) {
+func assertClose(
+    _ a: [Float], _ b: [Float], atol: Float = 1e-4, rtol: Float = 1e-4, _ what: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(a.count, b.count, what, file: file, line: line)
     guard a.count == b.count else { return }
     let r = toleranceRatio(a, b, atol: atol, rtol: rtol)
     let (d, i) = maxAbsDiff(a, b)
-    XCTAssertLessThanOrEqual(r, 1, "\(what): max |diff| \(d) at \(i) (ours \(a[i]), torch \(b[i]))", file: file, line: line)
+    XCTAssertLessThanOrEqual(
+        r, 1, "\(what): max |diff| \(d) at \(i) (ours \(a[i]), torch \(b[i]))", file: file, line: line)
 }
 
 final class LayerGoldenTests: XCTestCase {
@@ -28,8 +31,9 @@ final class LayerGoldenTests: XCTestCase {
             for p in ["conv_a", "conv_b", "conv_c", "conv_d", "conv_e"] {
                 let xs = try g.tensor("\(p).x").shape, ws = try g.tensor("\(p).w").shape
                 let params = try g.int64s("\(p).params")
-                let sh = Conv2DShape(n: xs[0], c: xs[3], h: xs[1], w: xs[2], k: ws[0], r: ws[2], s: ws[3],
-                                     stride: Int(params[0]), pad: Int(params[1]))
+                let sh = Conv2DShape(
+                    n: xs[0], c: xs[3], h: xs[1], w: xs[2], k: ws[0], r: ws[2], s: ws[3],
+                    stride: Int(params[0]), pad: Int(params[1]))
                 XCTAssertEqual(ws[1], sh.c)
                 let x = try g.floats("\(p).x"), w = try g.floats("\(p).w")
                 let dy = try g.floats("\(p).g", shape: [sh.n, sh.oh, sh.ow, sh.k])
@@ -66,8 +70,10 @@ final class LayerGoldenTests: XCTestCase {
             expected += ["x", "w", "params", "y", "g", "dx", "dw"].map { "\(p).\($0)" }
         }
         for p in ["bn", "bnrelu"] {
-            expected += ["x", "gamma", "beta", "running_mean0", "running_var0", "y", "save_mean", "save_invstd",
-                         "running_mean", "running_var", "g", "dx", "dgamma", "dbeta", "y_eval", "hyper"].map { "\(p).\($0)" }
+            expected += [
+                "x", "gamma", "beta", "running_mean0", "running_var0", "y", "save_mean", "save_invstd",
+                "running_mean", "running_var", "g", "dx", "dgamma", "dbeta", "y_eval", "hyper"
+            ].map { "\(p).\($0)" }
         }
         expected += ["x", "y", "g", "dx"].map { "maxpool.\($0)" } + ["x", "y", "g", "dx"].map { "gap.\($0)" }
         expected += ["x", "w", "b", "y", "g", "dx", "dw", "db"].map { "linear.\($0)" }
@@ -86,7 +92,9 @@ final class LayerGoldenTests: XCTestCase {
 
     /// Model fixtures: companion files are consistent with their models.
     func testModelFixturesAreConsistent() throws {
-        for name in ["resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625", "resnet18_cifar_w0125_1ch"] {
+        for name in [
+            "resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625", "resnet18_cifar_w0125_1ch"
+        ] {
             let m = try SafeTensorsFile.read(path: fixturesPath() + "/models/\(name).safetensors")
             let e = try SafeTensorsFile.read(path: fixturesPath() + "/models/\(name).expected.safetensors")
             let conv1 = try m.tensor("conv1.weight").shape

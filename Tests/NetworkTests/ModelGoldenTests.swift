@@ -6,8 +6,10 @@ import TestSupport
 /// Whole networks against PyTorch: torchvision-named fixtures (fixtures/models/make_models.py), their
 /// eval and train features, and train-mode gradients of sum(features * g).
 final class ModelGoldenTests: XCTestCase {
-    static let models = ["resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625",
-                         "resnet18_cifar_w0125_1ch"]
+    static let models = [
+        "resnet18_cifar_w0125", "resnet18_imagenet_w0125", "resnet50_cifar_w00625",
+        "resnet18_cifar_w0125_1ch"
+    ]
 
     func scale(_ v: [Float]) -> Float { v.map { abs($0) }.max() ?? 1 }
 
@@ -26,13 +28,15 @@ final class ModelGoldenTests: XCTestCase {
             pass.forward(input: input, store: enc.store, mode: .eval)
             let evalWant = try exp.floats("features_eval")
             let evalGot = Array(UnsafeBufferPointer(start: pass.features, count: n * D))
-            XCTAssertLessThanOrEqual(maxAbsDiff(evalGot, evalWant).diff, 1e-4 * scale(evalWant), "\(name) eval features")
+            XCTAssertLessThanOrEqual(
+                maxAbsDiff(evalGot, evalWant).diff, 1e-4 * scale(evalWant), "\(name) eval features")
 
             let g = try exp.floats("g")
             pass.forward(input: input, store: enc.store, mode: .train(splits: 1))
             let trainWant = try exp.floats("features_train")
             let trainGot = Array(UnsafeBufferPointer(start: pass.features, count: n * D))
-            XCTAssertLessThanOrEqual(maxAbsDiff(trainGot, trainWant).diff, 1e-4 * scale(trainWant), "\(name) train features")
+            XCTAssertLessThanOrEqual(
+                maxAbsDiff(trainGot, trainWant).diff, 1e-4 * scale(trainWant), "\(name) train features")
             pass.backward(gradFeatures: g, store: enc.store)
             let last = exp.metadata["last_conv"]!
             // The last conv's gradient passes through one ReLU: it must match tightly. The first conv's

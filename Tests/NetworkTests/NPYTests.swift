@@ -26,7 +26,10 @@ final class NPYTests: XCTestCase {
     func testHeaderIsNumpyV1AlignedTo64() {
         for shape in [[1], [7, 3], [1000, 2048], [0, 5], [123456789, 1]] {
             let n = shape.reduce(1, *)
-            let bytes = n > 10_000 ? Array(NPYArray(floats: [], shape: [0, shape[1]]).encoded()) : NPYArray(floats: [Float](repeating: 1, count: n), shape: shape).encoded()
+            let bytes =
+                n > 10_000
+                ? Array(NPYArray(floats: [], shape: [0, shape[1]]).encoded())
+                : NPYArray(floats: [Float](repeating: 1, count: n), shape: shape).encoded()
             XCTAssertEqual(Array(bytes[0..<8]), [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0])
             let hl = Int(bytes[8]) | Int(bytes[9]) << 8
             XCTAssertEqual((10 + hl) % 64, 0, "\(shape)")
@@ -37,7 +40,9 @@ final class NPYTests: XCTestCase {
         let text = String(decoding: b[10..<(10 + hl)], as: UTF8.self)
         XCTAssertTrue(text.hasPrefix("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }"), text)
         let f = NPYArray(floats: [1, 2, 3, 4, 5, 6], shape: [2, 3]).encoded()
-        XCTAssertTrue(String(decoding: f[10..<74], as: UTF8.self).hasPrefix("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"))
+        XCTAssertTrue(
+            String(decoding: f[10..<74], as: UTF8.self).hasPrefix(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"))
         XCTAssertEqual(f.count, 128 + 24)  // a 58-character dict does not fit in the first 64 bytes
     }
 
@@ -69,7 +74,9 @@ final class NPYTests: XCTestCase {
         XCTAssertThrowsError(try NPYArray.read(path: path), file: file, line: line) { error in
             let msg = "\(error)"
             XCTAssertTrue(msg.contains(path), "message does not name the file: \(msg)", file: file, line: line)
-            XCTAssertTrue(msg.lowercased().contains(fragment.lowercased()), "expected '\(fragment)' in: \(msg)", file: file, line: line)
+            XCTAssertTrue(
+                msg.lowercased().contains(fragment.lowercased()), "expected '\(fragment)' in: \(msg)", file: file,
+                line: line)
         }
     }
 
@@ -81,26 +88,37 @@ final class NPYTests: XCTestCase {
     }
 
     func testBadFilesFailWithClearErrors() {
-        let good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8))
+        let good = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8))
         XCTAssertNoThrow(try NPYArray.decode(good))
         expectFailure([0x93, 0x4E], "too short")
         expectFailure([0x89, 0x50, 0x4E, 0x47, 0, 0, 0, 0, 0, 0, 0], "magic")
         expectFailure([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 9, 0, 0, 0], "version")
         expectFailure(Array(good.prefix(40)), "larger than the file")
-        expectFailure(npy("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8)), "dtype")
-        expectFailure(npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8)), "fortran")
+        expectFailure(
+            npy("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8)),
+            "dtype")
+        expectFailure(
+            npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", data: [UInt8](repeating: 0, count: 8)),
+            "fortran")
         expectFailure(npy("{'descr': '<f4', 'fortran_order': False, }", data: []), "shape")
         expectFailure(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,x), }", data: []), "malformed shape")
         expectFailure(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", data: [0, 0, 0]), "truncated")
-        expectFailure(npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", data: [UInt8](repeating: 0, count: 12)), "unexpected bytes")
-        XCTAssertThrowsError(try NPYArray.read(path: dir + "/missing.npy")) { XCTAssertTrue("\($0)".contains("missing.npy")) }
+        expectFailure(
+            npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", data: [UInt8](repeating: 0, count: 12)),
+            "unexpected bytes")
+        XCTAssertThrowsError(try NPYArray.read(path: dir + "/missing.npy")) {
+            XCTAssertTrue("\($0)".contains("missing.npy"))
+        }
         // A shape whose byte count overflows is an error, not a trap.
-        expectFailure(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", data: []), "too large")
+        expectFailure(
+            npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", data: []), "too large")
     }
 
     /// A file's own dtype is what messages name, also when its values were converted on reading.
     func testStoredDTypeIsKept() throws {
-        let i4 = try NPYArray.decode(npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data: [1, 0, 0, 0, 255, 255, 255, 255]))
+        let i4 = try NPYArray.decode(
+            npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data: [1, 0, 0, 0, 255, 255, 255, 255]))
         XCTAssertEqual(i4.int64s, [1, -1])
         XCTAssertEqual(i4.storedDescription, "<i4")
         XCTAssertEqual(i4, NPYArray(int64s: [1, -1]))

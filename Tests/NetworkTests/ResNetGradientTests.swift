@@ -60,8 +60,9 @@ final class ResNetGradientTests: XCTestCase {
             for i in 0..<slot.count { p[i] = saved[i] }
             let numericDot = (lp - lm) / (2 * Double(eps))
             let rel = abs(analyticDot - numericDot) / max(abs(numericDot), 1e-3)
-            XCTAssertLessThan(rel, 2e-2, "\(config) \(name): analytic \(analyticDot) numeric \(numericDot)",
-                              file: file, line: line)
+            XCTAssertLessThan(
+                rel, 2e-2, "\(config) \(name): analytic \(analyticDot) numeric \(numericDot)",
+                file: file, line: line)
         }
     }
 

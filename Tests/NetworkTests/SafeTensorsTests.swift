@@ -89,7 +89,9 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertThrowsError(try SafeTensorsFile.read(path: path), file: file, line: line) { error in
             let msg = "\(error)"
             XCTAssertTrue(msg.contains(path), "message does not name the file: \(msg)", file: file, line: line)
-            XCTAssertTrue(msg.lowercased().contains(fragment.lowercased()), "expected '\(fragment)' in: \(msg)", file: file, line: line)
+            XCTAssertTrue(
+                msg.lowercased().contains(fragment.lowercased()), "expected '\(fragment)' in: \(msg)", file: file,
+                line: line)
         }
     }
 
@@ -102,15 +104,24 @@ final class SafeTensorsTests: XCTestCase {
         expectFailure([0, 0, 0, 0, 0, 0, 0, 0x80], "larger than the file")
         expectFailure(header("{\"a\": [1, 2"), "not valid JSON")
         expectFailure(header("[1, 2]"), "not a JSON object")
-        expectFailure(header("{\"a\":{\"dtype\":\"Q7\",\"shape\":[2],\"data_offsets\":[0,8]}}") + eight, "unknown dtype")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,12]}}") + eight + [0, 0, 0, 0],
-                      "needs 8")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}") + [0, 0, 0, 0], "truncated")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[96,104]}}") + eight, "out of range")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}") + eight, "invalid data_offsets")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}") + eight, "invalid data_offsets")
-        expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                             + "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}") + eight + [0, 0, 0, 0], "overlapping")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"Q7\",\"shape\":[2],\"data_offsets\":[0,8]}}") + eight, "unknown dtype")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,12]}}") + eight + [0, 0, 0, 0],
+            "needs 8")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}") + [0, 0, 0, 0], "truncated")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[96,104]}}") + eight, "out of range")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}") + eight, "invalid data_offsets")
+        expectFailure(
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}") + eight, "invalid data_offsets")
+        expectFailure(
+            header(
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                    + "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}") + eight + [0, 0, 0, 0],
+            "overlapping")
         expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}") + eight, "shape")
         expectFailure(header("{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}") + eight, "shape")
         expectFailure(header("{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}") + eight, "no dtype")
@@ -122,7 +133,8 @@ final class SafeTensorsTests: XCTestCase {
     }
 
     func testValidHandMadeFileReads() throws {
-        let bytes = header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}")
+        let bytes =
+            header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}")
             + [0, 0, 0x80, 0x3F, 0, 0, 0, 0xC0]
         let f = try SafeTensorsFile.parse(bytes)
         XCTAssertEqual(f["a"]?.floats, [1, -2])

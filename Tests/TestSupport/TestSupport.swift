@@ -34,8 +34,10 @@ public func maxAbsDiff(_ a: [Float], _ b: [Float]) -> (diff: Float, index: Int) 
 
 /// Central finite-difference gradient of a scalar function of `x`, in Double for accuracy.
 /// `f` is evaluated with `x` perturbed in place; `indices` limits the checked elements.
-public func numericGradient(_ x: inout [Float], indices: [Int], eps: Float = 1e-2,
-                            _ f: ([Float]) -> Double) -> [Double] {
+public func numericGradient(
+    _ x: inout [Float], indices: [Int], eps: Float = 1e-2,
+    _ f: ([Float]) -> Double
+) -> [Double] {
     var g = [Double]()
     for i in indices {
         let old = x[i]
