@@ -87,18 +87,19 @@ struct BenchKernels: ParsableCommand {
 
     func run() throws {
         threadOptions.apply()
-        let threads = Threads.count
+        let threads = Threads.count, execution = threadOptions.execution
         let peak = measurePeak()
         var rows: [BenchRecord] = []
         var r = BenchRecord(fields: [])
         r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
         r.add("simd", simdBuildName); r.add("lanes", PeakVec.scalarCount)
-        r.add("conv", ThreadOptions.algorithm)
+        r.add("conv", execution.convolution.name)
         emit(r, peak: peak)
         rows.append(r)
         let shapes = try parseShapes()
         for (c, hw, stride) in shapes {
-            let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1)
+            let sh = ConvPlan(
+                Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1), execution)
             for (op, t) in try benchConv(sh) {
                 var rec = BenchRecord(fields: [])
                 rec.add("op", stride == 1 ? op : op + "_s2"); rec.add("C", c); rec.add("HW", hw);
@@ -113,7 +114,7 @@ struct BenchKernels: ParsableCommand {
         }
         // Memory-bound layers on the first shape: batch norm (train forward + backward) and pooling.
         if let (c, hw, _) = shapes.first {
-            for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw) {
+            for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw, wide: execution.wideTiles) {
                 var rec = BenchRecord(fields: [])
                 rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
                 rec.add("threads", threads); rec.add("gbps", bytes / t * 1e-9)
@@ -131,8 +132,8 @@ struct BenchKernels: ParsableCommand {
                 "FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains of "
                     + "\(d["lanes"]!) lanes per thread, \(simdBuildName) build)")
             print(
-                "3x3 convolutions: \(ThreadOptions.algorithm)"
-                    + (Conv2DShape.winogradEnabled
+                "3x3 convolutions: \(threadOptions.algorithm.name)"
+                    + (threadOptions.algorithm == .winograd
                         ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; "
                             + "Winograd F(4x4,3x3) does 1/4 of the multiplies)"
                         : "") + "; each time includes packing/transforming the weights")
@@ -163,7 +164,7 @@ struct BenchError: Error, CustomStringConvertible {
 
 /// Times forward, backward-data and backward-weights of one convolution after spot-checking each
 /// against a direct sum. Returns (op, median seconds).
-func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
+func benchConv(_ sh: ConvPlan) throws -> [(String, Double)] {
     // Seeded (SplitMix64): the system generator made a getrandom call per float, seconds per shape.
     var rng = SplitMix64(seed: UInt64(sh.c * 1000 + sh.h))
     let x = (0..<sh.inputCount).map { _ in rng.uniform(-1, 1) }
@@ -212,8 +213,7 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
 }
 
 /// Compares 64 random elements of each result with a direct double-precision sum.
-func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws
-{
+func spotCheckConv(_ sh: ConvPlan, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws {
     let OH = sh.oh, OW = sh.ow
     func xAt(_ b: Int, _ ih: Int, _ iw: Int, _ c: Int) -> Double {
         ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w ? 0 : Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
@@ -270,7 +270,7 @@ func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [F
 /// operation must move: BN train forward reads x twice (statistics, normalise) and writes y; BN
 /// backward reads x, dy twice and writes dx; max pool 3x3/2 reads x, writes y and argmax; global
 /// average pool reads x.
-func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, Double)] {
+func benchMemoryBound(batch: Int, c: Int, hw: Int, wide: Bool) throws -> [(String, Double, Double)] {
     let P = batch * hw * hw, n = P * c
     var rng = SplitMix64(seed: 3)
     let x = (0..<n).map { _ in rng.normal() }, dy = (0..<n).map { _ in rng.normal() }
@@ -284,7 +284,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
     defer { scratch.deallocate() }
     batchNormForwardTraining(
         sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-        eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+        eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch, wide: wide)
     // Check: per-channel mean of the normalised output (before ReLU) is ~0 -> check a few channels.
     for ch in 0..<min(c, 4) {
         var s = 0.0
@@ -301,7 +301,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
             medianSeconds {
                 batchNormForwardTraining(
                     sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-                    eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+                    eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch, wide: wide)
             }
         ))
     out.append(
@@ -310,7 +310,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
             medianSeconds {
                 batchNormBackward(
                     sh, input: x, output: y, gradOutput: dy, gamma: gamma, saveMean: mean, saveInvStd: inv, relu: true,
-                    gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch)
+                    gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch, wide: wide)
             }
         ))
     let ps = MaxPoolShape(n: batch, c: c, h: hw, w: hw)

@@ -24,6 +24,11 @@ int sal_get_threads(void);
 void sal_set_threads(int n);
 /// Logical processors available to this process.
 int sal_num_procs(void);
+
+/// The data caches of cpu0 from Linux sysfs (/sys/devices/system/cpu/cpu0/cache/index*): the largest
+/// level-2 data/unified cache and the largest cache of the highest level, in bytes; 0 for what the
+/// system does not report. Read once; later calls return the first answer.
+void sal_cache_sizes(long *l2, long *last_level);
 /// 1 when built with OpenMP.
 int sal_has_openmp(void);
 
