@@ -93,7 +93,7 @@ static double g_model_serial = 0, g_model_parallel = 0;
 static long g_model_regions = 0;
 static int g_model_inside = 0;  // a loop inside a modelled loop's range runs serially, as in a real region
 // Where the model loses time: per loop shape (n, chunk, threads), the seconds its slowest thread
-// runs past an even share, printed by sal_schedule_model_end when SALIENT_SCHEDULE_LOSSES is set.
+// runs past an even share, printed by sal_schedule_model_end when asked to.
 #define SAL_MODEL_SHAPES 256
 static struct { long n, chunk; int nt; long count; double serial, lost; } g_model_shapes[SAL_MODEL_SHAPES];
 static int g_model_shape_count = 0;
@@ -127,12 +127,12 @@ void sal_schedule_model_begin(int threads) {
     g_model_shape_count = 0;
 }
 
-void sal_schedule_model_end(double *serial, double *parallel, long *regions) {
+void sal_schedule_model_end(double *serial, double *parallel, long *regions, int print_losses) {
     g_model = 0;
     *serial = g_model_serial;
     *parallel = g_model_parallel;
     *regions = g_model_regions;
-    if (getenv("SALIENT_SCHEDULE_LOSSES")) {
+    if (print_losses) {
         for (int k = 0; k < 25; k++) {
             int best = -1;
             for (int i = 0; i < g_model_shape_count; i++)

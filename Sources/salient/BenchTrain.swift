@@ -40,6 +40,8 @@ struct BenchTrain: ParsableCommand {
             """,
             valueName: "N"))
     var scheduleModel: Int?
+    @Flag(help: "With --schedule-model: list the parallel loops that lose most to an uneven split.")
+    var scheduleLosses = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func config() -> TrainConfig {
@@ -58,6 +60,9 @@ struct BenchTrain: ParsableCommand {
         if bucketKB < 0 || bucketKB > 1 << 20 { throw ValidationError("--bucket-kb must be between 0 and 1048576") }
         if let m = scheduleModel, m < 1 || m > 1024 {
             throw ValidationError("--schedule-model must be between 1 and 1024, got \(m)")
+        }
+        if scheduleLosses && scheduleModel == nil {
+            throw ValidationError("--schedule-losses needs --schedule-model N")
         }
     }
 
@@ -94,7 +99,7 @@ struct BenchTrain: ParsableCommand {
             loss = step.step(views: views, epoch: 1, step: 2 + i, lr: 0.01).loss
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
         }
-        let model = scheduleModel.map { _ in ScheduleModel.end() }
+        let model = scheduleModel.map { _ in ScheduleModel.end(printLosses: scheduleLosses) }
         let total = times.reduce(0, +)
         times.sort()
         let median = times[times.count / 2]

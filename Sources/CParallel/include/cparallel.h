@@ -39,9 +39,10 @@ int sal_cpu_supports_build(void);
 /// Schedule model: from _begin(N) to _end, parallel loops plan for N threads but run on the calling
 /// thread, each range timed, and _end returns the seconds spent in parallel loops, the seconds they
 /// would take on N threads that each run as fast as this one (the last thread's finish per loop), and
-/// the number of loops. What it leaves out: memory bandwidth, clocks, synchronisation.
+/// the number of loops. What it leaves out: memory bandwidth, clocks, synchronisation. With
+/// print_losses, _end also lists on stderr the loops that lose most to an uneven split.
 void sal_schedule_model_begin(int threads);
-void sal_schedule_model_end(double *serial, double *parallel, long *regions);
+void sal_schedule_model_end(double *serial, double *parallel, long *regions, int print_losses);
 
 /// dst[m * 16 + j] = src[j * rowStride + m] for the 16 rows j and columns m < cols: a 16 x cols block
 /// (rows rowStride floats apart) transposed into cols contiguous rows of 16 (transpose.c).
