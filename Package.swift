@@ -61,10 +61,7 @@ func hostHasAVX512() -> Bool {
     let avx512 = false
     let simdFlags: [SwiftSetting] = []
 #endif
-// Kernel configuration lives in a few global variables (wideTiles, the Winograd limits) that tests
-// set between runs and hot loops read; Swift's dynamic exclusivity checks on them cost ~1% of a
-// training step (swift_beginAccess in the transforms). Nothing writes them while kernels run.
-let swiftFlags = simdFlags + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+let swiftFlags = simdFlags
 if avx512 { parallelC.append(.define("SALIENT_AVX512")) }
 #if arch(x86_64)
     // The C target's vector code (transpose.c) at the Swift kernels' width.

@@ -96,6 +96,11 @@ int sal_mpi_init(int *rank, int *size, char *err, size_t errlen) {
     return SAL_MPI_OK;
 }
 
+void sal_mpi_rank_size(int *rank, int *size) {
+    *rank = M.active ? M.rank : 0;
+    *size = M.active ? M.size : 1;
+}
+
 void sal_mpi_set_timeout(double seconds) { M.timeout = seconds > 0 ? seconds : 60; }
 double sal_mpi_seconds(void) { return M.seconds; }
 double sal_mpi_bytes(void) { return M.bytes; }

@@ -9,6 +9,43 @@
 
 static int g_threads = 0;
 
+/* One line of a sysfs cache attribute, or 0 when the file is missing. */
+static int read_cache_attr(int index, const char *name, char *buf, int len) {
+    char path[96];
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/%s", index, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int ok = fgets(buf, len, f) != NULL;
+    fclose(f);
+    return ok;
+}
+
+void sal_cache_sizes(long *l2, long *last_level) {
+    static int done = 0;
+    static long cached_l2 = 0, cached_last = 0;
+    if (!done) {
+        int top = 0;
+        for (int i = 0; i < 16; i++) {
+            char level[16], type[32], size[32];
+            if (!read_cache_attr(i, "level", level, sizeof level)) continue;
+            if (!read_cache_attr(i, "type", type, sizeof type) || type[0] == 'I') continue;
+            if (!read_cache_attr(i, "size", size, sizeof size)) continue;
+            char *end = NULL;
+            long bytes = strtol(size, &end, 10);
+            if (bytes <= 0) continue;
+            if (*end == 'K' || *end == 'k') bytes <<= 10;
+            else if (*end == 'M' || *end == 'm') bytes <<= 20;
+            else if (*end == 'G' || *end == 'g') bytes <<= 30;
+            int lv = atoi(level);
+            if (lv == 2 && bytes > cached_l2) cached_l2 = bytes;
+            if (lv > top || (lv == top && bytes > cached_last)) { top = lv; cached_last = bytes; }
+        }
+        done = 1;
+    }
+    *l2 = cached_l2;
+    *last_level = cached_last;
+}
+
 int sal_num_procs(void) {
 #ifdef _OPENMP
     return omp_get_num_procs();
@@ -56,7 +93,7 @@ static double g_model_serial = 0, g_model_parallel = 0;
 static long g_model_regions = 0;
 static int g_model_inside = 0;  // a loop inside a modelled loop's range runs serially, as in a real region
 // Where the model loses time: per loop shape (n, chunk, threads), the seconds its slowest thread
-// runs past an even share, printed by sal_schedule_model_end when SALIENT_SCHEDULE_LOSSES is set.
+// runs past an even share, printed by sal_schedule_model_end when asked to.
 #define SAL_MODEL_SHAPES 256
 static struct { long n, chunk; int nt; long count; double serial, lost; } g_model_shapes[SAL_MODEL_SHAPES];
 static int g_model_shape_count = 0;
@@ -90,12 +127,12 @@ void sal_schedule_model_begin(int threads) {
     g_model_shape_count = 0;
 }
 
-void sal_schedule_model_end(double *serial, double *parallel, long *regions) {
+void sal_schedule_model_end(double *serial, double *parallel, long *regions, int print_losses) {
     g_model = 0;
     *serial = g_model_serial;
     *parallel = g_model_parallel;
     *regions = g_model_regions;
-    if (getenv("SALIENT_SCHEDULE_LOSSES")) {
+    if (print_losses) {
         for (int k = 0; k < 25; k++) {
             int best = -1;
             for (int i = 0; i < g_model_shape_count; i++)

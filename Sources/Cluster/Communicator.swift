@@ -14,10 +14,15 @@ public final class Communicator: @unchecked Sendable {
     /// This process alone.
     public static let single = Communicator(rank: 0, size: 1)
 
-    /// The communicator every collective failure reports through (set by `world`).
-    nonisolated(unsafe) static var current = Communicator.single
-
     init(rank: Int, size: Int) { self.rank = rank; self.size = size }
+
+    /// The job this process joined (`world`), for the collectives called through C function pointers,
+    /// which cannot capture a communicator.
+    static var joined: Communicator {
+        var rank: Int32 = 0, size: Int32 = 1
+        sal_mpi_rank_size(&rank, &size)
+        return Communicator(rank: Int(rank), size: Int(size))
+    }
 
     /// The processes of this job: every rank when started by Open MPI's mpirun, else this process
     /// alone. `timeout`: seconds a collective may wait for the other ranks before the job is ended
@@ -30,9 +35,7 @@ public final class Communicator: @unchecked Sendable {
             throw ClusterError(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         sal_mpi_set_timeout(timeout)
-        let c = Communicator(rank: Int(rank), size: Int(size))
-        current = c
-        return c
+        return Communicator(rank: Int(rank), size: Int(size))
     }
 
     /// Seconds spent in collectives (waiting for the other ranks included) and bytes handed to them.
@@ -124,10 +127,10 @@ public final class Communicator: @unchecked Sendable {
         return BNStatisticsSync(
             mode: mode, processes: size,
             sum: { p, n in
-                Communicator.current.check(sal_mpi_allreduce_f64(p, n), "the batch-norm statistics")
+                Communicator.joined.check(sal_mpi_allreduce_f64(p, n), "the batch-norm statistics")
             },
             gather: { send, n, recv in
-                Communicator.current.check(
+                Communicator.joined.check(
                     sal_mpi_allgather_bytes(send, 8 * n, recv), "the batch-norm running statistics")
             })
     }

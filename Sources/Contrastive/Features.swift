@@ -84,7 +84,7 @@ public struct FeatureAugmentation: Sendable {
 /// of `augmentation.config.size` px instead of `preprocess`'s resize (high-pass still applies).
 public func extractFeatures(
     encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
-    augmentation: FeatureAugmentation? = nil, range: Range<Int>? = nil,
+    augmentation: FeatureAugmentation? = nil, range: Range<Int>? = nil, execution: ExecutionConfig = .standard,
     progress: ((Int, Int) -> Void)? = nil
 ) throws -> [Float] {
     guard dataset.count > 0 else { throw DataError(.emptyDataset, path: dataset.source, "no images") }
@@ -103,7 +103,8 @@ public func extractFeatures(
             "mean/std have \(preprocess.mean.count) values, the encoder takes \(c) channels")
     }
     let b = min(batch, n)
-    let pass = ResNetPass(layout: encoder.backbone, batch: b, height: h, width: w, keepActivations: false)
+    let pass = ResNetPass(
+        layout: encoder.backbone, batch: b, height: h, width: w, keepActivations: false, config: execution)
     let filterIn = preprocess.highPass ? UnsafeMutablePointer<Float>.allocate(capacity: b * h * w * c) : nil
     let filterScratch =
         preprocess.highPass
@@ -157,11 +158,11 @@ public func extractFeatures(
 /// dataset order, the same values as one process computes.
 public func extractFeatures(
     encoder: Encoder, dataset: ImageDataset, batch: Int, preprocess: Preprocess,
-    comm: Communicator, progress: ((Int, Int) -> Void)? = nil
+    comm: Communicator, execution: ExecutionConfig = .standard, progress: ((Int, Int) -> Void)? = nil
 ) throws -> [Float] {
     guard comm.isDistributed else {
         return try extractFeatures(
-            encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
+            encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess, execution: execution,
             progress: progress)
     }
     let n = dataset.count, D = encoder.config.featureDim
@@ -169,7 +170,7 @@ public func extractFeatures(
     let lo = min(n, comm.rank * share), hi = min(n, lo + share)
     var mine = try extractFeatures(
         encoder: encoder, dataset: dataset, batch: batch, preprocess: preprocess,
-        range: lo..<hi
+        range: lo..<hi, execution: execution
     ) { done, _ in progress?(min(n, done * comm.size), n) }
     mine += [Float](repeating: 0, count: (share - (hi - lo)) * D)
     var all = [Float](repeating: 0, count: comm.size * share * D)

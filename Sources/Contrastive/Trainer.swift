@@ -105,7 +105,7 @@ public final class Trainer {
 
     public init(
         config: TrainConfig, dataset: ImageDataset, out: String, saliencyEncoder: Encoder? = nil,
-        comm: Communicator = .single
+        comm: Communicator = .single, execution: ExecutionConfig = .standard
     ) throws {
         let problems = config.problems(ranks: comm.size) + [config.batchNormSplitProblem].compactMap { $0 }
         if !problems.isEmpty { throw TrainError(problems.joined(separator: "\n")) }
@@ -116,7 +116,7 @@ public final class Trainer {
         self.config = config
         self.out = out
         self.dataset = dataset
-        step = TrainingStep(config: config, saliencyEncoder: saliencyEncoder, comm: comm)
+        step = TrainingStep(config: config, saliencyEncoder: saliencyEncoder, comm: comm, execution: execution)
         loaderState = LoaderState(epoch: 0, position: 0, seed: config.seed)
     }
 
@@ -257,7 +257,7 @@ public final class Trainer {
         [
             "data": dataset.source, "data_images": String(dataset.count), "data_fingerprint": dataFingerprint,
             "steps_per_epoch": String(stepsPerEpoch), "threads": String(Threads.count),
-            "conv": Conv2DShape.winogradEnabled ? "winograd" : "direct", "simd": simdBuildName
+            "conv": step.execution.convolution.name, "simd": simdBuildName
         ]
     }
 
@@ -544,9 +544,11 @@ public final class Trainer {
     public func evaluateKNN(_ m: KNNMonitor) throws -> Double {
         let pre = evaluationPreprocess
         let dim = step.query.config.featureDim
-        let bankF = try extractFeatures(encoder: step.query, dataset: m.bank, batch: 256, preprocess: pre, comm: comm)
+        let bankF = try extractFeatures(
+            encoder: step.query, dataset: m.bank, batch: 256, preprocess: pre, comm: comm, execution: step.execution)
         try checkFinite(bankF, dim: dim, source: "kNN monitor: the encoder's features of \(m.bank.source)")
-        let testF = try extractFeatures(encoder: step.query, dataset: m.test, batch: 256, preprocess: pre, comm: comm)
+        let testF = try extractFeatures(
+            encoder: step.query, dataset: m.test, batch: 256, preprocess: pre, comm: comm, execution: step.execution)
         try checkFinite(testF, dim: dim, source: "kNN monitor: the encoder's features of \(m.test.source)")
         let bl = m.bank.labels!, tl = m.test.labels!
         let classes = Int(max(bl.max() ?? 0, tl.max() ?? 0)) + 1

@@ -44,9 +44,12 @@ public struct StepProfile: Sendable {
 public final class TrainingStep {
     public let config: TrainConfig
     public let query: Encoder
+    /// The objective and what it owns.
+    public let objective: Objective
     /// The momentum (key) encoder; nil for SimCLR.
-    public let key: Encoder?
-    public let queue: KeyQueue?
+    public var key: Encoder? { if case .moco(let key, _, _) = objective { return key } else { return nil } }
+    /// MoCo's queue of negative keys; nil for SimCLR.
+    public var queue: KeyQueue? { if case .moco(_, let queue, _) = objective { return queue } else { return nil } }
     let saliencyEncoder: Encoder?
     let grid: Int
     /// `batch`: the global batch B; `local`: this rank's share L = B / ranks, starting at sample `first`.
@@ -89,21 +92,28 @@ public final class TrainingStep {
     public let queryCells: UnsafeMutablePointer<UInt8>, hardCells: UnsafeMutablePointer<UInt8>
     /// The query encoder's optimizer, applied inside backward.
     let sgd: FusedSGD
-    let infoNCE: InfoNCE?
-    let ntXent: NTXent?
     private var owned: [UnsafeMutableRawPointer] = []
     public private(set) var allocatedBytes = 0
     /// Where allocatedBytes goes (label, bytes).
     public private(set) var memoryBreakdown: [(String, Int)] = []
+
+    /// The kernels' settings every pass of the step was planned with.
+    public let execution: ExecutionConfig
+    /// Where the step's passes add their seconds per operation (bench train --profile), or nil.
+    public var passProfiler: PassProfiler? {
+        get { qPass.profiler }
+        set { for p in [qPass, nPass, sPass].compactMap({ $0 }) { p.profiler = newValue } }
+    }
 
     /// `comm`: the ranks of a data-parallel run (B must split into whole shards and whole shuffle-BN
     /// groups per rank: see `TrainConfig.problems(ranks:)`).
     /// `gradientBucketBytes`: the gradient sums' bucket size (0: one sum after backward, no overlap).
     public init(
         config: TrainConfig, saliencyEncoder: Encoder? = nil, comm: Communicator = .single,
-        gradientBucketBytes: Int = GradientBuckets.defaultBucketBytes
+        gradientBucketBytes: Int = GradientBuckets.defaultBucketBytes, execution: ExecutionConfig = .standard
     ) {
         self.config = config
+        self.execution = execution
         self.comm = comm
         let rc = config.resnet
         res = config.resolution; channels = config.inChannels; batch = config.batch
@@ -126,30 +136,32 @@ public final class TrainingStep {
         sgd.exchange = buckets
         let isMoco = config.method == .moco
         viewCount = 2
+        var key: Encoder? = nil, queue: KeyQueue? = nil
         if isMoco {
             let k = Encoder(config: rc, headDim: config.headDim, trainable: false)
             k.store.copyState(from: query.store)
             key = k
             var rng = SplitMix64(seed: SplitMix64.derive(config.seed, RandomStream.queueInit.rawValue))
             queue = KeyQueue(length: config.queue, dim: config.headDim, rng: &rng)
-        } else {
-            key = nil; queue = nil
         }
         self.saliencyEncoder = saliencyEncoder
         let B = batch, L = local, R = res, C = channels, D = config.headDim, H = config.hardNegatives
         let qBatch = isMoco ? L : 2 * L
-        qPass = ResNetPass(layout: query.backbone, batch: qBatch, height: R, width: R, keepActivations: true)
+        qPass = ResNetPass(
+            layout: query.backbone, batch: qBatch, height: R, width: R, keepActivations: true, config: execution)
         qPass.statisticsSync = comm.statisticsSync
         // The no-grad forwards (keys, saliency, hard negatives) all run between the query pass's
         // backward and its next forward: they borrow its idle buffers and share its workspace.
         nPass = ResNetPass(
-            layout: query.backbone, batch: L, height: R, width: R, keepActivations: false,
+            layout: query.backbone, batch: L, height: R, width: R, keepActivations: false, config: execution,
             borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
             workspace: qPass.workspace)
         nPass.statisticsSync = comm.groupStatisticsSync
         let workspace = qPass.workspace
         sPass = saliencyEncoder.map {
-            ResNetPass(layout: $0.backbone, batch: L, height: R, width: R, keepActivations: false, workspace: workspace)
+            ResNetPass(
+                layout: $0.backbone, batch: L, height: R, width: R, keepActivations: false, config: execution,
+                workspace: workspace)
         }
         qHead = MLPHeadPass(layout: query.head!, batch: qBatch)
         nHead = MLPHeadPass(layout: (key ?? query).head!, batch: L)
@@ -183,18 +195,18 @@ public final class TrainingStep {
         queryCells = alloc(L * grid * grid, UInt8.self); hardCells = alloc(B * grid * grid, UInt8.self)
         queryCells.initialize(repeating: 0, count: L * grid * grid)
         hardCells.initialize(repeating: 0, count: B * grid * grid)
-        if isMoco {
-            infoNCE = InfoNCE(
+        if let key, let queue {
+            let loss = InfoNCE(
                 batch: L, dim: D, queueLength: config.queue, hardNegatives: masking == .none ? 0 : H,
                 temperature: config.temperature, alpha: config.alpha)
-            ntXent = nil
-            bytes += infoNCE!.allocatedBytes
+            objective = .moco(key: key, queue: queue, loss: loss)
+            bytes += loss.allocatedBytes
         } else {
-            ntXent = NTXent(
+            let loss = NTXent(
                 batch: B, dim: D, hardNegatives: masking == .none ? 0 : H,
                 temperature: config.temperature, alpha: config.alpha)
-            infoNCE = nil
-            bytes += ntXent!.allocatedBytes
+            objective = .simclr(loss: loss)
+            bytes += loss.allocatedBytes
         }
         self.owned = owned
         let parameterBytes =
@@ -229,9 +241,10 @@ public final class TrainingStep {
             views.count >= 2 && views[0].count == local * img && views[1].count == local * img,
             "batch shape mismatch")
         let r: StepResult
-        switch config.method {
-        case .moco: r = mocoStep(views, epoch: epoch, step: step, lr: lr)
-        case .simclr: r = simclrStep(views, epoch: epoch, step: step, lr: lr)
+        switch objective {
+        case .moco(let key, let queue, let loss):
+            r = mocoStep(views, key: key, queue: queue, loss: loss, epoch: epoch, step: step, lr: lr)
+        case .simclr(let loss): r = simclrStep(views, loss: loss, epoch: epoch, step: step, lr: lr)
         }
         return r
     }
@@ -432,8 +445,9 @@ public final class TrainingStep {
         return ObjectiveResult(loss: Float(v[0] / Double(comm.size)), accuracy: Float(v[1] / Double(comm.size)))
     }
 
-    func mocoStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
-        let key = self.key!, queue = self.queue!, obj = infoNCE!
+    func mocoStep(
+        _ views: [[Float]], key: Encoder, queue: KeyQueue, loss obj: InfoNCE, epoch: Int, step: Int, lr: Float
+    ) -> StepResult {
         let B = batch, L = local, img = res * res * channels, D = config.headDim, H = config.hardNegatives
         views[0].withUnsafeBufferPointer { queryView.update(from: $0.baseAddress!, count: L * img) }
         views[1].withUnsafeBufferPointer { keyView.update(from: $0.baseAddress!, count: L * img) }
@@ -507,8 +521,7 @@ public final class TrainingStep {
         timed(\.optimizer) { sgd.finish() }
     }
 
-    func simclrStep(_ views: [[Float]], epoch: Int, step: Int, lr: Float) -> StepResult {
-        let obj = ntXent!
+    func simclrStep(_ views: [[Float]], loss obj: NTXent, epoch: Int, step: Int, lr: Float) -> StepResult {
         let B = batch, L = local, img = res * res * channels, D = config.headDim
         let first = queryView, second = queryView + L * img
         views[0].withUnsafeBufferPointer { first.update(from: $0.baseAddress!, count: L * img) }
@@ -570,4 +583,12 @@ public final class TrainingStep {
 /// x *= s over `count` floats.
 func scale(count: Int, _ x: UnsafeMutablePointer<Float>, by s: Float) {
     for i in 0..<count { x[i] *= s }
+}
+
+/// The contrastive objective of a training step, with what only it owns.
+public enum Objective {
+    /// MoCo v2: a momentum key encoder, a queue of negative keys, InfoNCE over the queries.
+    case moco(key: Encoder, queue: KeyQueue, loss: InfoNCE)
+    /// SimCLR: the batch's 2B views against each other, NT-Xent.
+    case simclr(loss: NTXent)
 }

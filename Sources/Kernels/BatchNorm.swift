@@ -117,7 +117,7 @@ struct BNGradTerms: BNColumnTerms {
 @inline(__always)
 func bnColumnSums<T: BNColumnTerms>(
     pixels P: Int, channels C: Int, threads: Int, perThread: UnsafeMutableRawPointer,
-    groups: Int = 1, _ f: T
+    wide: Bool, groups: Int = 1, _ f: T
 ) {
     let cp = bnPadded(C), stride = bnPerThreadBytes(C), gp = P / groups
     parallelFor(threads) { tlo, thi, _ in
@@ -135,7 +135,7 @@ func bnColumnSums<T: BNColumnTerms>(
                     s1.initialize(repeating: 0, count: 2 * cp)
                     for q in p..<pe {
                         var c = 0
-                        while wideTiles && c + RVec.scalarCount <= C {
+                        while wide && c + RVec.scalarCount <= C {
                             bnSumChunk(f, q, c, RVec.scalarCount, g, s1, s2, RVec.self)
                             c += RVec.scalarCount
                         }
@@ -237,7 +237,8 @@ public struct BNAddend {
 func bnApply(
     pixels P: Int, channels C: Int, x: UnsafePointer<Float>, mean meanBase: UnsafePointer<Float>,
     scale scaleBase: UnsafePointer<Float>, shift: UnsafePointer<Float>, residual: UnsafePointer<Float>? = nil,
-    addend: BNAddend? = nil, relu: Bool, y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0
+    addend: BNAddend? = nil, relu: Bool, y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0,
+    wide: Bool
 ) {
     let gp = P / groups
     parallelRange(P, grain: max(1, elementwiseGrain / max(C, 1))) { lo, hi in
@@ -252,7 +253,7 @@ func bnApply(
                     shift: a.shift)
             }
             var c = 0
-            while wideTiles && c + RVec.scalarCount <= C {
+            while wide && c + RVec.scalarCount <= C {
                 bnApplyChunk(xr, mean, scale, shift, rr, ad, relu, yr, c, RVec.scalarCount, RVec.self)
                 c += RVec.scalarCount
             }
@@ -292,13 +293,13 @@ func bnApplyChunk<V: FloatVector>(
 public func batchNormApplySum(
     _ sh: BatchNormShape, input x: UnsafePointer<Float>, mean: UnsafePointer<Float>,
     scale: UnsafePointer<Float>, beta: UnsafePointer<Float>, addend: BNAddend,
-    output y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0
+    output y: UnsafeMutablePointer<Float>, groups: Int = 1, groupStride: Int = 0, wide: Bool
 ) {
     precondition(groups >= 1 && sh.pixels % groups == 0, "batch-norm groups must divide the pixels")
     bnApply(
         pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, addend: addend,
         relu: true,
-        y: y, groups: groups, groupStride: groupStride)
+        y: y, groups: groups, groupStride: groupStride, wide: wide)
 }
 
 // MARK: - Forward
@@ -322,16 +323,16 @@ public func batchNormForwardTraining(
     output y: UnsafeMutablePointer<Float>, saveMean: UnsafeMutablePointer<Float>,
     saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
-    sync: BNStatisticsSync? = nil
+    sync: BNStatisticsSync? = nil, wide: Bool
 ) {
     let (_, mean, scale, _) = bnScratch(sh.channels, scratch)
     batchNormTrainingStatistics(
         sh, input: x, gamma: gamma, runningMean: runningMean, runningVar: runningVar,
         momentum: momentum, eps: eps, saveMean: saveMean, saveInvStd: saveInvStd, groups: groups,
-        mean: mean, scale: scale, scratch: scratch, tileSums: tileSums, sync: sync)
+        mean: mean, scale: scale, scratch: scratch, tileSums: tileSums, sync: sync, wide: wide)
     bnApply(
         pixels: sh.pixels, channels: sh.channels, x: x, mean: mean, scale: scale, shift: beta, residual: residual,
-        relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels))
+        relu: relu, y: y, groups: groups, groupStride: bnPadded(sh.channels), wide: wide)
 }
 
 /// Batch norm over several processes (data-parallel training), in one of two modes:
@@ -370,7 +371,7 @@ public func batchNormTrainingStatistics(
     saveInvStd: UnsafeMutablePointer<Float>, groups: Int = 1,
     mean: UnsafeMutablePointer<Float>, scale: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutableRawPointer, tileSums: BNTileSums? = nil,
-    sync: BNStatisticsSync? = nil
+    sync: BNStatisticsSync? = nil, wide: Bool
 ) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
@@ -395,7 +396,7 @@ public func batchNormTrainingStatistics(
     } else {
         threads = bnThreads(gp)
         bnColumnSums(
-            pixels: P, channels: C, threads: threads, perThread: work, groups: groups,
+            pixels: P, channels: C, threads: threads, perThread: work, wide: wide, groups: groups,
             BNShiftedInput(x: x, shift: UnsafePointer(shift), C: C, cp: cp))
     }
     // Pixels behind each group's statistics (all processes' when they share their sums).
@@ -456,12 +457,13 @@ public func batchNormApplySaved(
     _ sh: BatchNormShape, input x: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
     beta: UnsafePointer<Float>, saveMean: UnsafePointer<Float>,
     saveInvStd: UnsafePointer<Float>, relu: Bool, output y: UnsafeMutablePointer<Float>,
-    scratch: UnsafeMutableRawPointer
+    scratch: UnsafeMutableRawPointer, wide: Bool
 ) {
     let C = sh.channels
     let (_, _, scale, _) = bnScratch(C, scratch)
     bnSavedScale(channels: C, gamma: gamma, saveInvStd: saveInvStd, into: scale)
-    bnApply(pixels: sh.pixels, channels: C, x: x, mean: saveMean, scale: scale, shift: beta, relu: relu, y: y)
+    bnApply(
+        pixels: sh.pixels, channels: C, x: x, mean: saveMean, scale: scale, shift: beta, relu: relu, y: y, wide: wide)
 }
 
 /// gamma * invstd, the scale with which batchNormApplySaved rebuilds an output from the saved
@@ -560,7 +562,7 @@ public func batchNormBackward(
     saveMean: UnsafePointer<Float>, saveInvStd: UnsafePointer<Float>, relu: Bool,
     gradInput dx: UnsafeMutablePointer<Float>, gradGamma: UnsafeMutablePointer<Float>,
     gradBeta: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: UnsafeMutableRawPointer,
-    sync: BNStatisticsSync? = nil
+    sync: BNStatisticsSync? = nil, wide: Bool
 ) {
     let P = sh.pixels, C = sh.channels
     precondition(P > 0 && C > 0, "invalid batch-norm shape")
@@ -575,7 +577,7 @@ public func batchNormBackward(
     let terms = BNGradTerms(
         dy: dy, y: relu ? y : nil, x: x, mean: saveMean, C: C, relu: relu,
         maskScale: UnsafePointer(maskScale), beta: beta)
-    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, terms)
+    bnColumnSums(pixels: P, channels: C, threads: threads, perThread: work, wide: wide, terms)
     // With processes sharing their sums, dx needs the sums over all of them; the parameter gradients
     // stay this process's own (the gradient sum over processes adds them up).
     let count = P * (sync?.processes ?? 1)
@@ -601,7 +603,7 @@ public func batchNormBackward(
     parallelRange(P, grain: max(1, elementwiseGrain / C)) { lo, hi in
         for p in lo..<hi {
             var c = 0
-            while wideTiles && c + RVec.scalarCount <= C {
+            while wide && c + RVec.scalarCount <= C {
                 bnBackwardChunk(terms, p, c, RVec.scalarCount, k1, k2, k3, dx + p * C, accumulate, RVec.self)
                 c += RVec.scalarCount
             }

@@ -35,7 +35,21 @@ public struct Conv2DShape: Equatable, Sendable {
         n > 0 && c > 0 && h > 0 && w > 0 && k > 0 && r > 0 && s > 0 && stride > 0 && pad >= 0
             && h + 2 * pad >= r && w + 2 * pad >= s
     }
+}
 
+/// Output channels per register tile (two vectors of FVec).
+public let convColBlock = 16
+/// Pixels per register tile.
+public let convTileRows = 6
+/// Tiles whose gathered rows are computed together and reused across column blocks.
+let convGroupTiles = 8
+/// Pixels per block of the direct backward-weights reduction (its packed dY and inputs).
+let convPixelBlock = 128
+
+@inline(__always) func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / b }
+@inline(__always) func align64(_ x: Int) -> Int { (x + 63) & ~63 }
+
+extension ConvPlan {
     /// Floats of a forward weight panel (conv2dPackForward).
     public var packedForwardCount: Int {
         max(
@@ -71,23 +85,11 @@ public struct Conv2DShape: Equatable, Sendable {
     }
 }
 
-/// Output channels per register tile (two vectors of FVec).
-public let convColBlock = 16
-/// Pixels per register tile.
-public let convTileRows = 6
-/// Tiles whose gathered rows are computed together and reused across column blocks.
-let convGroupTiles = 8
-/// Pixels per block of the direct backward-weights reduction (its packed dY and inputs).
-let convPixelBlock = 128
-
-@inline(__always) func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / b }
-@inline(__always) func align64(_ x: Int) -> Int { (x + 63) & ~63 }
-
 // MARK: - Weight packing
 
 /// OIHW [K][C][R][S] -> forward panels [K/16][tap][C][16], zero-padded in K.
 public func conv2dPackForward(
-    _ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+    _ sh: ConvPlan, weights w: UnsafePointer<Float>,
     packed out: UnsafeMutablePointer<Float>
 ) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: false, packed: out); return }
@@ -111,7 +113,7 @@ public func conv2dPackForward(
 
 /// OIHW [K][C][R][S] -> backward-data panels [C/16][tap][K][16], zero-padded in C.
 public func conv2dPackBackwardData(
-    _ sh: Conv2DShape, weights w: UnsafePointer<Float>,
+    _ sh: ConvPlan, weights w: UnsafePointer<Float>,
     packed out: UnsafeMutablePointer<Float>
 ) {
     if sh.usesWinograd { wgPackWeights(sh, weights: w, transposed: true, packed: out); return }
@@ -219,7 +221,7 @@ func gatherGemm(
     pixels: Int, taps: Int, depth: Int, cols: Int, panel: UnsafePointer<Float>,
     out: UnsafeMutablePointer<Float>, accumulate: Bool, zeroRow: UnsafePointer<Float>,
     scratch: UnsafeMutableRawPointer,
-    fill: (Int, UnsafeMutablePointer<UnsafePointer<Float>>, UnsafeMutablePointer<Int>) -> Int
+    wide: Bool, fill: (Int, UnsafeMutablePointer<UnsafePointer<Float>>, UnsafeMutablePointer<Int>) -> Int
 ) {
     let tiles = ceilDiv(pixels, convTileRows)
     let groups = ceilDiv(tiles, convGroupTiles)
@@ -270,7 +272,7 @@ func gatherGemm(
                 defer { ti += 1 }
                 let n = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
                 let nl = withUnsafeBytes(of: &nLiveOf) { $0.load(fromByteOffset: ti * 8, as: Int.self) }
-                if wideTiles && ti + 1 < tn && nl > 0 {
+                if wide && ti + 1 < tn && nl > 0 {
                     // Two tiles in one 12-row register tile, over the union of their live taps (a dead
                     // tap's rows are the zero row, so running it for the other tile adds zeros).
                     let n2 = withUnsafeBytes(of: &nRowsOf) { $0.load(fromByteOffset: (ti + 1) * 8, as: Int.self) }
@@ -309,7 +311,7 @@ func gatherGemm(
 
 /// Lays out scratch: zero row, pixel order, per-thread area.
 @inline(__always)
-func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
+func convScratch(_ sh: ConvPlan, _ scratch: UnsafeMutableRawPointer)
     -> (zero: UnsafeMutablePointer<Float>, order: UnsafeMutablePointer<Int32>, perThread: UnsafeMutableRawPointer)
 {
     let zn = max(sh.c, sh.k, convColBlock)
@@ -327,7 +329,7 @@ func convScratch(_ sh: Conv2DShape, _ scratch: UnsafeMutableRawPointer)
 /// With `outputSums` (Winograd shapes only) the output transform also leaves per-tile column sums for the
 /// batch norm after it (ConvOutputSums).
 public func conv2dForward(
-    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    _ sh: ConvPlan, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer,
     inputAffine: ConvInputAffine? = nil, outputSums: ConvOutputSums? = nil
 ) {
@@ -349,7 +351,7 @@ public func conv2dForward(
     let z = UnsafePointer(zero)
     gatherGemm(
         pixels: pixels, taps: taps, depth: C, cols: sh.k, panel: packed, out: y,
-        accumulate: false, zeroRow: z, scratch: work
+        accumulate: false, zeroRow: z, scratch: work, wide: sh.wide
     ) { tile, rows, outIdx in
         let p0 = tile * convTileRows
         let n = min(convTileRows, pixels - p0)
@@ -380,7 +382,7 @@ public func conv2dForward(
 /// outweigh the multiply-adds. (Copying each tile's fields into rows first, with a division and a
 /// bounds test per pixel and tap, ran the CIFAR stem at ~17% of peak.)
 func gatheredRowsForward(
-    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    _ sh: ConvPlan, input x: UnsafePointer<Float>, packed: UnsafePointer<Float>,
     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
 ) {
     let OH = sh.oh, OW = sh.ow, H = sh.h, W = sh.w, C = sh.c, K = sh.k, R = sh.r, S = sh.s
@@ -443,7 +445,7 @@ func gatheredRowsForward(
     }
 }
 
-extension Conv2DShape {
+extension ConvPlan {
     /// Whether the forward runs from a padded copy of each image (few input channels).
     var usesGatheredRows: Bool { c < 8 && taps > 1 && !usesWinograd }
     /// The padded image of gatheredRowsForward: wide and tall enough for every output pixel's field.
@@ -458,7 +460,7 @@ extension Conv2DShape {
 
 /// dx[N][H][W][C] (= or +=) conv-transpose(dy[N][OH][OW][K], W). `packed` from conv2dPackBackwardData.
 public func conv2dBackwardData(
-    _ sh: Conv2DShape, gradOutput dy: UnsafePointer<Float>, packed: UnsafePointer<Float>,
+    _ sh: ConvPlan, gradOutput dy: UnsafePointer<Float>, packed: UnsafePointer<Float>,
     gradInput dx: UnsafeMutablePointer<Float>, accumulate: Bool = false,
     scratch: UnsafeMutableRawPointer
 ) {
@@ -491,7 +493,7 @@ public func conv2dBackwardData(
     let ord = UnsafePointer(order)
     gatherGemm(
         pixels: pixels, taps: taps, depth: K, cols: sh.c, panel: packed, out: dx,
-        accumulate: accumulate, zeroRow: z, scratch: work
+        accumulate: accumulate, zeroRow: z, scratch: work, wide: sh.wide
     ) { tile, rows, outIdx in
         let p0 = tile * convTileRows
         let n = min(convTileRows, pixels - p0)
@@ -525,10 +527,11 @@ public func conv2dBackwardData(
 /// operands are rows a power of two apart (stride 2: 2*C floats), which map onto one or two L1 sets.
 /// With `inputAffine` (Winograd shapes only), the input is its normalised, ReLU'd x (ConvInputAffine).
 public func conv2dBackwardWeight(
-    _ sh: Conv2DShape, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    _ sh: ConvPlan, input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
     gradWeight dw: UnsafeMutablePointer<Float>, accumulate: Bool = false,
     scratch: UnsafeMutableRawPointer, inputAffine: ConvInputAffine? = nil
 ) {
+    let wide = sh.wide
     precondition(sh.isValid, "invalid convolution shape")
     precondition(inputAffine == nil || sh.usesWinograd, "an input affine needs a Winograd shape")
     if sh.usesWinograd {
@@ -601,7 +604,7 @@ public func conv2dBackwardWeight(
                         var ct = 0
                         while ct < cTiles {
                             let acc = part + (g * Cp + ct * convTileRows) * Kp + kb * convColBlock
-                            if wideTiles && ct + 1 < cTiles {
+                            if wide && ct + 1 < cTiles {
                                 wideWeightTilePacked(
                                     xA: xP + ct * L.xTileStride, xB: xP + (ct + 1) * L.xTileStride,
                                     np: np, dy: panel, acc: acc, Kp: Kp)
@@ -641,7 +644,7 @@ public func conv2dBackwardWeight(
     }
 }
 
-extension Conv2DShape {
+extension ConvPlan {
     /// Per-thread scratch of the direct backward-weights: the partial dW [group][channels padded to 6]
     /// [K padded to 16], then one pixel block of packed dY and of packed gathered inputs. A group is one
     /// tap of C channels, or, with few input channels (a stem), all taps as taps * C channels.

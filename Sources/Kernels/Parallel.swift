@@ -66,9 +66,10 @@ public enum ScheduleModel {
     public static func begin(threads: Int) { sal_schedule_model_begin(Int32(threads)) }
     /// Seconds in parallel loops (run serially), the seconds they would take on the modelled
     /// threads, and how many loops ran.
-    public static func end() -> (serial: Double, parallel: Double, loops: Int) {
+    /// `printLosses`: also list on stderr the loops that lose most to an uneven split.
+    public static func end(printLosses: Bool = false) -> (serial: Double, parallel: Double, loops: Int) {
         var s = 0.0, p = 0.0, n = 0
-        sal_schedule_model_end(&s, &p, &n)
+        sal_schedule_model_end(&s, &p, &n, printLosses ? 1 : 0)
         return (s, p, n)
     }
 }

@@ -17,15 +17,15 @@ public typealias RVec = SIMD16<Float>
     public typealias PeakVec = SIMD16<Float>
     /// What the binary's kernels were built for (Package.swift chooses from the building machine).
     public let simdBuildName = "AVX-512"
-    let wideTilesDefault = true
+    public let wideTilesDefault = true
 #elseif arch(x86_64)
     public typealias PeakVec = FVec
     public let simdBuildName = "AVX2+FMA"
-    let wideTilesDefault = false
+    public let wideTilesDefault = false
 #else
     public typealias PeakVec = FVec
     public let simdBuildName = "NEON"
-    let wideTilesDefault = false
+    public let wideTilesDefault = false
 #endif
 
 /// The float vectors the generic kernels run on (FVec, RVec). Comparisons go through these

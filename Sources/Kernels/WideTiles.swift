@@ -2,16 +2,11 @@
 // is one zmm register, so a tile keeps 12 independent FMA chains in flight, each with its broadcast
 // folded into the FMA (`vfmadd231ps mem{1to16}`); the 6-row tiles of two FVecs per row (Conv2D.swift)
 // would give a 16-lane machine only 6 chains, too few to cover the FMA latency. Elsewhere the same
-// code compiles to two ymm (or four q) registers per row and spills, so `wideTiles` is off by default
-// there; the tests turn it on to check these kernels on every machine.
+// code compiles to two ymm (or four q) registers per row and spills, so wide tiles are off by default
+// there (ExecutionConfig.wideTiles); the tests turn them on to check these kernels on every machine.
 
-/// Whether the GEMMs use the 12-row tiles below and the Winograd transforms 16-lane vectors (RVec) for
-/// whole multiples of 16 channels (default: on in AVX-512 builds, where both are one register).
-nonisolated(unsafe) public var wideTiles = wideTilesDefault
 /// Rows of a wide register tile.
 let wideTileRows = 12
-/// Rows of the GEMMs' register tiles: blocks of tiles are rounded to it.
-var gemmRowUnit: Int { wideTiles ? wideTileRows : convTileRows }
 
 @inline(__always) func rload(_ p: UnsafePointer<Float>) -> RVec {
     UnsafeRawPointer(p).loadUnaligned(as: RVec.self)
@@ -291,9 +286,9 @@ func weightTilesStridedPair(
 @inline(__always)
 func weightTilesStrided(
     x: UnsafePointer<Float>, xStride: Int, np: Int, C: Int,
-    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int
+    dy: UnsafePointer<Float>, dyStride: Int, acc: UnsafeMutablePointer<Float>, Kp: Int, wide: Bool
 ) {
-    if wideTiles {
+    if wide {
         var c0 = 0
         while c0 < C {
             wideWeightTile(x: x, xStride: xStride, np: np, c0: c0, C: C, dy: dy, dyStride: dyStride, acc: acc, Kp: Kp)

@@ -20,18 +20,18 @@ let ws2In = 9, ws2Classes = 36
 extension Conv2DShape {
     /// 3x3, stride 2, pad 1, with enough channels for the GEMMs to pay.
     public var isWinogradStride2Shape: Bool { r == 3 && s == 3 && stride == 2 && pad == 1 && c >= 8 && k >= 8 }
-    public var usesWinogradStride2: Bool { Conv2DShape.winogradEnabled && isWinogradStride2Shape }
+}
+
+extension ConvPlan {
+    public var usesWinogradStride2: Bool { config.winograd && isWinogradStride2Shape }
 
     /// Whether the kernels are transformed inside the forward, one output block at a time
     /// (ws2ForwardFused), rather than packed transformed (36 x C x K), which stream through every block
-    /// of tiles: past ws2PackLimitBytes, ResNet-18's 256 -> 512 (19 MB), packed ran slower than the
+    /// of tiles: past the stride-2 pack limit (CacheBudget), ResNet-18's 256 -> 512 (19 MB), packed ran slower than the
     /// direct kernel and packing it cost more than the forward saved. Fused, its packed weights are the
     /// raw kernels [K/16][C][9][16] (4.7 MB).
-    public var ws2FusedWeights: Bool { isWinogradStride2Shape && ws2PackedCount * 4 > Conv2DShape.ws2PackLimitBytes }
-
-    /// Largest transformed kernels a stride-2 forward packs (tests lower it to reach the fused forward
-    /// on small shapes): ResNet-18's 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB) stay packed.
-    nonisolated(unsafe) public static var ws2PackLimitBytes = 6 << 20
+    /// ResNet-18's 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB) stay packed.
+    public var ws2FusedWeights: Bool { isWinogradStride2Shape && ws2PackedCount * 4 > budget.stride2PackLimit }
 
     /// Floats of the packed forward weights: transformed, or raw when fused.
     var ws2PackedForwardCount: Int { ws2FusedWeights ? wgKernelPanelCount : ws2PackedCount }
@@ -47,7 +47,7 @@ extension Conv2DShape {
     /// tiles (24, 48 and 96: 15-50% slower) and 12 with wide ones (1.12x over 6 on AVX-512).
     var ws2BlockTiles: Int {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
-        let u = gemmRowUnit, t = max(u, (3 << 18) / (81 * (cp + kp) * 4))
+        let u = gemmRowUnit, t = max(u, budget.stride2Block / (81 * (cp + kp) * 4))
         return min(ceilDiv(ws2Tiles, u) * u, t / u * u)
     }
 
@@ -131,7 +131,7 @@ func ws2G(_ g0: FVec, _ g1: FVec, _ g2: FVec) -> (FVec, FVec, FVec, FVec, FVec, 
 
 /// OIHW weights -> U [36 classes][class stride] ([K/16][C][16] per class), or with fused weights the
 /// raw kernels [K/16][C][9][16] (wgGatherKernels' panels, as the stride-1 fused forward).
-func ws2PackWeights(_ sh: Conv2DShape, weights w: UnsafePointer<Float>, packed out: UnsafeMutablePointer<Float>) {
+func ws2PackWeights(_ sh: ConvPlan, weights w: UnsafePointer<Float>, packed out: UnsafeMutablePointer<Float>) {
     let C = sh.c, K = sh.k, kb = ceilDiv(K, convColBlock), cs = sh.ws2ClassStride, fused = sh.ws2FusedWeights
     parallelForDynamic(kb * C, chunksPerThread: 8) { lo, hi, _ in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * convColBlock) { buf in
@@ -190,10 +190,11 @@ func ws2PointTable(_ first: UnsafeMutablePointer<Int>, tiles nt: Int, outputBloc
 /// Input transform of `tile` (row ti of its block) into V[class rows][cp].
 @inline(__always)
 func ws2InputTile(
-    _ sh: Conv2DShape, _ x: UnsafePointer<Float>, tile: Int, _ ti: Int, V: UnsafeMutablePointer<Float>,
+    _ sh: ConvPlan, _ x: UnsafePointer<Float>, tile: Int, _ ti: Int, V: UnsafeMutablePointer<Float>,
     first: UnsafePointer<Int>, src: UnsafeMutablePointer<UnsafePointer<Float>>,
     temp T: UnsafeMutablePointer<FVec>, zero: UnsafeMutablePointer<Float>
 ) {
+    let wide = sh.wide
     let C = sh.c, cp = ceilDiv(C, fvecWidth) * fvecWidth
     let tilesH = ceilDiv(sh.oh, wgOut), tilesW = ceilDiv(sh.ow, wgOut)
     if tile + wgPrefetchDistance < sh.n * tilesH * tilesW {
@@ -230,7 +231,7 @@ func ws2InputTile(
     }
     var c0 = 0
     let TW = UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self)
-    while wideTiles && c0 + RVec.scalarCount <= C {
+    while wide && c0 + RVec.scalarCount <= C {
         lane(c0, TW) { k in gload(src[k] + c0) }
         c0 += RVec.scalarCount
     }
@@ -245,9 +246,10 @@ func ws2InputTile(
 /// point p's row of M at M + row(p) * 16.
 @inline(__always)
 func ws2OutputTile(
-    _ sh: Conv2DShape, tile: Int, outputBlock bi: Int, M: UnsafePointer<Float>,
+    _ sh: ConvPlan, tile: Int, outputBlock bi: Int, M: UnsafePointer<Float>,
     output y: UnsafeMutablePointer<Float>, temp T: UnsafeMutablePointer<FVec>, row: (Int) -> Int
 ) {
+    let wide = sh.wide
     let K = sh.k, OH = sh.oh, OW = sh.ow
     let (b, ty, tx) = wgTileOrigin(tile, ceilDiv(OH, wgOut), ceilDiv(OW, wgOut))
     let oh0 = ty * wgOut, ow0 = tx * wgOut
@@ -272,7 +274,7 @@ func ws2OutputTile(
                 accumulate: false)
         }
     }
-    if wideTiles && kn == convColBlock {
+    if wide && kn == convColBlock {
         lane(0, convColBlock, UnsafeMutableRawPointer(T).assumingMemoryBound(to: RVec.self))
         return
     }
@@ -283,9 +285,10 @@ func ws2OutputTile(
 
 /// y = conv3x3 stride 2 pad 1 (x) for a stride-2 Winograd shape; `packed` from ws2PackWeights.
 func ws2Forward(
-    _ sh: Conv2DShape, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
+    _ sh: ConvPlan, input x: UnsafePointer<Float>, packed u: UnsafePointer<Float>,
     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
 ) {
+    let wide = sh.wide
     if sh.ws2FusedWeights { ws2ForwardFused(sh, input: x, kernels: u, output: y, scratch: scratch); return }
     let C = sh.c, K = sh.k
     let tiles = sh.ws2Tiles
@@ -315,14 +318,15 @@ func ws2Forward(
                 var bi = 0
                 while bi < kb {
                     let o = M + (r0q * kb + bi * rows) * convColBlock, panel = u + q * cs + bi * C * convColBlock
-                    if wideTiles && bi + 1 < kb {
+                    if wide && bi + 1 < kb {
                         // Two output blocks per register tile.
                         wideMultiplyRowsPair(
                             o, o + rows * convColBlock, UnsafePointer(V + r0q * cp), count: rows, stride: cp,
                             panel: panel, panel2: panel + C * convColBlock, depth: C)
                         bi += 2
                     } else {
-                        wgMultiplyRows(o, UnsafePointer(V + r0q * cp), count: rows, stride: cp, panel: panel, depth: C)
+                        wgMultiplyRows(
+                            o, UnsafePointer(V + r0q * cp), count: rows, stride: cp, panel: panel, depth: C, wide: wide)
                         bi += 1
                     }
                 }
@@ -340,7 +344,7 @@ func ws2Forward(
     }
 }
 
-extension Conv2DShape {
+extension ConvPlan {
     /// Tiles per block of the fused stride-2 forward: V of a block (81 rows per tile, 5.3 MB at 256
     /// channels) is shared and re-read by every output block's item.
     var ws2FusedBlockTiles: Int { min(ws2Tiles, 64) }
@@ -367,9 +371,10 @@ extension Conv2DShape {
 /// runs the 36 class GEMMs into its M and transforms M into its 16 channels of y. Every output
 /// belongs to one item, whose GEMMs sum as the packed forward's: the same bits.
 func ws2ForwardFused(
-    _ sh: Conv2DShape, input x: UnsafePointer<Float>, kernels: UnsafePointer<Float>,
+    _ sh: ConvPlan, input x: UnsafePointer<Float>, kernels: UnsafePointer<Float>,
     output y: UnsafeMutablePointer<Float>, scratch: UnsafeMutableRawPointer
 ) {
+    let wide = sh.wide
     let C = sh.c, tiles = sh.ws2Tiles, kb = ceilDiv(sh.k, convColBlock), cp = ceilDiv(C, fvecWidth) * fvecWidth
     let tb = sh.ws2FusedBlockTiles, L = sh.ws2FusedLayout
     let V = scratch.bindMemory(to: Float.self, capacity: 81 * tb * cp)
@@ -410,7 +415,7 @@ func ws2ForwardFused(
                     let r0q = ws2ClassRow(q, nt)
                     wgMultiplyRows(
                         M + r0q * convColBlock, UnsafePointer(V + r0q * cp), count: nt * ws2Mult(q), stride: cp,
-                        panel: U + q * classStride, depth: C)
+                        panel: U + q * classStride, depth: C, wide: wide)
                 }
                 for ti in 0..<nt {
                     ws2OutputTile(sh, tile: t0 + ti, outputBlock: bi, M: M, output: y, temp: T) { p in

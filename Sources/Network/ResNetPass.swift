@@ -25,103 +25,12 @@ public enum BatchNormMode: Sendable, Equatable {
     }
 }
 
-/// Weight panels and scratch of the convolutions (and batch norms), shared by passes that never run
-/// at the same time (a training step's no-grad and training passes). Sized at construction of the
-/// passes that use it; it only grows.
-public final class ConvWorkspace {
-    public private(set) var pack: UnsafeMutablePointer<Float>
-    public private(set) var packCount = 16
-    public private(set) var scratch: UnsafeMutableRawPointer
-    public private(set) var scratchBytes = 64
-    /// A Winograd forward's per-tile output sums (ConvOutputSums) and their shift, for the batch norm
-    /// after it (training mode).
-    public private(set) var sums: UnsafeMutablePointer<Float>
-    public private(set) var sumsCount = 16
-
-    public init() {
-        pack = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(
-            to: Float.self, capacity: 16)
-        scratch = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
-        sums = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4, alignment: 64).bindMemory(
-            to: Float.self, capacity: 16)
-    }
-
-    /// Grows to at least `packFloats`, `scratchBytes` and `sumsFloats`; returns the bytes added.
-    func reserve(packFloats: Int, scratchBytes bytes: Int, sumsFloats: Int = 0) -> Int {
-        var added = Self.grow(&pack, &packCount, to: packFloats) + Self.grow(&sums, &sumsCount, to: sumsFloats)
-        if bytes > scratchBytes {
-            scratch.deallocate()
-            scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-            added += bytes - scratchBytes
-            scratchBytes = bytes
-        }
-        return added
-    }
-
-    /// Replaces `p` (`count` floats) by `floats` new ones when that is more; returns the bytes added.
-    private static func grow(_ p: inout UnsafeMutablePointer<Float>, _ count: inout Int, to floats: Int) -> Int {
-        if floats <= count { return 0 }
-        p.deallocate()
-        p = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64).bindMemory(
-            to: Float.self, capacity: floats)
-        defer { count = floats }
-        return (floats - count) * 4
-    }
-
-    deinit { pack.deallocate(); scratch.deallocate(); sums.deallocate() }
-}
-
-/// Kinds of work in a pass, for `bench train --profile`.
-public enum PassOp: Int, CaseIterable, Sendable {
-    case convWinograd, convDirect, pack, bwdDataWinograd, bwdDataDirect, bwdWeightWinograd, bwdWeightDirect
-    case bnForward, bnBackward, elementwise, optimizer
-
-    public var label: String {
-        switch self {
-        case .convWinograd: return "conv forward, 3x3 (Winograd; stride 2: 64->128, 128->256)"
-        case .convDirect: return "conv forward, direct (stem, wide stride 2, 1x1)"
-        case .pack: return "weight packing / Winograd weight transform"
-        case .bwdDataWinograd: return "conv backward-data, 3x3 stride 1 (Winograd)"
-        case .bwdDataDirect: return "conv backward-data, direct"
-        case .bwdWeightWinograd: return "conv backward-weights, 3x3 stride 1 (Winograd)"
-        case .bwdWeightDirect: return "conv backward-weights, direct"
-        case .bnForward: return "batch norm (+ReLU) forward"
-        case .bnBackward: return "batch norm backward (+ rebuilt activations)"
-        case .elementwise: return "residual add, ReLU, pooling"
-        case .optimizer: return "SGD inside backward"
-        }
-    }
-}
-
-/// Seconds per PassOp summed over every pass while `enabled` (off by default; a clock read per op).
-public enum PassProfile {
-    nonisolated(unsafe) public static var enabled = false
-    nonisolated(unsafe) public static var seconds = [Double](repeating: 0, count: PassOp.allCases.count)
-    /// Convolution seconds by layer shape and direction ("fwd 64->128 3x3/2 32x32" ...).
-    nonisolated(unsafe) public static var byShape: [String: Double] = [:]
-    public static func reset() { seconds = [Double](repeating: 0, count: PassOp.allCases.count); byShape = [:] }
-}
-
-extension Conv2DShape {
-    var profileLabel: String { "\(c)->\(k) \(r)x\(s)/\(stride) \(h)x\(w)" }
-}
-
-@inline(__always) func timedOp(_ op: PassOp, shape: Conv2DShape? = nil, _ dir: String = "", _ body: () -> Void) {
-    if !PassProfile.enabled { body(); return }
-    let t0 = ContinuousClock.now
-    body()
-    let d = ContinuousClock.now - t0
-    let sec = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-    PassProfile.seconds[op.rawValue] += sec
-    if let shape { PassProfile.byShape[dir + " " + shape.profileLabel, default: 0] += sec }
-}
-
 public final class ResNetPass {
     public typealias Ptr = UnsafeMutablePointer<Float>
 
     struct Node {
         var unit: ConvBN
-        var shape: Conv2DShape
+        var plan: ConvPlan
         var input: Ptr
         var conv: Ptr
         var out: Ptr
@@ -133,7 +42,7 @@ public final class ResNetPass {
         /// nodes and the stem (the next node's backward-data writes it).
         var gradConv: Ptr?
         var gradOut: Ptr?
-        var bnPixels: Int { shape.n * shape.oh * shape.ow }
+        var bnPixels: Int { plan.n * plan.oh * plan.ow }
     }
 
     struct Block {
@@ -150,7 +59,10 @@ public final class ResNetPass {
     public let batch: Int, height: Int, width: Int
     /// Whether activations are kept for backward (training); otherwise buffers are recycled.
     public let keepsActivations: Bool
-    public let plannedThreads: Int
+    /// The settings the pass was planned with; its kernels run with them for its lifetime.
+    public let config: ExecutionConfig
+    /// Where the pass adds its seconds per operation (bench train --profile), or nil.
+    public var profiler: PassProfiler? = nil
 
     var stem: Node
     var pool: (shape: MaxPoolShape, out: Ptr, argmax: UnsafeMutablePointer<Int32>)?
@@ -180,11 +92,12 @@ public final class ResNetPass {
     /// a block's mid batch norm + ReLU runs inside the next convolution's Winograd input transform
     /// (forward and backward-weights), and a downsampling block's main-path batch norm inside the
     /// shortcut's (one pass writes relu(BN(main) + BN(shortcut))). Their statistics stay passes of their
-    /// own. Same bits either way (tests and SALIENT_FUSE_BN=0 turn it off to compare).
-    nonisolated(unsafe) public static var fusesBatchNorms = true
+    /// own (ExecutionConfig.fusesBatchNorms).
     /// Whether a mid-block batch norm (+ ReLU) is applied inside the next convolution's input transform,
-    /// that convolution having shape `next`.
-    static func appliesInNext(_ u: ConvBN, next: Conv2DShape) -> Bool { u.relu && fusesBatchNorms && next.usesWinograd }
+    /// that convolution being `next`.
+    static func appliesInNext(_ u: ConvBN, next: ConvPlan) -> Bool {
+        u.relu && next.config.fusesBatchNorms && next.usesWinograd
+    }
     /// Mid-block batch norms the last forward applied inside the next convolution.
     public private(set) var fusedMidCount = 0
     /// Bytes this pass allocated.
@@ -198,13 +111,13 @@ public final class ResNetPass {
     /// gives every buffer of a training pass its own memory (tests compare the two plans).
     public init(
         layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
-        threads: Int = Threads.count, borrowing: [UnsafeMutablePointer<Float>] = [],
+        config: ExecutionConfig = .standard, borrowing: [UnsafeMutablePointer<Float>] = [],
         borrowedCount: Int = 0, workspace: ConvWorkspace? = nil, sharedArena: Bool = true
     ) {
         precondition(batch > 0 && height > 0 && width > 0)
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
-        self.plannedThreads = threads
+        self.config = config
         var allocs: [UnsafeMutableRawPointer] = []
         var bytes = 0
         func alloc(_ floats: Int) -> Ptr {
@@ -214,9 +127,9 @@ public final class ResNetPass {
         }
         // Shapes first, to size the shared buffers.
         var maxAct = 0, maxPackF = 0, maxPackB = 0, maxScratch = 0, maxSums = 0
-        let t = max(threads, 1)
+        let t = max(config.threads, 1)
         var h = height, w = width
-        func note(_ sh: Conv2DShape) {
+        func note(_ sh: ConvPlan) {
             maxAct = max(maxAct, sh.outputCount, sh.inputCount)
             // Per-tile sums, then the shift (K floats).
             if sh.usesWinograd { maxSums = max(maxSums, ConvOutputSums.count(sh) + ConvOutputSums.stride(sh)) }
@@ -225,7 +138,7 @@ public final class ResNetPass {
                 maxScratch, sh.scratchBytes(threads: t),
                 batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
         }
-        let stemShape = layout.stem.shape(n: batch, h: h, w: w)
+        let stemShape = ConvPlan(layout.stem.shape(n: batch, h: h, w: w), config)
         note(stemShape)
         h = stemShape.oh; w = stemShape.ow
         var poolShape: MaxPoolShape? = nil
@@ -234,14 +147,15 @@ public final class ResNetPass {
             poolShape = ps
             h = ps.oh; w = ps.ow
         }
-        var blockShapes: [([Conv2DShape], Conv2DShape?)] = []
+        var blockShapes: [([ConvPlan], ConvPlan?)] = []
         for b in layout.blocks {
-            var shapes: [Conv2DShape] = []
+            var shapes: [ConvPlan] = []
             var bh = h, bw = w
             for u in b.convs {
-                let s = u.shape(n: batch, h: bh, w: bw); note(s); shapes.append(s); bh = s.oh; bw = s.ow
+                let s = ConvPlan(u.shape(n: batch, h: bh, w: bw), config); note(s); shapes.append(s); bh = s.oh;
+                bw = s.ow
             }
-            let ds = b.downsample.map { $0.shape(n: batch, h: h, w: w) }
+            let ds = b.downsample.map { ConvPlan($0.shape(n: batch, h: h, w: w), config) }
             if let ds { note(ds) }
             blockShapes.append((shapes, ds))
             h = bh; w = bw
@@ -349,7 +263,7 @@ public final class ResNetPass {
 
             let (sm, si) = stats(layout.stem)
             stem = Node(
-                unit: layout.stem, shape: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
+                unit: layout.stem, plan: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
                 mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
             stemConvRebuilt = at(stemConvAgain)
             if let ps = poolShape, let poolOut, let poolArgmax { pool = (ps, at(poolOut), poolArgmax) }
@@ -361,14 +275,14 @@ public final class ResNetPass {
                     let (m, v) = stats(u)
                     nodes.append(
                         Node(
-                            unit: u, shape: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
+                            unit: u, plan: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
                             conv: at(k.conv[i]), out: at(k.out[i]), mean: m, invStd: v,
                             recompute: maybe(k.rebuilt[i]), gradConv: at(k.gradConv[i]), gradOut: maybe(k.gradOut[i])))
                 }
                 let down = b.downsample.map { u -> Node in
                     let (m, v) = stats(u)
                     return Node(
-                        unit: u, shape: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
+                        unit: u, plan: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
                         mean: m, invStd: v, gradConv: maybe(k.downGrad))
                 }
                 blocks.append(
@@ -381,10 +295,10 @@ public final class ResNetPass {
             let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
             let shared = Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
             let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
-            func node(_ u: ConvBN, _ sh: Conv2DShape, _ input: Ptr, out: Int, outPtr: Ptr? = nil) -> Node {
+            func node(_ u: ConvBN, _ sh: ConvPlan, _ input: Ptr, out: Int, outPtr: Ptr? = nil) -> Node {
                 let (m, v) = stats(u)
                 return Node(
-                    unit: u, shape: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
+                    unit: u, plan: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
             }
             stem = node(layout.stem, stemShape, inputBuffer, out: poolShape == nil ? X : T2)
             var cur = stem.out
@@ -438,13 +352,13 @@ public final class ResNetPass {
     /// Runs the backbone on `input` [batch][height][width][inChannels] (NHWC, normalised) and
     /// writes the pooled features. In train mode running statistics are updated.
     public func forward(input: UnsafePointer<Float>, store: ParameterStore, mode: BatchNormMode) {
-        precondition(Threads.count <= plannedThreads, "thread count grew after planning")
+        precondition(Threads.count <= config.threads, "thread count grew after planning")
         lastMode = mode
-        if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.shape.inputCount) }
+        if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.plan.inputCount) }
         convBN(stem, store, mode)
         fusedMidCount = 0
         if let pool {
-            timedOp(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
+            timed(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
         }
         for b in blocks {
             // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
@@ -454,8 +368,8 @@ public final class ResNetPass {
             let last = b.convs.count - 1
             var affine: ConvInputAffine? = nil, affineInput = b.input
             for (i, n) in b.convs.enumerated() {
-                let fuse = i < last && Self.appliesInNext(n.unit, next: b.convs[i + 1].shape)
-                let statsOnly = fuse || (i == last && b.down != nil && Self.fusesBatchNorms)
+                let fuse = i < last && Self.appliesInNext(n.unit, next: b.convs[i + 1].plan)
+                let statsOnly = fuse || (i == last && b.down != nil && config.fusesBatchNorms)
                 let convOut = statsOnly ? mainConvOut(n) : n.conv
                 convBN(
                     n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
@@ -466,12 +380,12 @@ public final class ResNetPass {
                 affineInput = convOut
             }
             if let d = b.down {
-                if Self.fusesBatchNorms {
+                if config.fusesBatchNorms {
                     // The main path's batch norm (statistics above, rows set 0) is applied by the
                     // shortcut's, which adds the two: the main path's output is never written.
                     convBN(d, store, mode, statisticsOnly: true, rowSet: 1)
                     let m = b.convs[last]
-                    timedOp(.bnForward) {
+                    timed(.bnForward) {
                         applySum(main: m, mainConv: mainConvOut(m), down: d, store, mode, output: b.out)
                     }
                 } else {
@@ -479,7 +393,7 @@ public final class ResNetPass {
                 }
             }
         }
-        timedOp(.elementwise) {
+        timed(.elementwise) {
             globalAvgPoolForward(
                 n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
                 input: blocks.last!.out, output: features)
@@ -501,24 +415,24 @@ public final class ResNetPass {
     ) {
         let u = n.unit
         let y = convOutput ?? n.conv
-        timedOp(.pack) { conv2dPackForward(n.shape, weights: store.params + u.weight, packed: workspace.pack) }
+        timed(.pack) { conv2dPackForward(n.plan, weights: store.params + u.weight, packed: workspace.pack) }
         // Training-mode batch statistics from the Winograd forward's epilogue (per-tile sums around the
         // running mean, copied first: the batch norm updates it) rather than from reading y back.
         var sums: ConvOutputSums? = nil
-        if mode.splits != nil, n.shape.usesWinograd, Self.statisticsInEpilogue {
-            precondition(workspace.sumsCount >= ConvOutputSums.count(n.shape) + u.cout, "workspace sums not planned")
-            let shift = workspace.sums + ConvOutputSums.count(n.shape)
+        if mode.splits != nil, n.plan.usesWinograd, config.statisticsInEpilogue {
+            precondition(workspace.sumsCount >= ConvOutputSums.count(n.plan) + u.cout, "workspace sums not planned")
+            let shift = workspace.sums + ConvOutputSums.count(n.plan)
             shift.update(from: store.buffers + u.runningMean, count: u.cout)
             sums = ConvOutputSums(sums: workspace.sums, shift: shift)
         }
-        timedOp(
-            n.shape.usesWinograd || n.shape.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.shape, "fwd"
+        timed(
+            n.plan.usesWinograd || n.plan.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.plan.shape, "fwd"
         ) {
             conv2dForward(
-                n.shape, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
+                n.plan, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
                 inputAffine: inputAffine, outputSums: sums)
         }
-        timedOp(.bnForward) {
+        timed(.bnForward) {
             bnForward(
                 n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
                 rowSet: rowSet, sums: sums)
@@ -529,9 +443,6 @@ public final class ResNetPass {
     /// of the batch): training-mode forwards (and, in `sharedBatch` mode, backward) use it.
     public var statisticsSync: BNStatisticsSync?
 
-    /// Whether training-mode forwards take their batch statistics from the Winograd convolutions'
-    /// epilogues (ConvOutputSums) instead of a pass over each output (tests switch it off to compare).
-    nonisolated(unsafe) public static var statisticsInEpilogue = true
 
     /// Batch norm of `conv` into `output`; with no output, only the statistics (training: saved, the
     /// running ones updated, each group's mean and scale rows left in rows set `rowSet`).
@@ -567,7 +478,7 @@ public final class ResNetPass {
                 let rm = store.buffers + u.runningMean, rv = store.buffers + u.runningVar
                 // This call's groups' tiles of the epilogue's sums (whole images per group).
                 let tileSums = sums.map { o -> BNTileSums in
-                    let tpg = n.shape.wgTiles / s, stride = ConvOutputSums.stride(n.shape)
+                    let tpg = n.plan.wgTiles / s, stride = ConvOutputSums.stride(n.plan)
                     return BNTileSums(
                         sums: o.sums + i * tpg * 2 * stride, tiles: g * tpg, stride: stride, shift: o.shift)
                 }
@@ -577,14 +488,14 @@ public final class ResNetPass {
                         runningMean: rm, runningVar: rv, momentum: momentum, eps: 1e-5, relu: relu,
                         residual: residual.map { $0 + i * px * C }, output: output + i * px * C,
                         saveMean: n.mean, saveInvStd: n.invStd, groups: g, scratch: scratch,
-                        tileSums: tileSums, sync: sync)
+                        tileSums: tileSums, sync: sync, wide: config.wideTiles)
                 } else {
                     batchNormTrainingStatistics(
                         sh, input: conv + i * px * C, gamma: gamma, runningMean: rm, runningVar: rv,
                         momentum: momentum, eps: 1e-5, saveMean: n.mean, saveInvStd: n.invStd, groups: g,
                         mean: affineMean + rowSet * affineRowCount + i * cp,
                         scale: affineScale + rowSet * affineRowCount + i * cp, scratch: scratch,
-                        tileSums: tileSums, sync: sync)
+                        tileSums: tileSums, sync: sync, wide: config.wideTiles)
                 }
                 i += g
             }
@@ -629,7 +540,7 @@ public final class ResNetPass {
             BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: d.conv, mean: b.mean, scale: b.scale,
             beta: store.params + d.unit.beta,
             addend: BNAddend(x: mainConv, mean: a.mean, scale: a.scale, shift: store.params + m.unit.beta),
-            output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout))
+            output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout), wide: config.wideTiles)
     }
 
     // MARK: Backward
@@ -643,7 +554,7 @@ public final class ResNetPass {
         precondition(update == nil ? store.hasGradients : store.isTrainable, "backward needs a store with gradients")
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
         let D = layout.config.featureDim
-        timedOp(.elementwise) {
+        timed(.elementwise) {
             globalAvgPoolBackward(
                 n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
                 gradInput: blocks.last!.gradOut!, accumulate: false)
@@ -651,20 +562,20 @@ public final class ResNetPass {
         for b in blocks.reversed() {
             let gOut = b.gradOut!, gIn = b.gradIn!
             // d(block output), masked by its ReLU in place.
-            let count = b.convs.last!.shape.outputCount
-            timedOp(.elementwise) {
+            let count = b.convs.last!.plan.outputCount
+            timed(.elementwise) {
                 reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false)
             }
             // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs),
             // where the plan has room for them; the others are never written (below).
             for n in b.convs {
                 guard let r = n.recompute else { continue }
-                timedOp(.bnBackward) {
+                timed(.bnBackward) {
                     let u = n.unit
                     batchNormApplySaved(
                         BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
                         gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
-                        saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch)
+                        saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch, wide: config.wideTiles)
                 }
             }
             // Node i: BN backward reads d(out) and writes gradConv; conv backward reads it and writes
@@ -697,26 +608,26 @@ public final class ResNetPass {
                     d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true,
                     update: update)
             } else {
-                timedOp(.elementwise) {
-                    addForward(count: b.convs[0].shape.inputCount, gIn, gOut, relu: false, output: gIn)
+                timed(.elementwise) {
+                    addForward(count: b.convs[0].plan.inputCount, gIn, gOut, relu: false, output: gIn)
                 }
             }
         }
         // Stem: d(stem output), through the pool's backward when there is one.
         let stemGrad = stem.gradOut!
         if let pool {
-            timedOp(.elementwise) {
+            timed(.elementwise) {
                 maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad)
             }
         }
         var stemNode = stem
         stemNode.conv = stemConvRebuilt!
-        timedOp(.pack) {
-            conv2dPackForward(stem.shape, weights: store.params + stem.unit.weight, packed: workspace.pack)
+        timed(.pack) {
+            conv2dPackForward(stem.plan, weights: store.params + stem.unit.weight, packed: workspace.pack)
         }
-        timedOp(.convDirect, shape: stem.shape, "fwd") {
+        timed(.convDirect, shape: stem.plan.shape, "fwd") {
             conv2dForward(
-                stem.shape, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
+                stem.plan, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
         }
         bnBackward(stemNode, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!, update: update)
         convBackward(
@@ -744,7 +655,7 @@ public final class ResNetPass {
         update: FusedSGD?
     ) {
         let u = n.unit
-        timedOp(.bnBackward) {
+        timed(.bnBackward) {
             batchNormBackward(
                 BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
                 output: u.relu ? output.map { UnsafePointer($0) } : nil, gradOutput: gradOut,
@@ -752,10 +663,10 @@ public final class ResNetPass {
                 saveInvStd: n.invStd, relu: u.relu,
                 gradInput: gradIn, gradGamma: update?.first ?? store.grads + u.gamma,
                 gradBeta: update?.second ?? store.grads + u.beta, accumulate: false, scratch: scratch,
-                sync: statisticsSync?.mode == .sharedBatch ? statisticsSync : nil)
+                sync: statisticsSync?.mode == .sharedBatch ? statisticsSync : nil, wide: config.wideTiles)
         }
         if let update {
-            timedOp(.optimizer) {
+            timed(.optimizer) {
                 update.apply(store, offset: u.gamma, count: u.cout, grad: update.first)
                 update.apply(store, offset: u.beta, count: u.cout, grad: update.second)
             }
@@ -768,30 +679,30 @@ public final class ResNetPass {
         _ n: Node, _ store: ParameterStore, input: Ptr, inputAffine: ConvInputAffine? = nil, gradConv: Ptr,
         gradInput: Ptr?, accumulate: Bool, needInput: Bool, update: FusedSGD?
     ) {
-        let wg = n.shape.usesWinograd
+        let wg = n.plan.usesWinograd
         precondition(
             inputAffine == nil || wg,
             "this pass was planned with mid-block batch norms inside Winograd transforms; Winograd is now off")
         let gradWeight = update?.first ?? store.grads + n.unit.weight
-        timedOp(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.shape, "bwd-w") {
+        timed(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.plan.shape, "bwd-w") {
             conv2dBackwardWeight(
-                n.shape, input: input, gradOutput: gradConv, gradWeight: gradWeight,
+                n.plan, input: input, gradOutput: gradConv, gradWeight: gradWeight,
                 accumulate: false, scratch: scratch, inputAffine: inputAffine)
         }
         if let gradInput, needInput {
-            timedOp(.pack) {
-                conv2dPackBackwardData(n.shape, weights: store.params + n.unit.weight, packed: workspace.pack)
+            timed(.pack) {
+                conv2dPackBackwardData(n.plan, weights: store.params + n.unit.weight, packed: workspace.pack)
             }
-            timedOp(wg ? .bwdDataWinograd : .bwdDataDirect, shape: n.shape, "bwd-d") {
+            timed(wg ? .bwdDataWinograd : .bwdDataDirect, shape: n.plan.shape, "bwd-d") {
                 conv2dBackwardData(
-                    n.shape, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
+                    n.plan, gradOutput: gradConv, packed: workspace.pack, gradInput: gradInput,
                     accumulate: accumulate, scratch: scratch)
             }
         }
         // The weights' last read (their backward-data panel) is done: update them.
         if let update {
-            timedOp(.optimizer) {
-                update.apply(store, offset: n.unit.weight, count: n.shape.weightCount, grad: gradWeight)
+            timed(.optimizer) {
+                update.apply(store, offset: n.unit.weight, count: n.plan.weightCount, grad: gradWeight)
             }
         }
     }

@@ -87,18 +87,19 @@ struct BenchKernels: ParsableCommand {
 
     func run() throws {
         threadOptions.apply()
-        let threads = Threads.count
+        let threads = Threads.count, execution = threadOptions.execution
         let peak = measurePeak()
         var rows: [BenchRecord] = []
         var r = BenchRecord(fields: [])
         r.add("op", "peak_fma"); r.add("threads", threads); r.add("gflops", peak); r.add("pct_peak", 100.0)
         r.add("simd", simdBuildName); r.add("lanes", PeakVec.scalarCount)
-        r.add("conv", ThreadOptions.algorithm)
+        r.add("conv", execution.convolution.name)
         emit(r, peak: peak)
         rows.append(r)
         let shapes = try parseShapes()
         for (c, hw, stride) in shapes {
-            let sh = Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1)
+            let sh = ConvPlan(
+                Conv2DShape(n: batch, c: c, h: hw, w: hw, k: c * stride, r: 3, s: 3, stride: stride, pad: 1), execution)
             for (op, t) in try benchConv(sh) {
                 var rec = BenchRecord(fields: [])
                 rec.add("op", stride == 1 ? op : op + "_s2"); rec.add("C", c); rec.add("HW", hw);
@@ -113,7 +114,7 @@ struct BenchKernels: ParsableCommand {
         }
         // Memory-bound layers on the first shape: batch norm (train forward + backward) and pooling.
         if let (c, hw, _) = shapes.first {
-            for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw) {
+            for (op, bytes, t) in try benchMemoryBound(batch: batch, c: c, hw: hw, wide: execution.wideTiles) {
                 var rec = BenchRecord(fields: [])
                 rec.add("op", op); rec.add("C", c); rec.add("HW", hw); rec.add("batch", batch)
                 rec.add("threads", threads); rec.add("gbps", bytes / t * 1e-9)
@@ -131,8 +132,8 @@ struct BenchKernels: ParsableCommand {
                 "FMA peak: \(d["gflops"]!) GFLOP/s on \(d["threads"]!) thread(s) (12 independent FMA chains of "
                     + "\(d["lanes"]!) lanes per thread, \(simdBuildName) build)")
             print(
-                "3x3 convolutions: \(ThreadOptions.algorithm)"
-                    + (Conv2DShape.winogradEnabled
+                "3x3 convolutions: \(threadOptions.algorithm.name)"
+                    + (threadOptions.algorithm == .winograd
                         ? " (GFLOP/s count the direct convolution's 2*N*H*W*K*C*9 FLOPs; "
                             + "Winograd F(4x4,3x3) does 1/4 of the multiplies)"
                         : "") + "; each time includes packing/transforming the weights")
@@ -163,7 +164,7 @@ struct BenchError: Error, CustomStringConvertible {
 
 /// Times forward, backward-data and backward-weights of one convolution after spot-checking each
 /// against a direct sum. Returns (op, median seconds).
-func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
+func benchConv(_ sh: ConvPlan) throws -> [(String, Double)] {
     // Seeded (SplitMix64): the system generator made a getrandom call per float, seconds per shape.
     var rng = SplitMix64(seed: UInt64(sh.c * 1000 + sh.h))
     let x = (0..<sh.inputCount).map { _ in rng.uniform(-1, 1) }
@@ -181,7 +182,7 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
     conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
     conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
     conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
-    try spotCheckConv(sh, x: x, w: w, dy: dy, y: y, dx: dx, dw: dw)
+    try checkConvAgainstNaive(sh)
     var out: [(String, Double)] = []
     // Forward and backward-data include the weight packing (Winograd: the weight transform), as in
     // a training step, where weights change every step.
@@ -211,58 +212,38 @@ func benchConv(_ sh: Conv2DShape) throws -> [(String, Double)] {
     return out
 }
 
-/// Compares 64 random elements of each result with a direct double-precision sum.
-func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float]) throws
-{
-    let OH = sh.oh, OW = sh.ow
-    func xAt(_ b: Int, _ ih: Int, _ iw: Int, _ c: Int) -> Double {
-        ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w ? 0 : Double(x[((b * sh.h + ih) * sh.w + iw) * sh.c + c])
-    }
-    func wAt(_ k: Int, _ c: Int, _ r: Int, _ s: Int) -> Double { Double(w[((k * sh.c + c) * sh.r + r) * sh.s + s]) }
-    func check(_ what: String, _ got: Float, _ want: Double, _ scale: Double) throws {
-        if !(abs(Double(got) - want) <= 1e-3 * scale + 1e-4 * abs(want)) {
-            throw BenchError(description: "\(what) is wrong: got \(got), expected \(want) (\(sh))")
+/// Holds the fast kernels to the kernels' float64 references (conv2d...Naive) on one image of `sh`'s
+/// shape, under the same settings: forward, backward-data and backward-weights, each within 1e-4 of
+/// the reference's largest magnitude (Winograd's rounding is ~1e-5 of it).
+func checkConvAgainstNaive(_ sh: ConvPlan) throws {
+    let one = ConvPlan(
+        Conv2DShape(n: 1, c: sh.c, h: sh.h, w: sh.w, k: sh.k, r: sh.r, s: sh.s, stride: sh.stride, pad: sh.pad),
+        sh.config)
+    var rng = SplitMix64(seed: 5)
+    let x = (0..<one.inputCount).map { _ in rng.uniform(-1, 1) }
+    let w = (0..<one.weightCount).map { _ in rng.uniform(-0.1, 0.1) }
+    let dy = (0..<one.outputCount).map { _ in rng.uniform(-1, 1) }
+    var pf = [Float](repeating: 0, count: one.packedForwardCount)
+    var pb = [Float](repeating: 0, count: one.packedBackwardDataCount)
+    var y = [Float](repeating: 0, count: one.outputCount), yN = y
+    var dx = [Float](repeating: 0, count: one.inputCount), dxN = dx
+    var dw = [Float](repeating: 0, count: one.weightCount), dwN = dw
+    let scratch = UnsafeMutableRawPointer.allocate(byteCount: one.scratchBytes(threads: Threads.count), alignment: 64)
+    defer { scratch.deallocate() }
+    conv2dPackForward(one, weights: w, packed: &pf)
+    conv2dPackBackwardData(one, weights: w, packed: &pb)
+    conv2dForward(one, input: x, packed: pf, output: &y, scratch: scratch)
+    conv2dBackwardData(one, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
+    conv2dBackwardWeight(one, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
+    conv2dForwardNaive(one.shape, input: x, weights: w, output: &yN)
+    conv2dBackwardDataNaive(one.shape, gradOutput: dy, weights: w, gradInput: &dxN)
+    conv2dBackwardWeightNaive(one.shape, input: x, gradOutput: dy, gradWeight: &dwN)
+    for (what, got, want) in [("forward", y, yN), ("backward-data", dx, dxN), ("backward-weights", dw, dwN)] {
+        let tolerance = 1e-4 * Double(want.map(abs).max() ?? 1)
+        if let i = got.indices.first(where: { !(abs(Double(got[$0]) - Double(want[$0])) <= tolerance) }) {
+            throw BenchError(
+                description: "\(what) is wrong at \(i): got \(got[i]), the reference gives \(want[i]) (\(sh.shape))")
         }
-    }
-    for _ in 0..<64 {
-        let b = Int.random(in: 0..<sh.n), oh = Int.random(in: 0..<OH), ow = Int.random(in: 0..<OW)
-        let k = Int.random(in: 0..<sh.k), c = Int.random(in: 0..<sh.c)
-        let r = Int.random(in: 0..<sh.r), s = Int.random(in: 0..<sh.s)
-        var acc = 0.0
-        for cc in 0..<sh.c {
-            for rr in 0..<sh.r {
-                for ss in 0..<sh.s {
-                    acc += xAt(b, oh * sh.stride - sh.pad + rr, ow * sh.stride - sh.pad + ss, cc) * wAt(k, cc, rr, ss)
-                }
-            }
-        }
-        try check("forward", y[((b * OH + oh) * OW + ow) * sh.k + k], acc, Double(sh.c * sh.taps) * 0.1)
-        // backward-data at input pixel (b, ih, iw), channel c
-        let ih = Int.random(in: 0..<sh.h), iw = Int.random(in: 0..<sh.w)
-        acc = 0
-        for kk in 0..<sh.k {
-            for rr in 0..<sh.r {
-                for ss in 0..<sh.s {
-                    let ohn = ih + sh.pad - rr, own = iw + sh.pad - ss
-                    if ohn < 0 || own < 0 || ohn % sh.stride != 0 || own % sh.stride != 0 { continue }
-                    let o1 = ohn / sh.stride, o2 = own / sh.stride
-                    if o1 >= OH || o2 >= OW { continue }
-                    acc += Double(dy[((b * OH + o1) * OW + o2) * sh.k + kk]) * wAt(kk, c, rr, ss)
-                }
-            }
-        }
-        try check("backward-data", dx[((b * sh.h + ih) * sh.w + iw) * sh.c + c], acc, Double(sh.k * sh.taps) * 0.1)
-        acc = 0
-        for bb in 0..<sh.n {
-            for o1 in 0..<OH {
-                for o2 in 0..<OW {
-                    acc +=
-                        xAt(bb, o1 * sh.stride - sh.pad + r, o2 * sh.stride - sh.pad + s, c)
-                        * Double(dy[((bb * OH + o1) * OW + o2) * sh.k + k])
-                }
-            }
-        }
-        try check("backward-weight", dw[((k * sh.c + c) * sh.r + r) * sh.s + s], acc, Double(sh.n * OH * OW))
     }
 }
 
@@ -270,7 +251,7 @@ func spotCheckConv(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], y: [F
 /// operation must move: BN train forward reads x twice (statistics, normalise) and writes y; BN
 /// backward reads x, dy twice and writes dx; max pool 3x3/2 reads x, writes y and argmax; global
 /// average pool reads x.
-func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, Double)] {
+func benchMemoryBound(batch: Int, c: Int, hw: Int, wide: Bool) throws -> [(String, Double, Double)] {
     let P = batch * hw * hw, n = P * c
     var rng = SplitMix64(seed: 3)
     let x = (0..<n).map { _ in rng.normal() }, dy = (0..<n).map { _ in rng.normal() }
@@ -284,7 +265,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
     defer { scratch.deallocate() }
     batchNormForwardTraining(
         sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-        eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+        eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch, wide: wide)
     // Check: per-channel mean of the normalised output (before ReLU) is ~0 -> check a few channels.
     for ch in 0..<min(c, 4) {
         var s = 0.0
@@ -301,7 +282,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
             medianSeconds {
                 batchNormForwardTraining(
                     sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv, momentum: 0.1,
-                    eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch)
+                    eps: 1e-5, relu: true, output: &y, saveMean: &mean, saveInvStd: &inv, scratch: scratch, wide: wide)
             }
         ))
     out.append(
@@ -310,7 +291,7 @@ func benchMemoryBound(batch: Int, c: Int, hw: Int) throws -> [(String, Double, D
             medianSeconds {
                 batchNormBackward(
                     sh, input: x, output: y, gradOutput: dy, gamma: gamma, saveMean: mean, saveInvStd: inv, relu: true,
-                    gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch)
+                    gradInput: &dx, gradGamma: &dg, gradBeta: &db, accumulate: false, scratch: scratch, wide: wide)
             }
         ))
     let ps = MaxPoolShape(n: batch, c: c, h: hw, w: hw)

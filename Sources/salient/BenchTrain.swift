@@ -40,6 +40,8 @@ struct BenchTrain: ParsableCommand {
             """,
             valueName: "N"))
     var scheduleModel: Int?
+    @Flag(help: "With --schedule-model: list the parallel loops that lose most to an uneven split.")
+    var scheduleLosses = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func config() -> TrainConfig {
@@ -59,6 +61,9 @@ struct BenchTrain: ParsableCommand {
         if let m = scheduleModel, m < 1 || m > 1024 {
             throw ValidationError("--schedule-model must be between 1 and 1024, got \(m)")
         }
+        if scheduleLosses && scheduleModel == nil {
+            throw ValidationError("--schedule-losses needs --schedule-model N")
+        }
     }
 
     func run() throws {
@@ -74,7 +79,8 @@ struct BenchTrain: ParsableCommand {
         if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         let c = config()
         if let p = c.problems(ranks: comm.size).first { throw ValidationError(p) }
-        let step = TrainingStep(config: c, comm: comm, gradientBucketBytes: bucketKB << 10)
+        let step = TrainingStep(
+            config: c, comm: comm, gradientBucketBytes: bucketKB << 10, execution: threadOptions.execution)
         var rng = SplitMix64(seed: 7 &+ UInt64(comm.rank))
         let n = c.batch / comm.size * c.resolution * c.resolution * c.inChannels
         let views = (0..<2).map { _ in (0..<n).map { _ in rng.normal() } }
@@ -82,8 +88,8 @@ struct BenchTrain: ParsableCommand {
         for i in 0..<2 { loss = step.step(views: views, epoch: 1, step: i, lr: 0.01).loss }
         guard loss.isFinite else { throw BenchError(description: "warm-up step gave a non-finite loss") }
         step.profile = StepProfile()
-        PassProfile.reset()
-        PassProfile.enabled = profile
+        let profiler = profile ? PassProfiler() : nil
+        step.passProfiler = profiler
         if let m = scheduleModel { ScheduleModel.begin(threads: m) }
         var times: [Double] = []
         let (commSeconds0, commBytes0) = (comm.seconds, comm.bytes)
@@ -93,7 +99,7 @@ struct BenchTrain: ParsableCommand {
             loss = step.step(views: views, epoch: 1, step: 2 + i, lr: 0.01).loss
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
         }
-        let model = scheduleModel.map { _ in ScheduleModel.end() }
+        let model = scheduleModel.map { _ in ScheduleModel.end(printLosses: scheduleLosses) }
         let total = times.reduce(0, +)
         times.sort()
         let median = times[times.count / 2]
@@ -218,13 +224,13 @@ struct BenchTrain: ParsableCommand {
             }
             print("  by kind of work (all passes of the step):")
             for op in PassOp.allCases {
-                let v = PassProfile.seconds[op.rawValue]
+                let v = profiler?.seconds[op.rawValue] ?? 0
                 print(
                     "    " + op.label.padding(toLength: 46, withPad: " ", startingAt: 0)
                         + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
             }
             print("  convolutions by shape (C->K kernel/stride input):")
-            for (label, v) in PassProfile.byShape.sorted(by: { $0.value > $1.value }) {
+            for (label, v) in (profiler?.byShape ?? [:]).sorted(by: { $0.value > $1.value }) {
                 print(
                     "    " + label.padding(toLength: 46, withPad: " ", startingAt: 0)
                         + String(format: " %7.1f ms/step  %5.1f%%", v / Double(p.steps) * 1000, v / t * 100))
@@ -266,7 +272,9 @@ struct BenchExtract: ParsableCommand {
         let cfg = ResNetConfig(arch: arch, stem: stem, inChannels: channels, width: width)
         let enc = Encoder(config: cfg, trainable: false)
         enc.initialize(seed: 1)
-        let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: false)
+        let pass = ResNetPass(
+            layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: false,
+            config: threadOptions.execution)
         var rng = SplitMix64(seed: 9)
         for i in 0..<(batch * res * res * channels) { pass.input[i] = rng.normal() }
         pass.forward(input: pass.input, store: enc.store, mode: .eval)

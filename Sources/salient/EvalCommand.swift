@@ -219,7 +219,7 @@ struct EvalSourceOptions: ParsableArguments {
         let t0 = Date()
         return try extractFeatures(
             encoder: encoder, dataset: ds, batch: batch, preprocess: pre,
-            augmentation: augmentation
+            augmentation: augmentation, execution: threadOptions.execution
         ) { done, total in
             let dt = Date().timeIntervalSince(t0)
             progressNote(

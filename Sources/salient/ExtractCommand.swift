@@ -65,7 +65,7 @@ struct ExtractCommand: ParsableCommand {
         let t0 = Date()
         let features = try extractFeatures(
             encoder: encoder, dataset: dataset, batch: batch, preprocess: pre,
-            comm: comm
+            comm: comm, execution: threadOptions.execution
         ) { done, total in
             guard comm.isRoot else { return }
             let dt = Date().timeIntervalSince(t0)

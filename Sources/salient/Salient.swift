@@ -14,9 +14,13 @@ struct Salient: ParsableCommand {
         ])
 }
 
-/// The convolution algorithm for 3x3 stride-1 layers.
-enum ConvAlgorithm: String, CaseIterable, ExpressibleByArgument {
-    case winograd, direct
+extension ConvAlgorithm: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let a = Self.allCases.first(where: { $0.name == argument }) else { return nil }
+        self = a
+    }
+    public var defaultValueDescription: String { name }
+    public static var allValueStrings: [String] { allCases.map(\.name) }
 }
 
 /// Process-wide settings from the environment, checked like the options that override them:
@@ -39,12 +43,16 @@ enum EnvironmentSettings {
         } else {
             Threads.count = Threads.processors
         }
-        if let text = value("SALIENT_CONV") {
-            guard let algorithm = ConvAlgorithm(rawValue: text) else {
-                throw ValidationError("SALIENT_CONV must be winograd or direct, got '\(text)'")
-            }
-            Conv2DShape.winogradEnabled = algorithm == .winograd
+        _ = try convolution()
+    }
+
+    /// SALIENT_CONV's algorithm, nil when unset.
+    static func convolution() throws -> ConvAlgorithm? {
+        guard let text = value("SALIENT_CONV") else { return nil }
+        guard let algorithm = ConvAlgorithm(argument: text) else {
+            throw ValidationError("SALIENT_CONV must be winograd or direct, got '\(text)'")
         }
+        return algorithm
     }
 }
 
@@ -68,12 +76,9 @@ struct ThreadOptions: ParsableArguments {
         }
     }
 
-    /// Sets the thread count and convolution algorithm; says so when there are more threads than cores.
+    /// Sets the thread count; says so when there are more threads than cores.
     func apply() {
         if let t = threads { Threads.count = t }
-        if let c = conv { Conv2DShape.winogradEnabled = c == .winograd }
-        // SALIENT_FUSE_BN=0: mid-block batch norms write their output (benchmarks compare the two).
-        ResNetPass.fusesBatchNorms = ProcessInfo.processInfo.environment["SALIENT_FUSE_BN"] != "0"
         let cores = Threads.processors
         if Threads.count > cores {
             note(
@@ -83,6 +88,9 @@ struct ThreadOptions: ParsableArguments {
         }
     }
 
-    /// The convolution algorithm in effect after apply().
-    static var algorithm: String { Conv2DShape.winogradEnabled ? "winograd" : "direct" }
+    /// The convolution algorithm: --conv, else SALIENT_CONV (checked at start), else winograd.
+    var algorithm: ConvAlgorithm { conv ?? (try? EnvironmentSettings.convolution()).flatMap { $0 } ?? .winograd }
+
+    /// The kernels' settings for this command's passes, on the threads in use now (after apply()).
+    var execution: ExecutionConfig { ExecutionConfig(convolution: algorithm, threads: Threads.count) }
 }

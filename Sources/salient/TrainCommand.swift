@@ -146,7 +146,7 @@ struct TrainCommand: ParsableCommand {
         // Every rank must train the same model on the same data with the same binary.
         comm.requireSame(
             "\(Salient.configuration.version)\n\(config.json())\n\(dataset.count) \(dataset.source)\n"
-                + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(ThreadOptions.algorithm)",
+                + "\(resume) \(knnData ?? "") \(knnBank) \(knnLimit) \(saveEvery) \(threadOptions.algorithm.name)",
             "the binary, options or data")
         var saliencyEncoder: Encoder? = nil
         if case .encoder(let path) = config.saliency {
@@ -158,7 +158,8 @@ struct TrainCommand: ParsableCommand {
             }
         }
         let trainer = try Trainer(
-            config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder, comm: comm)
+            config: config, dataset: dataset, out: out, saliencyEncoder: saliencyEncoder, comm: comm,
+            execution: threadOptions.execution)
         let printer = ProgressPrinter()
         if comm.isRoot { trainer.observer = printer }
         trainer.writePreview = preview

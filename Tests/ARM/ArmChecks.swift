@@ -100,26 +100,9 @@ func scratch(_ bytes: Int) -> UnsafeMutableRawPointer {
 
 // MARK: - Convolution (forward, backward-data, backward-weights)
 
-/// Awkward shapes: channels not a multiple of 8 or 16, H/W of 1, 3 and 7, stride 2, padding 0/1/3,
-/// batch 1, K just past a register tile (17, 33), a 7x7 stem.
-let convShapes: [Conv2DShape] = [
-    Conv2DShape(n: 1, c: 3, h: 7, w: 7, k: 5, r: 3, s: 3, stride: 1, pad: 1),
-    Conv2DShape(n: 2, c: 5, h: 3, w: 3, k: 17, r: 3, s: 3, stride: 2, pad: 1),
-    Conv2DShape(n: 1, c: 9, h: 1, w: 1, k: 8, r: 1, s: 1, stride: 1, pad: 0),
-    Conv2DShape(n: 1, c: 1, h: 1, w: 1, k: 3, r: 3, s: 3, stride: 1, pad: 1),
-    Conv2DShape(n: 2, c: 3, h: 7, w: 7, k: 6, r: 7, s: 7, stride: 2, pad: 3),
-    Conv2DShape(n: 3, c: 16, h: 7, w: 7, k: 32, r: 1, s: 1, stride: 2, pad: 0),
-    Conv2DShape(n: 2, c: 13, h: 8, w: 6, k: 19, r: 3, s: 3, stride: 1, pad: 0),
-    Conv2DShape(n: 1, c: 7, h: 3, w: 7, k: 33, r: 3, s: 3, stride: 2, pad: 1),
-    Conv2DShape(n: 4, c: 24, h: 5, w: 5, k: 16, r: 3, s: 3, stride: 1, pad: 1),
-    // More than one 128-pixel block per thread in backward-weights, several tile groups.
-    Conv2DShape(n: 2, c: 19, h: 12, w: 12, k: 40, r: 3, s: 3, stride: 1, pad: 1),
-    // Winograd F(4x4, 3x3): partial tiles, channel tails, and a 256x256 kernel (transform fused into
-    // the forward, output channels split over threads, backward-weights in two passes).
-    Conv2DShape(n: 1, c: 8, h: 1, w: 1, k: 8, r: 3, s: 3, stride: 1, pad: 1),
-    Conv2DShape(n: 2, c: 17, h: 5, w: 7, k: 33, r: 3, s: 3, stride: 1, pad: 1),
-    Conv2DShape(n: 1, c: 256, h: 4, w: 3, k: 256, r: 3, s: 3, stride: 1, pad: 1)
-]
+/// The kernel tests' awkward shapes and their Winograd shapes (Tests/TestSupport/KernelShapes.swift),
+/// less the largest, whose float64 references take minutes under qemu.
+let convShapes = KernelShapes.convolutions + KernelShapes.winograd.filter { $0.flops < 1e8 && $0.c * $0.k < 100_000 }
 
 func describe(_ sh: Conv2DShape) -> String {
     "n\(sh.n) c\(sh.c) \(sh.h)x\(sh.w) k\(sh.k) \(sh.r)x\(sh.s) s\(sh.stride) p\(sh.pad)"
@@ -128,15 +111,14 @@ func describe(_ sh: Conv2DShape) -> String {
 /// Once with the build's default register tiles, once with the other kind (WideTiles.swift: 12 rows of
 /// one SIMD16 each, two NEON q pairs per row here), so both are held against the references.
 func checkConv() {
-    for wide in [wideTiles, !wideTiles] {
-        wideTiles = wide
-        checkConvShapes(tiles: wide ? " wide" : "")
+    for wide in [wideTilesDefault, !wideTilesDefault] {
+        checkConvShapes(ExecutionConfig(wideTiles: wide), tiles: wide ? " wide" : "")
     }
-    wideTiles = !wideTiles
 }
 
-func checkConvShapes(tiles: String) {
-    for (i, sh) in convShapes.enumerated() {
+func checkConvShapes(_ config: ExecutionConfig, tiles: String) {
+    for (i, shape) in convShapes.enumerated() {
+        let sh = ConvPlan(shape, config)
         var rng = RNG(seed: UInt64(i + 1))
         let x = Buf(random: sh.inputCount, &rng), w = Buf(random: sh.weightCount, &rng)
         let dy = Buf(random: sh.outputCount, &rng)
@@ -149,10 +131,10 @@ func checkConvShapes(tiles: String) {
         conv2dForward(sh, input: x.c, packed: pf.c, output: y.p, scratch: sc)
         conv2dBackwardData(sh, gradOutput: dy.c, packed: pb.c, gradInput: dx.p, scratch: sc)
         conv2dBackwardWeight(sh, input: x.c, gradOutput: dy.c, gradWeight: dw.p, scratch: sc)
-        conv2dForwardNaive(sh, input: x.c, weights: w.c, output: yN.p)
-        conv2dBackwardDataNaive(sh, gradOutput: dy.c, weights: w.c, gradInput: dxN.p)
-        conv2dBackwardWeightNaive(sh, input: x.c, gradOutput: dy.c, gradWeight: dwN.p)
-        let d = describe(sh) + (sh.usesWinograd ? " winograd" : "") + tiles
+        conv2dForwardNaive(shape, input: x.c, weights: w.c, output: yN.p)
+        conv2dBackwardDataNaive(shape, gradOutput: dy.c, weights: w.c, gradInput: dxN.p)
+        conv2dBackwardWeightNaive(shape, input: x.c, gradOutput: dy.c, gradWeight: dwN.p)
+        let d = describe(shape) + (sh.usesWinograd ? " winograd" : "") + tiles
         // Winograd's transforms scale values by up to 8: its error is ~1e-5 of the output's scale.
         func scaled(_ ref: Buf) -> Float {
             if !sh.usesWinograd { return 1e-4 }
@@ -181,29 +163,13 @@ func checkConvShapes(tiles: String) {
 
 // MARK: - Batch norm (training forward, inference forward, backward; fused ReLU)
 
-/// Channels 1, 3, 5, 8, 13, 33, 64; 1x1 to 7x7 maps, batch 1, and enough pixels to cross the Float-sum
-/// block (256 pixels) and to split over both threads.
-let bnShapes: [BatchNormShape] = [
-    BatchNormShape(pixels: 2, channels: 1),
-    BatchNormShape(pixels: 9, channels: 3),
-    BatchNormShape(pixels: 49, channels: 13),
-    BatchNormShape(pixels: 3 * 7 * 7, channels: 33),
-    BatchNormShape(pixels: 2 * 1 * 1, channels: 8),
-    BatchNormShape(pixels: 600, channels: 64),
-    BatchNormShape(pixels: 1100, channels: 5)
-]
-
 /// Both vector widths, as checkConv (wide: 16 channels per vector while whole).
 func checkBatchNorm() {
-    for wide in [wideTiles, !wideTiles] {
-        wideTiles = wide
-        checkBatchNormShapes(tiles: wide ? " wide" : "")
-    }
-    wideTiles = !wideTiles
+    for wide in [wideTilesDefault, !wideTilesDefault] { checkBatchNormShapes(wide: wide, tiles: wide ? " wide" : "") }
 }
 
-func checkBatchNormShapes(tiles: String) {
-    for (i, sh) in bnShapes.enumerated() {
+func checkBatchNormShapes(wide: Bool, tiles: String) {
+    for (i, sh) in KernelShapes.batchNorm.enumerated() {
         var rng = RNG(seed: UInt64(10 + i))
         let C = sh.channels
         let x = Buf(random: sh.count, &rng, 99, 101)  // mean far from zero
@@ -220,7 +186,7 @@ func checkBatchNormShapes(tiles: String) {
             batchNormForwardTraining(
                 sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: frm.p, runningVar: frv.p,
                 momentum: 0.1, eps: 1e-5, relu: relu, output: y.p, saveMean: mean.p,
-                saveInvStd: inv.p, scratch: sc)
+                saveInvStd: inv.p, scratch: sc, wide: wide)
             batchNormForwardTrainingNaive(
                 sh, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: nrm.p,
                 runningVar: nrv.p, momentum: 0.1, eps: 1e-5, relu: relu, output: yN.p,
@@ -248,7 +214,7 @@ func checkBatchNormShapes(tiles: String) {
                 batchNormBackward(
                     sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
                     saveInvStd: inv.c, relu: relu, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
-                    accumulate: acc, scratch: sc)
+                    accumulate: acc, scratch: sc, wide: wide)
                 batchNormBackwardNaive(
                     sh, input: x.c, output: yArg, gradOutput: dy.c, gamma: gamma.c, saveMean: mean.c,
                     saveInvStd: inv.c, relu: relu, gradInput: dxN.p, gradGamma: dgN.p,
@@ -272,7 +238,7 @@ func checkBatchNormShapes(tiles: String) {
 /// and a downsampling block's two batch norms summed in one pass: each gives the bits of writing the
 /// batch-norm output and reading it back.
 func checkFusedBatchNorm() {
-    let sh = Conv2DShape(n: 4, c: 12, h: 7, w: 9, k: 20, r: 3, s: 3, stride: 1, pad: 1)
+    let sh = ConvPlan(Conv2DShape(n: 4, c: 12, h: 7, w: 9, k: 20, r: 3, s: 3, stride: 1, pad: 1), ExecutionConfig())
     let bs = BatchNormShape(pixels: sh.inputCount / sh.c, channels: sh.c)
     let C = sh.c, groups = 2
     var rng = RNG(seed: 77)
@@ -290,11 +256,13 @@ func checkFusedBatchNorm() {
     // Statistics and the written output of the same batch norm (two groups).
     batchNormTrainingStatistics(
         bs, input: x.c, gamma: gamma.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1, eps: 1e-5,
-        saveMean: mean.p, saveInvStd: inv.p, groups: groups, mean: rowsM.p, scale: rowsS.p, scratch: sc)
+        saveMean: mean.p, saveInvStd: inv.p, groups: groups, mean: rowsM.p, scale: rowsS.p, scratch: sc,
+        wide: wideTilesDefault)
     let xn = Buf(sh.inputCount)
     batchNormForwardTraining(
         bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
-        eps: 1e-5, relu: true, output: xn.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups, scratch: sc)
+        eps: 1e-5, relu: true, output: xn.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups, scratch: sc,
+        wide: wideTilesDefault)
     let affine = ConvInputAffine(
         mean: rowsM.c, scale: rowsS.c, shift: beta.c, groupStride: cp, imagesPerGroup: sh.n / groups)
     let pf = Buf(sh.packedForwardCount)
@@ -304,20 +272,20 @@ func checkFusedBatchNorm() {
     conv2dForward(sh, input: x.c, packed: pf.c, output: yF.p, scratch: sc, inputAffine: affine)
     conv2dBackwardWeight(sh, input: xn.c, gradOutput: dy.c, gradWeight: dw.p, scratch: sc)
     conv2dBackwardWeight(sh, input: x.c, gradOutput: dy.c, gradWeight: dwF.p, scratch: sc, inputAffine: affine)
-    let d = describe(sh) + " 2 groups"
+    let d = describe(sh.shape) + " 2 groups"
     expectExact("winograd input affine (forward, backward-weights)", d, [(yF, y), (dwF, dw)])
     // Backward with the ReLU mask from x, beta and the saved statistics (one group).
     let y1 = Buf(sh.inputCount)
     batchNormForwardTraining(
         bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
-        eps: 1e-5, relu: true, output: y1.p, saveMean: mean.p, saveInvStd: inv.p, scratch: sc)
+        eps: 1e-5, relu: true, output: y1.p, saveMean: mean.p, saveInvStd: inv.p, scratch: sc, wide: wideTilesDefault)
     var outs: [Buf] = []
     for given in [true, false] {
         let dx = Buf(sh.inputCount), dg = Buf(C), db = Buf(C)
         batchNormBackward(
             bs, input: x.c, output: given ? y1.c : nil, gradOutput: dyb.c, gamma: gamma.c, beta: beta.c,
             saveMean: mean.c, saveInvStd: inv.c, relu: true, gradInput: dx.p, gradGamma: dg.p, gradBeta: db.p,
-            accumulate: false, scratch: sc)
+            accumulate: false, scratch: sc, wide: wideTilesDefault)
         outs += [dx, dg, db]
     }
     expectExact(
@@ -327,20 +295,20 @@ func checkFusedBatchNorm() {
     batchNormTrainingStatistics(
         bs, input: x2.c, gamma: gamma2.c, runningMean: rm2.p, runningVar: rv2.p, momentum: 0.1,
         eps: 1e-5, saveMean: mean2.p, saveInvStd: inv2.p, groups: groups, mean: rowsM2.p,
-        scale: rowsS2.p, scratch: sc)
+        scale: rowsS2.p, scratch: sc, wide: wideTilesDefault)
     let main = Buf(sh.inputCount), sum = Buf(sh.inputCount), fused = Buf(sh.inputCount)
     batchNormForwardTraining(
         bs, input: x.c, gamma: gamma.c, beta: beta.c, runningMean: rm.p, runningVar: rv.p, momentum: 0.1,
         eps: 1e-5, relu: false, output: main.p, saveMean: mean.p, saveInvStd: inv.p, groups: groups,
-        scratch: sc)
+        scratch: sc, wide: wideTilesDefault)
     batchNormForwardTraining(
         bs, input: x2.c, gamma: gamma2.c, beta: beta2.c, runningMean: rm2.p, runningVar: rv2.p,
         momentum: 0.1, eps: 1e-5, relu: true, residual: main.c, output: sum.p, saveMean: mean2.p,
-        saveInvStd: inv2.p, groups: groups, scratch: sc)
+        saveInvStd: inv2.p, groups: groups, scratch: sc, wide: wideTilesDefault)
     batchNormApplySum(
         bs, input: x2.c, mean: rowsM2.c, scale: rowsS2.c, beta: beta2.c,
         addend: BNAddend(x: x.c, mean: rowsM.c, scale: rowsS.c, shift: beta.c), output: fused.p, groups: groups,
-        groupStride: cp)
+        groupStride: cp, wide: wideTilesDefault)
     expectExact("batchnorm sum of two (downsampling block end)", "P\(bs.pixels) C\(C) 2 groups", [(fused, sum)])
     for b in [
         x, w, dy, x2, dyb, gamma, beta, gamma2, beta2, rm, rv, rm2, rv2, mean, inv, mean2, inv2, rowsM, rowsS, rowsM2,
@@ -611,7 +579,8 @@ public func salientArmChecks() -> Int {
     }
     note("-- conv2d: forward, backward-data, backward-weights (+= accumulate) vs naive, \(convShapes.count) shapes")
     checkConv()
-    note("-- batch norm: training forward, eval forward, backward (fused ReLU, +=) vs naive, \(bnShapes.count) shapes")
+    let bnCount = KernelShapes.batchNorm.count
+    note("-- batch norm: training forward, eval forward, backward (fused ReLU, +=) vs naive, \(bnCount) shapes")
     checkBatchNorm()
     note("-- batch norms applied by their consumers: Winograd input affine, mask from saved statistics, sum of two")
     checkFusedBatchNorm()

@@ -27,9 +27,10 @@ echo "kernels: ${KERNELS[*]##*/}"
 "$SWIFTC" "${SWIFT_ARM[@]}" -module-name Kernels -I "$OUT" \
     -emit-module -emit-module-path "$OUT/Kernels.swiftmodule" \
     -c "${KERNELS[@]}" -o "$OUT/kernels-arm64.o"
-# 2. The checks, a separate module that sees only the kernels' public API.
+# 2. The checks, a separate module that sees only the kernels' public API, with the XCTest suites'
+#    shape tables.
 "$SWIFTC" "${SWIFT_ARM[@]}" -module-name ArmChecks -I "$OUT" \
-    -c Tests/ARM/ArmChecks.swift -o "$OUT/armchecks-arm64.o"
+    -c Tests/ARM/ArmChecks.swift Tests/TestSupport/KernelShapes.swift -o "$OUT/armchecks-arm64.o"
 # 3. The C parallel-for (same file and flags as the SwiftPM target), the harness, glibc and libgomp.
 "$CC" -O3 -fopenmp -I Sources/CParallel/include -c Sources/CParallel/parallel.c -o "$OUT/parallel-arm64.o"
 "$CC" -O3 -I Sources/CParallel/include -c Sources/CParallel/transpose.c -o "$OUT/transpose-arm64.o"

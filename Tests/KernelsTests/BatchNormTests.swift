@@ -5,15 +5,7 @@ import TestSupport
 final class BatchNormTests: XCTestCase {
     /// (pixels, channels): channels 1, 3, 13, 33, 64; pixels of 1x1, 3x3, 7x7 maps, batch 1, and enough
     /// pixels to cross the Float-sum block (256) and split over threads.
-    static let shapes: [BatchNormShape] = [
-        BatchNormShape(pixels: 2, channels: 1),
-        BatchNormShape(pixels: 9, channels: 3),
-        BatchNormShape(pixels: 49, channels: 13),
-        BatchNormShape(pixels: 3 * 7 * 7, channels: 33),
-        BatchNormShape(pixels: 2 * 1 * 1, channels: 8),
-        BatchNormShape(pixels: 600, channels: 64),
-        BatchNormShape(pixels: 1100, channels: 5)
-    ]
+    static let shapes = KernelShapes.batchNorm
 
     struct Params { var gamma: [Float]; var beta: [Float]; var rm: [Float]; var rv: [Float] }
 
@@ -23,8 +15,10 @@ final class BatchNormTests: XCTestCase {
 
     struct Fwd { var y: [Float]; var mean: [Float]; var inv: [Float]; var rm: [Float]; var rv: [Float] }
 
-    func forward(_ sh: BatchNormShape, _ x: [Float], _ p: Params, relu: Bool, naive: Bool, momentum: Float = 0.1) -> Fwd
-    {
+    func forward(
+        _ sh: BatchNormShape, _ x: [Float], _ p: Params, relu: Bool, naive: Bool, momentum: Float = 0.1,
+        wide: Bool = wideTilesDefault
+    ) -> Fwd {
         let C = sh.channels
         var f = Fwd(
             y: [Float](repeating: .nan, count: sh.count), mean: [Float](repeating: .nan, count: C),
@@ -40,7 +34,7 @@ final class BatchNormTests: XCTestCase {
             batchNormForwardTraining(
                 sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &f.rm, runningVar: &f.rv,
                 momentum: momentum, eps: 1e-5, relu: relu, output: &f.y, saveMean: &f.mean,
-                saveInvStd: &f.inv, scratch: scratch)
+                saveInvStd: &f.inv, scratch: scratch, wide: wide)
         }
         return f
     }
@@ -49,7 +43,7 @@ final class BatchNormTests: XCTestCase {
 
     func backward(
         _ sh: BatchNormShape, _ x: [Float], _ f: Fwd, _ dy: [Float], _ p: Params, relu: Bool,
-        accumulateOnto: [Float]? = nil, naive: Bool
+        accumulateOnto: [Float]? = nil, naive: Bool, wide: Bool = wideTilesDefault
     ) -> Bwd {
         let C = sh.channels
         var b = Bwd(
@@ -69,7 +63,7 @@ final class BatchNormTests: XCTestCase {
                 batchNormBackward(
                     sh, input: x, output: yArg, gradOutput: dy, gamma: p.gamma, saveMean: f.mean,
                     saveInvStd: f.inv, relu: relu, gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db,
-                    accumulate: acc, scratch: scratch)
+                    accumulate: acc, scratch: scratch, wide: wide)
             }
         }
         return b
@@ -79,8 +73,6 @@ final class BatchNormTests: XCTestCase {
     /// past them: the same bits as 8 at a time, forward and backward, with and without ReLU. Channels
     /// 13-72 cover no whole 16, whole ones only, and whole ones with 8- and 4-lane tails.
     func testWideAndNarrowVectorsGiveTheSameBits() {
-        let saved = wideTiles
-        defer { wideTiles = saved }
         let shapes =
             Self.shapes + [
                 BatchNormShape(pixels: 300, channels: 40), BatchNormShape(pixels: 310, channels: 72),
@@ -92,12 +84,10 @@ final class BatchNormTests: XCTestCase {
                 let x = rng.array(sh.count), dy = rng.array(sh.count)
                 let p = params(sh.channels, &rng)
                 for relu in [false, true] {
-                    wideTiles = false
-                    let fN = forward(sh, x, p, relu: relu, naive: false),
-                        bN = backward(sh, x, fN, dy, p, relu: relu, naive: false)
-                    wideTiles = true
-                    let fW = forward(sh, x, p, relu: relu, naive: false),
-                        bW = backward(sh, x, fW, dy, p, relu: relu, naive: false)
+                    let fN = forward(sh, x, p, relu: relu, naive: false, wide: false),
+                        bN = backward(sh, x, fN, dy, p, relu: relu, naive: false, wide: false)
+                    let fW = forward(sh, x, p, relu: relu, naive: false, wide: true),
+                        bW = backward(sh, x, fW, dy, p, relu: relu, naive: false, wide: true)
                     let tag = "\(sh) relu \(relu) threads \(threads)"
                     XCTAssertEqual(fW.y, fN.y, "y \(tag)")
                     XCTAssertEqual(fW.mean, fN.mean, "mean \(tag)")
@@ -147,7 +137,7 @@ final class BatchNormTests: XCTestCase {
                     defer { scratch.deallocate() }
                     batchNormApplySaved(
                         sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
-                        relu: relu, output: &y, scratch: scratch)
+                        relu: relu, output: &y, scratch: scratch, wide: wideTilesDefault)
                     XCTAssertLessThanOrEqual(
                         toleranceRatio(y, f.y, atol: 1e-6, rtol: 1e-6), 1, "\(sh) relu \(relu) threads \(threads)")
                 }
@@ -170,7 +160,7 @@ final class BatchNormTests: XCTestCase {
                 var y = [Float](repeating: .nan, count: sh.count)
                 batchNormApplySaved(
                     sh, input: x, gamma: p.gamma, beta: p.beta, saveMean: f.mean, saveInvStd: f.inv,
-                    relu: true, output: &y, scratch: scratch)
+                    relu: true, output: &y, scratch: scratch, wide: wideTilesDefault)
                 func run(output: [Float]?, beta: [Float]) -> Bwd {
                     var b = Bwd(
                         dx: [Float](repeating: .nan, count: sh.count), dg: [Float](repeating: .nan, count: sh.channels),
@@ -180,7 +170,7 @@ final class BatchNormTests: XCTestCase {
                             sh, input: x, output: output == nil ? nil : op.baseAddress!, gradOutput: dy,
                             gamma: p.gamma, beta: beta, saveMean: f.mean, saveInvStd: f.inv, relu: true,
                             gradInput: &b.dx, gradGamma: &b.dg, gradBeta: &b.db, accumulate: false,
-                            scratch: scratch)
+                            scratch: scratch, wide: wideTilesDefault)
                     }
                     return b
                 }
@@ -241,7 +231,7 @@ final class BatchNormTests: XCTestCase {
                                 runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: true,
                                 residual: inPlace ? UnsafePointer(yb.baseAddress!) : rb.baseAddress!,
                                 output: yb.baseAddress!, saveMean: &mean, saveInvStd: &inv,
-                                scratch: scratch)
+                                scratch: scratch, wide: wideTilesDefault)
                         }
                     }
                     batchNormForwardTrainingNaive(
@@ -294,7 +284,7 @@ final class BatchNormTests: XCTestCase {
                             sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &rm,
                             runningVar: &rv, momentum: 0.1, eps: 1e-5, relu: withResidual,
                             residual: withResidual ? rb.baseAddress! : nil, output: &y,
-                            saveMean: &mean, saveInvStd: &inv, groups: groups, scratch: scratch)
+                            saveMean: &mean, saveInvStd: &inv, groups: groups, scratch: scratch, wide: wideTilesDefault)
                         x.withUnsafeBufferPointer { xb in
                             yRef.withUnsafeMutableBufferPointer { yb in
                                 for g in 0..<groups {
@@ -305,7 +295,7 @@ final class BatchNormTests: XCTestCase {
                                         runningVar: &rvRef, momentum: 0.1, eps: 1e-5, relu: withResidual,
                                         residual: withResidual ? rb.baseAddress! + o : nil,
                                         output: yb.baseAddress! + o, saveMean: &meanRef,
-                                        saveInvStd: &invRef, scratch: scratch)
+                                        saveInvStd: &invRef, scratch: scratch, wide: wideTilesDefault)
                                 }
                             }
                         }
@@ -451,7 +441,7 @@ final class BatchNormTests: XCTestCase {
                                 sh, input: x, gamma: p.gamma, beta: p.beta, runningMean: &o.rm,
                                 runningVar: &o.rv, momentum: 0.1, eps: 1e-5, relu: true, output: &o.y,
                                 saveMean: &o.mean, saveInvStd: &o.inv, groups: groups, scratch: scratch,
-                                tileSums: ts)
+                                tileSums: ts, wide: wideTilesDefault)
                             var rm = p.rm, rv = p.rv, m = o.mean, v = o.inv
                             o.rows.withUnsafeMutableBufferPointer { rb in
                                 let n = groups * bnPadded(C)
@@ -459,7 +449,7 @@ final class BatchNormTests: XCTestCase {
                                     sh, input: x, gamma: p.gamma, runningMean: &rm, runningVar: &rv,
                                     momentum: 0.1, eps: 1e-5, saveMean: &m, saveInvStd: &v,
                                     groups: groups, mean: rb.baseAddress!, scale: rb.baseAddress! + n,
-                                    scratch: scratch, tileSums: ts)
+                                    scratch: scratch, tileSums: ts, wide: wideTilesDefault)
                             }
                         }
                     }

@@ -3,27 +3,17 @@ import Kernels
 import TestSupport
 
 final class ConvTests: XCTestCase {
-    /// Awkward shapes: channels not a multiple of 8, H/W of 1, 3 and 7, stride 2, padding 0/1/3, batch 1-5.
-    static let shapes: [Conv2DShape] = [
-        Conv2DShape(n: 1, c: 3, h: 7, w: 7, k: 5, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 2, c: 5, h: 3, w: 3, k: 17, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 1, c: 9, h: 1, w: 1, k: 8, r: 1, s: 1, stride: 1, pad: 0),
-        Conv2DShape(n: 1, c: 1, h: 1, w: 1, k: 3, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 2, c: 3, h: 7, w: 7, k: 6, r: 7, s: 7, stride: 2, pad: 3),
-        Conv2DShape(n: 3, c: 16, h: 7, w: 7, k: 32, r: 1, s: 1, stride: 2, pad: 0),
-        Conv2DShape(n: 2, c: 13, h: 8, w: 6, k: 19, r: 3, s: 3, stride: 1, pad: 0),
-        Conv2DShape(n: 1, c: 7, h: 3, w: 7, k: 33, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 4, c: 24, h: 5, w: 5, k: 16, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 2, c: 1, h: 28, w: 27, k: 20, r: 3, s: 3, stride: 1, pad: 1),
-        // Few channels, no padding, 5 images: a padded image per image, tiles across output rows.
-        Conv2DShape(n: 5, c: 3, h: 9, w: 11, k: 20, r: 3, s: 3, stride: 1, pad: 0),
-        // The CIFAR stem on one image: its tiles split between items that each pad the image.
-        Conv2DShape(n: 1, c: 3, h: 32, w: 32, k: 64, r: 3, s: 3, stride: 1, pad: 1)
-    ]
+    static let shapes = KernelShapes.convolutions
 
     struct Run { var y: [Float]; var dx: [Float]; var dw: [Float] }
 
-    func fast(_ sh: Conv2DShape, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run {
+    func fast(
+        _ shape: Conv2DShape, _ x: [Float], _ w: [Float], _ dy: [Float], config: ExecutionConfig = .testing()
+    ) -> Run {
+        fast(ConvPlan(shape, config), x, w, dy)
+    }
+
+    func fast(_ sh: ConvPlan, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run {
         let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
         defer { scratch.deallocate() }
         var pf = [Float](repeating: .nan, count: sh.packedForwardCount)
@@ -38,6 +28,8 @@ final class ConvTests: XCTestCase {
         conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
         return Run(y: y, dx: dx, dw: dw)
     }
+
+    func naive(_ sh: ConvPlan, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run { naive(sh.shape, x, w, dy) }
 
     func naive(_ sh: Conv2DShape, _ x: [Float], _ w: [Float], _ dy: [Float]) -> Run {
         var y = [Float](repeating: 0, count: sh.outputCount)
@@ -67,27 +59,12 @@ final class ConvTests: XCTestCase {
         Threads.count = Threads.processors
     }
 
-    /// Winograd F(4x4, 3x3) shapes: H/W of 1-9 (partial tiles), channels not multiples of 8 or 16,
-    /// batch 1-3, and large C x K (backward-weights in 2 and 6 passes over the point rows).
-    static let winogradShapes: [Conv2DShape] = [
-        Conv2DShape(n: 1, c: 8, h: 1, w: 1, k: 8, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 2, c: 17, h: 5, w: 7, k: 33, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 3, c: 16, h: 4, w: 4, k: 16, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 1, c: 64, h: 9, w: 6, k: 24, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 2, c: 40, h: 8, w: 3, k: 72, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
-        Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
-        // 544 tiles: backward-weights with own sums on 2-3 threads runs 2-3 blocks per thread.
-        Conv2DShape(n: 2, c: 16, h: 64, w: 68, k: 20, r: 3, s: 3, stride: 1, pad: 1),
-        // dU of 1.5 MB: backward-weights in row groups on 2-3 threads (2 blocks of tiles on 2).
-        Conv2DShape(n: 2, c: 72, h: 40, w: 36, k: 136, r: 3, s: 3, stride: 1, pad: 1)
-    ]
+    static let winogradShapes = KernelShapes.winograd
 
     /// Winograd against the float64 reference, relative to the output's scale.
     func testWinogradMatchesNaive() {
-        XCTAssertTrue(Conv2DShape.winogradEnabled)
         checkScaledAgainstNaive(
-            Self.winogradShapes, seed: 100, uses: { $0.usesWinograd },
+            Self.winogradShapes, seed: 100, uses: { ConvPlan.testing($0).usesWinograd },
             skipOn3Threads: { $0.c * $0.k > 10_000 })
     }
 
@@ -121,7 +98,7 @@ final class ConvTests: XCTestCase {
 
     /// Every way backward-weights splits its work, on 1-3 threads, against the float64 reference:
     /// V and Y in channel blocks of 48 past 64 channels (two whole blocks and a partial one here), all
-    /// tiles at once (wide layers, the default when V and Y fit wgAllTilesLimitBytes) or passes of
+    /// tiles at once (wide layers, the default when V and Y fit winogradAllTiles) or passes of
     /// shared blocks over the point rows (the limit set to 0), own sums, row groups.
     func testWinogradBackwardWeightPaths() {
         let cases: [(Conv2DShape, [String])] = [
@@ -136,17 +113,18 @@ final class ConvTests: XCTestCase {
             let want = naive(sh, x, w, dy).dw
             let scale = want.map(abs).max() ?? 1
             var seen = Set<String>()
-            for limit in [Conv2DShape.wgAllTilesLimitBytes, 0] {
-                Conv2DShape.wgAllTilesLimitBytes = limit
+            for limit in [CacheBudget.tuned.winogradAllTiles, 0] {
+                var config = ExecutionConfig.testing()
+                config.cache.winogradAllTiles = limit
                 for threads in [1, 2, 3] {
                     Threads.count = threads
-                    seen.insert(sh.wgBackwardWeightMethod(threads: threads))
-                    let got = fast(sh, x, w, dy).dw
+                    let method = ConvPlan(sh, config).wgBackwardWeightMethod(threads: threads)
+                    seen.insert(method)
+                    let got = fast(sh, x, w, dy, config: config).dw
                     XCTAssertLessThanOrEqual(
                         toleranceRatio(got, want, atol: 1e-5 * scale, rtol: 1e-4), 1,
-                        "\(sh) \(sh.wgBackwardWeightMethod(threads: threads)) threads \(threads)")
+                        "\(sh) \(method) threads \(threads)")
                 }
-                Conv2DShape.wgAllTilesLimitBytes = 20 << 20
             }
             for m in methods { XCTAssertTrue(seen.contains(m), "\(sh): \(m) not reached (\(seen))") }
         }
@@ -168,7 +146,7 @@ final class ConvTests: XCTestCase {
     }
 
     func largeKernelsPackedAndFused(_ sh: Conv2DShape) {
-        XCTAssertTrue(sh.wgFusedWeights)
+        XCTAssertTrue(ConvPlan.testing(sh).wgFusedWeights)
         var rng = TestRNG(seed: 77)
         let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
         let n = naive(sh, x, w, dy)
@@ -176,14 +154,17 @@ final class ConvTests: XCTestCase {
             Threads.count = threads
             var results: [[Float]] = []
             for (fuse, blockOuter) in [(true, false), (true, true), (false, false)] {
-                Conv2DShape.wgFuseLimitBytes = fuse ? 8 << 20 : 0
-                Conv2DShape.wgBlockOuterBytes = blockOuter ? 0 : 1 << 40
-                XCTAssertEqual(sh.wgFusedWeights, fuse)
-                XCTAssertEqual(sh.wgFusedByOutputBlock, blockOuter)
+                var config = ExecutionConfig.testing()
+                config.cache.winogradFuseLimit = fuse ? 8 << 20 : 0
+                config.cache.winogradBlockOuter = blockOuter ? 0 : 1 << 40
+                let plan = ConvPlan(sh, config)
+                XCTAssertEqual(plan.wgFusedWeights, fuse)
+                XCTAssertEqual(plan.wgFusedByOutputBlock, blockOuter)
                 let transposed = Conv2DShape(
                     n: sh.n, c: sh.k, h: sh.oh, w: sh.ow, k: sh.c, r: 3, s: 3, stride: 1, pad: 1)
-                XCTAssertEqual(transposed.wgFusedByOutputBlock, blockOuter, "backward-data's forward")
-                let f = fast(sh, x, w, dy)
+                XCTAssertEqual(
+                    ConvPlan(transposed, config).wgFusedByOutputBlock, blockOuter, "backward-data's forward")
+                let f = fast(plan, x, w, dy)
                 for (a, b, what) in [
                     (f.y, n.y, "forward"), (f.dx, n.dx, "backward-data"), (f.dw, n.dw, "backward-weights")
                 ] {
@@ -200,8 +181,6 @@ final class ConvTests: XCTestCase {
                     results[1], results[i + 1], "backward-data: fused by rows and \(order) differ, threads \(threads)")
             }
         }
-        Conv2DShape.wgFuseLimitBytes = 8 << 20
-        Conv2DShape.wgBlockOuterBytes = 1 << 20
         Threads.count = Threads.processors
     }
 
@@ -215,7 +194,8 @@ final class ConvTests: XCTestCase {
             (Conv2DShape(n: 3, c: 64, h: 8, w: 8, k: 16, r: 3, s: 3, stride: 1, pad: 1), 1),
             (Conv2DShape(n: 2, c: 256, h: 4, w: 4, k: 264, r: 3, s: 3, stride: 1, pad: 1), 2)
         ]
-        for (ci, (sh, groups)) in cases.enumerated() {
+        for (ci, (shape, groups)) in cases.enumerated() {
+            let sh = ConvPlan.testing(shape)
             XCTAssertTrue(sh.usesWinograd)
             var rng = TestRNG(seed: UInt64(500 + ci))
             let C = sh.c, cp = bnPadded(C)
@@ -264,25 +244,16 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    /// Stride-2 Winograd shapes: odd and even H/W (partial 4x4 output tiles, a 1x1 output), channels
-    /// not multiples of 8 or 16, batch 1-3, ResNet's 64 -> 128 at 32x32 and 128 -> 256 at 16x16 (blocks
-    /// of 12 and 6 tiles).
-    static let winogradStride2Shapes: [Conv2DShape] = [
-        Conv2DShape(n: 1, c: 8, h: 1, w: 2, k: 8, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 2, c: 13, h: 9, w: 7, k: 21, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 3, c: 16, h: 8, w: 8, k: 32, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 2, c: 40, h: 17, w: 10, k: 48, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 2, c: 64, h: 32, w: 32, k: 128, r: 3, s: 3, stride: 2, pad: 1),
-        Conv2DShape(n: 1, c: 128, h: 16, w: 16, k: 256, r: 3, s: 3, stride: 2, pad: 1)
-    ]
+    static let winogradStride2Shapes = KernelShapes.winogradStride2
 
     /// The stride-2 forward against the float64 reference (backward stays on the direct kernels,
     /// checked too); kernels above 6 MB transformed (256 -> 512 channels) are transformed inside it.
     func testWinogradStride2MatchesNaive() {
-        checkScaledAgainstNaive(Self.winogradStride2Shapes, seed: 300, uses: { $0.usesWinogradStride2 })
-        let wide = Conv2DShape(n: 1, c: 256, h: 8, w: 8, k: 512, r: 3, s: 3, stride: 2, pad: 1)
+        checkScaledAgainstNaive(
+            Self.winogradStride2Shapes, seed: 300, uses: { ConvPlan.testing($0).usesWinogradStride2 })
+        let wide = ConvPlan.testing(Conv2DShape(n: 1, c: 256, h: 8, w: 8, k: 512, r: 3, s: 3, stride: 2, pad: 1))
         XCTAssertTrue(wide.usesWinogradStride2 && wide.ws2FusedWeights)
-        XCTAssertFalse(Self.winogradStride2Shapes.contains { $0.ws2FusedWeights })
+        XCTAssertFalse(Self.winogradStride2Shapes.contains { ConvPlan.testing($0).ws2FusedWeights })
     }
 
     /// The stride-2 forward with its kernels transformed per output block (forced on small shapes,
@@ -299,10 +270,10 @@ final class ConvTests: XCTestCase {
             for threads in [1, 2, 3] {
                 Threads.count = threads
                 let packed = fast(sh, x, w, dy).y
-                Conv2DShape.ws2PackLimitBytes = 0
-                XCTAssertTrue(sh.ws2FusedWeights)
-                let fused = fast(sh, x, w, dy).y
-                Conv2DShape.ws2PackLimitBytes = 6 << 20
+                var config = ExecutionConfig.testing()
+                config.cache.stride2PackLimit = 0
+                XCTAssertTrue(ConvPlan(sh, config).ws2FusedWeights)
+                let fused = fast(sh, x, w, dy, config: config).y
                 XCTAssertEqual(fused, packed, "\(sh) threads \(threads)")
                 XCTAssertLessThanOrEqual(toleranceRatio(fused, want, atol: 1e-5 * scale, rtol: 1e-4), 1, "\(sh)")
             }
@@ -316,8 +287,7 @@ final class ConvTests: XCTestCase {
     /// order. Run on every machine, so both paths are checked against the references wherever the
     /// other tests run with either default.
     func testWideAndNarrowTilesGiveTheSameBits() {
-        let saved = wideTiles
-        defer { wideTiles = saved; Threads.count = Threads.processors }
+        defer { Threads.count = Threads.processors }
         let shapes =
             Self.shapes + Self.winogradShapes + Self.winogradStride2Shapes
             + [
@@ -330,10 +300,8 @@ final class ConvTests: XCTestCase {
                 if threads == 3 && sh.c * sh.k > 10_000 { continue }
                 var rng = TestRNG(seed: UInt64(500 + i))
                 let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
-                wideTiles = false
-                let narrow = fast(sh, x, w, dy)
-                wideTiles = true
-                let wide = fast(sh, x, w, dy)
+                let narrow = fast(sh, x, w, dy, config: .testing(wideTiles: false))
+                let wide = fast(sh, x, w, dy, config: .testing(wideTiles: true))
                 XCTAssertEqual(wide.y, narrow.y, "forward \(sh) threads \(threads)")
                 XCTAssertEqual(wide.dx, narrow.dx, "backward-data \(sh) threads \(threads)")
                 XCTAssertEqual(wide.dw, narrow.dw, "backward-weights \(sh) threads \(threads)")
@@ -347,10 +315,9 @@ final class ConvTests: XCTestCase {
         var rng = TestRNG(seed: 9)
         let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
         let wg = fast(sh, x, w, dy)
-        Conv2DShape.winogradEnabled = false
-        defer { Conv2DShape.winogradEnabled = true }
-        XCTAssertFalse(sh.usesWinograd)
-        let direct = fast(sh, x, w, dy)
+        XCTAssertTrue(ConvPlan.testing(sh).usesWinograd)
+        XCTAssertFalse(ConvPlan(sh, .testing(convolution: .direct)).usesWinograd)
+        let direct = fast(sh, x, w, dy, config: .testing(convolution: .direct))
         XCTAssertLessThanOrEqual(toleranceRatio(wg.y, direct.y, atol: 1e-4, rtol: 1e-4), 1)
         XCTAssertLessThanOrEqual(toleranceRatio(wg.dx, direct.dx, atol: 1e-4, rtol: 1e-4), 1)
         XCTAssertLessThanOrEqual(toleranceRatio(wg.dw, direct.dw, atol: 1e-4, rtol: 1e-4), 1)
@@ -360,7 +327,7 @@ final class ConvTests: XCTestCase {
         for sh in [
             Conv2DShape(n: 2, c: 5, h: 6, w: 6, k: 9, r: 3, s: 3, stride: 2, pad: 1),
             Conv2DShape(n: 2, c: 9, h: 6, w: 5, k: 17, r: 3, s: 3, stride: 1, pad: 1)
-        ] {
+        ].map(ConvPlan.testing) {
             var rng = TestRNG(seed: 42)
             let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), dy = rng.array(sh.outputCount)
             let base = fast(sh, x, w, dy)
@@ -383,7 +350,7 @@ final class ConvTests: XCTestCase {
             Conv2DShape(n: 2, c: 3, h: 5, w: 5, k: 4, r: 3, s: 3, stride: 2, pad: 1),
             Conv2DShape(n: 1, c: 4, h: 4, w: 3, k: 5, r: 3, s: 3, stride: 1, pad: 1),
             Conv2DShape(n: 1, c: 8, h: 5, w: 6, k: 9, r: 3, s: 3, stride: 1, pad: 1)
-        ] {
+        ].map(ConvPlan.testing) {
             var rng = TestRNG(seed: 7)
             var x = rng.array(sh.inputCount), w = rng.array(sh.weightCount)
             let g = rng.array(sh.outputCount)
@@ -415,9 +382,9 @@ final class ConvTests: XCTestCase {
     /// (partial tiles at the edges, channels past a whole block of 16), the same bits with wide tiles
     /// or not and on 1-3 threads, and leave y as without them.
     func testWinogradOutputSumsAreTheTilesColumnSums() {
-        let saved = wideTiles
-        defer { wideTiles = saved; Threads.count = Threads.processors }
-        for (i, sh) in Self.winogradShapes.enumerated() where sh.c * sh.k <= 300_000 {
+        defer { Threads.count = Threads.processors }
+        for (i, shape) in Self.winogradShapes.enumerated() where shape.c * shape.k <= 300_000 {
+            let sh = ConvPlan.testing(shape)
             var rng = TestRNG(seed: UInt64(700 + i))
             let x = rng.array(sh.inputCount), w = rng.array(sh.weightCount), shift = rng.array(sh.k, -0.5, 0.5)
             let plain = fast(sh, x, w, rng.array(sh.outputCount)).y
@@ -426,7 +393,7 @@ final class ConvTests: XCTestCase {
             for threads in [1, 2, 3] {
                 Threads.count = threads
                 for wide in [false, true] {
-                    wideTiles = wide
+                    let sh = ConvPlan(shape, .testing(wideTiles: wide))
                     let scratch = scratchBuffer(bytes: sh.scratchBytes(threads: Threads.count))
                     defer { scratch.deallocate() }
                     var pf = [Float](repeating: .nan, count: sh.packedForwardCount)

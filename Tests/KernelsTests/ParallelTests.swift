@@ -133,16 +133,16 @@ final class ParallelTests: XCTestCase {
     /// Runs `body` on each shape with random input, weights and output gradient.
     private func forEachShape(
         _ shapes: [Conv2DShape], seed: UInt64,
-        _ body: (Conv2DShape, [Float], [Float], [Float]) -> Void
+        _ body: (ConvPlan, [Float], [Float], [Float]) -> Void
     ) {
         var rng = TestRNG(seed: seed)
-        for sh in shapes {
+        for sh in shapes.map(ConvPlan.testing) {
             body(sh, rng.array(sh.inputCount), rng.array(sh.weightCount), rng.array(sh.outputCount))
         }
     }
 
     /// Forward, backward-data and backward-weights of `sh` (weights packed first), concatenated.
-    private func allPasses(_ sh: Conv2DShape, x: [Float], w: [Float], dy: [Float], scratch: UnsafeMutableRawPointer)
+    private func allPasses(_ sh: ConvPlan, x: [Float], w: [Float], dy: [Float], scratch: UnsafeMutableRawPointer)
         -> [Float]
     {
         var pf = [Float](repeating: 0, count: sh.packedForwardCount)

@@ -3,7 +3,7 @@ import Kernels
 import Network
 import TestSupport
 
-/// Batch norms applied by their consumers (ResNetPass.fusesBatchNorms: a block's mid batch norm + ReLU
+/// Batch norms applied by their consumers (ExecutionConfig.fusesBatchNorms: a block's mid batch norm + ReLU
 /// inside the next convolution's Winograd input transform, in forward and backward-weights; a
 /// downsampling block's main-path batch norm inside the shortcut's) give the same bits as writing
 /// their outputs and reading them back: the features, the running statistics, and after backward
@@ -14,11 +14,11 @@ final class FusedBatchNormTests: XCTestCase {
 
     func run(
         _ config: ResNetConfig, batch: Int, res: Int, mode: BatchNormMode, train: Bool, fuse: Bool,
-        fusedNodes: Int, epilogue: Bool = true
+        fusedNodes: Int, epilogue: Bool = true, convolution: ConvAlgorithm = .winograd
     ) -> Outcome {
-        ResNetPass.fusesBatchNorms = fuse
-        ResNetPass.statisticsInEpilogue = epilogue
-        defer { ResNetPass.fusesBatchNorms = true; ResNetPass.statisticsInEpilogue = true }
+        var execution = ExecutionConfig(convolution: convolution)
+        execution.fusesBatchNorms = fuse
+        execution.statisticsInEpilogue = epilogue
         let enc = Encoder(config: config)
         enc.initialize(seed: 5)
         let store = enc.store
@@ -36,7 +36,8 @@ final class FusedBatchNormTests: XCTestCase {
                 }
             }
         }
-        let pass = ResNetPass(layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: train)
+        let pass = ResNetPass(
+            layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: train, config: execution)
         let x = rng.array(batch * res * res * config.inChannels)
         pass.forward(input: x, store: store, mode: mode)
         XCTAssertEqual(pass.fusedMidCount, fuse ? fusedNodes : 0, "\(config) \(mode)")
@@ -104,9 +105,9 @@ final class FusedBatchNormTests: XCTestCase {
     /// With the direct kernels (Winograd off) no mid-block batch norm is fused: its consumer has no
     /// input transform to apply it in.
     func testDirectConvolutionsFuseNoMidBlockBatchNorm() {
-        Conv2DShape.winogradEnabled = false
-        defer { Conv2DShape.winogradEnabled = true }
         let config = ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125)
-        _ = run(config, batch: 2, res: 8, mode: .train(splits: 1), train: false, fuse: true, fusedNodes: 0)
+        _ = run(
+            config, batch: 2, res: 8, mode: .train(splits: 1), train: false, fuse: true, fusedNodes: 0,
+            convolution: .direct)
     }
 }

@@ -31,7 +31,7 @@ final class LayerGoldenPendingTests: XCTestCase {
                 batchNormForwardTraining(
                     sh, input: x, gamma: gamma, beta: beta, runningMean: &rm, runningVar: &rv,
                     momentum: momentum, eps: eps, relu: relu, output: &y,
-                    saveMean: &mean, saveInvStd: &invStd, scratch: scratch)
+                    saveMean: &mean, saveInvStd: &invStd, scratch: scratch, wide: wideTilesDefault)
                 let tag = "\(p) threads \(threads)"
                 assertClose(y, try g.floats("\(p).y"), "\(tag) forward")
                 assertClose(mean, try g.floats("\(p).save_mean"), "\(tag) saved mean")
@@ -46,7 +46,8 @@ final class LayerGoldenPendingTests: XCTestCase {
                         batchNormBackward(
                             sh, input: x, output: relu ? yp.baseAddress : nil, gradOutput: dy, gamma: gamma,
                             saveMean: mean, saveInvStd: invStd, relu: relu, gradInput: &dx,
-                            gradGamma: &dgamma, gradBeta: &dbeta, accumulate: accumulate, scratch: scratch)
+                            gradGamma: &dgamma, gradBeta: &dbeta, accumulate: accumulate, scratch: scratch,
+                            wide: wideTilesDefault)
                     }
                 }
                 backward(accumulate: false)

@@ -31,9 +31,10 @@ final class LayerGoldenTests: XCTestCase {
             for p in ["conv_a", "conv_b", "conv_c", "conv_d", "conv_e"] {
                 let xs = try g.tensor("\(p).x").shape, ws = try g.tensor("\(p).w").shape
                 let params = try g.int64s("\(p).params")
-                let sh = Conv2DShape(
-                    n: xs[0], c: xs[3], h: xs[1], w: xs[2], k: ws[0], r: ws[2], s: ws[3],
-                    stride: Int(params[0]), pad: Int(params[1]))
+                let sh = ConvPlan(
+                    Conv2DShape(
+                        n: xs[0], c: xs[3], h: xs[1], w: xs[2], k: ws[0], r: ws[2], s: ws[3],
+                        stride: Int(params[0]), pad: Int(params[1])), .standard)
                 XCTAssertEqual(ws[1], sh.c)
                 let x = try g.floats("\(p).x"), w = try g.floats("\(p).w")
                 let dy = try g.floats("\(p).g", shape: [sh.n, sh.oh, sh.ow, sh.k])
@@ -54,7 +55,7 @@ final class LayerGoldenTests: XCTestCase {
                 assertClose(dw, try g.floats("\(p).dw", shape: ws), "\(p) grad weight (threads \(threads))")
                 if threads == 1 {
                     var yn = [Float](repeating: 0, count: sh.outputCount)
-                    conv2dForwardNaive(sh, input: x, weights: w, output: &yn)
+                    conv2dForwardNaive(sh.shape, input: x, weights: w, output: &yn)
                     assertClose(yn, try g.floats("\(p).y"), "\(p) naive forward")
                 }
             }

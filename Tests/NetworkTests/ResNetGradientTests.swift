@@ -21,21 +21,22 @@ final class ResNetGradientTests: XCTestCase {
         let x = rng.array(batch * res * res * config.inChannels)
         let D = config.featureDim
         let g = rng.array(batch * D)
-        func loss() -> Double {
+        func loss(_ pass: ResNetPass) -> Double {
             pass.forward(input: x, store: store, mode: .train(splits: 1))
             var s = 0.0
             for i in 0..<(batch * D) { s += Double(pass.features[i]) * Double(g[i]) }
             return s
         }
-        _ = loss()
+        _ = loss(pass)
         pass.backward(gradFeatures: g, store: store)
         let analytic = Array(UnsafeBufferPointer(start: store.grads, count: store.parameterCount))
         // The analytic gradients above ran the Winograd kernels (forward and backward); the finite
         // differences below use the direct convolution, whose float32 rounding (~1e-7 against
         // Winograd's ~1e-5) leaves eps = 1e-4 steps meaningful. So this checks Winograd's gradients
         // against the derivative of the exact network.
-        Conv2DShape.winogradEnabled = false
-        defer { Conv2DShape.winogradEnabled = true }
+        let direct = ResNetPass(
+            layout: enc.backbone, batch: batch, height: res, width: res, keepActivations: true,
+            config: ExecutionConfig(convolution: .direct))
         // The last block's tensors: their gradients pass through few ReLUs. Deeper ones are checked
         // against PyTorch (ModelGoldenTests); finite differences through a whole tiny network are
         // dominated by ReLU kinks amplified by small-batch batch norm.
@@ -54,9 +55,9 @@ final class ResNetGradientTests: XCTestCase {
             let saved = Array(UnsafeBufferPointer(start: p, count: slot.count))
             let eps: Float = 1e-4
             for i in 0..<slot.count { p[i] = saved[i] + eps * v[i] }
-            let lp = loss()
+            let lp = loss(direct)
             for i in 0..<slot.count { p[i] = saved[i] - eps * v[i] }
-            let lm = loss()
+            let lm = loss(direct)
             for i in 0..<slot.count { p[i] = saved[i] }
             let numericDot = (lp - lm) / (2 * Double(eps))
             let rel = abs(analyticDot - numericDot) / max(abs(numericDot), 1e-3)

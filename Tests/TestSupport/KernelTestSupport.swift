@@ -26,3 +26,18 @@ public func distinctValues(_ n: Int, gap: Float = 0.05, seed: UInt64) -> [Float]
     if n > 1 { for i in stride(from: n - 1, to: 0, by: -1) { v.swapAt(i, Int(r.next() % UInt64(i + 1))) } }
     return v
 }
+
+extension ExecutionConfig {
+    /// The default settings with the caches the limits were tuned on, so that every test reaches the
+    /// same strategies on any machine; `wideTiles` and `convolution` as given.
+    public static func testing(
+        wideTiles: Bool = wideTilesDefault, convolution: ConvAlgorithm = .winograd
+    ) -> ExecutionConfig {
+        ExecutionConfig(convolution: convolution, wideTiles: wideTiles, cache: .tuned)
+    }
+}
+
+extension ConvPlan {
+    /// The plan of `shape` with the testing settings (ExecutionConfig.testing).
+    public static func testing(_ shape: Conv2DShape) -> ConvPlan { ConvPlan(shape, .testing()) }
+}

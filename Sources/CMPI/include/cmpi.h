@@ -26,6 +26,8 @@ int sal_mpi_init(int *rank, int *size, char *err, size_t errlen);
 
 /// The per-collective deadline in seconds (default 60).
 void sal_mpi_set_timeout(double seconds);
+/// This process's rank and the job's size after sal_mpi_init (0 and 1 before it).
+void sal_mpi_rank_size(int *rank, int *size);
 
 /// In-place sums over all ranks.
 int sal_mpi_allreduce_f32(float *buf, long count);

@@ -24,6 +24,11 @@ int sal_get_threads(void);
 void sal_set_threads(int n);
 /// Logical processors available to this process.
 int sal_num_procs(void);
+
+/// The data caches of cpu0 from Linux sysfs (/sys/devices/system/cpu/cpu0/cache/index*): the largest
+/// level-2 data/unified cache and the largest cache of the highest level, in bytes; 0 for what the
+/// system does not report. Read once; later calls return the first answer.
+void sal_cache_sizes(long *l2, long *last_level);
 /// 1 when built with OpenMP.
 int sal_has_openmp(void);
 
@@ -34,9 +39,10 @@ int sal_cpu_supports_build(void);
 /// Schedule model: from _begin(N) to _end, parallel loops plan for N threads but run on the calling
 /// thread, each range timed, and _end returns the seconds spent in parallel loops, the seconds they
 /// would take on N threads that each run as fast as this one (the last thread's finish per loop), and
-/// the number of loops. What it leaves out: memory bandwidth, clocks, synchronisation.
+/// the number of loops. What it leaves out: memory bandwidth, clocks, synchronisation. With
+/// print_losses, _end also lists on stderr the loops that lose most to an uneven split.
 void sal_schedule_model_begin(int threads);
-void sal_schedule_model_end(double *serial, double *parallel, long *regions);
+void sal_schedule_model_end(double *serial, double *parallel, long *regions, int print_losses);
 
 /// dst[m * 16 + j] = src[j * rowStride + m] for the 16 rows j and columns m < cols: a 16 x cols block
 /// (rows rowStride floats apart) transposed into cols contiguous rows of 16 (transpose.c).
