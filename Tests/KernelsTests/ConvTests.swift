@@ -430,4 +430,26 @@ final class ConvTests: XCTestCase {
             }
         }
     }
+
+    /// The cache budget of a 1 MB L2 / 32 MB L3 machine is the byte limits the plans were tuned with,
+    /// and this machine's budget is read (Linux reports its caches) with the L2 inside the last level.
+    func testCacheBudgetLimits() {
+        let t = CacheBudget(l2: 1 << 20, lastLevel: 32 << 20)
+        XCTAssertEqual(t, CacheBudget.tuned)
+        XCTAssertEqual(
+            [t.winogradBlock, t.winogradWeightsInL2, t.winogradBlockOuter, t.ownSumsPerThread],
+            [1 << 20, 1 << 20, 1 << 20, 1 << 20])
+        XCTAssertEqual([t.stride2Block, t.rowGroupBlock], [3 << 18, 2 << 20])
+        XCTAssertEqual(
+            [t.winogradWeightsShared, t.sharedBlock, t.winogradFuseLimit, t.backwardPass],
+            [4 << 20, 4 << 20, 8 << 20, 8 << 20])
+        XCTAssertEqual([t.stride2PackLimit, t.ownSumsTotal, t.winogradAllTiles], [6 << 20, 16 << 20, 20 << 20])
+        let m = CacheBudget.machine
+        XCTAssertGreaterThanOrEqual(m.l2, 64 << 10)
+        XCTAssertGreaterThanOrEqual(m.lastLevel, m.l2)
+        let half = CacheBudget(l2: 512 << 10, lastLevel: 2 << 20)
+        XCTAssertEqual(
+            [half.winogradBlock, half.winogradFuseLimit, half.winogradAllTiles], [512 << 10, 512 << 10, 1280 << 10])
+    }
+
 }
