@@ -177,11 +177,6 @@ func benchConv(_ sh: ConvPlan) throws -> [(String, Double)] {
     var dw = [Float](repeating: 0, count: sh.weightCount)
     let scratch = UnsafeMutableRawPointer.allocate(byteCount: sh.scratchBytes(threads: Threads.count), alignment: 64)
     defer { scratch.deallocate() }
-    conv2dPackForward(sh, weights: w, packed: &pf)
-    conv2dPackBackwardData(sh, weights: w, packed: &pb)
-    conv2dForward(sh, input: x, packed: pf, output: &y, scratch: scratch)
-    conv2dBackwardData(sh, gradOutput: dy, packed: pb, gradInput: &dx, scratch: scratch)
-    conv2dBackwardWeight(sh, input: x, gradOutput: dy, gradWeight: &dw, scratch: scratch)
     try checkConvAgainstNaive(sh)
     var out: [(String, Double)] = []
     // Forward and backward-data include the weight packing (Winograd: the weight transform), as in
