@@ -18,8 +18,9 @@ extension ConvPlan {
     /// When dU would pass 8 MB but V and Y of all tiles fit in winogradAllTiles (few tiles, wide
     /// layers: ResNet-18's 256- and 512-channel layers at batch 64), no dU is kept: V and Y are
     /// transformed once, and each item computes all 36 points of one block of input channels x 16
-    /// output channels and folds them into dW itself (`allTiles`). The passes wrote, re-read and
-    /// folded a dU of 9.4 MB (256 channels, 2 passes) or 38 MB (512, 6 passes).
+    /// output channels and folds them into dW itself (`allTiles`), where passes would write, re-read
+    /// and fold a dU of 9.4-38 MB. The four strategies and their measurements: docs/PERFORMANCE.md,
+    /// "Winograd backward-weights".
     func wgBackwardWeightPlan(threads: Int) -> WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
@@ -29,22 +30,16 @@ extension ConvPlan {
         let t = max(threads, 1)
         // Own sums, when dU fits in L2 (ResNet-18's 64-channel layers): each thread reduces its share
         // of the tiles into a dU of its own, in blocks of its own V and Y, all in one parallel region;
-        // the sums then join in thread order. Shared blocks take two parallel regions per block of
-        // tiles (37 per 64-channel layer), each ending when the slower thread is done: on a busy
-        // machine the step's 64-channel backward-weights took 85-88 ms that way against 58-66 with own
-        // sums (the same 46-49 ms on a quiet one). With a 2.4 MB dU (128 channels) the threads' extra
-        // dU traffic cost more than the regions saved (29-31 ms -> 34-37 on a quiet machine).
+        // the sums then join in thread order. Shared blocks would take two parallel regions per block
+        // of tiles, each ending when the slower thread is done.
         let ownBytes = rows * 6 * c * kp * 4
         let ownSums =
             !allTiles && rows == 6 && t > 1 && ownBytes <= budget.ownSumsPerThread
             && t * ownBytes <= budget.ownSumsTotal
         // Row groups, on 2 or 3 threads when dU fits in 8 MB but not in L2 (128 channels): each item
         // takes 6/threads rows of the 6x6 points over all tiles, in blocks of its own V and Y, into
-        // its own rows of one dU, all in one parallel region. The items transform each tile's columns
-        // again (input transforms +50% on 2 threads), where shared blocks took two regions per block
-        // of tiles (21 per 128-channel layer). Five alternating profiles: 30.4-48.1 -> 31.5-37.3 ms
-        // per step, the busy-machine runs gaining most. At 256 channels (dU 9.4 MB, two passes of
-        // shared blocks) the groups' smaller blocks ran slower on a quiet machine (34-35 -> 42-44 ms).
+        // its own rows of one dU, all in one parallel region; the items transform each tile's columns
+        // again, which one region instead of two per block of tiles pays for.
         let groups = !allTiles && !ownSums && rows == 6 && (t == 2 || t == 3) ? t : 0
         if groups > 0 { rows = 6 / groups }
         let pts = rows * 6
