@@ -37,6 +37,25 @@ final class CommandCLITests: XCTestCase {
             ["extract", "--checkpoint", "a", "--data", "b", "--out", "/no/such/folder/f.npy"],
             mentioning: ["does not exist"])
         try assertFails(["train", "--out", "/tmp/x"], mentioning: ["--data"])
+        try assertFails(
+            ["bench", "train", "--schedule-losses"], mentioning: ["--schedule-losses needs --schedule-model"])
+        try assertFails(
+            ["bench", "kernels", "--conv", "fft"],
+            mentioning: ["'fft' is invalid for '--conv", "'winograd' and 'direct'"])
+        let r = try runSalient(["bench", "kernels"], timeout: 60, environment: ["SALIENT_CONV": "fft"])
+        assertFailsCleanly(r, mentioning: ["SALIENT_CONV must be winograd or direct, got 'fft'"], "SALIENT_CONV=fft")
+    }
+
+    /// bench kernels holds every shape to the naive references before timing it, with either algorithm.
+    func testBenchKernelsChecksAndTimesBothAlgorithms() throws {
+        for conv in ["winograd", "direct"] {
+            let r = try runSalient(
+                ["bench", "kernels", "--batch", "2", "--shapes", "16x8,16x8s2", "--conv", conv, "--json"], timeout: 120)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let ops = r.stdout.split(separator: "\n").filter { $0.contains("\"op\": \"conv3x3") }
+            XCTAssertEqual(ops.count, 6, r.stdout)
+            XCTAssertTrue(r.stdout.contains("\"conv\": \"\(conv)\""), r.stdout)
+        }
     }
 
     func testBadFilesNameTheFileAndLeaveNothing() throws {
