@@ -28,11 +28,12 @@ public struct ExecutionConfig: Equatable, Sendable {
     /// in an AVX-512 build, where it is the default; elsewhere they compile to pairs and spill.
     public var wideTiles: Bool = wideTilesDefault
     /// A ResNet pass applies a block's mid batch norm + ReLU inside the next convolution's input
-    /// transform, and a block's last batch norm inside the residual add, instead of writing them out.
-    /// Same bits either way; off only to compare the two.
+    /// transform, and a downsampling block's main-path batch norm inside the pass that adds it to the
+    /// shortcut's, instead of writing their outputs. Same bits either way; off only to compare the two.
     public var fusesBatchNorms = true
-    /// Winograd forwards sum their outputs per tile for the batch-norm statistics that follow (same
-    /// bits as the separate pass over the outputs; off only to compare the two).
+    /// Training-mode Winograd forwards sum their outputs per tile for the batch-norm statistics that
+    /// follow, instead of a pass over the outputs (rounded differently, within the tests' tolerances;
+    /// off only to compare the two).
     public var statisticsInEpilogue = true
     /// The working-set limits the convolution plans block by.
     public var cache: CacheBudget = .machine
