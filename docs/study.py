@@ -264,26 +264,31 @@ def pytorch_table():
     for method in ("simclr", "moco"):
         torch_runs = [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
                       if f.startswith(method + ".") and f.endswith(".json")]
-        # Runs timed back to back with PyTorch's on a quiet machine (`--variant paired`) when there are any.
-        mine = ([r for r in load_records("fmnist-explore") if r["row"] == f"{method}+{PAIRED}"]
-                or [r for r in ours if r["row"] == method])
+        # kNN over every seed of the study's row (the same recipe); times from the run timed back to
+        # back with PyTorch's on a quiet machine (`--variant paired`) when there is one.
+        mine = [r for r in ours if r["row"] == method]
+        mine_timed = [r for r in load_records("fmnist-explore") if r["row"] == f"{method}+{PAIRED}"] or mine
         if not torch_runs or not mine:
             continue
+        # Times come from the runs timed back to back with salient's on a quiet machine (seed 1); other
+        # seeds add to the kNN spread only (they may have shared the machine with other work).
+        timed = [r for r in torch_runs if r["seed"] == 1] or torch_runs
         target = statistics.mean(r["knn_top1"] for r in torch_runs)
         # salient's first epoch whose kNN (mean over seeds) reaches PyTorch's final mean, and its training time.
-        n = min(len(r["epochs"]) for r in mine)
+        n = min(len(r["epochs"]) for r in mine + mine_timed)
         reach = "-"
         for i in range(n):
             if statistics.mean(r["epochs"][i]["knn_top1"] for r in mine) >= target:
-                t = statistics.mean(sum(e["seconds"] for e in r["epochs"][:i + 1]) for r in mine)
-                tt = statistics.mean(r["train_seconds"] for r in torch_runs)
+                t = statistics.mean(sum(e["seconds"] for e in r["epochs"][:i + 1]) for r in mine_timed)
+                tt = statistics.mean(r["train_seconds"] for r in timed)
                 reach = f"{t:.0f} s (epoch {i + 1}) = {t / tt:.2f}x PyTorch's {tt:.0f} s"
                 break
-        for name, rs, ts in (("salient", mine, "train_seconds"), ("PyTorch", torch_runs, "train_seconds")):
+        for name, rs, ts in (("salient", mine, mine_timed), ("PyTorch", torch_runs, timed)):
             lines.append(f"| {method} | {name} | {mean_std([r['knn_top1'] for r in rs])} | "
-                         f"{','.join(str(r['seed']) for r in rs)} | {mean_std([r[ts] for r in rs], 0).split(' ')[0]} | "
-                         f"{mean_std([r['train_img_per_s'] for r in rs], 0).split(' ')[0]} | "
-                         f"{max(r.get('peak_rss_mb') or 0 for r in rs):.0f} | {reach if name == 'salient' else ''} |")
+                         f"{','.join(str(r['seed']) for r in rs)} | "
+                         f"{mean_std([r['train_seconds'] for r in ts], 0).split(' ')[0]} | "
+                         f"{mean_std([r['train_img_per_s'] for r in ts], 0).split(' ')[0]} | "
+                         f"{max(r.get('peak_rss_mb') or 0 for r in ts):.0f} | {reach if name == 'salient' else ''} |")
     return "\n".join(lines)
 
 
