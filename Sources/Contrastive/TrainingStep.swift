@@ -154,7 +154,7 @@ public final class TrainingStep {
         // backward and its next forward: they borrow its idle buffers and share its workspace.
         nPass = ResNetPass(
             layout: query.backbone, batch: L, height: R, width: R, keepActivations: false, config: execution,
-            borrowing: qPass.idleBuffers, borrowedCount: qPass.idleBufferCount,
+            borrowing: qPass.idleArena,
             workspace: qPass.workspace)
         nPass.statisticsSync = comm.groupStatisticsSync
         let workspace = qPass.workspace

@@ -22,8 +22,11 @@ public struct ArenaPlan {
     }
 
     /// Marks the buffers used by the current step and moves to the next.
-    public mutating func step(_ ids: Int?...) {
-        for case let id? in ids { items[id].last = max(items[id].last, now) }
+    public mutating func step(_ ids: Int?...) { step(ids.compactMap { $0 }) }
+
+    /// Marks the buffers used by the current step and moves to the next.
+    public mutating func step(_ ids: [Int]) {
+        for id in ids { items[id].last = max(items[id].last, now) }
         now += 1
     }
 

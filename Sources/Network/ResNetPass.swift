@@ -1,8 +1,9 @@
 // Forward and backward of a ResNet backbone for one (batch, height, width), with every activation,
 // gradient and scratch buffer planned and allocated once, at construction. Nothing allocates in
-// forward() or backward(). A training pass places all its activations, forward temporaries,
-// gradients and rebuilt activations in one arena by lifetime (ArenaPlan): backward's buffers for a
-// stage live where the later stages' activations were.
+// forward() or backward(). The pass is one list of steps over numbered buffers (PassProgram): the
+// buffers are placed in one arena by their lifetimes over that list (ArenaPlan), and forward() and
+// backward() run the same list. In a training pass backward's buffers for a stage live where the
+// later stages' activations were.
 import Kernels
 
 public enum BatchNormMode: Sendable, Equatable {
@@ -28,31 +29,13 @@ public enum BatchNormMode: Sendable, Equatable {
 public final class ResNetPass {
     public typealias Ptr = UnsafeMutablePointer<Float>
 
+    /// A convolution + batch norm of the program and its saved batch statistics.
     struct Node {
         var unit: ConvBN
         var plan: ConvPlan
-        var input: Ptr
-        var conv: Ptr
-        var out: Ptr
         var mean: Ptr
         var invStd: Ptr
-        /// Training passes do not keep mid-block outputs: backward rebuilds them here from `conv`.
-        var recompute: Ptr?
-        /// Training: d(conv output) (batch norm backward writes it) and d(node output) of mid-block
-        /// nodes and the stem (the next node's backward-data writes it).
-        var gradConv: Ptr?
-        var gradOut: Ptr?
         var bnPixels: Int { plan.n * plan.oh * plan.ow }
-    }
-
-    struct Block {
-        var convs: [Node]
-        var down: Node?
-        var input: Ptr
-        var out: Ptr
-        /// Training: d(block output) and d(block input) (the previous block's gradOut).
-        var gradOut: Ptr?
-        var gradIn: Ptr?
     }
 
     public let layout: ResNetLayout
@@ -64,57 +47,50 @@ public final class ResNetPass {
     /// Where the pass adds its seconds per operation (bench train --profile), or nil.
     public var profiler: PassProfiler? = nil
 
-    var stem: Node
-    var pool: (shape: MaxPoolShape, out: Ptr, argmax: UnsafeMutablePointer<Int32>)?
-    var blocks: [Block] = []
+    /// The steps forward() and backward() run.
+    public let program: PassProgram
+    var nodes: [Node] = []
+    /// Where each of the program's buffers lives.
+    var buffers: [Ptr] = []
+    var pool: (shape: MaxPoolShape, argmax: UnsafeMutablePointer<Int32>)?
     /// The input batch [batch][height][width][inChannels]; write into it directly to skip forward()'s copy.
     public let input: Ptr
     /// Pooled features [batch][featureDim].
     public let features: Ptr
     /// The last block's output [batch][mapSize][mapSize][featureDim] (saliency reads it).
-    public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(blocks.last!.out) }
+    public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(buffers[program.featureMap]) }
     public let mapHeight: Int, mapWidth: Int
-    /// A training pass's arena (every activation and gradient) and the largest activation, in floats.
-    var arena: Ptr? = nil
-    /// Training: where backward recomputes the stem's convolution output.
-    var stemConvRebuilt: Ptr? = nil
-    var arenaCount = 0
-    var maxActivation = 0
+    /// The arena every buffer but the input lives in, and its length in floats.
+    var arena: Ptr
+    let arenaCount: Int
+    /// Whether the arena is borrowed (not allocated by this pass).
+    public let borrowedArena: Bool
     public let workspace: ConvWorkspace
     var scratch: UnsafeMutableRawPointer { workspace.scratch }
     private var allocations: [UnsafeMutableRawPointer] = []
     /// Two sets of mean and scale rows (one per batch-norm group, affineRowCount floats a set) of batch
-    /// norms applied by their consumer (fusesBatchNorms): a mid-block one's by the next convolution,
-    /// a downsampling block's two by the one pass that sums them.
+    /// norms applied by their consumer (ExecutionConfig.fusesBatchNorms): a mid-block one's by the next
+    /// convolution, a downsampling block's two by the one pass that sums them.
     var affineMean: Ptr, affineScale: Ptr
     var affineRowCount = 0
-    /// Whether batch norms hand their normalisation to the consumer instead of writing their output:
-    /// a block's mid batch norm + ReLU runs inside the next convolution's Winograd input transform
-    /// (forward and backward-weights), and a downsampling block's main-path batch norm inside the
-    /// shortcut's (one pass writes relu(BN(main) + BN(shortcut))). Their statistics stay passes of their
-    /// own (ExecutionConfig.fusesBatchNorms).
-    /// Whether a mid-block batch norm (+ ReLU) is applied inside the next convolution's input transform,
-    /// that convolution being `next`.
-    static func appliesInNext(_ u: ConvBN, next: ConvPlan) -> Bool {
-        u.relu && next.config.fusesBatchNorms && next.usesWinograd
-    }
-    /// Mid-block batch norms the last forward applied inside the next convolution.
-    public private(set) var fusedMidCount = 0
+    /// Mid-block batch norms applied inside the next convolution's input transform.
+    public var fusedMidCount: Int { program.fusedMidCount }
     /// Bytes this pass allocated.
     public private(set) var allocatedBytes = 0
     var lastMode: BatchNormMode = .eval
 
-    /// `borrowing`: for a pass that keeps no activations, buffers of at least the largest activation
-    /// owned by someone else and idle while this pass runs (a training pass's `idleBuffers`), used
-    /// for its recycled activations instead of new allocations. `workspace`: weight panels and
-    /// scratch shared with passes that never run at the same time as this one. `sharedArena: false`
-    /// gives every buffer of a training pass its own memory (tests compare the two plans).
+    /// `borrowing`: memory owned by someone else and idle while this pass runs (a training pass's
+    /// `idleArena`), used for this pass's arena when it is large enough; only for a pass that keeps no
+    /// activations. `workspace`: weight panels and scratch shared with passes that never run at the
+    /// same time as this one. `sharedArena: false` gives every buffer its own memory (tests compare
+    /// the two plans).
     public init(
         layout: ResNetLayout, batch: Int, height: Int, width: Int, keepActivations: Bool,
-        config: ExecutionConfig = .standard, borrowing: [UnsafeMutablePointer<Float>] = [],
-        borrowedCount: Int = 0, workspace: ConvWorkspace? = nil, sharedArena: Bool = true
+        config: ExecutionConfig = .standard, borrowing: UnsafeMutableBufferPointer<Float>? = nil,
+        workspace: ConvWorkspace? = nil, sharedArena: Bool = true
     ) {
         precondition(batch > 0 && height > 0 && width > 0)
+        precondition(borrowing == nil || !keepActivations, "a training pass owns its arena")
         self.layout = layout; self.batch = batch; self.height = height; self.width = width
         self.keepsActivations = keepActivations
         self.config = config
@@ -125,205 +101,46 @@ public final class ResNetPass {
             allocs.append(p); bytes += max(floats, 16) * 4
             return p.bindMemory(to: Float.self, capacity: max(floats, 16))
         }
-        // Shapes first, to size the shared buffers.
-        var maxAct = 0, maxPackF = 0, maxPackB = 0, maxScratch = 0, maxSums = 0
+        let program = PassProgram(
+            layout: layout, batch: batch, height: height, width: width, config: config, training: keepActivations)
+        self.program = program
+        mapHeight = program.mapHeight; mapWidth = program.mapWidth
+        // Shared buffers sized by the largest convolution.
+        var maxPack = 0, maxScratch = 0, maxSums = 0
         let t = max(config.threads, 1)
-        var h = height, w = width
-        func note(_ sh: ConvPlan) {
-            maxAct = max(maxAct, sh.outputCount, sh.inputCount)
-            // Per-tile sums, then the shift (K floats).
-            if sh.usesWinograd { maxSums = max(maxSums, ConvOutputSums.count(sh) + ConvOutputSums.stride(sh)) }
-            maxPackF = max(maxPackF, sh.packedForwardCount); maxPackB = max(maxPackB, sh.packedBackwardDataCount)
+        for n in program.nodes {
+            let p = n.plan
+            // Per-tile sums, then the shift (K floats). Forward and backward-data panels are never
+            // live at once: one buffer holds either.
+            if p.usesWinograd { maxSums = max(maxSums, ConvOutputSums.count(p) + ConvOutputSums.stride(p)) }
+            maxPack = max(maxPack, p.packedForwardCount, p.packedBackwardDataCount)
             maxScratch = max(
-                maxScratch, sh.scratchBytes(threads: t),
-                batchNormScratchBytes(BatchNormShape(pixels: sh.n * sh.oh * sh.ow, channels: sh.k), threads: t))
+                maxScratch, p.scratchBytes(threads: t),
+                batchNormScratchBytes(BatchNormShape(pixels: n.bnPixels, channels: p.k), threads: t))
         }
-        let stemShape = ConvPlan(layout.stem.shape(n: batch, h: h, w: w), config)
-        note(stemShape)
-        h = stemShape.oh; w = stemShape.ow
-        var poolShape: MaxPoolShape? = nil
-        if layout.config.stem == .imagenet {
-            let ps = MaxPoolShape(n: batch, c: layout.stem.cout, h: h, w: w)
-            poolShape = ps
-            h = ps.oh; w = ps.ow
-        }
-        var blockShapes: [([ConvPlan], ConvPlan?)] = []
-        for b in layout.blocks {
-            var shapes: [ConvPlan] = []
-            var bh = h, bw = w
-            for u in b.convs {
-                let s = ConvPlan(u.shape(n: batch, h: bh, w: bw), config); note(s); shapes.append(s); bh = s.oh;
-                bw = s.ow
-            }
-            let ds = b.downsample.map { ConvPlan($0.shape(n: batch, h: h, w: w), config) }
-            if let ds { note(ds) }
-            blockShapes.append((shapes, ds))
-            h = bh; w = bw
-        }
-        mapHeight = h; mapWidth = w
-        maxActivation = maxAct
-        // Forward and backward-data panels are never live at once: one buffer holds either.
         let ws = workspace ?? ConvWorkspace()
         self.workspace = ws
-        bytes += ws.reserve(packFloats: max(maxPackF, maxPackB), scratchBytes: maxScratch + 64, sumsFloats: maxSums)
+        bytes += ws.reserve(packFloats: maxPack, scratchBytes: maxScratch + 64, sumsFloats: maxSums)
         // The pass owns its input: backward reads it again, so it must outlive forward()'s argument.
-        let inputBuffer = alloc(stemShape.inputCount)
+        let inputBuffer = alloc(program.floats[program.input])
         self.input = inputBuffer
-        func stats(_ u: ConvBN) -> (Ptr, Ptr) { (alloc(u.cout), alloc(u.cout)) }
-        let poolArgmax = poolShape.map { ps -> UnsafeMutablePointer<Int32> in
+        nodes = program.nodes.map { n in
+            Node(unit: n.unit, plan: n.plan, mean: alloc(n.unit.cout), invStd: alloc(n.unit.cout))
+        }
+        pool = program.pool.map { ps in
             let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
             allocs.append(am); bytes += max(ps.outputCount, 16) * 4
-            return am.bindMemory(to: Int32.self, capacity: ps.outputCount)
+            return (ps, am.bindMemory(to: Int32.self, capacity: ps.outputCount))
         }
-
-        if keepActivations {
-            // Simulate forward and backward in the order they run, then place every buffer by lifetime.
-            var plan = ArenaPlan()
-            let stemConv = plan.add(stemShape.outputCount), stemOut = plan.add(stemShape.outputCount)
-            plan.step(stemConv, stemOut)
-            let poolOut = poolShape.map { plan.add($0.outputCount) }
-            if let poolOut { plan.step(stemOut, poolOut) }
-            struct Ids {
-                var conv: [Int] = [], out: [Int] = [], rebuilt: [Int?] = [], gradConv: [Int] = []
-                var gradOut: [Int?] = [], downConv: Int? = nil, downGrad: Int? = nil
-                var input = 0, gradIn = 0
-            }
-            var ids: [Ids] = []
-            var cur = poolOut ?? stemOut
-            for (bi, b) in layout.blocks.enumerated() {
-                let (shapes, ds) = blockShapes[bi]
-                var k = Ids(); k.input = cur
-                var x = cur
-                let last = b.convs.count - 1
-                for i in b.convs.indices {
-                    k.conv.append(plan.add(shapes[i].outputCount)); k.out.append(plan.add(shapes[i].outputCount))
-                    // The last batch norm adds the shortcut when it is the block input.
-                    plan.step(x, k.conv[i], k.out[i], i == last && ds == nil ? cur : nil)
-                    x = k.out[i]
-                }
-                if let ds {
-                    // The downsample's batch norm adds into the block output in place.
-                    k.downConv = plan.add(ds.outputCount)
-                    plan.step(cur, k.downConv, x)
-                }
-                cur = x
-                ids.append(k)
-            }
-            plan.step(cur)  // global average pool
-            var gOut = plan.add(blockShapes.last!.0.last!.outputCount)
-            plan.step(gOut)  // its backward
-            for bi in layout.blocks.indices.reversed() {
-                let (shapes, ds) = blockShapes[bi]
-                var k = ids[bi]
-                let n = shapes.count
-                plan.step(k.out[n - 1], gOut)  // ReLU backward of the block output
-                k.rebuilt = (0..<n).map { _ in nil }
-                k.gradOut = (0..<n).map { _ in nil }
-                k.gradConv = Array(repeating: 0, count: n)
-                // Mid-block outputs are rebuilt for backward, unless the next convolution reads them
-                // through its input transform (fusesBatchNorms): then nothing holds them at all.
-                for i in 0..<(n - 1) where !Self.appliesInNext(layout.blocks[bi].convs[i], next: shapes[i + 1]) {
-                    k.rebuilt[i] = plan.add(shapes[i].outputCount); plan.step(k.conv[i], k.rebuilt[i])
-                }
-                var dIn = gOut
-                for i in (0..<n).reversed() {
-                    k.gradConv[i] = plan.add(shapes[i].outputCount)
-                    plan.step(k.conv[i], k.rebuilt[i], dIn, k.gradConv[i])  // batch norm backward
-                    let target = plan.add(i > 0 ? shapes[i - 1].outputCount : shapes[0].inputCount)
-                    if i > 0 { k.gradOut[i - 1] = target } else { k.gradIn = target }
-                    // conv backward
-                    plan.step(i > 0 ? k.rebuilt[i - 1] ?? k.conv[i - 1] : k.input, k.gradConv[i], target)
-                    dIn = target
-                }
-                if let ds {
-                    k.downGrad = plan.add(ds.outputCount)
-                    plan.step(k.downConv, gOut, k.downGrad)
-                    plan.step(k.input, k.downGrad, k.gradIn)
-                } else {
-                    plan.step(k.gradIn, gOut)
-                }
-                k.gradOut[n - 1] = gOut
-                ids[bi] = k
-                gOut = k.gradIn
-            }
-            var stemGrad = gOut
-            if poolOut != nil { stemGrad = plan.add(stemShape.outputCount); plan.step(gOut, stemGrad) }
-            // The stem's convolution output is not kept: backward runs the (cheap, 3-channel) stem
-            // convolution again once everything else is dead.
-            let stemConvAgain = plan.add(stemShape.outputCount)
-            plan.step(stemConvAgain)
-            let stemGradConv = plan.add(stemShape.outputCount)
-            plan.step(stemConvAgain, stemOut, stemGrad, stemGradConv)
-            plan.step(stemGradConv)
-            arenaCount = plan.place(shared: sharedArena)
-            let base = alloc(arenaCount)
-            arena = base
-            func at(_ id: Int) -> Ptr { base + plan.items[id].offset }
-            func maybe(_ id: Int?) -> Ptr? { id.map { base + plan.items[$0].offset } }
-
-            let (sm, si) = stats(layout.stem)
-            stem = Node(
-                unit: layout.stem, plan: stemShape, input: inputBuffer, conv: at(stemConv), out: at(stemOut),
-                mean: sm, invStd: si, gradConv: at(stemGradConv), gradOut: at(stemGrad))
-            stemConvRebuilt = at(stemConvAgain)
-            if let ps = poolShape, let poolOut, let poolArgmax { pool = (ps, at(poolOut), poolArgmax) }
-            for (bi, b) in layout.blocks.enumerated() {
-                let (shapes, ds) = blockShapes[bi]
-                let k = ids[bi]
-                var nodes: [Node] = []
-                for (i, u) in b.convs.enumerated() {
-                    let (m, v) = stats(u)
-                    nodes.append(
-                        Node(
-                            unit: u, plan: shapes[i], input: i == 0 ? at(k.input) : at(k.out[i - 1]),
-                            conv: at(k.conv[i]), out: at(k.out[i]), mean: m, invStd: v,
-                            recompute: maybe(k.rebuilt[i]), gradConv: at(k.gradConv[i]), gradOut: maybe(k.gradOut[i])))
-                }
-                let down = b.downsample.map { u -> Node in
-                    let (m, v) = stats(u)
-                    return Node(
-                        unit: u, plan: ds!, input: at(k.input), conv: at(k.downConv!), out: at(k.out.last!),
-                        mean: m, invStd: v, gradConv: maybe(k.downGrad))
-                }
-                blocks.append(
-                    Block(
-                        convs: nodes, down: down, input: at(k.input), out: at(k.out.last!),
-                        gradOut: at(k.gradOut.last!!), gradIn: at(k.gradIn)))
-            }
+        let (offsets, count) = program.arena(shared: sharedArena)
+        arenaCount = count
+        if let borrowing, borrowing.count >= count, let base = borrowing.baseAddress {
+            arena = base; borrowedArena = true
         } else {
-            // Five recycled buffers of the largest activation, borrowed when someone lends them.
-            let lend = borrowedCount >= maxAct ? borrowing.prefix(5) : []
-            let shared = Array(lend) + (lend.count..<5).map { _ in alloc(maxAct) }
-            let X = 0, Y = 1, T1 = 2, T2 = 3, T3 = 4
-            func node(_ u: ConvBN, _ sh: ConvPlan, _ input: Ptr, out: Int, outPtr: Ptr? = nil) -> Node {
-                let (m, v) = stats(u)
-                return Node(
-                    unit: u, plan: sh, input: input, conv: shared[T1], out: outPtr ?? shared[out], mean: m, invStd: v)
-            }
-            stem = node(layout.stem, stemShape, inputBuffer, out: poolShape == nil ? X : T2)
-            var cur = stem.out
-            if let ps = poolShape, let poolArgmax {
-                pool = (ps, shared[X], poolArgmax)
-                cur = shared[X]
-            }
-            var inRole = X, outRole = Y
-            for (bi, b) in layout.blocks.enumerated() {
-                let (shapes, ds) = blockShapes[bi]
-                let blockOut = shared[outRole]
-                var nodes: [Node] = []
-                var x = cur
-                let midRoles = [T2, T3]
-                for (i, u) in b.convs.enumerated() {
-                    let last = i == b.convs.count - 1
-                    let n = node(u, shapes[i], x, out: last ? outRole : midRoles[i % 2], outPtr: last ? blockOut : nil)
-                    nodes.append(n); x = n.out
-                }
-                let down = b.downsample.map { node($0, ds!, cur, out: outRole, outPtr: blockOut) }
-                blocks.append(Block(convs: nodes, down: down, input: cur, out: blockOut))
-                cur = blockOut
-                swap(&inRole, &outRole)
-            }
+            arena = alloc(count); borrowedArena = false
         }
+        let base = arena
+        buffers = offsets.map { $0.map { base + $0 } ?? inputBuffer }
         features = alloc(batch * layout.config.featureDim)
         let rows = batch * bnPadded(layout.blocks.flatMap(\.convs).map(\.cout).max() ?? 1)
         affineRowCount = rows
@@ -334,17 +151,14 @@ public final class ResNetPass {
 
     deinit { for p in allocations { p.deallocate() } }
 
-    /// Bytes of a training pass's arena (activations, temporaries, gradients; 0 for other passes).
+    /// Bytes of the pass's arena (activations, temporaries and, in training, gradients), borrowed or not.
     public var arenaBytes: Int { arenaCount * 4 }
 
-    /// Length in floats of each of `idleBuffers` (0 for a pass that keeps no activations).
-    public var idleBufferCount: Int { arena == nil ? 0 : maxActivation }
-    /// Disjoint buffers of `idleBufferCount` floats in a training pass's arena: its contents do not
-    /// outlive one forward + backward, so a no-grad pass that runs entirely between this pass's
-    /// backward and its next forward may borrow them.
-    public var idleBuffers: [UnsafeMutablePointer<Float>] {
-        guard let arena, maxActivation > 0 else { return [] }
-        return (0..<(arenaCount / maxActivation)).map { arena + $0 * maxActivation }
+    /// A training pass's arena: its contents do not outlive one forward + backward, so a no-grad pass
+    /// that runs entirely between this pass's backward and its next forward may borrow it (nil for a
+    /// pass that keeps no activations).
+    public var idleArena: UnsafeMutableBufferPointer<Float>? {
+        keepsActivations ? UnsafeMutableBufferPointer(start: arena, count: arenaCount) : nil
     }
 
     // MARK: Forward
@@ -354,67 +168,38 @@ public final class ResNetPass {
     public func forward(input: UnsafePointer<Float>, store: ParameterStore, mode: BatchNormMode) {
         precondition(Threads.count <= config.threads, "thread count grew after planning")
         lastMode = mode
-        if input != UnsafePointer(self.input) { self.input.update(from: input, count: stem.plan.inputCount) }
-        convBN(stem, store, mode)
-        fusedMidCount = 0
-        if let pool {
-            timed(.elementwise) { maxPoolForward(pool.shape, input: stem.out, output: pool.out, argmax: pool.argmax) }
-        }
-        for b in blocks {
-            // The shortcut is added (and the block's ReLU applied) by the last batch norm of the block:
-            // the main path's when the shortcut is the input, else the downsample's, which adds the
-            // main path's output (normalising it itself when fusesBatchNorms, else reading it back in
-            // place). No separate pass over the block output.
-            let last = b.convs.count - 1
-            var affine: ConvInputAffine? = nil, affineInput = b.input
-            for (i, n) in b.convs.enumerated() {
-                let fuse = i < last && Self.appliesInNext(n.unit, next: b.convs[i + 1].plan)
-                let statsOnly = fuse || (i == last && b.down != nil && config.fusesBatchNorms)
-                let convOut = statsOnly ? mainConvOut(n) : n.conv
-                convBN(
-                    n, store, mode, residual: i == last && b.down == nil ? b.input : nil,
-                    input: affine == nil ? n.input : affineInput, inputAffine: affine, convOutput: convOut,
-                    statisticsOnly: statsOnly)
-                affine = fuse ? midAffine(n, store, mode) : nil
-                if fuse { fusedMidCount += 1 }
-                affineInput = convOut
-            }
-            if let d = b.down {
-                if config.fusesBatchNorms {
-                    // The main path's batch norm (statistics above, rows set 0) is applied by the
-                    // shortcut's, which adds the two: the main path's output is never written.
-                    convBN(d, store, mode, statisticsOnly: true, rowSet: 1)
-                    let m = b.convs[last]
-                    timed(.bnForward) {
-                        applySum(main: m, mainConv: mainConvOut(m), down: d, store, mode, output: b.out)
-                    }
-                } else {
-                    convBN(d, store, mode, residual: b.out, output: b.out)
+        if input != UnsafePointer(self.input) { self.input.update(from: input, count: program.floats[program.input]) }
+        for step in program.forward {
+            switch step {
+            case .convBN(let s):
+                convBN(s, store, mode)
+            case .maxPool(let i, let o):
+                let pool = pool!
+                timed(.elementwise) {
+                    maxPoolForward(pool.shape, input: buffers[i], output: buffers[o], argmax: pool.argmax)
                 }
+            case .batchNormSum(let m, let mc, let d, let dc, let o):
+                timed(.bnForward) {
+                    applySum(
+                        main: nodes[m], mainConv: buffers[mc], down: nodes[d], downConv: buffers[dc], store, mode,
+                        output: buffers[o])
+                }
+            case .averagePool(let i):
+                timed(.elementwise) {
+                    globalAvgPoolForward(
+                        n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
+                        input: buffers[i], output: features)
+                }
+            default:
+                preconditionFailure("backward step in the forward program")
             }
-        }
-        timed(.elementwise) {
-            globalAvgPoolForward(
-                n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
-                input: blocks.last!.out, output: features)
         }
     }
 
-    /// Where a node whose batch norm only computes statistics keeps its conv output: a no-grad pass's
-    /// conv buffer is every node's, so there it goes to the node's (otherwise unwritten) output buffer.
-    func mainConvOut(_ n: Node) -> Ptr { keepsActivations ? n.conv : n.out }
-
-    /// Convolution of `input` (the node's own by default; with `inputAffine`, normalised as it is
-    /// loaded) into `convOutput` (the node's conv buffer by default), then batch norm into `output`
-    /// (the node's own by default; with `residual`, added before the ReLU: a block's end), or with
-    /// `statisticsOnly` only its statistics (rows set `rowSet`; see affineRows).
-    func convBN(
-        _ n: Node, _ store: ParameterStore, _ mode: BatchNormMode, residual: Ptr? = nil, output: Ptr? = nil,
-        input: Ptr? = nil, inputAffine: ConvInputAffine? = nil, convOutput: Ptr? = nil, statisticsOnly: Bool = false,
-        rowSet: Int = 0
-    ) {
-        let u = n.unit
-        let y = convOutput ?? n.conv
+    /// Convolution then batch norm (or only its statistics) of one program step.
+    func convBN(_ s: ConvBNStep, _ store: ParameterStore, _ mode: BatchNormMode) {
+        let n = nodes[s.node], u = n.unit
+        let y = buffers[s.conv]
         timed(.pack) { conv2dPackForward(n.plan, weights: store.params + u.weight, packed: workspace.pack) }
         // Training-mode batch statistics from the Winograd forward's epilogue (per-tile sums around the
         // running mean, copied first: the batch norm updates it) rather than from reading y back.
@@ -425,17 +210,18 @@ public final class ResNetPass {
             shift.update(from: store.buffers + u.runningMean, count: u.cout)
             sums = ConvOutputSums(sums: workspace.sums, shift: shift)
         }
+        let inputAffine = s.inputAffine.map { midAffine(nodes[$0], store, mode) }
         timed(
             n.plan.usesWinograd || n.plan.usesWinogradStride2 ? .convWinograd : .convDirect, shape: n.plan.shape, "fwd"
         ) {
             conv2dForward(
-                n.plan, input: input ?? n.input, packed: workspace.pack, output: y, scratch: scratch,
+                n.plan, input: buffers[s.input], packed: workspace.pack, output: y, scratch: scratch,
                 inputAffine: inputAffine, outputSums: sums)
         }
         timed(.bnForward) {
             bnForward(
-                n, store, mode, conv: y, residual: residual, output: statisticsOnly ? nil : output ?? n.out,
-                rowSet: rowSet, sums: sums)
+                n, store, mode, conv: y, residual: s.residual.map { buffers[$0] }, output: s.output.map { buffers[$0] },
+                rowSet: s.rowSet, sums: sums)
         }
     }
 
@@ -533,11 +319,12 @@ public final class ResNetPass {
     /// relu(BN(main) + BN(down)) into `output`: a downsampling block's end from the two batch norms'
     /// rows (sets 0 and 1).
     func applySum(
-        main m: Node, mainConv: Ptr, down d: Node, _ store: ParameterStore, _ mode: BatchNormMode, output: Ptr
+        main m: Node, mainConv: Ptr, down d: Node, downConv: Ptr, _ store: ParameterStore, _ mode: BatchNormMode,
+        output: Ptr
     ) {
         let a = affineRows(m, store, mode, set: 0), b = affineRows(d, store, mode, set: 1)
         batchNormApplySum(
-            BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: d.conv, mean: b.mean, scale: b.scale,
+            BatchNormShape(pixels: d.bnPixels, channels: d.unit.cout), input: downConv, mean: b.mean, scale: b.scale,
             beta: store.params + d.unit.beta,
             addend: BNAddend(x: mainConv, mean: a.mean, scale: a.scale, shift: store.params + m.unit.beta),
             output: output, groups: b.groups, groupStride: bnPadded(d.unit.cout), wide: config.wideTiles)
@@ -553,87 +340,60 @@ public final class ResNetPass {
         precondition(keepsActivations, "backward needs a pass planned with keepActivations")
         precondition(update == nil ? store.hasGradients : store.isTrainable, "backward needs a store with gradients")
         precondition(lastMode == .train(splits: 1), "backward needs a forward in train mode with one split")
-        let D = layout.config.featureDim
-        timed(.elementwise) {
-            globalAvgPoolBackward(
-                n: batch, pixels: mapHeight * mapWidth, channels: D, gradOutput: gradFeatures,
-                gradInput: blocks.last!.gradOut!, accumulate: false)
-        }
-        for b in blocks.reversed() {
-            let gOut = b.gradOut!, gIn = b.gradIn!
-            // d(block output), masked by its ReLU in place.
-            let count = b.convs.last!.plan.outputCount
-            timed(.elementwise) {
-                reluBackward(count: count, output: b.out, gradOutput: gOut, gradInput: gOut, accumulate: false)
-            }
-            // Rebuild the mid-block outputs this pass did not keep (BN + ReLU of the kept conv outputs),
-            // where the plan has room for them; the others are never written (below).
-            for n in b.convs {
-                guard let r = n.recompute else { continue }
-                timed(.bnBackward) {
-                    let u = n.unit
-                    batchNormApplySaved(
-                        BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
-                        gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
-                        saveInvStd: n.invStd, relu: u.relu, output: r, scratch: scratch, wide: config.wideTiles)
-                }
-            }
-            // Node i: BN backward reads d(out) and writes gradConv; conv backward reads it and writes
-            // d(out) of node i-1 (of the block input for node 0). gOut stays intact for the shortcut.
-            // A mid-block output without a rebuilt copy: its batch norm's ReLU mask comes from the kept
-            // conv output and the saved statistics, and the next convolution's backward-weights applies
-            // the batch norm as its input transform loads it (the bits of the rebuilt copy, either way).
-            let last = b.convs.count - 1
-            var dIn = UnsafePointer(gOut)
-            for i in b.convs.indices.reversed() {
-                let n = b.convs[i]
-                let target = i == 0 ? gIn : b.convs[i - 1].gradOut!
-                var input = b.input, affine: ConvInputAffine? = nil
-                if i > 0 {
-                    let m = b.convs[i - 1]
-                    if let r = m.recompute { input = r } else { input = m.conv; affine = savedAffine(m, store) }
-                }
-                bnBackward(
-                    n, store, output: n.recompute ?? (i == last ? n.out : nil), gradOut: dIn, gradIn: n.gradConv!,
-                    update: update)
-                convBackward(
-                    n, store, input: input, inputAffine: affine, gradConv: n.gradConv!, gradInput: target,
-                    accumulate: false, needInput: true, update: update)
-                dIn = UnsafePointer(target)
-            }
-            // Now gIn = d(block input) from the main path; gOut = d(block output) after ReLU (the shortcut's).
-            if let d = b.down {
-                bnBackward(d, store, output: d.out, gradOut: gOut, gradIn: d.gradConv!, update: update)
-                convBackward(
-                    d, store, input: b.input, gradConv: d.gradConv!, gradInput: gIn, accumulate: true, needInput: true,
-                    update: update)
-            } else {
+        for step in program.backward {
+            switch step {
+            case .averagePoolBackward(let g):
                 timed(.elementwise) {
-                    addForward(count: b.convs[0].plan.inputCount, gIn, gOut, relu: false, output: gIn)
+                    globalAvgPoolBackward(
+                        n: batch, pixels: mapHeight * mapWidth, channels: layout.config.featureDim,
+                        gradOutput: gradFeatures, gradInput: buffers[g], accumulate: false)
                 }
+            case .reluBackward(let o, let g):
+                timed(.elementwise) {
+                    reluBackward(
+                        count: program.floats[g], output: buffers[o], gradOutput: buffers[g], gradInput: buffers[g],
+                        accumulate: false)
+                }
+            case .batchNormRebuild(let i, let c, let o):
+                let n = nodes[i], u = n.unit
+                timed(.bnBackward) {
+                    batchNormApplySaved(
+                        BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: buffers[c],
+                        gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
+                        saveInvStd: n.invStd, relu: u.relu, output: buffers[o], scratch: scratch, wide: config.wideTiles
+                    )
+                }
+            case .batchNormBackward(let i, let c, let m, let g, let gc):
+                bnBackward(
+                    nodes[i], store, conv: buffers[c], output: m.map { buffers[$0] }, gradOut: buffers[g],
+                    gradIn: buffers[gc], update: update)
+            case .convBackward(let i, let x, let saved, let gc, let gi, let accumulate):
+                convBackward(
+                    nodes[i], store, input: buffers[x], inputAffine: saved.map { savedAffine(nodes[$0], store) },
+                    gradConv: buffers[gc], gradInput: gi.map { buffers[$0] }, accumulate: accumulate, update: update)
+            case .addGradient(let into, let from):
+                timed(.elementwise) {
+                    addForward(
+                        count: program.floats[into], buffers[into], buffers[from], relu: false, output: buffers[into])
+                }
+            case .maxPoolBackward(let g, let into):
+                let pool = pool!
+                timed(.elementwise) {
+                    maxPoolBackward(pool.shape, gradOutput: buffers[g], argmax: pool.argmax, gradInput: buffers[into])
+                }
+            case .convForward(let i, let x, let o):
+                let n = nodes[i]
+                timed(.pack) {
+                    conv2dPackForward(n.plan, weights: store.params + n.unit.weight, packed: workspace.pack)
+                }
+                timed(.convDirect, shape: n.plan.shape, "fwd") {
+                    conv2dForward(
+                        n.plan, input: buffers[x], packed: workspace.pack, output: buffers[o], scratch: scratch)
+                }
+            default:
+                preconditionFailure("forward step in the backward program")
             }
         }
-        // Stem: d(stem output), through the pool's backward when there is one.
-        let stemGrad = stem.gradOut!
-        if let pool {
-            timed(.elementwise) {
-                maxPoolBackward(pool.shape, gradOutput: blocks[0].gradIn!, argmax: pool.argmax, gradInput: stemGrad)
-            }
-        }
-        var stemNode = stem
-        stemNode.conv = stemConvRebuilt!
-        timed(.pack) {
-            conv2dPackForward(stem.plan, weights: store.params + stem.unit.weight, packed: workspace.pack)
-        }
-        timed(.convDirect, shape: stem.plan.shape, "fwd") {
-            conv2dForward(
-                stem.plan, input: stem.input, packed: workspace.pack, output: stemNode.conv, scratch: scratch)
-        }
-        bnBackward(stemNode, store, output: stem.out, gradOut: stemGrad, gradIn: stem.gradConv!, update: update)
-        convBackward(
-            stem, store, input: stem.input, gradConv: stem.gradConv!, gradInput: nil, accumulate: false,
-            needInput: false,
-            update: update)
     }
 
     /// The affine that rebuilds a mid-block output from its kept conv output, as batchNormApplySaved
@@ -648,16 +408,16 @@ public final class ResNetPass {
             imagesPerGroup: batch)
     }
 
-    /// `output`: the node's BN output, read for its ReLU mask when it has one (nil: the mask comes from
-    /// the conv output and the saved statistics).
+    /// `conv`: the node's convolution output; `output`: its BN output, read for its ReLU mask when it
+    /// has one (nil: the mask comes from the conv output and the saved statistics).
     func bnBackward(
-        _ n: Node, _ store: ParameterStore, output: Ptr?, gradOut: UnsafePointer<Float>, gradIn: Ptr,
+        _ n: Node, _ store: ParameterStore, conv: Ptr, output: Ptr?, gradOut: UnsafePointer<Float>, gradIn: Ptr,
         update: FusedSGD?
     ) {
         let u = n.unit
         timed(.bnBackward) {
             batchNormBackward(
-                BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: n.conv,
+                BatchNormShape(pixels: n.bnPixels, channels: u.cout), input: conv,
                 output: u.relu ? output.map { UnsafePointer($0) } : nil, gradOutput: gradOut,
                 gamma: store.params + u.gamma, beta: store.params + u.beta, saveMean: n.mean,
                 saveInvStd: n.invStd, relu: u.relu,
@@ -677,19 +437,17 @@ public final class ResNetPass {
     /// `inputAffine`: the input is the normalised `input` (a mid-block output never written).
     func convBackward(
         _ n: Node, _ store: ParameterStore, input: Ptr, inputAffine: ConvInputAffine? = nil, gradConv: Ptr,
-        gradInput: Ptr?, accumulate: Bool, needInput: Bool, update: FusedSGD?
+        gradInput: Ptr?, accumulate: Bool, update: FusedSGD?
     ) {
         let wg = n.plan.usesWinograd
-        precondition(
-            inputAffine == nil || wg,
-            "this pass was planned with mid-block batch norms inside Winograd transforms; Winograd is now off")
+        precondition(inputAffine == nil || wg, "an input affine needs the Winograd backward-weights")
         let gradWeight = update?.first ?? store.grads + n.unit.weight
         timed(wg ? .bwdWeightWinograd : .bwdWeightDirect, shape: n.plan.shape, "bwd-w") {
             conv2dBackwardWeight(
                 n.plan, input: input, gradOutput: gradConv, gradWeight: gradWeight,
                 accumulate: false, scratch: scratch, inputAffine: inputAffine)
         }
-        if let gradInput, needInput {
+        if let gradInput {
             timed(.pack) {
                 conv2dPackBackwardData(n.plan, weights: store.params + n.unit.weight, packed: workspace.pack)
             }

@@ -100,4 +100,76 @@ final class ArenaPlanTests: XCTestCase {
             pass.arenaBytes, (kept + largest) * 4,
             "arena \(pass.arenaBytes / 1_000_000) MB for \(kept * 4 / 1_000_000) MB of kept activations")
     }
+
+    /// The list of steps a pass runs and plans from: every buffer a step reads was written by an
+    /// earlier step (the input excepted), each convolution runs forward once and, in training, has one
+    /// batch-norm backward and one convolution backward.
+    func testProgramReadsOnlyWhatItWrote() {
+        let configs: [(ResNetConfig, Int)] = [
+            (ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125), 16),
+            (ResNetConfig(arch: .resnet18, stem: .imagenet, inChannels: 1, width: 0.0625), 64),
+            (ResNetConfig(arch: .resnet50, stem: .cifar, inChannels: 3, width: 0.0625), 16)
+        ]
+        for (config, res) in configs {
+            for training in [false, true] {
+                for fuse in [false, true] {
+                    var execution = ExecutionConfig.testing()
+                    execution.fusesBatchNorms = fuse
+                    let enc = Encoder(config: config)
+                    let pass = ResNetPass(
+                        layout: enc.backbone, batch: 2, height: res, width: res, keepActivations: training,
+                        config: execution)
+                    let program = pass.program
+                    var written: Set<BufferID> = [program.input]
+                    var convs = 0, bnBackwards = 0, convBackwards = 0
+                    for step in program.forward + program.backward {
+                        for r in step.reads where !written.contains(r) {
+                            XCTFail("\(config) training \(training) fuse \(fuse): \(step) reads buffer \(r) unwritten")
+                        }
+                        written.formUnion(step.writes)
+                        switch step {
+                        case .convBN: convs += 1
+                        case .batchNormBackward: bnBackwards += 1
+                        case .convBackward: convBackwards += 1
+                        default: break
+                        }
+                    }
+                    let nodes = enc.backbone.units.count
+                    XCTAssertEqual(program.nodes.count, nodes)
+                    XCTAssertEqual(convs, nodes)
+                    XCTAssertEqual(bnBackwards, training ? nodes : 0)
+                    XCTAssertEqual(convBackwards, training ? nodes : 0)
+                    XCTAssertEqual(program.backward.isEmpty, !training)
+                }
+            }
+        }
+    }
+
+    /// A no-grad pass that borrows a training pass's idle arena allocates none of its own and computes
+    /// what a pass with its own memory computes, from the garbage a training step left there.
+    func testNoGradPassBorrowsTheTrainingArena() {
+        let config = ResNetConfig(arch: .resnet18, stem: .cifar, inChannels: 3, width: 0.125)
+        let enc = Encoder(config: config)
+        enc.initialize(seed: 4)
+        let train = ResNetPass(layout: enc.backbone, batch: 8, height: 16, width: 16, keepActivations: true)
+        let borrowing = ResNetPass(
+            layout: enc.backbone, batch: 4, height: 16, width: 16, keepActivations: false,
+            borrowing: train.idleArena, workspace: train.workspace)
+        let own = ResNetPass(layout: enc.backbone, batch: 4, height: 16, width: 16, keepActivations: false)
+        XCTAssertTrue(borrowing.borrowedArena)
+        XCTAssertFalse(own.borrowedArena)
+        XCTAssertLessThan(borrowing.allocatedBytes + borrowing.arenaBytes / 2, own.allocatedBytes)
+        XCTAssertLessThanOrEqual(own.arenaBytes, train.arenaBytes)
+        var rng = TestRNG(seed: 3)
+        let x = rng.array(8 * 16 * 16 * 3), g = rng.array(8 * config.featureDim)
+        train.forward(input: x, store: enc.store, mode: .train(splits: 1))
+        train.backward(gradFeatures: g, store: enc.store)
+        var features: [[Float]] = []
+        for pass in [borrowing, own] {
+            pass.forward(input: x, store: enc.store, mode: .eval)
+            features.append(Array(UnsafeBufferPointer(start: pass.features, count: 4 * config.featureDim)))
+        }
+        XCTAssertEqual(features[0], features[1])
+        XCTAssertTrue(features[0].contains { $0 != 0 })
+    }
 }
