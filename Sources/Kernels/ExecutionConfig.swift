@@ -68,10 +68,10 @@ public struct CacheBudget: Equatable, Sendable {
     public init(l2: Int, lastLevel: Int) {
         let l2 = max(l2, 64 << 10), last = max(lastLevel, l2)
         self.l2 = l2; self.lastLevel = last
-        winogradBlock = l2; winogradWeightsInL2 = l2; winogradBlockOuter = l2; ownSumsPerThread = l2
-        stride2Block = l2 * 3 / 4; rowGroupBlock = 2 * l2
+        winogradBlock = l2; winogradWeightsInL2 = l2; winogradBlockOuter = l2
+        stride2Block = l2 * 3 / 4
         winogradWeightsShared = last / 8; winogradFuseLimit = last / 4; backwardPass = last / 4
-        winogradAllTiles = last * 5 / 8; ownSumsTotal = last / 2; sharedBlock = last / 8
+        winogradAllTiles = last * 5 / 8; sharedBlock = last / 8
         stride2PackLimit = last * 3 / 16
     }
 
@@ -93,12 +93,8 @@ public struct CacheBudget: Equatable, Sendable {
     public var winogradWeightsInL2: Int
     /// A fused forward's working set per row of points past which it goes output block by output block.
     public var winogradBlockOuter: Int
-    /// A backward-weights dU this small is kept per thread (own sums).
-    public var ownSumsPerThread: Int
     /// A stride-2 forward block's V and M (768 KB).
     public var stride2Block: Int
-    /// A row-groups backward-weights block's V and Y (2 MB).
-    public var rowGroupBlock: Int
 
     // Limits near the last-level cache (32 MB on the tuning machine).
 
@@ -111,9 +107,7 @@ public struct CacheBudget: Equatable, Sendable {
     public var backwardPass: Int
     /// V and Y of all tiles with which backward-weights keeps no dU (20 MB).
     public var winogradAllTiles: Int
-    /// All threads' own dU together (16 MB).
-    public var ownSumsTotal: Int
-    /// A shared backward-weights block's V and Y (4 MB); own sums' per-thread blocks share twice it.
+    /// A shared backward-weights block's V and Y (4 MB).
     public var sharedBlock: Int
     /// Transformed stride-2 kernels past which the forward transforms them itself (6 MB).
     public var stride2PackLimit: Int

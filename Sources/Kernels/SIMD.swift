@@ -30,7 +30,7 @@ public typealias RVec = SIMD16<Float>
 
 /// The float vectors the generic kernels run on (FVec, RVec). Comparisons go through these
 /// requirements, which use the concrete types' vector compares: in a generic body the SIMD
-/// protocol's comparison operators compile to a loop over lanes (batch norm ran 12x slower).
+/// protocol's comparison operators compile to a loop over lanes (docs/PERFORMANCE.md).
 protocol FloatVector: SIMD where Scalar == Float {
     /// max(self, 0) with the bits of replacing(with: 0, where: self .< 0) (-0 and NaN kept).
     func relu() -> Self

@@ -49,8 +49,8 @@ func wideRowsTile(
 }
 
 /// out[12][16] = a[12][0..<depth] x panel[depth][16] and out2 likewise with panel2: two output blocks
-/// of the same 12 rows, 24 accumulators, so each broadcast feeds two FMAs (one-thread GEMM 1.12-1.2x
-/// over two wideRowsTile calls on Zen 5). Rows of `a` at four pointers and one or two strides past them.
+/// of the same 12 rows, 24 accumulators, so each broadcast feeds two FMAs (measured: docs/PERFORMANCE.md).
+/// Rows of `a` at four pointers and one or two strides past them.
 @inline(never)
 func wideRowsTilePair(
     _ out: UnsafeMutablePointer<Float>, _ out2: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,

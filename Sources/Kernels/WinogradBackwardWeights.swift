@@ -19,88 +19,48 @@ extension ConvPlan {
     /// layers: ResNet-18's 256- and 512-channel layers at batch 64), no dU is kept: V and Y are
     /// transformed once, and each item computes all 36 points of one block of input channels x 16
     /// output channels and folds them into dW itself (`allTiles`), where passes would write, re-read
-    /// and fold a dU of 9.4-38 MB. The four strategies and their measurements: docs/PERFORMANCE.md,
-    /// "Winograd backward-weights".
-    func wgBackwardWeightPlan(threads: Int) -> WGBackwardWeightPlan {
+    /// and fold a dU of 9.4-38 MB. Why these two strategies: docs/PERFORMANCE.md, "Winograd
+    /// backward-weights".
+    var wgBackwardWeightPlan: WGBackwardWeightPlan {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         var rows = 6
         for r in [6, 3, 2, 1] { rows = r; if r * 6 * c * kp * 4 <= budget.backwardPass { break } }
         let allTiles = rows < 6 && wgPoints * wgTiles * (cp + kp) * 4 <= budget.winogradAllTiles
         if allTiles { rows = 6 }
-        let t = max(threads, 1)
-        // Own sums, when dU fits in L2 (ResNet-18's 64-channel layers): each thread reduces its share
-        // of the tiles into a dU of its own, in blocks of its own V and Y, all in one parallel region;
-        // the sums then join in thread order. Shared blocks would take two parallel regions per block
-        // of tiles, each ending when the slower thread is done.
-        let ownBytes = rows * 6 * c * kp * 4
-        let ownSums =
-            !allTiles && rows == 6 && t > 1 && ownBytes <= budget.ownSumsPerThread
-            && t * ownBytes <= budget.ownSumsTotal
-        // Row groups, on 2 or 3 threads when dU fits in 8 MB but not in L2 (128 channels): each item
-        // takes 6/threads rows of the 6x6 points over all tiles, in blocks of its own V and Y, into
-        // its own rows of one dU, all in one parallel region; the items transform each tile's columns
-        // again, which one region instead of two per block of tiles pays for.
-        let groups = !allTiles && !ownSums && rows == 6 && (t == 2 || t == 3) ? t : 0
-        if groups > 0 { rows = 6 / groups }
         let pts = rows * 6
-        let tb: Int
-        if allTiles {
-            tb = wgTiles
-        } else if groups > 0 {
-            tb = min(wgTiles, 256, max(48, budget.rowGroupBlock / (pts * (cp + kp) * 4)))
-        } else if ownSums {
-            let block = min(budget.rowGroupBlock, 2 * budget.sharedBlock / t)
-            tb = min(ceilDiv(wgTiles, t), 256, max(32, block / (pts * (cp + kp) * 4)))
-        } else {
-            tb = min(wgTiles, 256, max(48, budget.sharedBlock / (pts * (cp + kp) * 4)))
-        }
-        // Shared: dU (one per thread with own sums), V, Y (per thread with own sums), in channel blocks
-        // (wgBackwardCBlock). Per thread: the transform's 36 vectors, tile pointers, a zero row, a
-        // block's partial sums [C][16] (all tiles: one item's dU [36][cBlock][16]).
+        let tb = allTiles ? wgTiles : min(wgTiles, 256, max(48, budget.sharedBlock / (pts * (cp + kp) * 4)))
+        // Shared: dU, V, Y, in channel blocks (wgBackwardCBlock). Per thread: the transform's 36
+        // vectors, tile pointers, a zero row, a block's partial sums [C][16] (all tiles: one item's
+        // dU [36][cBlock][16]).
         let cBlock = cp <= wgBackwardCBlockWhole ? cp : wgBackwardCBlock
         let cPadded = ceilDiv(c, cBlock) * cBlock
-        let dUCount = allTiles ? 0 : (groups > 0 ? wgPoints : pts) * c * kp, vCount = pts * tb * cPadded,
-            yCount = pts * tb * kp
+        let dUCount = allTiles ? 0 : pts * c * kp, vCount = pts * tb * cPadded, yCount = pts * tb * kp
         var p = WGBackwardWeightPlan(
             rowsPerPass: rows, tb: tb, dU: dUCount, v: vCount, yv: yCount,
             zeroCount: max(cp, kp), cBlock: cBlock)
         p.allTiles = allTiles
-        p.ownSumThreads = ownSums ? t : 0
-        p.rowGroups = groups
-        let own = ownSums || groups > 0
-        p.offV = align64((ownSums ? t : 1) * p.dU * 4)
-        p.offY = p.offV + (own ? 0 : align64(p.v * 4))
-        p.offThreads = p.offY + (own ? 0 : align64(p.yv * 4))
+        p.offV = align64(p.dU * 4)
+        p.offY = p.offV + align64(p.v * 4)
+        p.offThreads = p.offY + align64(p.yv * 4)
         p.offSrc = wgPoints * 2 * fvecWidth * 4
         p.offZero = p.offSrc + wgPoints * 8
         p.offPart = align64(p.offZero + p.zeroCount * 4)
         // (Twice the partial sums: wide tiles sum two output blocks at once.)
         p.perThread = align64(p.offPart + 2 * (allTiles ? wgPoints * cBlock : c) * convColBlock * 4 + 64)
-        if own {
-            p.offOwnV = p.perThread
-            p.offOwnY = p.offOwnV + align64(p.v * 4)
-            p.perThread = p.offOwnY + align64(p.yv * 4)
-        }
         return p
     }
 
-    /// How backward-weights splits its work on `threads` threads (for tests and benchmarks): "all
-    /// tiles", "own sums", "row groups", or "N passes" of shared blocks over the point rows.
-    public func wgBackwardWeightMethod(threads: Int) -> String {
-        let p = wgBackwardWeightPlan(threads: threads)
+    /// How backward-weights splits its work (for tests and benchmarks): "all tiles", or "N passes" of
+    /// shared blocks over the point rows.
+    public var wgBackwardWeightMethod: String {
+        let p = wgBackwardWeightPlan
         if p.allTiles { return "all tiles" }
-        if p.ownSums { return "own sums" }
-        if p.rowGroups > 0 { return "row groups" }
         return "\(6 / p.rowsPerPass) passes"
     }
 
     func wgBackwardWeightScratchBytes(threads: Int) -> Int {
-        var most = 0
-        for t in 1...max(threads, 1) {
-            let p = wgBackwardWeightPlan(threads: t)
-            most = max(most, p.offThreads + t * p.perThread + 64)
-        }
-        return most
+        let p = wgBackwardWeightPlan
+        return p.offThreads + max(threads, 1) * p.perThread + 64
     }
 }
 
@@ -126,13 +86,6 @@ struct WGBackwardWeightPlan {
     /// Channels per block of V (Y's blocks are convColBlock wide); tb rows per block.
     var cBlock: Int
     var allTiles = false
-    /// Threads that each sum their own share of the tiles into their own dU (0: shared blocks).
-    var ownSumThreads = 0
-    var ownSums: Bool { ownSumThreads > 0 }
-    /// Items of point rows (rowsPerPass each) over all tiles (0: not split so).
-    var rowGroups = 0
-    /// With own sums or row groups: each thread's V and Y, from its base.
-    var offOwnV = 0, offOwnY = 0
     var offV = 0, offY = 0, offThreads = 0, offSrc = 0, offZero = 0, offPart = 0, perThread = 0
 }
 
@@ -147,7 +100,7 @@ func wgBackwardWeight(
     let C = sh.c, K = sh.k, H = sh.h, W = sh.w
     let th = ceilDiv(H, wgOut), tw = ceilDiv(W, wgOut), tiles = sh.wgTiles
     let kb = ceilDiv(K, convColBlock), kp = kb * convColBlock
-    let plan = sh.wgBackwardWeightPlan(threads: Threads.count)
+    let plan = sh.wgBackwardWeightPlan
     let pts = plan.rowsPerPass * 6, tb = plan.tb
     let dU = scratch.bindMemory(to: Float.self, capacity: plan.dU)
     let perThreadBase = scratch + plan.offThreads
@@ -260,22 +213,12 @@ func wgBackwardWeight(
     }
     /// Output blocks per sumBlock: two with wide tiles (when there are two).
     let kStep = wide ? 2 : 1
-    /// dW[k][c][r][s] (+)= sum over point rows `rows` (dU's first) and all j of G[i][r] G[j][s] dU[i][j][c][k],
-    /// after adding the other threads' own sums (in thread order) into dU.
+    /// dW[k][c][r][s] (+)= sum over point rows `rows` (dU's first) and all j of G[i][r] G[j][s] dU[i][j][c][k].
     func fold(_ rows: Range<Int>, accumulate acc: Bool) {
         let kv = ceilDiv(K, fvecWidth)
         parallelForDynamic(kv, chunksPerThread: 4) { lo, hi, _ in
             for kvi in lo..<hi {
                 let k0 = kvi * fvecWidth, kn = min(fvecWidth, K - k0)
-                for t in 1..<max(plan.ownSumThreads, 1) {
-                    let other = dU + t * plan.dU
-                    for pt in 0..<pts {
-                        for c in 0..<C {
-                            let o = pt * pointU + c * kp + k0
-                            vstore(vload(dU + o) + vload(other + o), dU + o)
-                        }
-                    }
-                }
                 for c in 0..<C {
                     wgFoldPoints(
                         UnsafePointer(dU + c * kp + k0), pointU: pointU, rows: rows,
@@ -293,48 +236,6 @@ func wgBackwardWeight(
         }
         wgBackwardWeightAllTiles(
             sh, plan: plan, V: V, Y: Y, perThreadBase: perThreadBase, dw: dw, accumulate: accumulate)
-        return
-    }
-    /// u (pts points of dU, zeroed first) = V^T Y over tiles lo..<hi and point rows from row0, in blocks
-    /// of tb tiles transformed into `slot`'s own V and Y (own sums and row groups).
-    func sumTiles(_ lo: Int, _ hi: Int, row0: Int, into u: UnsafeMutablePointer<Float>, slot: Int) {
-        let V = (mine(slot) + plan.offOwnV).bindMemory(to: Float.self, capacity: plan.v)
-        let Y = (mine(slot) + plan.offOwnY).bindMemory(to: Float.self, capacity: plan.yv)
-        zeroRow(slot)
-        u.initialize(repeating: 0, count: pts * pointU)
-        var t0 = lo
-        while t0 < hi {
-            let nt = min(tb, hi - t0)
-            for ti in 0..<nt { transformTile(t0 + ti, ti, row0, V: V, Y: Y, thread: slot) }
-            for pt in 0..<pts {
-                for b in stride(from: 0, to: kb, by: kStep) {
-                    sumBlock(
-                        pt, b * convColBlock, nt, V: V, Y: Y, u: u, first: t0 == lo, thread: slot,
-                        pair: b + 1 < kb && kStep == 2)
-                }
-            }
-            t0 += nt
-        }
-    }
-    if plan.ownSums {
-        // One range of tiles per thread (a static split: each dU element's sum then has one order for
-        // a given thread count, whichever thread runs first).
-        let n = plan.ownSumThreads
-        parallelFor(n) { lo, hi, _ in
-            for t in lo..<hi { sumTiles(tiles * t / n, tiles * (t + 1) / n, row0: 0, into: dU + t * plan.dU, slot: t) }
-        }
-        fold(0..<wgIn, accumulate: accumulate)
-        return
-    }
-    if plan.rowGroups > 0 {
-        // One group of point rows per item, over all tiles: every point of dU belongs to one item.
-        parallelForDynamic(plan.rowGroups) { lo, hi, thread in
-            for g in lo..<hi {
-                let row0 = g * plan.rowsPerPass
-                sumTiles(0, tiles, row0: row0, into: dU + row0 * wgIn * pointU, slot: thread)
-            }
-        }
-        fold(0..<wgIn, accumulate: accumulate)
         return
     }
     let V = (scratch + plan.offV).bindMemory(to: Float.self, capacity: plan.v)

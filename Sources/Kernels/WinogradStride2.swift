@@ -27,10 +27,9 @@ extension ConvPlan {
 
     /// Whether the kernels are transformed inside the forward, one output block at a time
     /// (ws2ForwardFused), rather than packed transformed (36 x C x K), which stream through every block
-    /// of tiles: past the stride-2 pack limit (CacheBudget), ResNet-18's 256 -> 512 (19 MB), packed ran slower than the
-    /// direct kernel and packing it cost more than the forward saved. Fused, its packed weights are the
-    /// raw kernels [K/16][C][9][16] (4.7 MB).
-    /// ResNet-18's 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB) stay packed.
+    /// of tiles: past the stride-2 pack limit (CacheBudget), as at ResNet-18's 256 -> 512 (19 MB
+    /// transformed), packing costs more than the forward saves. Fused, its packed weights are the raw
+    /// kernels [K/16][C][9][16]. ResNet-18's 64 -> 128 (1.2 MB) and 128 -> 256 (4.7 MB) stay packed.
     public var ws2FusedWeights: Bool { isWinogradStride2Shape && ws2PackedCount * 4 > budget.stride2PackLimit }
 
     /// Floats of the packed forward weights: transformed, or raw when fused.
@@ -42,9 +41,8 @@ extension ConvPlan {
     var ws2PackedCount: Int { ws2Classes * ws2ClassStride }
 
     /// Tiles per block: V and M of a block (81 rows per tile) near 768 KB, in L2 beside the class
-    /// being multiplied, a multiple of the register tile's rows (gemmRowUnit). At 64 -> 128 channels
-    /// that is 12 tiles (6, 24 and 48 ran 3-10% slower in the step), at 128 -> 256 6 tiles with 6-row
-    /// tiles (24, 48 and 96: 15-50% slower) and 12 with wide ones (1.12x over 6 on AVX-512).
+    /// being multiplied, a multiple of the register tile's rows (gemmRowUnit): 12 tiles at 64 -> 128
+    /// channels, 6 at 128 -> 256 (12 with wide tiles); the sizes tried: docs/PERFORMANCE.md.
     var ws2BlockTiles: Int {
         let cp = ceilDiv(c, fvecWidth) * fvecWidth, kp = ceilDiv(k, convColBlock) * convColBlock
         let u = gemmRowUnit, t = max(u, budget.stride2Block / (81 * (cp + kp) * 4))

@@ -105,7 +105,9 @@ final class TrainerTests: XCTestCase {
 
     /// Step-level: on one fixed batch both objectives, with saliency masks, hp fill and hard negatives,
     /// (alpha 1) must drive their loss down (MoCo with its queue reset to the same random keys every step, so
-    /// that copies of the batch's own keys do not pile up in it as negatives).
+    /// that copies of the batch's own keys do not pile up in it as negatives). At learning rate 0.05
+    /// SimCLR on these 16 images can sit at the chance-level loss (ln 31) for tens of steps, longer or
+    /// shorter with the thread count's rounding; at 0.02 both fall by 0.35 or more on 1-3 threads.
     func testFixedBatchLossFalls() throws {
         let dir = tempDir("fixed-data")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -128,7 +130,7 @@ final class TrainerTests: XCTestCase {
             var losses: [Float] = []
             for s in 0..<60 {
                 if let q = step.queue, let k = initialQueue { q.restore(keys: k, pointer: 0) }
-                losses.append(step.step(views: [v0, v1], epoch: 1, step: s, lr: 0.05).loss)
+                losses.append(step.step(views: [v0, v1], epoch: 1, step: s, lr: 0.02).loss)
             }
             let first = losses.prefix(5).reduce(0, +) / 5, last = losses.suffix(5).reduce(0, +) / 5
             XCTAssertLessThan(last, first - 0.25, "\(m): \(losses)")

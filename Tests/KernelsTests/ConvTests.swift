@@ -99,13 +99,13 @@ final class ConvTests: XCTestCase {
     /// Every way backward-weights splits its work, on 1-3 threads, against the float64 reference:
     /// V and Y in channel blocks of 48 past 64 channels (two whole blocks and a partial one here), all
     /// tiles at once (wide layers, the default when V and Y fit winogradAllTiles) or passes of
-    /// shared blocks over the point rows (the limit set to 0), own sums, row groups.
+    /// shared blocks over the point rows (the limit set to 0; one pass when dU is small).
     func testWinogradBackwardWeightPaths() {
         let cases: [(Conv2DShape, [String])] = [
             (Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
             (Conv2DShape(n: 1, c: 136, h: 6, w: 5, k: 520, r: 3, s: 3, stride: 1, pad: 1), ["all tiles", "2 passes"]),
-            (Conv2DShape(n: 2, c: 72, h: 20, w: 19, k: 96, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "own sums"]),
-            (Conv2DShape(n: 2, c: 136, h: 9, w: 10, k: 72, r: 3, s: 3, stride: 1, pad: 1), ["1 passes", "row groups"])
+            (Conv2DShape(n: 2, c: 72, h: 20, w: 19, k: 96, r: 3, s: 3, stride: 1, pad: 1), ["1 passes"]),
+            (Conv2DShape(n: 2, c: 136, h: 9, w: 10, k: 72, r: 3, s: 3, stride: 1, pad: 1), ["1 passes"])
         ]
         for (i, (sh, methods)) in cases.enumerated() {
             var rng = TestRNG(seed: UInt64(300 + i))
@@ -118,7 +118,7 @@ final class ConvTests: XCTestCase {
                 config.cache.winogradAllTiles = limit
                 for threads in [1, 2, 3] {
                     Threads.count = threads
-                    let method = ConvPlan(sh, config).wgBackwardWeightMethod(threads: threads)
+                    let method = ConvPlan(sh, config).wgBackwardWeightMethod
                     seen.insert(method)
                     let got = fast(sh, x, w, dy, config: config).dw
                     XCTAssertLessThanOrEqual(
@@ -437,13 +437,12 @@ final class ConvTests: XCTestCase {
         let t = CacheBudget(l2: 1 << 20, lastLevel: 32 << 20)
         XCTAssertEqual(t, CacheBudget.tuned)
         XCTAssertEqual(
-            [t.winogradBlock, t.winogradWeightsInL2, t.winogradBlockOuter, t.ownSumsPerThread],
-            [1 << 20, 1 << 20, 1 << 20, 1 << 20])
-        XCTAssertEqual([t.stride2Block, t.rowGroupBlock], [3 << 18, 2 << 20])
+            [t.winogradBlock, t.winogradWeightsInL2, t.winogradBlockOuter, t.stride2Block],
+            [1 << 20, 1 << 20, 1 << 20, 3 << 18])
         XCTAssertEqual(
             [t.winogradWeightsShared, t.sharedBlock, t.winogradFuseLimit, t.backwardPass],
             [4 << 20, 4 << 20, 8 << 20, 8 << 20])
-        XCTAssertEqual([t.stride2PackLimit, t.ownSumsTotal, t.winogradAllTiles], [6 << 20, 16 << 20, 20 << 20])
+        XCTAssertEqual([t.stride2PackLimit, t.winogradAllTiles], [6 << 20, 20 << 20])
         let m = CacheBudget.machine
         XCTAssertGreaterThanOrEqual(m.l2, 64 << 10)
         XCTAssertGreaterThanOrEqual(m.lastLevel, m.l2)

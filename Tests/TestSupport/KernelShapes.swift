@@ -33,9 +33,9 @@ public enum KernelShapes {
         Conv2DShape(n: 2, c: 40, h: 8, w: 3, k: 72, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 1, c: 256, h: 4, w: 4, k: 256, r: 3, s: 3, stride: 1, pad: 1),
         Conv2DShape(n: 1, c: 512, h: 2, w: 3, k: 520, r: 3, s: 3, stride: 1, pad: 1),
-        // 544 tiles: backward-weights with own sums on 2-3 threads runs 2-3 blocks per thread.
+        // 544 tiles: backward-weights sums 3 blocks of tiles into one dU.
         Conv2DShape(n: 2, c: 16, h: 64, w: 68, k: 20, r: 3, s: 3, stride: 1, pad: 1),
-        // dU of 1.5 MB: backward-weights in row groups on 2-3 threads (2 blocks of tiles on 2).
+        // dU of 1.5 MB: backward-weights over 4 blocks of tiles.
         Conv2DShape(n: 2, c: 72, h: 40, w: 36, k: 136, r: 3, s: 3, stride: 1, pad: 1)
     ]
 
