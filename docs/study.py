@@ -264,14 +264,13 @@ def pytorch_table():
     for method in ("simclr", "moco"):
         torch_runs = [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
                       if f.startswith(method + ".") and f.endswith(".json")]
-        # kNN over every seed of the study's row (the same recipe); times from the run timed back to
-        # back with PyTorch's on a quiet machine (`--variant paired`) when there is one.
+        # kNN over every seed of both frameworks' rows (the same recipe); times only from the runs timed
+        # back to back on a quiet machine: salient's `--variant paired` run when there is one, PyTorch's
+        # seed 1 (other seeds may have shared the machine with other work).
         mine = [r for r in ours if r["row"] == method]
         mine_timed = [r for r in load_records("fmnist-explore") if r["row"] == f"{method}+{PAIRED}"] or mine
         if not torch_runs or not mine:
             continue
-        # Times come from the runs timed back to back with salient's on a quiet machine (seed 1); other
-        # seeds add to the kNN spread only (they may have shared the machine with other work).
         timed = [r for r in torch_runs if r["seed"] == 1] or torch_runs
         target = statistics.mean(r["knn_top1"] for r in torch_runs)
         # salient's first epoch whose kNN (mean over seeds) reaches PyTorch's final mean, and its training time.

@@ -116,7 +116,9 @@ public struct PassProgram: Sendable {
     /// The max pool's output size, when the stem has one.
     public internal(set) var pool: MaxPoolShape? = nil
     /// Mid-block batch norms applied inside the next convolution's input transform.
-    public internal(set) var fusedMidCount = 0
+    public var fusedMidCount: Int {
+        forward.filter { if case .convBN(let s) = $0 { s.inputAffine != nil } else { false } }.count
+    }
 
     mutating func buffer(_ count: Int) -> BufferID {
         floats.append(count)
@@ -190,7 +192,6 @@ public struct PassProgram: Sendable {
                         ConvBNStep(
                             node: k.nodes[i], input: x, inputAffine: affine, conv: conv, output: out,
                             residual: i == last && downPlan == nil ? cur : nil, rowSet: 0)))
-                if fuse { fusedMidCount += 1 }
                 affine = fuse ? k.nodes[i] : nil
                 x = out ?? conv
             }

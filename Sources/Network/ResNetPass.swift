@@ -31,11 +31,12 @@ public final class ResNetPass {
 
     /// A convolution + batch norm of the program and its saved batch statistics.
     struct Node {
-        var unit: ConvBN
-        var plan: ConvPlan
+        var spec: PassNode
         var mean: Ptr
         var invStd: Ptr
-        var bnPixels: Int { plan.n * plan.oh * plan.ow }
+        var unit: ConvBN { spec.unit }
+        var plan: ConvPlan { spec.plan }
+        var bnPixels: Int { spec.bnPixels }
     }
 
     public let layout: ResNetLayout
@@ -61,7 +62,7 @@ public final class ResNetPass {
     public var lastFeatureMap: UnsafePointer<Float> { UnsafePointer(buffers[program.featureMap]) }
     public let mapHeight: Int, mapWidth: Int
     /// The arena every buffer but the input lives in, and its length in floats.
-    var arena: Ptr
+    let arena: Ptr
     let arenaCount: Int
     /// Whether the arena is borrowed (not allocated by this pass).
     public let borrowedArena: Bool
@@ -125,7 +126,7 @@ public final class ResNetPass {
         let inputBuffer = alloc(program.floats[program.input])
         self.input = inputBuffer
         nodes = program.nodes.map { n in
-            Node(unit: n.unit, plan: n.plan, mean: alloc(n.unit.cout), invStd: alloc(n.unit.cout))
+            Node(spec: n, mean: alloc(n.unit.cout), invStd: alloc(n.unit.cout))
         }
         pool = program.pool.map { ps in
             let am = UnsafeMutableRawPointer.allocate(byteCount: max(ps.outputCount, 16) * 4, alignment: 64)
@@ -139,8 +140,7 @@ public final class ResNetPass {
         } else {
             arena = alloc(count); borrowedArena = false
         }
-        let base = arena
-        buffers = offsets.map { $0.map { base + $0 } ?? inputBuffer }
+        buffers = offsets.map { [arena] in $0.map { arena + $0 } ?? inputBuffer }
         features = alloc(batch * layout.config.featureDim)
         let rows = batch * bnPadded(layout.blocks.flatMap(\.convs).map(\.cout).max() ?? 1)
         affineRowCount = rows
