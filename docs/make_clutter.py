@@ -87,7 +87,9 @@ def background(rng, size, pool):
     return base + width * b
 
 
-def make(images, pool, size, seed):
+def make(images, pool, size, seed, masks=None):
+    """The cluttered images of `images` (uint8 [N][size][size]); with a list `masks`, appends each
+    image's garment pixels (bool [size][size], where the garment is at least half opaque)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     out = np.empty((len(images), size, size), dtype=np.uint8)
     for i, img in enumerate(images):
@@ -99,6 +101,10 @@ def make(images, pool, size, seed):
         patch = bg[y:y + s, x:x + s]
         alpha = np.clip(g / 0.1, 0, 1)                      # opaque wherever the garment is (its surround is 0)
         bg[y:y + s, x:x + s] = alpha * g + (1 - alpha) * patch
+        if masks is not None:
+            m = np.zeros((size, size), dtype=bool)
+            m[y:y + s, x:x + s] = alpha >= 0.5
+            masks.append(m)
         out[i] = np.clip(np.rint(bg * 255), 0, 255).astype(np.uint8)
     return out
 

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Does a saliency map find the garment? Scores the maps that `salient train --masking saliency` uses
+against the garment pixels that docs/make_clutter.py knows, on test images of both studies.
+
+  pip install torch numpy pillow      # not dependencies of salient
+  python3 docs/saliency_check.py [--images 2000] [--record F.json] [--png F.png]
+
+(defaults: docs/results/saliency.json and docs/saliency_maps.png)
+
+Maps, on the training grid (G x G cells: 6 x 6 at 48 px, 4 x 4 at 32 px), of whole test images
+normalised as salient normalises one-channel views ((x - 0.5) / 0.5):
+- classical: salient's network-free warm-up map (`classicalSaliency`: per pixel the distance from the
+  image's mean, averaged per cell);
+- encoder: the channel sum of an encoder's last feature map (salient's `saliencyFromFeatures`), from a
+  salient checkpoint (the encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q
+  for SimCLR), or from a random initialisation (kaiming-normal convolutions, as salient's). Batch norm
+  uses the statistics of the batch (250 images), as the training-time no-grad forward does.
+
+Scores per map, averaged over images (a cell's garment share is the fraction of its pixels that are
+garment: at least half-opaque garment pixels in the cluttered set, pixels >= 5% of full scale in
+plain Fashion-MNIST):
+- AUC: the probability that a cell holding garment (share >= 0.5) outranks a cell holding none
+  (0.5: no better than chance);
+- recall: the share of the garment's pixels that lie in foreground cells (saliency >= mean - 0.6 std);
+- lift: recall / FG_ratio. A hard negative masks each foreground cell with probability r, so it hides
+  r * recall of the garment on average, where random masking's hard negative (the same number of cells,
+  drawn from all G^2) hides r * FG_ratio. Lift > 1: saliency hard negatives hide more garment than
+  random ones; lift < 1: they hide less, and keep the object that should be gone. (The query mask
+  takes each cell with the same probability r either way, up to the 0.55 cap.)
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_clutter  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = os.path.join(ROOT, "runs", "study")
+FG_STD = 0.6
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        blob = f.read()
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        dtype = {"F32": np.float32, "I64": np.int64}[v["dtype"]]
+        out[k] = torch.from_numpy(np.frombuffer(blob[a:b], dtype=dtype).reshape(v["shape"]).copy())
+    return out, header.get("__metadata__", {})
+
+
+def backbone(width=0.25):
+    """ResNet-18 with the CIFAR stem (salient's `--stem cifar`), up to the last feature map."""
+    ch = [round(c * width) for c in (64, 128, 256, 512)]
+    layers, inplanes = [], ch[0]
+    for i, c in enumerate(ch):
+        stride = 1 if i == 0 else 2
+        down = None
+        if stride != 1 or inplanes != c:
+            down = nn.Sequential(nn.Conv2d(inplanes, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+        layers.append(nn.Sequential(BasicBlock(inplanes, c, stride, down), BasicBlock(c, c)))
+        inplanes = c
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(1, ch[0], 3, 1, 1, bias=False))
+    net.add_module("bn1", nn.BatchNorm2d(ch[0]))
+    net.add_module("relu", nn.ReLU(inplace=True))
+    for i, layer in enumerate(layers):
+        net.add_module(f"layer{i + 1}", layer)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.0            # batch statistics, running statistics untouched
+    return net
+
+
+def encoder_maps(net, images, batch=250):
+    """Channel sums of the last feature map: [N][G][G]."""
+    net.train()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).float().div(255).unsqueeze(1)
+            out.append(net((x - 0.5) / 0.5).sum(1).numpy())
+    return np.concatenate(out)
+
+
+def from_checkpoint(path):
+    tensors, meta = load_safetensors(path)
+    prefix = "encoder_k." if meta.get("method") == "moco" else "encoder_q."
+    net = backbone(float(meta.get("width", 0.25)))
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    net.load_state_dict(state)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.0
+    return net
+
+
+def cell_mean(a, grid):
+    """[N][H][W] -> [N][grid][grid] means over salient's cell bands (H divisible by grid here)."""
+    n, h, w = a.shape
+    return a.reshape(n, grid, h // grid, grid, w // grid).mean(axis=(2, 4))
+
+
+def classical_maps(images, grid):
+    x = (images.astype(np.float64) / 255 - 0.5) / 0.5
+    d = np.abs(x - x.mean(axis=(1, 2), keepdims=True))
+    return cell_mean(d, grid)
+
+
+def scores(maps, garment, grid):
+    """Mean AUC, recall, FG_ratio and lift over the images (see the module docstring)."""
+    share = cell_mean(garment.astype(np.float64), grid).reshape(len(maps), -1)
+    m = maps.reshape(len(maps), -1)
+    aucs, recalls, ratios = [], [], []
+    for s, g in zip(m, share):
+        pos, neg = s[g >= 0.5], s[g == 0]
+        if len(pos) and len(neg):
+            aucs.append(((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()))
+        fg = s >= s.mean() - FG_STD * s.std() if s.max() > s.min() else np.ones_like(s, dtype=bool)
+        recalls.append((g * fg).sum() / g.sum())
+        ratios.append(fg.mean())
+    recall, ratio = float(np.mean(recalls)), float(np.mean(ratios))
+    return {"auc": round(float(np.mean(aucs)), 3), "recall": round(recall, 3), "fg_ratio": round(ratio, 3),
+            "lift": round(float(np.mean(np.array(recalls) / np.array(ratios))), 3)}
+
+
+def heat(map_, size):
+    """A G x G map, min-max scaled, as a size x size RGB array (dark blue -> red -> yellow)."""
+    s = (map_ - map_.min()) / max(map_.max() - map_.min(), 1e-12)
+    rgb = np.stack([np.minimum(1, 2 * s), np.clip(2 * s - 1, 0, 1), np.clip(0.5 - s, 0, 1)], -1)
+    k = size // map_.shape[0]
+    return np.kron(rgb, np.ones((k, k, 1)))
+
+
+def figure(path, images, garment, columns, rows=8, scale=3):
+    """One row per image: the image, its garment pixels, then each map's heat over the image."""
+    from PIL import Image
+    n, size = rows, images.shape[1]
+    pad = 2
+    tiles = []
+    for i in range(n):
+        g = np.repeat(images[i][:, :, None] / 255.0, 3, -1)
+        row = [g, np.repeat(garment[i][:, :, None].astype(np.float64), 3, -1)]
+        row += [0.5 * g + 0.5 * heat(maps[i], size) for _, maps in columns]
+        tiles.append(row)
+    cols = len(tiles[0])
+    canvas = np.ones(((size + pad) * n + pad, (size + pad) * cols + pad, 3))
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            y, x = pad + r * (size + pad), pad + c * (size + pad)
+            canvas[y:y + size, x:x + size] = t
+    img = Image.fromarray((canvas * 255).round().astype(np.uint8)).resize(
+        (canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    img.save(path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=2000, help="first N test images of each study")
+    p.add_argument("--record", default=os.path.join(ROOT, "docs", "results", "saliency.json"))
+    p.add_argument("--png", default=os.path.join(ROOT, "docs", "saliency_maps.png"))
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    fm = make_clutter.FM
+    train = make_clutter.read_idx(f"{fm}/train-images-idx3-ubyte.gz")
+    test = make_clutter.read_idx(f"{fm}/t10k-images-idx3-ubyte.gz")[:a.images]
+
+    masks = []
+    clutter = make_clutter.make(test, train, 48, 2, masks)    # the first N of the study's test split
+    garment = np.stack(masks)
+    plain = np.stack([make_clutter.resize(t.astype(np.float64), 32, 32) for t in test])
+    plain_garment = plain >= 0.05 * 255
+    plain = np.clip(np.rint(plain), 0, 255).astype(np.uint8)
+
+    results, figure_columns = [], []
+
+    def add(study, source, maps, images_garment, grid):
+        r = {"study": study, "source": source, **scores(maps, images_garment, grid)}
+        results.append(r)
+        print(f"{study:8s} {source:40s} AUC {r['auc']:.3f}  recall {r['recall']:.3f}  "
+              f"FG_ratio {r['fg_ratio']:.3f}  lift {r['lift']:.3f}", flush=True)
+        return maps
+
+    for study, images, g, grid in (("fmnist", plain, plain_garment, 4), ("clutter", clutter, garment, 6)):
+        maps = add(study, "classical", classical_maps(images, grid), g, grid)
+        if study == "clutter":
+            figure_columns.append(("classical", maps))
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            maps = add(study, f"random init (seed {seed})", encoder_maps(backbone(), images), g, grid)
+            if study == "clutter" and seed == 1:
+                figure_columns.append(("random init", maps))
+        for row in ("simclr", "simclr_random_mean", "simclr_sal_mean", "moco", "moco_sal_mean"):
+            for seed in (1, 2, 3):
+                ckpt = os.path.join(RUNS, study, f"{row}.s{seed}", "last.safetensors")
+                if not os.path.exists(ckpt):
+                    continue
+                maps = add(study, f"{row}.s{seed}", encoder_maps(from_checkpoint(ckpt), images), g, grid)
+                if study == "clutter" and seed == 1 and row == "simclr_sal_mean":
+                    figure_columns.append((row, maps))
+
+    if a.record:
+        with open(a.record, "w") as f:
+            json.dump({"images": a.images, "fg_std": FG_STD, "command": " ".join(["python3"] + sys.argv),
+                       "results": results}, f, indent=1)
+            f.write("\n")
+    if a.png:
+        figure(a.png, clutter, garment, figure_columns)
+        print(f"{a.png}: image | garment | " + " | ".join(name for name, _ in figure_columns))
+
+
+if __name__ == "__main__":
+    main()
