@@ -14,13 +14,20 @@ normalised as salient normalises one-channel views ((x - 0.5) / 0.5):
 - encoder: the channel sum of an encoder's last feature map (salient's `saliencyFromFeatures`), from a
   salient checkpoint (the encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q
   for SimCLR), or from a random initialisation (kaiming-normal convolutions, as salient's). Batch norm
-  uses the statistics of the batch (250 images), as the training-time no-grad forward does.
+  uses the statistics of the batch (250 images), as the training-time no-grad forward does. The
+  random-init encoders are also written as files (runs/data/random_encoder.sSEED.safetensors, for
+  `salient train --saliency FILE`) and scored as salient uses such a file: frozen, with eval-mode
+  batch norm (running statistics 0 / 1).
+
+- centre prior: a map that only knows where garments tend to be (minus the distance from the centre):
+  the score that position alone earns, without looking at the image.
 
 Scores per map, averaged over images (a cell's garment share is the fraction of its pixels that are
 garment: at least half-opaque garment pixels in the cluttered set, pixels >= 5% of full scale in
 plain Fashion-MNIST):
 - AUC: the probability that a cell holding garment (share >= 0.5) outranks a cell holding none
-  (0.5: no better than chance);
+  (0.5: no better than chance); inner AUC: the same among the cells inside the outer ring, where
+  the centre prior helps less (6 x 6 grids only: inside a 4 x 4 grid's ring nearly every cell is garment);
 - recall: the share of the garment's pixels that lie in foreground cells (saliency >= mean - 0.6 std);
 - lift: recall / FG_ratio. A hard negative masks each foreground cell with probability r, so it hides
   r * recall of the garment on average, where random masking's hard negative (the same number of cells,
@@ -87,9 +94,10 @@ def backbone(width=0.25):
     return net
 
 
-def encoder_maps(net, images, batch=250):
-    """Channel sums of the last feature map: [N][G][G]."""
-    net.train()
+def encoder_maps(net, images, batch=250, batch_statistics=True):
+    """Channel sums of the last feature map: [N][G][G]. Batch norm from the batch's statistics (the
+    training encoder's own saliency), or from the running ones (an imported `--saliency FILE`)."""
+    net.train(batch_statistics)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -101,9 +109,35 @@ def encoder_maps(net, images, batch=250):
 def from_checkpoint(path):
     tensors, meta = load_safetensors(path)
     prefix = "encoder_k." if meta.get("method") == "moco" else "encoder_q."
-    net = backbone(float(meta.get("width", 0.25)))
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return backbone_from({k: v for k, v in state.items() if not k.startswith("fc.")})
+
+
+def write_random_encoder(path, seed):
+    """A randomly initialised backbone (running statistics 0 / 1) as an encoder file salient reads
+    (`--saliency FILE`): bare torchvision names, safetensors."""
+    torch.manual_seed(seed)
+    state = backbone().state_dict()
+    header, blobs, offset = {"__metadata__": {"arch": "resnet18", "stem": "cifar", "width": "0.25",
+                                              "in_channels": "1"}}, [], 0
+    for k, v in state.items():
+        a = v.numpy()
+        dtype = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}[a.dtype]
+        b = np.ascontiguousarray(a).tobytes()
+        header[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    os.replace(path + ".tmp", path)
+    return backbone_from(load_safetensors(path)[0])
+
+
+def backbone_from(state):
+    net = backbone()
     net.load_state_dict(state)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -123,21 +157,39 @@ def classical_maps(images, grid):
     return cell_mean(d, grid)
 
 
+def auc(s, g):
+    """P(a garment cell of map `s` outranks a garment-free one), ties half; None without both kinds."""
+    pos, neg = s[g >= 0.5], s[g == 0]
+    if not len(pos) or not len(neg):
+        return None
+    return (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+
+
+def centre_prior(n, grid):
+    """A map that knows only where garments tend to be: minus each cell's distance from the centre."""
+    yy, xx = np.mgrid[0:grid, 0:grid]
+    return np.broadcast_to(-np.hypot(yy - (grid - 1) / 2, xx - (grid - 1) / 2), (n, grid, grid)).copy()
+
+
 def scores(maps, garment, grid):
-    """Mean AUC, recall, FG_ratio and lift over the images (see the module docstring)."""
+    """Mean AUC (all cells, and inside the outer ring), recall, FG_ratio and lift over the images (see
+    the module docstring)."""
     share = cell_mean(garment.astype(np.float64), grid).reshape(len(maps), -1)
     m = maps.reshape(len(maps), -1)
-    aucs, recalls, ratios = [], [], []
+    inner = [i * grid + j for i in range(1, grid - 1) for j in range(1, grid - 1)]
+    aucs, inner_aucs, recalls, ratios = [], [], [], []
     for s, g in zip(m, share):
-        pos, neg = s[g >= 0.5], s[g == 0]
-        if len(pos) and len(neg):
-            aucs.append(((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()))
+        aucs.append(auc(s, g))
+        inner_aucs.append(auc(s[inner], g[inner]) if grid >= 6 else None)
         fg = s >= s.mean() - FG_STD * s.std() if s.max() > s.min() else np.ones_like(s, dtype=bool)
         recalls.append((g * fg).sum() / g.sum())
         ratios.append(fg.mean())
     recall, ratio = float(np.mean(recalls)), float(np.mean(ratios))
-    return {"auc": round(float(np.mean(aucs)), 3), "recall": round(recall, 3), "fg_ratio": round(ratio, 3),
-            "lift": round(float(np.mean(np.array(recalls) / np.array(ratios))), 3)}
+    def mean(v):
+        v = [x for x in v if x is not None]
+        return round(float(np.mean(v)), 3) if v else None
+    return {"auc": mean(aucs), "auc_inner": mean(inner_aucs), "recall": round(recall, 3),
+            "fg_ratio": round(ratio, 3), "lift": round(float(np.mean(np.array(recalls) / np.array(ratios))), 3)}
 
 
 def heat(map_, size):
@@ -176,6 +228,9 @@ def main():
     p.add_argument("--record", default=os.path.join(ROOT, "docs", "results", "saliency.json"))
     p.add_argument("--png", default=os.path.join(ROOT, "docs", "saliency_maps.png"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--random-encoders", default=os.path.join(ROOT, "runs", "data"),
+                   help="where to write random_encoder.sSEED.safetensors (seeds 1, 2): frozen random-init "
+                        "encoders for `salient train --saliency FILE`, scored with their running statistics")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     fm = make_clutter.FM
@@ -194,11 +249,13 @@ def main():
     def add(study, source, maps, images_garment, grid):
         r = {"study": study, "source": source, **scores(maps, images_garment, grid)}
         results.append(r)
-        print(f"{study:8s} {source:40s} AUC {r['auc']:.3f}  recall {r['recall']:.3f}  "
+        inner = "  -  " if r["auc_inner"] is None else f"{r['auc_inner']:.3f}"
+        print(f"{study:8s} {source:34s} AUC {r['auc']:.3f}  inner {inner}  recall {r['recall']:.3f}  "
               f"FG_ratio {r['fg_ratio']:.3f}  lift {r['lift']:.3f}", flush=True)
         return maps
 
     for study, images, g, grid in (("fmnist", plain, plain_garment, 4), ("clutter", clutter, garment, 6)):
+        add(study, "centre prior", centre_prior(len(images), grid), g, grid)
         maps = add(study, "classical", classical_maps(images, grid), g, grid)
         if study == "clutter":
             figure_columns.append(("classical", maps))
@@ -207,6 +264,9 @@ def main():
             maps = add(study, f"random init (seed {seed})", encoder_maps(backbone(), images), g, grid)
             if study == "clutter" and seed == 1:
                 figure_columns.append(("random init", maps))
+            path = os.path.join(a.random_encoders, f"random_encoder.s{seed}.safetensors")
+            add(study, f"random init, file (seed {seed})",
+                encoder_maps(write_random_encoder(path, seed), images, batch_statistics=False), g, grid)
         for row in ("simclr", "simclr_random_mean", "simclr_sal_mean", "moco", "moco_sal_mean"):
             for seed in (1, 2, 3):
                 ckpt = os.path.join(RUNS, study, f"{row}.s{seed}", "last.safetensors")
