@@ -84,16 +84,22 @@ def background(rng, size, pool):
     b = (b - lo) / (hi - lo) if hi > lo else np.zeros_like(b)
     width = rng.uniform(0.25, 0.6)
     base = rng.uniform(0, 1 - width)
-    return base + width * b
+    return base + width * b, int(kind)
 
 
-def make(images, pool, size, seed, masks=None):
+KINDS = ("garment crop", "noise", "stripes", "checkerboard")
+
+
+def make(images, pool, size, seed, masks=None, kinds=None):
     """The cluttered images of `images` (uint8 [N][size][size]); with a list `masks`, appends each
-    image's garment pixels (bool [size][size], where the garment is at least half opaque)."""
+    image's garment pixels (bool [size][size], where the garment is at least half opaque); with a
+    list `kinds`, each image's background kind (an index into KINDS)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     out = np.empty((len(images), size, size), dtype=np.uint8)
     for i, img in enumerate(images):
-        bg = background(rng, size, pool)
+        bg, kind = background(rng, size, pool)
+        if kinds is not None:
+            kinds.append(kind)
         s = int(round(28 * rng.uniform(0.65, 1.25)))
         s = min(s, size)
         g = resize(img.astype(np.float64) / 255, s, s)

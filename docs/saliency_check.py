@@ -12,7 +12,7 @@ normalised as salient normalises one-channel views ((x - 0.5) / 0.5):
 - classical: salient's network-free warm-up map (`classicalSaliency`: per pixel the distance from the
   image's mean, averaged per cell);
 - encoder: the channel sum of an encoder's last feature map (salient's `saliencyFromFeatures`), from a
-  salient checkpoint (the encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q
+  salient checkpoint of runs/study/ (the study rows, and the cluttered set's explorations) (the encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q
   for SimCLR), or from a random initialisation (kaiming-normal convolutions, as salient's). Batch norm
   uses the statistics of the batch (250 images), as the training-time no-grad forward does. The
   random-init encoders are also written as files (runs/data/random_encoder.sSEED.safetensors, for
@@ -171,9 +171,9 @@ def centre_prior(n, grid):
     return np.broadcast_to(-np.hypot(yy - (grid - 1) / 2, xx - (grid - 1) / 2), (n, grid, grid)).copy()
 
 
-def scores(maps, garment, grid):
+def scores(maps, garment, grid, kinds=None):
     """Mean AUC (all cells, and inside the outer ring), recall, FG_ratio and lift over the images (see
-    the module docstring)."""
+    the module docstring); with `kinds` (each image's background kind), the AUC per kind too."""
     share = cell_mean(garment.astype(np.float64), grid).reshape(len(maps), -1)
     m = maps.reshape(len(maps), -1)
     inner = [i * grid + j for i in range(1, grid - 1) for j in range(1, grid - 1)]
@@ -188,8 +188,12 @@ def scores(maps, garment, grid):
     def mean(v):
         v = [x for x in v if x is not None]
         return round(float(np.mean(v)), 3) if v else None
-    return {"auc": mean(aucs), "auc_inner": mean(inner_aucs), "recall": round(recall, 3),
-            "fg_ratio": round(ratio, 3), "lift": round(float(np.mean(np.array(recalls) / np.array(ratios))), 3)}
+    out = {"auc": mean(aucs), "auc_inner": mean(inner_aucs), "recall": round(recall, 3),
+           "fg_ratio": round(ratio, 3), "lift": round(float(np.mean(np.array(recalls) / np.array(ratios))), 3)}
+    if kinds is not None:
+        out["auc_by_background"] = {name: mean([x for x, k in zip(aucs, kinds) if k == i])
+                                    for i, name in enumerate(make_clutter.KINDS)}
+    return out
 
 
 def heat(map_, size):
@@ -237,8 +241,8 @@ def main():
     train = make_clutter.read_idx(f"{fm}/train-images-idx3-ubyte.gz")
     test = make_clutter.read_idx(f"{fm}/t10k-images-idx3-ubyte.gz")[:a.images]
 
-    masks = []
-    clutter = make_clutter.make(test, train, 48, 2, masks)    # the first N of the study's test split
+    masks, kinds = [], []
+    clutter = make_clutter.make(test, train, 48, 2, masks, kinds)    # the first N of the study's test split
     garment = np.stack(masks)
     plain = np.stack([make_clutter.resize(t.astype(np.float64), 32, 32) for t in test])
     plain_garment = plain >= 0.05 * 255
@@ -247,11 +251,15 @@ def main():
     results, figure_columns = [], []
 
     def add(study, source, maps, images_garment, grid):
-        r = {"study": study, "source": source, **scores(maps, images_garment, grid)}
+        r = {"study": study, "source": source,
+             **scores(maps, images_garment, grid, kinds if study == "clutter" else None)}
         results.append(r)
         inner = "  -  " if r["auc_inner"] is None else f"{r['auc_inner']:.3f}"
         print(f"{study:8s} {source:34s} AUC {r['auc']:.3f}  inner {inner}  recall {r['recall']:.3f}  "
               f"FG_ratio {r['fg_ratio']:.3f}  lift {r['lift']:.3f}", flush=True)
+        if "auc_by_background" in r:
+            print(" " * 44 + "AUC by background: " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in r["auc_by_background"].items()), flush=True)
         return maps
 
     for study, images, g, grid in (("fmnist", plain, plain_garment, 4), ("clutter", clutter, garment, 6)):
@@ -275,6 +283,12 @@ def main():
                 maps = add(study, f"{row}.s{seed}", encoder_maps(from_checkpoint(ckpt), images), g, grid)
                 if study == "clutter" and seed == 1 and row == "simclr_sal_mean":
                     figure_columns.append((row, maps))
+        explore = os.path.join(RUNS, study + "-explore")
+        if study == "clutter" and os.path.isdir(explore):        # the saliency-source variants
+            for name in sorted(os.listdir(explore)):
+                ckpt = os.path.join(explore, name, "last.safetensors")
+                if os.path.exists(ckpt):
+                    add(study, name, encoder_maps(from_checkpoint(ckpt), images), g, grid)
 
     if a.record:
         with open(a.record, "w") as f:
