@@ -238,7 +238,7 @@ def study_table(study):
              "| row | kNN top-1 | linear top-1 | seeds | train s | img/s | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row, rs in grouped(records):
-        label = rs[0]["label"]
+        label = rs[0]["label"].replace(ROOT + os.sep, "")    # paths inside the repository, relative
         seeds = ",".join(str(r["seed"]) for r in rs if r.get("seed") is not None) or "-"
         knn, lin = mean_std([r["knn_top1"] for r in rs]), mean_std([r["linear_top1"] for r in rs])
         rss = [r.get("peak_rss_mb") for r in rs if r.get("peak_rss_mb")]
