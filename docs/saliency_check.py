@@ -11,14 +11,14 @@ Maps, on the training grid (G x G cells: 6 x 6 at 48 px, 4 x 4 at 32 px), of who
 normalised as salient normalises one-channel views ((x - 0.5) / 0.5):
 - classical: salient's network-free warm-up map (`classicalSaliency`: per pixel the distance from the
   image's mean, averaged per cell);
-- encoder: the channel sum of an encoder's last feature map (salient's `saliencyFromFeatures`), from a
-  salient checkpoint of runs/study/ (the study rows, and the cluttered set's explorations) (the encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q
-  for SimCLR), or from a random initialisation (kaiming-normal convolutions, as salient's). Batch norm
-  uses the statistics of the batch (250 images), as the training-time no-grad forward does. The
-  random-init encoders are also written as files (runs/data/random_encoder.sSEED.safetensors, for
-  `salient train --saliency FILE`) and scored as salient uses such a file: frozen, with eval-mode
-  batch norm (running statistics 0 / 1).
-
+- encoder: the channel sum of an encoder's last feature map (salient's `saliencyFromFeatures`), from the
+  salient checkpoints under runs/study/ (the study rows, and the cluttered set's explorations; the
+  encoder that makes the training-time maps: encoder_k for MoCo v2, encoder_q for SimCLR), or from a
+  random initialisation (kaiming-normal convolutions, as salient's). Batch norm uses the statistics
+  of the batch (250 images), as the training-time no-grad forward does. The random-init encoders are
+  also written as files (runs/data/random_encoder.sSEED.safetensors, for `salient train --saliency
+  FILE`) and scored as salient uses such a file: frozen, with eval-mode batch norm (running
+  statistics 0 / 1);
 - centre prior: a map that only knows where garments tend to be (minus the distance from the centre):
   the score that position alone earns, without looking at the image.
 
@@ -113,11 +113,11 @@ def from_checkpoint(path):
     return backbone_from({k: v for k, v in state.items() if not k.startswith("fc.")})
 
 
-def write_random_encoder(path, seed):
-    """A randomly initialised backbone (running statistics 0 / 1) as an encoder file salient reads
-    (`--saliency FILE`): bare torchvision names, safetensors."""
-    torch.manual_seed(seed)
-    state = backbone().state_dict()
+def write_encoder(path, net):
+    """`net`'s weights as an encoder file salient reads (`--saliency FILE`): bare torchvision names,
+    safetensors, written here rather than by safetensors.torch.save_file so that the same weights
+    always give the same bytes (RESULTS.md names the file's sha256). Returns the network read back."""
+    state = net.state_dict()
     header, blobs, offset = {"__metadata__": {"arch": "resnet18", "stem": "cifar", "width": "0.25",
                                               "in_channels": "1"}}, [], 0
     for k, v in state.items():
@@ -139,9 +139,6 @@ def write_random_encoder(path, seed):
 def backbone_from(state):
     net = backbone()
     net.load_state_dict(state)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 0.0
     return net
 
 
@@ -269,12 +266,14 @@ def main():
             figure_columns.append(("classical", maps))
         for seed in (1, 2):
             torch.manual_seed(seed)
-            maps = add(study, f"random init (seed {seed})", encoder_maps(backbone(), images), g, grid)
+            net = backbone()
+            # Written before any forward: a batch-statistics forward still counts num_batches_tracked.
+            frozen = write_encoder(os.path.join(a.random_encoders, f"random_encoder.s{seed}.safetensors"), net)
+            maps = add(study, f"random init (seed {seed})", encoder_maps(net, images), g, grid)
             if study == "clutter" and seed == 1:
                 figure_columns.append(("random init", maps))
-            path = os.path.join(a.random_encoders, f"random_encoder.s{seed}.safetensors")
             add(study, f"random init, file (seed {seed})",
-                encoder_maps(write_random_encoder(path, seed), images, batch_statistics=False), g, grid)
+                encoder_maps(frozen, images, batch_statistics=False), g, grid)
         for row in ("simclr", "simclr_random_mean", "simclr_sal_mean", "moco", "moco_sal_mean"):
             for seed in (1, 2, 3):
                 ckpt = os.path.join(RUNS, study, f"{row}.s{seed}", "last.safetensors")
