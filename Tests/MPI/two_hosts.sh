@@ -29,6 +29,7 @@ rc=$?
 check "two-host training exits 0 (rc $rc)" '[ $rc -eq 0 ]'
 check "two-host training runs 2 ranks" 'grep -q "in each of 2 ranks" $WORK/run.log'
 check "two-host training wrote its checkpoint" '[ -s $WORK/run/last.safetensors ]'
+[ $rc -eq 0 ] || { echo "-- the end of its log:"; tail -n 25 $WORK/run.log; }
 
 # 2. A host that freezes (its rank stopped): the job ends within the peer timeout plus a few seconds.
 hosts_mpirun $BIN train $ARGS --out $WORK/frozen --epochs 50 --peer-timeout 5 > $WORK/frozen.log 2>&1 &
