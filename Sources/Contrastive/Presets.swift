@@ -45,8 +45,9 @@ extension TrainConfig {
         s += method == .moco ? " (queue \(queue), m \(mocoMomentum), T \(temperature))" : " (T \(temperature))"
         if masking != .none {
             s +=
-                ", \(masking.rawValue) masking (\(fill.rawValue) fill, "
-                + "\(hardNegatives) hard negative(s), alpha \(alpha))"
+                ", \(masking.rawValue) masking (\(fill.rawValue) fill"
+                + (fill == .hp && hpNoise != .paper ? " noise \(hpNoise)" : "")
+                + ", \(hardNegatives) hard negative(s), alpha \(alpha))"
         }
         return s + ", batch \(batch), lr \(lr), wd \(weightDecay), \(epochs) epochs"
     }

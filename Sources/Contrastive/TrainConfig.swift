@@ -51,6 +51,49 @@ public enum HardNegativeMode: String, Codable, CaseIterable, Sendable {
     case shared
 }
 
+/// Standard deviations of the hp fill's noise: in masked query views and in hard negatives. Parsed
+/// from "Q,N", or from "Q" alone (N = Q * 0.14 / 0.18, the paper's ratio); saved as "Q,N".
+public struct NoiseLevels: Codable, Equatable, Sendable, CustomStringConvertible {
+    public var query: Float
+    public var hardNegative: Float
+
+    /// The paper's levels (for 224 px ImageNet views).
+    public static let paper = NoiseLevels(query: 0.18, hardNegative: 0.14)
+
+    public init(query: Float, hardNegative: Float) {
+        self.query = query
+        self.hardNegative = hardNegative
+    }
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.count == 1 || parts.count == 2, let q = Float(parts[0]), q.isFinite else { return nil }
+        if parts.count == 2 {
+            guard let n = Float(parts[1]), n.isFinite else { return nil }
+            self.init(query: q, hardNegative: n)
+        } else {
+            self.init(query: q, hardNegative: q * NoiseLevels.paper.hardNegative / NoiseLevels.paper.query)
+        }
+    }
+
+    public var description: String { "\(query),\(hardNegative)" }
+
+    /// Saved as its "Q,N" string, so that settings compare as strings (Trainer's resume check).
+    public init(from decoder: any Swift.Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let levels = NoiseLevels(text) else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "bad noise levels \(text)"))
+        }
+        self = levels
+    }
+
+    public func encode(to encoder: any Swift.Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
 public struct TrainConfig: Codable, Equatable, Sendable {
     public var method: ContrastiveMethod = .moco
     public var arch: ResNetArch = .resnet18
@@ -74,6 +117,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var alpha: Float = 2
     public var hardNegatives: Int = 1
     public var hardNegativeMode: HardNegativeMode = .perSample
+    /// The hp fill's noise levels (query, hard negative).
+    public var hpNoise: NoiseLevels = .paper
     public var saliency: SaliencySource = .own
     /// Epochs that use classical saliency before the encoder's own (when saliency is "self").
     public var saliencyWarmup: Int = 1
@@ -147,6 +192,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         }
         if hardNegativeMode == .shared && hardNegatives > batch {
             p.append("--hard-negatives \(hardNegatives) shared needs a batch of at least as many images (\(batch))")
+        }
+        if !(hpNoise.query >= 0 && hpNoise.query <= 10 && hpNoise.hardNegative >= 0 && hpNoise.hardNegative <= 10) {
+            p.append("--hp-noise levels must be in [0, 10], got \(hpNoise)")
         }
         if saliencyWarmup < 0 { p.append("--saliency-warmup must be >= 0") }
         if headDim < 1 { p.append("head dimension must be >= 1") }

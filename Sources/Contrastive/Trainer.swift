@@ -675,6 +675,7 @@ extension TrainConfig {
         "sgdMomentum": "--momentum", "warmupEpochs": "--warmup", "cosine": "--no-cosine (cosine)", "queue": "--queue",
         "mocoMomentum": "--moco-m", "temperature": "--temperature", "masking": "--masking", "fill": "--fill",
         "alpha": "--alpha", "hardNegatives": "--hard-negatives", "hardNegativeMode": "--hard-negative-mode",
+        "hpNoise": "--hp-noise",
         "saliency": "--saliency", "saliencyWarmup": "--saliency-warmup", "seed": "--seed", "bnSplits": "--bn-splits",
         "headDim": "head dimension", "limit": "--limit", "saveEvery": "--save-every"
     ]

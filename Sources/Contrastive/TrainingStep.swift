@@ -123,6 +123,8 @@ public final class TrainingStep {
         grid = rc.finalMapSize(res)
         masking = config.masking
         fill = config.fill
+        maskConfig.querySigma = config.hpNoise.query
+        maskConfig.negSigma = config.hpNoise.hardNegative
         query = Encoder(config: rc, headDim: config.headDim, gradients: false)
         query.initialize(seed: config.seed)
         sgd = FusedSGD(store: query.store)

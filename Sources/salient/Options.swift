@@ -96,6 +96,9 @@ extension HardNegativeMode: ExpressibleByArgument {}
 extension SaliencySource: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
+extension NoiseLevels: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
 extension TrainPreset: ExpressibleByArgument {}
 extension ContrastiveMethod: ExpressibleByArgument {}
 extension ResNetArch: ExpressibleByArgument {}

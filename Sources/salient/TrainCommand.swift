@@ -50,6 +50,16 @@ struct TrainCommand: ParsableCommand {
         MaskMode?
     @Option(help: "How masked cells are filled: hp (noise on high-pass views), blur, mean (preset).") var fill:
         MaskFill?
+    @Option(
+        name: .customLong("hp-noise"),
+        help: ArgumentHelp(
+            """
+            Noise levels of the hp fill: query,hard-negative standard deviations, or one value for the \
+            query (the hard negative's follows the paper's 0.14/0.18). Default: the paper's, set for \
+            224 px ImageNet views.
+            """,
+            valueName: "Q[,N]"))
+    var hpNoise: NoiseLevels?
     @Option(help: "Weight of the hard-negative logits (preset).") var alpha: Float?
     @Option(name: .customLong("hard-negatives"), help: "Hard negatives per sample (preset).") var hardNegatives: Int?
     @Option(
@@ -101,7 +111,8 @@ struct TrainCommand: ParsableCommand {
         set(epochs, \.epochs); set(batch, \.batch); set(lr, \.lr); set(wd, \.weightDecay); set(momentum, \.sgdMomentum)
         set(warmup, \.warmupEpochs); set(queue, \.queue); set(mocoM, \.mocoMomentum); set(temperature, \.temperature)
         set(masking, \.masking); set(fill, \.fill); set(alpha, \.alpha); set(hardNegatives, \.hardNegatives)
-        set(hardNegativeMode, \.hardNegativeMode); set(saliency, \.saliency); set(saliencyWarmup, \.saliencyWarmup)
+        set(hardNegativeMode, \.hardNegativeMode); set(hpNoise, \.hpNoise); set(saliency, \.saliency);
+        set(saliencyWarmup, \.saliencyWarmup)
         set(bnSplits, \.bnSplits)
         if noCosine { c.cosine = false }
         c.limit = limit; c.seed = seed; c.saveEvery = saveEvery

@@ -170,4 +170,23 @@ final class TrainSafetyCLITests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("--bn-splits 5") && r.stderr.contains("4 groups of 3"), r.stderr)
     }
+
+    /// --hp-noise is parsed and checked before any work: a malformed or out-of-range level is refused
+    /// naming the option; a valid one is said in the recipe line and saved with the run.
+    func testHighPassNoiseLevelsAreCheckedAndSaved() throws {
+        let dir = try makeTempDir(self, "train-hp-noise")
+        let data = try writeIDX(dir: dir, name: "train", n: 16, seed: 1)
+        let base = tinyTrainArgs(data: data, out: dir + "/a", epochs: 1) + ["--masking", "saliency", "--fill", "hp"]
+        for bad in ["abc", "0.1,", "0.1,0.2,0.3"] {
+            assertFailsCleanly(try runSalient(base + ["--hp-noise", bad]), mentioning: ["--hp-noise", bad], bad)
+        }
+        assertFailsCleanly(
+            try runSalient(base + ["--hp-noise", "0.1,-1"]), mentioning: ["--hp-noise levels must be in [0, 10]"], "-1")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/a/last.safetensors"))
+        let r = try runSalient(base + ["--hp-noise", "0.05,0.04"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("hp fill noise 0.05,0.04"), r.stderr)
+        let meta = try SafeTensorsFile.read(path: dir + "/a/last.safetensors").metadata
+        XCTAssertTrue(meta.values.contains { $0.contains("\"hpNoise\"") && $0.contains("0.04") }, "\(meta)")
+    }
 }

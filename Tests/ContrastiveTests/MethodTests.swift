@@ -199,6 +199,32 @@ final class MethodTests: XCTestCase {
         let u = array(ps.lastHardNegativeEmbeddings, c.batch * H * D)
         XCTAssertNotEqual(Array(u[0..<D]), Array(u[(H * D)..<(H * D + D)]))
     }
+
+    /// The training step fills the hp fill's masked cells with noise of the configured levels: the
+    /// query view and the hard negative differ from the high-passed plain views only in masked cells,
+    /// where their spread is the query's and the hard negative's level.
+    func testHighPassNoiseLevelsReachTheStep() {
+        for levels in [NoiseLevels.paper, NoiseLevels(query: 0.05, hardNegative: 0.3)] {
+            var c = config(.simclr, saliency: .classical)
+            c.batch = 32; c.bnSplits = 1; c.hpNoise = levels
+            let step = TrainingStep(config: c)
+            let v = views(c)
+            let R = c.resolution, n = c.batch * R * R
+            _ = step.step(views: v, epoch: 0, step: 0, lr: 0.05)
+            /// The spread of `masked`'s values where they differ from the high-passed `plain`, and their count.
+            func spread(_ masked: UnsafePointer<Float>, _ plain: [Float]) -> (sd: Double, count: Int) {
+                let hp = highPassFilter(plain, n: c.batch, height: R, width: R, channels: 1)
+                var s = 0.0, ss = 0.0, k = 0
+                for (m, p) in zip(array(masked, n), hp) where m != p { s += Double(m); ss += Double(m * m); k += 1 }
+                let mean = s / Double(max(k, 1))
+                return ((ss / Double(max(k, 1)) - mean * mean).squareRoot(), k)
+            }
+            let q = spread(step.lastQueryViews, v[0]), h = spread(step.lastHardViews, v[1])
+            XCTAssertGreaterThan(q.count, 300); XCTAssertGreaterThan(h.count, 300)
+            XCTAssertEqual(q.sd, Double(levels.query), accuracy: 0.1 * Double(levels.query), "\(levels)")
+            XCTAssertEqual(h.sd, Double(levels.hardNegative), accuracy: 0.1 * Double(levels.hardNegative), "\(levels)")
+        }
+    }
 }
 
 final class PresetTests: XCTestCase {
@@ -246,10 +272,25 @@ final class PresetTests: XCTestCase {
     func testOlderConfigDecodesWithDefaults() throws {
         var c = TrainConfig()
         c.hardNegativeMode = .shared
+        c.hpNoise = NoiseLevels(query: 0.05, hardNegative: 0.04)
         var dict = try JSONSerialization.jsonObject(with: Data(c.json().utf8)) as! [String: Any]
         dict.removeValue(forKey: "hardNegativeMode")
+        dict.removeValue(forKey: "hpNoise")
         let old = String(data: try JSONSerialization.data(withJSONObject: dict), encoding: .utf8)!
         XCTAssertEqual(try TrainConfig.from(json: old).hardNegativeMode, .perSample)
+        XCTAssertEqual(try TrainConfig.from(json: old).hpNoise, .paper)
         XCTAssertEqual(try TrainConfig.from(json: c.json()), c)
+    }
+
+    /// "Q,N" and "Q" (N in the paper's ratio) parse; anything else does not.
+    func testNoiseLevelsParse() {
+        XCTAssertEqual(NoiseLevels("0.05,0.04"), NoiseLevels(query: 0.05, hardNegative: 0.04))
+        let one = NoiseLevels("0.09")
+        XCTAssertEqual(one?.query, 0.09)
+        XCTAssertEqual(one?.hardNegative ?? 0, 0.07, accuracy: 1e-6)
+        for bad in ["", "a", "0.1,", ",0.1", "0.1,0.2,0.3", "nan", "0.1,inf"] { XCTAssertNil(NoiseLevels(bad), bad) }
+        var c = TrainConfig()
+        c.hpNoise = NoiseLevels(query: -0.1, hardNegative: 0.1)
+        XCTAssertTrue(c.problems().contains { $0.contains("--hp-noise") }, "\(c.problems())")
     }
 }
