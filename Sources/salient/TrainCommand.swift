@@ -195,6 +195,9 @@ struct TrainCommand: ParsableCommand {
                     "       saliency \(config.saliency) (grid \(g)x\(g)), "
                         + "hard negatives \(config.hardNegativeMode.rawValue)")
             }
+            if hpNoise != nil && (config.masking == .none || config.fill != .hp) {
+                note("       --hp-noise has no effect: it sets the hp fill's noise, and this run masks with no hp fill")
+            }
             note(
                 "       \(Threads.count) thread(s)"
                     + (comm.isDistributed

@@ -172,7 +172,8 @@ final class TrainSafetyCLITests: XCTestCase {
     }
 
     /// --hp-noise is parsed and checked before any work: a malformed or out-of-range level is refused
-    /// naming the option; a valid one is said in the recipe line and saved with the run.
+    /// naming the option; a valid one is said in the recipe line and saved with the run, and said to
+    /// have no effect on a run without the hp fill.
     func testHighPassNoiseLevelsAreCheckedAndSaved() throws {
         let dir = try makeTempDir(self, "train-hp-noise")
         let data = try writeIDX(dir: dir, name: "train", n: 16, seed: 1)
@@ -186,6 +187,12 @@ final class TrainSafetyCLITests: XCTestCase {
         let r = try runSalient(base + ["--hp-noise", "0.05,0.04"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("hp fill noise 0.05,0.04"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("no effect"), r.stderr)
+        let mean = try runSalient(
+            tinyTrainArgs(data: data, out: dir + "/b", epochs: 1) + ["--masking", "saliency", "--fill", "mean"]
+                + ["--hp-noise", "0.05"])
+        XCTAssertEqual(mean.status, 0, mean.stderr)
+        XCTAssertTrue(mean.stderr.contains("--hp-noise has no effect"), mean.stderr)
         let meta = try SafeTensorsFile.read(path: dir + "/a/last.safetensors").metadata
         XCTAssertTrue(meta.values.contains { $0.contains("\"hpNoise\"") && $0.contains("0.04") }, "\(meta)")
     }
