@@ -20,8 +20,8 @@ for w in $WIDTHS; do
     ARGS="--width $w --batch $BATCH --channels 1 --method $METHOD --masking $MASKING --steps $STEPS --json"
     for r in $(seq $ROUNDS); do
         SALIENT_THREADS=2 $BIN bench train $ARGS 2>/dev/null | tag "1 process x 2 threads"
-        SALIENT_THREADS=1 mpirun -np 2 --bind-to none --mca rtc_hwloc_vmhole none -x SALIENT_THREADS $BIN bench train $ARGS 2>/dev/null \
-            | tag "2 ranks x 1 thread, loopback"
+        SALIENT_THREADS=1 mpirun -np 2 --bind-to none --mca rtc_hwloc_vmhole none -x SALIENT_THREADS \
+            $BIN bench train $ARGS 2>/dev/null | tag "2 ranks x 1 thread, loopback"
         for rate in $RATES; do
             hosts_up $rate >/dev/null 2>&1 || { echo "no test hosts (root needed)" >&2; exit 1; }
             SALIENT_THREADS=1 hosts_mpirun -x SALIENT_THREADS $BIN bench train $ARGS 2>/dev/null \
