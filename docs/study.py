@@ -231,6 +231,11 @@ def title(study):
     return STUDIES[base]["title"] + (" (exploration)" if study != base else "")
 
 
+def short_label(record):
+    """A record's row label with paths inside the repository made relative to it."""
+    return record["label"].replace(ROOT + os.sep, "")
+
+
 def study_table(study):
     """The markdown table of one study's records (mean ± std over seeds)."""
     records = load_records(study)
@@ -238,7 +243,7 @@ def study_table(study):
              "| row | kNN top-1 | linear top-1 | seeds | train s | img/s | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row, rs in grouped(records):
-        label = rs[0]["label"].replace(ROOT + os.sep, "")    # paths inside the repository, relative
+        label = short_label(rs[0])
         seeds = ",".join(str(r["seed"]) for r in rs if r.get("seed") is not None) or "-"
         knn, lin = mean_std([r["knn_top1"] for r in rs]), mean_std([r["linear_top1"] for r in rs])
         rss = [r.get("peak_rss_mb") for r in rs if r.get("peak_rss_mb")]
@@ -331,7 +336,8 @@ def plot():
             ys = [statistics.mean(x[i] for x in runs) for i in range(n)]
             xs = list(range(0, n + 1)) if base else list(range(1, n + 1))
             ax.plot(xs, ([statistics.mean(base)] if base else []) + ys, marker="o", ms=3,
-                    label=f"{rs[0]['label']} ({len(runs)})", linestyle="--" if "masking" not in rs[0]["label"] else "-")
+                    label=f"{short_label(rs[0])} ({len(runs)})",
+                    linestyle="--" if "masking" not in rs[0]["label"] else "-")
         if raw:
             ax.axhline(raw[0], color="k", lw=1, ls=":", label="raw pixels")
         ax.set_xlabel("epoch (0 = random initialisation)")
