@@ -57,8 +57,8 @@ public struct NoiseLevels: Codable, Equatable, Sendable, CustomStringConvertible
     public var query: Float
     public var hardNegative: Float
 
-    /// The paper's levels (for 224 px ImageNet views).
-    public static let paper = NoiseLevels(query: 0.18, hardNegative: 0.14)
+    /// The paper's levels (for 224 px ImageNet views): MaskConfig's defaults.
+    public static let paper = NoiseLevels(query: MaskConfig().querySigma, hardNegative: MaskConfig().negSigma)
 
     public init(query: Float, hardNegative: Float) {
         self.query = query

@@ -111,9 +111,8 @@ struct TrainCommand: ParsableCommand {
         set(epochs, \.epochs); set(batch, \.batch); set(lr, \.lr); set(wd, \.weightDecay); set(momentum, \.sgdMomentum)
         set(warmup, \.warmupEpochs); set(queue, \.queue); set(mocoM, \.mocoMomentum); set(temperature, \.temperature)
         set(masking, \.masking); set(fill, \.fill); set(alpha, \.alpha); set(hardNegatives, \.hardNegatives)
-        set(hardNegativeMode, \.hardNegativeMode); set(hpNoise, \.hpNoise); set(saliency, \.saliency);
-        set(saliencyWarmup, \.saliencyWarmup)
-        set(bnSplits, \.bnSplits)
+        set(hardNegativeMode, \.hardNegativeMode); set(saliency, \.saliency); set(saliencyWarmup, \.saliencyWarmup)
+        set(hpNoise, \.hpNoise); set(bnSplits, \.bnSplits)
         if noCosine { c.cosine = false }
         c.limit = limit; c.seed = seed; c.saveEvery = saveEvery
         return c
